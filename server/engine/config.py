@@ -1,0 +1,45 @@
+"""Engine configuration and device/dtype resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model: Optional[str] = None  # transformers folder or .gguf file; None = embedded SmolLM2-135M-Instruct
+    device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:N"
+    dtype: str = "float32"  # one of DTYPES
+    max_batch_size: int = 64  # sequences decoding at once
+    max_queue: int = 256  # requests waiting for a slot before RESOURCE_EXHAUSTED
+    prefill_chunk: int = 256  # prompt tokens per prefill chunk; part of the determinism contract
+    max_step_tokens: int = 512  # token rows per forward step (>= prefill_chunk)
+    max_new_tokens_limit: int = 4096  # upper bound a request may ask for
+    num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: allowed {', '.join(DTYPES)}")
+        for name in ("max_batch_size", "max_queue", "prefill_chunk", "max_step_tokens", "max_new_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_step_tokens < self.prefill_chunk:
+            raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    return DTYPES[name]

@@ -1,0 +1,231 @@
+"""The engine: admission, continuous batching loop, stopping, and streaming results back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from typing import AsyncIterator, Optional
+
+import torch
+
+from seedstream.sampler import SAMPLER_VERSION, sample
+
+from .config import EngineConfig, resolve_device, resolve_dtype
+from .loader import LoadedWeights, ProgressFn, load_weights
+from .model import ROW_TILE, DecoderModel, ModelConfig, Segment, describe
+from .sequence import Sequence_, StepBatch
+from .types import (
+    EngineError,
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    InvalidRequest,
+    ModelInfo,
+    NotReady,
+    Overloaded,
+)
+from .validation import validate_request
+
+log = logging.getLogger("seedstream.engine")
+
+ENGINE_ALGORITHM = "1"  # bump when any change can alter a sequence's logits
+
+
+class Engine:
+    """Owns the model, the sequences and the step loop (a background thread)."""
+
+    def __init__(self, weights: LoadedWeights, config: EngineConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model_config = ModelConfig.from_hf(weights.config)
+        self.model = DecoderModel(self.model_config, weights.state_dict, self.device, self.dtype)
+        self.tokenizer = weights.tokenizer
+        self.eos_token_ids = frozenset(weights.generation_eos)
+        self.info = ModelInfo(
+            model_id=weights.model_id,
+            model_sha256=weights.content_sha256,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=self.device.type,
+            vocab_size=self.model_config.vocab_size,
+            max_context=self.model_config.max_context,
+            eos_token_ids=tuple(sorted(self.eos_token_ids)),
+            engine_version=f"{ENGINE_ALGORITHM}.tile{ROW_TILE}.chunk{config.prefill_chunk}",
+            sampler_version=SAMPLER_VERSION,
+        )
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[Sequence_] = collections.deque()
+        self._running: list[Sequence_] = []
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
+
+    # --- text helpers (the RPC layer turns text and chat into token ids through these)
+
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest("messages", "this model has no chat template; send a prompt instead")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenize(text)
+
+    def decode(self, token_ids) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def validate(self, request: GenerationRequest) -> None:
+        validate_request(request, self.info, self.config)
+
+    # --- lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="seedstream-engine", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def load(self) -> dict[str, int]:
+        with self._lock:
+            return {"running": len(self._running), "waiting": len(self._waiting)}
+
+    # --- requests
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream a request's chunks; closing the iterator early cancels the sequence."""
+        self.validate(request)
+        if request.sampling.seed is None:
+            raise InvalidRequest("seed", "must be resolved before the engine (the RPC layer draws one)")
+        if not self.running:
+            raise NotReady("the engine is not running")
+        seq = Sequence_(request, self.model.new_cache(), self.tokenizer, asyncio.get_running_loop())
+        with self._lock:
+            if len(self._waiting) >= self.config.max_queue:
+                raise Overloaded(f"queue full: {len(self._waiting)} requests waiting (max_queue={self.config.max_queue})")
+            self._waiting.append(seq)
+            self._lock.notify_all()
+        try:
+            while True:
+                item = await seq.outbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not seq.finished:
+                seq.cancelled = True  # the loop drops it and frees its cache at the next step
+                with self._lock:
+                    self._lock.notify_all()
+
+    # --- the step loop (engine thread)
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._lock:
+                self._admit()
+                if self._stopping and not self._running and not self._waiting:
+                    return
+                if not self._running:
+                    self._lock.wait(timeout=0.5)
+                    continue
+            try:
+                self._step()
+            except Exception as exc:  # never take the server down: fail this batch, keep serving
+                log.exception("engine step failed; failing %d sequences", len(self._running))
+                for seq in self._running:
+                    seq.fail(EngineError(f"internal engine error: {exc}"))
+                self._running.clear()
+
+    def _admit(self) -> None:
+        for seq in [s for s in self._waiting if s.cancelled]:
+            self._waiting.remove(seq)
+        while self._waiting and len(self._running) < self.config.max_batch_size:
+            self._running.append(self._waiting.popleft())
+
+    def _step(self) -> None:
+        batch = self._plan()
+        if batch.segments:
+            logits = self.model.forward(
+                torch.tensor(batch.token_ids, device=self.device),
+                torch.tensor(batch.positions, device=self.device),
+                batch.segments,
+                torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
+            )
+            if batch.sampled:
+                self._sample_and_emit(logits, batch)
+        with self._lock:
+            self._running = [s for s in self._running if not s.finished]
+
+    def _plan(self) -> StepBatch:
+        """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget."""
+        batch = StepBatch()
+        budget = self.config.max_step_tokens
+        for seq in self._running:
+            if seq.cancelled:
+                seq.finish_cancelled()
+            elif seq.prefill_done:
+                batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, wants_logits=True)
+                budget -= 1
+        for seq in self._running:
+            if seq.finished or seq.prefill_done:
+                continue
+            start = seq.prefilled
+            # Chunk boundaries are multiples of prefill_chunk from the prompt start: never load-dependent.
+            end = min(len(seq.prompt), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
+            if end - start > budget:
+                continue  # next step; the chunk itself is the same whenever it runs
+            batch.add(seq, seq.prompt[start:end], start, wants_logits=(end == len(seq.prompt)))
+            seq.prefilled = end
+            budget -= end - start
+        return batch
+
+    def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
+        seqs = batch.sampled
+        penalties = any(_uses_penalties(s.request.sampling) for s in seqs)
+        result = sample(
+            logits,
+            [s.request.sampling for s in seqs],
+            [len(s.output_ids) for s in seqs],
+            prompt_token_ids=[s.prompt for s in seqs] if penalties else None,
+            output_token_ids=[s.output_ids for s in seqs] if penalties else None,
+            sample_indices=[s.request.sample_index for s in seqs],
+            suppress_token_ids=[s.suppressed_ids(self.eos_token_ids) for s in seqs],
+            top_n=max(s.request.top_logprobs for s in seqs),
+        )
+        token_ids = result.token_ids.tolist()
+        logprobs = result.logprobs.tolist()
+        top_ids = result.top_token_ids.tolist()
+        top_lps = result.top_logprobs.tolist()
+        for i, seq in enumerate(seqs):
+            seq.accept(token_ids[i], logprobs[i], top_ids[i], top_lps[i], self.eos_token_ids, self.info.max_context)
+
+
+def load_engine(config: Optional[EngineConfig] = None, progress: Optional[ProgressFn] = None) -> Engine:
+    """Load the model named by `config` (the default model when None) and build an engine. Blocking."""
+    config = config or EngineConfig()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    started = time.monotonic()
+    weights = load_weights(config.model, progress)
+    engine = Engine(weights, config)
+    (progress or log.info)(f"engine ready in {time.monotonic() - started:.1f}s")
+    return engine
+
+
+def _uses_penalties(params) -> bool:
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0

@@ -1,0 +1,50 @@
+"""Per-sequence key/value cache that grows in fixed blocks."""
+
+from __future__ import annotations
+
+import torch
+
+GROW_BLOCK = 128  # capacity grows in multiples of this many positions
+
+
+class SequenceKVCache:
+    """Keys and values of one sequence for every layer: [layers, Hkv, capacity, D] each.
+
+    Capacity depends only on the sequence's own length, never on other
+    traffic, so the tensors attention reads have the same shapes solo or under load.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
+        self.shape = (num_layers, num_kv_heads, 0, head_dim)
+        self.device, self.dtype = device, dtype
+        self.keys = torch.empty(self.shape, device=device, dtype=dtype)
+        self.values = torch.empty(self.shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled (for the last layer written)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def reserve(self, length: int) -> None:
+        """Make room for `length` positions, copying what is there."""
+        if length <= self.capacity:
+            return
+        cap = -(-length // GROW_BLOCK) * GROW_BLOCK
+        layers, heads, _, dim = self.shape
+        keys = torch.zeros((layers, heads, cap, dim), device=self.device, dtype=self.dtype)
+        values = torch.zeros_like(keys)
+        keys[:, :, : self.capacity] = self.keys
+        values[:, :, : self.capacity] = self.values
+        self.keys, self.values = keys, values
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v [n, Hkv, D] at positions start..start+n; return keys/values [Hkv, start+n, D]."""
+        end = start + k.shape[0]
+        self.reserve(end)
+        self.keys[layer, :, start:end] = k.transpose(0, 1)
+        self.values[layer, :, start:end] = v.transpose(0, 1)
+        self.length = end
+        return self.keys[layer, :, :end], self.values[layer, :, :end]
+
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()

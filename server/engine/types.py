@@ -1,0 +1,94 @@
+"""Domain types shared by the engine and the layers that call it (no gRPC here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Optional
+
+from seedstream.sampler import SamplingParams
+
+
+class FinishReason(str, enum.Enum):
+    """Why a sequence stopped."""
+
+    LENGTH = "length"  # max_new_tokens reached (or the model's context is full)
+    STOP_STRING = "stop_string"  # one of the request's stop strings appeared
+    STOP_TOKEN = "stop_token"  # one of the request's stop_token_ids was sampled
+    EOS = "eos"  # the model's end-of-sequence token was sampled
+    CANCELLED = "cancelled"  # the caller went away or its deadline passed
+
+
+class EngineError(Exception):
+    """Base class for errors the engine reports to its callers."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """A request field is out of range; the message names the field and the allowed range."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message if message.startswith(field) else f"{field}: {message}")
+        self.field = field
+
+
+class Overloaded(EngineError):
+    """The admission queue is full; retry later."""
+
+
+class NotReady(EngineError):
+    """The engine is still loading, or is shutting down."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: token ids in, a seeded token stream out."""
+
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams  # seed always resolved (never None) by the time it reaches the engine
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    top_logprobs: int = 0  # number of top alternatives per generated token, 0..20
+    sample_index: int = 0  # j of n samples: the random stream is keyed by (seed, j)
+    request_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclasses.dataclass
+class GenerationChunk:
+    """A delta of a stream; the last one has finish_reason set.
+
+    Concatenating every chunk's `text` gives exactly the unary text; likewise
+    for `token_ids` and `logprobs`.
+    """
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    top_logprobs: list[list[TopLogprob]] = dataclasses.field(default_factory=list)
+    finish_reason: Optional[FinishReason] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # running total of generated tokens, including this chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a harness needs to know to replay a run."""
+
+    model_id: str
+    model_sha256: str  # content hash of the weights as loaded
+    dtype: str
+    device: str  # device kind: "cpu" or "cuda"
+    vocab_size: int
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+    engine_version: str
+    sampler_version: str

@@ -1,0 +1,48 @@
+"""Request validation: every error names the field and its allowed range."""
+
+from __future__ import annotations
+
+import re
+
+from .config import EngineConfig
+from .types import GenerationRequest, InvalidRequest, ModelInfo
+
+MAX_TOP_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+
+
+def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig) -> None:
+    """Raise InvalidRequest for the first out-of-range field."""
+    vocab, context = info.vocab_size, info.max_context
+    if not req.prompt_token_ids:
+        raise InvalidRequest("prompt", "the input is empty: give a non-empty prompt, messages or prompt_token_ids")
+    if len(req.prompt_token_ids) >= context:
+        raise InvalidRequest("prompt", f"{len(req.prompt_token_ids)} tokens; allowed at most {context - 1} (model context {context})")
+    bad = next((t for t in req.prompt_token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest("prompt_token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
+    if not 1 <= req.max_new_tokens <= config.max_new_tokens_limit:
+        raise InvalidRequest("max_new_tokens", f"{req.max_new_tokens} out of range: allowed [1, {config.max_new_tokens_limit}]")
+    if not 0 <= req.min_new_tokens <= req.max_new_tokens:
+        raise InvalidRequest("min_new_tokens", f"{req.min_new_tokens} out of range: allowed [0, max_new_tokens={req.max_new_tokens}]")
+    if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidRequest("top_logprobs", f"{req.top_logprobs} out of range: allowed [0, {MAX_TOP_LOGPROBS}]")
+    if req.sample_index < 0:
+        raise InvalidRequest("sample_index", f"{req.sample_index} out of range: allowed >= 0")
+    if len(req.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest("stop", f"{len(req.stop)} strings; allowed at most {MAX_STOP_STRINGS}")
+    if any(not s or len(s) > MAX_STOP_STRING_CHARS for s in req.stop):
+        raise InvalidRequest("stop", f"each stop string must have 1 to {MAX_STOP_STRING_CHARS} characters")
+    bad = next((t for t in req.stop_token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest("stop_token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
+    try:
+        req.sampling.validate(vocab_size=vocab)
+    except ValueError as exc:
+        raise InvalidRequest(_field_of(str(exc)), str(exc)) from None
+
+
+def _field_of(message: str) -> str:
+    match = re.match(r"\s*([A-Za-z_][A-Za-z_0-9]*)", message)
+    return match.group(1) if match else "sampling"
