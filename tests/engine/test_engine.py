@@ -1,0 +1,168 @@
+"""Engine behaviour on the real default model: determinism under load, stopping, cancellation, admission."""
+
+import asyncio
+import random
+
+import pytest
+
+from seedstream.sampler import SamplingParams
+from seedstream.server.engine import FinishReason, GenerationRequest, InvalidRequest, Overloaded
+
+run = asyncio.run
+
+PROMPTS = ["Tell me a story about a dragon.", "What is 17 times 3?", "List three colours.",
+           "Write a haiku about rain.", "Explain gravity to a child.", "Name a famous painter."]
+
+
+def _chat(engine, text):
+    return tuple(engine.render_chat([{"role": "user", "content": text}]))
+
+
+async def _collect(engine, request, delay=0.0):
+    await asyncio.sleep(delay)
+    tokens, logprobs, text, finish = [], [], "", None
+    async for chunk in engine.generate(request):
+        tokens += chunk.token_ids
+        logprobs += chunk.logprobs
+        text += chunk.text
+        finish = chunk.finish_reason
+    return tokens, logprobs, text, finish
+
+
+def _targets(engine):
+    params = [
+        SamplingParams(temperature=0.0, seed=1),
+        SamplingParams(temperature=0.8, top_k=50, top_p=0.9, seed=2),
+        SamplingParams(temperature=1.0, seed=3),
+        SamplingParams(temperature=0.7, top_p=0.95, min_p=0.05, seed=4),
+        SamplingParams(temperature=1.2, top_k=20, repetition_penalty=1.3, seed=5),
+        SamplingParams(temperature=0.9, presence_penalty=0.5, frequency_penalty=0.5, seed=2**64 - 1),
+    ]
+    return [GenerationRequest(_chat(engine, PROMPTS[i % len(PROMPTS)]), p, max_new_tokens=16, ignore_eos=True)
+            for i, p in enumerate(params * 2)]
+
+
+def _background(engine, rng, count):
+    requests = []
+    for i in range(count):
+        length = rng.choice([1, 3, 17, 90, 260, 300])
+        prompt = tuple(rng.randrange(200, 40000) for _ in range(length))
+        params = SamplingParams(temperature=rng.choice([0.0, 0.5, 1.0]), top_k=rng.choice([0, 10]),
+                                top_p=rng.choice([1.0, 0.8]), seed=rng.randrange(2**64))
+        requests.append(GenerationRequest(prompt, params, max_new_tokens=rng.randrange(1, 24), ignore_eos=True))
+    return requests
+
+
+def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory):
+    """The core promise: bit-identical token ids and logprobs, solo vs. 40 others joining and leaving."""
+    engine = engine_factory()
+    rng = random.Random(1234)
+
+    async def scenario():
+        await engine.start()
+        try:
+            targets = _targets(engine)
+            solo = [await _collect(engine, r) for r in targets]
+            background = _background(engine, rng, 40)
+            jobs = [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in background]
+            jobs += [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in targets]
+            loaded = (await asyncio.gather(*jobs))[len(background):]
+            return solo, loaded
+        finally:
+            await engine.stop()
+
+    solo, loaded = run(scenario())
+    for i, (a, b) in enumerate(zip(solo, loaded)):
+        assert a[0] == b[0], f"target {i}: token ids differ under load"
+        assert a[1] == b[1], f"target {i}: logprobs differ under load"
+        assert a[2] == b[2]
+    assert solo[0][0] == solo[6][0], "same request twice gives the same tokens"
+    assert len({tuple(s[0]) for s in solo[1:6]}) == 5
+
+
+def test_finish_reasons(engine_factory):
+    engine = engine_factory()
+    greedy = SamplingParams(temperature=0.0, seed=0)
+
+    async def scenario():
+        await engine.start()
+        try:
+            prompt = _chat(engine, "What is the capital of France?")
+            eos = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40))
+            length = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=3))
+            stop_tok = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40,
+                                                                stop_token_ids=(eos[0][2],)))
+            stop_str = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40, stop=(" of",)))
+            at_least = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=20, min_new_tokens=15))
+            return eos, length, stop_tok, stop_str, at_least
+        finally:
+            await engine.stop()
+
+    eos, length, stop_tok, stop_str, at_least = run(scenario())
+    assert eos[3] == FinishReason.EOS and "Paris" in eos[2] and eos[0][-1] in engine.eos_token_ids
+    assert length[3] == FinishReason.LENGTH and len(length[0]) == 3 and length[0] == eos[0][:3]
+    assert stop_tok[3] == FinishReason.STOP_TOKEN and len(stop_tok[0]) == 3
+    assert stop_str[3] == FinishReason.STOP_STRING and stop_str[2] == "The capital"
+    assert len(at_least[0]) >= 15 and not any(t in engine.eos_token_ids for t in at_least[0][:15])
+
+
+def test_cancelled_request_frees_its_slot(engine_factory):
+    engine = engine_factory(max_batch_size=1)
+    params = SamplingParams(temperature=1.0, seed=7)
+
+    async def scenario():
+        await engine.start()
+        try:
+            long = GenerationRequest(_chat(engine, "Write a long essay."), params, max_new_tokens=4000, ignore_eos=True)
+            stream = engine.generate(long)
+            await stream.__anext__()
+            await stream.aclose()  # the caller goes away
+            short = GenerationRequest(_chat(engine, "Hi"), params, max_new_tokens=4, ignore_eos=True)
+            result = await asyncio.wait_for(_collect(engine, short), timeout=60)
+            return result, engine.load()
+        finally:
+            await engine.stop()
+
+    result, load = run(scenario())
+    assert len(result[0]) == 4
+    assert load == {"running": 0, "waiting": 0}
+
+
+def test_full_queue_is_rejected_at_once(engine_factory):
+    engine = engine_factory(max_batch_size=1, max_queue=1)
+    params = SamplingParams(temperature=1.0, seed=7)
+
+    async def scenario():
+        await engine.start()
+        try:
+            req = GenerationRequest(_chat(engine, "Write."), params, max_new_tokens=200, ignore_eos=True)
+            first = engine.generate(req)
+            await first.__anext__()  # running
+            second = asyncio.ensure_future(_collect(engine, req))  # waiting
+            await asyncio.sleep(0.05)
+            with pytest.raises(Overloaded):
+                await engine.generate(req).__anext__()
+            await first.aclose()
+            second.cancel()
+        finally:
+            await engine.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(prompt_token_ids=()), "prompt"),
+    (dict(prompt_token_ids=(1, 10**6)), "prompt_token_ids"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(min_new_tokens=99), "min_new_tokens"),
+    (dict(top_logprobs=21), "top_logprobs"),
+    (dict(stop=("",)), "stop"),
+    (dict(sampling=SamplingParams(temperature=-1.0, seed=1)), "temperature"),
+])
+def test_invalid_requests_name_the_field(engine_factory, change, field):
+    engine = engine_factory()
+    base = dict(prompt_token_ids=(1, 2, 3), sampling=SamplingParams(seed=1), max_new_tokens=10)
+    base.update(change)
+    with pytest.raises(InvalidRequest) as err:
+        engine.validate(GenerationRequest(**base))
+    assert err.value.field == field and field in str(err.value)

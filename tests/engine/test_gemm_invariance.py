@@ -1,0 +1,37 @@
+"""Every GEMM shape of the default model gives a row the same bits at any padded row count and position."""
+
+import pytest
+import torch
+
+from seedstream.server.engine.model import ROW_TILE, invariant_linear, pad_rows
+
+# (in, out) of the fused GEMMs of SmolLM2-135M: qkv, o, gate_up, down, lm_head.
+SHAPES = [(576, 960), (576, 576), (576, 3072), (1536, 576), (576, 49152)]
+MAX_STEP_ROWS = 512 + ROW_TILE  # EngineConfig.max_step_tokens plus padding
+MAX_LOGIT_ROWS = 64 + ROW_TILE  # one logit row per running sequence
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_row_bits_do_not_depend_on_row_count_or_position(k, n):
+    gen = torch.Generator().manual_seed(k * 7 + n)
+    weight = torch.randn(n, k, generator=gen) * 0.05
+    probe = torch.randn(1, k, generator=gen)
+    alone = invariant_linear(pad_rows(probe), weight)[0]
+    limit = MAX_LOGIT_ROWS if n == 49152 else MAX_STEP_ROWS
+    counts = list(range(ROW_TILE, 69, ROW_TILE)) + [m for m in (128, 256, 384, 512, 516) if m <= limit]
+    for rows in counts:
+        positions = range(rows) if rows <= 68 else [0, 1, rows // 2, rows - 2, rows - 1]
+        others = torch.randn(rows, k, generator=gen)
+        for pos in positions:
+            batch = others.clone()
+            batch[pos] = probe[0]
+            out = invariant_linear(batch, weight)
+            assert torch.equal(out[pos], alone), f"row at {pos} of {rows} differs for shape {k}->{n}"
+
+
+def test_pad_rows_pads_to_tile_with_zeros():
+    x = torch.ones(5, 3)
+    padded = pad_rows(x)
+    assert padded.shape[0] % ROW_TILE == 0 and padded.shape[0] >= 5
+    assert torch.equal(padded[:5], x) and not padded[5:].any()
+    assert pad_rows(torch.ones(1, 3)).shape[0] == ROW_TILE

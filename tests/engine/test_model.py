@@ -1,0 +1,81 @@
+"""The engine's forward pass: matches transformers, and a sequence's logits are batch-invariant."""
+
+import os
+import random
+
+import pytest
+import torch
+
+from seedstream.server.engine.loader import default_model_path
+from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
+
+
+@pytest.fixture(scope="module")
+def model(weights):
+    return DecoderModel(ModelConfig.from_hf(weights.config), weights.state_dict, torch.device("cpu"), torch.float32)
+
+
+def _prefill(model, ids, chunk=None):
+    """Run `ids` through a fresh cache in chunks; return the last position's logits [V]."""
+    cache = model.new_cache()
+    chunk = chunk or len(ids)
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        logits = model.forward(torch.tensor(part), torch.arange(start, start + len(part)),
+                               [Segment(cache, start, len(part))], torch.tensor([len(part) - 1]))
+    return logits[0], cache
+
+
+def test_logits_match_transformers(model, weights):
+    from transformers import AutoModelForCausalLM
+
+    path = default_model_path()
+    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    ids = weights.tokenizer("The capital of France is Paris, and the capital of Italy is")["input_ids"]
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]  # [T, V]
+    ours, cache = _prefill(model, ids, chunk=5)
+    torch.testing.assert_close(ours, ref[-1], atol=2e-4, rtol=0)
+    nxt = int(ours.argmax())
+    step = model.forward(torch.tensor([nxt]), torch.tensor([len(ids)]), [Segment(cache, len(ids), 1)], torch.tensor([0]))
+    with torch.no_grad():
+        ref_next = hf(torch.tensor([ids + [nxt]])).logits[0, -1]
+    torch.testing.assert_close(step[0], ref_next, atol=2e-4, rtol=0)
+
+
+def test_decode_logits_are_bit_identical_alone_and_packed_with_others(model):
+    rng = random.Random(0)
+    target_prompt = [rng.randrange(100, 40000) for _ in range(37)]
+    _, solo_cache = _prefill(model, target_prompt)
+    solo = model.forward(torch.tensor([7]), torch.tensor([37]), [Segment(solo_cache, 37, 1)], torch.tensor([0]))[0]
+    for batch_size, position in [(2, 0), (5, 4), (17, 8), (64, 63), (64, 0)]:
+        _, cache = _prefill(model, target_prompt)
+        others = []
+        for _ in range(batch_size - 1):
+            n = rng.randrange(1, 80)
+            _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(n)])
+            others.append((c, n))
+        rows = [(c, n) for c, n in others]
+        rows.insert(position, (cache, 37))
+        segments = [Segment(c, n, 1) for c, n in rows]
+        logits = model.forward(torch.tensor([7] * batch_size), torch.tensor([n for _, n in rows]), segments,
+                               torch.arange(batch_size))
+        assert torch.equal(logits[position], solo), f"batch {batch_size}, position {position}"
+
+
+def test_prefill_chunk_is_bit_identical_beside_decode_rows(model):
+    rng = random.Random(1)
+    prompt = [rng.randrange(100, 40000) for _ in range(300)]
+    alone, _ = _prefill(model, prompt, chunk=256)
+    cache = model.new_cache()
+    _prefill_first = model.forward(torch.tensor(prompt[:256]), torch.arange(256), [Segment(cache, 0, 256)], torch.tensor([255]))
+    others = []
+    for _ in range(9):
+        _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(20)])
+        others.append(Segment(c, 20, 1))
+    tail = prompt[256:]
+    segments = others[:4] + [Segment(cache, 256, len(tail))] + others[4:]
+    tokens = [5] * 4 + tail + [5] * 5
+    positions = [20] * 4 + list(range(256, 300)) + [20] * 5
+    logits = model.forward(torch.tensor(tokens), torch.tensor(positions), segments, torch.tensor([4 + len(tail) - 1]))
+    assert torch.equal(logits[0], alone)
