@@ -11,10 +11,12 @@ from .types import (
     ModelInfo,
     NotReady,
     Overloaded,
+    ScoreRequest,
+    ScoreResult,
     TopLogprob,
 )
 
 __all__ = [
     "Engine", "EngineConfig", "load_engine", "EngineError", "FinishReason", "GenerationChunk",
-    "GenerationRequest", "InvalidRequest", "ModelInfo", "NotReady", "Overloaded", "TopLogprob",
+    "GenerationRequest", "InvalidRequest", "ModelInfo", "NotReady", "Overloaded", "ScoreRequest", "ScoreResult", "TopLogprob",
 ]

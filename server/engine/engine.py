@@ -26,8 +26,10 @@ from .types import (
     ModelInfo,
     NotReady,
     Overloaded,
+    ScoreRequest,
+    ScoreResult,
 )
-from .validation import validate_request
+from .validation import validate_request, validate_score
 
 log = logging.getLogger("seedstream.engine")
 
@@ -74,6 +76,25 @@ class Engine:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tokenize(text)
 
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of a (context, continuation) pair, split the way lm-evaluation-harness does.
+
+        Trailing whitespace of the context moves to the continuation; the pair is
+        encoded whole and split at the context's token count, so BPE merges across
+        the boundary match what the model sees. An empty context becomes the
+        model's prefix token (BOS, else EOS).
+        """
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        if not context:
+            prefix = getattr(self.tokenizer, "bos_token_id", None)
+            prefix = prefix if prefix is not None else min(self.eos_token_ids)
+            return [prefix], self.tokenize(continuation)
+        whole = self.tokenize(context + continuation)
+        split = len(self.tokenize(context))
+        return whole[:split], whole[split:]
+
     def decode(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -109,9 +130,28 @@ class Engine:
         self.validate(request)
         if request.sampling.seed is None:
             raise InvalidRequest("seed", "must be resolved before the engine (the RPC layer draws one)")
+        seq = self._new_sequence(request.prompt_token_ids, request, 1 if request.prompt_logprobs else None)
+        async for item in self._follow(seq):
+            yield item
+            if item.finish_reason is not None:
+                return
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        """Log-likelihood of a continuation given a context, computed in the shared batch."""
+        validate_score(request, self.info)
+        prompt = request.context_ids + request.continuation_ids
+        seq = self._new_sequence(prompt, None, len(request.context_ids))
+        async for result in self._follow(seq):
+            return result
+        raise EngineError("scoring ended without a result")
+
+    def _new_sequence(self, prompt, request: Optional[GenerationRequest], score_from: Optional[int]) -> Sequence_:
         if not self.running:
             raise NotReady("the engine is not running")
-        seq = Sequence_(request, self.model.new_cache(), self.tokenizer, asyncio.get_running_loop())
+        return Sequence_(prompt, request, self.model.new_cache(), self.tokenizer, asyncio.get_running_loop(), score_from)
+
+    async def _follow(self, seq: Sequence_):
+        """Queue `seq` and yield what the engine posts for it; cancel it if the caller leaves."""
         with self._lock:
             if len(self._waiting) >= self.config.max_queue:
                 raise Overloaded(f"queue full: {len(self._waiting)} requests waiting (max_queue={self.config.max_queue})")
@@ -123,8 +163,6 @@ class Engine:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if item.finish_reason is not None:
-                    return
         finally:
             if not seq.finished:
                 seq.cancelled = True  # the loop drops it and frees its cache at the next step
@@ -166,8 +204,13 @@ class Engine:
                 batch.segments,
                 torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
             )
+            if batch.scored:
+                self._score(logits, batch)
             if batch.sampled:
-                self._sample_and_emit(logits, batch)
+                self._sample_and_emit(logits[batch.sample_rows], batch)
+        for seq in self._running:
+            if seq.request is None and seq.prefill_done and not seq.finished:
+                seq.finish_scoring()
         with self._lock:
             self._running = [s for s in self._running if not s.finished]
 
@@ -179,7 +222,7 @@ class Engine:
             if seq.cancelled:
                 seq.finish_cancelled()
             elif seq.prefill_done:
-                batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, wants_logits=True)
+                batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
                 budget -= 1
         for seq in self._running:
             if seq.finished or seq.prefill_done:
@@ -189,10 +232,21 @@ class Engine:
             end = min(len(seq.prompt), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
             if end - start > budget:
                 continue  # next step; the chunk itself is the same whenever it runs
-            batch.add(seq, seq.prompt[start:end], start, wants_logits=(end == len(seq.prompt)))
+            batch.add(seq, seq.prompt[start:end], start, score=seq.score_positions(start, end),
+                      sample=(end == len(seq.prompt) and seq.request is not None))
             seq.prefilled = end
             budget -= end - start
         return batch
+
+    def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
+        rows = logits[batch.score_rows]  # [S, V]
+        logprobs = torch.log_softmax(rows, dim=-1)
+        targets = torch.tensor(batch.score_targets, device=rows.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
+        for seq, lp, g in zip(batch.scored, chosen, greedy):
+            seq.prompt_logprobs.append(lp)
+            seq.prompt_greedy.append(g)
 
     def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
         seqs = batch.sampled

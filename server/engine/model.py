@@ -182,6 +182,8 @@ class DecoderModel:
             x = self._rms_norm(hidden, layer.norm_post)
             gate, up = invariant_linear(x, layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + invariant_linear(F.silu(gate) * up, layer.down)
+        if logit_rows.numel() == 0:
+            return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
         last = pad_rows(self._rms_norm(hidden[logit_rows], self.norm_final))  # [Rp, H]
         return invariant_linear(last, self.lm_head)[: logit_rows.shape[0]].float()  # [R, V]
 

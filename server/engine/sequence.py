@@ -5,33 +5,50 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Optional, Sequence
 
 from .detokenizer import IncrementalText
 from .kv_cache import SequenceKVCache
 from .model import Segment
-from .types import FinishReason, GenerationChunk, GenerationRequest, TopLogprob
+from .types import FinishReason, GenerationChunk, GenerationRequest, ScoreResult, TopLogprob
 
 
 class Sequence_:
     """A request being served: prompt, generated tokens, cache, and its outbox to the caller.
 
-    The engine thread mutates it; the caller's event loop only reads `outbox`
-    and sets `cancelled`.
+    A generation has a `request`; a scoring sequence has none and only wants
+    the logprobs of its prompt from `score_from` on. The engine thread mutates
+    it; the caller's event loop only reads `outbox` and sets `cancelled`.
     """
 
-    def __init__(self, request: GenerationRequest, cache: SequenceKVCache, tokenizer, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt: Sequence[int], request: Optional[GenerationRequest], cache: SequenceKVCache,
+                 tokenizer, loop: asyncio.AbstractEventLoop, score_from: Optional[int] = None):
         self.request = request
-        self.prompt = list(request.prompt_token_ids)
+        self.prompt = list(prompt)
         self.output_ids: list[int] = []
         self.cache = cache
         self.tokenizer = tokenizer
-        self.text = IncrementalText(tokenizer, request.stop)
+        self.text = IncrementalText(tokenizer, request.stop if request else ())
         self.loop = loop
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.prefilled = 0  # prompt tokens already in the cache
+        self.score_from = score_from  # first prompt position whose logprob is wanted, or None
+        self.prompt_logprobs: list[float] = []  # for positions score_from.. as they are computed
+        self.prompt_greedy: list[int] = []
         self.cancelled = False
         self.finished = False
         self.created = time.monotonic()
+
+    def score_positions(self, start: int, end: int) -> range:
+        """Rows p of the chunk [start, end) whose logits score prompt token p + 1."""
+        if self.score_from is None:
+            return range(0)
+        return range(max(start, self.score_from - 1), min(end, len(self.prompt) - 1))
+
+    def finish_scoring(self) -> None:
+        self.finished = True
+        self._post(ScoreResult(tuple(self.prompt_logprobs), tuple(self.prompt_greedy),
+                               self.prompt_greedy == self.prompt[self.score_from:]))
 
     @property
     def prefill_done(self) -> bool:
@@ -79,6 +96,8 @@ class Sequence_:
             prompt_tokens=len(self.prompt),
             completion_tokens=len(self.output_ids),
         )
+        if req.prompt_logprobs and len(self.output_ids) == 1:
+            chunk.prompt_logprobs = [None] + self.prompt_logprobs
         if finish is not None:
             self.finished = True
         self._post(chunk)
@@ -101,18 +120,29 @@ class Sequence_:
 
 @dataclasses.dataclass
 class StepBatch:
-    """Packed rows of one forward step."""
+    """Packed rows of one forward step, and which rows' logits are sampled or scored."""
 
     token_ids: list[int] = dataclasses.field(default_factory=list)
     positions: list[int] = dataclasses.field(default_factory=list)
     segments: list[Segment] = dataclasses.field(default_factory=list)
-    logit_rows: list[int] = dataclasses.field(default_factory=list)
+    logit_rows: list[int] = dataclasses.field(default_factory=list)  # packed row -> logits row
     sampled: list[Sequence_] = dataclasses.field(default_factory=list)
+    sample_rows: list[int] = dataclasses.field(default_factory=list)  # index into logits, per sampled seq
+    scored: list[Sequence_] = dataclasses.field(default_factory=list)  # one entry per scored row
+    score_rows: list[int] = dataclasses.field(default_factory=list)
+    score_targets: list[int] = dataclasses.field(default_factory=list)
 
-    def add(self, seq: Sequence_, tokens: list[int], start: int, wants_logits: bool) -> None:
+    def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False) -> None:
+        first_row = len(self.token_ids)
         self.segments.append(Segment(seq.cache, start, len(tokens)))
         self.token_ids.extend(tokens)
         self.positions.extend(range(start, start + len(tokens)))
-        if wants_logits:
+        for pos in score:
+            self.score_rows.append(len(self.logit_rows))
+            self.logit_rows.append(first_row + pos - start)
+            self.scored.append(seq)
+            self.score_targets.append(seq.prompt[pos + 1])
+        if sample:
+            self.sample_rows.append(len(self.logit_rows))
             self.logit_rows.append(len(self.token_ids) - 1)
             self.sampled.append(seq)

@@ -52,7 +52,28 @@ class GenerationRequest:
     ignore_eos: bool = False
     top_logprobs: int = 0  # number of top alternatives per generated token, 0..20
     sample_index: int = 0  # j of n samples: the random stream is keyed by (seed, j)
+    prompt_logprobs: bool = False  # echo: return each prompt token's logprob (the first has none)
     request_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRequest:
+    """Log-likelihood of `continuation_ids` given `context_ids` (the harness's loglikelihood)."""
+
+    context_ids: tuple[int, ...]  # at least one token
+    continuation_ids: tuple[int, ...]  # at least one token
+    request_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    logprobs: tuple[float, ...]  # per continuation token, under the raw model distribution
+    greedy_ids: tuple[int, ...]  # argmax at each continuation position (lowest id on ties)
+    is_greedy: bool  # greedy decoding would have produced exactly the continuation
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.logprobs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +98,7 @@ class GenerationChunk:
     finish_reason: Optional[FinishReason] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # running total of generated tokens, including this chunk
+    prompt_logprobs: Optional[list[Optional[float]]] = None  # first chunk only, when asked: None for token 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .config import EngineConfig
-from .types import GenerationRequest, InvalidRequest, ModelInfo
+from .types import GenerationRequest, InvalidRequest, ModelInfo, ScoreRequest
 
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
@@ -46,3 +46,16 @@ def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConf
 def _field_of(message: str) -> str:
     match = re.match(r"\s*([A-Za-z_][A-Za-z_0-9]*)", message)
     return match.group(1) if match else "sampling"
+
+
+def validate_score(req: ScoreRequest, info: ModelInfo) -> None:
+    """Raise InvalidRequest unless context and continuation are non-empty, in vocabulary and fit the context."""
+    for field, ids in (("context", req.context_ids), ("continuation", req.continuation_ids)):
+        if not ids:
+            raise InvalidRequest(field, "must contain at least one token")
+        bad = next((t for t in ids if not 0 <= t < info.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(field, f"token id {bad} out of range: allowed [0, {info.vocab_size})")
+    total = len(req.context_ids) + len(req.continuation_ids)
+    if total > info.max_context:
+        raise InvalidRequest("continuation", f"context + continuation is {total} tokens; allowed at most {info.max_context}")
