@@ -75,16 +75,17 @@ class Segment:
     length: int  # number of tokens in the run
 
 
-def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """`F.linear` whose row results do not depend on the row count. x: [M, K], M % ROW_TILE == 0."""
-    assert x.shape[0] % ROW_TILE == 0, "pad rows with pad_rows() first"
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     tile: int = ROW_TILE) -> torch.Tensor:
+    """`F.linear` whose row results do not depend on the row count. x: [M, K], M % tile == 0."""
+    assert x.shape[0] % tile == 0, "pad rows with pad_rows() first"
     return F.linear(x, weight, bias)
 
 
-def pad_rows(x: torch.Tensor) -> torch.Tensor:
-    """Zero-pad dim 0 up to a multiple of ROW_TILE (at least one tile)."""
+def pad_rows(x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
+    """Zero-pad dim 0 up to a multiple of `tile` (at least one tile)."""
     rows = x.shape[0]
-    padded = max(ROW_TILE, -(-rows // ROW_TILE) * ROW_TILE)
+    padded = max(tile, -(-rows // tile) * tile)
     if padded == rows:
         return x
     return torch.cat([x, x.new_zeros((padded - rows,) + tuple(x.shape[1:]))])
@@ -110,8 +111,10 @@ class Layer:
 class DecoderModel:
     """Llama-family forward over packed rows of many sequences, each with its own KV cache."""
 
-    def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype):
-        self.cfg, self.device, self.dtype = cfg, device, dtype
+    def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
+                 row_tile: int = ROW_TILE):
+        # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
+        self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
         self.embed = sd["model.embed_tokens.weight"]  # [V, H]
         self.lm_head = self.embed if cfg.tie_word_embeddings else sd["lm_head.weight"]  # [V, H]
@@ -122,6 +125,9 @@ class DecoderModel:
         angles = torch.cat([angles, angles], dim=-1)  # [P, D]
         self.cos = angles.cos().to(device=device, dtype=dtype)
         self.sin = angles.sin().to(device=device, dtype=dtype)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return invariant_linear(x, weight, bias, self.row_tile)
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
@@ -168,24 +174,24 @@ class DecoderModel:
         """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices -> logits [R, V] float32."""
         c = self.cfg
         t = token_ids.shape[0]
-        hidden = pad_rows(F.embedding(token_ids, self.embed))  # [Tp, H]
+        hidden = pad_rows(F.embedding(token_ids, self.embed), self.row_tile)  # [Tp, H]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         for i, layer in enumerate(self.layers):
             x = self._rms_norm(hidden, layer.norm_in)
-            qkv = invariant_linear(x, layer.qkv, layer.qkv_bias)[:t]  # [T, Hq*D + 2*Hkv*D]
+            qkv = self._linear(x, layer.qkv, layer.qkv_bias)[:t]  # [T, Hq*D + 2*Hkv*D]
             q = self._rope(qkv[:, :q_width].view(t, c.num_heads, c.head_dim), cos, sin)
             k = self._rope(qkv[:, q_width:q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
             v = qkv[:, q_width + kv_width:].view(t, c.num_kv_heads, c.head_dim)
-            attn = pad_rows(self._attention(q, k, v, i, segments))  # [Tp, Hq*D]
-            hidden = hidden + invariant_linear(attn, layer.o)
+            attn = pad_rows(self._attention(q, k, v, i, segments), self.row_tile)  # [Tp, Hq*D]
+            hidden = hidden + self._linear(attn, layer.o)
             x = self._rms_norm(hidden, layer.norm_post)
-            gate, up = invariant_linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + invariant_linear(F.silu(gate) * up, layer.down)
+            gate, up = self._linear(x, layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down)
         if logit_rows.numel() == 0:
             return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
-        last = pad_rows(self._rms_norm(hidden[logit_rows], self.norm_final))  # [Rp, H]
-        return invariant_linear(last, self.lm_head)[: logit_rows.shape[0]].float()  # [R, V]
+        last = pad_rows(self._rms_norm(hidden[logit_rows], self.norm_final), self.row_tile)  # [Rp, H]
+        return self._linear(last, self.lm_head)[: logit_rows.shape[0]].float()  # [R, V]
 
 
 def describe(cfg: ModelConfig) -> str:

