@@ -1,0 +1,131 @@
+"""sample(): one token per row, vectorised over rows of any parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from .blocks import BLOCK, NEG_INF, Processed, first_argmax, prepare
+from .chunks import chunk_total, inverse_cdf
+from .params import SamplingParams
+from .penalties import edits
+from .rng import seed_states, uniforms
+from .rows import RowConfig, kth_threshold
+from .select import extract
+from .truncate import sample_truncated, thresholds
+from .weights import Weights
+
+MAX_TOP_N = 20
+
+
+@dataclass
+class SampleResult:
+    """What sample() returns; every tensor is on the logits' device."""
+
+    token_ids: torch.Tensor  # int64 [B]
+    logprobs: torch.Tensor  # float32 [B] log_softmax of the raw logits at the chosen token
+    processed_logprobs: torch.Tensor  # float32 [B] log-prob under the processed distribution (0 greedy)
+    top_token_ids: torch.Tensor  # int64 [B, top_n] raw distribution, probability desc then id asc
+    top_logprobs: torch.Tensor  # float32 [B, top_n]
+
+
+class _Out:
+    """Per-row results being filled in by the row groups."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens.clone()  # int64 [B]
+        self.plp = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+
+    def put(self, rows, tokens, w_tok, total) -> None:
+        self.tokens[rows] = tokens
+        self.plp[rows] = (w_tok.to(torch.float64).log() - total.log()).to(torch.float32)
+
+
+def sample(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    steps: Union[Sequence[int], torch.Tensor],
+    *,
+    prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
+    output_token_ids: Optional[Sequence[Sequence[int]]] = None,
+    sample_indices: Optional[Sequence[int]] = None,
+    suppress_token_ids: Optional[Sequence[Sequence[int]]] = None,
+    top_n: int = 0,
+) -> SampleResult:
+    """Sample one token per row of logits [B, V]; see the package docstring for the semantics."""
+    batch, vocab = _check(logits, params, steps, sample_indices, top_n)
+    dev = logits.device
+    if batch == 0 or vocab == 0:
+        return _empty(batch, min(top_n, vocab), dev)
+    cfg = RowConfig.build(params, vocab, dev)
+    u = _uniforms(params, steps, sample_indices, batch, dev)
+    x, bm_raw = prepare(logits)
+    proc = Processed(x, bm_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids,
+                                       suppress_token_ids))
+    if proc.patch_map is not None and bool((proc.m == NEG_INF).any()):
+        proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
+    probs = torch.softmax(x, -1)  # [B, Vp] raw distribution
+    all_rows = torch.arange(batch, device=dev)
+    m_raw = bm_raw.amax(-1)
+    arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.xb[all_rows, b])
+    arg = arg_raw if proc.patch_map is None else \
+        first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
+    out = _Out(arg)
+    lse = m_raw - probs.gather(1, arg_raw[:, None])[:, 0].log()  # [B] logsumexp of the raw row
+    wts = Weights(proc, cfg, probs, m_raw, lse)
+    total = None if wts.sums is None else chunk_total(wts.sums)  # [B] float64 full-row mass
+    if cfg.support:
+        rows = torch.tensor(cfg.support, device=dev)
+        c, j, w_tok, mass = inverse_cdf(wts.sums[rows], u[rows], lambda cc: wts.chunk(rows, cc))
+        out.put(rows, c * BLOCK + j, w_tok, mass)
+    if cfg.trunc:
+        rows = torch.tensor(cfg.trunc, device=dev)
+        tot = None if total is None else total[rows]
+        sample_truncated(proc, cfg, wts, rows, thresholds(proc, cfg, wts, rows, arg, tot), tot, u, out)
+    logprobs = x.gather(1, out.tokens[:, None])[:, 0] - lse
+    top_ids, top_lps = _top_alternatives(proc, bm_raw, lse, min(top_n, vocab))
+    return SampleResult(out.tokens, logprobs, out.plp, top_ids, top_lps)
+
+
+def _check(logits, params, steps, sample_indices, top_n) -> tuple[int, int]:
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating [B, V] tensor, got {tuple(logits.shape)} {logits.dtype}")
+    batch, vocab = logits.shape
+    if len(params) != batch or len(steps) != batch:
+        raise ValueError(f"need one params and one step per row: B={batch}, "
+                         f"len(params)={len(params)}, len(steps)={len(steps)}")
+    if sample_indices is not None and len(sample_indices) != batch:
+        raise ValueError(f"sample_indices has {len(sample_indices)} entries for B={batch}")
+    if not 0 <= top_n <= MAX_TOP_N:
+        raise ValueError(f"top_n={top_n!r} is out of range: allowed [0, {MAX_TOP_N}]")
+    return batch, vocab
+
+
+def _uniforms(params, steps, sample_indices, batch, dev) -> torch.Tensor:
+    states = seed_states([p.seed for p in params], dev)
+    step_t = torch.as_tensor(steps, dtype=torch.int64).to(dev)
+    idx = torch.zeros(batch, dtype=torch.int64, device=dev) if sample_indices is None else \
+        torch.as_tensor(sample_indices, dtype=torch.int64).to(dev)
+    return uniforms(states, idx, step_t)
+
+
+def _empty(batch: int, top_n: int, dev) -> SampleResult:
+    if batch:
+        raise ValueError("logits must have at least one token per row")
+    z = lambda dtype, *shape: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
+    return SampleResult(z(torch.int64, 0), z(torch.float32, 0), z(torch.float32, 0),
+                        z(torch.int64, 0, top_n), z(torch.float32, 0, top_n))
+
+
+def _top_alternatives(proc: Processed, bm_raw, lse, top_n: int):
+    batch = bm_raw.shape[0]
+    dev = bm_raw.device
+    if top_n == 0:
+        return (torch.zeros((batch, 0), dtype=torch.int64, device=dev),
+                torch.zeros((batch, 0), dtype=torch.float32, device=dev))
+    theta = kth_threshold(bm_raw, bm_raw.amax(-1), torch.full((batch,), top_n, device=dev))
+    cand = extract(lambda r, b: proc.xb[r, b], bm_raw, theta)
+    return cand.token[:, :top_n], cand.vals[:, :top_n] - lse[:, None]

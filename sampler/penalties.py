@@ -1,0 +1,99 @@
+"""Sparse logit edits: repetition/presence/frequency penalties, logit bias and suppressed tokens."""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from .blocks import FLOAT_MAX
+from .params import SamplingParams
+from .select import RADIX_MIN
+
+IdLists = Optional[Sequence[Sequence[int]]]
+REP, OUT, BIAS, SUP = 1, 2, 4, 8  # edit kinds, as bit flags
+
+
+def _ids(seq) -> list:
+    return seq.tolist() if isinstance(seq, torch.Tensor) else seq
+
+
+def _gather_edits(params, prompt_ids: IdLists, output_ids: IdLists, suppress_ids: IdLists):
+    """Token ids (array) and segments [(row, kind, bias, length)] of every edit; marshalling only."""
+    toks = array.array("q")
+    segs: list[tuple[int, int, float, int]] = []
+
+    def add(r: int, ids, kind: int, b: float = 0.0) -> None:
+        ids = _ids(ids)
+        toks.extend(ids)
+        segs.append((r, kind, b, len(ids)))
+
+    for r, p in enumerate(params):
+        counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        rep = REP if p.repetition_penalty != 1.0 else 0
+        if rep and prompt_ids is not None:
+            add(r, prompt_ids[r], REP)
+        if output_ids is not None and (counted or rep):
+            add(r, output_ids[r], rep | (OUT if counted else 0))
+        for t, b in p.logit_bias:
+            add(r, (t,), BIAS, b)
+        if suppress_ids is not None and len(suppress_ids[r]):
+            add(r, suppress_ids[r], SUP)
+    return toks, segs
+
+
+def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_ids: IdLists,
+          output_ids: IdLists, suppress_ids: IdLists) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(flat index into x [M] int64, new value [M] float32) of every edited logit, or None.
+
+    x is the padded float32 [B, Vp] matrix. Per token: repetition penalty (once), then
+    s -= frequency * count + presence * (count > 0), then s += bias, then min(s, float32 max);
+    suppressed tokens -> -inf.
+    Token ids outside [0, vocab) are ignored.
+    """
+    toks, segs = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
+    if not len(toks):
+        return None
+    dev, width = x.device, x.shape[1]
+    tok = torch.frombuffer(toks, dtype=torch.int64).clone().to(dev)
+    seg = torch.tensor(segs, dtype=torch.float64, device=dev)  # [S, 4]
+    per_edit = lambda col: torch.repeat_interleave(seg[:, col], seg[:, 3].long())  # noqa: E731
+    ok = (tok >= 0) & (tok < vocab)
+    keys = (per_edit(0).long() * width + tok)[ok]
+    kind, b = per_edit(1).long()[ok], per_edit(2).float()[ok]
+    if keys.numel() == 0:
+        return None
+    uniq, inv = _unique(keys, x.shape[0] * width)
+    return uniq, _new_values(x, uniq, inv, kind, b, params, width)
+
+
+def _unique(keys: torch.Tensor, sentinel: int):
+    """torch.unique(keys, return_inverse=True), padded onto torch's radix sort when that is faster."""
+    n = keys.numel()
+    if n * 8 < RADIX_MIN or n >= RADIX_MIN:
+        return torch.unique(keys, return_inverse=True)
+    pad = torch.full((RADIX_MIN - n,), sentinel, dtype=keys.dtype, device=keys.device)
+    uniq, inv = torch.unique(torch.cat([keys, pad]), return_inverse=True)
+    return uniq[:-1], inv[:n]
+
+
+def _row_param(params, name: str, rows: torch.Tensor) -> torch.Tensor:
+    vals = torch.tensor([getattr(p, name) for p in params], dtype=torch.float32, device=rows.device)
+    return vals[rows]
+
+
+def _new_values(x, uniq, inv, kind, b, params, width) -> torch.Tensor:
+    """float32 [M] edited values of the unique positions `uniq`; inv maps each edit to its slot."""
+    m = uniq.numel()
+    rows = uniq // width
+    val = x.view(-1)[uniq]  # [M]
+    per_slot = lambda v: torch.zeros(m, dtype=v.dtype, device=x.device).index_add_(0, inv, v)  # noqa: E731
+    pen = _row_param(params, "repetition_penalty", rows)
+    val = torch.where(per_slot(kind & REP) > 0, torch.where(val < 0, val * pen, val / pen), val)
+    cnt = per_slot(((kind & OUT) > 0).float())
+    val = val - _row_param(params, "frequency_penalty", rows) * cnt
+    val = val - _row_param(params, "presence_penalty", rows) * (cnt > 0).float()
+    val = (val + per_slot(b)).clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
+    return val.masked_fill(per_slot(kind & SUP) > 0, float("-inf"))

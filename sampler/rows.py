@@ -1,0 +1,95 @@
+"""Per-row parameter tensors, row classes, and the thresholds that bound each row's kept set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .blocks import NEG_INF
+from .params import SamplingParams
+
+
+@dataclass
+class RowConfig:
+    """Parameters of B rows as tensors, and row classes (decided from params only).
+
+    full: sampled, no top-k, and top-p or no truncation at all; their weights cover the whole
+    row (see weights.py). support: full rows that keep every token. trunc: every other sampled
+    row (top-k, top-p or min-p); greedy rows are in neither list.
+    """
+
+    temperature: torch.Tensor  # float32 [B]
+    top_k: torch.Tensor  # int64 [B], 0 = off (top_k >= V counts as off)
+    top_p: torch.Tensor  # float64 [B], 1 = off
+    min_p: torch.Tensor  # float32 [B], 0 = off
+    full: torch.Tensor  # bool [B]
+    support: list[int]  # full rows keeping every token
+    trunc: list[int]  # rows with top-k, top-p or min-p
+
+    @staticmethod
+    def build(params: Sequence[SamplingParams], vocab: int, device) -> "RowConfig":
+        table, full = [], []
+        lists: dict[str, list[int]] = {"support": [], "trunc": []}
+        for i, p in enumerate(params):
+            k = p.top_k if p.top_k < vocab else 0
+            table.append((p.temperature, k, p.top_p, p.min_p))
+            is_full = p.temperature != 0 and k == 0 and (p.top_p < 1 or p.min_p == 0)
+            full.append(is_full)
+            if is_full and p.top_p >= 1:
+                lists["support"].append(i)
+            elif p.temperature != 0:
+                lists["trunc"].append(i)
+        t = torch.tensor(table, dtype=torch.float64, device=device).reshape(-1, 4)
+        return RowConfig(t[:, 0].float(), t[:, 1].long(), t[:, 2], t[:, 3].float(),
+                         torch.tensor(full, dtype=torch.bool, device=device), **lists)
+
+
+def block_threshold(bm: torch.Tensor, m: torch.Tensor, step: torch.Tensor, mass: torch.Tensor,
+                    target: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """float64 [n]: a theta such that the blocks with maximum >= theta carry mass >= target.
+
+    Blocks are binned by (m - block max) / step (no sort); theta is the lower edge of the first
+    bin where the cumulative mass (mass [n, nb] per block) reaches target [n], widened for the
+    float32 rounding of the binning; -inf when only the last, open-ended bin reaches it.
+    """
+    b = ((m[:, None] - bm) / step.float()[:, None]).floor_().clamp_(0, bins - 1).long()  # [n, nb]
+    hist = torch.zeros((bm.shape[0], bins), dtype=torch.float64, device=bm.device)
+    first = (hist.scatter_add_(1, b, mass.double()).cumsum(1) < target[:, None]).sum(1)  # [n]
+    edge = m.double() - (first + 1) * step.double() * (1 + 1e-6)
+    return torch.where(first < bins - 1, edge, NEG_INF)
+
+
+def kth_threshold(bm: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """float64 [n]: theta with at least k tokens >= theta (k blocks reach it); -inf where k is 0."""
+    step = torch.full_like(m, 1.0 / 16)
+    th = block_threshold(bm, m, step, torch.ones_like(bm), k.double())
+    return torch.where(k > 0, th, NEG_INF)
+
+
+def min_p_threshold(m: torch.Tensor, temp: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """float64 [n]: a value below which exp((s - m) / T) < min_p surely holds (-inf when off).
+
+    The margin covers float32 rounding of (s - m) / T and of exp, and float64 rounding of m.
+    """
+    m64, t64, p64 = m.double(), temp.double(), min_p.double()
+    log_p = torch.log(p64.clamp(min=1e-300))
+    slack = t64 * 1e-4 * (1.0 + log_p.abs()) + m64.abs() * 2.0**-45
+    return torch.where(p64 > 0, m64 + t64 * log_p - slack, NEG_INF)
+
+
+def top_p_threshold(bm: torch.Tensor, m: torch.Tensor, temp: torch.Tensor, w_max: torch.Tensor,
+                    sums: torch.Tensor, top_p: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """float64 [n]: a guess of the top-p boundary value from block statistics (verified later).
+
+    Each block holds a token of weight about exp((block max - m) / T) * w_max: their mass above
+    a value (about) bounds the mass above it from below, a sure guess when it reaches the target.
+    Heavy tails need more than one token per block: then guess 1.5 T below the value where the
+    whole blocks' mass (sums [n, nb], an upper bound) reaches it.
+    """
+    target = top_p * total
+    est = torch.exp((bm - m[:, None]) / temp[:, None]) * w_max[:, None]  # [n, nb]
+    low = block_threshold(bm, m, temp / 8, est, target * (1 + 1e-3))
+    high = block_threshold(bm, m, temp / 8, sums, target)
+    return torch.maximum(low, high - 1.5 * temp.double())
