@@ -1,0 +1,44 @@
+"""seedstream client: talk to a seedstream server over gRPC.
+
+Needs only grpcio and protobuf (no torch):
+
+    from seedstream.client import Client
+
+    with Client("localhost:50051") as client:
+        result = client.generate("The capital of France is", seed=42, max_new_tokens=16)
+        print(result.text, result.seed, result.finish_reason)
+
+See Client, AsyncClient, and the result types in seedstream.client.types.
+"""
+
+from .aio import AsyncClient, AsyncGenerateStream
+from .client import Client, GenerateStream
+from .errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    OverloadedError,
+    SeedstreamError,
+    UnavailableError,
+)
+from .types import (
+    EffectiveSampling,
+    FinishReason,
+    GenerateChunk,
+    GenerateResult,
+    HealthStatus,
+    ModelInfo,
+    Receipt,
+    TokenizeResult,
+    TopLogprob,
+    join_chunks,
+    same_run,
+)
+
+__all__ = [
+    "AsyncClient", "AsyncGenerateStream", "Client", "GenerateStream",
+    "SeedstreamError", "InvalidArgumentError", "OverloadedError", "UnavailableError",
+    "DeadlineExceededError", "CancelledError",
+    "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",
+    "ModelInfo", "Receipt", "TokenizeResult", "TopLogprob", "join_chunks", "same_run",
+]

@@ -1,0 +1,67 @@
+"""Pieces shared by Client and AsyncClient: credentials, health wire format."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+from .types import HealthStatus
+
+# grpc.health.v1.Health/Check without a dependency on grpcio-health-checking:
+# HealthCheckRequest is {string service = 1} and HealthCheckResponse is
+# {enum ServingStatus status = 1}, which on the wire are exactly
+# google.protobuf.StringValue and google.protobuf.Int32Value.
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+HEALTH_REQUEST = wrappers_pb2.StringValue
+HEALTH_RESPONSE = wrappers_pb2.Int32Value
+_HEALTH_STATUS = {0: HealthStatus.UNKNOWN, 1: HealthStatus.SERVING, 2: HealthStatus.NOT_SERVING, 3: HealthStatus.SERVICE_UNKNOWN}
+
+# The server's TextGeneration service name, as grpc.health.v1 knows it.
+SERVICE_NAME = "seedstream.v1.TextGeneration"
+
+
+def health_status(response: wrappers_pb2.Int32Value) -> HealthStatus:
+    return _HEALTH_STATUS.get(response.value, HealthStatus.UNKNOWN)
+
+
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def channel_credentials(
+    credentials: Optional[grpc.ChannelCredentials],
+    secure: bool,
+    root_certificates: Optional[bytes | str],
+    private_key: Optional[bytes | str],
+    certificate_chain: Optional[bytes | str],
+) -> Optional[grpc.ChannelCredentials]:
+    """None for a plaintext channel; TLS credentials otherwise.
+
+    Certificates may be given as PEM bytes or as file paths (str).
+    """
+    if credentials is not None:
+        return credentials
+    if not (secure or root_certificates or private_key or certificate_chain):
+        return None
+
+    def pem(value):
+        return _read(value) if isinstance(value, str) else value
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=pem(root_certificates),
+        private_key=pem(private_key),
+        certificate_chain=pem(certificate_chain),
+    )
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<client default>"
+
+
+UNSET = _Unset()  # "use the client's default timeout"

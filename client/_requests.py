@@ -1,0 +1,174 @@
+"""Building request protobufs from keyword arguments (shared by Client and AsyncClient)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from seedstream.v1 import textgen_pb2 as pb
+
+from .errors import InvalidArgumentError
+
+DEFAULT_PORT = 50051
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Message = Union[Mapping[str, str], Sequence[str], pb.ChatMessage]
+
+# Sampling keyword arguments that map 1:1 onto `optional` request fields; None = server default.
+OPTIONAL_FIELDS = (
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_new_tokens",
+    "min_new_tokens",
+)
+
+
+def default_target() -> str:
+    """SEEDSTREAM_TARGET, else localhost:SEEDSTREAM_PORT (50051)."""
+    target = os.environ.get("SEEDSTREAM_TARGET")
+    if target:
+        return target
+    return f"localhost:{os.environ.get('SEEDSTREAM_PORT') or DEFAULT_PORT}"
+
+
+def chat_messages(messages: Iterable[Message]) -> pb.ChatMessages:
+    """Messages as dicts {"role", "content"}, (role, content) pairs, or ChatMessage protos."""
+    out = pb.ChatMessages()
+    for i, m in enumerate(messages):
+        if isinstance(m, pb.ChatMessage):
+            out.messages.append(m)
+        elif isinstance(m, Mapping):
+            try:
+                out.messages.add(role=m["role"], content=m.get("content", ""))
+            except (KeyError, TypeError) as exc:
+                raise InvalidArgumentError(f"messages[{i}]: needs a 'role' and a 'content' string ({exc})", None) from None
+        else:
+            try:
+                role, content = m
+                out.messages.add(role=role, content=content)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"messages[{i}]: expected a dict or a (role, content) pair ({exc})", None) from None
+    return out
+
+
+def _set(msg, name: str, value: Any) -> None:
+    try:
+        setattr(msg, name, value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{name}: {value!r} is not allowed here ({exc})", None) from None
+
+
+def _extend(field, name: str, values) -> None:
+    try:
+        field.extend(values)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{name}: {values!r} is not allowed here ({exc})", None) from None
+
+
+def _pick_input(prompt, messages, prompt_token_ids) -> None:
+    given = [n for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids)) if v is not None]
+    if len(given) != 1:
+        raise InvalidArgumentError(
+            "input: give exactly one of prompt, messages or prompt_token_ids" + (f" (got {', '.join(given)})" if given else ""),
+            None,
+        )
+
+
+def generate_request(
+    prompt: Optional[str] = None,
+    *,
+    messages: Optional[Iterable[Message]] = None,
+    prompt_token_ids: Optional[Sequence[int]] = None,
+    seed: Optional[int] = None,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    repetition_penalty: Optional[float] = None,
+    presence_penalty: Optional[float] = None,
+    frequency_penalty: Optional[float] = None,
+    logit_bias: Optional[Mapping[int, float]] = None,
+    max_new_tokens: Optional[int] = None,
+    min_new_tokens: Optional[int] = None,
+    stop: Union[str, Sequence[str], None] = None,
+    stop_token_ids: Optional[Sequence[int]] = None,
+    ignore_eos: bool = False,
+    top_logprobs: int = 0,
+    sample_index: int = 0,
+    request_id: str = "",
+) -> pb.GenerateRequest:
+    """A GenerateRequest; every sampling argument left None takes the server's default."""
+    _pick_input(prompt, messages, prompt_token_ids)
+    req = pb.GenerateRequest()
+    if prompt is not None:
+        _set(req, "prompt", prompt)
+    elif messages is not None:
+        req.messages.CopyFrom(chat_messages(messages))
+    else:
+        _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(prompt_token_ids))
+        req.prompt_token_ids.SetInParent()  # an empty list still selects this input (the server rejects it clearly)
+    values = locals()
+    for name in OPTIONAL_FIELDS:
+        if values[name] is not None:
+            _set(req, name, values[name])
+    if logit_bias:
+        for token_id, bias in dict(logit_bias).items():
+            try:
+                req.logit_bias[int(token_id)] = float(bias)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"logit_bias: {token_id!r}: {bias!r} is not allowed here ({exc})", None) from None
+    if stop is not None:
+        _extend(req.stop, "stop", [stop] if isinstance(stop, str) else list(stop))
+    if stop_token_ids is not None:
+        _extend(req.stop_token_ids, "stop_token_ids", list(stop_token_ids))
+    _set(req, "ignore_eos", bool(ignore_eos))
+    _set(req, "top_logprobs", top_logprobs)
+    _set(req, "sample_index", sample_index)
+    _set(req, "request_id", request_id)
+    return req
+
+
+def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[Message]] = None,
+                     add_special_tokens: Optional[bool] = None) -> pb.TokenizeRequest:
+    if (text is None) == (messages is None):
+        raise InvalidArgumentError("input: give exactly one of text or messages", None)
+    req = pb.TokenizeRequest()
+    if text is not None:
+        _set(req, "text", text)
+    else:
+        req.messages.CopyFrom(chat_messages(messages))
+    if add_special_tokens is not None:
+        req.add_special_tokens = bool(add_special_tokens)
+    return req
+
+
+def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[tuple[str, Any]]:
+    try:
+        from importlib.metadata import version
+
+        ua = f"seedstream-client/{version('seedstream')}"
+    except Exception:
+        ua = "seedstream-client"
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.primary_user_agent", ua),
+    ]
+    return options + list(extra or ())
+
+
+def metadata_pairs(*sources) -> Optional[tuple[tuple[str, str], ...]]:
+    """Merge metadata given as dicts or (key, value) sequences; keys lower-cased as gRPC requires."""
+    pairs: list[tuple[str, str]] = []
+    for src in sources:
+        if not src:
+            continue
+        items = src.items() if isinstance(src, Mapping) else src
+        pairs.extend((str(k).lower(), v) for k, v in items)
+    return tuple(pairs) or None

@@ -1,0 +1,216 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Optional, Sequence, Union
+
+import grpc
+
+from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1 import textgen_pb2_grpc as pb_grpc
+
+from . import _requests
+from ._common import HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status
+from .client import Metadata
+from .errors import SeedstreamError, UnavailableError, from_rpc_error
+from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, TokenizeResult
+
+
+class AsyncGenerateStream:
+    """Async iterator over a streamed completion's chunks.
+
+    `async with client.generate_stream(...) as stream: async for chunk in stream: ...`
+    Leaving the block, `cancel()`, cancelling the task that iterates, or
+    dropping the object cancels the RPC; the server frees the slot.
+    """
+
+    def __init__(self, call):
+        self._call = call
+        self._finished = False
+
+    def __aiter__(self) -> "AsyncGenerateStream":
+        return self
+
+    async def __anext__(self) -> GenerateChunk:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        except grpc.RpcError as exc:
+            self._finished = True
+            raise from_rpc_error(exc) from None
+        if message is grpc.aio.EOF:
+            self._finished = True
+            await self._raise_status()
+            raise StopAsyncIteration
+        chunk = GenerateChunk.from_pb(message)
+        if chunk.finish_reason is not None:
+            self._finished = True
+        return chunk
+
+    async def _raise_status(self) -> None:
+        code = await self._call.code()
+        if code != grpc.StatusCode.OK:
+            raise from_rpc_error(_StatusError(code, await self._call.details()))
+
+    async def seed(self) -> Optional[int]:
+        """The seed used, from the response headers (available before the first token)."""
+        try:
+            for key, value in await self._call.initial_metadata() or ():
+                if key == "seedstream-seed":
+                    return int(value)
+        except grpc.RpcError:
+            return None
+        return None
+
+    def cancel(self) -> None:
+        if not self._finished:
+            self._call.cancel()
+            self._finished = True
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> "AsyncGenerateStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:
+            pass
+
+
+class _StatusError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class AsyncClient:
+    """asyncio seedstream client; same arguments and methods as Client, awaited.
+
+        async with AsyncClient("localhost:50051") as client:
+            result = await client.generate("Once upon a time", seed=42)
+            async with client.generate_stream("Once upon a time", seed=42) as stream:
+                async for chunk in stream:
+                    print(chunk.text, end="")
+    """
+
+    def __init__(
+        self,
+        target: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        secure: bool = False,
+        root_certificates: Union[bytes, str, None] = None,
+        private_key: Union[bytes, str, None] = None,
+        certificate_chain: Union[bytes, str, None] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Metadata = None,
+        options: Optional[Sequence[tuple[str, Any]]] = None,
+    ):
+        self.target = target or _requests.default_target()
+        self.timeout = timeout
+        self.metadata = metadata
+        self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
+        self._options = _requests.channel_options(options)
+        self._channel: Optional[grpc.aio.Channel] = None
+
+    def _ensure(self):
+        # Created on first use, inside the running event loop.
+        if self._channel is None:
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            self._stub = pb_grpc.TextGenerationStub(self._channel)
+            self._health = self._channel.unary_unary(
+                HEALTH_CHECK_METHOD,
+                request_serializer=HEALTH_REQUEST.SerializeToString,
+                response_deserializer=HEALTH_RESPONSE.FromString,
+            )
+        return self._stub
+
+    def _kwargs(self, timeout, metadata) -> dict:
+        return {
+            "timeout": self.timeout if timeout is UNSET else timeout,
+            "metadata": _requests.metadata_pairs(self.metadata, metadata),
+        }
+
+    async def _unary(self, name: str, request, timeout, metadata):
+        method = getattr(self._ensure(), name)
+        try:
+            return await method(request, **self._kwargs(timeout, metadata))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def generate(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None,
+                       **kwargs) -> GenerateResult:
+        """Generate a whole completion (arguments as Client.generate)."""
+        request = _requests.generate_request(prompt, **kwargs)
+        return GenerateResult.from_pb(await self._unary("Generate", request, timeout, metadata))
+
+    def generate_stream(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None,
+                        **kwargs) -> AsyncGenerateStream:
+        """Stream a completion (arguments as Client.generate); iterate with `async for`."""
+        request = _requests.generate_request(prompt, **kwargs)
+        call = self._ensure().GenerateStream(request, **self._kwargs(timeout, metadata))
+        return AsyncGenerateStream(call)
+
+    async def tokenize(self, text: Optional[str] = None, *, messages=None, add_special_tokens: Optional[bool] = None,
+                       timeout=UNSET, metadata: Metadata = None) -> TokenizeResult:
+        request = _requests.tokenize_request(text, messages=messages, add_special_tokens=add_special_tokens)
+        response = await self._unary("Tokenize", request, timeout, metadata)
+        return TokenizeResult(tuple(response.token_ids), tuple(response.tokens))
+
+    async def model_info(self, *, timeout=UNSET, metadata: Metadata = None) -> ModelInfo:
+        return ModelInfo.from_pb(await self._unary("GetModelInfo", pb.GetModelInfoRequest(), timeout, metadata))
+
+    async def health(self, service: str = "", *, timeout=UNSET) -> HealthStatus:
+        self._ensure()
+        try:
+            response = await self._health(HEALTH_REQUEST(value=service), **self._kwargs(timeout, None))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return HealthStatus.SERVICE_UNKNOWN
+            raise from_rpc_error(exc) from None
+        return health_status(response)
+
+    async def wait_until_serving(self, timeout: float = 120.0, interval: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            try:
+                last = await self.health(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                if last is HealthStatus.SERVING:
+                    return
+            except SeedstreamError as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise UnavailableError(f"{self.target} not serving after {timeout:.0f}s (last: {last})")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

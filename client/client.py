@@ -1,0 +1,218 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import grpc
+
+from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1 import textgen_pb2_grpc as pb_grpc
+
+from . import _requests
+from ._common import (
+    HEALTH_CHECK_METHOD,
+    HEALTH_REQUEST,
+    HEALTH_RESPONSE,
+    UNSET,
+    channel_credentials,
+    health_status,
+)
+from .errors import SeedstreamError, UnavailableError, from_rpc_error
+from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, TokenizeResult
+
+Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
+
+
+class GenerateStream:
+    """Iterator over a streamed completion's chunks.
+
+    Breaking out of the loop, leaving a `with` block, `cancel()`, or dropping the
+    object cancels the RPC, and the server frees the sequence's slot.
+    """
+
+    def __init__(self, call):
+        self._call = call
+        self._finished = False
+
+    def __iter__(self) -> "GenerateStream":
+        return self
+
+    def __next__(self) -> GenerateChunk:
+        try:
+            message = next(self._call)
+        except StopIteration:
+            self._finished = True
+            raise
+        except grpc.RpcError as exc:
+            self._finished = True
+            raise from_rpc_error(exc) from None
+        chunk = GenerateChunk.from_pb(message)
+        if chunk.finish_reason is not None:
+            self._finished = True
+        return chunk
+
+    @property
+    def seed(self) -> Optional[int]:
+        """The seed used, from the response headers (available before the first token); None on error."""
+        try:
+            for key, value in self._call.initial_metadata() or ():
+                if key == "seedstream-seed":
+                    return int(value)
+        except grpc.RpcError:
+            return None
+        return None
+
+    def cancel(self) -> None:
+        """Cancel the RPC (no-op when it has finished)."""
+        if not self._finished:
+            self._call.cancel()
+            self._finished = True
+
+    close = cancel
+
+    def __enter__(self) -> "GenerateStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:
+            pass
+
+
+class Client:
+    """Blocking seedstream client.
+
+        with Client("localhost:50051") as client:
+            result = client.generate("Once upon a time", seed=42, temperature=0.8, max_new_tokens=32)
+            for chunk in client.generate_stream("Once upon a time", seed=42):
+                print(chunk.text, end="")
+
+    target: "host:port" (default: $SEEDSTREAM_TARGET, else localhost:50051).
+    timeout: default deadline in seconds for every call (None: no deadline);
+        each method also takes timeout=.
+    TLS: secure=True uses the system roots; root_certificates / private_key /
+        certificate_chain take PEM bytes or file paths (mutual TLS with the
+        latter two); or pass ready grpc.ChannelCredentials as credentials.
+    metadata: sent with every call (dict or pairs), merged with per-call metadata.
+    options: extra grpc channel options.
+    """
+
+    def __init__(
+        self,
+        target: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        secure: bool = False,
+        root_certificates: Union[bytes, str, None] = None,
+        private_key: Union[bytes, str, None] = None,
+        certificate_chain: Union[bytes, str, None] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Metadata = None,
+        options: Optional[Sequence[tuple[str, Any]]] = None,
+    ):
+        self.target = target or _requests.default_target()
+        self.timeout = timeout
+        self.metadata = metadata
+        creds = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
+        opts = _requests.channel_options(options)
+        self._channel = (
+            grpc.secure_channel(self.target, creds, options=opts) if creds else grpc.insecure_channel(self.target, options=opts)
+        )
+        self._stub = pb_grpc.TextGenerationStub(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=HEALTH_REQUEST.SerializeToString,
+            response_deserializer=HEALTH_RESPONSE.FromString,
+        )
+
+    # --- plumbing
+
+    def _kwargs(self, timeout, metadata) -> dict:
+        return {
+            "timeout": self.timeout if timeout is UNSET else timeout,
+            "metadata": _requests.metadata_pairs(self.metadata, metadata),
+        }
+
+    def _unary(self, method, request, timeout, metadata):
+        try:
+            return method(request, **self._kwargs(timeout, metadata))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # --- calls
+
+    def generate(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None, **kwargs) -> GenerateResult:
+        """Generate a whole completion.
+
+        Input: exactly one of `prompt` (text), `messages=[{"role": ..., "content": ...}, ...]`
+        (chat template applied) or `prompt_token_ids=[...]`.
+        Sampling keywords (None = server default): seed, temperature, top_k, top_p,
+        min_p, repetition_penalty, presence_penalty, frequency_penalty,
+        logit_bias={token_id: bias}, max_new_tokens, min_new_tokens, stop,
+        stop_token_ids, ignore_eos, top_logprobs, sample_index, request_id.
+        """
+        request = _requests.generate_request(prompt, **kwargs)
+        return GenerateResult.from_pb(self._unary(self._stub.Generate, request, timeout, metadata))
+
+    def generate_stream(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None,
+                        **kwargs) -> GenerateStream:
+        """Stream a completion as GenerateChunk deltas (same arguments as generate())."""
+        request = _requests.generate_request(prompt, **kwargs)
+        try:
+            call = self._stub.GenerateStream(request, **self._kwargs(timeout, metadata))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return GenerateStream(call)
+
+    def tokenize(self, text: Optional[str] = None, *, messages=None, add_special_tokens: Optional[bool] = None,
+                 timeout=UNSET, metadata: Metadata = None) -> TokenizeResult:
+        """Token ids of `text` (or of chat `messages`), exactly as generate() would feed the model."""
+        request = _requests.tokenize_request(text, messages=messages, add_special_tokens=add_special_tokens)
+        response = self._unary(self._stub.Tokenize, request, timeout, metadata)
+        return TokenizeResult(tuple(response.token_ids), tuple(response.tokens))
+
+    def model_info(self, *, timeout=UNSET, metadata: Metadata = None) -> ModelInfo:
+        """The loaded model, the build that determines token streams, and the server's limits."""
+        return ModelInfo.from_pb(self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout, metadata))
+
+    def health(self, service: str = "", *, timeout=UNSET) -> HealthStatus:
+        """grpc.health.v1 status ("" = the whole server). Raises UnavailableError if unreachable."""
+        try:
+            response = self._health(HEALTH_REQUEST(value=service), **self._kwargs(timeout, None))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return HealthStatus.SERVICE_UNKNOWN
+            raise from_rpc_error(exc) from None
+        return health_status(response)
+
+    def wait_until_serving(self, timeout: float = 120.0, interval: float = 0.25) -> None:
+        """Block until health is SERVING; raises UnavailableError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        last: Union[HealthStatus, SeedstreamError, None] = None
+        while True:
+            try:
+                last = self.health(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                if last is HealthStatus.SERVING:
+                    return
+            except SeedstreamError as exc:
+                last = exc
+            if time.monotonic() >= deadline:
+                raise UnavailableError(f"{self.target} not serving after {timeout:.0f}s (last: {last})")
+            time.sleep(interval)
+
+    # --- lifecycle
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

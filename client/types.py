@@ -1,0 +1,297 @@
+"""Typed, immutable results of the client calls (plain dataclasses, no protobuf leaks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Optional
+
+from seedstream.v1 import textgen_pb2 as pb
+
+
+class FinishReason(str, enum.Enum):
+    """Why a completion ended."""
+
+    LENGTH = "length"  # max_new_tokens reached, or the model's context is full
+    STOP_STRING = "stop_string"  # a stop string appeared (not included in the text)
+    STOP_TOKEN = "stop_token"  # a stop token was sampled (in token_ids, not in text)
+    EOS = "eos"  # the model's end-of-sequence token was sampled
+    CANCELLED = "cancelled"  # the server cancelled the sequence (e.g. shutdown)
+
+    @classmethod
+    def from_pb(cls, value: int) -> Optional["FinishReason"]:
+        return _FINISH_FROM_PB.get(value)
+
+
+_FINISH_FROM_PB = {
+    pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    pb.FINISH_REASON_STOP_STRING: FinishReason.STOP_STRING,
+    pb.FINISH_REASON_STOP_TOKEN: FinishReason.STOP_TOKEN,
+    pb.FINISH_REASON_EOS: FinishReason.EOS,
+    pb.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
+}
+
+
+class HealthStatus(str, enum.Enum):
+    """grpc.health.v1 serving status."""
+
+    UNKNOWN = "UNKNOWN"
+    SERVING = "SERVING"
+    NOT_SERVING = "NOT_SERVING"
+    SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
+
+
+@dataclasses.dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    text: str
+    logprob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EffectiveSampling:
+    """The parameters a completion ran with, every server default filled in."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: tuple[tuple[int, float], ...]
+    max_new_tokens: int
+    min_new_tokens: int
+    stop: tuple[str, ...]
+    stop_token_ids: tuple[int, ...]
+    ignore_eos: bool
+
+    @classmethod
+    def from_pb(cls, m: pb.EffectiveSampling) -> "EffectiveSampling":
+        return cls(
+            temperature=m.temperature,
+            top_k=m.top_k,
+            top_p=m.top_p,
+            min_p=m.min_p,
+            repetition_penalty=m.repetition_penalty,
+            presence_penalty=m.presence_penalty,
+            frequency_penalty=m.frequency_penalty,
+            logit_bias=tuple(sorted(m.logit_bias.items())),
+            max_new_tokens=m.max_new_tokens,
+            min_new_tokens=m.min_new_tokens,
+            stop=tuple(m.stop),
+            stop_token_ids=tuple(m.stop_token_ids),
+            ignore_eos=m.ignore_eos,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """Everything that determines a completion's token ids (see ReproducibilityReceipt in the proto).
+
+    Two completions with equal `digest` are bit-identical by seedstream's
+    promise; `differences()` says which inputs to the promise differ.
+    """
+
+    model_id: str
+    model_sha256: str
+    dtype: str
+    device: str
+    engine_version: str
+    sampler_version: str
+    seed: int
+    sample_index: int
+    sampling: EffectiveSampling
+    input_sha256: str
+    digest: str
+
+    # The fields the digest covers (model_id is a name, not content).
+    DETERMINING = (
+        "model_sha256", "dtype", "device", "engine_version", "sampler_version",
+        "seed", "sample_index", "sampling", "input_sha256",
+    )
+
+    @classmethod
+    def from_pb(cls, m: pb.ReproducibilityReceipt) -> "Receipt":
+        return cls(
+            model_id=m.model_id,
+            model_sha256=m.model_sha256,
+            dtype=m.dtype,
+            device=m.device,
+            engine_version=m.engine_version,
+            sampler_version=m.sampler_version,
+            seed=m.seed,
+            sample_index=m.sample_index,
+            sampling=EffectiveSampling.from_pb(m.sampling),
+            input_sha256=m.input_sha256,
+            digest=m.digest,
+        )
+
+    def differences(self, other: "Receipt") -> list[str]:
+        """Names of the determining fields that differ (empty: the runs should be token-identical)."""
+        out = []
+        for name in self.DETERMINING:
+            a, b = getattr(self, name), getattr(other, name)
+            if name == "sampling" and a != b:
+                out += [f"sampling.{f.name}" for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+            elif a != b:
+                out.append(name)
+        return out
+
+    def reproduces(self, other: "Receipt") -> bool:
+        """True when the two runs should be token-identical."""
+        return not self.differences(other)
+
+
+def same_run(a: "Receipt", b: "Receipt") -> bool:
+    """Whether two receipts promise identical token ids (a.reproduces(b))."""
+    return a.reproduces(b)
+
+
+def _top(rows) -> tuple[tuple[TopLogprob, ...], ...]:
+    return tuple(tuple(TopLogprob(t.token_id, t.text, t.logprob) for t in row.alternatives) for row in rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    """A whole completion."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]  # raw-distribution logprob of each token in token_ids
+    top_logprobs: tuple[tuple[TopLogprob, ...], ...]  # per token, when requested
+    seed: int  # the seed used (yours, or the one the server drew)
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    request_id: str
+    sample_index: int
+    receipt: Optional[Receipt]
+
+    @classmethod
+    def from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
+        return cls(
+            text=m.text,
+            token_ids=tuple(m.token_ids),
+            logprobs=tuple(m.logprobs),
+            top_logprobs=_top(m.top_logprobs),
+            seed=m.seed,
+            finish_reason=FinishReason.from_pb(m.finish_reason) or FinishReason.CANCELLED,
+            prompt_tokens=m.prompt_tokens,
+            completion_tokens=m.completion_tokens,
+            request_id=m.request_id,
+            sample_index=m.sample_index,
+            receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (enums as their string values)."""
+        return _jsonable(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateChunk:
+    """One delta of a streamed completion; the last one has `finish_reason` and `receipt`."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    top_logprobs: tuple[tuple[TopLogprob, ...], ...]
+    seed: int
+    finish_reason: Optional[FinishReason]  # None until the last chunk
+    prompt_tokens: int
+    completion_tokens: int  # running total
+    request_id: str
+    sample_index: int
+    receipt: Optional[Receipt]
+
+    @classmethod
+    def from_pb(cls, m: pb.GenerateStreamResponse) -> "GenerateChunk":
+        return cls(
+            text=m.text,
+            token_ids=tuple(m.token_ids),
+            logprobs=tuple(m.logprobs),
+            top_logprobs=_top(m.top_logprobs),
+            seed=m.seed,
+            finish_reason=FinishReason.from_pb(m.finish_reason),
+            prompt_tokens=m.prompt_tokens,
+            completion_tokens=m.completion_tokens,
+            request_id=m.request_id,
+            sample_index=m.sample_index,
+            receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+def join_chunks(chunks) -> GenerateResult:
+    """The GenerateResult equal to the unary response, from a complete list of stream chunks."""
+    chunks = list(chunks)
+    if not chunks or chunks[-1].finish_reason is None:
+        raise ValueError("join_chunks needs a complete stream (the last chunk has a finish_reason)")
+    last = chunks[-1]
+    return GenerateResult(
+        text="".join(c.text for c in chunks),
+        token_ids=tuple(t for c in chunks for t in c.token_ids),
+        logprobs=tuple(x for c in chunks for x in c.logprobs),
+        top_logprobs=tuple(x for c in chunks for x in c.top_logprobs),
+        seed=last.seed,
+        finish_reason=last.finish_reason,
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        request_id=last.request_id,
+        sample_index=last.sample_index,
+        receipt=last.receipt,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeResult:
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]  # each token decoded on its own
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the server runs (GetModelInfo)."""
+
+    model_id: str
+    model_sha256: str
+    dtype: str
+    device: str
+    vocab_size: int
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+    engine_version: str
+    sampler_version: str
+    server_version: str
+    has_chat_template: bool
+    max_new_tokens_limit: int
+    default_max_new_tokens: int
+    max_batch_size: int
+    max_queue: int
+
+    @classmethod
+    def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":
+        values = {f.name: getattr(m, f.name) for f in dataclasses.fields(cls)}
+        values["eos_token_ids"] = tuple(m.eos_token_ids)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self)
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN never comes from the server; keep JSON valid anyway
+        return None
+    return value

@@ -1,0 +1,8 @@
+"""`python -m seedstream.server [options]` is `seedstream serve [options]`."""
+
+import sys
+
+from seedstream.client.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,310 @@
+"""Server startup: the grpc.aio server with the TextGeneration service, health and reflection.
+
+`SeedstreamServer` is the building block (tests use it directly with an engine
+they loaded); `serve(options)` is what `seedstream serve` runs:
+
+1. bind the port and start answering at once: health NOT_SERVING, requests
+   UNAVAILABLE ("the model is still loading");
+2. load the engine on a background thread, logging progress;
+3. report SERVING;
+4. on SIGTERM or SIGINT: report NOT_SERVING, refuse new requests with
+   UNAVAILABLE, let in-flight requests finish within the grace period, cancel
+   whatever is left, stop the engine, exit 0. A second signal skips the rest of
+   the grace period.
+
+Only stdlib and grpc are imported at module level, so importing this module is
+cheap; the engine (torch) is imported when the server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Optional
+
+import grpc
+
+log = logging.getLogger("seedstream.server")
+
+SERVICE_NAME = "seedstream.v1.TextGeneration"
+DEFAULT_PORT = 50051
+DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # largest request accepted
+DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024  # largest response (long completions with top_logprobs)
+
+
+def server_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("seedstream")
+    except Exception:
+        return "unknown"
+
+
+class SeedstreamServer:
+    """A started-on-demand grpc.aio server around an engine (which may arrive later)."""
+
+    def __init__(
+        self,
+        engine=None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_max_new_tokens: int = 256,
+        credentials: Optional[grpc.ServerCredentials] = None,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+    ):
+        from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
+
+        self.host = host
+        self.requested_port = port
+        self.credentials = credentials
+        self.max_receive_bytes = max_receive_bytes
+        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version()))
+        self._pending_engine = engine
+        self.server: Optional[grpc.aio.Server] = None
+        self.health = None
+        self.port: Optional[int] = None
+
+    @property
+    def address(self) -> str:
+        host = "localhost" if self.host in ("0.0.0.0", "::", "[::]", "") else self.host
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port. Health is SERVING only once an engine is set."""
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+
+        from seedstream.server.rpc.servicer import TextGenerationServicer
+        from seedstream.v1 import textgen_pb2, textgen_pb2_grpc
+
+        options = [
+            ("grpc.max_receive_message_length", self.max_receive_bytes),
+            ("grpc.max_send_message_length", DEFAULT_MAX_SEND_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        textgen_pb2_grpc.add_TextGenerationServicer_to_server(TextGenerationServicer(self.state), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        service_names = (
+            textgen_pb2.DESCRIPTOR.services_by_name["TextGeneration"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(service_names, self.server)
+        address = f"{self.host}:{self.requested_port}"
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(address, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        await self.server.start()
+        if self._pending_engine is not None:
+            engine, self._pending_engine = self._pending_engine, None
+            await self.set_engine(engine)
+        return self.port
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def set_engine(self, engine) -> None:
+        """Start the engine's step loop and begin serving with it."""
+        from grpc_health.v1 import health_pb2
+
+        await engine.start()
+        self.state.engine = engine
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def shutdown(self, grace: float = 30.0, *, stop_engine: bool = True,
+                       force: Optional[asyncio.Event] = None) -> None:
+        """NOT_SERVING, refuse new requests, wait up to `grace` s for in-flight ones, stop."""
+        self.state.draining = True
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()  # every service NOT_SERVING from now on
+        if self.state.in_flight:
+            log.info("draining %d in-flight request(s), grace %.1fs", self.state.in_flight, grace)
+            waiters = [asyncio.ensure_future(self.state.wait_idle(grace))]
+            if force is not None:
+                waiters.append(asyncio.ensure_future(force.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if self.state.in_flight:
+                log.warning("grace period over: cancelling %d request(s)", self.state.in_flight)
+        if self.server is not None:
+            await self.server.stop(1.0)
+        engine = self.state.engine
+        if stop_engine and engine is not None:
+            await engine.stop()
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    """Everything `seedstream serve` takes (the CLI fills it from flags and environment)."""
+
+    model: Optional[str] = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    device: str = "auto"
+    dtype: str = "float32"
+    max_batch_size: int = 64
+    max_queue: int = 256
+    max_new_tokens_limit: int = 4096
+    default_max_new_tokens: int = 256
+    prefill_chunk: Optional[int] = None
+    max_step_tokens: Optional[int] = None
+    threads: Optional[int] = None
+    grace_period: float = 30.0
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    log_level: str = "INFO"
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def engine_config(opts: ServeOptions):
+    """EngineConfig from the options; fields left None keep the engine's defaults."""
+    from seedstream.server.engine import EngineConfig
+
+    wanted = {
+        "model": opts.model,
+        "device": opts.device,
+        "dtype": opts.dtype,
+        "max_batch_size": opts.max_batch_size,
+        "max_queue": opts.max_queue,
+        "max_new_tokens_limit": opts.max_new_tokens_limit,
+        "prefill_chunk": opts.prefill_chunk,
+        "max_step_tokens": opts.max_step_tokens,
+        "num_threads": opts.threads,
+    }
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    configure_logging(opts.log_level)
+    try:
+        return asyncio.run(_serve(opts))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
+    if not opts.tls_cert and not opts.tls_key:
+        return None
+    if not (opts.tls_cert and opts.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    with open(opts.tls_key, "rb") as key, open(opts.tls_cert, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """load_engine on a daemon thread (so a signal during loading need not wait for it)."""
+    from seedstream.server.engine import load_engine
+
+    future = loop.create_future()
+
+    def progress(message: str) -> None:
+        log.info("loading: %s", message)
+
+    def run() -> None:
+        def settle(value, failed: bool) -> None:
+            if not future.done():
+                future.set_exception(value) if failed else future.set_result(value)
+
+        try:
+            engine = load_engine(config, progress=progress)
+        except BaseException as exc:  # reported on the loop; the server exits 1
+            loop.call_soon_threadsafe(settle, exc, True)
+        else:
+            loop.call_soon_threadsafe(settle, engine, False)
+
+    threading.Thread(target=run, name="seedstream-load", daemon=True).start()
+    return future
+
+
+async def _heartbeat(started: float) -> None:
+    while True:
+        await asyncio.sleep(5.0)
+        log.info("loading: still loading the model (%.0fs)", time.monotonic() - started)
+
+
+async def _serve(opts: ServeOptions) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        config = engine_config(opts)
+        if not 1 <= opts.default_max_new_tokens <= opts.max_new_tokens_limit:
+            raise ValueError(
+                f"default_max_new_tokens={opts.default_max_new_tokens}: allowed [1, max_new_tokens_limit={opts.max_new_tokens_limit}]"
+            )
+        server = SeedstreamServer(
+            host=opts.host,
+            port=opts.port,
+            default_max_new_tokens=opts.default_max_new_tokens,
+            credentials=_credentials(opts),
+        )
+        await server.start()
+    except ImportError as exc:
+        log.error("the server needs the server extra (torch, transformers, ...): pip install 'seedstream[server]' (%s)", exc)
+        return 2
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("listening on %s:%d (health NOT_SERVING until the model is loaded)", opts.host, server.port)
+
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signame: str) -> None:
+        if not stop.is_set():
+            log.info("%s: shutting down", signame)
+            stop.set()
+        else:
+            log.info("%s again: skipping the rest of the grace period", signame)
+            force.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    started = time.monotonic()
+    loading = _load_in_thread(config, loop)
+    heartbeat = asyncio.ensure_future(_heartbeat(started))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    heartbeat.cancel()
+    if not loading.done():
+        log.info("stopped before the model finished loading")
+        await server.shutdown(0)
+        return 0
+    if loading.exception() is not None:
+        exc = loading.exception()
+        expected = isinstance(exc, (FileNotFoundError, ValueError, ImportError))  # the message says it all
+        log.error("model loading failed: %s: %s", type(exc).__name__, exc, exc_info=None if expected else exc)
+        await server.shutdown(0)
+        return 1
+    engine = loading.result()
+    await server.set_engine(engine)
+    info = engine.info
+    log.info(
+        "ready in %.1fs: serving %s (sha256 %s, %s on %s) at %s:%d",
+        time.monotonic() - started, info.model_id, info.model_sha256[:12], info.dtype, info.device, opts.host, server.port,
+    )
+    await stopping
+    await server.shutdown(opts.grace_period, force=force)
+    log.info("stopped")
+    return 0
+

@@ -1,0 +1,232 @@
+"""Protobuf <-> domain types. No I/O, no engine calls beyond text helpers passed in."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import struct
+from typing import Optional, Sequence
+
+from seedstream.sampler import SamplingParams
+from seedstream.server.engine.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    InvalidRequest,
+    ModelInfo,
+    TopLogprob,
+)
+from seedstream.v1 import textgen_pb2 as pb
+
+# Proto field name == SamplingParams field name for every optional sampling parameter.
+OPTIONAL_SAMPLING_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+MAX_REQUEST_ID_CHARS = 128
+
+FINISH_TO_PB = {
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
+    FinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+def draw_seed() -> int:
+    """A fresh seed in [0, 2^64) for a request that gave none."""
+    return secrets.randbits(64)
+
+
+def chat_messages(msgs: pb.ChatMessages) -> list[dict[str, str]]:
+    """Chat turns as the dicts a chat template takes; rejects an empty chat or an empty role."""
+    if not msgs.messages:
+        raise InvalidRequest("messages", "the chat is empty: give at least one message")
+    out = []
+    for i, m in enumerate(msgs.messages):
+        if not m.role:
+            raise InvalidRequest(f"messages[{i}].role", "must be a non-empty role such as 'user'")
+        out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _field_of(message: str, default: str) -> str:
+    match = re.match(r"\s*([A-Za-z_][A-Za-z_0-9]*)", message)
+    return match.group(1) if match else default
+
+
+def sampling_params(req: pb.GenerateRequest, seed: int) -> SamplingParams:
+    """SamplingParams from the request's set fields; unset fields keep the sampler's defaults."""
+    kwargs = {name: getattr(req, name) for name in OPTIONAL_SAMPLING_FIELDS if req.HasField(name)}
+    if req.logit_bias:
+        kwargs["logit_bias"] = dict(sorted(req.logit_bias.items()))
+    try:
+        return SamplingParams(seed=seed, **kwargs)
+    except (ValueError, TypeError) as exc:  # a constructor check names the field first
+        raise InvalidRequest(_field_of(str(exc), "sampling"), str(exc)) from None
+
+
+def generation_request(
+    req: pb.GenerateRequest,
+    prompt_token_ids: Sequence[int],
+    seed: int,
+    request_id: str,
+    default_max_new_tokens: int,
+) -> GenerationRequest:
+    """The engine's request for a GenerateRequest whose input is already tokenized."""
+    return GenerationRequest(
+        prompt_token_ids=tuple(prompt_token_ids),
+        sampling=sampling_params(req, seed),
+        max_new_tokens=req.max_new_tokens if req.HasField("max_new_tokens") else default_max_new_tokens,
+        min_new_tokens=req.min_new_tokens if req.HasField("min_new_tokens") else 0,
+        stop=tuple(req.stop),
+        stop_token_ids=tuple(req.stop_token_ids),
+        ignore_eos=req.ignore_eos,
+        top_logprobs=req.top_logprobs,
+        sample_index=req.sample_index,
+        request_id=request_id,
+    )
+
+
+def check_request_id(request_id: str) -> str:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidRequest("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
+    return request_id
+
+
+def input_sha256(token_ids: Sequence[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(token_ids)}I", *token_ids)).hexdigest()
+
+
+def receipt(info: ModelInfo, request: GenerationRequest) -> pb.ReproducibilityReceipt:
+    """What determines this request's tokens, with a digest over all of it but the model's name."""
+    s = request.sampling
+    effective = pb.EffectiveSampling(
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        min_p=s.min_p,
+        repetition_penalty=s.repetition_penalty,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        logit_bias={int(k): float(v) for k, v in _bias_items(s.logit_bias)},
+        max_new_tokens=request.max_new_tokens,
+        min_new_tokens=request.min_new_tokens,
+        stop=list(request.stop),
+        stop_token_ids=list(request.stop_token_ids),
+        ignore_eos=request.ignore_eos,
+    )
+    out = pb.ReproducibilityReceipt(
+        model_sha256=info.model_sha256,
+        dtype=info.dtype,
+        device=info.device,
+        engine_version=info.engine_version,
+        sampler_version=info.sampler_version,
+        seed=s.seed,
+        sample_index=request.sample_index,
+        sampling=effective,
+        input_sha256=input_sha256(request.prompt_token_ids),
+    )
+    out.digest = hashlib.sha256(out.SerializeToString(deterministic=True)).hexdigest()
+    out.model_id = info.model_id
+    return out
+
+
+def _bias_items(bias) -> list[tuple[int, float]]:
+    items = bias.items() if hasattr(bias, "items") else bias
+    return sorted((int(k), float(v)) for k, v in items)
+
+
+def top_logprobs_pb(rows: Sequence[Sequence[TopLogprob]]) -> list[pb.TopLogprobs]:
+    return [
+        pb.TopLogprobs(alternatives=[pb.TopLogprob(token_id=t.token_id, text=t.text, logprob=t.logprob) for t in row])
+        for row in rows
+    ]
+
+
+def stream_message(
+    chunk: GenerationChunk,
+    request: GenerationRequest,
+    receipt_pb: Optional[pb.ReproducibilityReceipt],
+) -> pb.GenerateStreamResponse:
+    msg = pb.GenerateStreamResponse(
+        text=chunk.text,
+        token_ids=chunk.token_ids,
+        logprobs=chunk.logprobs,
+        top_logprobs=top_logprobs_pb(chunk.top_logprobs),
+        seed=request.sampling.seed,
+        finish_reason=FINISH_TO_PB[chunk.finish_reason] if chunk.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
+        prompt_tokens=len(request.prompt_token_ids),
+        completion_tokens=chunk.completion_tokens,
+        request_id=request.request_id,
+        sample_index=request.sample_index,
+    )
+    if receipt_pb is not None:
+        msg.receipt.CopyFrom(receipt_pb)
+    return msg
+
+
+class UnaryAccumulator:
+    """Concatenates a stream's chunks into the unary response (so unary == joined deltas by construction)."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.top: list[list[TopLogprob]] = []
+        self.finish_reason: Optional[FinishReason] = None
+        self.completion_tokens = 0
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        self.logprobs.extend(chunk.logprobs)
+        self.top.extend(chunk.top_logprobs)
+        self.completion_tokens = chunk.completion_tokens
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+
+    def response(self, receipt_pb: pb.ReproducibilityReceipt) -> pb.GenerateResponse:
+        req = self.request
+        return pb.GenerateResponse(
+            text="".join(self.text),
+            token_ids=self.token_ids,
+            logprobs=self.logprobs,
+            top_logprobs=top_logprobs_pb(self.top),
+            seed=req.sampling.seed,
+            finish_reason=FINISH_TO_PB[self.finish_reason or FinishReason.CANCELLED],
+            prompt_tokens=len(req.prompt_token_ids),
+            completion_tokens=self.completion_tokens,
+            request_id=req.request_id,
+            sample_index=req.sample_index,
+            receipt=receipt_pb,
+        )
+
+
+def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,
+               default_max_new_tokens: int, max_batch_size: int, max_queue: int) -> pb.GetModelInfoResponse:
+    return pb.GetModelInfoResponse(
+        model_id=info.model_id,
+        model_sha256=info.model_sha256,
+        dtype=info.dtype,
+        device=info.device,
+        vocab_size=info.vocab_size,
+        max_context=info.max_context,
+        eos_token_ids=list(info.eos_token_ids),
+        engine_version=info.engine_version,
+        sampler_version=info.sampler_version,
+        server_version=server_version,
+        has_chat_template=has_chat_template,
+        max_new_tokens_limit=max_new_tokens_limit,
+        default_max_new_tokens=default_max_new_tokens,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+    )
