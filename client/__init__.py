@@ -29,9 +29,13 @@ from .types import (
     HealthStatus,
     ModelInfo,
     Receipt,
+    RollingScore,
+    ScoreResult,
+    ScoreResults,
     TokenizeResult,
     TopLogprob,
     join_chunks,
+    receipts_match,
     same_run,
 )
 
@@ -41,4 +45,5 @@ __all__ = [
     "DeadlineExceededError", "CancelledError",
     "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",
     "ModelInfo", "Receipt", "TokenizeResult", "TopLogprob", "join_chunks", "same_run",
+    "receipts_match", "RollingScore", "ScoreResult", "ScoreResults",
 ]

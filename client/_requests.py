@@ -26,6 +26,7 @@ OPTIONAL_FIELDS = (
     "frequency_penalty",
     "max_new_tokens",
     "min_new_tokens",
+    "n",
 )
 
 
@@ -101,6 +102,9 @@ def generate_request(
     ignore_eos: bool = False,
     top_logprobs: int = 0,
     sample_index: int = 0,
+    n: Optional[int] = None,
+    echo_prompt_logprobs: bool = False,
+    logprobs_mode: str = "",
     request_id: str = "",
 ) -> pb.GenerateRequest:
     """A GenerateRequest; every sampling argument left None takes the server's default."""
@@ -130,6 +134,48 @@ def generate_request(
     _set(req, "ignore_eos", bool(ignore_eos))
     _set(req, "top_logprobs", top_logprobs)
     _set(req, "sample_index", sample_index)
+    _set(req, "echo_prompt_logprobs", bool(echo_prompt_logprobs))
+    _set(req, "logprobs_mode", logprobs_mode)
+    _set(req, "request_id", request_id)
+    return req
+
+
+Pair = tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]
+
+
+def score_request(pairs: Iterable[Pair], *, truncate_context: bool = False, request_id: str = "") -> pb.ScoreRequest:
+    """A ScoreRequest: each pair is (context, continuation) as two strings or two token-id lists."""
+    req = pb.ScoreRequest(truncate_context=bool(truncate_context))
+    _set(req, "request_id", request_id)
+    for i, pair in enumerate(pairs):
+        try:
+            context, continuation = pair
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"pairs[{i}]: expected a (context, continuation) pair, got {pair!r}", None) from None
+        item = req.pairs.add()
+        if isinstance(context, str) and isinstance(continuation, str):
+            item.text.context, item.text.continuation = context, continuation
+        elif not isinstance(context, str) and not isinstance(continuation, str):
+            _extend(item.tokens.context, f"pairs[{i}].context", list(context))
+            _extend(item.tokens.continuation, f"pairs[{i}].continuation", list(continuation))
+            item.tokens.SetInParent()
+        else:
+            raise InvalidArgumentError(f"pairs[{i}]: give both sides as text or both as token ids", None)
+    return req
+
+
+def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
+                          max_length: Optional[int] = None, request_id: str = "") -> pb.ScoreRollingRequest:
+    if (text is None) == (token_ids is None):
+        raise InvalidArgumentError("input: give exactly one of text or token_ids", None)
+    req = pb.ScoreRollingRequest()
+    if text is not None:
+        _set(req, "text", text)
+    else:
+        _extend(req.token_ids.ids, "token_ids", list(token_ids))
+        req.token_ids.SetInParent()
+    if max_length is not None:
+        _set(req, "max_length", max_length)
     _set(req, "request_id", request_id)
     return req
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import grpc
 
@@ -15,7 +15,7 @@ from . import _requests
 from ._common import HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status
 from .client import Metadata
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
-from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, TokenizeResult
+from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
 
 
 class AsyncGenerateStream:
@@ -170,6 +170,33 @@ class AsyncClient:
         request = _requests.generate_request(prompt, **kwargs)
         call = self._ensure().GenerateStream(request, **self._kwargs(timeout, metadata))
         return AsyncGenerateStream(call)
+
+    async def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout=UNSET,
+                             metadata: Metadata = None, **kwargs) -> list[GenerateResult]:
+        """generate() for each prompt, `concurrency` at a time; results in order (as Client.generate_batch)."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency}: must be >= 1")
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(prompt):
+            extra = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+            async with gate:
+                return await self.generate(timeout=timeout, metadata=metadata, **{**kwargs, **extra})
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    async def score(self, pairs: Sequence[_requests.Pair], *, truncate_context: bool = False, request_id: str = "",
+                    timeout=UNSET, metadata: Metadata = None) -> ScoreResults:
+        """Log-likelihood of (context, continuation) pairs (as Client.score)."""
+        request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
+        return ScoreResults.from_pb(await self._unary("Score", request, timeout, metadata))
+
+    async def score_rolling(self, text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
+                            max_length: Optional[int] = None, request_id: str = "", timeout=UNSET,
+                            metadata: Metadata = None) -> RollingScore:
+        """Rolling log-likelihood of a text (as Client.score_rolling)."""
+        request = _requests.score_rolling_request(text, token_ids=token_ids, max_length=max_length, request_id=request_id)
+        return RollingScore.from_pb(await self._unary("ScoreRolling", request, timeout, metadata))
 
     async def tokenize(self, text: Optional[str] = None, *, messages=None, add_special_tokens: Optional[bool] = None,
                        timeout=UNSET, metadata: Metadata = None) -> TokenizeResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -20,7 +21,7 @@ from ._common import (
     health_status,
 )
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
-from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, TokenizeResult
+from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
 
 Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
 
@@ -156,6 +157,8 @@ class Client:
         min_p, repetition_penalty, presence_penalty, frequency_penalty,
         logit_bias={token_id: bias}, max_new_tokens, min_new_tokens, stop,
         stop_token_ids, ignore_eos, top_logprobs, sample_index, request_id.
+        Evaluation keywords: n (samples; result.samples holds them all), echo_prompt_logprobs,
+        logprobs_mode ("raw" or "processed").
         """
         request = _requests.generate_request(prompt, **kwargs)
         return GenerateResult.from_pb(self._unary(self._stub.Generate, request, timeout, metadata))
@@ -169,6 +172,42 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return GenerateStream(call)
+
+    def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout=UNSET, metadata: Metadata = None,
+                       **kwargs) -> list[GenerateResult]:
+        """generate() for each prompt, `concurrency` calls at a time; results in the order of `prompts`.
+
+        A prompt is text, or a dict of per-prompt generate() arguments (e.g. {"messages": [...],
+        "seed": 7}) merged over `kwargs`. Each result is what generate() alone would return.
+        """
+        def one(prompt):
+            extra = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+            return self.generate(timeout=timeout, metadata=metadata, **{**kwargs, **extra})
+
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency}: must be >= 1")
+        with concurrent.futures.ThreadPoolExecutor(min(concurrency, max(1, len(prompts)))) as pool:
+            return list(pool.map(one, prompts))
+
+    def score(self, pairs: Sequence[_requests.Pair], *, truncate_context: bool = False, request_id: str = "",
+              timeout=UNSET, metadata: Metadata = None) -> ScoreResults:
+        """Log-likelihood of each (context, continuation) pair, both text or both token ids.
+
+        Text pairs are tokenized the lm-evaluation-harness way. truncate_context=True drops context
+        tokens from the left when a pair does not fit the model. Results keep the order of `pairs`;
+        `.receipt` identifies the model build and the scored tokens.
+        """
+        request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
+        return ScoreResults.from_pb(self._unary(self._stub.Score, request, timeout, metadata))
+
+    def score_rolling(self, text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
+                      max_length: Optional[int] = None, request_id: str = "", timeout=UNSET,
+                      metadata: Metadata = None) -> RollingScore:
+        """Log-likelihood of every token of `text` (or `token_ids`), in windows of at most
+        `max_length` predicted tokens (default: the model's context - 1), as lm-eval's
+        loglikelihood_rolling defines them."""
+        request = _requests.score_rolling_request(text, token_ids=token_ids, max_length=max_length, request_id=request_id)
+        return RollingScore.from_pb(self._unary(self._stub.ScoreRolling, request, timeout, metadata))
 
     def tokenize(self, text: Optional[str] = None, *, messages=None, add_special_tokens: Optional[bool] = None,
                  timeout=UNSET, metadata: Metadata = None) -> TokenizeResult:

@@ -143,9 +143,12 @@ class Receipt:
         return not self.differences(other)
 
 
-def same_run(a: "Receipt", b: "Receipt") -> bool:
-    """Whether two receipts promise identical token ids (a.reproduces(b))."""
-    return a.reproduces(b)
+def receipts_match(a: Optional["Receipt"], b: Optional["Receipt"]) -> bool:
+    """Whether two receipts promise identical tokens (or scores); False when either is missing."""
+    return a is not None and b is not None and a.reproduces(b)
+
+
+same_run = receipts_match  # the earlier name
 
 
 def _top(rows) -> tuple[tuple[TopLogprob, ...], ...]:
@@ -167,9 +170,21 @@ class GenerateResult:
     request_id: str
     sample_index: int
     receipt: Optional[Receipt]
+    prompt_token_ids: tuple[int, ...] = ()  # with echo_prompt_logprobs
+    prompt_logprobs: tuple[float, ...] = ()  # logprob of prompt_token_ids[1:], with echo_prompt_logprobs
+    # Every sample (n >= 1), sample_index ascending, each with no samples or prompt echo of its own;
+    # the fields above repeat the first sample.
+    samples: tuple["GenerateResult", ...] = ()
 
     @classmethod
     def from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
+        result = cls._one_from_pb(m)
+        samples = tuple(cls._one_from_pb(s) for s in m.samples)
+        bare = dataclasses.replace(result, prompt_token_ids=(), prompt_logprobs=())
+        return dataclasses.replace(result, samples=samples or (bare,))
+
+    @classmethod
+    def _one_from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
         return cls(
             text=m.text,
             token_ids=tuple(m.token_ids),
@@ -182,6 +197,8 @@ class GenerateResult:
             request_id=m.request_id,
             sample_index=m.sample_index,
             receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+            prompt_token_ids=tuple(m.prompt_token_ids),
+            prompt_logprobs=tuple(m.prompt_logprobs),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,8 +219,10 @@ class GenerateChunk:
     prompt_tokens: int
     completion_tokens: int  # running total
     request_id: str
-    sample_index: int
+    sample_index: int  # with n > 1, deltas of the samples interleave: group them by this
     receipt: Optional[Receipt]
+    prompt_token_ids: tuple[int, ...] = ()  # first chunk only, with echo_prompt_logprobs
+    prompt_logprobs: tuple[float, ...] = ()  # first chunk only, with echo_prompt_logprobs
 
     @classmethod
     def from_pb(cls, m: pb.GenerateStreamResponse) -> "GenerateChunk":
@@ -219,6 +238,8 @@ class GenerateChunk:
             request_id=m.request_id,
             sample_index=m.sample_index,
             receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+            prompt_token_ids=tuple(m.prompt_token_ids),
+            prompt_logprobs=tuple(m.prompt_logprobs),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,10 +247,20 @@ class GenerateChunk:
 
 
 def join_chunks(chunks) -> GenerateResult:
-    """The GenerateResult equal to the unary response, from a complete list of stream chunks."""
+    """The GenerateResult equal to the unary response, from a complete stream's chunks (any n)."""
     chunks = list(chunks)
-    if not chunks or chunks[-1].finish_reason is None:
-        raise ValueError("join_chunks needs a complete stream (the last chunk has a finish_reason)")
+    by_sample: dict[int, list[GenerateChunk]] = {}
+    for c in chunks:
+        by_sample.setdefault(c.sample_index, []).append(c)
+    if not chunks or any(group[-1].finish_reason is None for group in by_sample.values()):
+        raise ValueError("join_chunks needs a complete stream (each sample's last chunk has a finish_reason)")
+    samples = tuple(_join_sample(by_sample[j]) for j in sorted(by_sample))
+    echo = next((c for c in chunks if c.prompt_logprobs or c.prompt_token_ids), None)
+    return dataclasses.replace(samples[0], samples=samples, prompt_token_ids=echo.prompt_token_ids if echo else (),
+                               prompt_logprobs=echo.prompt_logprobs if echo else ())
+
+
+def _join_sample(chunks: list[GenerateChunk]) -> GenerateResult:
     last = chunks[-1]
     return GenerateResult(
         text="".join(c.text for c in chunks),
@@ -244,6 +275,62 @@ def join_chunks(chunks) -> GenerateResult:
         sample_index=last.sample_index,
         receipt=last.receipt,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """The log-likelihood of one (context, continuation) pair."""
+
+    context_tokens: int  # after any truncation
+    continuation_tokens: int
+    continuation_token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]  # raw logprob of each continuation token
+    logprob: float  # their sum
+    is_greedy: bool  # greedy decoding would produce exactly the continuation
+    greedy_token_ids: tuple[int, ...]  # the argmax at each continuation position
+    truncated_tokens: int  # context tokens dropped from the left (truncate_context)
+
+    @classmethod
+    def from_pb(cls, m: pb.ScoreResult) -> "ScoreResult":
+        return cls(m.context_tokens, m.continuation_tokens, tuple(m.continuation_token_ids), tuple(m.logprobs),
+                   m.logprob, m.is_greedy, tuple(m.greedy_token_ids), m.truncated_tokens)
+
+
+class ScoreResults(tuple):
+    """ScoreResult per pair, in request order, plus the call's `receipt`."""
+
+    receipt: Optional[Receipt]
+
+    def __new__(cls, results, receipt: Optional[Receipt]):
+        self = super().__new__(cls, results)
+        self.receipt = receipt
+        return self
+
+    @classmethod
+    def from_pb(cls, m: pb.ScoreResponse) -> "ScoreResults":
+        return cls((ScoreResult.from_pb(r) for r in m.results), Receipt.from_pb(m.receipt) if m.HasField("receipt") else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RollingScore:
+    """A text's rolling log-likelihood (every token scored once, in windows)."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]  # one per token of token_ids
+    logprob: float  # their sum
+    greedy_token_ids: tuple[int, ...]
+    num_windows: int
+    max_length: int  # the window length used
+    receipt: Optional[Receipt]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @classmethod
+    def from_pb(cls, m: pb.ScoreRollingResponse) -> "RollingScore":
+        return cls(tuple(m.token_ids), tuple(m.logprobs), m.logprob, tuple(m.greedy_token_ids), m.num_windows,
+                   m.max_length, Receipt.from_pb(m.receipt) if m.HasField("receipt") else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,12 +88,16 @@ class Engine:
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         if not context:
-            prefix = getattr(self.tokenizer, "bos_token_id", None)
-            prefix = prefix if prefix is not None else min(self.eos_token_ids)
-            return [prefix], self.tokenize(continuation)
+            return [self.prefix_token_id], self.tokenize(continuation)
         whole = self.tokenize(context + continuation)
         split = len(self.tokenize(context))
         return whole[:split], whole[split:]
+
+    @property
+    def prefix_token_id(self) -> int:
+        """The token an empty context becomes (lm-evaluation-harness's rule): BOS, else the lowest EOS."""
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return bos if bos is not None else min(self.eos_token_ids)
 
     def decode(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -263,6 +267,9 @@ class Engine:
         )
         token_ids = result.token_ids.tolist()
         logprobs = result.logprobs.tolist()
+        if any(s.request.logprobs_mode == "processed" for s in seqs):
+            processed = result.processed_logprobs.tolist()
+            logprobs = [p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)]
         top_ids = result.top_token_ids.tolist()
         top_lps = result.top_logprobs.tolist()
         for i, seq in enumerate(seqs):

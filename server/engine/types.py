@@ -54,6 +54,10 @@ class GenerationRequest:
     sample_index: int = 0  # j of n samples: the random stream is keyed by (seed, j)
     prompt_logprobs: bool = False  # echo: return each prompt token's logprob (the first has none)
     request_id: str = ""
+    # Chosen-token logprobs under the "raw" model distribution (log_softmax of the logits) or the
+    # "processed" one the token was drawn from (penalties, bias, temperature, truncation applied;
+    # 0.0 when greedy). Top alternatives are always raw. Does not change the tokens.
+    logprobs_mode: str = "raw"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from .types import GenerationRequest, InvalidRequest, ModelInfo, ScoreRequest
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
+LOGPROBS_MODES = ("raw", "processed")
 
 
 def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig) -> None:
@@ -28,6 +29,8 @@ def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConf
         raise InvalidRequest("min_new_tokens", f"{req.min_new_tokens} out of range: allowed [0, max_new_tokens={req.max_new_tokens}]")
     if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise InvalidRequest("top_logprobs", f"{req.top_logprobs} out of range: allowed [0, {MAX_TOP_LOGPROBS}]")
+    if req.logprobs_mode not in LOGPROBS_MODES:
+        raise InvalidRequest("logprobs_mode", f"{req.logprobs_mode!r}: allowed {', '.join(LOGPROBS_MODES)}")
     if req.sample_index < 0:
         raise InvalidRequest("sample_index", f"{req.sample_index} out of range: allowed >= 0")
     if len(req.stop) > MAX_STOP_STRINGS:

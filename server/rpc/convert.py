@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import struct
@@ -91,8 +92,14 @@ def generation_request(
         ignore_eos=req.ignore_eos,
         top_logprobs=req.top_logprobs,
         sample_index=req.sample_index,
+        prompt_logprobs=req.echo_prompt_logprobs,
         request_id=request_id,
+        logprobs_mode=req.logprobs_mode or "raw",
     )
+
+
+def num_samples(req: pb.GenerateRequest) -> int:
+    return req.n if req.HasField("n") else 1
 
 
 def check_request_id(request_id: str) -> str:
@@ -134,6 +141,27 @@ def receipt(info: ModelInfo, request: GenerationRequest) -> pb.ReproducibilityRe
         sampling=effective,
         input_sha256=input_sha256(request.prompt_token_ids),
     )
+    return _signed(out, info)
+
+
+def score_receipt(info: ModelInfo, scored: Sequence[Sequence[int]]) -> pb.ReproducibilityReceipt:
+    """A scoring receipt: the model build and the scored token ids (each part length-prefixed); no sampling."""
+    flat: list[int] = []
+    for part in scored:
+        flat.append(len(part))
+        flat.extend(part)
+    out = pb.ReproducibilityReceipt(
+        model_sha256=info.model_sha256,
+        dtype=info.dtype,
+        device=info.device,
+        engine_version=info.engine_version,
+        input_sha256=input_sha256(flat),
+    )
+    return _signed(out, info)
+
+
+def _signed(out: pb.ReproducibilityReceipt, info: ModelInfo) -> pb.ReproducibilityReceipt:
+    """Fill in the digest over every determining field, then the model's name (which is not one)."""
     out.digest = hashlib.sha256(out.SerializeToString(deterministic=True)).hexdigest()
     out.model_id = info.model_id
     return out
@@ -170,7 +198,15 @@ def stream_message(
     )
     if receipt_pb is not None:
         msg.receipt.CopyFrom(receipt_pb)
+    if chunk.prompt_logprobs is not None:
+        msg.prompt_token_ids.extend(request.prompt_token_ids)
+        msg.prompt_logprobs.extend(echoed_logprobs(chunk.prompt_logprobs))
     return msg
+
+
+def echoed_logprobs(prompt_logprobs: Sequence[Optional[float]]) -> list[float]:
+    """The engine gives None for the first prompt token (nothing predicts it); the proto omits it."""
+    return [float(x) for x in prompt_logprobs[1:]]
 
 
 class UnaryAccumulator:
@@ -184,6 +220,7 @@ class UnaryAccumulator:
         self.top: list[list[TopLogprob]] = []
         self.finish_reason: Optional[FinishReason] = None
         self.completion_tokens = 0
+        self.prompt_logprobs: Optional[list[float]] = None
 
     def add(self, chunk: GenerationChunk) -> None:
         self.text.append(chunk.text)
@@ -193,6 +230,8 @@ class UnaryAccumulator:
         self.completion_tokens = chunk.completion_tokens
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = echoed_logprobs(chunk.prompt_logprobs)
 
     def response(self, receipt_pb: pb.ReproducibilityReceipt) -> pb.GenerateResponse:
         req = self.request
@@ -208,7 +247,50 @@ class UnaryAccumulator:
             request_id=req.request_id,
             sample_index=req.sample_index,
             receipt=receipt_pb,
+            prompt_token_ids=req.prompt_token_ids if self.prompt_logprobs is not None else (),
+            prompt_logprobs=self.prompt_logprobs or (),
         )
+
+
+def samples_response(responses: Sequence[pb.GenerateResponse]) -> pb.GenerateResponse:
+    """The unary response for n samples: sample 0 at the top level, every sample in `samples`."""
+    if len(responses) == 1:
+        return responses[0]
+    top = pb.GenerateResponse()
+    top.CopyFrom(responses[0])
+    for r in responses:
+        sample = top.samples.add()
+        sample.CopyFrom(r)
+        sample.ClearField("prompt_token_ids")
+        sample.ClearField("prompt_logprobs")
+    return top
+
+
+def score_pairs_in(req: pb.ScoreRequest) -> list[tuple]:
+    """Each pair as (context, continuation): two strings, or two lists of token ids."""
+    pairs = []
+    for i, p in enumerate(req.pairs):
+        which = p.WhichOneof("pair")
+        if which is None:
+            raise InvalidRequest(f"pairs[{i}]", "set one of text or tokens")
+        side = p.text if which == "text" else p.tokens
+        pairs.append((side.context, side.continuation) if which == "text" else (list(side.context), list(side.continuation)))
+    return pairs
+
+
+def score_result_pb(score) -> pb.ScoreResult:
+    """A PairScore (engine.scoring) as a ScoreResult message."""
+    pair = score.pair
+    return pb.ScoreResult(
+        context_tokens=len(pair.context_ids),
+        continuation_tokens=len(pair.continuation_ids),
+        continuation_token_ids=pair.continuation_ids,
+        logprobs=score.logprobs,
+        logprob=math.fsum(score.logprobs),
+        is_greedy=score.is_greedy,
+        greedy_token_ids=score.greedy_ids,
+        truncated_tokens=pair.truncated_tokens,
+    )
 
 
 def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,

@@ -7,12 +7,16 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 import uuid
 from typing import Any, Optional
 
 import grpc
 
+from seedstream.server.engine.rolling import score_rolling
+from seedstream.server.engine.samples import generate_samples, sample_requests
+from seedstream.server.engine.scoring import prepare_pairs, score_pairs
 from seedstream.server.engine.types import InvalidRequest
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
@@ -182,11 +186,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         size = sum(len(m["content"]) for m in messages)
         return await _maybe_threaded(size, _render_chat, engine, messages)
 
-    async def _prepare(self, req: pb.GenerateRequest, context, call: _Call):
-        engine = self.state.ready_engine()
+    @staticmethod
+    def _request_id(req, context, call: _Call) -> None:
         call.request_id = convert.check_request_id(
             req.request_id or _metadata_value(context, "x-request-id")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
         )
+
+    async def _prepare(self, req: pb.GenerateRequest, context, call: _Call):
+        """The engine and one engine request per sample (n of them), validated."""
+        engine = self.state.ready_engine()
+        self._request_id(req, context, call)
         seed = req.seed if req.HasField("seed") else convert.draw_seed()
         call.fields["seed"] = seed
         prompt_ids = await self._prompt_ids(engine, req)
@@ -194,41 +203,92 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         if len(req.logit_bias) > engine.info.vocab_size:
             raise InvalidRequest("logit_bias", f"{len(req.logit_bias)} entries; allowed at most vocab_size={engine.info.vocab_size}")
         gen = convert.generation_request(req, prompt_ids, seed, call.request_id, self.state.options.default_max_new_tokens)
-        engine.validate(gen)
-        return engine, gen
+        requests = sample_requests(gen, convert.num_samples(req))
+        if len(requests) > 1:
+            call.fields["n"] = len(requests)
+        for r in requests:
+            engine.validate(r)
+        return engine, requests
 
     # --- RPCs
 
     @_guard_unary("Generate")
     async def Generate(self, request, context, call):
-        engine, gen = await self._prepare(request, context, call)
-        acc = convert.UnaryAccumulator(gen)
+        engine, requests = await self._prepare(request, context, call)
+        accs = [convert.UnaryAccumulator(r) for r in requests]
         with self.state.track():
-            async with contextlib.aclosing(engine.generate(gen)) as chunks:
-                async for chunk in chunks:
+            async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
+                async for j, chunk in chunks:
                     if call.first_token_at is None and chunk.token_ids:
                         call.first_token_at = time.monotonic()
-                    acc.add(chunk)
-                    call.fields["completion_tokens"] = chunk.completion_tokens
-        call.fields["finish"] = (acc.finish_reason.value if acc.finish_reason else "none")
-        return acc.response(convert.receipt(engine.info, gen))
+                    accs[j].add(chunk)
+        call.fields["completion_tokens"] = sum(a.completion_tokens for a in accs)
+        call.fields["finish"] = ",".join(a.finish_reason.value if a.finish_reason else "none" for a in accs)
+        return convert.samples_response([a.response(convert.receipt(engine.info, a.request)) for a in accs])
 
     @_guard_stream("GenerateStream")
     async def GenerateStream(self, request, context, call):
-        engine, gen = await self._prepare(request, context, call)
+        engine, requests = await self._prepare(request, context, call)
         await context.send_initial_metadata(
-            (("seedstream-seed", str(gen.sampling.seed)), ("seedstream-request-id", gen.request_id))
+            (("seedstream-seed", str(requests[0].sampling.seed)), ("seedstream-request-id", call.request_id))
         )
+        # The prompt echo rides on sample 0's first chunk, which must be the stream's first message.
+        held: Optional[list] = [] if requests[0].prompt_logprobs else None
+        finishes: dict[int, str] = {}
         with self.state.track():
-            async with contextlib.aclosing(engine.generate(gen)) as chunks:
-                async for chunk in chunks:
+            async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
+                async for j, chunk in chunks:
                     if call.first_token_at is None and chunk.token_ids:
                         call.first_token_at = time.monotonic()
-                    call.fields["completion_tokens"] = chunk.completion_tokens
+                    if chunk.finish_reason is not None:
+                        finishes[j] = chunk.finish_reason.value
                     last = chunk.finish_reason is not None
-                    if last:
-                        call.fields["finish"] = chunk.finish_reason.value
-                    yield convert.stream_message(chunk, gen, convert.receipt(engine.info, gen) if last else None)
+                    req = requests[j]
+                    message = convert.stream_message(chunk, req, convert.receipt(engine.info, req) if last else None)
+                    if held is not None and j != 0:
+                        held.append(message)
+                        continue
+                    yield message
+                    if held is not None:
+                        for m in held:
+                            yield m
+                        held = None
+        call.fields["finish"] = ",".join(finishes[j] for j in sorted(finishes))
+
+    @_guard_unary("Score")
+    async def Score(self, request, context, call):
+        engine = self.state.ready_engine()
+        self._request_id(request, context, call)
+        pairs = convert.score_pairs_in(request)
+        chars = sum(len(c) + len(x) for c, x in pairs if isinstance(c, str))
+        prepared = await _maybe_threaded(chars, prepare_pairs, engine, pairs, request.truncate_context)
+        call.fields["pairs"] = len(prepared)
+        with self.state.track():
+            scores = await score_pairs(engine, prepared, call.request_id)
+        scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
+        return pb.ScoreResponse(results=[convert.score_result_pb(s) for s in scores],
+                                receipt=convert.score_receipt(engine.info, scored))
+
+    @_guard_unary("ScoreRolling")
+    async def ScoreRolling(self, request, context, call):
+        engine = self.state.ready_engine()
+        self._request_id(request, context, call)
+        which = request.WhichOneof("input")
+        if which is None:
+            raise InvalidRequest("input", "set one of text or token_ids")
+        if which == "text":
+            ids = await _maybe_threaded(len(request.text), engine.tokenize, request.text)
+        else:
+            ids = list(request.token_ids.ids)
+        max_length = request.max_length if request.HasField("max_length") else engine.info.max_context - 1
+        call.fields["tokens"] = len(ids)
+        with self.state.track():
+            result = await score_rolling(engine, ids, max_length, call.request_id)
+        return pb.ScoreRollingResponse(
+            token_ids=ids, logprobs=result.logprobs, logprob=math.fsum(result.logprobs),
+            greedy_token_ids=result.greedy_ids, num_windows=result.num_windows, max_length=max_length,
+            receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
+        )
 
     @_guard_unary("Tokenize")
     async def Tokenize(self, request, context, call):

@@ -55,6 +55,16 @@ class TextGenerationStub:
                 request_serializer=seedstream_dot_v1_dot_textgen__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=seedstream_dot_v1_dot_textgen__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/seedstream.v1.TextGeneration/Score',
+                request_serializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=seedstream_dot_v1_dot_textgen__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.ScoreRolling = channel.unary_unary(
+                '/seedstream.v1.TextGeneration/ScoreRolling',
+                request_serializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRollingRequest.SerializeToString,
+                response_deserializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRollingResponse.FromString,
+                _registered_method=True)
 
 
 class TextGenerationServicer:
@@ -95,6 +105,24 @@ class TextGenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Log-likelihood of continuations given contexts (lm-evaluation-harness's
+        `loglikelihood`): per-token logprobs, their sum, and whether greedy
+        decoding would have produced the continuation. Pairs are scored in the
+        engine's shared batch; a pair's result does not depend on the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreRolling(self, request, context):
+        """Log-likelihood of every token of a text, scored in windows of at most
+        max_length tokens (lm-evaluation-harness's `loglikelihood_rolling`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TextGenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +145,16 @@ def add_TextGenerationServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=seedstream_dot_v1_dot_textgen__pb2.GetModelInfoRequest.FromString,
                     response_serializer=seedstream_dot_v1_dot_textgen__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRequest.FromString,
+                    response_serializer=seedstream_dot_v1_dot_textgen__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ScoreRolling': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreRolling,
+                    request_deserializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRollingRequest.FromString,
+                    response_serializer=seedstream_dot_v1_dot_textgen__pb2.ScoreRollingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +266,60 @@ class TextGeneration:
             '/seedstream.v1.TextGeneration/GetModelInfo',
             seedstream_dot_v1_dot_textgen__pb2.GetModelInfoRequest.SerializeToString,
             seedstream_dot_v1_dot_textgen__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedstream.v1.TextGeneration/Score',
+            seedstream_dot_v1_dot_textgen__pb2.ScoreRequest.SerializeToString,
+            seedstream_dot_v1_dot_textgen__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreRolling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seedstream.v1.TextGeneration/ScoreRolling',
+            seedstream_dot_v1_dot_textgen__pb2.ScoreRollingRequest.SerializeToString,
+            seedstream_dot_v1_dot_textgen__pb2.ScoreRollingResponse.FromString,
             options,
             channel_credentials,
             insecure,

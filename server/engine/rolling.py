@@ -1,0 +1,66 @@
+"""Rolling log-likelihood of a long token sequence (lm-evaluation-harness's loglikelihood_rolling).
+
+The windows follow the harness's definition with a context length of one
+token: every token is predicted exactly once; the first window predicts the
+first `max_length` tokens after the prefix token; each later window predicts
+the next (at most) `max_length` tokens, conditioned on as many preceding
+tokens as make the window `max_length` tokens of model input. Each window is
+one scoring pair (context, continuation) whose two parts together hold
+`max_length + 1` tokens at most (the last continuation token is a target, not
+an input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from .scoring import PreparedPair, score_pairs
+from .types import InvalidRequest
+
+
+def rolling_windows(token_ids: Sequence[int], prefix_token_id: int, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(context, continuation) pairs covering `token_ids`; every token is in exactly one continuation."""
+    if max_length < 1:
+        raise ValueError(f"max_length={max_length}: must be >= 1")
+    tokens = list(token_ids)
+    if not tokens:
+        return []
+    first = min(max_length, len(tokens))
+    windows = [([prefix_token_id], tokens[:first])]
+    done = first
+    while done < len(tokens):
+        end = min(len(tokens), done + max_length)
+        # Model input is tokens[end - max_length - 1 : end - 1]; the targets are tokens[done:end].
+        windows.append((tokens[end - max_length - 1:done], tokens[done:end]))
+        done = end
+    return windows
+
+
+@dataclasses.dataclass(frozen=True)
+class RollingResult:
+    logprobs: tuple[float, ...]  # one per token of the text, in order
+    greedy_ids: tuple[int, ...]  # the argmax at each position
+    num_windows: int
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.logprobs))
+
+
+async def score_rolling(engine, token_ids: Sequence[int], max_length: int, request_id: str = "") -> RollingResult:
+    """Score every token of `token_ids` through the engine's shared batch, window by window."""
+    limit = engine.info.max_context - 1
+    if not 1 <= max_length <= limit:
+        raise InvalidRequest("max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)")
+    vocab = engine.info.vocab_size
+    bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest("token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
+    windows = rolling_windows(token_ids, engine.prefix_token_id, max_length)
+    scores = await score_pairs(engine, [PreparedPair(tuple(c), tuple(x)) for c, x in windows], request_id)
+    return RollingResult(
+        logprobs=tuple(lp for s in scores for lp in s.logprobs),
+        greedy_ids=tuple(g for s in scores for g in s.greedy_ids),
+        num_windows=len(windows),
+    )

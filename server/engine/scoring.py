@@ -1,0 +1,84 @@
+"""Scoring many (context, continuation) pairs with lm-evaluation-harness's rules for text, truncation
+and empty continuations; every pair is one sequence of the engine's shared batch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Sequence, Union
+
+from .types import InvalidRequest, ScoreRequest
+from .validation import validate_score
+
+MAX_PAIRS = 1024
+MAX_IN_FLIGHT = 32  # pairs of one call in the engine at once: leaves queue room for other callers
+
+Side = Union[str, Sequence[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPair:
+    """A pair as token ids, ready to score."""
+
+    context_ids: tuple[int, ...]
+    continuation_ids: tuple[int, ...]
+    truncated_tokens: int = 0  # context tokens dropped from the left to fit the model
+
+
+@dataclasses.dataclass(frozen=True)
+class PairScore:
+    pair: PreparedPair
+    logprobs: tuple[float, ...]  # raw logprob of each continuation token
+    greedy_ids: tuple[int, ...]  # argmax at each continuation position
+    is_greedy: bool
+
+
+def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: bool) -> list[PreparedPair]:
+    """Token ids for every pair, checked before any is scored; errors name `pairs[i].<side>`."""
+    if not 1 <= len(pairs) <= MAX_PAIRS:
+        raise InvalidRequest("pairs", f"{len(pairs)} pairs; allowed 1 to {MAX_PAIRS}")
+    return [_prepare_one(engine, i, context, continuation, truncate_context)
+            for i, (context, continuation) in enumerate(pairs)]
+
+
+def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bool) -> PreparedPair:
+    if isinstance(context, str):
+        ctx, cont = engine.encode_pair(context, continuation)
+        if not cont:  # e.g. an empty continuation, or one that merges into the context's last token
+            return PreparedPair(tuple(ctx), ())
+    else:
+        ctx, cont = list(context), list(continuation)
+    limit = engine.info.max_context
+    drop = len(ctx) + len(cont) - limit
+    if truncate and drop > 0:
+        if drop >= len(ctx):
+            raise InvalidRequest(f"pairs[{i}].continuation",
+                                 f"{len(cont)} tokens; allowed at most {limit - 1} (model context {limit} minus one context token)")
+        ctx = ctx[drop:]
+    pair = PreparedPair(tuple(ctx), tuple(cont), max(drop, 0) if truncate else 0)
+    try:
+        validate_score(ScoreRequest(pair.context_ids, pair.continuation_ids), engine.info)
+    except InvalidRequest as exc:
+        hint = "; or set truncate_context" if exc.field == "continuation" and not truncate else ""
+        raise InvalidRequest(f"pairs[{i}].{exc.field}", f"{exc}{hint}") from None
+    return pair
+
+
+async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "") -> list[PairScore]:
+    """Scores in order; pairs with an empty continuation score 0 without touching the model."""
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def one(pair: PreparedPair) -> PairScore:
+        if not pair.continuation_ids:
+            return PairScore(pair, (), (), True)
+        async with gate:
+            result = await engine.score(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id))
+        return PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
+
+    tasks = [asyncio.ensure_future(one(p)) for p in pairs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:  # one pair failed, or the caller left: free the others' slots
+            task.cancel()
+        raise
