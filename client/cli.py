@@ -148,6 +148,8 @@ def _add_generate(sub) -> None:
     s.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
                    help="additive bias for a token id, repeatable")
     s.add_argument("--sample-index", type=int, default=0, help="which of the seed's independent streams to draw")
+    s.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="n samples of the seed (streams sample_index .. sample_index + N - 1); needs --json if N > 1")
     g = p.add_argument_group("length and stopping")
     g.add_argument("--max-new-tokens", "-n", type=int, help="most tokens to generate (server default 256)")
     g.add_argument("--min-new-tokens", type=int, help="fewest tokens before EOS/stop may end it (default 0)")
@@ -157,6 +159,9 @@ def _add_generate(sub) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the full result as JSON (unary call) instead of streaming")
     o.add_argument("--top-logprobs", type=int, default=0, help="top alternatives per token in --json output, 0..20")
+    o.add_argument("--logprobs-mode", choices=("raw", "processed"), default="",
+                   help="logprobs under the model's raw distribution (default) or the processed one sampled from")
+    o.add_argument("--echo-prompt-logprobs", action="store_true", help="also return the prompt tokens' logprobs (--json)")
     o.add_argument("--request-id", default="", help="label for the server log")
     o.add_argument("--quiet", "-q", action="store_true", help="no summary line on stderr")
     _add_connection(p)
@@ -346,8 +351,13 @@ def _cmd_generate(args) -> int:
         ignore_eos=args.ignore_eos,
         top_logprobs=args.top_logprobs,
         sample_index=args.sample_index,
+        n=args.samples,
+        logprobs_mode=args.logprobs_mode,
+        echo_prompt_logprobs=args.echo_prompt_logprobs,
         request_id=args.request_id,
     )
+    if (args.samples or 1) > 1 and not args.json:
+        raise SystemExit("error: --samples N > 1 needs --json (streamed samples would interleave on stdout)")
     with _client(args) as client:
         if args.json:
             result = client.generate(**kwargs)

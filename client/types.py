@@ -202,8 +202,11 @@ class GenerateResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (enums as their string values)."""
-        return _jsonable(self)
+        """JSON-ready dict (enums as their string values); `samples` only when there are several."""
+        out = _jsonable(self)
+        if len(self.samples) <= 1:
+            del out["samples"]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

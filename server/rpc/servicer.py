@@ -235,11 +235,14 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         # The prompt echo rides on sample 0's first chunk, which must be the stream's first message.
         held: Optional[list] = [] if requests[0].prompt_logprobs else None
         finishes: dict[int, str] = {}
+        done_tokens: dict[int, int] = {}
         with self.state.track():
             async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
                 async for j, chunk in chunks:
                     if call.first_token_at is None and chunk.token_ids:
                         call.first_token_at = time.monotonic()
+                    done_tokens[j] = chunk.completion_tokens
+                    call.fields["completion_tokens"] = sum(done_tokens.values())
                     if chunk.finish_reason is not None:
                         finishes[j] = chunk.finish_reason.value
                     last = chunk.finish_reason is not None

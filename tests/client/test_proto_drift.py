@@ -41,6 +41,6 @@ def test_generated_modules_import_under_the_namespace():
 
     service = textgen_pb2.DESCRIPTOR.services_by_name["TextGeneration"]
     assert service.full_name == "seedstream.v1.TextGeneration"
-    assert {m.name for m in service.methods} == {"Generate", "GenerateStream", "Tokenize", "GetModelInfo"}
+    assert {m.name for m in service.methods} == {"Generate", "GenerateStream", "Tokenize", "GetModelInfo", "Score", "ScoreRolling"}
     assert hasattr(textgen_pb2_grpc, "TextGenerationStub")
     assert (ROOT / "proto" / "seedstream" / "v1" / "textgen_pb2.pyi").exists()

@@ -38,6 +38,20 @@ def test_generate_json_and_drawn_seed(server, client):
     assert list(replay.token_ids) == data["token_ids"] and replay.text == data["text"]
 
 
+def test_generate_samples_json(server, client):
+    done = cli("generate", "Once upon a time", "--seed", "9", "-n", "5", "--samples", "3", "--logprobs-mode", "processed",
+               "--json", "--target", server.address)
+    assert done.returncode == 0, done.stderr.decode()
+    samples = json.loads(done.stdout)["samples"]
+    assert [s["sample_index"] for s in samples] == [0, 1, 2]
+    for s in samples:
+        alone = client.generate("Once upon a time", seed=9, max_new_tokens=5, sample_index=s["sample_index"],
+                                logprobs_mode="processed")
+        assert s["token_ids"] == list(alone.token_ids) and s["logprobs"] == list(alone.logprobs)
+    done = cli("generate", "Hi", "--samples", "2", "--target", server.address)
+    assert done.returncode != 0 and b"--json" in done.stderr
+
+
 def test_generate_chat_and_token_ids(server, client):
     done = cli("generate", "What is the capital of France?", "--chat", "--temperature", "0", "-n", "12",
                "--quiet", "--target", server.address)
