@@ -75,9 +75,9 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
     return len(prompts) * new_tokens / elapsed, statistics.median(ttfts)
 
 
-def start_server(port: int, threads: int) -> subprocess.Popen:
+def start_server(port: int, threads: int, decode_gemm: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(port),
-           "--threads", str(threads), "--log-level", "WARNING"]
+           "--threads", str(threads), "--decode-gemm", decode_gemm, "--log-level", "WARNING"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -91,7 +91,8 @@ async def wait_serving(target: str, timeout: float = 300.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--streams", default="1,32")
+    parser.add_argument("--streams", default="1,8,32")
+    parser.add_argument("--decode-gemm", default="column,row", help="server --decode-gemm modes to measure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="best of N for each measurement")
     args = parser.parse_args()
@@ -112,29 +113,37 @@ def main() -> None:
                        for _ in range(args.repeats)) for n in streams}
     del model
 
+    ours = {mode: measure_server(mode, args, tokenizer, streams) for mode in args.decode_gemm.split(",")}
+
+    print(f"\n{args.new_tokens} new tokens, fp32, top-k 50 / top-p 0.9 / T 0.8, {args.threads} threads, "
+          f"best of {args.repeats}; seedstream tok/s, ratio to transformers and median TTFT per --decode-gemm\n")
+    head = "| concurrent streams | transformers generate() tok/s (static batch) |"
+    rule = "|---|---|"
+    for mode in ours:
+        head += f" {mode}: tok/s | ratio | TTFT |"
+        rule += "---|---|---|"
+    print(head + "\n" + rule)
+    for n in streams:
+        row = f"| {n} | {baseline[n]:.1f} |"
+        for mode, results in ours.items():
+            tok_s, ttft = results[n]
+            row += f" {tok_s:.1f} | {tok_s / baseline[n]:.2f}x | {ttft * 1e3:.0f} ms |"
+        print(row)
+
+
+def measure_server(mode: str, args, tokenizer, streams: list[int]) -> dict[int, tuple[float, float]]:
+    """Best-of-repeats (tok/s, median TTFT) per stream count, through a fresh server process."""
     port = free_port()
-    server = start_server(port, args.threads)
+    server = start_server(port, args.threads, mode)
     target = f"127.0.0.1:{port}"
     try:
         asyncio.run(wait_serving(target))
         asyncio.run(seedstream_run(target, chat_prompts(tokenizer, 2), 4))  # warm-up
-        ours = {}
-        for n in streams:
-            runs = [asyncio.run(seedstream_run(target, chat_prompts(tokenizer, n), args.new_tokens))
-                    for _ in range(args.repeats)]
-            ours[n] = max(runs)
+        return {n: max(asyncio.run(seedstream_run(target, chat_prompts(tokenizer, n), args.new_tokens))
+                       for _ in range(args.repeats)) for n in streams}
     finally:
         server.terminate()
         server.wait(timeout=60)
-
-    print(f"\n{args.new_tokens} new tokens, fp32, top-k 50 / top-p 0.9 / T 0.8, {args.threads} threads, "
-          f"best of {args.repeats}\n")
-    print("| concurrent streams | transformers generate() tok/s (static batch) | seedstream gRPC tok/s | ratio | seedstream median TTFT |")
-    print("|---|---|---|---|---|")
-    for n in streams:
-        tok_s, ttft = ours[n]
-        print(f"| {n} | {baseline[n]:.1f} | {tok_s:.1f} | {tok_s / baseline[n]:.2f}x | {ttft * 1e3:.0f} ms |")
-
 
 if __name__ == "__main__":
     main()

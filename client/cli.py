@@ -88,6 +88,10 @@ def _add_serve(sub) -> None:
                    help="token rows per engine step (engine default if unset) [SEEDSTREAM_MAX_STEP_TOKENS]")
     p.add_argument("--threads", type=int, default=_env("SEEDSTREAM_THREADS"),
                    help="torch intra-op threads (torch's default if unset) [SEEDSTREAM_THREADS]")
+    p.add_argument("--decode-gemm", default=_env("SEEDSTREAM_DECODE_GEMM"), choices=("column", "row"),
+                   help="how decode steps multiply: 'column' (default; fastest at 1-8 streams) or 'row' "
+                        "(best aggregate throughput at 16+ streams); each is batch-invariant, and the choice "
+                        "is part of engine_version [SEEDSTREAM_DECODE_GEMM]")
     p.add_argument("--grace-period", type=float, default=float(_env("SEEDSTREAM_GRACE_PERIOD", 30.0)),
                    help="seconds in-flight requests get to finish on shutdown [SEEDSTREAM_GRACE_PERIOD]")
     p.add_argument("--tls-cert", default=_env("SEEDSTREAM_TLS_CERT"),
@@ -234,6 +238,7 @@ def _cmd_serve(args) -> int:
         prefill_chunk=int(args.prefill_chunk) if args.prefill_chunk is not None else None,
         max_step_tokens=int(args.max_step_tokens) if args.max_step_tokens is not None else None,
         threads=int(args.threads) if args.threads is not None else None,
+        decode_gemm=args.decode_gemm,
         grace_period=args.grace_period,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -162,6 +162,7 @@ class ServeOptions:
     prefill_chunk: Optional[int] = None
     max_step_tokens: Optional[int] = None
     threads: Optional[int] = None
+    decode_gemm: Optional[str] = None
     grace_period: float = 30.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -190,6 +191,7 @@ def engine_config(opts: ServeOptions):
         "prefill_chunk": opts.prefill_chunk,
         "max_step_tokens": opts.max_step_tokens,
         "num_threads": opts.threads,
+        "decode_gemm": opts.decode_gemm,
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+DECODE_GEMMS = ("column", "row")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -21,6 +22,10 @@ class EngineConfig:
     max_step_tokens: int = 512  # token rows per forward step (>= prefill_chunk)
     max_new_tokens_limit: int = 4096  # upper bound a request may ask for
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    # How decode rows are multiplied (part of the determinism contract, named in engine_version):
+    # "column" = weight @ x^T in fixed blocks of 4 rows: ~2.5x faster steps at 1-4 streams, slower
+    # beyond ~8; "row" = the padded-row GEMM prefill uses: best aggregate throughput at 16+ streams.
+    decode_gemm: str = "column"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -28,6 +33,8 @@ class EngineConfig:
         for name in ("max_batch_size", "max_queue", "prefill_chunk", "max_step_tokens", "max_new_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.decode_gemm not in DECODE_GEMMS:
+            raise ValueError(f"decode_gemm={self.decode_gemm!r}: allowed {', '.join(DECODE_GEMMS)}")
         if self.max_step_tokens < self.prefill_chunk:
             raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
 

@@ -15,7 +15,7 @@ from seedstream.sampler import SAMPLER_VERSION, sample
 
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import ROW_TILE, DecoderModel, ModelConfig, Segment, describe
+from .model import COLUMN_BLOCK, ROW_TILE, DecoderModel, ModelConfig, Segment, describe
 from .sequence import Sequence_, StepBatch
 from .types import (
     EngineError,
@@ -33,7 +33,7 @@ from .validation import validate_request, validate_score
 
 log = logging.getLogger("seedstream.engine")
 
-ENGINE_ALGORITHM = "1"  # bump when any change can alter a sequence's logits
+ENGINE_ALGORITHM = "2"  # bump when any change can alter a sequence's logits
 
 
 class Engine:
@@ -44,7 +44,8 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = ModelConfig.from_hf(weights.config)
-        self.model = DecoderModel(self.model_config, weights.state_dict, self.device, self.dtype)
+        self.model = DecoderModel(self.model_config, weights.state_dict, self.device, self.dtype,
+                                  decode_gemm=config.decode_gemm)
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
         self.info = ModelInfo(
@@ -55,7 +56,7 @@ class Engine:
             vocab_size=self.model_config.vocab_size,
             max_context=self.model_config.max_context,
             eos_token_ids=tuple(sorted(self.eos_token_ids)),
-            engine_version=f"{ENGINE_ALGORITHM}.tile{ROW_TILE}.chunk{config.prefill_chunk}",
+            engine_version=f"{ENGINE_ALGORITHM}.tile{ROW_TILE}.{_decode_tag(config)}.chunk{config.prefill_chunk}",
             sampler_version=SAMPLER_VERSION,
         )
         self._lock = threading.Condition()
@@ -124,8 +125,10 @@ class Engine:
             await asyncio.to_thread(self._thread.join)
 
     def load(self) -> dict[str, int]:
+        """Sequences holding a slot and waiting for one (a finished sequence no longer counts, even
+        before the engine thread drops it at the end of its step)."""
         with self._lock:
-            return {"running": len(self._running), "waiting": len(self._waiting)}
+            return {"running": sum(not s.finished for s in self._running), "waiting": len(self._waiting)}
 
     # --- requests
 
@@ -207,6 +210,7 @@ class Engine:
                 torch.tensor(batch.positions, device=self.device),
                 batch.segments,
                 torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
+                batch.decode_rows,
             )
             if batch.scored:
                 self._score(logits, batch)
@@ -228,6 +232,7 @@ class Engine:
             elif seq.prefill_done:
                 batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
                 budget -= 1
+        batch.decode_rows = len(batch.token_ids)
         for seq in self._running:
             if seq.finished or seq.prefill_done:
                 continue
@@ -290,3 +295,7 @@ def load_engine(config: Optional[EngineConfig] = None, progress: Optional[Progre
 
 def _uses_penalties(params) -> bool:
     return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+def _decode_tag(config: EngineConfig) -> str:
+    return f"col{COLUMN_BLOCK}" if config.decode_gemm == "column" else "rowdecode"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .kv_cache import SequenceKVCache
 
 ROW_TILE = 4  # row counts are padded to a multiple of this (see tests/engine/test_gemm_invariance.py)
+COLUMN_BLOCK = 4  # decode rows go through weight @ x^T in blocks of this many rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,23 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     return F.linear(x, weight, bias)
 
 
+def column_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  block: int = COLUMN_BLOCK) -> torch.Tensor:
+    """`F.linear` for decode rows, as weight @ x^T in fixed blocks of `block` rows. x: [M, K] -> [M, N].
+
+    With so few columns the GEMM streams the weight once without repacking it (about 4x faster than a
+    padded `F.linear` at one row), and each block is its own call of one fixed shape, so a row's bits
+    depend only on itself (tests/engine/test_gemm_invariance.py).
+    """
+    rows = x.shape[0]
+    # Contiguous in and out: a kernel's summation order may follow the memory layout, and the
+    # layout must not depend on what else was in the batch.
+    xp = pad_rows(x, block).contiguous()
+    out = torch.cat([torch.mm(weight, xp[i:i + block].t()) for i in range(0, xp.shape[0], block)], dim=1)
+    out = out.t()[:rows].contiguous()  # [M, N]
+    return out + bias if bias is not None else out
+
+
 def pad_rows(x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
     """Zero-pad dim 0 up to a multiple of `tile` (at least one tile)."""
     rows = x.shape[0]
@@ -112,9 +130,10 @@ class DecoderModel:
     """Llama-family forward over packed rows of many sequences, each with its own KV cache."""
 
     def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                 row_tile: int = ROW_TILE):
+                 row_tile: int = ROW_TILE, decode_gemm: str = "column"):
         # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
         self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
+        self.column_decode = decode_gemm == "column"  # else decode rows take the padded-row path too
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
         self.embed = sd["model.embed_tokens.weight"]  # [V, H]
         self.lm_head = self.embed if cfg.tie_word_embeddings else sd["lm_head.weight"]  # [V, H]
@@ -126,8 +145,21 @@ class DecoderModel:
         self.cos = angles.cos().to(device=device, dtype=dtype)
         self.sin = angles.sin().to(device=device, dtype=dtype)
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return invariant_linear(x, weight, bias, self.row_tile)
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                decode_rows: int = 0) -> torch.Tensor:
+        """x: [T, K] -> [T, N]. The first `decode_rows` rows (one token of a decoding sequence each) take
+        the column path, the rest the padded-row path: which path a row takes depends only on its own
+        sequence's state, never on the batch."""
+        if self.row_tile == 1:  # benchmark baseline: plain F.linear, not invariant
+            return F.linear(x, weight, bias)
+        t = x.shape[0]
+        decode_rows = decode_rows if self.column_decode else 0
+        parts = []
+        if decode_rows:
+            parts.append(column_linear(x[:decode_rows], weight, bias))
+        if t > decode_rows:
+            parts.append(invariant_linear(pad_rows(x[decode_rows:], self.row_tile), weight, bias, self.row_tile)[: t - decode_rows])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
@@ -170,28 +202,30 @@ class DecoderModel:
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment],
-                logit_rows: torch.Tensor) -> torch.Tensor:
-        """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices -> logits [R, V] float32."""
+                logit_rows: torch.Tensor, decode_rows: int = 0) -> torch.Tensor:
+        """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices, ascending -> logits [R, V]
+        float32. The first `decode_rows` rows are single decode tokens (see _linear)."""
         c = self.cfg
         t = token_ids.shape[0]
-        hidden = pad_rows(F.embedding(token_ids, self.embed), self.row_tile)  # [Tp, H]
+        d = decode_rows
+        hidden = F.embedding(token_ids, self.embed)  # [T, H]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         for i, layer in enumerate(self.layers):
             x = self._rms_norm(hidden, layer.norm_in)
-            qkv = self._linear(x, layer.qkv, layer.qkv_bias)[:t]  # [T, Hq*D + 2*Hkv*D]
+            qkv = self._linear(x, layer.qkv, layer.qkv_bias, d)  # [T, Hq*D + 2*Hkv*D]
             q = self._rope(qkv[:, :q_width].view(t, c.num_heads, c.head_dim), cos, sin)
             k = self._rope(qkv[:, q_width:q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
             v = qkv[:, q_width + kv_width:].view(t, c.num_kv_heads, c.head_dim)
-            attn = pad_rows(self._attention(q, k, v, i, segments), self.row_tile)  # [Tp, Hq*D]
-            hidden = hidden + self._linear(attn, layer.o)
+            attn = self._attention(q, k, v, i, segments)  # [T, Hq*D]
+            hidden = hidden + self._linear(attn, layer.o, None, d)
             x = self._rms_norm(hidden, layer.norm_post)
-            gate, up = self._linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + self._linear(F.silu(gate) * up, layer.down)
+            gate, up = self._linear(x, layer.gate_up, None, d).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down, None, d)
         if logit_rows.numel() == 0:
             return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
-        last = pad_rows(self._rms_norm(hidden[logit_rows], self.norm_final), self.row_tile)  # [Rp, H]
-        return self._linear(last, self.lm_head)[: logit_rows.shape[0]].float()  # [R, V]
+        last = self._rms_norm(hidden[logit_rows], self.norm_final)  # [R, H]
+        return self._linear(last, self.lm_head, None, int((logit_rows < d).sum())).float()  # [R, V]
 
 
 def describe(cfg: ModelConfig) -> str:

@@ -131,6 +131,7 @@ class StepBatch:
     scored: list[Sequence_] = dataclasses.field(default_factory=list)  # one entry per scored row
     score_rows: list[int] = dataclasses.field(default_factory=list)
     score_targets: list[int] = dataclasses.field(default_factory=list)
+    decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
 
     def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False) -> None:
         first_row = len(self.token_ids)
