@@ -2,8 +2,8 @@
 #   docker build -t seedstream .
 # CUDA (torch from the CUDA wheel index on a CUDA runtime base):
 #   docker build -t seedstream:cuda \
-#     --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
+#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 # Run: docker run -p 50051:50051 seedstream
 ARG BASE=python:3.11-slim
 FROM ${BASE}
@@ -38,9 +38,7 @@ RUN python -c "from seedstream.server.engine.loader import load_weights; load_we
 
 ENV SEEDSTREAM_HOST=0.0.0.0 SEEDSTREAM_PORT=50051
 EXPOSE 50051
+# grpc.health.v1 through the CLI: exit 0 only when SERVING.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -c "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
-ch = grpc.insecure_channel('127.0.0.1:50051'); \
-r = g.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=4); \
-sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"
+  CMD seedstream health --target 127.0.0.1:50051 --timeout 4 >/dev/null || exit 1
 ENTRYPOINT ["seedstream", "serve"]
