@@ -53,9 +53,14 @@ def _background(engine, rng, count):
     return requests
 
 
-def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory):
-    """The core promise: bit-identical token ids and logprobs, solo vs. 40 others joining and leaving."""
-    engine = engine_factory()
+@pytest.mark.parametrize("dtype,decode_gemm,background", [
+    ("float32", "column", 40),  # the default build, at full scale
+    ("float32", "row", 16),  # the throughput decode path
+    ("bfloat16", "column", 16),
+])
+def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, dtype, decode_gemm, background):
+    """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving."""
+    engine = engine_factory(dtype=dtype, decode_gemm=decode_gemm)
     rng = random.Random(1234)
 
     async def scenario():
@@ -63,10 +68,10 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory):
         try:
             targets = _targets(engine)
             solo = [await _collect(engine, r) for r in targets]
-            background = _background(engine, rng, 40)
-            jobs = [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in background]
+            others = _background(engine, rng, background)
+            jobs = [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in others]
             jobs += [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in targets]
-            loaded = (await asyncio.gather(*jobs))[len(background):]
+            loaded = (await asyncio.gather(*jobs))[len(others):]
             return solo, loaded
         finally:
             await engine.stop()

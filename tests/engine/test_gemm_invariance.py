@@ -60,3 +60,20 @@ def test_decode_column_bits_do_not_depend_on_input_layout():
     assert not column_major.is_contiguous()
     assert torch.equal(column_linear(column_major, weight), column_linear(x, weight))
     assert column_linear(x, weight).is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_half_precision_rows_are_invariant_on_both_paths(dtype, k, n):
+    """--dtype bfloat16/float16: a row's bits on the prompt path and the decode path, fewer row counts."""
+    gen = torch.Generator().manual_seed(k * 13 + n)
+    weight = (torch.randn(n, k, generator=gen) * 0.05).to(dtype)
+    probe = torch.randn(1, k, generator=gen).to(dtype)
+    row_alone, column_alone = invariant_linear(pad_rows(probe), weight)[0], column_linear(probe, weight)[0]
+    for rows in (4, 8, 12, 64, 256):
+        others = torch.randn(rows, k, generator=gen).to(dtype)
+        for pos in (0, rows // 2, rows - 1):
+            batch = others.clone()
+            batch[pos] = probe[0]
+            assert torch.equal(invariant_linear(batch, weight)[pos], row_alone), f"row path, {rows} rows"
+            assert torch.equal(column_linear(batch, weight)[pos], column_alone), f"column path, {rows} rows"
