@@ -77,6 +77,9 @@ def _add_serve(sub) -> None:
                    help="most sequences decoding at once [SEEDSTREAM_MAX_BATCH_SIZE]")
     p.add_argument("--max-queue", type=int, default=int(_env("SEEDSTREAM_MAX_QUEUE", 256)),
                    help="most requests waiting for a slot; beyond it RESOURCE_EXHAUSTED [SEEDSTREAM_MAX_QUEUE]")
+    p.add_argument("--max-kv-tokens", type=int, default=_env("SEEDSTREAM_MAX_KV_TOKENS"),
+                   help="KV-cache budget in token positions over all running sequences (each counted as prompt + "
+                        "max_new_tokens); requests beyond it wait in the queue (default 262144) [SEEDSTREAM_MAX_KV_TOKENS]")
     p.add_argument("--max-new-tokens-limit", type=int, default=int(_env("SEEDSTREAM_MAX_NEW_TOKENS_LIMIT", 4096)),
                    help="largest max_new_tokens a request may ask for [SEEDSTREAM_MAX_NEW_TOKENS_LIMIT]")
     p.add_argument("--default-max-new-tokens", type=int, default=int(_env("SEEDSTREAM_DEFAULT_MAX_NEW_TOKENS", 256)),
@@ -233,6 +236,7 @@ def _cmd_serve(args) -> int:
         dtype=args.dtype,
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
+        max_kv_tokens=int(args.max_kv_tokens) if args.max_kv_tokens is not None else None,
         max_new_tokens_limit=args.max_new_tokens_limit,
         default_max_new_tokens=args.default_max_new_tokens,
         prefill_chunk=int(args.prefill_chunk) if args.prefill_chunk is not None else None,

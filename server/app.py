@@ -157,6 +157,7 @@ class ServeOptions:
     dtype: str = "float32"
     max_batch_size: int = 64
     max_queue: int = 256
+    max_kv_tokens: Optional[int] = None
     max_new_tokens_limit: int = 4096
     default_max_new_tokens: int = 256
     prefill_chunk: Optional[int] = None
@@ -187,6 +188,7 @@ def engine_config(opts: ServeOptions):
         "dtype": opts.dtype,
         "max_batch_size": opts.max_batch_size,
         "max_queue": opts.max_queue,
+        "max_kv_tokens": opts.max_kv_tokens,
         "max_new_tokens_limit": opts.max_new_tokens_limit,
         "prefill_chunk": opts.prefill_chunk,
         "max_step_tokens": opts.max_step_tokens,

@@ -18,6 +18,11 @@ class EngineConfig:
     dtype: str = "float32"  # one of DTYPES
     max_batch_size: int = 64  # sequences decoding at once
     max_queue: int = 256  # requests waiting for a slot before RESOURCE_EXHAUSTED
+    # KV-cache budget in token positions over all running sequences, each counted at its most
+    # (prompt + max_new_tokens, capped at the context): a request that would pass it waits in the
+    # queue instead of risking the server's memory. One request is always admitted. Scheduling
+    # never changes tokens, so the budget is not part of the determinism contract.
+    max_kv_tokens: int = 262144
     prefill_chunk: int = 256  # prompt tokens per prefill chunk; part of the determinism contract
     max_step_tokens: int = 512  # token rows per forward step (>= prefill_chunk)
     max_new_tokens_limit: int = 4096  # upper bound a request may ask for
@@ -30,7 +35,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: allowed {', '.join(DTYPES)}")
-        for name in ("max_batch_size", "max_queue", "prefill_chunk", "max_step_tokens", "max_new_tokens_limit"):
+        for name in ("max_batch_size", "max_queue", "max_kv_tokens", "prefill_chunk", "max_step_tokens",
+                     "max_new_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.decode_gemm not in DECODE_GEMMS:

@@ -65,6 +65,10 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
+        c = self.model_config
+        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+        log.info("KV-cache budget: %d token positions (about %.1f GiB)", config.max_kv_tokens,
+                 config.max_kv_tokens * per_token / 2**30)
 
     # --- text helpers (the RPC layer turns text and chat into token ids through these)
 
@@ -197,10 +201,21 @@ class Engine:
                 self._running.clear()
 
     def _admit(self) -> None:
+        """Move waiting sequences, oldest first, into free slots within the KV-cache budget."""
         for seq in [s for s in self._waiting if s.cancelled]:
             self._waiting.remove(seq)
+        reserved = sum(self._kv_tokens(s) for s in self._running)
         while self._waiting and len(self._running) < self.config.max_batch_size:
+            need = self._kv_tokens(self._waiting[0])
+            if self._running and reserved + need > self.config.max_kv_tokens:
+                break  # first in, first out: the head waits for room rather than being overtaken
+            reserved += need
             self._running.append(self._waiting.popleft())
+
+    def _kv_tokens(self, seq: Sequence_) -> int:
+        """KV positions `seq` may come to hold: its prompt plus every token it may generate."""
+        new = seq.request.max_new_tokens if seq.request is not None else 0
+        return min(len(seq.prompt) + new, self.info.max_context)
 
     def _step(self) -> None:
         batch = self._plan()

@@ -133,6 +133,44 @@ def test_cancelled_request_frees_its_slot(engine_factory):
     assert load == {"running": 0, "waiting": 0}
 
 
+def test_kv_budget_queues_requests_and_changes_no_token(engine_factory):
+    """Two requests that together pass max_kv_tokens run one after the other, each as it would alone."""
+    params = SamplingParams(temperature=0.9, seed=11)
+    engine = engine_factory(max_kv_tokens=120)
+    solo_engine = engine_factory()
+
+    def requests(e):
+        return [GenerationRequest(_chat(e, f"Say something about the number {i}."), params, max_new_tokens=40,
+                                  ignore_eos=True) for i in range(2)]
+
+    async def budgeted():
+        await engine.start()
+        try:
+            reqs = requests(engine)
+            assert all(len(r.prompt_token_ids) + 40 > 60 for r in reqs)  # two do not fit in 120
+            first = asyncio.ensure_future(_collect(engine, reqs[0]))
+            second = asyncio.ensure_future(_collect(engine, reqs[1]))
+            loads = []
+            while not (first.done() and second.done()):
+                loads.append(engine.load())
+                await asyncio.sleep(0.01)
+            return [first.result(), second.result()], loads
+        finally:
+            await engine.stop()
+
+    async def alone():
+        await solo_engine.start()
+        try:
+            return [await _collect(solo_engine, r) for r in requests(solo_engine)]
+        finally:
+            await solo_engine.stop()
+
+    results, loads = run(budgeted())
+    assert max(load["running"] for load in loads) == 1
+    assert any(load["waiting"] == 1 for load in loads)
+    assert [r[0] for r in results] == [r[0] for r in run(alone())]
+
+
 def test_full_queue_is_rejected_at_once(engine_factory):
     engine = engine_factory(max_batch_size=1, max_queue=1)
     params = SamplingParams(temperature=1.0, seed=7)
