@@ -64,6 +64,7 @@ class Engine:
         self._running: list[Sequence_] = []
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
         c = self.model_config
         per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
@@ -227,6 +228,9 @@ class Engine:
                 torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
                 batch.decode_rows,
             )
+            for donor, child in batch.forks:  # after the forward: the donor's cache holds the prompt
+                child.cache.copy_from(donor.cache)
+            self.prefill_tokens += batch.prefill_tokens
             if batch.scored:
                 self._score(logits, batch)
             if batch.sampled:
@@ -248,9 +252,13 @@ class Engine:
                 batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
                 budget -= 1
         batch.decode_rows = len(batch.token_ids)
+        prefilling = {s.prompt_key for s in self._running if s.request is not None and 0 < s.prefilled < len(s.prompt)
+                      and not s.finished}
         for seq in self._running:
             if seq.finished or seq.prefill_done:
                 continue
+            if seq.prefilled == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
+                continue  # a sequence with (probably) this prompt is part way through: wait to fork it
             start = seq.prefilled
             # Chunk boundaries are multiples of prefill_chunk from the prompt start: never load-dependent.
             end = min(len(seq.prompt), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
@@ -260,7 +268,23 @@ class Engine:
                       sample=(end == len(seq.prompt) and seq.request is not None))
             seq.prefilled = end
             budget -= end - start
+            batch.prefill_tokens += end - start
+            if seq.request is not None and end < len(seq.prompt):
+                prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
+            elif seq.request is not None:
+                self._fork_same_prompt(seq, batch)
         return batch
+
+    def _fork_same_prompt(self, donor: Sequence_, batch: StepBatch) -> None:
+        """Sequences not started yet with exactly `donor`'s prompt share its prefill (e.g. n samples).
+
+        The prefill is deterministic and batch-invariant, so the copied cache and the shared logits
+        row are bit for bit what each sequence would have computed itself.
+        """
+        for other in self._running:
+            if (other is not donor and other.prefilled == 0 and not other.finished and _can_fork(other)
+                    and other.prompt_key == donor.prompt_key and other.prompt == donor.prompt):
+                batch.fork(donor, other)
 
     def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
         rows = logits[batch.score_rows]  # [S, V]
@@ -314,3 +338,8 @@ def _uses_penalties(params) -> bool:
 
 def _decode_tag(config: EngineConfig) -> str:
     return f"col{COLUMN_BLOCK}" if config.decode_gemm == "column" else "rowdecode"
+
+
+def _can_fork(seq: Sequence_) -> bool:
+    """A generation that needs no prompt logprobs of its own can take another's prefill."""
+    return seq.request is not None and seq.score_from is None

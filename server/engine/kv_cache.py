@@ -46,5 +46,10 @@ class SequenceKVCache:
         self.length = end
         return self.keys[layer, :, :end], self.values[layer, :, :end]
 
+    def copy_from(self, other: "SequenceKVCache") -> None:
+        """Become a copy of `other` (same capacity, so attention reads the same shapes and strides)."""
+        self.keys, self.values = other.keys.clone(), other.values.clone()
+        self.length = other.length
+
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()

@@ -25,6 +25,7 @@ class Sequence_:
                  tokenizer, loop: asyncio.AbstractEventLoop, score_from: Optional[int] = None):
         self.request = request
         self.prompt = list(prompt)
+        self.prompt_key = hash(tuple(self.prompt))  # to find other sequences with the same prompt
         self.output_ids: list[int] = []
         self.cache = cache
         self.tokenizer = tokenizer
@@ -132,6 +133,8 @@ class StepBatch:
     score_rows: list[int] = dataclasses.field(default_factory=list)
     score_targets: list[int] = dataclasses.field(default_factory=list)
     decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
+    forks: list[tuple[Sequence_, Sequence_]] = dataclasses.field(default_factory=list)  # (donor, child)
+    prefill_tokens: int = 0  # prompt tokens computed this step
 
     def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False) -> None:
         first_row = len(self.token_ids)
@@ -147,3 +150,11 @@ class StepBatch:
             self.sample_rows.append(len(self.logit_rows))
             self.logit_rows.append(len(self.token_ids) - 1)
             self.sampled.append(seq)
+
+    def fork(self, donor: Sequence_, child: Sequence_) -> None:
+        """`child` has `donor`'s prompt: it takes the donor's cache after this step's forward and
+        samples its first token from the donor's last logits row (donor must be the last add())."""
+        self.forks.append((donor, child))
+        child.prefilled = len(child.prompt)
+        self.sample_rows.append(self.sample_rows[self.sampled.index(donor)])
+        self.sampled.append(child)

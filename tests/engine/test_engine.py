@@ -171,6 +171,31 @@ def test_kv_budget_queues_requests_and_changes_no_token(engine_factory):
     assert [r[0] for r in results] == [r[0] for r in run(alone())]
 
 
+def test_same_prompt_prefills_once_and_changes_no_token(engine_factory):
+    """Requests with one prompt (n samples, or seeds of a harness) share its prefill, bit for bit."""
+    prompt = tuple(range(300, 300 + 600))  # three prefill chunks
+    params = [SamplingParams(temperature=0.9, top_p=0.95, seed=s) for s in (1, 2, 3, 4)]
+    requests = [GenerationRequest(prompt, p, max_new_tokens=8, ignore_eos=True) for p in params]
+    requests.append(GenerationRequest(prompt, params[0], max_new_tokens=8, ignore_eos=True, prompt_logprobs=True))
+
+    async def scenario(engine, together):
+        await engine.start()
+        try:
+            if together:
+                return await asyncio.gather(*(_collect(engine, r) for r in requests))
+            return [await _collect(engine, r) for r in requests]
+        finally:
+            await engine.stop()
+
+    shared, alone = engine_factory(), engine_factory()
+    together = run(scenario(shared, True))
+    one_by_one = run(scenario(alone, False))
+    assert together == one_by_one
+    assert together[4][0] == together[0][0]  # the echo request computed its own prefill, same tokens
+    assert alone.prefill_tokens == 5 * len(prompt)
+    assert shared.prefill_tokens == 2 * len(prompt)  # one for the four samples, one for the echo
+
+
 def test_full_queue_is_rejected_at_once(engine_factory):
     engine = engine_factory(max_batch_size=1, max_queue=1)
     params = SamplingParams(temperature=1.0, seed=7)
