@@ -36,7 +36,6 @@ from .types import (
     TopLogprob,
     join_chunks,
     receipts_match,
-    same_run,
 )
 
 __all__ = [
@@ -44,6 +43,6 @@ __all__ = [
     "SeedstreamError", "InvalidArgumentError", "OverloadedError", "UnavailableError",
     "DeadlineExceededError", "CancelledError",
     "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",
-    "ModelInfo", "Receipt", "TokenizeResult", "TopLogprob", "join_chunks", "same_run",
+    "ModelInfo", "Receipt", "TokenizeResult", "TopLogprob", "join_chunks",
     "receipts_match", "RollingScore", "ScoreResult", "ScoreResults",
 ]

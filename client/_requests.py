@@ -140,6 +140,11 @@ def generate_request(
     return req
 
 
+def batch_item(prompt) -> dict:
+    """generate() arguments of one generate_batch() entry: a text, or a dict of per-prompt arguments."""
+    return dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+
+
 Pair = tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import grpc
 
@@ -179,7 +179,7 @@ class AsyncClient:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(prompt):
-            extra = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+            extra = _requests.batch_item(prompt)
             async with gate:
                 return await self.generate(timeout=timeout, metadata=metadata, **{**kwargs, **extra})
 

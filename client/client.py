@@ -181,7 +181,7 @@ class Client:
         "seed": 7}) merged over `kwargs`. Each result is what generate() alone would return.
         """
         def one(prompt):
-            extra = dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
+            extra = _requests.batch_item(prompt)
             return self.generate(timeout=timeout, metadata=metadata, **{**kwargs, **extra})
 
         if concurrency < 1:

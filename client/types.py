@@ -148,7 +148,24 @@ def receipts_match(a: Optional["Receipt"], b: Optional["Receipt"]) -> bool:
     return a is not None and b is not None and a.reproduces(b)
 
 
-same_run = receipts_match  # the earlier name
+
+def _completion_fields(m) -> dict[str, Any]:
+    """The fields GenerateResponse and GenerateStreamResponse share (same names and numbers)."""
+    return dict(
+        text=m.text,
+        token_ids=tuple(m.token_ids),
+        logprobs=tuple(m.logprobs),
+        top_logprobs=_top(m.top_logprobs),
+        seed=m.seed,
+        finish_reason=FinishReason.from_pb(m.finish_reason),
+        prompt_tokens=m.prompt_tokens,
+        completion_tokens=m.completion_tokens,
+        request_id=m.request_id,
+        sample_index=m.sample_index,
+        receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+        prompt_token_ids=tuple(m.prompt_token_ids),
+        prompt_logprobs=tuple(m.prompt_logprobs),
+    )
 
 
 def _top(rows) -> tuple[tuple[TopLogprob, ...], ...]:
@@ -185,21 +202,9 @@ class GenerateResult:
 
     @classmethod
     def _one_from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
-        return cls(
-            text=m.text,
-            token_ids=tuple(m.token_ids),
-            logprobs=tuple(m.logprobs),
-            top_logprobs=_top(m.top_logprobs),
-            seed=m.seed,
-            finish_reason=FinishReason.from_pb(m.finish_reason) or FinishReason.CANCELLED,
-            prompt_tokens=m.prompt_tokens,
-            completion_tokens=m.completion_tokens,
-            request_id=m.request_id,
-            sample_index=m.sample_index,
-            receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
-            prompt_token_ids=tuple(m.prompt_token_ids),
-            prompt_logprobs=tuple(m.prompt_logprobs),
-        )
+        fields = _completion_fields(m)
+        fields["finish_reason"] = fields["finish_reason"] or FinishReason.CANCELLED
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as their string values); `samples` only when there are several."""
@@ -229,21 +234,7 @@ class GenerateChunk:
 
     @classmethod
     def from_pb(cls, m: pb.GenerateStreamResponse) -> "GenerateChunk":
-        return cls(
-            text=m.text,
-            token_ids=tuple(m.token_ids),
-            logprobs=tuple(m.logprobs),
-            top_logprobs=_top(m.top_logprobs),
-            seed=m.seed,
-            finish_reason=FinishReason.from_pb(m.finish_reason),
-            prompt_tokens=m.prompt_tokens,
-            completion_tokens=m.completion_tokens,
-            request_id=m.request_id,
-            sample_index=m.sample_index,
-            receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
-            prompt_token_ids=tuple(m.prompt_token_ids),
-            prompt_logprobs=tuple(m.prompt_logprobs),
-        )
+        return cls(**_completion_fields(m))
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)

@@ -151,6 +151,11 @@ class Engine:
     async def score(self, request: ScoreRequest) -> ScoreResult:
         """Log-likelihood of a continuation given a context, computed in the shared batch."""
         validate_score(request, self.info)
+        return await self.score_validated(request)
+
+    async def score_validated(self, request: ScoreRequest) -> ScoreResult:
+        """score() for a request that already passed validate_score (pairs and rolling windows,
+        checked once up front with field names of their own)."""
         prompt = request.context_ids + request.continuation_ids
         seq = self._new_sequence(prompt, None, len(request.context_ids))
         async for result in self._follow(seq):

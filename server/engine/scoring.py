@@ -65,14 +65,15 @@ def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bo
 
 
 async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "") -> list[PairScore]:
-    """Scores in order; pairs with an empty continuation score 0 without touching the model."""
+    """Scores in order; pairs with an empty continuation score 0 without touching the model. The pairs
+    must be valid: from prepare_pairs(), or rolling windows of checked token ids."""
     gate = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def one(pair: PreparedPair) -> PairScore:
         if not pair.continuation_ids:
             return PairScore(pair, (), (), True)
         async with gate:
-            result = await engine.score(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id))
+            result = await engine.score_validated(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id))
         return PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
 
     tasks = [asyncio.ensure_future(one(p)) for p in pairs]

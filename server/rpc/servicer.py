@@ -206,8 +206,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         requests = sample_requests(gen, convert.num_samples(req))
         if len(requests) > 1:
             call.fields["n"] = len(requests)
-        for r in requests:
-            engine.validate(r)
+        engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
         return engine, requests
 
     # --- RPCs
