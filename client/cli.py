@@ -95,6 +95,15 @@ def _add_serve(sub) -> None:
                    help="how decode steps multiply: 'column' (default; fastest at 1-8 streams) or 'row' "
                         "(best aggregate throughput at 16+ streams); each is batch-invariant, and the choice "
                         "is part of engine_version [SEEDSTREAM_DECODE_GEMM]")
+    p.add_argument("--backend", default=_env("SEEDSTREAM_BACKEND"), choices=("auto", "kernels", "torch"),
+                   help="forward pass: 'kernels' = seedstream's C++ CPU kernels (built with the system C++ "
+                        "compiler on first start, cached; the same bits on every x86 CPU), 'torch' = the torch path "
+                        "(CUDA, bfloat16/float16), 'auto' (default) = kernels on cpu/float32 when they build, else "
+                        "torch [SEEDSTREAM_BACKEND]")
+    p.add_argument("--weights", default=_env("SEEDSTREAM_WEIGHTS"), choices=("auto", "f32", "q8_0", "q4_1"),
+                   help="weight format of the kernels: 'auto' (default) = the file's own (a GGUF's quantisation, "
+                        "else f32), or f32, q8_0, q4_1 (quantised on load when the file is more precise); part of "
+                        "engine_version and the receipt [SEEDSTREAM_WEIGHTS]")
     p.add_argument("--grace-period", type=float, default=float(_env("SEEDSTREAM_GRACE_PERIOD", 30.0)),
                    help="seconds in-flight requests get to finish on shutdown [SEEDSTREAM_GRACE_PERIOD]")
     p.add_argument("--tls-cert", default=_env("SEEDSTREAM_TLS_CERT"),
@@ -243,6 +252,8 @@ def _cmd_serve(args) -> int:
         max_step_tokens=int(args.max_step_tokens) if args.max_step_tokens is not None else None,
         threads=int(args.threads) if args.threads is not None else None,
         decode_gemm=args.decode_gemm,
+        backend=args.backend,
+        weights=args.weights,
         grace_period=args.grace_period,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -104,10 +104,11 @@ class Receipt:
     sampling: EffectiveSampling
     input_sha256: str
     digest: str
+    weight_format: str = ""
 
     # The fields the digest covers (model_id is a name, not content).
     DETERMINING = (
-        "model_sha256", "dtype", "device", "engine_version", "sampler_version",
+        "model_sha256", "dtype", "weight_format", "device", "engine_version", "sampler_version",
         "seed", "sample_index", "sampling", "input_sha256",
     )
 
@@ -125,6 +126,7 @@ class Receipt:
             sampling=EffectiveSampling.from_pb(m.sampling),
             input_sha256=m.input_sha256,
             digest=m.digest,
+            weight_format=m.weight_format,
         )
 
     def differences(self, other: "Receipt") -> list[str]:
@@ -355,6 +357,7 @@ class ModelInfo:
     default_max_new_tokens: int
     max_batch_size: int
     max_queue: int
+    weight_format: str = ""
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":

@@ -164,6 +164,8 @@ class ServeOptions:
     max_step_tokens: Optional[int] = None
     threads: Optional[int] = None
     decode_gemm: Optional[str] = None
+    backend: Optional[str] = None
+    weights: Optional[str] = None
     grace_period: float = 30.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -194,6 +196,8 @@ def engine_config(opts: ServeOptions):
         "max_step_tokens": opts.max_step_tokens,
         "num_threads": opts.threads,
         "decode_gemm": opts.decode_gemm,
+        "backend": opts.backend,
+        "weights": opts.weights,
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})

@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 
 DECODE_GEMMS = ("column", "row")
+BACKENDS = ("auto", "kernels", "torch")
+WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,6 +33,14 @@ class EngineConfig:
     # "column" = weight @ x^T in fixed blocks of 4 rows: ~2.5x faster steps at 1-4 streams, slower
     # beyond ~8; "row" = the padded-row GEMM prefill uses: best aggregate throughput at 16+ streams.
     decode_gemm: str = "column"
+    # The forward pass: "kernels" = our C++ CPU kernels (built on first start, cached), whose bits are
+    # the same for any batch, prefill chunk, thread count and x86 instruction set; "torch" = the torch
+    # path (CUDA, bf16/fp16, or no compiler); "auto" = kernels on CPU float32 when they build, else torch.
+    backend: str = "auto"
+    # Weight format of the kernels: "auto" = the file's own (a GGUF's quantisation, else f32), or
+    # f32 / q8_0 / q4_1 (stored blocks are kept when at least as precise, else quantised on load).
+    # Part of the determinism contract: named in engine_version and the receipt.
+    weights: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -41,6 +51,12 @@ class EngineConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.decode_gemm not in DECODE_GEMMS:
             raise ValueError(f"decode_gemm={self.decode_gemm!r}: allowed {', '.join(DECODE_GEMMS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
+        if self.backend == "torch" and self.weights not in ("auto", "f32"):
+            raise ValueError(f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})")
         if self.max_step_tokens < self.prefill_chunk:
             raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
 

@@ -13,9 +13,10 @@ import torch
 
 from seedstream.sampler import SAMPLER_VERSION, sample
 
+from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import COLUMN_BLOCK, ROW_TILE, DecoderModel, ModelConfig, Segment, describe
+from .model import COLUMN_BLOCK, ROW_TILE, ModelConfig, Segment, describe
 from .sequence import Sequence_, StepBatch
 from .types import (
     EngineError,
@@ -44,8 +45,9 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = ModelConfig.from_hf(weights.config)
-        self.model = DecoderModel(self.model_config, weights.state_dict, self.device, self.dtype,
-                                  decode_gemm=config.decode_gemm)
+        self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
+        forward_tag = getattr(self.model, "version_tag", None) or \
+            f"tile{ROW_TILE}.{_decode_tag(config)}.chunk{config.prefill_chunk}"
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
         self.info = ModelInfo(
@@ -56,7 +58,8 @@ class Engine:
             vocab_size=self.model_config.vocab_size,
             max_context=self.model_config.max_context,
             eos_token_ids=tuple(sorted(self.eos_token_ids)),
-            engine_version=f"{ENGINE_ALGORITHM}.tile{ROW_TILE}.{_decode_tag(config)}.chunk{config.prefill_chunk}",
+            engine_version=f"{ENGINE_ALGORITHM}.{forward_tag}",
+            weight_format=weight_format,
             sampler_version=SAMPLER_VERSION,
         )
         self._lock = threading.Condition()

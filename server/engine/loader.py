@@ -29,6 +29,7 @@ class LoadedWeights:
     """Everything read from disk: config, fp32/bf16 state dict, tokenizer."""
 
     model_id: str
+    source_path: Path  # the .gguf file or the model folder
     content_sha256: str
     config: dict
     state_dict: dict[str, torch.Tensor]
@@ -147,6 +148,7 @@ def load_weights(model: Optional[str], progress: Optional[ProgressFn] = None) ->
     progress(f"weights loaded in {time.monotonic() - started:.1f}s")
     return LoadedWeights(
         model_id=path.name,
+        source_path=path,
         content_sha256=sha,
         config=meta["config"],
         state_dict=state,

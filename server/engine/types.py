@@ -118,3 +118,4 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...]
     engine_version: str
     sampler_version: str
+    weight_format: str = "float32"  # f32, q8_0 or q4_1 on the kernels; the torch dtype's name on the torch path

@@ -140,6 +140,7 @@ def receipt(info: ModelInfo, request: GenerationRequest) -> pb.ReproducibilityRe
         sample_index=request.sample_index,
         sampling=effective,
         input_sha256=input_sha256(request.prompt_token_ids),
+        weight_format=info.weight_format,
     )
     return _signed(out, info)
 
@@ -156,6 +157,7 @@ def score_receipt(info: ModelInfo, scored: Sequence[Sequence[int]]) -> pb.Reprod
         device=info.device,
         engine_version=info.engine_version,
         input_sha256=input_sha256(flat),
+        weight_format=info.weight_format,
     )
     return _signed(out, info)
 
@@ -311,4 +313,5 @@ def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool,
         default_max_new_tokens=default_max_new_tokens,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
+        weight_format=info.weight_format,
     )

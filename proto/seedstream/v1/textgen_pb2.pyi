@@ -153,7 +153,7 @@ class EffectiveSampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class ReproducibilityReceipt(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "dtype", "device", "engine_version", "sampler_version", "seed", "sample_index", "sampling", "input_sha256", "digest")
+    __slots__ = ("model_id", "model_sha256", "dtype", "device", "engine_version", "sampler_version", "seed", "sample_index", "sampling", "input_sha256", "weight_format", "digest")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class ReproducibilityReceipt(_message.Message):
     SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
@@ -175,8 +176,9 @@ class ReproducibilityReceipt(_message.Message):
     sample_index: int
     sampling: EffectiveSampling
     input_sha256: str
+    weight_format: str
     digest: str
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., seed: _Optional[int] = ..., sample_index: _Optional[int] = ..., sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., input_sha256: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., seed: _Optional[int] = ..., sample_index: _Optional[int] = ..., sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., input_sha256: _Optional[str] = ..., weight_format: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs", "samples")
@@ -263,7 +265,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue")
+    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +281,7 @@ class GetModelInfoResponse(_message.Message):
     DEFAULT_MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     dtype: str
@@ -294,7 +297,8 @@ class GetModelInfoResponse(_message.Message):
     default_max_new_tokens: int
     max_batch_size: int
     max_queue: int
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    weight_format: str
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ...) -> None: ...
 
 class TextPair(_message.Message):
     __slots__ = ("context", "continuation")

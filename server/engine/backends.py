@@ -1,0 +1,79 @@
+"""Choose and build the forward pass: the C++ kernels on packed weights, or the torch path."""
+
+from __future__ import annotations
+
+import logging
+from typing import Union
+
+import torch
+
+from seedstream.server.kernels import load_kernels
+from seedstream.server.kernels.packing import PACK_LAYOUT, PackedMatrix, load_packed, save_packed
+
+from .config import EngineConfig
+from .gguf_tensors import read_stored_matrices
+from .kernel_model import KernelModel, pack_model_weights, resolve_weight_format
+from .loader import LoadedWeights, cache_root
+from .model import DecoderModel, ModelConfig
+
+log = logging.getLogger("seedstream.engine")
+
+Model = Union[KernelModel, DecoderModel]
+
+
+def build_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, device: torch.device,
+                dtype: torch.dtype) -> tuple[Model, str]:
+    """The model for this config, and its weight format (f32/q8_0/q4_1, or the torch dtype's name)."""
+    if _wants_kernels(config, device, dtype):
+        threads = config.num_threads or torch.get_num_threads()
+        kernels = load_kernels(threads, cache_root() / "kernels")
+        if kernels is not None:
+            model = _kernel_model(weights, config, cfg, kernels)
+            log.info("forward: C++ kernels (%s, %d threads), %s weights, %.0f MB", kernels.isa, kernels.threads,
+                     model.weight_format, model.weight_bytes / 1e6)
+            return model, model.weight_format
+        if config.backend == "kernels" or config.weights not in ("auto", "f32"):
+            raise RuntimeError(f"backend=kernels/weights={config.weights} asked for, but the kernels could not be "
+                               "built (see the warning above); use --backend torch")
+    log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
+    model = DecoderModel(cfg, weights.state_dict, device, dtype, decode_gemm=config.decode_gemm)
+    return model, str(dtype).removeprefix("torch.")
+
+
+def _wants_kernels(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    if config.backend == "torch":
+        return False
+    if device.type != "cpu" or dtype != torch.float32:
+        if config.backend == "kernels":
+            raise ValueError(f"backend=kernels runs on cpu with float32, not {device.type}/{dtype}")
+        return False
+    return True
+
+
+_packed_in_process: dict[str, tuple[dict[str, PackedMatrix], str]] = {}  # read-only, shared by engines
+
+
+def _kernel_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels) -> KernelModel:
+    packed, fmt = packed_weights(weights, cfg, config.weights)
+    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels)
+
+
+def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> tuple[dict[str, PackedMatrix], str]:
+    """The model's matrices packed for the kernels, and the resolved format: from this process's memo,
+    else the disk cache, else packed now (from the GGUF's stored blocks where precise enough) and cached."""
+    key = f"packed-v{PACK_LAYOUT}-{weights.content_sha256[:32]}-{requested}"
+    if key in _packed_in_process:
+        return _packed_in_process[key]
+    path = cache_root() / f"{key}.safetensors"
+    if path.exists():
+        result = load_packed(path)
+    else:
+        stored = {}
+        if weights.source_path.is_file() and weights.source_path.suffix == ".gguf":
+            stored = read_stored_matrices(weights.source_path, cfg.num_heads, cfg.num_kv_heads)
+        fmt = resolve_weight_format(requested, stored)
+        result = pack_model_weights(cfg, weights.state_dict, stored, fmt), fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_packed(path, *result)
+    _packed_in_process[key] = result
+    return result

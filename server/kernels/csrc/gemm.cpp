@@ -1,0 +1,157 @@
+// GEMM y = x W^T over packed weight tiles: float32 activations, one code path for any row count.
+//
+// For every output element (m, n) the reduction over k is one fixed sequence, whatever the number of
+// rows, the row's position, the thread count or the SIMD width (lanes are output columns, so a lane
+// never shares a sum with another element):
+//   f32:  acc = fma(x[k], w[n,k], acc) for k = 0, 1, ...
+//   q8_0: per 32-block b in order: sq = fma-chain over k of x[k] * q[n,k]; acc = fma(d[n,b], sq, acc)
+//   q4_1: the same, then acc = fma(m[n,b], s[b], acc) with s[b] the block's sum of x (block_sums)
+// Activations stay float32: quantising them to 8 bits (llama.cpp's Q8_1) changed the default model's
+// answers (docs/kernels.md). Weights are expanded to float in registers, never in memory.
+#include <cstring>
+
+#include "internal.h"
+#include "simd.h"
+
+size_t tile_bytes(int format, int k) {
+  switch (format) {
+    case SSK_F32: return (size_t)k * SSK_NR * sizeof(float);
+    case SSK_Q8_0: return (size_t)(k / SSK_QK) * Q8_0_TILE_BLOCK;
+    default: return (size_t)(k / SSK_QK) * Q4_1_TILE_BLOCK;
+  }
+}
+
+// 16 packed quants (one per output column) as floats: exact conversions, so the same on every build.
+#if defined(SSK_AVX512)
+constexpr int MR_MAX = 8;
+static inline V16 q8_lanes(const uint8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) {
+  const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+  if (shift) idx = _mm512_srli_epi32(idx, 4);
+  return {_mm512_permutexvar_ps(idx, table)};  // uses the low 4 bits of each index
+}
+#elif defined(SSK_AVX2)
+constexpr int MR_MAX = 3;
+static inline __m256 q8_8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+static inline V16 q8_lanes(const uint8_t* p) { return {q8_8(p), q8_8(p + 8)}; }
+static inline __m256 q4_8(const uint8_t* p, int shift) {
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p));
+  v = shift ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0F));
+  return _mm256_cvtepi32_ps(v);
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) { return {q4_8(p, shift), q4_8(p + 8, shift)}; }
+#else
+constexpr int MR_MAX = 4;
+static inline V16 q8_lanes(const uint8_t* p) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) r.v[l] = (float)(int8_t)p[l];
+  return r;
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) r.v[l] = (float)(shift ? p[l] >> 4 : p[l] & 0x0F);
+  return r;
+}
+#endif
+
+// MR rows (x rows m0.., stride k) of one tile; y points at (row m0, column n0), row stride ldy.
+template <int MR>
+static void tile_f32(const uint8_t* tile, const float* x, int k, float* y, int ldy) {
+  const float* w = (const float*)tile;
+  V16 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
+  for (int kk = 0; kk < k; ++kk) {
+    const V16 wk = v_load(w + (size_t)kk * SSK_NR);
+    for (int r = 0; r < MR; ++r) acc[r] = v_fma(v_set1(x[(size_t)r * k + kk]), wk, acc[r]);
+  }
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+}
+
+template <int MR>
+static void tile_q8_0(const uint8_t* tile, const float* x, int k, float* y, int ldy) {
+  V16 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
+  for (int b = 0; b < k / SSK_QK; ++b) {
+    const uint8_t* blk = tile + (size_t)b * Q8_0_TILE_BLOCK;
+    const float* xb = x + (size_t)b * SSK_QK;
+    V16 sq[MR];
+    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+    for (int j = 0; j < SSK_QK; ++j) {
+      const V16 q = q8_lanes(blk + 64 + 16 * j);
+      for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(size_t)r * k + j]), q, sq[r]);
+    }
+    const V16 d = v_load((const float*)blk);
+    for (int r = 0; r < MR; ++r) acc[r] = v_fma(d, sq[r], acc[r]);
+  }
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+}
+
+template <int MR>
+static void tile_q4_1(const uint8_t* tile, const float* x, const float* sums, int k, float* y, int ldy) {
+  const int nb = k / SSK_QK;
+  V16 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* blk = tile + (size_t)b * Q4_1_TILE_BLOCK;
+    const float* xb = x + (size_t)b * SSK_QK;
+    V16 sq[MR];
+    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+    for (int half = 0; half < 2; ++half) {  // values 0..15 (low nibbles), then 16..31 (high nibbles)
+      for (int j = 0; j < 16; ++j) {
+        const V16 q = q4_lanes(blk + 128 + 16 * j, half);
+        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(size_t)r * k + 16 * half + j]), q, sq[r]);
+      }
+    }
+    const V16 d = v_load((const float*)blk), m = v_load((const float*)blk + 16);
+    for (int r = 0; r < MR; ++r) {
+      acc[r] = v_fma(d, sq[r], acc[r]);
+      acc[r] = v_fma(m, v_set1(sums[(size_t)r * nb + b]), acc[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+}
+
+template <int MR>
+static void run_tile(const ssk_matrix& w, const uint8_t* tile, const float* x, const float* sums, float* y, int ldy) {
+  switch (w.format) {
+    case SSK_F32: tile_f32<MR>(tile, x, w.k, y, ldy); break;
+    case SSK_Q8_0: tile_q8_0<MR>(tile, x, w.k, y, ldy); break;
+    default: tile_q4_1<MR>(tile, x, sums, w.k, y, ldy); break;
+  }
+}
+
+template <int MR>
+static void run_rows(const ssk_matrix& w, const uint8_t* tile, const float* x, const float* sums, int rows, float* y,
+                     int ldy) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return run_rows<MR - 1>(w, tile, x, sums, rows, y, ldy);
+  }
+  run_tile<MR>(w, tile, x, sums, y, ldy);
+}
+
+void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy) {
+  const int tiles = w.n / SSK_NR, nb = w.k / SSK_QK;
+  const size_t tbytes = tile_bytes(w.format, w.k);
+  parallel(pool, [&](int t, int n) {
+    int64_t begin, end;
+    Pool::range(tiles, t, n, &begin, &end);
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const uint8_t* tdata = w.data + (size_t)tile * tbytes;
+      const int n0 = (int)tile * SSK_NR;
+      for (int m0 = 0; m0 < m; m0 += MR_MAX) {
+        const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
+        run_rows<MR_MAX>(w, tdata, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
+                         y + (size_t)m0 * ldy + n0, ldy);
+      }
+      if (w.bias) {
+        const V16 bias = v_load(w.bias + n0);
+        for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + n0, v_add(v_load(y + (size_t)r * ldy + n0), bias));
+      }
+    }
+  });
+}

@@ -1,0 +1,33 @@
+// Declarations shared by the kernel sources (not part of the C ABI).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "pool.h"
+#include "ssk.h"
+
+constexpr int SSK_NR = 16;           // output columns per packed tile
+constexpr int SSK_QK = 32;           // values per quantisation block
+constexpr int Q8_0_TILE_BLOCK = 576; // float d[16], int8 q[32 k][16 lanes]
+constexpr int Q4_1_TILE_BLOCK = 384; // float d[16], float m[16], uint8 q[16 k][16 lanes] (k low, k+16 high nibble)
+
+size_t tile_bytes(int format, int k);
+// s[b] = x[32b] + x[32b+1] + ... + x[32b+31], added left to right (the Q4_1 minimum term's input).
+void block_sums(const float* x, int k, float* s);
+// y[m, n] = x[m, :] . W[n, :] (+ bias[n]); x [m, k] float32 with row stride k. sums: block_sums of each
+// row (stride k/32), needed for Q4_1 only.
+void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy);
+void dequant_row(const ssk_matrix& w, int row, float* out);
+
+void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
+void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin);
+void silu_mul_row(const float* gate, const float* up, int k, float* out);
+
+struct AttnRow {
+  const float* q;       // [D]
+  const float* keys;    // [capacity, D] of this row's sequence, layer and kv head
+  const float* values;  // [capacity, D]
+  int position;         // attends to keys 0..position
+  float* out;           // [D]
+};
+void attention_row(const AttnRow& r, int head_dim, int block, float scale);

@@ -1,0 +1,70 @@
+// Row-wise operations: RMSNorm, RoPE, SiLU-and-multiply, activation quantisation, row dequantisation.
+#include <cmath>
+#include <cstdlib>
+
+#include "internal.h"
+#include "simd.h"
+
+void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out) {
+  // sum of squares in 16 lanes (lane l takes k = l, l+16, ...), then the fixed lane tree
+  V16 part = v_mul(v_load(x), v_load(x));
+  for (int c = 16; c < k; c += 16) part = v_fma(v_load(x + c), v_load(x + c), part);
+  const float mean = v_hsum(part) / (float)k;
+  const V16 inv = v_set1(1.0f / std::sqrt(mean + eps));
+  for (int c = 0; c < k; c += 16) v_store(out + c, v_mul(v_load(weight + c), v_mul(v_load(x + c), inv)));
+}
+
+void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin) {
+  // rotate-half RoPE (the Hugging Face Llama layout): out = x*cos + rotate_half(x)*sin
+  const int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + (size_t)h * head_dim;
+    for (int d = 0; d < half; ++d) {
+      const float a = v[d], b = v[d + half];
+      v[d] = a * cos[d] - b * sin[d];
+      v[d + half] = b * cos[d + half] + a * sin[d + half];
+    }
+  }
+}
+
+void silu_mul_row(const float* gate, const float* up, int k, float* out) {
+  const V16 one = v_set1(1.0f), zero = v_zero();
+  for (int c = 0; c < k; c += 16) {
+    const V16 g = v_load(gate + c);
+    const V16 silu = v_div(g, v_add(one, v_exp(v_sub(zero, g))));
+    v_store(out + c, v_mul(silu, v_load(up + c)));
+  }
+}
+
+void block_sums(const float* x, int k, float* s) {
+  for (int b = 0; b < k / SSK_QK; ++b) {
+    float acc = x[b * SSK_QK];
+    for (int j = 1; j < SSK_QK; ++j) acc += x[b * SSK_QK + j];
+    s[b] = acc;
+  }
+}
+
+void dequant_row(const ssk_matrix& w, int row, float* out) {
+  const int tile = row / SSK_NR, lane = row % SSK_NR, nb = w.k / SSK_QK;
+  const uint8_t* base = w.data + (size_t)tile * tile_bytes(w.format, w.k);
+  if (w.format == SSK_F32) {
+    const float* t = (const float*)base;
+    for (int k = 0; k < w.k; ++k) out[k] = t[(size_t)k * SSK_NR + lane];
+    return;
+  }
+  for (int b = 0; b < nb; ++b) {
+    if (w.format == SSK_Q8_0) {
+      const uint8_t* blk = base + (size_t)b * Q8_0_TILE_BLOCK;
+      const float d = ((const float*)blk)[lane];
+      for (int k = 0; k < SSK_QK; ++k) out[b * SSK_QK + k] = d * (float)(int8_t)blk[64 + 16 * k + lane];
+    } else {
+      const uint8_t* blk = base + (size_t)b * Q4_1_TILE_BLOCK;
+      const float d = ((const float*)blk)[lane], m = ((const float*)blk)[16 + lane];
+      for (int k = 0; k < 16; ++k) {
+        const uint8_t byte = blk[128 + 16 * k + lane];
+        out[b * SSK_QK + k] = d * (float)(byte & 0x0F) + m;
+        out[b * SSK_QK + 16 + k] = d * (float)(byte >> 4) + m;
+      }
+    }
+  }
+}

@@ -1,0 +1,149 @@
+// V16: sixteen float lanes with one definition of every operation, for AVX-512, AVX2 and plain C++.
+//
+// Each lane operation is a single IEEE-754 operation (add, mul, div, fused multiply-add, round to
+// nearest even), so a computation written with V16 gives the same bits on every build. Horizontal
+// sums use one fixed tree: lane l + lane l+8, then l + l+4, l + l+2, l + l+1.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define SSK_AVX512 1
+#include <immintrin.h>
+#define SSK_ISA_NAME "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SSK_AVX2 1
+#include <immintrin.h>
+#define SSK_ISA_NAME "avx2"
+#else
+#define SSK_SCALAR 1
+#define SSK_ISA_NAME "scalar"
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void ssk_pause() { _mm_pause(); }
+#else
+static inline void ssk_pause() {}
+#endif
+
+#if defined(SSK_AVX512)
+struct V16 { __m512 v; };
+static inline V16 v_load(const float* p) { return {_mm512_loadu_ps(p)}; }
+static inline void v_store(float* p, V16 a) { _mm512_storeu_ps(p, a.v); }
+static inline V16 v_set1(float x) { return {_mm512_set1_ps(x)}; }
+static inline V16 v_add(V16 a, V16 b) { return {_mm512_add_ps(a.v, b.v)}; }
+static inline V16 v_sub(V16 a, V16 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+static inline V16 v_mul(V16 a, V16 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+static inline V16 v_div(V16 a, V16 b) { return {_mm512_div_ps(a.v, b.v)}; }
+static inline V16 v_fma(V16 a, V16 b, V16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+static inline V16 v_min(V16 a, V16 b) { return {_mm512_min_ps(a.v, b.v)}; }
+static inline V16 v_round(V16 a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+// 2^n for integral n in [-126, 127]
+static inline V16 v_pow2(V16 n) {
+  __m512i i = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(i, 23))};
+}
+// a < b ? x : y
+static inline V16 v_select_lt(V16 a, V16 b, V16 x, V16 y) {
+  return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v)};
+}
+static inline float v_hsum(V16 a) {
+  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+static inline float v_first(V16 a) { return _mm512_cvtss_f32(a.v); }
+#elif defined(SSK_AVX2)
+struct V16 { __m256 lo, hi; };
+static inline V16 v_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline void v_store(float* p, V16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
+static inline V16 v_set1(float x) { __m256 s = _mm256_set1_ps(x); return {s, s}; }
+#define SSK_V2(OP) {OP(a.lo, b.lo), OP(a.hi, b.hi)}
+static inline V16 v_add(V16 a, V16 b) { return SSK_V2(_mm256_add_ps); }
+static inline V16 v_sub(V16 a, V16 b) { return SSK_V2(_mm256_sub_ps); }
+static inline V16 v_mul(V16 a, V16 b) { return SSK_V2(_mm256_mul_ps); }
+static inline V16 v_div(V16 a, V16 b) { return SSK_V2(_mm256_div_ps); }
+static inline V16 v_min(V16 a, V16 b) { return SSK_V2(_mm256_min_ps); }
+#undef SSK_V2
+static inline V16 v_fma(V16 a, V16 b, V16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+static inline V16 v_round(V16 a) {
+  const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  return {_mm256_round_ps(a.lo, mode), _mm256_round_ps(a.hi, mode)};
+}
+static inline __m256 ssk_pow2_8(__m256 n) {
+  __m256i i = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(i, 23));
+}
+static inline V16 v_pow2(V16 n) { return {ssk_pow2_8(n.lo), ssk_pow2_8(n.hi)}; }
+static inline V16 v_select_lt(V16 a, V16 b, V16 x, V16 y) {
+  return {_mm256_blendv_ps(y.lo, x.lo, _mm256_cmp_ps(a.lo, b.lo, _CMP_LT_OQ)),
+          _mm256_blendv_ps(y.hi, x.hi, _mm256_cmp_ps(a.hi, b.hi, _CMP_LT_OQ))};
+}
+static inline float v_hsum(V16 a) {
+  __m256 s8 = _mm256_add_ps(a.lo, a.hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+static inline float v_first(V16 a) { return _mm256_cvtss_f32(a.lo); }
+#else
+struct V16 { float v[16]; };
+#define SSK_EACH(EXPR) V16 r; for (int l = 0; l < 16; ++l) r.v[l] = (EXPR); return r
+static inline V16 v_load(const float* p) { V16 r; std::memcpy(r.v, p, sizeof r.v); return r; }
+static inline void v_store(float* p, V16 a) { std::memcpy(p, a.v, sizeof a.v); }
+static inline V16 v_set1(float x) { SSK_EACH(x); }
+static inline V16 v_add(V16 a, V16 b) { SSK_EACH(a.v[l] + b.v[l]); }
+static inline V16 v_sub(V16 a, V16 b) { SSK_EACH(a.v[l] - b.v[l]); }
+static inline V16 v_mul(V16 a, V16 b) { SSK_EACH(a.v[l] * b.v[l]); }
+static inline V16 v_div(V16 a, V16 b) { SSK_EACH(a.v[l] / b.v[l]); }
+static inline V16 v_fma(V16 a, V16 b, V16 c) { SSK_EACH(std::fma(a.v[l], b.v[l], c.v[l])); }
+// minps semantics: the second operand when either is NaN
+static inline V16 v_min(V16 a, V16 b) { SSK_EACH(a.v[l] < b.v[l] ? a.v[l] : b.v[l]); }
+static inline V16 v_round(V16 a) { SSK_EACH(std::nearbyint(a.v[l])); }
+static inline V16 v_pow2(V16 n) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) {
+    uint32_t bits = (uint32_t)((int32_t)n.v[l] + 127) << 23;
+    std::memcpy(&r.v[l], &bits, 4);
+  }
+  return r;
+}
+static inline V16 v_select_lt(V16 a, V16 b, V16 x, V16 y) { SSK_EACH(a.v[l] < b.v[l] ? x.v[l] : y.v[l]); }
+#undef SSK_EACH
+static inline float v_hsum(V16 a) {
+  float s8[8], s4[4], s2[2];
+  for (int l = 0; l < 8; ++l) s8[l] = a.v[l] + a.v[l + 8];
+  for (int l = 0; l < 4; ++l) s4[l] = s8[l] + s8[l + 4];
+  for (int l = 0; l < 2; ++l) s2[l] = s4[l] + s4[l + 2];
+  return s2[0] + s2[1];
+}
+static inline float v_first(V16 a) { return a.v[0]; }
+#endif
+
+static inline V16 v_zero() { return v_set1(0.0f); }
+
+// exp(x), the same bits on every build. x above 88 is clamped to 88; x below -87 gives 0.
+// Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2, then a degree-6 Taylor polynomial (rel. err ~3e-8).
+static inline V16 v_exp(V16 x) {
+  x = v_min(x, v_set1(88.0f));
+  V16 n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+  V16 r = v_fma(n, v_set1(-0.693359375f), x);
+  r = v_fma(n, v_set1(2.12194440e-4f), r);
+  V16 p = v_set1(1.0f / 720.0f);
+  p = v_fma(p, r, v_set1(1.0f / 120.0f));
+  p = v_fma(p, r, v_set1(1.0f / 24.0f));
+  p = v_fma(p, r, v_set1(1.0f / 6.0f));
+  p = v_fma(p, r, v_set1(0.5f));
+  p = v_fma(p, r, v_set1(1.0f));
+  p = v_fma(p, r, v_set1(1.0f));
+  V16 low = v_set1(-87.0f);
+  V16 safe_n = v_select_lt(x, low, v_zero(), n);  // keep the exponent trick in range for masked lanes
+  return v_select_lt(x, low, v_zero(), v_mul(p, v_pow2(safe_n)));
+}
+
+static inline float s_exp(float x) { return v_first(v_exp(v_set1(x))); }

@@ -1,0 +1,72 @@
+// seedstream kernels: C ABI shared by the C++ sources and the Python ctypes wrapper (server/kernels/lib.py).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#define SSK_ABI_VERSION 1
+
+extern "C" {
+
+enum { SSK_F32 = 0, SSK_Q8_0 = 1, SSK_Q4_1 = 2 };
+
+// A weight matrix [n, k] (n output columns, k inputs) packed by server/engine/packing.py into tiles of
+// SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout).
+struct ssk_matrix {
+  int32_t format;      // SSK_F32, SSK_Q8_0 or SSK_Q4_1
+  int32_t n;           // output columns, a multiple of SSK_NR
+  int32_t k;           // inputs, a multiple of 32
+  int32_t reserved;
+  const uint8_t* data; // packed tiles
+  const float* bias;   // [n] or null
+};
+
+struct ssk_layer {
+  ssk_matrix qkv;      // [Hq*D + 2*Hkv*D, H]
+  ssk_matrix o;        // [H, Hq*D]
+  ssk_matrix gate_up;  // [2*I, H]
+  ssk_matrix down;     // [H, I]
+  const float* norm_in;    // [H]
+  const float* norm_post;  // [H]
+};
+
+struct ssk_model {
+  int32_t n_layers, hidden, inter, n_heads, n_kv_heads, head_dim, vocab, max_context;
+  float eps;
+  int32_t attn_block;      // keys per attention block, at absolute positions
+  const float* rope_cos;   // [max_context, head_dim]
+  const float* rope_sin;   // [max_context, head_dim]
+  ssk_matrix embed;        // [vocab, hidden], rows looked up by token id
+  ssk_matrix lm_head;      // [vocab, hidden]
+  const float* norm_final; // [hidden]
+  const ssk_layer* layers; // [n_layers]
+};
+
+// One step: packed rows of several sequences. Row i belongs to segment row_segment[i]; a segment's
+// KV cache is keys/values [n_layers, Hkv, capacity, D] float32, and must have room for every position.
+struct ssk_step {
+  int32_t n_rows, n_segments, n_logit_rows, reserved;
+  const int32_t* token_ids;    // [n_rows]
+  const int32_t* positions;    // [n_rows]
+  const int32_t* row_segment;  // [n_rows]
+  float* const* seg_keys;      // [n_segments]
+  float* const* seg_values;    // [n_segments]
+  const int32_t* seg_capacity; // [n_segments]
+  const int32_t* logit_rows;   // [n_logit_rows] row indices
+  float* logits;               // [n_logit_rows, vocab] out
+};
+
+int32_t ssk_abi_version(void);
+const char* ssk_isa(void);
+void* ssk_create(int32_t n_threads);
+void ssk_destroy(void* ctx);
+int32_t ssk_threads(void* ctx);
+// Full forward of one step. Returns 0 or a negative error code.
+int32_t ssk_forward(void* ctx, const ssk_model* model, const ssk_step* step);
+// y[m, n] = x[m, :] . W[n, :] (+ bias), x quantised per row as the forward does. For tests.
+int32_t ssk_gemm(void* ctx, const ssk_matrix* w, int32_t m, const float* x, float* y);
+// Attention of n_rows query rows q [n_rows, Hq, D] against caches already holding their keys. For tests.
+int32_t ssk_attention(void* ctx, const ssk_model* model, const ssk_step* step, int32_t layer,
+                      const float* q, float* out);
+// Row lookup of a packed matrix: out[k] = W[row, k] dequantised. For tests and the embedding.
+int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out);
+}

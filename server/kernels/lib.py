@@ -1,0 +1,122 @@
+"""ctypes binding of the kernel library: the C structs, and a handle that owns the thread pool."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .build import build_library, detect_isa
+
+log = logging.getLogger("seedstream.kernels")
+
+ABI_VERSION = 1
+FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
+
+_i32, _ptr = ctypes.c_int32, ctypes.c_void_p
+
+
+class Matrix(ctypes.Structure):
+    _fields_ = [("format", _i32), ("n", _i32), ("k", _i32), ("reserved", _i32), ("data", _ptr), ("bias", _ptr)]
+
+
+class LayerDesc(ctypes.Structure):
+    _fields_ = [("qkv", Matrix), ("o", Matrix), ("gate_up", Matrix), ("down", Matrix),
+                ("norm_in", _ptr), ("norm_post", _ptr)]
+
+
+class ModelDesc(ctypes.Structure):
+    _fields_ = [("n_layers", _i32), ("hidden", _i32), ("inter", _i32), ("n_heads", _i32), ("n_kv_heads", _i32),
+                ("head_dim", _i32), ("vocab", _i32), ("max_context", _i32), ("eps", ctypes.c_float),
+                ("attn_block", _i32), ("rope_cos", _ptr), ("rope_sin", _ptr), ("embed", Matrix),
+                ("lm_head", Matrix), ("norm_final", _ptr), ("layers", ctypes.POINTER(LayerDesc))]
+
+
+class StepDesc(ctypes.Structure):
+    _fields_ = [("n_rows", _i32), ("n_segments", _i32), ("n_logit_rows", _i32), ("reserved", _i32),
+                ("token_ids", _ptr), ("positions", _ptr), ("row_segment", _ptr), ("seg_keys", _ptr),
+                ("seg_values", _ptr), ("seg_capacity", _ptr), ("logit_rows", _ptr), ("logits", _ptr)]
+
+
+def _ptr_of(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+class Kernels:
+    """A loaded library plus its context (thread pool and scratch). Calls must not overlap."""
+
+    def __init__(self, path: Path, isa: str, threads: int):
+        self.path, self.isa = path, isa
+        self._lib = lib = ctypes.CDLL(str(path))
+        lib.ssk_abi_version.restype = _i32
+        lib.ssk_isa.restype = ctypes.c_char_p
+        lib.ssk_create.restype = _ptr
+        lib.ssk_create.argtypes = [_i32]
+        lib.ssk_destroy.argtypes = [_ptr]
+        lib.ssk_threads.restype = _i32
+        lib.ssk_threads.argtypes = [_ptr]
+        for name, args in (("ssk_forward", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc)]),
+                           ("ssk_gemm", [_ptr, ctypes.POINTER(Matrix), _i32, _ptr, _ptr]),
+                           ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
+                           ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr])):
+            getattr(lib, name).restype = _i32
+            getattr(lib, name).argtypes = args
+        if lib.ssk_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"{path}: ABI {lib.ssk_abi_version()}, expected {ABI_VERSION}")
+        if lib.ssk_isa().decode() != isa:
+            raise RuntimeError(f"{path}: built for {lib.ssk_isa().decode()}, expected {isa}")
+        self._ctx = lib.ssk_create(threads)
+        self.threads = lib.ssk_threads(self._ctx)
+
+    def __del__(self):
+        ctx, self._ctx = getattr(self, "_ctx", None), None
+        if ctx:
+            self._lib.ssk_destroy(ctx)
+
+    def forward(self, model: ModelDesc, step: StepDesc) -> None:
+        rc = self._lib.ssk_forward(self._ctx, ctypes.byref(model), ctypes.byref(step))
+        if rc != 0:
+            raise RuntimeError(f"ssk_forward failed ({rc}): unsupported model shape")
+
+    def gemm(self, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] float32 -> [M, N], computed as the forward computes it."""
+        x = x.contiguous()
+        assert x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == matrix.k
+        y = torch.empty(x.shape[0], matrix.n, dtype=torch.float32)
+        if self._lib.ssk_gemm(self._ctx, ctypes.byref(matrix), x.shape[0], x.data_ptr(), y.data_ptr()) != 0:
+            raise ValueError("ssk_gemm: bad matrix or row count")
+        return y
+
+    def attention(self, model: ModelDesc, step: StepDesc, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q [T, Hq, D] -> [T, Hq*D] against the step's caches (which must hold the keys)."""
+        q = q.contiguous()
+        out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=torch.float32)
+        if self._lib.ssk_attention(self._ctx, ctypes.byref(model), ctypes.byref(step), layer, q.data_ptr(),
+                                   out.data_ptr()) != 0:
+            raise ValueError("ssk_attention: unsupported shape")
+        return out
+
+    def dequant_row(self, matrix: Matrix, row: int) -> torch.Tensor:
+        out = torch.empty(matrix.k, dtype=torch.float32)
+        if self._lib.ssk_dequant_row(ctypes.byref(matrix), row, out.data_ptr()) != 0:
+            raise ValueError("ssk_dequant_row: bad matrix or row")
+        return out
+
+
+def load_kernels(threads: int, cache_dir: Path, isa: Optional[str] = None) -> Optional[Kernels]:
+    """A new handle (its own thread pool and scratch) on the kernels for `isa` (default: this CPU's
+    best), built into `cache_dir` on first use. None if they cannot be had (no compiler, a failed
+    build, or SEEDSTREAM_KERNELS=off): the caller then uses the torch path."""
+    if os.environ.get("SEEDSTREAM_KERNELS", "").lower() in ("off", "0", "false", "no"):
+        log.warning("kernels disabled by SEEDSTREAM_KERNELS; using the torch path")
+        return None
+    try:
+        isa = isa or detect_isa()
+        return Kernels(build_library(isa, cache_dir), isa, threads)
+    except Exception as exc:  # the torch path still serves; engine_version says which one runs
+        log.warning("kernels unavailable (%s); using the torch path", exc)
+        return None

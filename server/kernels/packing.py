@@ -1,0 +1,187 @@
+"""Pack weight matrices into the kernels' tile layouts, from GGUF blocks or from float weights.
+
+A matrix W [N, K] is cut into tiles of 16 output rows; inside a tile, data is interleaved per 32-value
+block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Formats:
+  f32   tile = float w[K][16]
+  q8_0  tile block (576 B) = float d[16], int8 q[32 k][16 lanes]
+  q4_1  tile block (384 B) = float d[16], float m[16], uint8 q[16 k][16 lanes]
+        (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
+Scales are stored as float32: GGUF's float16 scales convert exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .lib import FORMAT_CODES, Matrix
+
+PACK_LAYOUT = "2"  # bump when a tile layout changes (names the cached packed weights)
+NR = 16  # output columns per tile
+QK = 32  # values per block
+# Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
+# one asked for.
+PRECISION = ("f32", "q8_0", "q4_1")
+
+
+@dataclasses.dataclass
+class PackedMatrix:
+    """A packed weight matrix and what the C struct points at (kept alive here)."""
+
+    format: str
+    n: int
+    k: int
+    data: torch.Tensor  # uint8, packed tiles
+    bias: Optional[torch.Tensor] = None  # float32 [n]
+
+    def desc(self) -> Matrix:
+        """The C struct; it holds a reference to this matrix, so the memory it points at stays alive."""
+        m = Matrix(FORMAT_CODES[self.format], self.n, self.k, 0, self.data.data_ptr(),
+                   None if self.bias is None else self.bias.data_ptr())
+        m.owner = self
+        return m
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+def _check_shape(n: int, k: int) -> None:
+    if n % NR or k % QK:
+        raise ValueError(f"matrix [{n}, {k}]: rows must be a multiple of {NR} and columns of {QK}")
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    """View the last axis of a contiguous array as bytes."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8).reshape(*a.shape[:-1], -1)
+
+
+def pack_f32(w: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+    n, k = w.shape
+    _check_shape(n, k)
+    tiles = np.ascontiguousarray(w.astype(np.float32).reshape(n // NR, NR, k).transpose(0, 2, 1))  # [T, K, 16]
+    return _packed("f32", n, k, tiles.view(np.uint8).reshape(-1), bias)
+
+
+def pack_q8_0(d: np.ndarray, q: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+    """d: [N, nb] scales, q: [N, nb, 32] int8."""
+    n, nb = d.shape
+    _check_shape(n, nb * QK)
+    t = n // NR
+    d_t = d.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)  # [T, nb, 16]
+    q_t = q.astype(np.int8).reshape(t, NR, nb, QK).transpose(0, 2, 3, 1).reshape(t, nb, QK * NR)  # [T, nb, k*16+lane]
+    blocks = np.concatenate([_bytes(d_t), _bytes(q_t)], axis=-1)  # [T, nb, 576]
+    return _packed("q8_0", n, nb * QK, blocks.reshape(-1), bias)
+
+
+def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+    """d, m: [N, nb]; qs: [N, nb, 16] bytes in GGUF order (value j low nibble, value j+16 high nibble)."""
+    n, nb = d.shape
+    _check_shape(n, nb * QK)
+    t = n // NR
+    d_t = d.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)
+    m_t = m.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)
+    q_t = qs.astype(np.uint8).reshape(t, NR, nb, 16).transpose(0, 2, 3, 1).reshape(t, nb, 16 * NR)
+    blocks = np.concatenate([_bytes(d_t), _bytes(m_t), q_t], axis=-1)  # [T, nb, 384]
+    return _packed("q4_1", n, nb * QK, blocks.reshape(-1), bias)
+
+
+def _packed(fmt: str, n: int, k: int, flat: np.ndarray, bias: Optional[np.ndarray]) -> PackedMatrix:
+    b = None if bias is None else torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))
+    return PackedMatrix(fmt, n, k, torch.from_numpy(np.ascontiguousarray(flat)), b)
+
+
+# --- GGUF blocks (rows of raw bytes as stored in the file)
+
+def split_gguf_q8_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """raw [N, nb*34] -> d [N, nb] float32, q [N, nb, 32] int8."""
+    blocks = np.ascontiguousarray(raw).reshape(raw.shape[0], -1, 34)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    return d, blocks[..., 2:].copy().view(np.int8)
+
+
+def split_gguf_q4_1(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """raw [N, nb*20] -> d, m [N, nb] float32, qs [N, nb, 16] uint8."""
+    blocks = np.ascontiguousarray(raw).reshape(raw.shape[0], -1, 20)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    return d, m, blocks[..., 4:20].copy()
+
+
+# --- quantising float weights (quantise-on-load)
+
+def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w [N, K] -> d [N, nb], q [N, nb, 32]: d = max|w| / 127, q = round-half-even(w / d)."""
+    blocks = w.astype(np.float32).reshape(w.shape[0], -1, QK)
+    d = (np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = np.rint(blocks * inv[..., None]).astype(np.int8)
+    return d, q
+
+
+def quantize_q4_1(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """w [N, K] -> d, m [N, nb], qs [N, nb, 16]: m = min, d = (max - min) / 15, q = round((w - m) / d)."""
+    blocks = w.astype(np.float32).reshape(w.shape[0], -1, QK)
+    lo, hi = blocks.min(-1), blocks.max(-1)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    q = np.clip(np.rint((blocks - lo[..., None]) * inv[..., None]), 0, 15).astype(np.uint8)
+    qs = (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+    return d, lo.astype(np.float32), qs
+
+
+def dequantize_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (d[..., None] * q.astype(np.float32)).reshape(d.shape[0], -1)
+
+
+def dequantize_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # [N, nb, 32]
+    return (d[..., None] * q + m[..., None]).reshape(d.shape[0], -1)
+
+
+def pack_from_float(w: np.ndarray, fmt: str, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+    """Pack float weights [N, K] as `fmt`, quantising when it is not f32."""
+    if fmt == "f32":
+        return pack_f32(w, bias)
+    if fmt == "q8_0":
+        return pack_q8_0(*quantize_q8_0(w), bias=bias)
+    if fmt == "q4_1":
+        return pack_q4_1(*quantize_q4_1(w), bias=bias)
+    raise ValueError(f"weight format {fmt!r}: allowed {', '.join(PRECISION)}")
+
+
+def save_packed(path, packed: dict[str, PackedMatrix], weight_format: str) -> None:
+    """Write packed matrices to a safetensors file (atomically), with their formats as metadata."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for name, m in packed.items():
+        tensors[name] = m.data
+        if m.bias is not None:
+            tensors[name + ".bias"] = m.bias
+        meta[name] = [m.format, m.n, m.k]
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata={"weight_format": weight_format, "matrices": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_packed(path) -> tuple[dict[str, PackedMatrix], str]:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        shapes = json.loads(meta["matrices"])
+        names = set(fh.keys())
+        packed = {name: PackedMatrix(fmt, n, k, fh.get_tensor(name),
+                                     fh.get_tensor(name + ".bias") if name + ".bias" in names else None)
+                  for name, (fmt, n, k) in shapes.items()}
+    return packed, meta["weight_format"]
