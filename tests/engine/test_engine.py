@@ -58,9 +58,11 @@ def _background(engine, rng, count):
     ("float32", "row", 16),  # the throughput decode path
     ("bfloat16", "column", 16),
 ])
-def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, dtype, decode_gemm, background):
+def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, device, dtype, decode_gemm,
+                                                                background):
     """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving."""
-    engine = engine_factory(dtype=dtype, decode_gemm=decode_gemm)
+    engine = engine_factory(dtype=dtype, decode_gemm=decode_gemm, device=device)
+    assert engine.device.type == device
     rng = random.Random(1234)
 
     async def scenario():
@@ -133,11 +135,11 @@ def test_cancelled_request_frees_its_slot(engine_factory):
     assert load == {"running": 0, "waiting": 0}
 
 
-def test_kv_budget_queues_requests_and_changes_no_token(engine_factory):
+def test_kv_budget_queues_requests_and_changes_no_token(engine_factory, device):
     """Two requests that together pass max_kv_tokens run one after the other, each as it would alone."""
     params = SamplingParams(temperature=0.9, seed=11)
-    engine = engine_factory(max_kv_tokens=120)
-    solo_engine = engine_factory()
+    engine = engine_factory(max_kv_tokens=120, device=device)
+    solo_engine = engine_factory(device=device)
 
     def requests(e):
         return [GenerationRequest(_chat(e, f"Say something about the number {i}."), params, max_new_tokens=40,
@@ -171,7 +173,7 @@ def test_kv_budget_queues_requests_and_changes_no_token(engine_factory):
     assert [r[0] for r in results] == [r[0] for r in run(alone())]
 
 
-def test_same_prompt_prefills_once_and_changes_no_token(engine_factory):
+def test_same_prompt_prefills_once_and_changes_no_token(engine_factory, device):
     """Requests with one prompt (n samples, or seeds of a harness) share its prefill, bit for bit."""
     prompt = tuple(range(300, 300 + 600))  # three prefill chunks
     params = [SamplingParams(temperature=0.9, top_p=0.95, seed=s) for s in (1, 2, 3, 4)]
@@ -187,7 +189,7 @@ def test_same_prompt_prefills_once_and_changes_no_token(engine_factory):
         finally:
             await engine.stop()
 
-    shared, alone = engine_factory(), engine_factory()
+    shared, alone = engine_factory(device=device), engine_factory(device=device)
     together = run(scenario(shared, True))
     one_by_one = run(scenario(alone, False))
     assert together == one_by_one

@@ -11,15 +11,15 @@ MAX_STEP_ROWS = 512 + ROW_TILE  # EngineConfig.max_step_tokens plus padding (sco
 
 
 @pytest.mark.parametrize("k,n", SHAPES)
-def test_row_bits_do_not_depend_on_row_count_or_position(k, n):
+def test_row_bits_do_not_depend_on_row_count_or_position(device, k, n):
     gen = torch.Generator().manual_seed(k * 7 + n)
-    weight = torch.randn(n, k, generator=gen) * 0.05
-    probe = torch.randn(1, k, generator=gen)
+    weight = (torch.randn(n, k, generator=gen) * 0.05).to(device)
+    probe = torch.randn(1, k, generator=gen).to(device)
     alone = invariant_linear(pad_rows(probe), weight)[0]
     counts = list(range(ROW_TILE, 69, ROW_TILE)) + [128, 256, 384, 512, MAX_STEP_ROWS]
     for rows in counts:
         positions = range(rows) if rows <= 68 else [0, rows // 2, rows - 1]
-        others = torch.randn(rows, k, generator=gen)
+        others = torch.randn(rows, k, generator=gen).to(device)
         for pos in positions:
             batch = others.clone()
             batch[pos] = probe[0]
@@ -36,15 +36,15 @@ def test_pad_rows_pads_to_tile_with_zeros():
 
 
 @pytest.mark.parametrize("k,n", SHAPES)
-def test_decode_column_bits_do_not_depend_on_row_count_or_position(k, n):
+def test_decode_column_bits_do_not_depend_on_row_count_or_position(device, k, n):
     """The decode path (weight @ x^T in blocks of COLUMN_BLOCK rows): a row's bits for 1 to 64 decode rows."""
     gen = torch.Generator().manual_seed(k * 11 + n)
-    weight = torch.randn(n, k, generator=gen) * 0.05
-    bias = torch.randn(n, generator=gen)
-    probe = torch.randn(1, k, generator=gen)
+    weight = (torch.randn(n, k, generator=gen) * 0.05).to(device)
+    bias = torch.randn(n, generator=gen).to(device)
+    probe = torch.randn(1, k, generator=gen).to(device)
     alone = column_linear(probe, weight, bias)[0]
     for rows in list(range(1, 13)) + [31, 64]:
-        others = torch.randn(rows, k, generator=gen)
+        others = torch.randn(rows, k, generator=gen).to(device)
         for pos in sorted({0, rows // 2, rows - 1}):
             batch = others.clone()
             batch[pos] = probe[0]
@@ -64,14 +64,14 @@ def test_decode_column_bits_do_not_depend_on_input_layout():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("k,n", SHAPES)
-def test_half_precision_rows_are_invariant_on_both_paths(dtype, k, n):
+def test_half_precision_rows_are_invariant_on_both_paths(device, dtype, k, n):
     """--dtype bfloat16/float16: a row's bits on the prompt path and the decode path, fewer row counts."""
     gen = torch.Generator().manual_seed(k * 13 + n)
-    weight = (torch.randn(n, k, generator=gen) * 0.05).to(dtype)
-    probe = torch.randn(1, k, generator=gen).to(dtype)
+    weight = (torch.randn(n, k, generator=gen) * 0.05).to(device, dtype)
+    probe = torch.randn(1, k, generator=gen).to(device, dtype)
     row_alone, column_alone = invariant_linear(pad_rows(probe), weight)[0], column_linear(probe, weight)[0]
     for rows in (4, 8, 12, 64, 256):
-        others = torch.randn(rows, k, generator=gen).to(dtype)
+        others = torch.randn(rows, k, generator=gen).to(device, dtype)
         for pos in (0, rows // 2, rows - 1):
             batch = others.clone()
             batch[pos] = probe[0]

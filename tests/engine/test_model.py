@@ -11,8 +11,26 @@ from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
 
 
 @pytest.fixture(scope="module")
-def model(weights):
-    return DecoderModel(ModelConfig.from_hf(weights.config), weights.state_dict, torch.device("cpu"), torch.float32)
+def models(weights):
+    """The float32 model on a device, built once per module and device."""
+    built = {}
+
+    def get(device):
+        if device not in built:
+            built[device] = DecoderModel(ModelConfig.from_hf(weights.config), weights.state_dict, torch.device(device),
+                                         torch.float32)
+        return built[device]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models("cpu")
+
+
+def _tensor(model, values):
+    return torch.tensor(values, device=model.device)
 
 
 def _prefill(model, ids, chunk=None):
@@ -21,8 +39,8 @@ def _prefill(model, ids, chunk=None):
     chunk = chunk or len(ids)
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
-        logits = model.forward(torch.tensor(part), torch.arange(start, start + len(part)),
-                               [Segment(cache, start, len(part))], torch.tensor([len(part) - 1]))
+        logits = model.forward(_tensor(model, part), _tensor(model, list(range(start, start + len(part)))),
+                               [Segment(cache, start, len(part))], _tensor(model, [len(part) - 1]))
     return logits[0], cache
 
 
@@ -43,11 +61,12 @@ def test_logits_match_transformers(model, weights):
     torch.testing.assert_close(step[0], ref_next, atol=2e-4, rtol=0)
 
 
-def test_decode_logits_are_bit_identical_alone_and_packed_with_others(model):
+def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, device):
+    model = models(device)
     rng = random.Random(0)
     target_prompt = [rng.randrange(100, 40000) for _ in range(37)]
     _, solo_cache = _prefill(model, target_prompt)
-    solo = model.forward(torch.tensor([7]), torch.tensor([37]), [Segment(solo_cache, 37, 1)], torch.tensor([0]))[0]
+    solo = model.forward(_tensor(model, [7]), _tensor(model, [37]), [Segment(solo_cache, 37, 1)], _tensor(model, [0]))[0]
     for batch_size, position in [(2, 0), (5, 4), (17, 8), (64, 63), (64, 0)]:
         _, cache = _prefill(model, target_prompt)
         others = []
@@ -58,17 +77,19 @@ def test_decode_logits_are_bit_identical_alone_and_packed_with_others(model):
         rows = [(c, n) for c, n in others]
         rows.insert(position, (cache, 37))
         segments = [Segment(c, n, 1) for c, n in rows]
-        logits = model.forward(torch.tensor([7] * batch_size), torch.tensor([n for _, n in rows]), segments,
-                               torch.arange(batch_size))
+        logits = model.forward(_tensor(model, [7] * batch_size), _tensor(model, [n for _, n in rows]), segments,
+                               _tensor(model, list(range(batch_size))))
         assert torch.equal(logits[position], solo), f"batch {batch_size}, position {position}"
 
 
-def test_prefill_chunk_is_bit_identical_beside_decode_rows(model):
+def test_prefill_chunk_is_bit_identical_beside_decode_rows(models, device):
+    model = models(device)
     rng = random.Random(1)
     prompt = [rng.randrange(100, 40000) for _ in range(300)]
     alone, _ = _prefill(model, prompt, chunk=256)
     cache = model.new_cache()
-    _prefill_first = model.forward(torch.tensor(prompt[:256]), torch.arange(256), [Segment(cache, 0, 256)], torch.tensor([255]))
+    _prefill_first = model.forward(_tensor(model, prompt[:256]), _tensor(model, list(range(256))), [Segment(cache, 0, 256)],
+                                   _tensor(model, [255]))
     others = []
     for _ in range(9):
         _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(20)])
@@ -77,5 +98,6 @@ def test_prefill_chunk_is_bit_identical_beside_decode_rows(model):
     segments = others[:4] + [Segment(cache, 256, len(tail))] + others[4:]
     tokens = [5] * 4 + tail + [5] * 5
     positions = [20] * 4 + list(range(256, 300)) + [20] * 5
-    logits = model.forward(torch.tensor(tokens), torch.tensor(positions), segments, torch.tensor([4 + len(tail) - 1]))
+    logits = model.forward(_tensor(model, tokens), _tensor(model, positions), segments,
+                           _tensor(model, [4 + len(tail) - 1]))
     assert torch.equal(logits[0], alone)
