@@ -355,6 +355,9 @@ class ModelInfo:
     default_max_new_tokens: int
     max_batch_size: int
     max_queue: int
+    max_input_chars: int = 0  # 0: not reported (an older server)
+    max_input_tokens: int = 0
+    max_deadline_seconds: float = 0.0  # 0: no server limit (or not reported)
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":
