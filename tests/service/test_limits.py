@@ -25,21 +25,20 @@ def short_deadline(loop_thread, engine):
 
 
 @pytest.mark.parametrize("kind", ["unary", "stream"])
-def test_server_maximum_deadline_cuts_long_calls(short_deadline, engine, caplog, kind):
+def test_server_maximum_deadline_cuts_long_calls(short_deadline, engine, client, caplog, kind):
     """No client deadline (or a longer one): the server's --max-deadline ends the call and frees the slot."""
     caplog.set_level(logging.INFO, logger="seedstream")
     rid = f"max-deadline-{kind}"
-    with Client(short_deadline.address, timeout=120) as client:
+    with Client(short_deadline.address, timeout=120) as capped:
         with pytest.raises(DeadlineExceededError, match="--max-deadline"):
             if kind == "unary":
-                client.generate(**LONG, request_id=rid)
+                capped.generate(**LONG, request_id=rid)
             else:
-                for _ in client.generate_stream(**LONG, request_id=rid):
+                for _ in capped.generate_stream(**LONG, request_id=rid):
                     pass
-        assert client.generate("Hi", seed=1, max_new_tokens=2).completion_tokens >= 1
-        info = client.model_info()
-        assert info.max_deadline_seconds == 1.5
-    assert wait_for(lambda: idle(engine), timeout=5.0), engine.load()
+        assert capped.model_info().max_deadline_seconds == 1.5
+    assert wait_for(lambda: idle(engine), timeout=5.0), engine.load()  # the slot is freed
+    assert client.generate("Hi", seed=1, max_new_tokens=2).completion_tokens >= 1
     lines = [r.getMessage() for r in caplog.records if f"id={rid}" in r.getMessage()]
     assert lines and lines[-1].endswith("status=DEADLINE_EXCEEDED"), lines
 
