@@ -40,15 +40,17 @@ class Call:
         self.first_token_at: Optional[float] = None
         self.client = CLIENT_NAME.get() or peer_host(context.peer())
         remaining = context.time_remaining()
+        server_limit = max_deadline or None  # 0 or None: no server limit
         self.client_deadline = None if remaining is None else self.started + remaining
-        limits = [t for t in (remaining, max_deadline or None) if t is not None]
+        limits = [t for t in (remaining, server_limit) if t is not None]
         self.limit = min(limits) if limits else None  # seconds this call may run
-        self.server_cut = max_deadline is not None and (remaining is None or max_deadline < remaining)
+        self.server_cut = server_limit is not None and (remaining is None or server_limit < remaining)
 
     def log_line(self, status: str) -> None:
         elapsed = time.monotonic() - self.started
-        parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}", f"client={self.client}"]
+        parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
         parts += [f"{k}={v}" for k, v in self.fields.items()]
+        parts.append(f"client={self.client}")
         if self.first_token_at is not None:
             parts.append(f"ttft={self.first_token_at - self.started:.3f}s")
         parts += [f"time={elapsed:.3f}s", f"status={status}"]

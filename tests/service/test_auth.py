@@ -64,8 +64,8 @@ def test_known_keys_are_served_and_named_in_the_log(keyed, caplog):
         assert [c.text for c in alice.generate_stream("Hello", seed=3, max_new_tokens=4)]
     assert _reflection_list(keyed.address, metadata=(("authorization", f"Bearer {BOB}"),))
     lines = [r.getMessage() for r in caplog.records]
-    assert any("id=from-alice client=alice " in line for line in lines), lines
-    assert any("id=from-bob client=bob " in line for line in lines), lines
+    assert any("id=from-alice " in line and " client=alice " in line for line in lines), lines
+    assert any("id=from-bob " in line and " client=bob " in line for line in lines), lines
     assert not any(ALICE in line or BOB in line for line in lines)  # the secret never reaches the log
 
 
