@@ -39,6 +39,10 @@ def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
         ids.append(specials[match.group(0)])
         start = match.end()
     ids += _encode(tokenizer, text[start:], split_special=True)
+    control = set(specials.values())
+    if sum(t in control for t in ids) != len(pattern.findall(text)) - sum(
+            len(pattern.findall(m["content"])) for m in messages):
+        return _refuse(messages, pattern)  # this tokenizer ignored split_special_tokens: fail closed
     return ids
 
 
