@@ -4,7 +4,9 @@
 #   docker build -t seedstream:cuda \
 #     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
 #     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
-# Run: docker run -p 50051:50051 seedstream
+# Run (the image refuses plaintext without API keys on its 0.0.0.0 address unless given --insecure):
+#   docker run -p 50051:50051 -v "$PWD/keys:/keys:ro" -e SEEDSTREAM_API_KEY_FILE=/keys/api-keys seedstream
+#   docker run -p 50051:50051 seedstream --insecure      # a trusted network only
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
@@ -36,7 +38,7 @@ WORKDIR /home/seedstream
 # Convert the default model once at build time, so a container reaches "ready" in seconds.
 RUN python -c "from seedstream.server.engine.loader import load_weights; load_weights(None)"
 
-ENV SEEDSTREAM_HOST=0.0.0.0 SEEDSTREAM_PORT=50051
+ENV SEEDSTREAM_HOST=0.0.0.0 SEEDSTREAM_PORT=50051 SEEDSTREAM_REFUSE_INSECURE=1
 EXPOSE 50051
 # grpc.health.v1 through the CLI: exit 0 only when SERVING.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -19,6 +19,7 @@ from .errors import (
     InvalidArgumentError,
     OverloadedError,
     SeedstreamError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .types import (
@@ -41,7 +42,7 @@ from .types import (
 __all__ = [
     "AsyncClient", "AsyncGenerateStream", "Client", "GenerateStream",
     "SeedstreamError", "InvalidArgumentError", "OverloadedError", "UnavailableError",
-    "DeadlineExceededError", "CancelledError",
+    "DeadlineExceededError", "CancelledError", "UnauthenticatedError",
     "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",
     "ModelInfo", "Receipt", "TokenizeResult", "TopLogprob", "join_chunks",
     "receipts_match", "RollingScore", "ScoreResult", "ScoreResults",

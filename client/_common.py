@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import grpc
@@ -57,6 +58,19 @@ def channel_credentials(
         private_key=pem(private_key),
         certificate_chain=pem(certificate_chain),
     )
+
+
+API_KEY_ENV = "SEEDSTREAM_API_KEY"
+
+
+def with_api_key(metadata, api_key: Optional[str]):
+    """`metadata` (dict, pairs or None) plus 'authorization: Bearer KEY' when there is a key (the
+    argument, else $SEEDSTREAM_API_KEY); unchanged when there is none."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        return metadata
+    items = list(metadata.items()) if isinstance(metadata, dict) else list(metadata or ())
+    return [("authorization", f"Bearer {key}")] + items
 
 
 class _Unset:

@@ -12,7 +12,8 @@ from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
 from . import _requests
-from ._common import HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status
+from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status,
+                      with_api_key)
 from .client import Metadata
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
@@ -122,10 +123,11 @@ class AsyncClient:
         credentials: Optional[grpc.ChannelCredentials] = None,
         metadata: Metadata = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
+        api_key: Optional[str] = None,
     ):
         self.target = target or _requests.default_target()
         self.timeout = timeout
-        self.metadata = metadata
+        self.metadata = with_api_key(metadata, api_key)
         self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
         self._options = _requests.channel_options(options)
         self._channel: Optional[grpc.aio.Channel] = None

@@ -113,7 +113,74 @@ def _add_serve(sub) -> None:
     p.add_argument("--log-level", default=_env("SEEDSTREAM_LOG_LEVEL", "INFO"),
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
                    help="log verbosity; INFO logs one line per request [SEEDSTREAM_LOG_LEVEL]")
+    _add_serve_hardening(p)
     p.set_defaults(func=_cmd_serve)
+
+
+def _optional(cast, name: str):
+    value = _env(name)
+    return None if value is None else cast(value)
+
+
+def _add_serve_hardening(p) -> None:
+    """Authentication, TLS client certificates, reflection, and connection/request limits."""
+    g = p.add_argument_group("security and limits")
+    g.add_argument("--api-key-file", default=_env("SEEDSTREAM_API_KEY_FILE"), metavar="PATH",
+                   help="require API keys: a file with one 'KEY' or 'NAME KEY' per line; clients send "
+                        "'authorization: Bearer KEY'. Keys may also come from SEEDSTREAM_API_KEYS "
+                        "(comma-separated), never from a flag [SEEDSTREAM_API_KEY_FILE]")
+    g.add_argument("--tls-client-ca", default=_env("SEEDSTREAM_TLS_CLIENT_CA"), metavar="PEM",
+                   help="require client certificates signed by this CA (mutual TLS; needs --tls-cert) "
+                        "[SEEDSTREAM_TLS_CLIENT_CA]")
+    g.add_argument("--no-reflection", action="store_true", default=_env("SEEDSTREAM_NO_REFLECTION") == "1",
+                   help="do not serve gRPC server reflection [SEEDSTREAM_NO_REFLECTION=1]")
+    g.add_argument("--insecure", action="store_true", default=_env("SEEDSTREAM_INSECURE") == "1",
+                   help="accept plaintext without API keys on a non-loopback address where that is refused "
+                        "(the Docker image) [SEEDSTREAM_INSECURE=1]")
+    g.add_argument("--max-input-chars", type=int, default=_optional(int, "SEEDSTREAM_MAX_INPUT_CHARS"),
+                   help="most text characters in one request, checked before tokenizing (default 32 x the "
+                        "model's context) [SEEDSTREAM_MAX_INPUT_CHARS]")
+    g.add_argument("--max-input-tokens", type=int, default=_optional(int, "SEEDSTREAM_MAX_INPUT_TOKENS"),
+                   help="most tokens in one Score, ScoreRolling or Tokenize request (default 16 x the model's "
+                        "context) [SEEDSTREAM_MAX_INPUT_TOKENS]")
+    g.add_argument("--max-deadline", type=float, default=float(_env("SEEDSTREAM_MAX_DEADLINE", 600.0)),
+                   help="seconds any call may run, whatever the client's deadline; 0 = no limit "
+                        "[SEEDSTREAM_MAX_DEADLINE]")
+    g.add_argument("--max-queue-per-client", type=int, default=_optional(int, "SEEDSTREAM_MAX_QUEUE_PER_CLIENT"),
+                   help="most waiting requests from one client (API key, else peer address); default "
+                        "--max-queue [SEEDSTREAM_MAX_QUEUE_PER_CLIENT]")
+    g.add_argument("--keepalive-time", type=float, default=float(_env("SEEDSTREAM_KEEPALIVE_TIME", 60.0)),
+                   help="seconds between keepalive pings on an idle connection [SEEDSTREAM_KEEPALIVE_TIME]")
+    g.add_argument("--keepalive-timeout", type=float, default=float(_env("SEEDSTREAM_KEEPALIVE_TIMEOUT", 20.0)),
+                   help="seconds to wait for a ping's answer before closing [SEEDSTREAM_KEEPALIVE_TIMEOUT]")
+    g.add_argument("--max-connection-idle", type=float, default=float(_env("SEEDSTREAM_MAX_CONNECTION_IDLE", 300.0)),
+                   help="close connections without calls after this many seconds; 0 = never "
+                        "[SEEDSTREAM_MAX_CONNECTION_IDLE]")
+    g.add_argument("--max-connection-age", type=float, default=_optional(float, "SEEDSTREAM_MAX_CONNECTION_AGE"),
+                   help="gracefully close connections older than this many seconds (spreads clients over "
+                        "replicas); default never [SEEDSTREAM_MAX_CONNECTION_AGE]")
+    g.add_argument("--max-streams-per-connection", type=int,
+                   default=int(_env("SEEDSTREAM_MAX_STREAMS_PER_CONNECTION", 128)),
+                   help="most concurrent calls on one connection [SEEDSTREAM_MAX_STREAMS_PER_CONNECTION]")
+
+
+def _hardening_options(args) -> dict:
+    """ServeOptions.hardening from the flags of _add_serve_hardening."""
+    return {
+        "api_key_file": args.api_key_file,
+        "tls_client_ca": args.tls_client_ca,
+        "reflection": not args.no_reflection,
+        "insecure": args.insecure,
+        "max_input_chars": args.max_input_chars,
+        "max_input_tokens": args.max_input_tokens,
+        "max_deadline": args.max_deadline,
+        "max_queue_per_client": args.max_queue_per_client,
+        "keepalive_time": args.keepalive_time,
+        "keepalive_timeout": args.keepalive_timeout,
+        "max_connection_idle": args.max_connection_idle,
+        "max_connection_age": args.max_connection_age,
+        "max_streams_per_connection": args.max_streams_per_connection,
+    }
 
 
 def _add_connection(p) -> None:
@@ -127,6 +194,9 @@ def _add_connection(p) -> None:
     g.add_argument("--client-key", metavar="PEM", help="client private key file (mutual TLS)")
     g.add_argument("--metadata", "-H", action="append", default=[], metavar="KEY=VALUE",
                    help="extra gRPC metadata, repeatable")
+    g.add_argument("--api-key-file", metavar="PATH",
+                   help="file holding the API key to send as 'authorization: Bearer KEY' "
+                        "[else the SEEDSTREAM_API_KEY environment variable]")
 
 
 def _add_input(p, text_name: str) -> None:
@@ -258,6 +328,7 @@ def _cmd_serve(args) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_level=args.log_level,
+        hardening=_hardening_options(args),
     )
     return serve(opts)
 
@@ -279,7 +350,19 @@ def _client(args):
         certificate_chain=args.client_cert,
         private_key=args.client_key,
         metadata=metadata or None,
+        api_key=_api_key(args),
     )
+
+
+def _api_key(args) -> Optional[str]:
+    """The key from --api-key-file (first non-empty line), else $SEEDSTREAM_API_KEY; never a flag value."""
+    if getattr(args, "api_key_file", None):
+        with open(args.api_key_file, encoding="utf-8") as fh:
+            lines = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise SystemExit(f"error: {args.api_key_file} holds no API key")
+        return lines[0].split()[-1]  # 'KEY' or 'NAME KEY', as in the server's key file
+    return _env("SEEDSTREAM_API_KEY")
 
 
 def _read_text(value: Optional[str]) -> Optional[str]:

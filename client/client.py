@@ -18,6 +18,7 @@ from ._common import (
     HEALTH_RESPONSE,
     UNSET,
     channel_credentials,
+    with_api_key,
     health_status,
 )
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
@@ -101,6 +102,7 @@ class Client:
         certificate_chain take PEM bytes or file paths (mutual TLS with the
         latter two); or pass ready grpc.ChannelCredentials as credentials.
     metadata: sent with every call (dict or pairs), merged with per-call metadata.
+    api_key: sent as 'authorization: Bearer KEY' with every call (default: $SEEDSTREAM_API_KEY, if set).
     options: extra grpc channel options.
     """
 
@@ -116,10 +118,11 @@ class Client:
         credentials: Optional[grpc.ChannelCredentials] = None,
         metadata: Metadata = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
+        api_key: Optional[str] = None,
     ):
         self.target = target or _requests.default_target()
         self.timeout = timeout
-        self.metadata = metadata
+        self.metadata = with_api_key(metadata, api_key)
         creds = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
         opts = _requests.channel_options(options)
         self._channel = (

@@ -41,6 +41,11 @@ class DeadlineExceededError(SeedstreamError, TimeoutError):
     """The call's timeout passed before it finished (DEADLINE_EXCEEDED)."""
 
 
+class UnauthenticatedError(SeedstreamError):
+    """The server requires an API key and got none or an unknown one (UNAUTHENTICATED): pass api_key=
+    (or set SEEDSTREAM_API_KEY)."""
+
+
 class CancelledError(SeedstreamError):
     """The call was cancelled (CANCELLED), e.g. by stream.cancel()."""
 
@@ -52,6 +57,7 @@ _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

@@ -358,6 +358,9 @@ class ModelInfo:
     max_batch_size: int
     max_queue: int
     weight_format: str = ""
+    max_input_chars: int = 0  # 0: not reported (an older server)
+    max_input_tokens: int = 0
+    max_deadline_seconds: float = 0.0  # 0: no server limit (or not reported)
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":

@@ -20,15 +20,27 @@ def _ids(seq) -> list:
     return seq.tolist() if isinstance(seq, torch.Tensor) else seq
 
 
+def _bias_arrays(p: SamplingParams) -> tuple[array.array, array.array]:
+    """(token ids, biases) of p.logit_bias as flat arrays, built once per SamplingParams object (a
+    request passes the same one every step), so a large bias costs no Python loop per step."""
+    cached = p.__dict__.get("_bias_arrays")
+    if cached is None:
+        cached = (array.array("q", [t for t, _ in p.logit_bias]), array.array("d", [b for _, b in p.logit_bias]))
+        object.__setattr__(p, "_bias_arrays", cached)  # a cache, not a field: equality and hash ignore it
+    return cached
+
+
 def _gather_edits(params, prompt_ids: IdLists, output_ids: IdLists, suppress_ids: IdLists):
-    """Token ids (array) and segments [(row, kind, bias, length)] of every edit; marshalling only."""
+    """Token ids (array), segments [(row, kind, 0, length)] and the biases of the BIAS edits in order
+    (array); marshalling only."""
     toks = array.array("q")
+    biases = array.array("d")
     segs: list[tuple[int, int, float, int]] = []
 
-    def add(r: int, ids, kind: int, b: float = 0.0) -> None:
+    def add(r: int, ids, kind: int) -> None:
         ids = _ids(ids)
         toks.extend(ids)
-        segs.append((r, kind, b, len(ids)))
+        segs.append((r, kind, 0.0, len(ids)))
 
     for r, p in enumerate(params):
         counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
@@ -37,11 +49,14 @@ def _gather_edits(params, prompt_ids: IdLists, output_ids: IdLists, suppress_ids
             add(r, prompt_ids[r], REP)
         if output_ids is not None and (counted or rep):
             add(r, output_ids[r], rep | (OUT if counted else 0))
-        for t, b in p.logit_bias:
-            add(r, (t,), BIAS, b)
+        if p.logit_bias:
+            ids, values = _bias_arrays(p)
+            toks.extend(ids)
+            biases.extend(values)
+            segs.append((r, BIAS, 0.0, len(ids)))
         if suppress_ids is not None and len(suppress_ids[r]):
             add(r, suppress_ids[r], SUP)
-    return toks, segs
+    return toks, segs, biases
 
 
 def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_ids: IdLists,
@@ -53,7 +68,7 @@ def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_
     suppressed tokens -> -inf.
     Token ids outside [0, vocab) are ignored.
     """
-    toks, segs = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
+    toks, segs, biases = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
     if not len(toks):
         return None
     dev, width = x.device, x.shape[1]
@@ -62,7 +77,11 @@ def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_
     per_edit = lambda col: torch.repeat_interleave(seg[:, col], seg[:, 3].long())  # noqa: E731
     ok = (tok >= 0) & (tok < vocab)
     keys = (per_edit(0).long() * width + tok)[ok]
-    kind, b = per_edit(1).long()[ok], per_edit(2).float()[ok]
+    kind = per_edit(1).long()
+    b = torch.zeros(tok.numel(), dtype=torch.float64, device=dev)
+    if len(biases):  # one scatter: the BIAS edits, in gathering order, take their biases
+        b[kind == BIAS] = torch.frombuffer(biases, dtype=torch.float64).clone().to(dev)
+    kind, b = kind[ok], b.float()[ok]
     if keys.numel() == 0:
         return None
     uniq, inv = _unique(keys, x.shape[0] * width)

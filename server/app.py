@@ -35,6 +35,7 @@ SERVICE_NAME = "seedstream.v1.TextGeneration"
 DEFAULT_PORT = 50051
 DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # largest request accepted
 DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024  # largest response (long completions with top_logprobs)
+CANCEL_FLUSH_S = 2.0  # after the grace period: time for cancelled calls to send their last message
 
 
 def server_version() -> str:
@@ -58,14 +59,18 @@ class SeedstreamServer:
         default_max_new_tokens: int = 256,
         credentials: Optional[grpc.ServerCredentials] = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        security=None,
     ):
+        from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
 
         self.host = host
         self.requested_port = port
         self.credentials = credentials
         self.max_receive_bytes = max_receive_bytes
-        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version()))
+        self.security = security or Security()  # API keys, reflection, connection and request limits
+        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version(),
+                                                       self.security.request_limits))
         self._pending_engine = engine
         self.server: Optional[grpc.aio.Server] = None
         self.health = None
@@ -81,16 +86,17 @@ class SeedstreamServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
+        from seedstream.server.rpc.decoding import add_text_generation_service
         from seedstream.server.rpc.servicer import TextGenerationServicer
-        from seedstream.v1 import textgen_pb2, textgen_pb2_grpc
+        from seedstream.v1 import textgen_pb2
 
         options = [
             ("grpc.max_receive_message_length", self.max_receive_bytes),
             ("grpc.max_send_message_length", DEFAULT_MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
-        self.server = grpc.aio.server(options=options)
-        textgen_pb2_grpc.add_TextGenerationServicer_to_server(TextGenerationServicer(self.state), self.server)
+        ] + self.security.connection_limits.grpc_options()
+        self.server = grpc.aio.server(options=options, interceptors=self.security.interceptors())
+        add_text_generation_service(TextGenerationServicer(self.state), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -99,7 +105,8 @@ class SeedstreamServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(service_names, self.server)
+        if self.security.reflection:
+            reflection.enable_server_reflection(service_names, self.server)
         address = f"{self.host}:{self.requested_port}"
         if self.credentials is not None:
             self.port = self.server.add_secure_port(address, self.credentials)
@@ -120,8 +127,16 @@ class SeedstreamServer:
         from grpc_health.v1 import health_pb2
 
         await engine.start()
+        loop = asyncio.get_running_loop()
+        engine.on_death(lambda exc: loop.call_soon_threadsafe(asyncio.ensure_future, self._engine_died()))
         self.state.engine = engine
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def _engine_died(self) -> None:
+        from grpc_health.v1 import health_pb2
+
+        log.critical("the engine has stopped: health NOT_SERVING; restart the server")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def shutdown(self, grace: float = 30.0, *, stop_engine: bool = True,
                        force: Optional[asyncio.Event] = None) -> None:
@@ -137,8 +152,12 @@ class SeedstreamServer:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-            if self.state.in_flight:
+            if self.state.in_flight and self.state.engine is not None:
+                # As the proto says: the server cancels the sequences itself, so a stream still running
+                # ends with FINISH_REASON_CANCELLED and status OK rather than a transport error.
                 log.warning("grace period over: cancelling %d request(s)", self.state.in_flight)
+                self.state.engine.cancel_all()
+                await self.state.wait_idle(CANCEL_FLUSH_S)
         if self.server is not None:
             await self.server.stop(1.0)
         engine = self.state.engine
@@ -170,6 +189,8 @@ class ServeOptions:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     log_level: str = "INFO"
+    # Authentication, TLS client certificates, reflection, connection and request limits (rpc/hardening.py).
+    hardening: dict = dataclasses.field(default_factory=dict)
 
 
 def configure_logging(level: str) -> None:
@@ -198,6 +219,7 @@ def engine_config(opts: ServeOptions):
         "decode_gemm": opts.decode_gemm,
         "backend": opts.backend,
         "weights": opts.weights,
+        "max_queue_per_client": opts.hardening.get("max_queue_per_client"),
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})
@@ -213,12 +235,9 @@ def serve(opts: ServeOptions) -> int:
 
 
 def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
-    if not opts.tls_cert and not opts.tls_key:
-        return None
-    if not (opts.tls_cert and opts.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
-    with open(opts.tls_key, "rb") as key, open(opts.tls_cert, "rb") as cert:
-        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+    from seedstream.server.rpc.hardening import server_credentials
+
+    return server_credentials(opts.tls_cert, opts.tls_key, opts.hardening.get("tls_client_ca"))
 
 
 def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
@@ -260,11 +279,15 @@ async def _serve(opts: ServeOptions) -> int:
             raise ValueError(
                 f"default_max_new_tokens={opts.default_max_new_tokens}: allowed [1, max_new_tokens_limit={opts.max_new_tokens_limit}]"
             )
+        from seedstream.server.rpc.hardening import security_from_options
+
+        credentials = _credentials(opts)
         server = SeedstreamServer(
             host=opts.host,
             port=opts.port,
             default_max_new_tokens=opts.default_max_new_tokens,
-            credentials=_credentials(opts),
+            credentials=credentials,
+            security=security_from_options(opts.hardening, opts.host, tls=credentials is not None),
         )
         await server.start()
     except ImportError as exc:

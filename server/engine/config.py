@@ -20,6 +20,7 @@ class EngineConfig:
     dtype: str = "float32"  # one of DTYPES
     max_batch_size: int = 64  # sequences decoding at once
     max_queue: int = 256  # requests waiting for a slot before RESOURCE_EXHAUSTED
+    max_queue_per_client: Optional[int] = None  # of those, most from one client (None = max_queue)
     # KV-cache budget in token positions over all running sequences, each counted at its most
     # (prompt + max_new_tokens, capped at the context): a request that would pass it waits in the
     # queue instead of risking the server's memory. One request is always admitted. Scheduling
@@ -49,6 +50,8 @@ class EngineConfig:
                      "max_new_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
+            raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
         if self.decode_gemm not in DECODE_GEMMS:
             raise ValueError(f"decode_gemm={self.decode_gemm!r}: allowed {', '.join(DECODE_GEMMS)}")
         if self.backend not in BACKENDS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
@@ -14,6 +13,8 @@ import torch
 from seedstream.sampler import SAMPLER_VERSION, sample
 
 from .backends import build_model
+from .admission import FairQueue
+from .chat import render_chat_ids
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
 from .model import COLUMN_BLOCK, ROW_TILE, ModelConfig, Segment, describe
@@ -63,10 +64,12 @@ class Engine:
             sampler_version=SAMPLER_VERSION,
         )
         self._lock = threading.Condition()
-        self._waiting: collections.deque[Sequence_] = collections.deque()
+        self._waiting = FairQueue()  # per-client FIFOs, admitted round-robin
         self._running: list[Sequence_] = []
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self.failure: Optional[BaseException] = None  # what killed the engine thread, if anything did
+        self._death_callbacks: list = []
         self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
         c = self.model_config
@@ -82,8 +85,7 @@ class Engine:
     def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("messages", "this model has no chat template; send a prompt instead")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenize(text)
+        return render_chat_ids(self.tokenizer, messages)  # message content stays text (chat.py)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of a (context, continuation) pair, split the way lm-evaluation-harness does.
@@ -118,7 +120,7 @@ class Engine:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._thread is not None and self._thread.is_alive() and not self._stopping and self.failure is None
 
     async def start(self) -> None:
         if self._thread is None:
@@ -131,6 +133,23 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    def on_death(self, callback) -> None:
+        """Call `callback(exc)` (on the engine thread) if the engine thread dies of an exception."""
+        self._death_callbacks.append(callback)
+
+    def cancel_all(self) -> int:
+        """Cancel every sequence on the server's behalf (shutdown grace period over): generations end
+        with FinishReason.CANCELLED, scoring fails with NotReady. Returns how many were cancelled."""
+        with self._lock:
+            waiting = self._waiting.remove_if(lambda s: True)
+            running = [s for s in self._running if not s.finished]
+            for seq in running:
+                seq.cancelled = True  # the step loop posts the CANCELLED chunk at its next step
+            self._lock.notify_all()
+        for seq in waiting:
+            seq.finish_cancelled()
+        return len(waiting) + len(running)
 
     def load(self) -> dict[str, int]:
         """Sequences holding a slot and waiting for one (a finished sequence no longer counts, even
@@ -146,7 +165,7 @@ class Engine:
         if request.sampling.seed is None:
             raise InvalidRequest("seed", "must be resolved before the engine (the RPC layer draws one)")
         seq = self._new_sequence(request.prompt_token_ids, request, 1 if request.prompt_logprobs else None)
-        async for item in self._follow(seq):
+        async for item in self._follow(seq, request.client):
             yield item
             if item.finish_reason is not None:
                 return
@@ -161,7 +180,7 @@ class Engine:
         checked once up front with field names of their own)."""
         prompt = request.context_ids + request.continuation_ids
         seq = self._new_sequence(prompt, None, len(request.context_ids))
-        async for result in self._follow(seq):
+        async for result in self._follow(seq, request.client):
             return result
         raise EngineError("scoring ended without a result")
 
@@ -170,12 +189,17 @@ class Engine:
             raise NotReady("the engine is not running")
         return Sequence_(prompt, request, self.model.new_cache(), self.tokenizer, asyncio.get_running_loop(), score_from)
 
-    async def _follow(self, seq: Sequence_):
+    async def _follow(self, seq: Sequence_, client: str):
         """Queue `seq` and yield what the engine posts for it; cancel it if the caller leaves."""
         with self._lock:
+            if self.failure is not None:
+                raise NotReady("the engine stopped after an internal error; restart the server")
             if len(self._waiting) >= self.config.max_queue:
                 raise Overloaded(f"queue full: {len(self._waiting)} requests waiting (max_queue={self.config.max_queue})")
-            self._waiting.append(seq)
+            per_client = self.config.max_queue_per_client
+            if per_client is not None and self._waiting.count(client) >= per_client:
+                raise Overloaded(f"this client has {per_client} requests waiting (max_queue_per_client={per_client})")
+            self._waiting.append(client, seq)
             self._lock.notify_all()
         try:
             while True:
@@ -187,11 +211,33 @@ class Engine:
             if not seq.finished:
                 seq.cancelled = True  # the loop drops it and frees its cache at the next step
                 with self._lock:
+                    self._waiting.remove(client, seq)  # a waiting one stops counting against max_queue now
                     self._lock.notify_all()
 
     # --- the step loop (engine thread)
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # e.g. a bug in admission: never leave callers waiting forever
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        log.critical("engine thread died: %s: %s; failing every request", type(exc).__name__, exc, exc_info=exc)
+        with self._lock:
+            self.failure = exc
+            victims = list(self._waiting) + [s for s in self._running if not s.finished]
+            self._waiting.remove_if(lambda s: True)
+            self._running = []
+        for seq in victims:
+            seq.fail(NotReady(f"the engine stopped after an internal error ({type(exc).__name__}); restart the server"))
+        for callback in self._death_callbacks:
+            try:
+                callback(exc)
+            except Exception:
+                log.exception("engine death callback failed")
+
+    def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
@@ -210,16 +256,16 @@ class Engine:
                 self._running.clear()
 
     def _admit(self) -> None:
-        """Move waiting sequences, oldest first, into free slots within the KV-cache budget."""
-        for seq in [s for s in self._waiting if s.cancelled]:
-            self._waiting.remove(seq)
+        """Move waiting sequences into free slots within the KV-cache budget: round-robin over clients,
+    oldest first within a client."""
+        self._waiting.remove_if(lambda s: s.cancelled)
         reserved = sum(self._kv_tokens(s) for s in self._running)
         while self._waiting and len(self._running) < self.config.max_batch_size:
-            need = self._kv_tokens(self._waiting[0])
+            need = self._kv_tokens(self._waiting.peek())
             if self._running and reserved + need > self.config.max_kv_tokens:
-                break  # first in, first out: the head waits for room rather than being overtaken
+                break  # in turn: the next request waits for room rather than being overtaken
             reserved += need
-            self._running.append(self._waiting.popleft())
+            self._running.append(self._waiting.pop())
 
     def _kv_tokens(self, seq: Sequence_) -> int:
         """KV positions `seq` may come to hold: its prompt plus every token it may generate."""

@@ -48,8 +48,8 @@ class RollingResult:
         return float(sum(self.logprobs))
 
 
-async def score_rolling(engine, token_ids: Sequence[int], max_length: int, request_id: str = "") -> RollingResult:
-    """Score every token of `token_ids` through the engine's shared batch, window by window."""
+def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[PreparedPair]:
+    """The checked windows of `token_ids` as scoring pairs (plain CPU work: may run on a worker thread)."""
     limit = engine.info.max_context - 1
     if not 1 <= max_length <= limit:
         raise InvalidRequest("max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)")
@@ -57,8 +57,12 @@ async def score_rolling(engine, token_ids: Sequence[int], max_length: int, reque
     bad = next((t for t in token_ids if not 0 <= t < vocab), None)
     if bad is not None:
         raise InvalidRequest("token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
-    windows = rolling_windows(token_ids, engine.prefix_token_id, max_length)
-    scores = await score_pairs(engine, [PreparedPair(tuple(c), tuple(x)) for c, x in windows], request_id)
+    return [PreparedPair(tuple(c), tuple(x)) for c, x in rolling_windows(token_ids, engine.prefix_token_id, max_length)]
+
+
+async def score_rolling(engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = "") -> RollingResult:
+    """Score every window from rolling_pairs() through the engine's shared batch."""
+    scores = await score_pairs(engine, windows, request_id, client)
     return RollingResult(
         logprobs=tuple(lp for s in scores for lp in s.logprobs),
         greedy_ids=tuple(g for s in scores for g in s.greedy_ids),

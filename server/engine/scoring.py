@@ -64,22 +64,28 @@ def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bo
     return pair
 
 
-async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "") -> list[PairScore]:
+async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "", client: str = "") -> list[PairScore]:
     """Scores in order; pairs with an empty continuation score 0 without touching the model. The pairs
-    must be valid: from prepare_pairs(), or rolling windows of checked token ids."""
-    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    must be valid: from prepare_pairs(), or rolling windows of checked token ids. At most
+    MAX_IN_FLIGHT workers take pairs in turn, so a call with many pairs costs no more tasks than that."""
+    results: list = [None] * len(pairs)
+    todo = iter(range(len(pairs)))
 
-    async def one(pair: PreparedPair) -> PairScore:
-        if not pair.continuation_ids:
-            return PairScore(pair, (), (), True)
-        async with gate:
-            result = await engine.score_validated(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id))
-        return PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
+    async def worker() -> None:
+        for i in todo:
+            pair = pairs[i]
+            if not pair.continuation_ids:
+                results[i] = PairScore(pair, (), (), True)
+                continue
+            result = await engine.score_validated(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id, client))
+            results[i] = PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
 
-    tasks = [asyncio.ensure_future(one(p)) for p in pairs]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(MAX_IN_FLIGHT, len(pairs)))]
     try:
-        return list(await asyncio.gather(*tasks))
+        await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:  # one pair failed, or the caller left: free the others' slots
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    return results

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from .detokenizer import IncrementalText
 from .kv_cache import SequenceKVCache
 from .model import Segment
-from .types import FinishReason, GenerationChunk, GenerationRequest, ScoreResult, TopLogprob
+from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreResult, TopLogprob
 
 
 class Sequence_:
@@ -104,6 +104,9 @@ class Sequence_:
         self._post(chunk)
 
     def finish_cancelled(self) -> None:
+        if self.request is None:  # a score has no partial result: its caller gets an error instead
+            self.fail(NotReady("cancelled by the server (shutting down)"))
+            return
         self.finished = True
         self._post(GenerationChunk([], "", [], finish_reason=FinishReason.CANCELLED,
                                    prompt_tokens=len(self.prompt), completion_tokens=len(self.output_ids)))

@@ -58,6 +58,9 @@ class GenerationRequest:
     # "processed" one the token was drawn from (penalties, bias, temperature, truncation applied;
     # 0.0 when greedy). Top alternatives are always raw. Does not change the tokens.
     logprobs_mode: str = "raw"
+    # Who asked (an API key's name, or a peer address; opaque to the engine): waiting requests are
+    # admitted round-robin over clients. Scheduling only: never changes a token, not in the receipt.
+    client: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,7 @@ class ScoreRequest:
     context_ids: tuple[int, ...]  # at least one token
     continuation_ids: tuple[int, ...]  # at least one token
     request_id: str = ""
+    client: str = ""  # see GenerationRequest.client
 
 
 @dataclasses.dataclass(frozen=True)

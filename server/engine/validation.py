@@ -11,6 +11,8 @@ MAX_TOP_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 LOGPROBS_MODES = ("raw", "processed")
+MAX_LOGIT_BIAS = 1024  # entries per request (OpenAI allows 300); each costs sampler work every step
+MAX_STOP_TOKEN_IDS = 1024
 
 
 def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig) -> None:
@@ -37,6 +39,10 @@ def validate_request(req: GenerationRequest, info: ModelInfo, config: EngineConf
         raise InvalidRequest("stop", f"{len(req.stop)} strings; allowed at most {MAX_STOP_STRINGS}")
     if any(not s or len(s) > MAX_STOP_STRING_CHARS for s in req.stop):
         raise InvalidRequest("stop", f"each stop string must have 1 to {MAX_STOP_STRING_CHARS} characters")
+    if len(req.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequest("stop_token_ids", f"{len(req.stop_token_ids)} entries; allowed at most {MAX_STOP_TOKEN_IDS}")
+    if len(req.sampling.logit_bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequest("logit_bias", f"{len(req.sampling.logit_bias)} entries; allowed at most {MAX_LOGIT_BIAS}")
     bad = next((t for t in req.stop_token_ids if not 0 <= t < vocab), None)
     if bad is not None:
         raise InvalidRequest("stop_token_ids", f"token id {bad} out of range: allowed [0, {vocab})")

@@ -20,6 +20,8 @@ from seedstream.server.engine.types import (
 )
 from seedstream.v1 import textgen_pb2 as pb
 
+from . import limits
+
 # Proto field name == SamplingParams field name for every optional sampling parameter.
 OPTIONAL_SAMPLING_FIELDS = (
     "temperature",
@@ -31,6 +33,7 @@ OPTIONAL_SAMPLING_FIELDS = (
     "frequency_penalty",
 )
 MAX_REQUEST_ID_CHARS = 128
+UINT32_LIMIT = 2**32
 
 FINISH_TO_PB = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
@@ -63,6 +66,18 @@ def _field_of(message: str, default: str) -> str:
     return match.group(1) if match else default
 
 
+def check_wire_counts(req: pb.GenerateRequest) -> None:
+    """Ranges the proto's 64-bit integers allow but the contract does not, and list sizes, checked
+    before anything is copied (uint64 on the wire: an oversized value is rejected, never truncated)."""
+    for field in ("top_k", "sample_index"):
+        value = getattr(req, field)
+        if value >= UINT32_LIMIT:
+            raise InvalidRequest(field, f"{value} out of range: allowed [0, 2^32)")
+    limits.check_count("logit_bias", len(req.logit_bias), limits.MAX_LOGIT_BIAS)
+    limits.check_count("stop_token_ids", len(req.stop_token_ids), limits.MAX_STOP_TOKEN_IDS)
+    limits.check_count("stop", len(req.stop), limits.MAX_STOP_STRINGS_ON_WIRE, "strings")
+
+
 def sampling_params(req: pb.GenerateRequest, seed: int) -> SamplingParams:
     """SamplingParams from the request's set fields; unset fields keep the sampler's defaults."""
     kwargs = {name: getattr(req, name) for name in OPTIONAL_SAMPLING_FIELDS if req.HasField(name)}
@@ -80,6 +95,7 @@ def generation_request(
     seed: int,
     request_id: str,
     default_max_new_tokens: int,
+    client: str = "",
 ) -> GenerationRequest:
     """The engine's request for a GenerateRequest whose input is already tokenized."""
     return GenerationRequest(
@@ -95,6 +111,7 @@ def generation_request(
         prompt_logprobs=req.echo_prompt_logprobs,
         request_id=request_id,
         logprobs_mode=req.logprobs_mode or "raw",
+        client=client,
     )
 
 
@@ -103,8 +120,12 @@ def num_samples(req: pb.GenerateRequest) -> int:
 
 
 def check_request_id(request_id: str) -> str:
+    """The id goes into the log: printable characters only (no newline can forge a log line)."""
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         raise InvalidRequest("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
+    if not request_id.isprintable():
+        bad = next(c for c in request_id if not c.isprintable())
+        raise InvalidRequest("request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only")
     return request_id
 
 
@@ -296,7 +317,8 @@ def score_result_pb(score) -> pb.ScoreResult:
 
 
 def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,
-               default_max_new_tokens: int, max_batch_size: int, max_queue: int) -> pb.GetModelInfoResponse:
+               default_max_new_tokens: int, max_batch_size: int, max_queue: int, max_input_chars: int = 0,
+               max_input_tokens: int = 0, max_deadline: float = 0.0) -> pb.GetModelInfoResponse:
     return pb.GetModelInfoResponse(
         model_id=info.model_id,
         model_sha256=info.model_sha256,
@@ -314,4 +336,7 @@ def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
         weight_format=info.weight_format,
+        max_input_chars=max_input_chars,
+        max_input_tokens=max_input_tokens,
+        max_deadline_seconds=max_deadline,
     )

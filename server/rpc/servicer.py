@@ -5,36 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import time
 import uuid
-from typing import Any, Optional
+from typing import Optional
 
 import grpc
 
-from seedstream.server.engine.rolling import score_rolling
+from seedstream.server.engine.rolling import rolling_pairs, score_rolling
 from seedstream.server.engine.samples import generate_samples, sample_requests
-from seedstream.server.engine.scoring import prepare_pairs, score_pairs
+from seedstream.server.engine.scoring import MAX_PAIRS, prepare_pairs, score_pairs
 from seedstream.server.engine.types import InvalidRequest
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
-from . import convert
-from .errors import Unavailable, abort_with, status_for
+from . import convert, limits
+from .errors import Unavailable
+from .guard import Call, guard_stream, guard_unary
+from .limits import RequestLimits
 
 log = logging.getLogger("seedstream.server")
 
-# Inputs longer than this many characters are tokenized on a worker thread so the
-# event loop keeps streaming other requests meanwhile.
-_THREAD_TOKENIZE_CHARS = 8192
+# Requests bigger than this many bytes are tokenized, rendered and windowed on a worker thread so
+# the event loop keeps streaming other requests meanwhile.
+_THREAD_REQUEST_BYTES = 8192
 
 
 @dataclasses.dataclass
 class ServiceOptions:
     default_max_new_tokens: int = 256  # used when a request leaves max_new_tokens unset
     server_version: str = "unknown"
+    limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
 
 
 class ServiceState:
@@ -75,27 +77,6 @@ class ServiceState:
             return False
 
 
-class _Call:
-    """Per-call facts for the one log line each request gets."""
-
-    def __init__(self, rpc: str, context: grpc.aio.ServicerContext):
-        self.rpc = rpc
-        self.context = context
-        self.started = time.monotonic()
-        self.request_id = ""
-        self.fields: dict[str, Any] = {}
-        self.first_token_at: Optional[float] = None
-
-    def log_line(self, status: str) -> None:
-        elapsed = time.monotonic() - self.started
-        parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
-        parts += [f"{k}={v}" for k, v in self.fields.items()]
-        if self.first_token_at is not None:
-            parts.append(f"ttft={self.first_token_at - self.started:.3f}s")
-        parts += [f"time={elapsed:.3f}s", f"status={status}"]
-        log.info(" ".join(parts))
-
-
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
     for k, v in context.invocation_metadata() or ():
         if k == key:
@@ -103,131 +84,82 @@ def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
     return ""
 
 
-def _guard_unary(rpc: str):
-    """Wrap a unary handler: map errors to a status in one place and log one line."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        async def wrapper(self, request, context):
-            call = _Call(rpc, context)
-            try:
-                response = await fn(self, request, context, call)
-            except asyncio.CancelledError:
-                call.log_line(_cancel_reason(context))
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                call.log_line(_code_name(exc))
-                await abort_with(context, exc, rpc, call.request_id)
-            else:
-                call.log_line("OK")
-                return response
-
-        return wrapper
-
-    return deco
-
-
-def _guard_stream(rpc: str):
-    """Wrap a server-streaming handler the same way."""
-
-    def deco(fn):
-        @functools.wraps(fn)
-        async def wrapper(self, request, context):
-            call = _Call(rpc, context)
-            try:
-                async for message in fn(self, request, context, call):
-                    yield message
-            except asyncio.CancelledError:
-                call.log_line(_cancel_reason(context))
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                call.log_line(_code_name(exc))
-                await abort_with(context, exc, rpc, call.request_id)
-            else:
-                call.log_line("OK")
-
-        return wrapper
-
-    return deco
-
-
-def _cancel_reason(context) -> str:
-    remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-
-
-def _code_name(exc: Exception) -> str:
-    return status_for(exc)[0].name
-
-
 class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     def __init__(self, state: ServiceState):
         self.state = state
 
-    # --- helpers
+    # --- helpers (plain functions of the request: they may run on a worker thread)
 
-    async def _prompt_ids(self, engine, req) -> list[int]:
+    def _caps(self, engine) -> tuple[int, int]:
+        """(characters, tokens) one request may carry."""
+        caps, context = self.state.options.limits, engine.info.max_context
+        return caps.chars(context), caps.tokens(context)
+
+    def _prompt_ids(self, engine, req) -> list[int]:
         which = req.WhichOneof("input")
         if which is None:
             raise InvalidRequest("input", "set one of prompt, messages or prompt_token_ids")
+        max_chars, _ = self._caps(engine)
         if which == "prompt_token_ids":
             ids = req.prompt_token_ids.ids
             context = engine.info.max_context
-            if len(ids) >= context:  # before copying: a huge list must not stall the event loop
+            if len(ids) >= context:  # before copying: a huge list must not cost a copy
                 raise InvalidRequest("prompt", f"{len(ids)} tokens; allowed at most {context - 1} (model context {context})")
             return list(ids)
         if which == "prompt":
-            return await _maybe_threaded(len(req.prompt), engine.tokenize, req.prompt, True)
-        messages = convert.chat_messages(req.messages)
-        size = sum(len(m["content"]) for m in messages)
-        return await _maybe_threaded(size, _render_chat, engine, messages)
+            limits.check_chars("prompt", len(req.prompt), max_chars)
+            return engine.tokenize(req.prompt, True)
+        limits.check_chars("messages", limits.chat_chars(req.messages), max_chars)
+        return _render_chat(engine, convert.chat_messages(req.messages))
 
-    @staticmethod
-    def _request_id(req, context, call: _Call) -> None:
+    def _request_id(self, req, context, call: Call) -> None:
         call.request_id = convert.check_request_id(
             req.request_id or _metadata_value(context, "x-request-id")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
         )
 
-    async def _prepare(self, req: pb.GenerateRequest, context, call: _Call):
-        """The engine and one engine request per sample (n of them), validated."""
+    def _prepare(self, engine, req: pb.GenerateRequest, call: Call, seed: int):
+        """One validated engine request per sample (n of them)."""
+        convert.check_wire_counts(req)
+        n = convert.num_samples(req)
+        queue = engine.config.max_queue
+        if n > queue:  # every sample waits in the queue at first: more could never be admitted
+            raise InvalidRequest("n", f"{n} samples; this server holds at most max_queue={queue} waiting requests")
+        prompt_ids = self._prompt_ids(engine, req)
+        call.fields["prompt_tokens"] = len(prompt_ids)
+        gen = convert.generation_request(req, prompt_ids, seed, call.request_id,
+                                         self.state.options.default_max_new_tokens, call.client)
+        requests = sample_requests(gen, n)
+        engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
+        return requests
+
+    async def _generation(self, req: pb.GenerateRequest, context, call: Call):
         engine = self.state.ready_engine()
         self._request_id(req, context, call)
         seed = req.seed if req.HasField("seed") else convert.draw_seed()
         call.fields["seed"] = seed
-        prompt_ids = await self._prompt_ids(engine, req)
-        call.fields["prompt_tokens"] = len(prompt_ids)
-        if len(req.logit_bias) > engine.info.vocab_size:
-            raise InvalidRequest("logit_bias", f"{len(req.logit_bias)} entries; allowed at most vocab_size={engine.info.vocab_size}")
-        gen = convert.generation_request(req, prompt_ids, seed, call.request_id, self.state.options.default_max_new_tokens)
-        requests = sample_requests(gen, convert.num_samples(req))
+        requests = await _off_loop(req, self._prepare, engine, req, call, seed)
         if len(requests) > 1:
             call.fields["n"] = len(requests)
-        engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
         return engine, requests
 
     # --- RPCs
 
-    @_guard_unary("Generate")
+    @guard_unary("Generate")
     async def Generate(self, request, context, call):
-        engine, requests = await self._prepare(request, context, call)
+        engine, requests = await self._generation(request, context, call)
         accs = [convert.UnaryAccumulator(r) for r in requests]
-        with self.state.track():
-            async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
-                async for j, chunk in chunks:
-                    if call.first_token_at is None and chunk.token_ids:
-                        call.first_token_at = time.monotonic()
-                    accs[j].add(chunk)
+        async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
+            async for j, chunk in chunks:
+                if call.first_token_at is None and chunk.token_ids:
+                    call.first_token_at = time.monotonic()
+                accs[j].add(chunk)
         call.fields["completion_tokens"] = sum(a.completion_tokens for a in accs)
         call.fields["finish"] = ",".join(a.finish_reason.value if a.finish_reason else "none" for a in accs)
         return convert.samples_response([a.response(convert.receipt(engine.info, a.request)) for a in accs])
 
-    @_guard_stream("GenerateStream")
+    @guard_stream("GenerateStream")
     async def GenerateStream(self, request, context, call):
-        engine, requests = await self._prepare(request, context, call)
+        engine, requests = await self._generation(request, context, call)
         await context.send_initial_metadata(
             (("seedstream-seed", str(requests[0].sampling.seed)), ("seedstream-request-id", call.request_id))
         )
@@ -235,85 +167,106 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         held: Optional[list] = [] if requests[0].prompt_logprobs else None
         finishes: dict[int, str] = {}
         done_tokens: dict[int, int] = {}
-        with self.state.track():
-            async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
-                async for j, chunk in chunks:
-                    if call.first_token_at is None and chunk.token_ids:
-                        call.first_token_at = time.monotonic()
-                    done_tokens[j] = chunk.completion_tokens
-                    call.fields["completion_tokens"] = sum(done_tokens.values())
-                    if chunk.finish_reason is not None:
-                        finishes[j] = chunk.finish_reason.value
-                    last = chunk.finish_reason is not None
-                    req = requests[j]
-                    message = convert.stream_message(chunk, req, convert.receipt(engine.info, req) if last else None)
-                    if held is not None and j != 0:
-                        held.append(message)
-                        continue
-                    yield message
-                    if held is not None:
-                        for m in held:
-                            yield m
-                        held = None
+        async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
+            async for j, chunk in chunks:
+                if call.first_token_at is None and chunk.token_ids:
+                    call.first_token_at = time.monotonic()
+                done_tokens[j] = chunk.completion_tokens
+                call.fields["completion_tokens"] = sum(done_tokens.values())
+                if chunk.finish_reason is not None:
+                    finishes[j] = chunk.finish_reason.value
+                last = chunk.finish_reason is not None
+                req = requests[j]
+                message = convert.stream_message(chunk, req, convert.receipt(engine.info, req) if last else None)
+                if held is not None and j != 0:
+                    held.append(message)
+                    continue
+                yield message
+                if held is not None:
+                    for m in held:
+                        yield m
+                    held = None
         call.fields["finish"] = ",".join(finishes[j] for j in sorted(finishes))
 
-    @_guard_unary("Score")
+    def _score_pairs(self, engine, request: pb.ScoreRequest):
+        max_chars, max_tokens = self._caps(engine)
+        limits.check_count("pairs", len(request.pairs), MAX_PAIRS, "pairs")
+        pairs = convert.score_pairs_in(request)
+        limits.check_chars("pairs", sum(len(c) + len(x) for c, x in pairs if isinstance(c, str)), max_chars)
+        limits.check_tokens("pairs", sum(len(c) + len(x) for c, x in pairs if not isinstance(c, str)), max_tokens)
+        prepared = prepare_pairs(engine, pairs, request.truncate_context)
+        limits.check_tokens("pairs", sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared), max_tokens)
+        return prepared
+
+    @guard_unary("Score")
     async def Score(self, request, context, call):
         engine = self.state.ready_engine()
         self._request_id(request, context, call)
-        pairs = convert.score_pairs_in(request)
-        chars = sum(len(c) + len(x) for c, x in pairs if isinstance(c, str))
-        prepared = await _maybe_threaded(chars, prepare_pairs, engine, pairs, request.truncate_context)
+        prepared = await _off_loop(request, self._score_pairs, engine, request)
         call.fields["pairs"] = len(prepared)
-        with self.state.track():
-            scores = await score_pairs(engine, prepared, call.request_id)
+        scores = await score_pairs(engine, prepared, call.request_id, call.client)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
         return pb.ScoreResponse(results=[convert.score_result_pb(s) for s in scores],
                                 receipt=convert.score_receipt(engine.info, scored))
 
-    @_guard_unary("ScoreRolling")
-    async def ScoreRolling(self, request, context, call):
-        engine = self.state.ready_engine()
-        self._request_id(request, context, call)
+    def _rolling(self, engine, request: pb.ScoreRollingRequest, max_length: int):
+        """The text's token ids and its windows, checked."""
+        max_chars, max_tokens = self._caps(engine)
         which = request.WhichOneof("input")
         if which is None:
             raise InvalidRequest("input", "set one of text or token_ids")
         if which == "text":
-            ids = await _maybe_threaded(len(request.text), engine.tokenize, request.text)
+            limits.check_chars("text", len(request.text), max_chars)
+            ids = engine.tokenize(request.text)
+            limits.check_tokens("text", len(ids), max_tokens)
         else:
+            limits.check_tokens("token_ids", len(request.token_ids.ids), max_tokens)
             ids = list(request.token_ids.ids)
+        return ids, rolling_pairs(engine, ids, max_length)
+
+    @guard_unary("ScoreRolling")
+    async def ScoreRolling(self, request, context, call):
+        engine = self.state.ready_engine()
+        self._request_id(request, context, call)
         max_length = request.max_length if request.HasField("max_length") else engine.info.max_context - 1
+        ids, windows = await _off_loop(request, self._rolling, engine, request, max_length)
         call.fields["tokens"] = len(ids)
-        with self.state.track():
-            result = await score_rolling(engine, ids, max_length, call.request_id)
+        result = await score_rolling(engine, windows, call.request_id, call.client)
         return pb.ScoreRollingResponse(
             token_ids=ids, logprobs=result.logprobs, logprob=math.fsum(result.logprobs),
             greedy_token_ids=result.greedy_ids, num_windows=result.num_windows, max_length=max_length,
             receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
         )
 
-    @_guard_unary("Tokenize")
-    async def Tokenize(self, request, context, call):
-        engine = self.state.ready_engine()
+    def _tokenize(self, engine, request: pb.TokenizeRequest):
+        max_chars, max_tokens = self._caps(engine)
         which = request.WhichOneof("input")
         if which is None:
             raise InvalidRequest("input", "set one of text or messages")
         if which == "text":
+            limits.check_chars("text", len(request.text), max_chars)
             special = request.add_special_tokens if request.HasField("add_special_tokens") else True
-            ids, texts = await _maybe_threaded(len(request.text), _tokenize_with_texts, engine, request.text, special)
+            ids = engine.tokenize(request.text, special)
         else:
             if request.HasField("add_special_tokens"):
                 raise InvalidRequest("add_special_tokens", "applies to text only; chat rendering decides special tokens")
-            messages = convert.chat_messages(request.messages)
-            ids, texts = await _maybe_threaded(sum(len(m["content"]) for m in messages), _tokenize_with_texts,
-                                               engine, messages, None)
+            limits.check_chars("messages", limits.chat_chars(request.messages), max_chars)
+            ids = _render_chat(engine, convert.chat_messages(request.messages))
+        limits.check_tokens(which, len(ids), max_tokens)
+        return ids, _token_texts(engine, ids)
+
+    @guard_unary("Tokenize")
+    async def Tokenize(self, request, context, call):
+        engine = self.state.ready_engine()
+        ids, texts = await _off_loop(request, self._tokenize, engine, request)
         call.fields["tokens"] = len(ids)
         return pb.TokenizeResponse(token_ids=ids, tokens=texts)
 
-    @_guard_unary("GetModelInfo")
+    @guard_unary("GetModelInfo")
     async def GetModelInfo(self, request, context, call):
         engine = self.state.ready_engine()
         config = engine.config
+        max_chars, max_tokens = self._caps(engine)
         return convert.model_info(
             engine.info,
             server_version=self.state.options.server_version,
@@ -322,6 +275,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             default_max_new_tokens=self.state.options.default_max_new_tokens,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
+            max_input_chars=max_chars,
+            max_input_tokens=max_tokens,
+            max_deadline=self.state.options.limits.max_deadline or 0.0,
         )
 
 
@@ -334,15 +290,14 @@ def _render_chat(engine, messages: list[dict[str, str]]) -> list[int]:
         raise InvalidRequest("messages", f"the model's chat template rejected the messages: {exc}") from None
 
 
-def _tokenize_with_texts(engine, source, add_special_tokens):
-    """Token ids of a text (or of chat messages when add_special_tokens is None), and each token's text
-    on its own with special tokens shown (unlike generated text, which omits them)."""
-    ids = _render_chat(engine, source) if add_special_tokens is None else engine.tokenize(source, add_special_tokens)
+def _token_texts(engine, ids: list[int]) -> list[str]:
+    """Each token's text on its own, special tokens shown (unlike generated text, which omits them)."""
     decode = engine.tokenizer.decode
-    return ids, [decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
+    return [decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
 
 
-async def _maybe_threaded(size: int, fn, *args):
-    if size > _THREAD_TOKENIZE_CHARS:
+async def _off_loop(request, fn, *args):
+    """fn(*args) on a worker thread when the request is big enough for its CPU work to stall the loop."""
+    if request.ByteSize() > _THREAD_REQUEST_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)

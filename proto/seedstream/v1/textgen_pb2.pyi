@@ -265,7 +265,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format")
+    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,9 @@ class GetModelInfoResponse(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     dtype: str
@@ -298,7 +301,10 @@ class GetModelInfoResponse(_message.Message):
     max_batch_size: int
     max_queue: int
     weight_format: str
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ...) -> None: ...
+    max_input_chars: int
+    max_input_tokens: int
+    max_deadline_seconds: float
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ...) -> None: ...
 
 class TextPair(_message.Message):
     __slots__ = ("context", "continuation")

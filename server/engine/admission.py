@@ -1,0 +1,79 @@
+"""The waiting queue: one FIFO per client, served round-robin, so one client cannot starve the others.
+
+Clients are opaque strings (the RPC layer passes an API key's name or a peer
+address). Which request is admitted next is scheduling only: every sequence's
+tokens are the same whenever it runs, so fairness changes no token.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterator, Optional
+
+
+class FairQueue:
+    """Waiting sequences by client. The client served last goes to the back of the ring."""
+
+    def __init__(self) -> None:
+        self._queues: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator:
+        for queue in self._queues.values():
+            yield from queue
+
+    def count(self, client: str) -> int:
+        queue = self._queues.get(client)
+        return len(queue) if queue else 0
+
+    def append(self, client: str, seq) -> None:
+        self._queues.setdefault(client, collections.deque()).append(seq)
+        self._count += 1
+
+    def peek(self) -> Optional[object]:
+        """The sequence admit would take next (the oldest of the client whose turn it is)."""
+        for queue in self._queues.values():
+            return queue[0]
+        return None
+
+    def pop(self):
+        """Take the next sequence and move its client to the back of the ring."""
+        client, queue = next(iter(self._queues.items()))
+        seq = queue.popleft()
+        self._count -= 1
+        if queue:
+            self._queues.move_to_end(client)
+        else:
+            del self._queues[client]
+        return seq
+
+    def remove(self, client: str, seq) -> bool:
+        """Drop `seq` (a cancelled or failed request) at once; False if it was not waiting."""
+        queue = self._queues.get(client)
+        if not queue:
+            return False
+        try:
+            queue.remove(seq)
+        except ValueError:
+            return False
+        self._count -= 1
+        if not queue:
+            del self._queues[client]
+        return True
+
+    def remove_if(self, predicate) -> list:
+        """Drop and return every waiting sequence for which predicate(seq) holds."""
+        dropped = []
+        for client in list(self._queues):
+            queue = self._queues[client]
+            kept = collections.deque(s for s in queue if not predicate(s))
+            dropped.extend(s for s in queue if predicate(s))
+            if kept:
+                self._queues[client] = kept
+            else:
+                del self._queues[client]
+        self._count -= len(dropped)
+        return dropped

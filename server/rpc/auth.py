@@ -1,0 +1,145 @@
+"""API-key authentication: bearer tokens in `authorization` metadata, checked by a server interceptor.
+
+Keys come from a file (`--api-key-file`) or the SEEDSTREAM_API_KEYS environment
+variable, never from a flag value (which `ps` would show). Each entry is `KEY`
+or `NAME KEY`; NAME (default: `key-` + the first 8 hex digits of the key's
+SHA-256) identifies the client in the log and for fair admission, and is never
+the secret itself. grpc.health.v1 stays open so probes need no key.
+
+The authenticated client's name reaches the servicer through `CLIENT_NAME`, a
+context variable set inside the handler's own task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import logging
+import os
+from typing import Mapping, Optional
+
+import grpc
+
+log = logging.getLogger("seedstream.server")
+
+CLIENT_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("seedstream_client", default="")
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+KEYS_ENV = "SEEDSTREAM_API_KEYS"
+MIN_KEY_CHARS = 16
+
+
+def default_name(key: str) -> str:
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def parse_keys(text: str, source: str) -> dict[str, str]:
+    """{key: name} from lines (or comma-separated entries) of `KEY` or `NAME KEY`; `#` starts a comment."""
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(text.replace(",", "\n").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise ValueError(f"{source} entry {number}: expected 'KEY' or 'NAME KEY'")
+        name, key = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+        if len(key) < MIN_KEY_CHARS:
+            raise ValueError(f"{source} entry {number}: a key needs at least {MIN_KEY_CHARS} characters")
+        keys[key] = name or default_name(key)
+    if not keys:
+        raise ValueError(f"{source}: no API keys in it")
+    return keys
+
+
+def load_keys(path: Optional[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Keys from the file at `path` and from $SEEDSTREAM_API_KEYS; empty when neither is given."""
+    keys: dict[str, str] = {}
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            keys.update(parse_keys(fh.read(), path))
+    if environ.get(KEYS_ENV, "").strip():
+        keys.update(parse_keys(environ[KEYS_ENV], KEYS_ENV))
+    return keys
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED unless `authorization: Bearer <key>` names a known key (health is open)."""
+
+    def __init__(self, keys: Mapping[str, str]):
+        if not keys:
+            raise ValueError("ApiKeyInterceptor needs at least one key")
+        self._keys = [(key.encode(), name) for key, name in keys.items()]
+
+    def client_of(self, metadata) -> Optional[str]:
+        """The client's name if its bearer token is a known key. Every key is compared, in constant
+        time, whatever matched, so timing reveals neither a key nor which one matched."""
+        token = b""
+        for k, v in metadata or ():
+            if k == "authorization":
+                value = v if isinstance(v, bytes) else v.encode("utf-8", "replace")
+                scheme, _, rest = value.partition(b" ")
+                token = rest.strip() if scheme.lower() == b"bearer" else b""
+        found = None
+        for key, name in self._keys:
+            if hmac.compare_digest(key, token) and found is None:
+                found = name
+        return found if token else None
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        name = self.client_of(details.invocation_metadata)
+        return _with_client(handler, name) if name is not None else _denied(handler, details.method)
+
+
+async def _deny(context) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                        "missing or unknown API key: send metadata 'authorization: Bearer <key>'")
+
+
+def _denied(handler, method: str):
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED without running it."""
+    log.warning("rpc=%s status=UNAUTHENTICATED (missing or unknown API key)", method.rsplit("/", 1)[-1])
+
+    async def unary(request, context):
+        await _deny(context)
+
+    async def stream(request, context):
+        await _deny(context)
+        yield  # pragma: no cover - abort raises first
+
+    return _rebuild(handler, unary, stream)
+
+
+def _with_client(handler, name: str):
+    """`handler` with CLIENT_NAME set to the authenticated client's name for the call."""
+    inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+    async def unary(request, context):
+        CLIENT_NAME.set(name)
+        return await inner(request, context)
+
+    async def stream(request, context):
+        CLIENT_NAME.set(name)
+        async for message in inner(request, context):
+            yield message
+
+    return _rebuild(handler, unary, stream)
+
+
+_MAKERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _rebuild(handler, unary, stream):
+    """A handler with `handler`'s shape and (de)serializers whose behaviour is `unary` (one response) or
+    `stream` (a response stream); the first argument is the request or the request iterator."""
+    make = _MAKERS[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return make(stream if handler.response_streaming else unary,
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

@@ -1,0 +1,163 @@
+"""The wrapper every RPC handler runs in: one log line, errors mapped in one place, deadlines.
+
+- A request that did not parse (decoding.MalformedRequest) gets INVALID_ARGUMENT and one WARNING line.
+- The whole call counts as in flight (so a drain waits for calls still tokenizing).
+- The call may run until the earlier of the client's deadline and the server's maximum deadline
+  (--max-deadline); past it the handler is cancelled (its sequences freed) and the call ends with
+  DEADLINE_EXCEEDED. A deadline expiry is logged as DEADLINE_EXCEEDED, a client cancel as CANCELLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, Optional
+
+import grpc
+
+from .auth import CLIENT_NAME
+from .decoding import MalformedRequest
+from .errors import abort_with, status_for
+
+log = logging.getLogger("seedstream.server")
+
+# A cancel this close to the call's deadline is the deadline's doing: the client's own timer fires
+# first and its cancel reaches us before our copy of the deadline (which starts on arrival) expires.
+DEADLINE_SLACK_S = 0.25
+
+
+class Call:
+    """Per-call facts: the one log line each request gets, the client's identity, the deadline."""
+
+    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: Optional[float]):
+        self.rpc = rpc
+        self.context = context
+        self.started = time.monotonic()
+        self.request_id = ""
+        self.fields: dict[str, Any] = {}
+        self.first_token_at: Optional[float] = None
+        self.client = CLIENT_NAME.get() or peer_host(context.peer())
+        remaining = context.time_remaining()
+        server_limit = max_deadline or None  # 0 or None: no server limit
+        self.client_deadline = None if remaining is None else self.started + remaining
+        limits = [t for t in (remaining, server_limit) if t is not None]
+        self.limit = min(limits) if limits else None  # seconds this call may run
+        self.server_cut = server_limit is not None and (remaining is None or server_limit < remaining)
+
+    def log_line(self, status: str) -> None:
+        elapsed = time.monotonic() - self.started
+        parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
+        parts += [f"{k}={v}" for k, v in self.fields.items()]
+        parts.append(f"client={self.client}")
+        if self.first_token_at is not None:
+            parts.append(f"ttft={self.first_token_at - self.started:.3f}s")
+        parts += [f"time={elapsed:.3f}s", f"status={status}"]
+        log.info(" ".join(parts))
+
+    def remaining(self) -> Optional[float]:
+        return None if self.limit is None else self.started + self.limit - time.monotonic()
+
+    def cancel_reason(self) -> str:
+        near = self.client_deadline is not None and time.monotonic() >= self.client_deadline - DEADLINE_SLACK_S
+        return "DEADLINE_EXCEEDED" if near else "CANCELLED"
+
+    async def deadline_passed(self) -> None:
+        self.log_line("DEADLINE_EXCEEDED")
+        which = "the server's maximum deadline (--max-deadline)" if self.server_cut else "the call's deadline"
+        await self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{which} of {self.limit:.1f}s passed")
+
+    async def malformed(self, request: MalformedRequest) -> None:
+        log.warning("rpc=%s client=%s status=INVALID_ARGUMENT malformed request (%s): %s",
+                    self.rpc, self.client, request.message_type, request.reason)
+        await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"request: cannot be parsed as {request.message_type}: {request.reason}")
+
+    async def failed(self, exc: Exception) -> None:
+        self.log_line(status_for(exc)[0].name)
+        await abort_with(self.context, exc, self.rpc, self.request_id)
+
+
+def peer_host(peer: str) -> str:
+    """'ipv4:10.0.0.7:53412' -> 'ipv4:10.0.0.7': a client's identity when there is no API key, so that
+    opening more connections does not buy a bigger share."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer or "unknown"
+
+
+def _timed_out(call: Call) -> bool:
+    remaining = call.remaining()
+    return remaining is not None and remaining <= 0
+
+
+def guard_unary(rpc: str):
+    """Wrap a unary handler `fn(self, request, context, call)`."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(self, request, context):
+            call = Call(rpc, context, self.state.options.limits.max_deadline)
+            if isinstance(request, MalformedRequest):
+                return await call.malformed(request)
+            with self.state.track():
+                try:
+                    work = fn(self, request, context, call)
+                    response = await (asyncio.wait_for(work, call.limit) if call.limit is not None else work)
+                except asyncio.TimeoutError as exc:
+                    await (call.deadline_passed() if _timed_out(call) else call.failed(exc))
+                except asyncio.CancelledError:
+                    call.log_line(call.cancel_reason())
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await call.failed(exc)
+                else:
+                    call.log_line("OK")
+                    return response
+
+        return wrapper
+
+    return deco
+
+
+def guard_stream(rpc: str):
+    """Wrap a server-streaming handler `fn(self, request, context, call)` (an async generator)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(self, request, context):
+            call = Call(rpc, context, self.state.options.limits.max_deadline)
+            if isinstance(request, MalformedRequest):
+                await call.malformed(request)
+                return
+            with self.state.track():
+                messages = fn(self, request, context, call)
+                try:
+                    while True:
+                        try:
+                            step = messages.__anext__()
+                            remaining = call.remaining()
+                            message = await (asyncio.wait_for(step, max(remaining, 0)) if remaining is not None else step)
+                        except StopAsyncIteration:
+                            break
+                        yield message
+                except asyncio.TimeoutError as exc:
+                    await (call.deadline_passed() if _timed_out(call) else call.failed(exc))
+                except asyncio.CancelledError:
+                    call.log_line(call.cancel_reason())
+                    raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await call.failed(exc)
+                else:
+                    call.log_line("OK")
+                finally:
+                    await messages.aclose()  # frees the sequences if we leave early
+
+        return wrapper
+
+    return deco
