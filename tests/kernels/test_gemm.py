@@ -38,7 +38,7 @@ def test_matches_dequantise_then_float64_reference(kernels_for, fmt):
     want = x.astype(np.float64) @ reference_weights(w, fmt).astype(np.float64).T
     scale = np.abs(want).max()
     # activations stay float32: only rounding differs from the float64 reference
-    tolerance = 1e-6
+    tolerance = 1e-5  # a sequential float32 sum over 1536 terms
     assert np.abs(got - want).max() <= tolerance * scale
 
 
@@ -63,5 +63,5 @@ def test_row_lookup_returns_the_packed_values(kernels_for, fmt):
 def test_shapes_the_kernels_cannot_take_are_refused():
     with pytest.raises(ValueError, match="multiple of 16"):
         packing.pack_from_float(random_weights(24, 64), "q8_0")
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="columns of 32"):
         packing.pack_from_float(random_weights(32, 48), "f32")

@@ -59,79 +59,99 @@ static inline V16 q4_lanes(const uint8_t* p, int shift) {
 }
 #endif
 
-// MR rows (x rows m0.., stride k) of one tile; y points at (row m0, column n0), row stride ldy.
-template <int MR>
-static void tile_f32(const uint8_t* tile, const float* x, int k, float* y, int ldy) {
-  const float* w = (const float*)tile;
-  V16 acc[MR];
-  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
+// MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart); y points at (first row, first column),
+// row stride ldy. Several tiles at once only give the core more independent chains when rows are few;
+// each element's arithmetic is the same whatever MR and NT are.
+template <int MR, int NT>
+static void tile_f32(const uint8_t* tile, size_t tbytes, const float* x, int k, float* y, int ldy) {
+  V16 acc[MR][NT];
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = v_zero();
   for (int kk = 0; kk < k; ++kk) {
-    const V16 wk = v_load(w + (size_t)kk * SSK_NR);
-    for (int r = 0; r < MR; ++r) acc[r] = v_fma(v_set1(x[(size_t)r * k + kk]), wk, acc[r]);
-  }
-  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
-}
-
-template <int MR>
-static void tile_q8_0(const uint8_t* tile, const float* x, int k, float* y, int ldy) {
-  V16 acc[MR];
-  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
-  for (int b = 0; b < k / SSK_QK; ++b) {
-    const uint8_t* blk = tile + (size_t)b * Q8_0_TILE_BLOCK;
-    const float* xb = x + (size_t)b * SSK_QK;
-    V16 sq[MR];
-    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
-    for (int j = 0; j < SSK_QK; ++j) {
-      const V16 q = q8_lanes(blk + 64 + 16 * j);
-      for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(size_t)r * k + j]), q, sq[r]);
+    for (int t = 0; t < NT; ++t) {
+      const V16 wk = v_load((const float*)(tile + t * tbytes) + (size_t)kk * SSK_NR);
+      for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(v_set1(x[(size_t)r * k + kk]), wk, acc[r][t]);
     }
-    const V16 d = v_load((const float*)blk);
-    for (int r = 0; r < MR; ++r) acc[r] = v_fma(d, sq[r], acc[r]);
   }
-  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[r][t]);
 }
 
-template <int MR>
-static void tile_q4_1(const uint8_t* tile, const float* x, const float* sums, int k, float* y, int ldy) {
-  const int nb = k / SSK_QK;
-  V16 acc[MR];
-  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* blk = tile + (size_t)b * Q4_1_TILE_BLOCK;
+template <int MR, int NT>
+static void tile_q8_0(const uint8_t* tile, size_t tbytes, const float* x, int k, float* y, int ldy) {
+  V16 acc[MR][NT];
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = v_zero();
+  for (int b = 0; b < k / SSK_QK; ++b) {
     const float* xb = x + (size_t)b * SSK_QK;
-    V16 sq[MR];
-    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
-    for (int half = 0; half < 2; ++half) {  // values 0..15 (low nibbles), then 16..31 (high nibbles)
-      for (int j = 0; j < 16; ++j) {
-        const V16 q = q4_lanes(blk + 128 + 16 * j, half);
-        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(size_t)r * k + 16 * half + j]), q, sq[r]);
+    V16 sq[MR][NT];
+    for (int r = 0; r < MR; ++r)
+      for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
+    for (int j = 0; j < SSK_QK; ++j) {
+      for (int t = 0; t < NT; ++t) {
+        const V16 q = q8_lanes(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK + 64 + 16 * j);
+        for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(xb[(size_t)r * k + j]), q, sq[r][t]);
       }
     }
-    const V16 d = v_load((const float*)blk), m = v_load((const float*)blk + 16);
-    for (int r = 0; r < MR; ++r) {
-      acc[r] = v_fma(d, sq[r], acc[r]);
-      acc[r] = v_fma(m, v_set1(sums[(size_t)r * nb + b]), acc[r]);
+    for (int t = 0; t < NT; ++t) {
+      const V16 d = v_load((const float*)(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK));
+      for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(d, sq[r][t], acc[r][t]);
     }
   }
-  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[r][t]);
 }
 
-template <int MR>
-static void run_tile(const ssk_matrix& w, const uint8_t* tile, const float* x, const float* sums, float* y, int ldy) {
+template <int MR, int NT>
+static void tile_q4_1(const uint8_t* tile, size_t tbytes, const float* x, const float* sums, int k, float* y,
+                      int ldy) {
+  const int nb = k / SSK_QK;
+  V16 acc[MR][NT];
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = v_zero();
+  for (int b = 0; b < nb; ++b) {
+    const float* xb = x + (size_t)b * SSK_QK;
+    V16 sq[MR][NT];
+    for (int r = 0; r < MR; ++r)
+      for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
+    for (int half = 0; half < 2; ++half) {  // values 0..15 (low nibbles), then 16..31 (high nibbles)
+      for (int j = 0; j < 16; ++j) {
+        for (int t = 0; t < NT; ++t) {
+          const V16 q = q4_lanes(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK + 128 + 16 * j, half);
+          for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(xb[(size_t)r * k + 16 * half + j]), q, sq[r][t]);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const float* blk = (const float*)(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK);
+      const V16 d = v_load(blk), m = v_load(blk + 16);
+      for (int r = 0; r < MR; ++r) {
+        acc[r][t] = v_fma(d, sq[r][t], acc[r][t]);
+        acc[r][t] = v_fma(m, v_set1(sums[(size_t)r * nb + b]), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[r][t]);
+}
+
+template <int MR, int NT>
+static void run_tile(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, const float* x, const float* sums,
+                     float* y, int ldy) {
   switch (w.format) {
-    case SSK_F32: tile_f32<MR>(tile, x, w.k, y, ldy); break;
-    case SSK_Q8_0: tile_q8_0<MR>(tile, x, w.k, y, ldy); break;
-    default: tile_q4_1<MR>(tile, x, sums, w.k, y, ldy); break;
+    case SSK_F32: tile_f32<MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
+    case SSK_Q8_0: tile_q8_0<MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
+    default: tile_q4_1<MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
   }
 }
 
 template <int MR>
-static void run_rows(const ssk_matrix& w, const uint8_t* tile, const float* x, const float* sums, int rows, float* y,
-                     int ldy) {
+static void run_rows(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, const float* x, const float* sums,
+                     int rows, float* y, int ldy) {
   if constexpr (MR > 1) {
-    if (rows < MR) return run_rows<MR - 1>(w, tile, x, sums, rows, y, ldy);
+    if (rows < MR) return run_rows<MR - 1>(w, tile, tbytes, x, sums, rows, y, ldy);
   }
-  run_tile<MR>(w, tile, x, sums, y, ldy);
+  run_tile<MR, 1>(w, tile, tbytes, x, sums, y, ldy);
 }
 
 void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy) {
@@ -140,18 +160,30 @@ void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* s
   parallel(pool, [&](int t, int n) {
     int64_t begin, end;
     Pool::range(tiles, t, n, &begin, &end);
-    for (int64_t tile = begin; tile < end; ++tile) {
+    for (int64_t tile = begin; tile < end;) {
       const uint8_t* tdata = w.data + (size_t)tile * tbytes;
       const int n0 = (int)tile * SSK_NR;
-      for (int m0 = 0; m0 < m; m0 += MR_MAX) {
-        const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
-        run_rows<MR_MAX>(w, tdata, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
-                         y + (size_t)m0 * ldy + n0, ldy);
+      int done = 1;
+      if (m == 1 && end - tile >= 4) {  // one row: four tiles' chains in flight
+        run_tile<1, 4>(w, tdata, tbytes, x, sums, y + n0, ldy);
+        done = 4;
+      } else if (m == 2 && end - tile >= 2) {
+        run_tile<2, 2>(w, tdata, tbytes, x, sums, y + n0, ldy);
+        done = 2;
+      } else {
+        for (int m0 = 0; m0 < m; m0 += MR_MAX) {
+          const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
+          run_rows<MR_MAX>(w, tdata, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
+                           y + (size_t)m0 * ldy + n0, ldy);
+        }
       }
       if (w.bias) {
-        const V16 bias = v_load(w.bias + n0);
-        for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + n0, v_add(v_load(y + (size_t)r * ldy + n0), bias));
+        for (int c = n0; c < n0 + SSK_NR * done; c += SSK_NR) {
+          const V16 bias = v_load(w.bias + c);
+          for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + c, v_add(v_load(y + (size_t)r * ldy + c), bias));
+        }
       }
+      tile += done;
     }
   });
 }
