@@ -1,6 +1,5 @@
-"""Decode-step cost of batch invariance, in one run: the engine's forward with each batch-invariant decode
-GEMM (`column`: weight @ x^T in blocks of 4 rows; `row`: rows padded to a multiple of 4) vs. plain
-`F.linear` (not invariant)."""
+"""Decode-step time per forward path, in one run: plain `F.linear` (fp32 MKL, not batch-invariant) as the
+baseline, the torch batch-invariant path, and the C++ kernels with each weight format (f32, q8_0, q4_1)."""
 
 from __future__ import annotations
 
@@ -10,11 +9,14 @@ import time
 
 import torch
 
-from seedstream.server.engine.loader import load_weights
+from seedstream.server.engine.backends import packed_weights
+from seedstream.server.engine.kernel_model import KernelModel
+from seedstream.server.engine.loader import cache_root, load_weights
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
+from seedstream.server.kernels import cpu_flags_line, load_kernels
 
 
-def step_time(model: DecoderModel, batch: int, context: int, repeats: int) -> float:
+def step_time(model, batch: int, context: int, repeats: int) -> float:
     """Median seconds of one decode step for `batch` sequences that each hold `context` tokens."""
     caches = [model.new_cache() for _ in range(batch)]
     prompt = list(range(1000, 1000 + context))
@@ -36,24 +38,35 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--formats", default="f32,q8_0,q4_1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = load_weights(None, progress=lambda msg: None)
     cfg = ModelConfig.from_hf(weights.config)
-    column = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, decode_gemm="column")
-    row = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, decode_gemm="row")
-    plain = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, row_tile=1)
-    print(f"decode step, context {args.context}, fp32, {args.threads} threads; step time, and its ratio to plain F.linear\n")
-    print("| batch | plain, not invariant (ms) | column (ms) | column / plain | row (ms) | row / plain | best invariant tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    kernels = load_kernels(args.threads, cache_root() / "kernels")
+    models = {
+        "plain F.linear": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, row_tile=1),
+        "torch invariant": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32),
+    }
+    for fmt in args.formats.split(","):
+        packed, resolved = packed_weights(weights, cfg, fmt)
+        models[f"kernels {resolved}"] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
+    names = list(models)
+    print(f"decode step, context {args.context}, {args.threads} threads, kernels {kernels.isa}; {cpu_flags_line()}")
+    print("step time in ms, and (in brackets) its ratio to plain F.linear; last column: best kernels tok/s\n")
+    print("| batch | " + " | ".join(names) + " | kernels tok/s |")
+    print("|---|" + "---|" * (len(names) + 1))
     for batch in map(int, args.batches.split(",")):
-        # Interleave the three so that machine noise hits them alike.
-        times = {name: [] for name in ("plain", "column", "row")}
-        for _ in range(2):
-            for name, model in (("plain", plain), ("column", column), ("row", row)):
-                times[name].append(step_time(model, batch, args.context, args.repeats))
-        p, c, r = (min(times[n]) for n in ("plain", "column", "row"))
-        print(f"| {batch} | {p * 1e3:.1f} | {c * 1e3:.1f} | {c / p:.2f}x | {r * 1e3:.1f} | {r / p:.2f}x | {batch / min(c, r):.0f} |")
+        times = {name: [] for name in names}
+        for _ in range(2):  # interleaved, so that machine noise hits every path alike
+            for name in names:
+                times[name].append(step_time(models[name], batch, args.context, args.repeats))
+        best = {name: min(t) for name, t in times.items()}
+        base = best["plain F.linear"]
+        cells = [f"{best[n] * 1e3:.1f} ({best[n] / base:.2f}x)" for n in names]
+        fastest = min(best[n] for n in names if n.startswith("kernels"))
+        print(f"| {batch} | " + " | ".join(cells) + f" | {batch / fastest:.0f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 handle, or None when no compiler or no supported CPU is available; the engine then keeps the torch path.
 """
 
-from .build import KERNEL_VERSION, available_isas, build_library, detect_isa
+from .build import KERNEL_VERSION, available_isas, build_library, cpu_flags_line, detect_isa
 from .lib import (
     FORMAT_CODES,
     Kernels,
@@ -23,6 +23,7 @@ __all__ = [
     "StepDesc",
     "available_isas",
     "build_library",
+    "cpu_flags_line",
     "detect_isa",
     "load_kernels",
 ]

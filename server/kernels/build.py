@@ -105,3 +105,16 @@ def build_library(isa: str, cache_dir: Path) -> Path:
         raise RuntimeError(f"kernel build failed ({isa}):\n{proc.stderr[-4000:]}")
     os.replace(tmp, target)  # atomic: a concurrent builder wrote the same bytes
     return target
+
+
+def cpu_flags_line() -> str:
+    """The CPU's vector extensions that matter here, for printing beside benchmark tables."""
+    flags = cpu_flags()
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"CPU: {model or 'unknown'}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}"
