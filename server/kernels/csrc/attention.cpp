@@ -17,30 +17,36 @@
 constexpr int MAX_BLOCK = 256;
 constexpr int MAX_HEAD_DIM = 256;
 
-void attention_row(const AttnRow& r, int head_dim, int block, float scale) {
-  const int chunks = head_dim / 16;
-  V16 q[MAX_HEAD_DIM / 16], o[MAX_HEAD_DIM / 16];
+// CHUNKS = head_dim / 16, a compile-time constant so that q, o and the partial sums live in registers.
+template <int CHUNKS>
+static void attend(const AttnRow& r, int block, float scale) {
+  constexpr int chunks = CHUNKS;
+  const int head_dim = 16 * CHUNKS;
+  V16 q[CHUNKS], o[CHUNKS];
   for (int c = 0; c < chunks; ++c) { q[c] = v_load(r.q + 16 * c); o[c] = v_zero(); }
   float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
   alignas(64) float p[MAX_BLOCK + 16];
   for (int j0 = 0; j0 <= r.position; j0 += block) {
     const int j1 = j0 + block - 1 < r.position ? j0 + block : r.position + 1;
-    float block_max = -std::numeric_limits<float>::infinity();
-    for (int j = j0; j < j1; ++j) {
-      const float* k = r.keys + (size_t)j * head_dim;
-      V16 part = v_mul(q[0], v_load(k));
-      for (int c = 1; c < chunks; ++c) part = v_fma(q[c], v_load(k + 16 * c), part);
-      const float s = v_hsum(part) * scale;
-      p[j - j0] = s;
-      block_max = s > block_max ? s : block_max;
+    for (int g = j0; g < j1; g += 16) {  // 16 keys' dot products, summed by one network (= v_hsum each)
+      V16 part[16];
+      for (int t = 0; t < 16; ++t) {
+        if (g + t >= j1) { part[t] = v_zero(); continue; }
+        const float* k = r.keys + (size_t)(g + t) * head_dim;
+        part[t] = v_mul(q[0], v_load(k));
+        for (int c = 1; c < chunks; ++c) part[t] = v_fma(q[c], v_load(k + 16 * c), part[t]);
+      }
+      v_store(p + (g - j0), v_mul(v_hsum16(part), v_set1(scale)));
     }
+    float block_max = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < j1 - j0; ++j) block_max = p[j] > block_max ? p[j] : block_max;
     const float m_new = block_max > m ? block_max : m;
     const int n = j1 - j0;
     const V16 mv = v_set1(m_new);
     for (int j = 0; j < n; j += 16) v_store(p + j, v_exp(v_sub(v_load(p + j), mv)));  // lanes past n unused
     float l_block = 0.0f;
     for (int j = 0; j < n; ++j) l_block += p[j];
-    V16 ob[MAX_HEAD_DIM / 16];
+    V16 ob[CHUNKS];
     for (int c = 0; c < chunks; ++c) ob[c] = v_zero();
     for (int j = 0; j < n; ++j) {
       const float* v = r.values + (size_t)(j0 + j) * head_dim;
@@ -60,4 +66,21 @@ void attention_row(const AttnRow& r, int head_dim, int block, float scale) {
   }
   const V16 lv = v_set1(l);
   for (int c = 0; c < chunks; ++c) v_store(r.out + 16 * c, v_div(o[c], lv));
+}
+
+void attention_row(const AttnRow& r, int head_dim, int block, float scale) {
+  switch (head_dim / 16) {
+    case 4: return attend<4>(r, block, scale);
+    case 8: return attend<8>(r, block, scale);
+    case 2: return attend<2>(r, block, scale);
+    case 5: return attend<5>(r, block, scale);
+    case 6: return attend<6>(r, block, scale);
+    case 3: return attend<3>(r, block, scale);
+    case 1: return attend<1>(r, block, scale);
+    case 7: return attend<7>(r, block, scale);
+    case 16: return attend<16>(r, block, scale);
+    case 12: return attend<12>(r, block, scale);
+    case 10: return attend<10>(r, block, scale);
+    default: return attend<16>(r, block, scale);  // never: head_dim is checked against the cases above
+  }
 }

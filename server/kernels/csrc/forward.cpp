@@ -58,8 +58,13 @@ void attention_layer(Pool& pool, const ssk_model& md, const ssk_step& st, int la
   });
 }
 
+bool valid_head_dim(int d) {
+  const int c = d / 16;
+  return d % 16 == 0 && ((c >= 1 && c <= 8) || c == 10 || c == 12 || c == 16);  // attention_row's cases
+}
+
 bool valid_model(const ssk_model& md) {
-  if (md.head_dim % 16 || md.head_dim > 256 || md.hidden % 16 || md.hidden > 4096 || md.inter % 16 || md.attn_block < 1 ||
+  if (!valid_head_dim(md.head_dim) || md.hidden % 16 || md.hidden > 4096 || md.inter % 16 || md.attn_block < 1 ||
       md.attn_block > 256 || md.n_kv_heads < 1 || md.n_heads % md.n_kv_heads)
     return false;
   if (!valid_matrix(md.embed) || !valid_matrix(md.lm_head)) return false;
@@ -98,7 +103,7 @@ int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, flo
 
 int32_t ssk_attention(void* vctx, const ssk_model* md, const ssk_step* st, int32_t layer, const float* q, float* out) {
   Ctx& c = *static_cast<Ctx*>(vctx);
-  if (md->head_dim % 16 || md->head_dim > 256 || md->attn_block < 1 || md->attn_block > 256) return -1;
+  if (!valid_head_dim(md->head_dim) || md->attn_block < 1 || md->attn_block > 256) return -1;
   attention_layer(c.pool, *md, *st, layer, q, md->n_heads * md->head_dim, out);
   return 0;
 }

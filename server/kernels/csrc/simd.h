@@ -57,6 +57,28 @@ static inline float v_hsum(V16 a) {
   return _mm_cvtss_f32(s1);
 }
 static inline float v_first(V16 a) { return _mm512_cvtss_f32(a.v); }
+// scores[t] = v_hsum(part[t]) for t < 16, as one vector: a transpose-and-add network that performs
+// exactly the additions of v_hsum (lane l + l+8, then l + l+4, l + l+2, l + l+1) for all 16 at once.
+static inline V16 v_hsum16(const V16* part) {
+  __m512 v1[8], v2[4], v3[2];
+  for (int i = 0; i < 8; ++i) {  // [a lanes 0-7 | b lanes 0-7] + [a 8-15 | b 8-15]
+    const __m512 a = part[2 * i].v, b = part[2 * i + 1].v;
+    v1[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {  // 4 keys x (lanes 0-3 + lanes 4-7)
+    const __m512 c = v1[2 * i], d = v1[2 * i + 1];
+    v2[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x88), _mm512_shuffle_f32x4(c, d, 0xDD));
+  }
+  for (int i = 0; i < 2; ++i) {  // in each 128-bit lane L: key 8i+L and key 8i+4+L, (0 + 2) and (1 + 3)
+    const __m512 e = v2[2 * i], f = v2[2 * i + 1];
+    v3[i] = _mm512_add_ps(_mm512_shuffle_ps(e, f, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(e, f, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  const __m512 g = v3[0], h = v3[1];  // lane L: keys L, 4+L, 8+L, 12+L at positions 4L..4L+3
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(g, h, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(g, h, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return {_mm512_permutexvar_ps(order, s)};
+}
+
 #elif defined(SSK_AVX2)
 struct V16 { __m256 lo, hi; };
 static inline V16 v_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
@@ -91,6 +113,26 @@ static inline float v_hsum(V16 a) {
   return _mm_cvtss_f32(s1);
 }
 static inline float v_first(V16 a) { return _mm256_cvtss_f32(a.lo); }
+// scores[t] = v_hsum(part[t]) for t < 16, with exactly v_hsum's additions (see the AVX-512 version).
+static inline __m256 ssk_hsum8x8(const __m256* s8) {  // 8 keys' 8-lane partials -> 8 scores
+  __m256 v2[4], v3[2];
+  for (int i = 0; i < 4; ++i)  // keys 2i, 2i+1: lanes 0-3 + lanes 4-7
+    v2[i] = _mm256_add_ps(_mm256_permute2f128_ps(s8[2 * i], s8[2 * i + 1], 0x20),
+                          _mm256_permute2f128_ps(s8[2 * i], s8[2 * i + 1], 0x31));
+  for (int i = 0; i < 2; ++i)
+    v3[i] = _mm256_add_ps(_mm256_shuffle_ps(v2[2 * i], v2[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm256_shuffle_ps(v2[2 * i], v2[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(v3[0], v3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(v3[0], v3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // s = keys [0, 2, 4, 6, 1, 3, 5, 7]
+  return _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+static inline V16 v_hsum16(const V16* part) {
+  __m256 s8[16];
+  for (int t = 0; t < 16; ++t) s8[t] = _mm256_add_ps(part[t].lo, part[t].hi);
+  return {ssk_hsum8x8(s8), ssk_hsum8x8(s8 + 8)};
+}
+
 #else
 struct V16 { float v[16]; };
 #define SSK_EACH(EXPR) V16 r; for (int l = 0; l < 16; ++l) r.v[l] = (EXPR); return r
@@ -123,6 +165,12 @@ static inline float v_hsum(V16 a) {
   return s2[0] + s2[1];
 }
 static inline float v_first(V16 a) { return a.v[0]; }
+static inline V16 v_hsum16(const V16* part) {
+  V16 r;
+  for (int t = 0; t < 16; ++t) r.v[t] = v_hsum(part[t]);
+  return r;
+}
+
 #endif
 
 static inline V16 v_zero() { return v_set1(0.0f); }
