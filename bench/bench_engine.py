@@ -1,6 +1,5 @@
-"""Decode-step cost of batch invariance, in one run: the engine's forward with each batch-invariant decode
-GEMM (`column`: weight @ x^T in blocks of 4 rows; `row`: rows padded to a multiple of 4) vs. plain
-`F.linear` (not invariant)."""
+"""Decode-step cost of batch invariance, in one run: the engine's forward (rows padded to a multiple of
+4, one GEMM path for prefill and decode) vs. plain `F.linear` (not invariant)."""
 
 from __future__ import annotations
 
@@ -40,20 +39,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     weights = load_weights(None, progress=lambda msg: None)
     cfg = ModelConfig.from_hf(weights.config)
-    column = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, decode_gemm="column")
-    row = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, decode_gemm="row")
+    invariant = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)
     plain = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, row_tile=1)
     print(f"decode step, context {args.context}, fp32, {args.threads} threads; step time, and its ratio to plain F.linear\n")
-    print("| batch | plain, not invariant (ms) | column (ms) | column / plain | row (ms) | row / plain | best invariant tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | plain, not invariant (ms) | invariant (ms) | invariant / plain | invariant tok/s |")
+    print("|---|---|---|---|---|")
     for batch in map(int, args.batches.split(",")):
-        # Interleave the three so that machine noise hits them alike.
-        times = {name: [] for name in ("plain", "column", "row")}
+        # Interleave the two so that machine noise hits them alike.
+        times = {name: [] for name in ("plain", "invariant")}
         for _ in range(2):
-            for name, model in (("plain", plain), ("column", column), ("row", row)):
+            for name, model in (("plain", plain), ("invariant", invariant)):
                 times[name].append(step_time(model, batch, args.context, args.repeats))
-        p, c, r = (min(times[n]) for n in ("plain", "column", "row"))
-        print(f"| {batch} | {p * 1e3:.1f} | {c * 1e3:.1f} | {c / p:.2f}x | {r * 1e3:.1f} | {r / p:.2f}x | {batch / min(c, r):.0f} |")
+        p, c = (min(times[n]) for n in ("plain", "invariant"))
+        print(f"| {batch} | {p * 1e3:.1f} | {c * 1e3:.1f} | {c / p:.2f}x | {batch / c:.0f} |")
+
 
 if __name__ == "__main__":
     main()

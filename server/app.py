@@ -163,7 +163,7 @@ class ServeOptions:
     prefill_chunk: Optional[int] = None
     max_step_tokens: Optional[int] = None
     threads: Optional[int] = None
-    decode_gemm: Optional[str] = None
+    prefix_cache_mib: Optional[float] = None
     grace_period: float = 30.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -193,7 +193,7 @@ def engine_config(opts: ServeOptions):
         "prefill_chunk": opts.prefill_chunk,
         "max_step_tokens": opts.max_step_tokens,
         "num_threads": opts.threads,
-        "decode_gemm": opts.decode_gemm,
+        "prefix_cache_mib": opts.prefix_cache_mib,
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})

@@ -31,6 +31,7 @@ class PairScore:
     logprobs: tuple[float, ...]  # raw logprob of each continuation token
     greedy_ids: tuple[int, ...]  # argmax at each continuation position
     is_greedy: bool
+    cached_tokens: int = 0  # context positions taken from the prefix cache
 
 
 def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: bool) -> list[PreparedPair]:
@@ -74,7 +75,7 @@ async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "
             return PairScore(pair, (), (), True)
         async with gate:
             result = await engine.score_validated(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id))
-        return PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
+        return PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy, result.cached_tokens)
 
     tasks = [asyncio.ensure_future(one(p)) for p in pairs]
     try:

@@ -95,6 +95,7 @@ def generation_request(
         prompt_logprobs=req.echo_prompt_logprobs,
         request_id=request_id,
         logprobs_mode=req.logprobs_mode or "raw",
+        resume_token_ids=tuple(req.resume_token_ids),
     )
 
 
@@ -195,6 +196,7 @@ def stream_message(
         completion_tokens=chunk.completion_tokens,
         request_id=request.request_id,
         sample_index=request.sample_index,
+        cached_tokens=chunk.cached_tokens,
     )
     if receipt_pb is not None:
         msg.receipt.CopyFrom(receipt_pb)
@@ -221,8 +223,10 @@ class UnaryAccumulator:
         self.finish_reason: Optional[FinishReason] = None
         self.completion_tokens = 0
         self.prompt_logprobs: Optional[list[float]] = None
+        self.cached_tokens = 0
 
     def add(self, chunk: GenerationChunk) -> None:
+        self.cached_tokens = chunk.cached_tokens
         self.text.append(chunk.text)
         self.token_ids.extend(chunk.token_ids)
         self.logprobs.extend(chunk.logprobs)
@@ -249,6 +253,7 @@ class UnaryAccumulator:
             receipt=receipt_pb,
             prompt_token_ids=req.prompt_token_ids if self.prompt_logprobs is not None else (),
             prompt_logprobs=self.prompt_logprobs or (),
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -290,12 +295,14 @@ def score_result_pb(score) -> pb.ScoreResult:
         is_greedy=score.is_greedy,
         greedy_token_ids=score.greedy_ids,
         truncated_tokens=pair.truncated_tokens,
+        cached_tokens=score.cached_tokens,
     )
 
 
 def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,
-               default_max_new_tokens: int, max_batch_size: int, max_queue: int) -> pb.GetModelInfoResponse:
-    return pb.GetModelInfoResponse(
+               default_max_new_tokens: int, max_batch_size: int, max_queue: int,
+               prefix_cache=None) -> pb.GetModelInfoResponse:
+    msg = pb.GetModelInfoResponse(
         model_id=info.model_id,
         model_sha256=info.model_sha256,
         dtype=info.dtype,
@@ -312,3 +319,11 @@ def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
     )
+    if prefix_cache is not None:  # the engine's PrefixCache
+        stats = prefix_cache.stats
+        msg.prefix_cache_bytes = stats.bytes
+        msg.prefix_cache_budget_bytes = prefix_cache.budget_bytes
+        msg.prefix_cache_hit_tokens = stats.hit_tokens
+        msg.prefix_cache_miss_tokens = stats.miss_tokens
+        msg.prefix_cache_block_tokens = prefix_cache.block_tokens
+    return msg

@@ -204,6 +204,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             raise InvalidRequest("logit_bias", f"{len(req.logit_bias)} entries; allowed at most vocab_size={engine.info.vocab_size}")
         gen = convert.generation_request(req, prompt_ids, seed, call.request_id, self.state.options.default_max_new_tokens)
         requests = sample_requests(gen, convert.num_samples(req))
+        if len(requests) > 1 and gen.resume_token_ids:
+            raise InvalidRequest("resume_token_ids", "cannot be combined with n > 1: resume one sample at a time "
+                                 "(n = 1 with its sample_index)")
         if len(requests) > 1:
             call.fields["n"] = len(requests)
         engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
@@ -289,7 +292,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return pb.ScoreRollingResponse(
             token_ids=ids, logprobs=result.logprobs, logprob=math.fsum(result.logprobs),
             greedy_token_ids=result.greedy_ids, num_windows=result.num_windows, max_length=max_length,
-            receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
+            receipt=convert.score_receipt(engine.info, [ids, [max_length]]), cached_tokens=result.cached_tokens,
         )
 
     @_guard_unary("Tokenize")
@@ -322,6 +325,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             default_max_new_tokens=self.state.options.default_max_new_tokens,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
+            prefix_cache=getattr(engine, "prefix_cache", None),
         )
 
 
