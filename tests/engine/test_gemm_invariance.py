@@ -43,7 +43,7 @@ def test_half_precision_rows_are_invariant(dtype, k, n):
     weight = (torch.randn(n, k, generator=gen) * 0.05).to(dtype)
     probe = torch.randn(1, k, generator=gen).to(dtype)
     row_alone = invariant_linear(pad_rows(probe), weight)[0]
-    for rows in (4, 8, 12, 64, 256):
+    for rows in (ROW_TILE, 2 * ROW_TILE, 64, 256):
         others = torch.randn(rows, k, generator=gen).to(dtype)
         for pos in (0, rows // 2, rows - 1):
             batch = others.clone()

@@ -55,29 +55,30 @@ def _workload(rng):
     return gens, scores
 
 
-def _run_workload(engine, gens, scores, together):
-    async def work():
-        jobs = [_stream(engine, g) for g in gens] + [engine.score(s) for s in scores]
-        if together:
-            return await asyncio.gather(*jobs)
-        return [await job for job in jobs]
-    results = run(_served(engine, work))
+async def _workload_results(engine, gens, scores, together):
+    jobs = [_stream(engine, g) for g in gens] + [engine.score(s) for s in scores]
+    results = await asyncio.gather(*jobs) if together else [await job for job in jobs]
     return [_tokens(r) for r in results[:len(gens)]] + [(r.logprobs, r.greedy_ids) for r in results[len(gens):]]
+
+
+def _run_workload(engine, gens, scores, phases):
+    """Serve `engine` once and run the workload once per phase (together: all requests at once)."""
+    async def work():
+        return [await _workload_results(engine, gens, scores, together) for together in phases]
+    return run(_served(engine, work))
 
 
 def test_cache_cold_warm_evicted_and_concurrent_change_nothing(make):
     gens, scores = _workload(random.Random(5))
-    reference = _run_workload(make(prefix_cache_mib=0), gens, scores, together=False)
+    [reference] = _run_workload(make(prefix_cache_mib=0), gens, scores, [False])
     cached = make()
-    cold = _run_workload(cached, gens, scores, together=False)
-    assert cached.prefix_cache.stats.hit_tokens > 0  # later requests reuse SYSTEM already
-    hits = cached.prefix_cache.stats.hit_tokens
-    warm = _run_workload(cached, gens, scores, together=True)  # warm, and concurrent
-    assert cached.prefix_cache.stats.hit_tokens > hits
+    cold, warm = _run_workload(cached, gens, scores, [False, True])  # then warm, and concurrent
+    stats = cached.prefix_cache.stats
+    assert stats.hit_tokens > 0 and stats.evicted_blocks == 0
     tiny = make(prefix_cache_mib=2)  # about 2 blocks: constant eviction
-    evicted = _run_workload(tiny, gens, scores, together=True)
+    [evicted] = _run_workload(tiny, gens, scores, [True])
     assert tiny.prefix_cache.stats.evicted_blocks > 0 and tiny.prefix_cache.stats.bytes <= 2 * 2**20
-    concurrent_cold = _run_workload(make(), gens, scores, together=True)
+    [concurrent_cold] = _run_workload(make(), gens, scores, [True])
     assert cold == reference
     assert warm == reference
     assert evicted == reference
