@@ -185,8 +185,6 @@ def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Seq
     if max_length is not None:
         _set(req, "max_length", max_length)
     _set(req, "request_id", request_id)
-    if resume_token_ids:
-        _extend(req.resume_token_ids, "resume_token_ids", list(resume_token_ids))
     return req
 
 
