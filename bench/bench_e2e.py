@@ -75,9 +75,9 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
     return len(prompts) * new_tokens / elapsed, statistics.median(ttfts)
 
 
-def start_server(port: int, threads: int, decode_gemm: str) -> subprocess.Popen:
+def start_server(port: int, threads: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(port),
-           "--threads", str(threads), "--decode-gemm", decode_gemm, "--log-level", "WARNING"]
+           "--threads", str(threads), "--log-level", "WARNING"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -92,7 +92,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--streams", default="1,8,32")
-    parser.add_argument("--decode-gemm", default="column,row", help="server --decode-gemm modes to measure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="best of N for each measurement")
     args = parser.parse_args()
@@ -113,10 +112,10 @@ def main() -> None:
                        for _ in range(args.repeats)) for n in streams}
     del model
 
-    ours = {mode: measure_server(mode, args, tokenizer, streams) for mode in args.decode_gemm.split(",")}
+    ours = {"seedstream": measure_server(args, tokenizer, streams)}
 
     print(f"\n{args.new_tokens} new tokens, fp32, top-k 50 / top-p 0.9 / T 0.8, {args.threads} threads, "
-          f"best of {args.repeats}; seedstream tok/s, ratio to transformers and median TTFT per --decode-gemm\n")
+          f"best of {args.repeats}; seedstream tok/s, ratio to transformers and median TTFT\n")
     head = "| concurrent streams | transformers generate() tok/s (static batch) |"
     rule = "|---|---|"
     for mode in ours:
@@ -131,10 +130,10 @@ def main() -> None:
         print(row)
 
 
-def measure_server(mode: str, args, tokenizer, streams: list[int]) -> dict[int, tuple[float, float]]:
+def measure_server(args, tokenizer, streams: list[int]) -> dict[int, tuple[float, float]]:
     """Best-of-repeats (tok/s, median TTFT) per stream count, through a fresh server process."""
     port = free_port()
-    server = start_server(port, args.threads, mode)
+    server = start_server(port, args.threads)
     target = f"127.0.0.1:{port}"
     try:
         asyncio.run(wait_serving(target))

@@ -6,7 +6,10 @@ continuations). seedstream: a real server on a loopback port, the pairs sent as
 Score calls of --batch pairs with --concurrency calls in flight. transformers:
 the pairs sorted by length and scored in padded batches of --hf-batch (one
 forward, log_softmax, gather), both over the continuation positions only and,
-as lm-evaluation-harness's HF backend does, over every position.
+as lm-evaluation-harness's HF backend does, over every position. The server's
+exact prefix cache is emptied before each timed run, so a run's hits are the
+contexts its own pairs share (each context is computed once, its four
+continuations reuse it); the hit rate is printed.
 
     python bench/bench_scoring.py            # 128 pairs, best of 2 runs per side
     python bench/bench_scoring.py --quick    # 32 pairs, a smoke run
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import random
 import statistics
 import threading
@@ -155,8 +159,14 @@ def main() -> None:
     try:
         score_hf(model, pairs[:4], args.hf_batch)  # warm up
         grpc_runs, hf_runs, lmeval_runs = [], [], []
+        hit_rates = []
         for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
+            engine.prefix_cache.clear()  # the engine is idle between runs: each run starts cold
+            before = dataclasses.replace(engine.prefix_cache.stats)
             grpc_runs.append(score_grpc(server.address, pairs, args.batch, args.concurrency))
+            after = engine.prefix_cache.stats
+            hits, misses = after.hit_tokens - before.hit_tokens, after.miss_tokens - before.miss_tokens
+            hit_rates.append(hits / max(1, hits + misses))
             hf_runs.append(score_hf(model, pairs, args.hf_batch))
             lmeval_runs.append(score_hf(model, pairs, args.hf_batch, full_log_softmax=True))
     finally:
@@ -184,6 +194,8 @@ def main() -> None:
           f"{len(pairs) / lmeval_s:.1f} | {tokens / lmeval_s:.0f} | {hf_s / lmeval_s:.2f}x |")
     print(f"\nseedstream vs the lm-eval-style transformers loop: {lmeval_s / grpc_s:.2f}x")
     print(f"\nagreement: max |logprob difference| {diff:.2e}; is_greedy equal on {greedy_same}/{len(pairs)} pairs")
+    print(f"prefix cache hit rate (positions served from the cache / all prompt positions), per run: "
+          f"{', '.join(f'{r:.1%}' for r in hit_rates)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Needs only grpcio and protobuf (no torch):
 See Client, AsyncClient, and the result types in seedstream.client.types.
 """
 
+from ._resume import ResumePolicy
 from .aio import AsyncClient, AsyncGenerateStream
 from .client import Client, GenerateStream
 from .errors import (
@@ -40,7 +41,7 @@ from .types import (
 )
 
 __all__ = [
-    "AsyncClient", "AsyncGenerateStream", "Client", "GenerateStream",
+    "AsyncClient", "AsyncGenerateStream", "Client", "GenerateStream", "ResumePolicy",
     "SeedstreamError", "InvalidArgumentError", "OverloadedError", "UnavailableError",
     "DeadlineExceededError", "CancelledError", "UnauthenticatedError",
     "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",

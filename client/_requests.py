@@ -106,6 +106,7 @@ def generate_request(
     echo_prompt_logprobs: bool = False,
     logprobs_mode: str = "",
     request_id: str = "",
+    resume_token_ids: Optional[Sequence[int]] = None,
 ) -> pb.GenerateRequest:
     """A GenerateRequest; every sampling argument left None takes the server's default."""
     _pick_input(prompt, messages, prompt_token_ids)
@@ -137,6 +138,8 @@ def generate_request(
     _set(req, "echo_prompt_logprobs", bool(echo_prompt_logprobs))
     _set(req, "logprobs_mode", logprobs_mode)
     _set(req, "request_id", request_id)
+    if resume_token_ids:
+        _extend(req.resume_token_ids, "resume_token_ids", list(resume_token_ids))
     return req
 
 

@@ -14,6 +14,7 @@ from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 from . import _requests
 from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status,
                       with_api_key)
+from ._resume import ResumePolicy, StreamResume
 from .client import Metadata
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
@@ -24,12 +25,16 @@ class AsyncGenerateStream:
 
     `async with client.generate_stream(...) as stream: async for chunk in stream: ...`
     Leaving the block, `cancel()`, cancelling the task that iterates, or
-    dropping the object cancels the RPC; the server frees the slot.
+    dropping the object cancels the RPC; the server frees the slot. A stream broken
+    by UNAVAILABLE resumes on its own where it broke (see Client and ResumePolicy).
     """
 
-    def __init__(self, call):
+    def __init__(self, call, resume: Optional[StreamResume] = None, reopen=None):
         self._call = call
         self._finished = False
+        self._resume = resume
+        self._reopen = reopen  # async: StreamResume -> a new call, after backoff and waiting for the server
+        self.resumes = 0
 
     def __aiter__(self) -> "AsyncGenerateStream":
         return self
@@ -37,27 +42,36 @@ class AsyncGenerateStream:
     async def __anext__(self) -> GenerateChunk:
         if self._finished:
             raise StopAsyncIteration
-        try:
-            message = await self._call.read()
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-        except grpc.RpcError as exc:
-            self._finished = True
-            raise from_rpc_error(exc) from None
-        if message is grpc.aio.EOF:
-            self._finished = True
-            await self._raise_status()
-            raise StopAsyncIteration
+        while True:
+            try:
+                message = await self._call.read()
+                if message is grpc.aio.EOF:
+                    code = await self._call.code()
+                    if code != grpc.StatusCode.OK:
+                        raise _StatusError(code, await self._call.details())
+                    self._finished = True
+                    raise StopAsyncIteration
+                break
+            except asyncio.CancelledError:
+                self.cancel()
+                raise
+            except grpc.RpcError as exc:
+                if not self._finished and self._resume is not None and self._resume.should_retry(exc):
+                    try:
+                        self._call = await self._reopen(self._resume, exc)
+                    except BaseException:
+                        self._finished = True  # the server did not come back in time
+                        raise
+                    self.resumes += 1
+                    continue
+                self._finished = True
+                raise from_rpc_error(exc) from None
+        if self._resume is not None:
+            self._resume.seen(message)
         chunk = GenerateChunk.from_pb(message)
         if chunk.finish_reason is not None:
             self._finished = True
         return chunk
-
-    async def _raise_status(self) -> None:
-        code = await self._call.code()
-        if code != grpc.StatusCode.OK:
-            raise from_rpc_error(_StatusError(code, await self._call.details()))
 
     async def seed(self) -> Optional[int]:
         """The seed used, from the response headers (available before the first token)."""
@@ -124,10 +138,12 @@ class AsyncClient:
         metadata: Metadata = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         api_key: Optional[str] = None,
+        resume: Optional[ResumePolicy] = ResumePolicy(),
     ):
         self.target = target or _requests.default_target()
         self.timeout = timeout
         self.metadata = with_api_key(metadata, api_key)
+        self.resume = resume
         self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
         self._options = _requests.channel_options(options)
         self._channel: Optional[grpc.aio.Channel] = None
@@ -167,11 +183,22 @@ class AsyncClient:
         return GenerateResult.from_pb(await self._unary("Generate", request, timeout, metadata))
 
     def generate_stream(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None,
-                        **kwargs) -> AsyncGenerateStream:
-        """Stream a completion (arguments as Client.generate); iterate with `async for`."""
+                        resume=UNSET, **kwargs) -> AsyncGenerateStream:
+        """Stream a completion (arguments as Client.generate_stream); iterate with `async for`."""
         request = _requests.generate_request(prompt, **kwargs)
-        call = self._ensure().GenerateStream(request, **self._kwargs(timeout, metadata))
-        return AsyncGenerateStream(call)
+        kw = self._kwargs(timeout, metadata)
+        state = StreamResume(request, self.resume if resume is UNSET else resume, kw["timeout"])
+        call = self._ensure().GenerateStream(request, **kw)
+
+        async def reopen(state: StreamResume, error: grpc.RpcError):
+            await asyncio.sleep(state.backoff())
+            try:
+                await self.wait_until_serving(timeout=state.server_wait())
+            except SeedstreamError:
+                raise from_rpc_error(error) from None
+            return self._ensure().GenerateStream(state.next_request(), timeout=state.remaining(), metadata=kw["metadata"])
+
+        return AsyncGenerateStream(call, state, reopen)
 
     async def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout=UNSET,
                              metadata: Metadata = None, **kwargs) -> list[GenerateResult]:

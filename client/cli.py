@@ -85,16 +85,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--default-max-new-tokens", type=int, default=int(_env("SEEDSTREAM_DEFAULT_MAX_NEW_TOKENS", 256)),
                    help="max_new_tokens when a request leaves it unset [SEEDSTREAM_DEFAULT_MAX_NEW_TOKENS]")
     p.add_argument("--prefill-chunk", type=int, default=_env("SEEDSTREAM_PREFILL_CHUNK"),
-                   help="prompt tokens per prefill chunk (engine default if unset); changing it changes "
-                        "engine_version and may change token streams [SEEDSTREAM_PREFILL_CHUNK]")
+                   help="prompt tokens per prefill chunk (engine default if unset); a tuning knob: prefill "
+                        "equals decode bit for bit, so it changes no token [SEEDSTREAM_PREFILL_CHUNK]")
     p.add_argument("--max-step-tokens", type=int, default=_env("SEEDSTREAM_MAX_STEP_TOKENS"),
                    help="token rows per engine step (engine default if unset) [SEEDSTREAM_MAX_STEP_TOKENS]")
     p.add_argument("--threads", type=int, default=_env("SEEDSTREAM_THREADS"),
                    help="torch intra-op threads (torch's default if unset) [SEEDSTREAM_THREADS]")
-    p.add_argument("--decode-gemm", default=_env("SEEDSTREAM_DECODE_GEMM"), choices=("column", "row"),
-                   help="how decode steps multiply: 'column' (default; fastest at 1-8 streams) or 'row' "
-                        "(best aggregate throughput at 16+ streams); each is batch-invariant, and the choice "
-                        "is part of engine_version [SEEDSTREAM_DECODE_GEMM]")
     p.add_argument("--backend", default=_env("SEEDSTREAM_BACKEND"), choices=("auto", "kernels", "torch"),
                    help="forward pass: 'kernels' = seedstream's C++ CPU kernels (built with the system C++ "
                         "compiler on first start, cached; the same bits on every x86 CPU), 'torch' = the torch path "
@@ -104,6 +100,9 @@ def _add_serve(sub) -> None:
                    help="weight format of the kernels: 'auto' (default) = the file's own (a GGUF's quantisation, "
                         "else f32), or f32, q8_0, q4_1 (quantised on load when the file is more precise); part of "
                         "engine_version and the receipt [SEEDSTREAM_WEIGHTS]")
+    p.add_argument("--prefix-cache-mib", type=float, default=_env("SEEDSTREAM_PREFIX_CACHE_MIB"),
+                   help="prefix cache budget in MiB (default 1024; 0 = off): prompt KV reused exactly, "
+                        "LRU-evicted; changes no token [SEEDSTREAM_PREFIX_CACHE_MIB]")
     p.add_argument("--grace-period", type=float, default=float(_env("SEEDSTREAM_GRACE_PERIOD", 30.0)),
                    help="seconds in-flight requests get to finish on shutdown [SEEDSTREAM_GRACE_PERIOD]")
     p.add_argument("--tls-cert", default=_env("SEEDSTREAM_TLS_CERT"),
@@ -321,9 +320,9 @@ def _cmd_serve(args) -> int:
         prefill_chunk=int(args.prefill_chunk) if args.prefill_chunk is not None else None,
         max_step_tokens=int(args.max_step_tokens) if args.max_step_tokens is not None else None,
         threads=int(args.threads) if args.threads is not None else None,
-        decode_gemm=args.decode_gemm,
         backend=args.backend,
         weights=args.weights,
+        prefix_cache_mib=float(args.prefix_cache_mib) if args.prefix_cache_mib is not None else None,
         grace_period=args.grace_period,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

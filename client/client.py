@@ -12,6 +12,7 @@ from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
 from . import _requests
+from ._resume import ResumePolicy, StreamResume
 from ._common import (
     HEALTH_CHECK_METHOD,
     HEALTH_REQUEST,
@@ -31,25 +32,43 @@ class GenerateStream:
     """Iterator over a streamed completion's chunks.
 
     Breaking out of the loop, leaving a `with` block, `cancel()`, or dropping the
-    object cancels the RPC, and the server frees the sequence's slot.
+    object cancels the RPC, and the server frees the sequence's slot. When the
+    call fails with UNAVAILABLE (server restart, dropped connection), the stream
+    resumes on its own where it broke (see ResumePolicy): the iterator goes on
+    with the next token, as if nothing had happened. `resumes` counts the times.
     """
 
-    def __init__(self, call):
+    def __init__(self, call, resume: Optional[StreamResume] = None, reopen=None):
         self._call = call
         self._finished = False
+        self._resume = resume
+        self._reopen = reopen  # StreamResume -> a new call, after backoff and waiting for the server
+        self.resumes = 0
 
     def __iter__(self) -> "GenerateStream":
         return self
 
     def __next__(self) -> GenerateChunk:
-        try:
-            message = next(self._call)
-        except StopIteration:
-            self._finished = True
-            raise
-        except grpc.RpcError as exc:
-            self._finished = True
-            raise from_rpc_error(exc) from None
+        while True:
+            try:
+                message = next(self._call)
+                break
+            except StopIteration:
+                self._finished = True
+                raise
+            except grpc.RpcError as exc:
+                if not self._finished and self._resume is not None and self._resume.should_retry(exc):
+                    try:
+                        self._call = self._reopen(self._resume, exc)
+                    except BaseException:
+                        self._finished = True  # the server did not come back in time
+                        raise
+                    self.resumes += 1
+                    continue
+                self._finished = True
+                raise from_rpc_error(exc) from None
+        if self._resume is not None:
+            self._resume.seen(message)
         chunk = GenerateChunk.from_pb(message)
         if chunk.finish_reason is not None:
             self._finished = True
@@ -104,6 +123,8 @@ class Client:
     metadata: sent with every call (dict or pairs), merged with per-call metadata.
     api_key: sent as 'authorization: Bearer KEY' with every call (default: $SEEDSTREAM_API_KEY, if set).
     options: extra grpc channel options.
+    resume: how generate_stream resumes a stream broken by UNAVAILABLE (a ResumePolicy); None
+        turns automatic resuming off. The resumed stream is token for token the uninterrupted one.
     """
 
     def __init__(
@@ -119,10 +140,12 @@ class Client:
         metadata: Metadata = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         api_key: Optional[str] = None,
+        resume: Optional[ResumePolicy] = ResumePolicy(),
     ):
         self.target = target or _requests.default_target()
         self.timeout = timeout
         self.metadata = with_api_key(metadata, api_key)
+        self.resume = resume
         creds = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
         opts = _requests.channel_options(options)
         self._channel = (
@@ -167,14 +190,27 @@ class Client:
         return GenerateResult.from_pb(self._unary(self._stub.Generate, request, timeout, metadata))
 
     def generate_stream(self, prompt: Optional[str] = None, *, timeout=UNSET, metadata: Metadata = None,
-                        **kwargs) -> GenerateStream:
-        """Stream a completion as GenerateChunk deltas (same arguments as generate())."""
+                        resume=UNSET, **kwargs) -> GenerateStream:
+        """Stream a completion as GenerateChunk deltas (same arguments as generate(), plus
+        resume_token_ids=[...] to continue a stream by hand). resume: a ResumePolicy for this call
+        (default: the client's), None to not resume automatically."""
         request = _requests.generate_request(prompt, **kwargs)
+        kw = self._kwargs(timeout, metadata)
+        state = StreamResume(request, self.resume if resume is UNSET else resume, kw["timeout"])
         try:
-            call = self._stub.GenerateStream(request, **self._kwargs(timeout, metadata))
+            call = self._stub.GenerateStream(request, **kw)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
-        return GenerateStream(call)
+
+        def reopen(state: StreamResume, error: grpc.RpcError):
+            time.sleep(state.backoff())
+            try:
+                self.wait_until_serving(timeout=state.server_wait())
+            except SeedstreamError:
+                raise from_rpc_error(error) from None
+            return self._stub.GenerateStream(state.next_request(), timeout=state.remaining(), metadata=kw["metadata"])
+
+        return GenerateStream(call, state, reopen)
 
     def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout=UNSET, metadata: Metadata = None,
                        **kwargs) -> list[GenerateResult]:

@@ -167,6 +167,7 @@ def _completion_fields(m) -> dict[str, Any]:
         receipt=Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
         prompt_token_ids=tuple(m.prompt_token_ids),
         prompt_logprobs=tuple(m.prompt_logprobs),
+        cached_tokens=m.cached_tokens,
     )
 
 
@@ -191,6 +192,7 @@ class GenerateResult:
     receipt: Optional[Receipt]
     prompt_token_ids: tuple[int, ...] = ()  # with echo_prompt_logprobs
     prompt_logprobs: tuple[float, ...] = ()  # logprob of prompt_token_ids[1:], with echo_prompt_logprobs
+    cached_tokens: int = 0  # prompt positions the server took from its prefix cache (changes no token)
     # Every sample (n >= 1), sample_index ascending, each with no samples or prompt echo of its own;
     # the fields above repeat the first sample.
     samples: tuple["GenerateResult", ...] = ()
@@ -233,6 +235,7 @@ class GenerateChunk:
     receipt: Optional[Receipt]
     prompt_token_ids: tuple[int, ...] = ()  # first chunk only, with echo_prompt_logprobs
     prompt_logprobs: tuple[float, ...] = ()  # first chunk only, with echo_prompt_logprobs
+    cached_tokens: int = 0  # prompt positions the server took from its prefix cache (changes no token)
 
     @classmethod
     def from_pb(cls, m: pb.GenerateStreamResponse) -> "GenerateChunk":
@@ -270,6 +273,7 @@ def _join_sample(chunks: list[GenerateChunk]) -> GenerateResult:
         request_id=last.request_id,
         sample_index=last.sample_index,
         receipt=last.receipt,
+        cached_tokens=chunks[0].cached_tokens,
     )
 
 
@@ -285,11 +289,12 @@ class ScoreResult:
     is_greedy: bool  # greedy decoding would produce exactly the continuation
     greedy_token_ids: tuple[int, ...]  # the argmax at each continuation position
     truncated_tokens: int  # context tokens dropped from the left (truncate_context)
+    cached_tokens: int = 0  # context positions the server took from its prefix cache (changes no score)
 
     @classmethod
     def from_pb(cls, m: pb.ScoreResult) -> "ScoreResult":
         return cls(m.context_tokens, m.continuation_tokens, tuple(m.continuation_token_ids), tuple(m.logprobs),
-                   m.logprob, m.is_greedy, tuple(m.greedy_token_ids), m.truncated_tokens)
+                   m.logprob, m.is_greedy, tuple(m.greedy_token_ids), m.truncated_tokens, m.cached_tokens)
 
 
 class ScoreResults(tuple):
@@ -318,6 +323,7 @@ class RollingScore:
     num_windows: int
     max_length: int  # the window length used
     receipt: Optional[Receipt]
+    cached_tokens: int = 0  # positions over all windows taken from the prefix cache
 
     @property
     def num_tokens(self) -> int:
@@ -326,7 +332,7 @@ class RollingScore:
     @classmethod
     def from_pb(cls, m: pb.ScoreRollingResponse) -> "RollingScore":
         return cls(tuple(m.token_ids), tuple(m.logprobs), m.logprob, tuple(m.greedy_token_ids), m.num_windows,
-                   m.max_length, Receipt.from_pb(m.receipt) if m.HasField("receipt") else None)
+                   m.max_length, Receipt.from_pb(m.receipt) if m.HasField("receipt") else None, m.cached_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,6 +367,13 @@ class ModelInfo:
     max_input_chars: int = 0  # 0: not reported (an older server)
     max_input_tokens: int = 0
     max_deadline_seconds: float = 0.0  # 0: no server limit (or not reported)
+    # The exact prefix cache: bytes held, budget (0 = off), prompt positions served from it and
+    # computed since the server started, positions per block.
+    prefix_cache_bytes: int = 0
+    prefix_cache_budget_bytes: int = 0
+    prefix_cache_hit_tokens: int = 0
+    prefix_cache_miss_tokens: int = 0
+    prefix_cache_block_tokens: int = 0
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":

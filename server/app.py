@@ -182,9 +182,9 @@ class ServeOptions:
     prefill_chunk: Optional[int] = None
     max_step_tokens: Optional[int] = None
     threads: Optional[int] = None
-    decode_gemm: Optional[str] = None
     backend: Optional[str] = None
     weights: Optional[str] = None
+    prefix_cache_mib: Optional[float] = None
     grace_period: float = 30.0
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
@@ -216,10 +216,10 @@ def engine_config(opts: ServeOptions):
         "prefill_chunk": opts.prefill_chunk,
         "max_step_tokens": opts.max_step_tokens,
         "num_threads": opts.threads,
-        "decode_gemm": opts.decode_gemm,
         "backend": opts.backend,
         "weights": opts.weights,
         "max_queue_per_client": opts.hardening.get("max_queue_per_client"),
+        "prefix_cache_mib": opts.prefix_cache_mib,
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})

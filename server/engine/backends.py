@@ -36,7 +36,7 @@ def build_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, 
             raise RuntimeError(f"backend=kernels/weights={config.weights} asked for, but the kernels could not be "
                                "built (see the warning above); use --backend torch")
     log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
-    model = DecoderModel(cfg, weights.state_dict, device, dtype, decode_gemm=config.decode_gemm)
+    model = DecoderModel(cfg, weights.state_dict, device, dtype)
     return model, str(dtype).removeprefix("torch.")
 
 

@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 
-DECODE_GEMMS = ("column", "row")
 BACKENDS = ("auto", "kernels", "torch")
 WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,14 +25,13 @@ class EngineConfig:
     # queue instead of risking the server's memory. One request is always admitted. Scheduling
     # never changes tokens, so the budget is not part of the determinism contract.
     max_kv_tokens: int = 262144
-    prefill_chunk: int = 256  # prompt tokens per prefill chunk; part of the determinism contract
+    prefill_chunk: int = 256  # prompt tokens per prefill chunk; a tuning knob, changes no token
     max_step_tokens: int = 512  # token rows per forward step (>= prefill_chunk)
     max_new_tokens_limit: int = 4096  # upper bound a request may ask for
+    # Prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted.
+    # It changes no token (prefill equals decode bit for bit), so it is not in engine_version.
+    prefix_cache_mib: float = 1024.0
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
-    # How decode rows are multiplied (part of the determinism contract, named in engine_version):
-    # "column" = weight @ x^T in fixed blocks of 4 rows: ~2.5x faster steps at 1-4 streams, slower
-    # beyond ~8; "row" = the padded-row GEMM prefill uses: best aggregate throughput at 16+ streams.
-    decode_gemm: str = "column"
     # The forward pass: "kernels" = our C++ CPU kernels (built on first start, cached), whose bits are
     # the same for any batch, prefill chunk, thread count and x86 instruction set; "torch" = the torch
     # path (CUDA, bf16/fp16, or no compiler); "auto" = kernels on CPU float32 when they build, else torch.
@@ -52,14 +50,14 @@ class EngineConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
             raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
-        if self.decode_gemm not in DECODE_GEMMS:
-            raise ValueError(f"decode_gemm={self.decode_gemm!r}: allowed {', '.join(DECODE_GEMMS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
         if self.weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
             raise ValueError(f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})")
+        if not self.prefix_cache_mib >= 0:
+            raise ValueError(f"prefix_cache_mib={self.prefix_cache_mib}: must be >= 0 (0 turns the cache off)")
         if self.max_step_tokens < self.prefill_chunk:
             raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
 

@@ -17,7 +17,9 @@ from .admission import FairQueue
 from .chat import render_chat_ids
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import COLUMN_BLOCK, ROW_TILE, ModelConfig, Segment, describe
+from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, Segment, describe
+from .prefix_cache import BLOCK_TOKENS, PrefixCache
+from .resume import check_resumed, validate_resume
 from .sequence import Sequence_, StepBatch
 from .types import (
     EngineError,
@@ -35,7 +37,7 @@ from .validation import validate_request, validate_score
 
 log = logging.getLogger("seedstream.engine")
 
-ENGINE_ALGORITHM = "2"  # bump when any change can alter a sequence's logits
+ENGINE_ALGORITHM = "3"  # bump when any change can alter a sequence's logits
 
 
 class Engine:
@@ -47,8 +49,8 @@ class Engine:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = ModelConfig.from_hf(weights.config)
         self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
-        forward_tag = getattr(self.model, "version_tag", None) or \
-            f"tile{ROW_TILE}.{_decode_tag(config)}.chunk{config.prefill_chunk}"
+        # Prefill equals decode bit for bit on both paths: the chunk size and the scheduling are not part of it.
+        forward_tag = getattr(self.model, "version_tag", None) or f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}"
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
         self.info = ModelInfo(
@@ -71,6 +73,7 @@ class Engine:
         self.failure: Optional[BaseException] = None  # what killed the engine thread, if anything did
         self._death_callbacks: list = []
         self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
+        self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
         c = self.model_config
         per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
@@ -115,6 +118,7 @@ class Engine:
 
     def validate(self, request: GenerationRequest) -> None:
         validate_request(request, self.info, self.config)
+        validate_resume(request, self.eos_token_ids, self.info.vocab_size, self.info.max_context)
 
     # --- lifecycle
 
@@ -164,7 +168,9 @@ class Engine:
         self.validate(request)
         if request.sampling.seed is None:
             raise InvalidRequest("seed", "must be resolved before the engine (the RPC layer draws one)")
-        seq = self._new_sequence(request.prompt_token_ids, request, 1 if request.prompt_logprobs else None)
+        # A resumed stream already got its prompt logprobs with its first token.
+        score_from = 1 if request.prompt_logprobs and not request.resume_token_ids else None
+        seq = self._new_sequence(request.prompt_token_ids, request, score_from)
         async for item in self._follow(seq, request.client):
             yield item
             if item.finish_reason is not None:
@@ -285,6 +291,15 @@ class Engine:
             for donor, child in batch.forks:  # after the forward: the donor's cache holds the prompt
                 child.cache.copy_from(donor.cache)
             self.prefill_tokens += batch.prefill_tokens
+            for seq in batch.prefilled:
+                self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, seq.prefilled)
+            if batch.checks:
+                check_resumed(logits, batch.checks, self.eos_token_ids)
+            for seq in batch.sampled:
+                if seq.resume_ids and not seq.output_ids and not seq.finished:
+                    problem = seq.start_after_resume()
+                    if problem is not None:
+                        seq.fail(InvalidRequest("resume_token_ids", problem))
             if batch.scored:
                 self._score(logits, batch)
             if batch.sampled:
@@ -306,28 +321,51 @@ class Engine:
                 batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
                 budget -= 1
         batch.decode_rows = len(batch.token_ids)
-        prefilling = {s.prompt_key for s in self._running if s.request is not None and 0 < s.prefilled < len(s.prompt)
+        prefilling = {s.prompt_key for s in self._running if s.request is not None and 0 < s.prefilled < len(s.prefill_ids)
                       and not s.finished}
+        computing: set[bytes] = set()  # prefix blocks this step computes
         for seq in self._running:
             if seq.finished or seq.prefill_done:
                 continue
             if seq.prefilled == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
                 continue  # a sequence with (probably) this prompt is part way through: wait to fork it
+            if self._reuse_prefix(seq, computing):
+                continue  # another sequence computes this prefix now: take it from the cache next step
             start = seq.prefilled
-            # Chunk boundaries are multiples of prefill_chunk from the prompt start: never load-dependent.
-            end = min(len(seq.prompt), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
+            # Chunks end at multiples of prefill_chunk: a tuning knob only (prefill equals decode).
+            end = min(len(seq.prefill_ids), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
             if end - start > budget:
                 continue  # next step; the chunk itself is the same whenever it runs
-            batch.add(seq, seq.prompt[start:end], start, score=seq.score_positions(start, end),
-                      sample=(end == len(seq.prompt) and seq.request is not None))
+            batch.add(seq, seq.prefill_ids[start:end], start, score=seq.score_positions(start, end),
+                      sample=(end == len(seq.prefill_ids) and seq.request is not None),
+                      check=seq.resume_positions(start, end))
+            batch.prefilled.append(seq)
             seq.prefilled = end
             budget -= end - start
             batch.prefill_tokens += end - start
-            if seq.request is not None and end < len(seq.prompt):
+            self.prefix_cache.count(0, end - start)
+            computing.update(seq.block_hashes()[start // BLOCK_TOKENS:end // BLOCK_TOKENS])
+            if seq.request is not None and end < len(seq.prefill_ids):
                 prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
             elif seq.request is not None:
                 self._fork_same_prompt(seq, batch)
         return batch
+
+    def _reuse_prefix(self, seq: Sequence_, computing: set[bytes]) -> bool:
+        """Copy the longest cached prefix of `seq`'s prefill into its cache. True when its next block
+        is being computed this step by another sequence (it should wait one step and reuse it)."""
+        cache = self.prefix_cache
+        if not cache.enabled:
+            return False
+        start, limit = seq.prefilled, seq.reuse_limit()
+        end = cache.lookup(seq.prefill_ids, seq.block_hashes(), start, limit)
+        if end > start:
+            cache.copy_into(seq.cache, seq.block_hashes(), start, end)
+            cache.count(end - start, 0)
+            seq.cached_tokens += end - start
+            seq.prefilled = end
+        nxt = end // BLOCK_TOKENS
+        return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes()[nxt] in computing
 
     def _fork_same_prompt(self, donor: Sequence_, batch: StepBatch) -> None:
         """Sequences not started yet with exactly `donor`'s prompt share its prefill (e.g. n samples).
@@ -351,7 +389,11 @@ class Engine:
             seq.prompt_greedy.append(g)
 
     def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
-        seqs = batch.sampled
+        keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check
+        seqs = [batch.sampled[i] for i in keep]
+        if not seqs:
+            return
+        logits = logits[keep] if len(keep) < len(batch.sampled) else logits
         penalties = any(_uses_penalties(s.request.sampling) for s in seqs)
         result = sample(
             logits,
@@ -390,10 +432,6 @@ def _uses_penalties(params) -> bool:
     return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
 
 
-def _decode_tag(config: EngineConfig) -> str:
-    return f"col{COLUMN_BLOCK}" if config.decode_gemm == "column" else "rowdecode"
-
-
 def _can_fork(seq: Sequence_) -> bool:
     """A generation that needs no prompt logprobs of its own can take another's prefill."""
-    return seq.request is not None and seq.score_from is None
+    return seq.request is not None and seq.score_from is None and not seq.resume_ids

@@ -1,22 +1,28 @@
 """A batch-invariant decoder-only transformer (Llama family) over packed token rows.
 
-Why our own forward pass: a sequence's logits must not depend on what else is
-in the batch. On CPU, `F.linear` gives a row different bits when the row count
-is small or the row sits in a partial micro-tile (see DESIGN.md §3), and
-scaled-dot-product attention over a padded batch sums over a length that
-depends on the other sequences. So:
+Why our own forward pass: a token's logits and KV entries must not depend on what
+else is in the batch, nor on how its sequence was split into steps (a prefill chunk
+of any size, or one decode row). On CPU, `F.linear` gives a row different bits when
+the row count is small or the row sits in a partial micro-tile (see DESIGN.md §3),
+and scaled-dot-product attention changes its reduction with the query count. So:
 
-* every GEMM runs on a row count padded to a multiple of ROW_TILE, which keeps
-  each row in a full micro-tile whatever the batch (tests/engine prove it per
-  shape and row count);
-* attention runs per sequence, over exactly that sequence's keys, with a call
-  whose shapes depend only on the sequence itself (its chunk and its length);
+* every GEMM, decode rows included, cuts its rows into tiles of ROW_TILE rows
+  (zero-padded) and multiplies each tile as its own matrix of one batched GEMM,
+  so every product has one fixed shape whatever the row count. A plain `F.linear`
+  is not enough: on an AVX-512 machine a row's bits changed between 8 and 64 rows
+  (tests/engine prove the tiles per shape and row count);
+* attention computes each query at a fixed place: queries sit in tiles of
+  QUERY_TILE absolute positions, keys in blocks of KEY_BLOCK absolute positions,
+  every score and value product is a matmul of one fixed shape, and the blocks
+  are combined left to right; a block after the query's own is never added
+  (see _attention_segment);
 * everything else (embedding, RMSNorm, RoPE, SiLU) is row-wise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -24,8 +30,10 @@ import torch.nn.functional as F
 
 from .kv_cache import SequenceKVCache
 
-ROW_TILE = 4  # row counts are padded to a multiple of this (see tests/engine/test_gemm_invariance.py)
-COLUMN_BLOCK = 4  # decode rows go through weight @ x^T in blocks of this many rows
+ROW_TILE = 16  # GEMM rows go in tiles of this many, one matrix each (see tests/engine/test_gemm_invariance.py)
+KEY_BLOCK = 128  # attention reduces keys in blocks of this many absolute positions (divides GROW_BLOCK)
+QUERY_TILE = 4  # attention computes queries in tiles of this many absolute positions (divides KEY_BLOCK)
+TILE_GROUP = 8  # query tiles per batched attention call: bounds memory, changes no bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,25 +86,15 @@ class Segment:
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      tile: int = ROW_TILE) -> torch.Tensor:
-    """`F.linear` whose row results do not depend on the row count. x: [M, K], M % tile == 0."""
-    assert x.shape[0] % tile == 0, "pad rows with pad_rows() first"
-    return F.linear(x, weight, bias)
+    """`F.linear` whose row results do not depend on the row count. x: [M, K], M % tile == 0.
 
-
-def column_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                  block: int = COLUMN_BLOCK) -> torch.Tensor:
-    """`F.linear` for decode rows, as weight @ x^T in fixed blocks of `block` rows. x: [M, K] -> [M, N].
-
-    With so few columns the GEMM streams the weight once without repacking it (about 4x faster than a
-    padded `F.linear` at one row), and each block is its own call of one fixed shape, so a row's bits
-    depend only on itself (tests/engine/test_gemm_invariance.py).
+    Each tile of `tile` rows is one matrix of a batched GEMM with the weight: every product has the
+    shape [tile, K] @ [K, N] and the same memory layout, however many tiles there are.
     """
-    rows = x.shape[0]
-    # Contiguous in and out: a kernel's summation order may follow the memory layout, and the
-    # layout must not depend on what else was in the batch.
-    xp = pad_rows(x, block).contiguous()
-    out = torch.cat([torch.mm(weight, xp[i:i + block].t()) for i in range(0, xp.shape[0], block)], dim=1)
-    out = out.t()[:rows].contiguous()  # [M, N]
+    rows, k = x.shape
+    assert rows % tile == 0, "pad rows with pad_rows() first"
+    n, tiles = weight.shape[0], rows // tile
+    out = torch.bmm(x.contiguous().view(tiles, tile, k), weight.t().expand(tiles, k, n)).view(rows, n)
     return out + bias if bias is not None else out
 
 
@@ -130,10 +128,9 @@ class DecoderModel:
     """Llama-family forward over packed rows of many sequences, each with its own KV cache."""
 
     def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                 row_tile: int = ROW_TILE, decode_gemm: str = "column"):
+                 row_tile: int = ROW_TILE):
         # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
         self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
-        self.column_decode = decode_gemm == "column"  # else decode rows take the padded-row path too
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
         self.embed = sd["model.embed_tokens.weight"]  # [V, H]
         self.lm_head = self.embed if cfg.tie_word_embeddings else sd["lm_head.weight"]  # [V, H]
@@ -145,21 +142,11 @@ class DecoderModel:
         self.cos = angles.cos().to(device=device, dtype=dtype)
         self.sin = angles.sin().to(device=device, dtype=dtype)
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                decode_rows: int = 0) -> torch.Tensor:
-        """x: [T, K] -> [T, N]. The first `decode_rows` rows (one token of a decoding sequence each) take
-        the column path, the rest the padded-row path: which path a row takes depends only on its own
-        sequence's state, never on the batch."""
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: [T, K] -> [T, N] on the padded-row path, one code path for prefill and decode rows."""
         if self.row_tile == 1:  # benchmark baseline: plain F.linear, not invariant
             return F.linear(x, weight, bias)
-        t = x.shape[0]
-        decode_rows = decode_rows if self.column_decode else 0
-        parts = []
-        if decode_rows:
-            parts.append(column_linear(x[:decode_rows], weight, bias))
-        if t > decode_rows:
-            parts.append(invariant_linear(pad_rows(x[decode_rows:], self.row_tile), weight, bias, self.row_tile)[: t - decode_rows])
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return invariant_linear(pad_rows(x, self.row_tile), weight, bias, self.row_tile)[: x.shape[0]]
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
@@ -178,54 +165,95 @@ class DecoderModel:
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, segments: Sequence[Segment]) -> torch.Tensor:
         """Per-sequence attention. q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq*D]."""
-        out = q.new_zeros(q.shape[0], q.shape[1] * q.shape[2])
+        out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         row = 0
         for seg in segments:
             n = seg.length
-            keys, values = seg.cache.write(layer, seg.start, k[row:row + n], v[row:row + n])  # [Hkv, L, D]
-            total = seg.start + n
-            mask = None
-            if n > 1 and seg.start > 0:  # chunk after earlier context: causal, offset by start
-                pos_q = torch.arange(seg.start, total, device=q.device)[:, None]
-                mask = torch.arange(total, device=q.device)[None, :] <= pos_q  # [n, L]
-            attn = F.scaled_dot_product_attention(
-                q[row:row + n].transpose(0, 1).unsqueeze(0),  # [1, Hq, n, D]
-                keys.unsqueeze(0),
-                values.unsqueeze(0),
-                attn_mask=mask,
-                is_causal=(n > 1 and seg.start == 0),
-                enable_gqa=True,
-            )  # [1, Hq, n, D]
-            out[row:row + n] = attn[0].transpose(0, 1).reshape(n, -1)
+            # Keys first, so a chunk's queries and a later decode query read the same cache layout.
+            seg.cache.write(layer, seg.start, k[row:row + n], v[row:row + n])
+            for lo in range(0, n, TILE_GROUP * QUERY_TILE):  # groups only bound memory
+                hi = min(n, lo + TILE_GROUP * QUERY_TILE)
+                out[row + lo:row + hi] = self._attention_segment(q[row + lo:row + hi], seg.cache, layer, seg.start + lo)
             row += n
         return out
+
+    def _attention_segment(self, q: torch.Tensor, cache: SequenceKVCache, layer: int, start: int) -> torch.Tensor:
+        """Causal attention of queries at positions start.. over `cache`. q: [n, Hq, D] -> [n, Hq*D].
+
+        Each query's bits depend only on itself and the keys/values before it:
+        * the query sits at row (position % QUERY_TILE) of the tile of its absolute position, the
+          other rows being other queries or zeros (a row of a matmul never reads another row);
+        * scores are tile [QT*G, D] @ key block [D, KEY_BLOCK] and values block-probabilities
+          [QT*G, KEY_BLOCK] @ [KEY_BLOCK, D]: one fixed shape per batched matrix, in one layout;
+        * the softmax max is exact (order-free); per-block sums reduce one fixed-size row each;
+        * block partials are summed by a sequential scan over blocks (cumsum), read at the
+          tile's own last block: blocks after it exist only in longer chunks and add nothing.
+        Computed in float32 whatever the model dtype.
+        """
+        c = self.cfg
+        n, hq, d = q.shape
+        hkv, g, qt = c.num_kv_heads, hq // c.num_kv_heads, QUERY_TILE
+        first, last = start // qt, (start + n - 1) // qt  # query tiles, absolute
+        tiles = last - first + 1
+        blocks = (last * qt) // KEY_BLOCK + 1  # key blocks the last tile needs (all tiles' needs are <=)
+        offset = start - first * qt
+        qpad = q.new_zeros(tiles * qt, hq, d, dtype=torch.float32)
+        qpad[offset:offset + n] = q.float() * (1.0 / math.sqrt(d))
+        # [tiles, QT, Hkv, G, D] -> [tiles, Hkv, QT*G, D]: the G query heads of a KV head share its keys.
+        qtile = qpad.view(tiles, qt, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(tiles, hkv, qt * g, d)
+        keys = cache.keys[layer, :, :blocks * KEY_BLOCK].float()  # capacity is a multiple of KEY_BLOCK
+        values = cache.values[layer, :, :blocks * KEY_BLOCK].float()
+        kblk = keys.view(hkv, blocks, KEY_BLOCK, d).transpose(0, 1)  # [B, Hkv, KB, D]
+        vblk = values.view(hkv, blocks, KEY_BLOCK, d).transpose(0, 1)
+        shape = (tiles, blocks, hkv)
+        qb = qtile[:, None].expand(*shape, qt * g, d).contiguous().view(-1, qt * g, d)
+        kb = kblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
+        vb = vblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
+        scores = torch.bmm(qb, kb.transpose(1, 2)).view(*shape, qt, g, KEY_BLOCK)
+        qpos = (torch.arange(first, last + 1, device=q.device)[:, None] * qt
+                + torch.arange(qt, device=q.device)[None, :])  # [tiles, QT] nominal query positions
+        kpos = torch.arange(blocks * KEY_BLOCK, device=q.device).view(blocks, KEY_BLOCK)
+        allowed = kpos[None, :, None, None, None, :] <= qpos[:, None, None, :, None, None]
+        scores = torch.where(allowed, scores, float("-inf"))
+        peak = scores.amax(dim=(1, 5), keepdim=True)  # every row sees key 0: finite
+        probs = torch.exp(scores - peak)  # masked keys: exactly 0
+        sums = probs.sum(dim=-1)  # [tiles, B, Hkv, QT, G]
+        weighted = torch.bmm(probs.view(-1, qt * g, KEY_BLOCK), vb).view(*shape, qt, g, d)
+        own = (torch.arange(first, last + 1, device=q.device) * qt) // KEY_BLOCK  # each tile's last block
+        pick = own.view(tiles, 1, 1, 1, 1)
+        total = torch.cumsum(sums, dim=1).gather(1, pick.expand(tiles, 1, hkv, qt, g))[:, 0]
+        pick = own.view(tiles, 1, 1, 1, 1, 1)
+        acc = torch.cumsum(weighted, dim=1).gather(1, pick.expand(tiles, 1, hkv, qt, g, d))[:, 0]
+        attn = acc / total[..., None]  # [tiles, Hkv, QT, G, D]
+        attn = attn.permute(0, 2, 1, 3, 4).reshape(tiles * qt, hq * d)[offset:offset + n]
+        return attn.to(q.dtype)
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment],
                 logit_rows: torch.Tensor, decode_rows: int = 0) -> torch.Tensor:
         """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices, ascending -> logits [R, V]
-        float32. The first `decode_rows` rows are single decode tokens (see _linear)."""
+        float32. `decode_rows` (the first rows: one decode token each) is informational: decode and
+        prefill rows share one code path, so a token's bits do not depend on how it was scheduled."""
         c = self.cfg
         t = token_ids.shape[0]
-        d = decode_rows
         hidden = F.embedding(token_ids, self.embed)  # [T, H]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         for i, layer in enumerate(self.layers):
             x = self._rms_norm(hidden, layer.norm_in)
-            qkv = self._linear(x, layer.qkv, layer.qkv_bias, d)  # [T, Hq*D + 2*Hkv*D]
+            qkv = self._linear(x, layer.qkv, layer.qkv_bias)  # [T, Hq*D + 2*Hkv*D]
             q = self._rope(qkv[:, :q_width].view(t, c.num_heads, c.head_dim), cos, sin)
             k = self._rope(qkv[:, q_width:q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
             v = qkv[:, q_width + kv_width:].view(t, c.num_kv_heads, c.head_dim)
             attn = self._attention(q, k, v, i, segments)  # [T, Hq*D]
-            hidden = hidden + self._linear(attn, layer.o, None, d)
+            hidden = hidden + self._linear(attn, layer.o)
             x = self._rms_norm(hidden, layer.norm_post)
-            gate, up = self._linear(x, layer.gate_up, None, d).chunk(2, dim=-1)
-            hidden = hidden + self._linear(F.silu(gate) * up, layer.down, None, d)
+            gate, up = self._linear(x, layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down)
         if logit_rows.numel() == 0:
             return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
         last = self._rms_norm(hidden[logit_rows], self.norm_final)  # [R, H]
-        return self._linear(last, self.lm_head, None, int((logit_rows < d).sum())).float()  # [R, V]
+        return self._linear(last, self.lm_head).float()  # [R, V]
 
 
 def describe(cfg: ModelConfig) -> str:

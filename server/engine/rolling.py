@@ -42,6 +42,7 @@ class RollingResult:
     logprobs: tuple[float, ...]  # one per token of the text, in order
     greedy_ids: tuple[int, ...]  # the argmax at each position
     num_windows: int
+    cached_tokens: int = 0  # positions over all windows taken from the prefix cache
 
     @property
     def total(self) -> float:
@@ -67,4 +68,5 @@ async def score_rolling(engine, windows: Sequence[PreparedPair], request_id: str
         logprobs=tuple(lp for s in scores for lp in s.logprobs),
         greedy_ids=tuple(g for s in scores for g in s.greedy_ids),
         num_windows=len(windows),
+        cached_tokens=sum(s.cached_tokens for s in scores),
     )

@@ -31,6 +31,7 @@ class PairScore:
     logprobs: tuple[float, ...]  # raw logprob of each continuation token
     greedy_ids: tuple[int, ...]  # argmax at each continuation position
     is_greedy: bool
+    cached_tokens: int = 0  # context positions taken from the prefix cache
 
 
 def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: bool) -> list[PreparedPair]:
@@ -77,8 +78,9 @@ async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "
             if not pair.continuation_ids:
                 results[i] = PairScore(pair, (), (), True)
                 continue
-            result = await engine.score_validated(ScoreRequest(pair.context_ids, pair.continuation_ids, request_id, client))
-            results[i] = PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy)
+            result = await engine.score_validated(
+                ScoreRequest(pair.context_ids, pair.continuation_ids, request_id, client=client))
+            results[i] = PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy, result.cached_tokens)
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(MAX_IN_FLIGHT, len(pairs)))]
     try:

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from .detokenizer import IncrementalText
 from .kv_cache import SequenceKVCache
 from .model import Segment
+from .prefix_cache import BLOCK_TOKENS, chain_hashes
 from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreResult, TopLogprob
 
 
@@ -25,7 +26,13 @@ class Sequence_:
                  tokenizer, loop: asyncio.AbstractEventLoop, score_from: Optional[int] = None):
         self.request = request
         self.prompt = list(prompt)
-        self.prompt_key = hash(tuple(self.prompt))  # to find other sequences with the same prompt
+        # Tokens the caller already holds (a resumed stream): prefilled after the prompt, each one
+        # checked against what the seed produces, then generation goes on at step len(resume_ids).
+        self.resume_ids = list(request.resume_token_ids) if request is not None else []
+        self.prefill_ids = self.prompt + self.resume_ids  # what the prefill computes
+        self.prompt_key = hash(tuple(self.prefill_ids))  # to find other sequences with the same prompt
+        self.cached_tokens = 0  # prefill positions copied from the prefix cache
+        self._block_hashes: Optional[list[bytes]] = None
         self.output_ids: list[int] = []
         self.cache = cache
         self.tokenizer = tokenizer
@@ -40,6 +47,37 @@ class Sequence_:
         self.finished = False
         self.created = time.monotonic()
 
+    def block_hashes(self) -> list[bytes]:
+        if self._block_hashes is None:
+            self._block_hashes = chain_hashes(self.prefill_ids, len(self.prefill_ids) // BLOCK_TOKENS)
+        return self._block_hashes
+
+    def reuse_limit(self) -> int:
+        """Prefill positions that may come from the prefix cache: every row whose logits are needed
+        (the first sampled row, scored rows, resumed rows to check) is computed."""
+        limit = len(self.prefill_ids) - 1
+        if self.score_from is not None:
+            limit = min(limit, self.score_from - 1)
+        if self.resume_ids:
+            limit = min(limit, len(self.prompt) - 1)
+        return limit
+
+    def resume_positions(self, start: int, end: int) -> range:
+        """Rows p of the chunk [start, end) whose logits sample resumed token p - len(prompt) + 1."""
+        if not self.resume_ids:
+            return range(0)
+        first = len(self.prompt) - 1
+        return range(max(start, first), min(end, first + len(self.resume_ids)))
+
+    def start_after_resume(self) -> Optional[str]:
+        """The checked resumed tokens become the output so far; None, or why the stream could not go on."""
+        self.output_ids = list(self.resume_ids)
+        for i, token in enumerate(self.resume_ids):
+            self.text.add(token, check_stop=i + 1 >= self.request.min_new_tokens)
+            if self.text.stopped_at is not None:
+                return f"resume_token_ids[{i}]: a stop string ends the stream there; a finished stream cannot be resumed"
+        return None
+
     def score_positions(self, start: int, end: int) -> range:
         """Rows p of the chunk [start, end) whose logits score prompt token p + 1."""
         if self.score_from is None:
@@ -49,11 +87,11 @@ class Sequence_:
     def finish_scoring(self) -> None:
         self.finished = True
         self._post(ScoreResult(tuple(self.prompt_logprobs), tuple(self.prompt_greedy),
-                               self.prompt_greedy == self.prompt[self.score_from:]))
+                               self.prompt_greedy == self.prompt[self.score_from:], self.cached_tokens))
 
     @property
     def prefill_done(self) -> bool:
-        return self.prefilled >= len(self.prompt)
+        return self.prefilled >= len(self.prefill_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -96,8 +134,9 @@ class Sequence_:
             finish_reason=finish,
             prompt_tokens=len(self.prompt),
             completion_tokens=len(self.output_ids),
+            cached_tokens=self.cached_tokens,
         )
-        if req.prompt_logprobs and len(self.output_ids) == 1:
+        if req.prompt_logprobs and len(self.output_ids) == 1 and not self.resume_ids:
             chunk.prompt_logprobs = [None] + self.prompt_logprobs
         if finish is not None:
             self.finished = True
@@ -137,9 +176,13 @@ class StepBatch:
     score_targets: list[int] = dataclasses.field(default_factory=list)
     decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
     forks: list[tuple[Sequence_, Sequence_]] = dataclasses.field(default_factory=list)  # (donor, child)
+    # Resumed tokens to check: (sequence, index into logits, index into its resume_ids).
+    checks: list[tuple[Sequence_, int, int]] = dataclasses.field(default_factory=list)
+    prefilled: list[Sequence_] = dataclasses.field(default_factory=list)  # sequences with a prefill chunk
     prefill_tokens: int = 0  # prompt tokens computed this step
 
-    def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False) -> None:
+    def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False,
+            check: range = range(0)) -> None:
         first_row = len(self.token_ids)
         self.segments.append(Segment(seq.cache, start, len(tokens)))
         self.token_ids.extend(tokens)
@@ -149,6 +192,9 @@ class StepBatch:
             self.logit_rows.append(first_row + pos - start)
             self.scored.append(seq)
             self.score_targets.append(seq.prompt[pos + 1])
+        for pos in check:
+            self.checks.append((seq, len(self.logit_rows), pos - len(seq.prompt) + 1))
+            self.logit_rows.append(first_row + pos - start)
         if sample:
             self.sample_rows.append(len(self.logit_rows))
             self.logit_rows.append(len(self.token_ids) - 1)

@@ -61,6 +61,10 @@ class GenerationRequest:
     # Who asked (an API key's name, or a peer address; opaque to the engine): waiting requests are
     # admitted round-robin over clients. Scheduling only: never changes a token, not in the receipt.
     client: str = ""
+    # Resuming a stream: the first tokens of this request's stream, which the caller already holds.
+    # The engine checks each against what the seed produces and continues after the last one; the
+    # stream and its receipt are those of the uninterrupted run. Empty: a fresh stream.
+    resume_token_ids: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,7 @@ class ScoreResult:
     logprobs: tuple[float, ...]  # per continuation token, under the raw model distribution
     greedy_ids: tuple[int, ...]  # argmax at each continuation position (lowest id on ties)
     is_greedy: bool  # greedy decoding would have produced exactly the continuation
+    cached_tokens: int = 0  # context positions taken from the prefix cache instead of computed
 
     @property
     def total(self) -> float:
@@ -107,6 +112,7 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # running total of generated tokens, including this chunk
     prompt_logprobs: Optional[list[Optional[float]]] = None  # first chunk only, when asked: None for token 0
+    cached_tokens: int = 0  # prompt positions taken from the prefix cache instead of computed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,6 +112,7 @@ def generation_request(
         request_id=request_id,
         logprobs_mode=req.logprobs_mode or "raw",
         client=client,
+        resume_token_ids=tuple(req.resume_token_ids),
     )
 
 
@@ -218,6 +219,7 @@ def stream_message(
         completion_tokens=chunk.completion_tokens,
         request_id=request.request_id,
         sample_index=request.sample_index,
+        cached_tokens=chunk.cached_tokens,
     )
     if receipt_pb is not None:
         msg.receipt.CopyFrom(receipt_pb)
@@ -244,8 +246,10 @@ class UnaryAccumulator:
         self.finish_reason: Optional[FinishReason] = None
         self.completion_tokens = 0
         self.prompt_logprobs: Optional[list[float]] = None
+        self.cached_tokens = 0
 
     def add(self, chunk: GenerationChunk) -> None:
+        self.cached_tokens = chunk.cached_tokens
         self.text.append(chunk.text)
         self.token_ids.extend(chunk.token_ids)
         self.logprobs.extend(chunk.logprobs)
@@ -272,6 +276,7 @@ class UnaryAccumulator:
             receipt=receipt_pb,
             prompt_token_ids=req.prompt_token_ids if self.prompt_logprobs is not None else (),
             prompt_logprobs=self.prompt_logprobs or (),
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -313,13 +318,14 @@ def score_result_pb(score) -> pb.ScoreResult:
         is_greedy=score.is_greedy,
         greedy_token_ids=score.greedy_ids,
         truncated_tokens=pair.truncated_tokens,
+        cached_tokens=score.cached_tokens,
     )
 
 
 def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,
                default_max_new_tokens: int, max_batch_size: int, max_queue: int, max_input_chars: int = 0,
-               max_input_tokens: int = 0, max_deadline: float = 0.0) -> pb.GetModelInfoResponse:
-    return pb.GetModelInfoResponse(
+               max_input_tokens: int = 0, max_deadline: float = 0.0, prefix_cache=None) -> pb.GetModelInfoResponse:
+    msg = pb.GetModelInfoResponse(
         model_id=info.model_id,
         model_sha256=info.model_sha256,
         dtype=info.dtype,
@@ -340,3 +346,11 @@ def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool,
         max_input_tokens=max_input_tokens,
         max_deadline_seconds=max_deadline,
     )
+    if prefix_cache is not None:  # the engine's PrefixCache
+        stats = prefix_cache.stats
+        msg.prefix_cache_bytes = stats.bytes
+        msg.prefix_cache_budget_bytes = prefix_cache.budget_bytes
+        msg.prefix_cache_hit_tokens = stats.hit_tokens
+        msg.prefix_cache_miss_tokens = stats.miss_tokens
+        msg.prefix_cache_block_tokens = prefix_cache.block_tokens
+    return msg

@@ -129,6 +129,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         gen = convert.generation_request(req, prompt_ids, seed, call.request_id,
                                          self.state.options.default_max_new_tokens, call.client)
         requests = sample_requests(gen, n)
+        if len(requests) > 1 and gen.resume_token_ids:
+            raise InvalidRequest("resume_token_ids", "cannot be combined with n > 1: resume one sample at a time "
+                                 "(n = 1 with its sample_index)")
         engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
         return requests
 
@@ -235,7 +238,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return pb.ScoreRollingResponse(
             token_ids=ids, logprobs=result.logprobs, logprob=math.fsum(result.logprobs),
             greedy_token_ids=result.greedy_ids, num_windows=result.num_windows, max_length=max_length,
-            receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
+            receipt=convert.score_receipt(engine.info, [ids, [max_length]]), cached_tokens=result.cached_tokens,
         )
 
     def _tokenize(self, engine, request: pb.TokenizeRequest):
@@ -278,6 +281,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             max_input_chars=max_chars,
             max_input_tokens=max_tokens,
             max_deadline=self.state.options.limits.max_deadline or 0.0,
+            prefix_cache=getattr(engine, "prefix_cache", None),
         )
 
 

@@ -53,15 +53,16 @@ def _background(engine, rng, count):
     return requests
 
 
-@pytest.mark.parametrize("dtype,decode_gemm,background", [
-    ("float32", "column", 40),  # the default build, at full scale
-    ("float32", "row", 16),  # the throughput decode path
-    ("bfloat16", "column", 16),
+@pytest.mark.parametrize("dtype,prefill_chunk,background", [
+    ("float32", 256, 40),  # the default build, at full scale
+    ("float32", 48, 16),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
+    ("bfloat16", 256, 16),
 ])
-def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, device, dtype, decode_gemm,
-                                                                background):
-    """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving."""
-    engine = engine_factory(dtype=dtype, decode_gemm=decode_gemm, device=device)
+def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, device, dtype, prefill_chunk, background,
+                                                                 reference_streams):
+    """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving.
+    The prefix cache is on (the default): loaded runs reuse the solo runs' prompts."""
+    engine = engine_factory(dtype=dtype, prefill_chunk=prefill_chunk, device=device)
     assert engine.device.type == device
     rng = random.Random(1234)
 
@@ -85,6 +86,13 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, d
         assert a[2] == b[2]
     assert solo[0][0] == solo[6][0], "same request twice gives the same tokens"
     assert len({tuple(s[0]) for s in solo[1:6]}) == 5
+    if dtype == "float32":  # the chunk size changes no token
+        assert reference_streams.setdefault((device, dtype), solo) == solo
+
+
+@pytest.fixture(scope="module")
+def reference_streams():
+    return {}
 
 
 def test_finish_reasons(engine_factory):
@@ -189,7 +197,7 @@ def test_same_prompt_prefills_once_and_changes_no_token(engine_factory, device):
         finally:
             await engine.stop()
 
-    shared, alone = engine_factory(device=device), engine_factory(device=device)
+    shared, alone = engine_factory(prefix_cache_mib=0, device=device), engine_factory(prefix_cache_mib=0, device=device)  # forks alone
     together = run(scenario(shared, True))
     one_by_one = run(scenario(alone, False))
     assert together == one_by_one

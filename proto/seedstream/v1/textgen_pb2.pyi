@@ -43,7 +43,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "prompt_token_ids", "seed", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos", "top_logprobs", "sample_index", "request_id", "n", "echo_prompt_logprobs", "logprobs_mode")
+    __slots__ = ("prompt", "messages", "prompt_token_ids", "seed", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "logit_bias", "max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos", "top_logprobs", "sample_index", "request_id", "n", "echo_prompt_logprobs", "logprobs_mode", "resume_token_ids")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class GenerateRequest(_message.Message):
     N_FIELD_NUMBER: _ClassVar[int]
     ECHO_PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_MODE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: ChatMessages
     prompt_token_ids: TokenIds
@@ -97,7 +98,8 @@ class GenerateRequest(_message.Message):
     n: int
     echo_prompt_logprobs: bool
     logprobs_mode: str
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., sample_index: _Optional[int] = ..., request_id: _Optional[str] = ..., n: _Optional[int] = ..., echo_prompt_logprobs: _Optional[bool] = ..., logprobs_mode: _Optional[str] = ...) -> None: ...
+    resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., sample_index: _Optional[int] = ..., request_id: _Optional[str] = ..., n: _Optional[int] = ..., echo_prompt_logprobs: _Optional[bool] = ..., logprobs_mode: _Optional[str] = ..., resume_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "text", "logprob")
@@ -181,7 +183,7 @@ class ReproducibilityReceipt(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., seed: _Optional[int] = ..., sample_index: _Optional[int] = ..., sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., input_sha256: _Optional[str] = ..., weight_format: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs", "samples")
+    __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs", "samples", "cached_tokens")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +198,7 @@ class GenerateResponse(_message.Message):
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -210,10 +213,11 @@ class GenerateResponse(_message.Message):
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prompt_logprobs: _containers.RepeatedScalarFieldContainer[float]
     samples: _containers.RepeatedCompositeFieldContainer[GenerateResponse]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., seed: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., samples: _Optional[_Iterable[_Union[GenerateResponse, _Mapping]]] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., seed: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., samples: _Optional[_Iterable[_Union[GenerateResponse, _Mapping]]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs")
+    __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs", "cached_tokens")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +231,7 @@ class GenerateStreamResponse(_message.Message):
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -240,7 +245,8 @@ class GenerateStreamResponse(_message.Message):
     receipt: ReproducibilityReceipt
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prompt_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., seed: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., seed: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., sample_index: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text", "messages", "add_special_tokens")
@@ -265,7 +271,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds")
+    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds", "prefix_cache_bytes", "prefix_cache_budget_bytes", "prefix_cache_hit_tokens", "prefix_cache_miss_tokens", "prefix_cache_block_tokens")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +291,11 @@ class GetModelInfoResponse(_message.Message):
     MAX_INPUT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_MISS_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     dtype: str
@@ -304,7 +315,12 @@ class GetModelInfoResponse(_message.Message):
     max_input_chars: int
     max_input_tokens: int
     max_deadline_seconds: float
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ...) -> None: ...
+    prefix_cache_bytes: int
+    prefix_cache_budget_bytes: int
+    prefix_cache_hit_tokens: int
+    prefix_cache_miss_tokens: int
+    prefix_cache_block_tokens: int
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ..., prefix_cache_bytes: _Optional[int] = ..., prefix_cache_budget_bytes: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ..., prefix_cache_miss_tokens: _Optional[int] = ..., prefix_cache_block_tokens: _Optional[int] = ...) -> None: ...
 
 class TextPair(_message.Message):
     __slots__ = ("context", "continuation")
@@ -341,7 +357,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, pairs: _Optional[_Iterable[_Union[ScorePair, _Mapping]]] = ..., truncate_context: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("context_tokens", "continuation_tokens", "continuation_token_ids", "logprobs", "logprob", "is_greedy", "greedy_token_ids", "truncated_tokens")
+    __slots__ = ("context_tokens", "continuation_tokens", "continuation_token_ids", "logprobs", "logprob", "is_greedy", "greedy_token_ids", "truncated_tokens", "cached_tokens")
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTINUATION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +366,7 @@ class ScoreResult(_message.Message):
     IS_GREEDY_FIELD_NUMBER: _ClassVar[int]
     GREEDY_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     context_tokens: int
     continuation_tokens: int
     continuation_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -358,7 +375,8 @@ class ScoreResult(_message.Message):
     is_greedy: bool
     greedy_token_ids: _containers.RepeatedScalarFieldContainer[int]
     truncated_tokens: int
-    def __init__(self, context_tokens: _Optional[int] = ..., continuation_tokens: _Optional[int] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., logprob: _Optional[float] = ..., is_greedy: _Optional[bool] = ..., greedy_token_ids: _Optional[_Iterable[int]] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, context_tokens: _Optional[int] = ..., continuation_tokens: _Optional[int] = ..., continuation_token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., logprob: _Optional[float] = ..., is_greedy: _Optional[bool] = ..., greedy_token_ids: _Optional[_Iterable[int]] = ..., truncated_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("results", "receipt")
@@ -381,7 +399,7 @@ class ScoreRollingRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., max_length: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ScoreRollingResponse(_message.Message):
-    __slots__ = ("token_ids", "logprobs", "logprob", "greedy_token_ids", "num_windows", "max_length", "receipt")
+    __slots__ = ("token_ids", "logprobs", "logprob", "greedy_token_ids", "num_windows", "max_length", "receipt", "cached_tokens")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     LOGPROB_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +407,7 @@ class ScoreRollingResponse(_message.Message):
     NUM_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     logprob: float
@@ -396,4 +415,5 @@ class ScoreRollingResponse(_message.Message):
     num_windows: int
     max_length: int
     receipt: ReproducibilityReceipt
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., logprob: _Optional[float] = ..., greedy_token_ids: _Optional[_Iterable[int]] = ..., num_windows: _Optional[int] = ..., max_length: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ...) -> None: ...
+    cached_tokens: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., logprob: _Optional[float] = ..., greedy_token_ids: _Optional[_Iterable[int]] = ..., num_windows: _Optional[int] = ..., max_length: _Optional[int] = ..., receipt: _Optional[_Union[ReproducibilityReceipt, _Mapping]] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
