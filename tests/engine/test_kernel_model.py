@@ -100,7 +100,7 @@ def test_formats_against_the_fp32_torch_path(weights, cfg):
     torch_model = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)
     cache = torch_model.new_cache()
     want = torch_model.forward(torch.tensor(ids), torch.arange(64), [Segment(cache, 0, 64)], torch.arange(64))
-    for fmt, bound in (("f32", 1e-3), ("q4_1", 1e-3), ("q8_0", 1.0)):
+    for fmt, bound in (("f32", 1e-3), ("q4_1", 1e-3), ("q8_0", 2.5)):
         got, _ = _run_chunked(_model(weights, cfg, fmt), ids, 64)
         # f32 and the file's own q4_1 compute the same weights in another order; q8_0 re-quantises them
         assert (got - want).abs().max() < bound, fmt
