@@ -58,6 +58,7 @@ class SeedstreamServer:
         default_max_new_tokens: int = 256,
         credentials: Optional[grpc.ServerCredentials] = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        metrics=None,
     ):
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
 
@@ -67,6 +68,10 @@ class SeedstreamServer:
         self.max_receive_bytes = max_receive_bytes
         self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version()))
         self._pending_engine = engine
+        self.metrics = metrics  # a ServiceMetrics, or None: no metrics
+        if metrics is not None:
+            self.state.metrics = metrics
+            metrics.in_flight.set_function(lambda: self.state.in_flight)
         self.server: Optional[grpc.aio.Server] = None
         self.health = None
         self.port: Optional[int] = None
@@ -121,6 +126,8 @@ class SeedstreamServer:
 
         await engine.start()
         self.state.engine = engine
+        if self.metrics is not None:
+            self.metrics.attach(engine)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def shutdown(self, grace: float = 30.0, *, stop_engine: bool = True,
@@ -141,6 +148,8 @@ class SeedstreamServer:
                 log.warning("grace period over: cancelling %d request(s)", self.state.in_flight)
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.metrics is not None:
+            self.metrics.detach()
         engine = self.state.engine
         if stop_engine and engine is not None:
             await engine.stop()
@@ -168,14 +177,17 @@ class ServeOptions:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line; requests carry their fields)
+    metrics_port: Optional[int] = None  # serve Prometheus /metrics on this port (0 = any free one)
+    metrics_host: Optional[str] = None  # address for /metrics; None = the same as host
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    from seedstream.server.logformat import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def engine_config(opts: ServeOptions):
@@ -201,7 +213,7 @@ def engine_config(opts: ServeOptions):
 
 def serve(opts: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
-    configure_logging(opts.log_level)
+    configure_logging(opts.log_level, opts.log_format)
     try:
         return asyncio.run(_serve(opts))
     except KeyboardInterrupt:
@@ -215,6 +227,22 @@ def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
         raise ValueError("--tls-cert and --tls-key go together")
     with open(opts.tls_key, "rb") as key, open(opts.tls_cert, "rb") as cert:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def _metrics(opts: ServeOptions):
+    if opts.metrics_port is None:
+        return None
+    from seedstream.server.rpc.metrics import ServiceMetrics
+
+    return ServiceMetrics()
+
+
+def _serve_metrics(metrics, opts: ServeOptions) -> None:
+    if metrics is None:
+        return
+    host = opts.metrics_host or opts.host
+    http = metrics.serve_http(opts.metrics_port, host)
+    log.info("metrics: Prometheus text format at http://%s:%d/metrics", host, http.server_port)
 
 
 def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
@@ -261,8 +289,10 @@ async def _serve(opts: ServeOptions) -> int:
             port=opts.port,
             default_max_new_tokens=opts.default_max_new_tokens,
             credentials=_credentials(opts),
+            metrics=_metrics(opts),
         )
         await server.start()
+        _serve_metrics(server.metrics, opts)
     except ImportError as exc:
         log.error("the server needs the server extra (torch, transformers, ...): pip install 'seedstream[server]' (%s)", exc)
         return 2

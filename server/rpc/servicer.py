@@ -45,6 +45,7 @@ class ServiceState:
         self.options = options or ServiceOptions()
         self.draining = False
         self.in_flight = 0
+        self.metrics = None  # a metrics.ServiceMetrics when the server exports metrics
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -76,24 +77,47 @@ class ServiceState:
 
 
 class _Call:
-    """Per-call facts for the one log line each request gets."""
+    """Per-call facts for the one log line (and metrics) each request gets."""
 
-    def __init__(self, rpc: str, context: grpc.aio.ServicerContext):
+    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, metrics=None):
         self.rpc = rpc
         self.context = context
+        self.metrics = metrics
         self.started = time.monotonic()
         self.request_id = ""
+        self.key_id = ""  # the API key's id once authentication sets it
         self.fields: dict[str, Any] = {}
         self.first_token_at: Optional[float] = None
+        self._last_token_at: dict[int, float] = {}  # per sample, for inter-token latency
+
+    def tokens_arrived(self, sample: int, count: int) -> None:
+        """`count` tokens of sample `sample` reached the handler (time to first token, inter-token)."""
+        if not count:
+            return
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            if self.metrics is not None:
+                self.metrics.observe_first_token(self.rpc, now - self.started)
+        last = self._last_token_at.get(sample)
+        if last is not None and self.metrics is not None:
+            self.metrics.observe_inter_token(self.rpc, (now - last) / count, count)
+        self._last_token_at[sample] = now
 
     def log_line(self, status: str) -> None:
+        """The request ended with `status` (a grpc.StatusCode name): one log line, and metrics."""
         elapsed = time.monotonic() - self.started
         parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
         parts += [f"{k}={v}" for k, v in self.fields.items()]
-        if self.first_token_at is not None:
-            parts.append(f"ttft={self.first_token_at - self.started:.3f}s")
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        if ttft is not None:
+            parts.append(f"ttft={ttft:.3f}s")
         parts += [f"time={elapsed:.3f}s", f"status={status}"]
-        log.info(" ".join(parts))
+        record = {"rpc": self.rpc, "request_id": self.request_id, "key_id": self.key_id, **self.fields,
+                  "ttft_s": None if ttft is None else round(ttft, 6), "time_s": round(elapsed, 6), "status": status}
+        log.info(" ".join(parts), extra={"request": record})  # --log-format json writes `record` as is
+        if self.metrics is not None:
+            self.metrics.observe_request(self.rpc, status, elapsed, self.fields)
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
@@ -109,7 +133,7 @@ def _guard_unary(rpc: str):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            call = _Call(rpc, context)
+            call = _Call(rpc, context, self.state.metrics)
             try:
                 response = await fn(self, request, context, call)
             except asyncio.CancelledError:
@@ -135,7 +159,7 @@ def _guard_stream(rpc: str):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            call = _Call(rpc, context)
+            call = _Call(rpc, context, self.state.metrics)
             try:
                 async for message in fn(self, request, context, call):
                     yield message
@@ -218,8 +242,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         with self.state.track():
             async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
                 async for j, chunk in chunks:
-                    if call.first_token_at is None and chunk.token_ids:
-                        call.first_token_at = time.monotonic()
+                    call.tokens_arrived(j, len(chunk.token_ids))
                     accs[j].add(chunk)
         call.fields["completion_tokens"] = sum(a.completion_tokens for a in accs)
         call.fields["finish"] = ",".join(a.finish_reason.value if a.finish_reason else "none" for a in accs)
@@ -238,8 +261,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         with self.state.track():
             async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
                 async for j, chunk in chunks:
-                    if call.first_token_at is None and chunk.token_ids:
-                        call.first_token_at = time.monotonic()
+                    call.tokens_arrived(j, len(chunk.token_ids))
                     done_tokens[j] = chunk.completion_tokens
                     call.fields["completion_tokens"] = sum(done_tokens.values())
                     if chunk.finish_reason is not None:
@@ -265,6 +287,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         chars = sum(len(c) + len(x) for c, x in pairs if isinstance(c, str))
         prepared = await _maybe_threaded(chars, prepare_pairs, engine, pairs, request.truncate_context)
         call.fields["pairs"] = len(prepared)
+        call.fields["tokens"] = sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared)
         with self.state.track():
             scores = await score_pairs(engine, prepared, call.request_id)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
