@@ -11,7 +11,7 @@ import grpc
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
-from . import _requests
+from . import _requests, balancing
 from ._common import (
     HEALTH_CHECK_METHOD,
     HEALTH_REQUEST,
@@ -104,11 +104,15 @@ class Client:
     metadata: sent with every call (dict or pairs), merged with per-call metadata.
     api_key: sent as 'authorization: Bearer KEY' with every call (default: $SEEDSTREAM_API_KEY, if set).
     options: extra grpc channel options.
+    Several replicas (see seedstream.client.balancing): target may be a list of "IP:PORT" addresses
+        (balanced round_robin), or one target gRPC resolves such as "dns:///NAME:PORT" with
+        load_balancing="round_robin" ("pick_first" is gRPC's default). max_attempts > 1 lets gRPC
+        retry calls that fail UNAVAILABLE (a replica died or is draining) on another replica.
     """
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: balancing.Target = None,
         *,
         timeout: Optional[float] = None,
         secure: bool = False,
@@ -119,12 +123,15 @@ class Client:
         metadata: Metadata = None,
         options: Optional[Sequence[tuple[str, Any]]] = None,
         api_key: Optional[str] = None,
+        load_balancing: Optional[str] = None,
+        max_attempts: int = 1,
     ):
+        target, from_list = balancing.channel_target(target)
         self.target = target or _requests.default_target()
         self.timeout = timeout
         self.metadata = with_api_key(metadata, api_key)
         creds = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
-        opts = _requests.channel_options(options)
+        opts = _requests.channel_options(options) + balancing.channel_options(load_balancing, max_attempts, from_list)
         self._channel = (
             grpc.secure_channel(self.target, creds, options=opts) if creds else grpc.insecure_channel(self.target, options=opts)
         )
