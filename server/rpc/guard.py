@@ -5,6 +5,8 @@
 - The call may run until the earlier of the client's deadline and the server's maximum deadline
   (--max-deadline); past it the handler is cancelled (its sequences freed) and the call ends with
   DEADLINE_EXCEEDED. A deadline expiry is logged as DEADLINE_EXCEEDED, a client cancel as CANCELLED.
+- Where the server exports metrics, the call is recorded once, with the status its log line names; the
+  log record carries the call's fields as `extra={"request": ...}` for --log-format json.
 """
 
 from __future__ import annotations
