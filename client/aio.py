@@ -11,7 +11,7 @@ import grpc
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
-from . import _requests
+from . import _requests, balancing
 from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, channel_credentials, health_status,
                       with_api_key)
 from ._resume import ResumePolicy, StreamResume
@@ -127,7 +127,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: balancing.Target = None,
         *,
         timeout: Optional[float] = None,
         secure: bool = False,
@@ -139,13 +139,16 @@ class AsyncClient:
         options: Optional[Sequence[tuple[str, Any]]] = None,
         api_key: Optional[str] = None,
         resume: Optional[ResumePolicy] = ResumePolicy(),
+        load_balancing: Optional[str] = None,
+        max_attempts: int = 1,
     ):
+        target, from_list = balancing.channel_target(target)
         self.target = target or _requests.default_target()
         self.timeout = timeout
         self.metadata = with_api_key(metadata, api_key)
         self.resume = resume
         self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
-        self._options = _requests.channel_options(options)
+        self._options = _requests.channel_options(options) + balancing.channel_options(load_balancing, max_attempts, from_list)
         self._channel: Optional[grpc.aio.Channel] = None
 
     def _ensure(self):

@@ -113,6 +113,7 @@ def _add_serve(sub) -> None:
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
                    help="log verbosity; INFO logs one line per request [SEEDSTREAM_LOG_LEVEL]")
     _add_serve_hardening(p)
+    _add_observability(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -180,6 +181,19 @@ def _hardening_options(args) -> dict:
         "max_connection_age": args.max_connection_age,
         "max_streams_per_connection": args.max_streams_per_connection,
     }
+
+
+def _add_observability(p) -> None:
+    """Prometheus metrics endpoint and log format."""
+    g = p.add_argument_group("observability")
+    g.add_argument("--metrics-port", type=int, default=_env("SEEDSTREAM_METRICS_PORT"),
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off if unset; 0 picks a free port) "
+                        "[SEEDSTREAM_METRICS_PORT]")
+    g.add_argument("--metrics-host", default=_env("SEEDSTREAM_METRICS_HOST"),
+                   help="address for the metrics endpoint (default: --host) [SEEDSTREAM_METRICS_HOST]")
+    g.add_argument("--log-format", default=_env("SEEDSTREAM_LOG_FORMAT", "text"), choices=("text", "json"),
+                   help="'json': one JSON object per log line; a request's line carries request_id, key_id, "
+                        "seed, token counts, ttft_s, time_s and status [SEEDSTREAM_LOG_FORMAT]")
 
 
 def _add_connection(p) -> None:
@@ -327,6 +341,9 @@ def _cmd_serve(args) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_port=int(args.metrics_port) if args.metrics_port is not None else None,
+        metrics_host=args.metrics_host,
         hardening=_hardening_options(args),
     )
     return serve(opts)

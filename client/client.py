@@ -11,7 +11,7 @@ import grpc
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
-from . import _requests
+from . import _requests, balancing
 from ._resume import ResumePolicy, StreamResume
 from ._common import (
     HEALTH_CHECK_METHOD,
@@ -125,11 +125,15 @@ class Client:
     options: extra grpc channel options.
     resume: how generate_stream resumes a stream broken by UNAVAILABLE (a ResumePolicy); None
         turns automatic resuming off. The resumed stream is token for token the uninterrupted one.
+    Several replicas (see seedstream.client.balancing): target may be a list of "IP:PORT" addresses
+        (balanced round_robin), or one target gRPC resolves such as "dns:///NAME:PORT" with
+        load_balancing="round_robin" ("pick_first" is gRPC's default). max_attempts > 1 lets gRPC
+        retry calls that fail UNAVAILABLE (a replica died or is draining) on another replica.
     """
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: balancing.Target = None,
         *,
         timeout: Optional[float] = None,
         secure: bool = False,
@@ -141,13 +145,16 @@ class Client:
         options: Optional[Sequence[tuple[str, Any]]] = None,
         api_key: Optional[str] = None,
         resume: Optional[ResumePolicy] = ResumePolicy(),
+        load_balancing: Optional[str] = None,
+        max_attempts: int = 1,
     ):
+        target, from_list = balancing.channel_target(target)
         self.target = target or _requests.default_target()
         self.timeout = timeout
         self.metadata = with_api_key(metadata, api_key)
         self.resume = resume
         creds = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
-        opts = _requests.channel_options(options)
+        opts = _requests.channel_options(options) + balancing.channel_options(load_balancing, max_attempts, from_list)
         self._channel = (
             grpc.secure_channel(self.target, creds, options=opts) if creds else grpc.insecure_channel(self.target, options=opts)
         )

@@ -60,6 +60,7 @@ class SeedstreamServer:
         credentials: Optional[grpc.ServerCredentials] = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         security=None,
+        metrics=None,
     ):
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
@@ -72,6 +73,10 @@ class SeedstreamServer:
         self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version(),
                                                        self.security.request_limits))
         self._pending_engine = engine
+        self.metrics = metrics  # a ServiceMetrics, or None: no metrics
+        if metrics is not None:
+            self.state.metrics = metrics
+            metrics.in_flight.set_function(lambda: self.state.in_flight)
         self.server: Optional[grpc.aio.Server] = None
         self.health = None
         self.port: Optional[int] = None
@@ -95,7 +100,8 @@ class SeedstreamServer:
             ("grpc.max_send_message_length", DEFAULT_MAX_SEND_BYTES),
             ("grpc.so_reuseport", 0),
         ] + self.security.connection_limits.grpc_options()
-        self.server = grpc.aio.server(options=options, interceptors=self.security.interceptors())
+        on_denied = self.metrics.observe_rejected if self.metrics is not None else None
+        self.server = grpc.aio.server(options=options, interceptors=self.security.interceptors(on_denied))
         add_text_generation_service(TextGenerationServicer(self.state), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -130,6 +136,8 @@ class SeedstreamServer:
         loop = asyncio.get_running_loop()
         engine.on_death(lambda exc: loop.call_soon_threadsafe(asyncio.ensure_future, self._engine_died()))
         self.state.engine = engine
+        if self.metrics is not None:
+            self.metrics.attach(engine)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     async def _engine_died(self) -> None:
@@ -160,6 +168,8 @@ class SeedstreamServer:
                 await self.state.wait_idle(CANCEL_FLUSH_S)
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.metrics is not None:
+            self.metrics.detach()
         engine = self.state.engine
         if stop_engine and engine is not None:
             await engine.stop()
@@ -189,16 +199,19 @@ class ServeOptions:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line; requests carry their fields)
+    metrics_port: Optional[int] = None  # serve Prometheus /metrics on this port (0 = any free one)
+    metrics_host: Optional[str] = None  # address for /metrics; None = the same as host
     # Authentication, TLS client certificates, reflection, connection and request limits (rpc/hardening.py).
     hardening: dict = dataclasses.field(default_factory=dict)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    from seedstream.server.logformat import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def engine_config(opts: ServeOptions):
@@ -227,7 +240,7 @@ def engine_config(opts: ServeOptions):
 
 def serve(opts: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
-    configure_logging(opts.log_level)
+    configure_logging(opts.log_level, opts.log_format)
     try:
         return asyncio.run(_serve(opts))
     except KeyboardInterrupt:
@@ -238,6 +251,22 @@ def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
     from seedstream.server.rpc.hardening import server_credentials
 
     return server_credentials(opts.tls_cert, opts.tls_key, opts.hardening.get("tls_client_ca"))
+
+
+def _metrics(opts: ServeOptions):
+    if opts.metrics_port is None:
+        return None
+    from seedstream.server.rpc.metrics import ServiceMetrics
+
+    return ServiceMetrics()
+
+
+def _serve_metrics(metrics, opts: ServeOptions) -> None:
+    if metrics is None:
+        return
+    host = opts.metrics_host or opts.host
+    http = metrics.serve_http(opts.metrics_port, host)
+    log.info("metrics: Prometheus text format at http://%s:%d/metrics", host, http.server_port)
 
 
 def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
@@ -288,8 +317,10 @@ async def _serve(opts: ServeOptions) -> int:
             default_max_new_tokens=opts.default_max_new_tokens,
             credentials=credentials,
             security=security_from_options(opts.hardening, opts.host, tls=credentials is not None),
+            metrics=_metrics(opts),
         )
         await server.start()
+        _serve_metrics(server.metrics, opts)
     except ImportError as exc:
         log.error("the server needs the server extra (torch, transformers, ...): pip install 'seedstream[server]' (%s)", exc)
         return 2

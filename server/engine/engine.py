@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import torch
 
@@ -74,6 +74,8 @@ class Engine:
         self._death_callbacks: list = []
         self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
+        # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
+        self.step_listeners: list[Callable[[float, int], None]] = []
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
         c = self.model_config
         per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
@@ -160,6 +162,15 @@ class Engine:
         before the engine thread drops it at the end of its step)."""
         with self._lock:
             return {"running": sum(not s.finished for s in self._running), "waiting": len(self._waiting)}
+
+    def kv_usage(self) -> dict[str, int]:
+        """KV-cache positions of the running sequences: filled now, reserved by admission (prompt +
+        max_new_tokens each), and the admission budget (max_kv_tokens)."""
+        with self._lock:
+            running = [s for s in self._running if not s.finished]
+            return {"used": sum(s.cache.length for s in running),
+                    "reserved": sum(self._kv_tokens(s) for s in running),
+                    "budget": self.config.max_kv_tokens}
 
     # --- requests
 
@@ -279,6 +290,7 @@ class Engine:
         return min(len(seq.prompt) + new, self.info.max_context)
 
     def _step(self) -> None:
+        started = time.perf_counter()
         batch = self._plan()
         if batch.segments:
             logits = self.model.forward(
@@ -309,6 +321,12 @@ class Engine:
                 seq.finish_scoring()
         with self._lock:
             self._running = [s for s in self._running if not s.finished]
+        elapsed = time.perf_counter() - started
+        for listener in self.step_listeners:
+            try:
+                listener(elapsed, len(batch.token_ids))
+            except Exception:  # an observer must never fail the batch
+                log.exception("step listener failed")
 
     def _plan(self) -> StepBatch:
         """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget."""

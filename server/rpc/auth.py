@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import grpc
 
@@ -66,10 +66,11 @@ def load_keys(path: Optional[str], environ: Mapping[str, str] = os.environ) -> d
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED unless `authorization: Bearer <key>` names a known key (health is open)."""
 
-    def __init__(self, keys: Mapping[str, str]):
+    def __init__(self, keys: Mapping[str, str], on_denied: Optional[Callable[[str, str], None]] = None):
         if not keys:
             raise ValueError("ApiKeyInterceptor needs at least one key")
         self._keys = [(key.encode(), name) for key, name in keys.items()]
+        self._on_denied = on_denied  # on_denied(rpc, "UNAUTHENTICATED") for each refused call (metrics)
 
     def client_of(self, metadata) -> Optional[str]:
         """The client's name if its bearer token is a known key. Every key is compared, in constant
@@ -91,7 +92,12 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
         name = self.client_of(details.invocation_metadata)
-        return _with_client(handler, name) if name is not None else _denied(handler, details.method)
+        if name is not None:
+            return _with_client(handler, name)
+        rpc = details.method.rsplit("/", 1)[-1]
+        if self._on_denied is not None:
+            self._on_denied(rpc, grpc.StatusCode.UNAUTHENTICATED.name)
+        return _denied(handler, rpc)
 
 
 async def _deny(context) -> None:
@@ -99,9 +105,9 @@ async def _deny(context) -> None:
                         "missing or unknown API key: send metadata 'authorization: Bearer <key>'")
 
 
-def _denied(handler, method: str):
+def _denied(handler, rpc: str):
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED without running it."""
-    log.warning("rpc=%s status=UNAUTHENTICATED (missing or unknown API key)", method.rsplit("/", 1)[-1])
+    log.warning("rpc=%s status=UNAUTHENTICATED (missing or unknown API key)", rpc)
 
     async def unary(request, context):
         await _deny(context)

@@ -5,6 +5,8 @@
 - The call may run until the earlier of the client's deadline and the server's maximum deadline
   (--max-deadline); past it the handler is cancelled (its sequences freed) and the call ends with
   DEADLINE_EXCEEDED. A deadline expiry is logged as DEADLINE_EXCEEDED, a client cancel as CANCELLED.
+- Where the server exports metrics, the call is recorded once, with the status its log line names; the
+  log record carries the call's fields as `extra={"request": ...}` for --log-format json.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ DEADLINE_SLACK_S = 0.25
 
 
 class Call:
-    """Per-call facts: the one log line each request gets, the client's identity, the deadline."""
+    """Per-call facts: the one log line (and metrics) each request gets, the client's identity, the deadline."""
 
-    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: Optional[float]):
+    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: Optional[float], metrics=None):
         self.rpc = rpc
         self.context = context
+        self.metrics = metrics  # a metrics.ServiceMetrics, or None when the server exports none
         self.started = time.monotonic()
         self.request_id = ""
         self.fields: dict[str, Any] = {}
         self.first_token_at: Optional[float] = None
-        self.client = CLIENT_NAME.get() or peer_host(context.peer())
+        self._last_token_at: dict[int, float] = {}  # per sample, for inter-token latency
+        self.key_id = CLIENT_NAME.get()  # the authenticated API key's name; empty without --api-key-file
+        self.client = self.key_id or peer_host(context.peer())
         remaining = context.time_remaining()
         server_limit = max_deadline or None  # 0 or None: no server limit
         self.client_deadline = None if remaining is None else self.started + remaining
@@ -46,15 +51,36 @@ class Call:
         self.limit = min(limits) if limits else None  # seconds this call may run
         self.server_cut = server_limit is not None and (remaining is None or server_limit < remaining)
 
+    def tokens_arrived(self, sample: int, count: int) -> None:
+        """`count` tokens of sample `sample` reached the handler (time to first token, inter-token)."""
+        if not count:
+            return
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            if self.metrics is not None:
+                self.metrics.observe_first_token(self.rpc, now - self.started)
+        last = self._last_token_at.get(sample)
+        if last is not None and self.metrics is not None:
+            self.metrics.observe_inter_token(self.rpc, (now - last) / count, count)
+        self._last_token_at[sample] = now
+
     def log_line(self, status: str) -> None:
+        """The request ended with `status` (a grpc.StatusCode name): one log line, and metrics."""
         elapsed = time.monotonic() - self.started
         parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
         parts += [f"{k}={v}" for k, v in self.fields.items()]
         parts.append(f"client={self.client}")
-        if self.first_token_at is not None:
-            parts.append(f"ttft={self.first_token_at - self.started:.3f}s")
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        if ttft is not None:
+            parts.append(f"ttft={ttft:.3f}s")
         parts += [f"time={elapsed:.3f}s", f"status={status}"]
-        log.info(" ".join(parts))
+        record = {"rpc": self.rpc, "request_id": self.request_id, "key_id": self.key_id, "client": self.client,
+                  **self.fields, "ttft_s": None if ttft is None else round(ttft, 6), "time_s": round(elapsed, 6),
+                  "status": status}
+        log.info(" ".join(parts), extra={"request": record})  # --log-format json writes `record` as is
+        if self.metrics is not None:
+            self.metrics.observe_request(self.rpc, status, elapsed, self.fields)
 
     def remaining(self) -> Optional[float]:
         return None if self.limit is None else self.started + self.limit - time.monotonic()
@@ -71,6 +97,8 @@ class Call:
     async def malformed(self, request: MalformedRequest) -> None:
         log.warning("rpc=%s client=%s status=INVALID_ARGUMENT malformed request (%s): %s",
                     self.rpc, self.client, request.message_type, request.reason)
+        if self.metrics is not None:
+            self.metrics.observe_request(self.rpc, "INVALID_ARGUMENT", time.monotonic() - self.started, {})
         await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"request: cannot be parsed as {request.message_type}: {request.reason}")
 
@@ -98,7 +126,7 @@ def guard_unary(rpc: str):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            call = Call(rpc, context, self.state.options.limits.max_deadline)
+            call = Call(rpc, context, self.state.options.limits.max_deadline, self.state.metrics)
             if isinstance(request, MalformedRequest):
                 return await call.malformed(request)
             with self.state.track():
@@ -129,7 +157,7 @@ def guard_stream(rpc: str):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(self, request, context):
-            call = Call(rpc, context, self.state.options.limits.max_deadline)
+            call = Call(rpc, context, self.state.options.limits.max_deadline, self.state.metrics)
             if isinstance(request, MalformedRequest):
                 await call.malformed(request)
                 return

@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import grpc
 
@@ -31,8 +31,9 @@ class Security:
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
 
-    def interceptors(self) -> list:
-        return [ApiKeyInterceptor(self.api_keys)] if self.api_keys else []
+    def interceptors(self, on_denied: Optional[Callable[[str, str], None]] = None) -> list:
+        """The server interceptors; `on_denied(rpc, code)` is told of each call they refuse (metrics)."""
+        return [ApiKeyInterceptor(self.api_keys, on_denied)] if self.api_keys else []
 
 
 def server_credentials(cert: Optional[str], key: Optional[str], client_ca: Optional[str]) -> Optional[grpc.ServerCredentials]:

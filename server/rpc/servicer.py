@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 import uuid
 from typing import Optional
 
@@ -47,6 +46,7 @@ class ServiceState:
         self.options = options or ServiceOptions()
         self.draining = False
         self.in_flight = 0
+        self.metrics = None  # a metrics.ServiceMetrics when the server exports metrics
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -153,8 +153,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         accs = [convert.UnaryAccumulator(r) for r in requests]
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
             async for j, chunk in chunks:
-                if call.first_token_at is None and chunk.token_ids:
-                    call.first_token_at = time.monotonic()
+                call.tokens_arrived(j, len(chunk.token_ids))
                 accs[j].add(chunk)
         call.fields["completion_tokens"] = sum(a.completion_tokens for a in accs)
         call.fields["finish"] = ",".join(a.finish_reason.value if a.finish_reason else "none" for a in accs)
@@ -172,8 +171,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         done_tokens: dict[int, int] = {}
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
             async for j, chunk in chunks:
-                if call.first_token_at is None and chunk.token_ids:
-                    call.first_token_at = time.monotonic()
+                call.tokens_arrived(j, len(chunk.token_ids))
                 done_tokens[j] = chunk.completion_tokens
                 call.fields["completion_tokens"] = sum(done_tokens.values())
                 if chunk.finish_reason is not None:
@@ -207,6 +205,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         self._request_id(request, context, call)
         prepared = await _off_loop(request, self._score_pairs, engine, request)
         call.fields["pairs"] = len(prepared)
+        call.fields["tokens"] = sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared)
         scores = await score_pairs(engine, prepared, call.request_id, call.client)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
         return pb.ScoreResponse(results=[convert.score_result_pb(s) for s in scores],
