@@ -84,7 +84,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_server(eval_loop, tiny_model_dir):
-    srv = _serve(eval_loop, model=str(tiny_model_dir))
+    srv = _serve(eval_loop, model=str(tiny_model_dir), weights="q4_1")  # the default model's format: only the model differs
     yield srv
     eval_loop.run(srv.shutdown(5.0))
 

@@ -49,11 +49,12 @@ def test_dtype_and_model_differences_are_visible(clients):
     fp32 = clients["fp32"].generate(PROMPT, **REQUEST).receipt
     bf16 = clients["bf16"].generate(PROMPT, **REQUEST).receipt
     tiny = clients["tiny"].generate(PROMPT, **REQUEST).receipt
-    assert not receipts_match(fp32, bf16) and fp32.differences(bf16) == ["dtype"]
+    # bfloat16 runs on the torch path: another dtype, weight format and forward pass
+    assert not receipts_match(fp32, bf16) and fp32.differences(bf16) == ["dtype", "weight_format", "engine_version"]
     assert not receipts_match(fp32, tiny) and fp32.differences(tiny) == ["model_sha256"]
     assert fp32.digest != bf16.digest != tiny.digest
     scores = {name: c.score(PAIRS).receipt for name, c in clients.items()}
-    assert scores["fp32"].differences(scores["bf16"]) == ["dtype"]
+    assert scores["fp32"].differences(scores["bf16"]) == ["dtype", "weight_format", "engine_version"]
     assert scores["fp32"].differences(scores["tiny"]) == ["model_sha256"]
     # Same build, same request: still matching after a fresh connection.
     with Client(clients["bf16"].target) as again:
