@@ -58,6 +58,7 @@ class SeedstreamServer:
         default_max_new_tokens: int = 256,
         credentials: Optional[grpc.ServerCredentials] = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        http_port: Optional[int] = None,
     ):
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
 
@@ -70,6 +71,8 @@ class SeedstreamServer:
         self.server: Optional[grpc.aio.Server] = None
         self.health = None
         self.port: Optional[int] = None
+        self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
+        self.http = None
 
     @property
     def address(self) -> str:
@@ -106,6 +109,11 @@ class SeedstreamServer:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.http_port is not None:  # the OpenAI-compatible front, same loop and state
+            from seedstream.server.http.front import HttpFront
+
+            self.http = HttpFront(self.state, self.host, self.http_port)
+            await self.http.start()
         if self._pending_engine is not None:
             engine, self._pending_engine = self._pending_engine, None
             await self.set_engine(engine)
@@ -141,6 +149,8 @@ class SeedstreamServer:
                 log.warning("grace period over: cancelling %d request(s)", self.state.in_flight)
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.http is not None:
+            await self.http.stop()
         engine = self.state.engine
         if stop_engine and engine is not None:
             await engine.stop()
@@ -153,6 +163,7 @@ class ServeOptions:
     model: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    http_port: Optional[int] = None  # None: no HTTP front
     device: str = "auto"
     dtype: str = "float32"
     max_batch_size: int = 64
@@ -261,6 +272,7 @@ async def _serve(opts: ServeOptions) -> int:
             port=opts.port,
             default_max_new_tokens=opts.default_max_new_tokens,
             credentials=_credentials(opts),
+            http_port=opts.http_port,
         )
         await server.start()
     except ImportError as exc:
@@ -270,6 +282,8 @@ async def _serve(opts: ServeOptions) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info("listening on %s:%d (health NOT_SERVING until the model is loaded)", opts.host, server.port)
+    if server.http is not None:
+        log.info("HTTP (OpenAI-compatible API, playground) on http://%s:%d/", opts.host, server.http.port)
 
     stop, force = asyncio.Event(), asyncio.Event()
 
