@@ -3,26 +3,15 @@ with both fronts (gRPC and the OpenAI-compatible HTTP) on loopback ports. The mo
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import sys
+from pathlib import Path
 
 import pytest
 
+# The suite runs with --import-mode=importlib: make the sibling helper module importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-class LoopThread:
-    """An asyncio loop on a daemon thread: the server side of the tests."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="http-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 300.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+from http_helpers import LoopThread, base_url, start  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,24 +32,12 @@ def engine(http_loop):
     http_loop.run(eng.stop())
 
 
-def start(loop: LoopThread, engine, **kwargs):
-    from seedstream.server.app import SeedstreamServer
-
-    server = SeedstreamServer(engine, host="127.0.0.1", port=0, http_port=0, **kwargs)
-    loop.run(server.start())
-    return server
-
-
 @pytest.fixture(scope="session")
 def server(http_loop, engine):
     """gRPC at `server.address`, HTTP at `base_url(server)`; `server.state.engine` is the engine."""
     srv = start(http_loop, engine)
     yield srv
     http_loop.run(srv.shutdown(5.0, stop_engine=False))
-
-
-def base_url(server) -> str:
-    return f"http://127.0.0.1:{server.http.port}"
 
 
 @pytest.fixture(scope="session")
