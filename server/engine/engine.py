@@ -402,9 +402,14 @@ class Engine:
         targets = torch.tensor(batch.score_targets, device=rows.device)
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
         greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
-        for seq, lp, g in zip(batch.scored, chosen, greedy):
+        # Echo with top_logprobs (the OpenAI completions form) also wants the prompt's top alternatives.
+        top_n = max((s.request.top_logprobs for s in batch.scored if s.request is not None), default=0)
+        top = logprobs.topk(top_n, dim=-1) if top_n else None
+        for i, (seq, lp, g) in enumerate(zip(batch.scored, chosen, greedy)):
             seq.prompt_logprobs.append(lp)
             seq.prompt_greedy.append(g)
+            if top is not None and seq.request is not None and seq.request.top_logprobs:
+                seq.prompt_top.append((top.indices[i].tolist(), top.values[i].tolist()))
 
     def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
         keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check

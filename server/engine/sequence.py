@@ -43,6 +43,7 @@ class Sequence_:
         self.score_from = score_from  # first prompt position whose logprob is wanted, or None
         self.prompt_logprobs: list[float] = []  # for positions score_from.. as they are computed
         self.prompt_greedy: list[int] = []
+        self.prompt_top: list[tuple[list[int], list[float]]] = []  # (ids, logprobs) when top_logprobs > 0
         self.cancelled = False
         self.finished = False
         self.created = time.monotonic()
@@ -138,6 +139,11 @@ class Sequence_:
         )
         if req.prompt_logprobs and len(self.output_ids) == 1 and not self.resume_ids:
             chunk.prompt_logprobs = [None] + self.prompt_logprobs
+            if req.top_logprobs:
+                chunk.prompt_top_logprobs = [None] + [
+                    [TopLogprob(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids[: req.top_logprobs], lps)]
+                    for ids, lps in self.prompt_top
+                ]
         if finish is not None:
             self.finished = True
         self._post(chunk)

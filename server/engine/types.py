@@ -113,6 +113,8 @@ class GenerationChunk:
     completion_tokens: int = 0  # running total of generated tokens, including this chunk
     prompt_logprobs: Optional[list[Optional[float]]] = None  # first chunk only, when asked: None for token 0
     cached_tokens: int = 0  # prompt positions taken from the prefix cache instead of computed
+    # With prompt_logprobs and top_logprobs > 0: each prompt token's top alternatives (raw), None for token 0.
+    prompt_top_logprobs: Optional[list[Optional[list[TopLogprob]]]] = None
 
 
 @dataclasses.dataclass(frozen=True)

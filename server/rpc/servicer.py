@@ -299,8 +299,14 @@ def _token_texts(engine, ids: list[int]) -> list[str]:
     return [decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
 
 
-async def _off_loop(request, fn, *args):
-    """fn(*args) on a worker thread when the request is big enough for its CPU work to stall the loop."""
-    if request.ByteSize() > _THREAD_REQUEST_BYTES:
+async def _maybe_threaded(size: int, fn, *args):
+    """fn(*args) on a worker thread when `size` (bytes or characters of input) is big enough for its CPU
+    work to stall the loop; inline otherwise (a thread hop costs more than small work)."""
+    if size > _THREAD_REQUEST_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
+
+
+async def _off_loop(request, fn, *args):
+    """_maybe_threaded, sized by the request's encoded bytes."""
+    return await _maybe_threaded(request.ByteSize(), fn, *args)

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP front (completions, chat, models, health) and the playground page."""

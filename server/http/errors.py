@@ -1,0 +1,55 @@
+"""The one place where errors become HTTP statuses and OpenAI error objects.
+
+    InvalidRequest (engine or conversion)     -> 400 invalid_request_error, `param` = the OpenAI name
+    ModelNotFound                             -> 404 invalid_request_error, code model_not_found
+    Overloaded (admission queue full)         -> 429 rate_limit_error, code overloaded
+    NotReady / Unavailable (loading, draining) -> 503 service_unavailable
+    anything else                             -> 500 internal_error (logged with traceback)
+
+Engine messages name our fields (`max_new_tokens: ...`); `param_name` turns them into the
+name the client sent (`max_tokens`), so a 400 always names a parameter of the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional
+
+from seedstream.server.engine.types import EngineError, InvalidRequest, NotReady, Overloaded
+from seedstream.server.rpc.errors import Unavailable
+
+log = logging.getLogger("seedstream.server.http")
+
+
+class ModelNotFound(Exception):
+    """The request names a model this server does not serve."""
+
+
+def error_body(message: str, type_: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def status_for(exc: BaseException, names: Optional[Mapping[str, str]] = None) -> tuple[int, dict]:
+    """(HTTP status, OpenAI error object) for an exception raised while serving a request.
+
+    `names` maps our field names to the request's parameter names (e.g. max_new_tokens -> max_tokens).
+    """
+    if isinstance(exc, InvalidRequest):
+        field = exc.field
+        param = (names or {}).get(field, field)
+        message = str(exc)
+        if param != field and message.startswith(field):
+            message = param + message[len(field):]
+        return 400, error_body(message, "invalid_request_error", param)
+    if isinstance(exc, ModelNotFound):
+        return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found")
+    if isinstance(exc, Overloaded):
+        return 429, error_body(f"server overloaded, retry later: {exc}", "rate_limit_error", None, "overloaded")
+    if isinstance(exc, (NotReady, Unavailable)):
+        return 503, error_body(f"service unavailable, retry later: {exc}", "service_unavailable", None, "unavailable")
+    if isinstance(exc, EngineError):
+        message = f"engine error: {exc}"
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc}"
+    log.error("request failed: %s", message, exc_info=exc)
+    return 500, error_body(message, "internal_error", None, "internal_error")

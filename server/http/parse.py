@@ -1,0 +1,256 @@
+"""OpenAI request JSON -> a checked request description (no engine calls; the front tokenizes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Union
+
+from seedstream.server.engine.types import InvalidRequest
+
+# Accepted and ignored: they change nothing about the tokens.
+_IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
+_COMMON = {
+    "model", "seed", "temperature", "top_p", "max_tokens", "stop", "n", "stream", "stream_options",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    # vLLM-style extras, and seedstream's own
+    "top_k", "min_p", "repetition_penalty", "ignore_eos", "min_tokens", "stop_token_ids", "sample_index",
+} | _IGNORED
+_COMPLETIONS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
+_CHAT = _COMMON | {"messages", "top_logprobs", "max_completion_tokens", "response_format", "tools", "tool_choice",
+                   "functions", "function_call", "modalities", "audio", "prediction", "reasoning_effort"}
+# Parameters that would change what is generated in ways this server cannot do: rejected, never ignored.
+_UNSUPPORTED = {
+    "suffix": "insertion (suffix) is not supported",
+    "tools": "tool calling is not supported",
+    "functions": "function calling is not supported",
+    "function_call": "function calling is not supported",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "reasoning_effort": "reasoning_effort is not supported (not a reasoning model)",
+}
+MAX_LOGPROBS = 20
+Prompt = Union[str, list[int]]
+
+
+@dataclasses.dataclass
+class ParsedRequest:
+    """A completions or chat request, checked for types; ranges are checked by the engine."""
+
+    chat: bool
+    prompts: list[Prompt] = dataclasses.field(default_factory=list)  # completions: one per prompt
+    messages: list[dict[str, str]] = dataclasses.field(default_factory=list)  # chat
+    model: Optional[str] = None
+    seed: Optional[int] = None
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # SamplingParams keyword arguments
+    max_new_tokens: Optional[int] = None
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    n: int = 1
+    sample_index: int = 0
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+    logprobs: bool = False  # return the chosen tokens' logprobs
+    top_logprobs: int = 0
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # our field -> the request's parameter
+
+
+def parse_completion(body: Any) -> ParsedRequest:
+    out = _parse_common(body, _COMPLETIONS, chat=False)
+    if "prompt" not in body or body["prompt"] is None:
+        raise InvalidRequest("prompt", "is required: a string, a list of token ids, or a list of either")
+    out.prompts = _prompts(body["prompt"])
+    out.echo = bool(_boolean(body, "echo"))
+    logprobs = _integer(body, "logprobs")
+    if logprobs is not None:
+        _check_range("logprobs", logprobs, 0, MAX_LOGPROBS)
+        out.logprobs, out.top_logprobs = True, logprobs
+    best_of = _integer(body, "best_of")
+    if best_of is not None and best_of != out.n:
+        raise InvalidRequest("best_of", f"{best_of}: only best_of == n is supported (every sample is returned)")
+    out.max_new_tokens = _integer(body, "max_tokens")
+    out.names.update(max_new_tokens="max_tokens", top_logprobs="logprobs", input="prompt",
+                     prompt_token_ids="prompt")
+    return out
+
+
+def parse_chat(body: Any) -> ParsedRequest:
+    out = _parse_common(body, _CHAT, chat=True)
+    out.messages = _messages(body.get("messages"))
+    out.logprobs = bool(_boolean(body, "logprobs"))
+    top = _integer(body, "top_logprobs")
+    if top is not None:
+        if not out.logprobs:
+            raise InvalidRequest("top_logprobs", "needs logprobs: true")
+        _check_range("top_logprobs", top, 0, MAX_LOGPROBS)
+        out.top_logprobs = top
+    format_ = body.get("response_format")
+    if format_ is not None and (not isinstance(format_, dict) or format_.get("type") != "text"):
+        raise InvalidRequest("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas)")
+    if body.get("tool_choice") not in (None, "none"):
+        raise InvalidRequest("tool_choice", "tool calling is not supported")
+    if body.get("modalities") not in (None, ["text"]):
+        raise InvalidRequest("modalities", "only [\"text\"] is supported")
+    new, old = _integer(body, "max_completion_tokens"), _integer(body, "max_tokens")
+    if new is not None and old is not None and new != old:
+        raise InvalidRequest("max_completion_tokens", f"{new} differs from max_tokens={old}: give one of them")
+    out.max_new_tokens = new if new is not None else old
+    out.names.update(max_new_tokens="max_completion_tokens" if new is not None else "max_tokens",
+                     input="messages", prompt="messages")
+    return out
+
+
+def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "the request body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise InvalidRequest(key, "unrecognized request argument")
+        if key in _UNSUPPORTED and body[key] not in (None, [], ""):
+            raise InvalidRequest(key, _UNSUPPORTED[key])
+    out = ParsedRequest(chat=chat)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model", "must be a string")
+    out.model = model
+    out.seed = _integer(body, "seed")
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+        value = _number(body, name)
+        if value is not None:
+            out.sampling[name] = value
+    top_k = _integer(body, "top_k")
+    if top_k is not None:
+        out.sampling["top_k"] = 0 if top_k == -1 else top_k  # vLLM spells "off" as -1
+    bias = body.get("logit_bias")
+    if bias is not None:
+        out.sampling["logit_bias"] = _logit_bias(bias)
+    out.stop = _stop(body.get("stop"))
+    out.stop_token_ids = tuple(_int_list(body, "stop_token_ids"))
+    out.ignore_eos = bool(_boolean(body, "ignore_eos"))
+    min_tokens = _integer(body, "min_tokens")
+    out.min_new_tokens = 0 if min_tokens is None else min_tokens
+    n = _integer(body, "n")
+    out.n = 1 if n is None else n
+    index = _integer(body, "sample_index")
+    out.sample_index = 0 if index is None else index
+    out.stream = bool(_boolean(body, "stream"))
+    options = body.get("stream_options")
+    if options is not None:
+        if not out.stream:
+            raise InvalidRequest("stream_options", "only allowed with stream: true")
+        if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+            raise InvalidRequest("stream_options", "allowed: {\"include_usage\": bool}")
+        out.include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
+    out.names.update(min_new_tokens="min_tokens", seed="seed")
+    return out
+
+
+def _prompts(value: Any) -> list[Prompt]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(_is_int(x) for x in value):
+            return [list(value)]
+        if all(isinstance(x, str) for x in value):
+            return list(value)
+        if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in value):
+            return [list(x) for x in value]
+    raise InvalidRequest("prompt", "must be a string, a non-empty list of token ids, or a non-empty list of either")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("messages", "is required: a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise InvalidRequest(f"messages[{i}]", "must be an object with role and content")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise InvalidRequest(f"messages[{i}].role", "must be a non-empty string such as 'user'")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise InvalidRequest(f"messages[{i}].content", "only text parts ({type: text, text}) are supported")
+            content = "".join(p["text"] for p in content)
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content", "must be a string or a list of text parts")
+        if m.get("tool_calls") or m.get("function_call"):
+            raise InvalidRequest(f"messages[{i}]", "tool and function calls are not supported")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    if not isinstance(value, dict):
+        raise InvalidRequest("logit_bias", "must be an object mapping token ids to biases in [-100, 100]")
+    out = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise InvalidRequest("logit_bias", f"key {key!r} is not a token id") from None
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise InvalidRequest("logit_bias", f"bias for token {token} must be a number")
+        out[token] = float(bias)
+    return dict(sorted(out.items()))
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return tuple(value)
+    raise InvalidRequest("stop", "must be a string or a list of strings")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _integer(body: dict, key: str, name: Optional[str] = None) -> Optional[int]:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value):
+        raise InvalidRequest(name or key, f"must be an integer, got {value!r}")
+    return value
+
+
+def _number(body: dict, key: str) -> Optional[float]:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(key, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _boolean(body: dict, key: str, name: Optional[str] = None) -> Optional[bool]:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest(name or key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _int_list(body: dict, key: str) -> list[int]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(_is_int(x) for x in value):
+        raise InvalidRequest(key, "must be a list of token ids")
+    return value
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise InvalidRequest(name, f"{value} out of range: allowed [{lo}, {hi}]")
