@@ -125,7 +125,7 @@ class SeedstreamServer:
         if self.http_port is not None:  # the OpenAI-compatible front, same loop and state
             from seedstream.server.http.front import HttpFront
 
-            self.http = HttpFront(self.state, self.host, self.http_port)
+            self.http = HttpFront(self.state, self.host, self.http_port, api_keys=self.security.api_keys)
             await self.http.start()
         if self._pending_engine is not None:
             engine, self._pending_engine = self._pending_engine, None

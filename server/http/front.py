@@ -28,6 +28,7 @@ from seedstream.sampler import SamplingParams
 from seedstream.server.engine.samples import generate_samples, sample_requests
 from seedstream.server.engine.types import GenerationRequest, InvalidRequest
 from seedstream.server.rpc import convert
+from seedstream.server.rpc.auth import ApiKeyInterceptor
 from seedstream.server.rpc.servicer import _maybe_threaded, _render_chat
 
 from .errors import ModelNotFound, status_for
@@ -44,15 +45,28 @@ SEED_HEADER = "seedstream-seed"
 class HttpFront:
     """The OpenAI-compatible HTTP server over a ServiceState (the engine and in-flight accounting)."""
 
-    def __init__(self, state, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None):
         self.state = state
         self.host = host
         self.requested_port = port
         self.port: Optional[int] = None
         self._runner: Optional[web.AppRunner] = None
+        # The gRPC server's API keys guard /v1/* here too (the same constant-time check); the page,
+        # its static files and /health stay open, as gRPC health does.
+        self._auth = ApiKeyInterceptor(api_keys) if api_keys else None
+
+    @web.middleware
+    async def _require_key(self, request: web.Request, handler):
+        if self._auth is not None and request.path.startswith("/v1/"):
+            if self._auth.client_of([("authorization", request.headers.get("Authorization", ""))]) is None:
+                log.warning("http %s status=401 (missing or unknown API key)", request.path)
+                return web.json_response({"error": {
+                    "message": "missing or unknown API key: send the header 'Authorization: Bearer <key>'",
+                    "type": "authentication_error", "param": None, "code": "invalid_api_key"}}, status=401)
+        return await handler(request)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._require_key])
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)

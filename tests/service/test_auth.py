@@ -173,3 +173,37 @@ def test_exposure_check(caplog):
     caplog.set_level(logging.WARNING, logger="seedstream")
     check_exposure("0.0.0.0", False, False, False, environ={})  # elsewhere: a warning, not a refusal
     assert any("anyone who reaches the port" in r.getMessage() for r in caplog.records)
+
+
+def test_the_http_front_takes_the_same_keys(loop_thread, engine):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from seedstream.server.rpc.hardening import Security
+
+    srv = start_server(loop_thread, engine, security=Security(api_keys={ALICE: "alice"}), http_port=0)
+    try:
+        base = f"http://127.0.0.1:{srv.http.port}"
+        body = json.dumps({"model": "seedstream", "prompt": "Hi", "max_tokens": 2, "seed": 1}).encode()
+
+        def post(key=None):
+            headers = {"Content-Type": "application/json"}
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            request = urllib.request.Request(base + "/v1/completions", data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        for key in (None, BOB, ALICE[:-1]):
+            status, payload = post(key)
+            assert status == 401 and payload["error"]["code"] == "invalid_api_key"
+        status, payload = post(ALICE)
+        assert status == 200 and payload["choices"][0]["text"]
+        with urllib.request.urlopen(base + "/health", timeout=30) as response:  # health stays open
+            assert response.status == 200
+    finally:
+        loop_thread.run(srv.shutdown(0, stop_engine=False))
