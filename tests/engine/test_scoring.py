@@ -66,7 +66,9 @@ def test_scores_match_transformers_and_do_not_depend_on_concurrency(engine_facto
     requests, one_by_one, together = asyncio.run(scenario())
     greedy_seen = set()
     for req, a, b in zip(requests, one_by_one, together):
-        assert a == b, "scores differ between one-by-one and concurrent scoring"
+        # cached_tokens may differ (the prefix cache warms up); the scores themselves may not
+        assert (a.logprobs, a.greedy_ids, a.is_greedy) == (b.logprobs, b.greedy_ids, b.is_greedy), \
+            "scores differ between one-by-one and concurrent scoring"
         ref, ref_greedy = _reference(hf_model, list(req.context_ids), list(req.continuation_ids))
         torch.testing.assert_close(torch.tensor(a.logprobs), ref, atol=1e-4, rtol=0)
         assert a.is_greedy == ref_greedy
