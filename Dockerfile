@@ -14,10 +14,12 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# CUDA bases ship no Python; the slim base already has it.
-RUN if ! command -v python3 >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv && \
-      rm -rf /var/lib/apt/lists/*; fi
+# CUDA bases ship no Python; the slim base already has it. g++ builds seedstream's CPU kernels
+# (server/kernels; without it the server falls back to the slower torch path, with a warning).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && \
+    if ! command -v python3 >/dev/null; then \
+      apt-get install -y --no-install-recommends python3 python3-pip python3-venv; fi && \
+    rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -35,8 +37,9 @@ RUN pip install ".[server]" && rm -rf /src
 RUN useradd --create-home --uid 10001 seedstream
 USER seedstream
 WORKDIR /home/seedstream
-# Convert the default model once at build time, so a container reaches "ready" in seconds.
-RUN python -c "from seedstream.server.engine.loader import load_weights; load_weights(None)"
+# Convert the default model, pack its weights and build the kernels once at build time, so a container
+# reaches "ready" in seconds.
+RUN python -c "from seedstream.server.engine import EngineConfig, load_engine; load_engine(EngineConfig())"
 
 ENV SEEDSTREAM_HOST=0.0.0.0 SEEDSTREAM_PORT=50051 SEEDSTREAM_REFUSE_INSECURE=1
 EXPOSE 50051
