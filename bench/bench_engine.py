@@ -1,5 +1,5 @@
-"""Decode-step time per forward path, in one run: plain `F.linear` (fp32 MKL, not batch-invariant) as the
-baseline, the torch batch-invariant path, and the C++ kernels with each weight format (f32, q8_0, q4_1)."""
+"""Decode-step time per forward path, in one run: transformers' own Llama forward (fp32, MKL, KV cache; not
+batch-invariant) as the baseline, seedstream's torch path, and the C++ kernels with each weight format."""
 
 from __future__ import annotations
 
@@ -32,6 +32,34 @@ def step_time(model, batch: int, context: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+class TransformersStep:
+    """A decode step of the transformers model on a static batch with a KV cache (the old fp32 MKL path)."""
+
+    def __init__(self, weights):
+        import os
+
+        from transformers import AutoModelForCausalLM
+
+        from seedstream.server.engine.loader import default_model_path
+
+        path = default_model_path()
+        self.model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                          dtype=torch.float32).eval()
+
+    @torch.inference_mode()
+    def time(self, batch: int, context: int, repeats: int) -> float:
+        ids = torch.arange(1000, 1000 + context).repeat(batch, 1)
+        out = self.model(ids, use_cache=True)
+        cache = out.past_key_values
+        times = []
+        for step in range(repeats):
+            start = time.perf_counter()
+            out = self.model(torch.full((batch, 1), 7), past_key_values=cache, use_cache=True)
+            times.append(time.perf_counter() - start)
+            cache = out.past_key_values
+        return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", default="1,8,32,64")
@@ -45,24 +73,27 @@ def main() -> None:
     cfg = ModelConfig.from_hf(weights.config)
     kernels = load_kernels(args.threads, cache_root() / "kernels")
     models = {
-        "plain F.linear": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, row_tile=1),
-        "torch invariant": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32),
+        "transformers fp32": TransformersStep(weights),
+        "seedstream torch path": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32),
     }
     for fmt in args.formats.split(","):
         packed, resolved = packed_weights(weights, cfg, fmt)
         models[f"kernels {resolved}"] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
     names = list(models)
     print(f"decode step, context {args.context}, {args.threads} threads, kernels {kernels.isa}; {cpu_flags_line()}")
-    print("step time in ms, and (in brackets) its ratio to plain F.linear; last column: best kernels tok/s\n")
+    print("step time in ms, and (in brackets) its ratio to transformers; last column: best kernels tok/s\n")
     print("| batch | " + " | ".join(names) + " | kernels tok/s |")
     print("|---|" + "---|" * (len(names) + 1))
     for batch in map(int, args.batches.split(",")):
         times = {name: [] for name in names}
         for _ in range(2):  # interleaved, so that machine noise hits every path alike
             for name in names:
-                times[name].append(step_time(models[name], batch, args.context, args.repeats))
+                model = models[name]
+                timed = model.time(batch, args.context, args.repeats) if isinstance(model, TransformersStep) \
+                    else step_time(model, batch, args.context, args.repeats)
+                times[name].append(timed)
         best = {name: min(t) for name, t in times.items()}
-        base = best["plain F.linear"]
+        base = best["transformers fp32"]
         cells = [f"{best[n] * 1e3:.1f} ({best[n] / base:.2f}x)" for n in names]
         fastest = min(best[n] for n in names if n.startswith("kernels"))
         print(f"| {batch} | " + " | ".join(cells) + f" | {batch / fastest:.0f} |")
