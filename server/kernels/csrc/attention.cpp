@@ -15,7 +15,6 @@
 #include "simd.h"
 
 constexpr int MAX_BLOCK = 256;
-constexpr int MAX_HEAD_DIM = 256;
 
 // CHUNKS = head_dim / 16, a compile-time constant so that q, o and the partial sums live in registers.
 template <int CHUNKS>
