@@ -35,6 +35,7 @@ async function runOnce(context, prompts, newTokens, sampling, seedBase) {
     const started = performance.now();
     const results = await Promise.all(sequences.map((sequence, i) => generate(sequence, prompts[i], newTokens, {
         temperature: sampling.temperature, topK: sampling.top_k, topP: sampling.top_p, seed: seedBase + i,
+        yieldEogToken: true,  // EOS neither ends the sequence nor is skipped, as for the other systems
     }, started)));
     const seconds = (performance.now() - started) / 1000;
     for (const sequence of sequences) sequence.dispose();
@@ -53,7 +54,9 @@ async function main() {
                   results: {} };
     for (const streams of job.streams) {
         const context = await model.createContext({
-            sequences: streams, contextSize: longest + job.new_tokens + 64, threads: { ideal: job.threads, min: job.threads },
+            // contextSize is the whole KV cache, shared by the sequences: room for every sequence's tokens.
+            sequences: streams, contextSize: streams * (longest + job.new_tokens + 64),
+            threads: { ideal: job.threads, min: job.threads },
         });
         const prompts = job.prompts.slice(0, streams);
         await runOnce(context, prompts.slice(0, 1), 2, job.sampling, 0); // warm-up
