@@ -13,6 +13,7 @@ struct Ctx {
   Pool pool;
   std::vector<float> f32;   // float scratch
   std::vector<float> sums;  // block sums of the current GEMM input rows (Q4_1)
+  std::vector<float> gemm_scratch;  // GEMM inputs, interleaved
 };
 
 template <class T>
@@ -97,7 +98,7 @@ int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, flo
   const int nb = w->k / SSK_QK;
   float* sums = grow(c.sums, (size_t)m * nb);
   for (int i = 0; i < m; ++i) block_sums(x + (size_t)i * w->k, w->k, sums + (size_t)i * nb);
-  gemm(c.pool, *w, m, x, sums, y, w->n);
+  gemm(c.pool, *w, m, x, sums, y, w->n, grow(c.gemm_scratch, gemm_scratch_floats(m, w->k) + 1));
   return 0;
 }
 
@@ -127,6 +128,7 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
   float* wide = act + (size_t)T * I;            // [T, qkv_width] or [T, 2I]
   const int kmax = H > I ? (H > q_width ? H : q_width) : (I > q_width ? I : q_width);
   float* sums = grow(c.sums, (size_t)T * (kmax / SSK_QK));
+  float* scratch = grow(c.gemm_scratch, gemm_scratch_floats(T, kmax) + 1);
   Pool& pool = c.pool;
 
   parallel(pool, [&](int t, int n) {
@@ -144,7 +146,7 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
       }
       rmsnorm_row(hidden + (size_t)i * H, L.norm_in, H, md.eps, xn + (size_t)i * H);
     });
-    gemm(pool, L.qkv, T, xn, sums, wide, qkv_width);
+    gemm(pool, L.qkv, T, xn, sums, wide, qkv_width, scratch);
     parallel(pool, [&](int t, int n) {  // RoPE, then the row's keys and values into its cache
       int64_t begin, end;
       Pool::range(T, t, n, &begin, &end);
@@ -165,18 +167,18 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
     });
     attention_layer(pool, md, st, layer, wide, qkv_width, attn);
     rows_then_prepare(pool, T, L.o, attn, q_width, sums, [](int) {});
-    gemm(pool, L.o, T, attn, sums, proj, H);
+    gemm(pool, L.o, T, attn, sums, proj, H, scratch);
     rows_then_prepare(pool, T, L.gate_up, xn, H, sums, [&](int i) {
       float* h = hidden + (size_t)i * H;
       const float* p = proj + (size_t)i * H;
       for (int k = 0; k < H; k += 16) v_store(h + k, v_add(v_load(h + k), v_load(p + k)));
       rmsnorm_row(h, L.norm_post, H, md.eps, xn + (size_t)i * H);
     });
-    gemm(pool, L.gate_up, T, xn, sums, wide, 2 * I);
+    gemm(pool, L.gate_up, T, xn, sums, wide, 2 * I, scratch);
     rows_then_prepare(pool, T, L.down, act, I, sums, [&](int i) {
       silu_mul_row(wide + (size_t)i * 2 * I, wide + (size_t)i * 2 * I + I, I, act + (size_t)i * I);
     });
-    gemm(pool, L.down, T, act, sums, proj, H);
+    gemm(pool, L.down, T, act, sums, proj, H, scratch);
   }
   const int R = st.n_logit_rows;
   if (R < 1) return 0;
@@ -188,7 +190,7 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
     for (int k = 0; k < H; k += 16) v_store(last + k, v_add(v_load(h + k), v_load(p + k)));
     rmsnorm_row(last, md.norm_final, H, md.eps, xn + (size_t)r * H);
   });
-  gemm(pool, md.lm_head, R, xn, sums, st.logits, md.vocab);
+  gemm(pool, md.lm_head, R, xn, sums, st.logits, md.vocab, scratch);
   return 0;
 }
 

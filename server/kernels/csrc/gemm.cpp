@@ -24,6 +24,7 @@ size_t tile_bytes(int format, int k) {
 // 16 packed quants (one per output column) as floats: exact conversions, so the same on every build.
 #if defined(SSK_AVX512)
 constexpr int MR_MAX = 8;
+constexpr int MR_BIG = 16;
 static inline V16 q8_lanes(const uint8_t* p) {
   return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
 }
@@ -35,6 +36,7 @@ static inline V16 q4_lanes(const uint8_t* p, int shift) {
 }
 #elif defined(SSK_AVX2)
 constexpr int MR_MAX = 3;
+constexpr int MR_BIG = 6;
 static inline __m256 q8_8(const uint8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
 }
@@ -47,6 +49,7 @@ static inline __m256 q4_8(const uint8_t* p, int shift) {
 static inline V16 q4_lanes(const uint8_t* p, int shift) { return {q4_8(p, shift), q4_8(p + 8, shift)}; }
 #else
 constexpr int MR_MAX = 4;
+constexpr int MR_BIG = 8;
 static inline V16 q8_lanes(const uint8_t* p) {
   V16 r;
   for (int l = 0; l < 16; ++l) r.v[l] = (float)(int8_t)p[l];
@@ -135,6 +138,90 @@ static void tile_q4_1(const uint8_t* tile, size_t tbytes, const float* x, const 
     for (int t = 0; t < NT; ++t) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[r][t]);
 }
 
+// Many rows: MR rows of one tile, the rows' inputs interleaved (xp[kk * MR + r], one pointer for all rows) and
+// the per-element accumulators kept in y between blocks, so that only the block sums sq[] occupy registers
+// and each weight vector converted is used by MR rows. The arithmetic of every element is exactly that of
+// the register kernels above: the same fma chain per block, then the same fma into the accumulator.
+template <int MR>
+static void big_f32(const uint8_t* tile, const float* xp, int k, float* y, int ldy) {
+  V16 acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = v_zero();
+  for (int kk = 0; kk < k; ++kk) {
+    const V16 wk = v_load((const float*)tile + (size_t)kk * SSK_NR);
+    for (int r = 0; r < MR; ++r) acc[r] = v_fma(v_set1(xp[(size_t)kk * MR + r]), wk, acc[r]);
+  }
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, acc[r]);
+}
+
+template <int MR>
+static void big_q8_0(const uint8_t* tile, const float* xp, int k, float* y, int ldy) {
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, v_zero());
+  for (int b = 0; b < k / SSK_QK; ++b) {
+    const float* xb = xp + (size_t)b * SSK_QK * MR;
+    const uint8_t* blk = tile + (size_t)b * Q8_0_TILE_BLOCK;
+    V16 sq[MR];
+    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+    for (int j = 0; j < SSK_QK; ++j) {
+      const V16 q = q8_lanes(blk + 64 + 16 * j);
+      for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[j * MR + r]), q, sq[r]);
+    }
+    const V16 d = v_load((const float*)blk);
+    for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, v_fma(d, sq[r], v_load(y + (size_t)r * ldy)));
+  }
+}
+
+template <int MR>
+static void big_q4_1(const uint8_t* tile, const float* xp, const float* sums, int k, float* y, int ldy) {
+  const int nb = k / SSK_QK;
+  for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, v_zero());
+  for (int b = 0; b < nb; ++b) {
+    const float* xb = xp + (size_t)b * SSK_QK * MR;
+    const uint8_t* blk = tile + (size_t)b * Q4_1_TILE_BLOCK;
+    V16 sq[MR];
+    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+    for (int half = 0; half < 2; ++half) {
+      for (int j = 0; j < 16; ++j) {
+        const V16 q = q4_lanes(blk + 128 + 16 * j, half);
+        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(16 * half + j) * MR + r]), q, sq[r]);
+      }
+    }
+    const V16 d = v_load((const float*)blk), m = v_load((const float*)blk + 16);
+    for (int r = 0; r < MR; ++r) {
+      V16 a = v_fma(d, sq[r], v_load(y + (size_t)r * ldy));
+      v_store(y + (size_t)r * ldy, v_fma(m, v_set1(sums[(size_t)r * nb + b]), a));
+    }
+  }
+}
+
+template <int MR>
+static void run_big(const ssk_matrix& w, const uint8_t* tile, const float* xp, const float* sums, float* y, int ldy) {
+  switch (w.format) {
+    case SSK_F32: big_f32<MR>(tile, xp, w.k, y, ldy); break;
+    case SSK_Q8_0: big_q8_0<MR>(tile, xp, w.k, y, ldy); break;
+    default: big_q4_1<MR>(tile, xp, sums, w.k, y, ldy); break;
+  }
+}
+
+// rows in (MR_BIG / 2, MR_BIG]: the interleaved kernel for exactly that many rows
+template <int MR>
+static void run_big_rows(const ssk_matrix& w, const uint8_t* tile, const float* xp, const float* sums, int rows,
+                         float* y, int ldy) {
+  if constexpr (MR > MR_BIG / 2 + 1) {
+    if (rows < MR) return run_big_rows<MR - 1>(w, tile, xp, sums, rows, y, ldy);
+  }
+  run_big<MR>(w, tile, xp, sums, y, ldy);
+}
+
+// xp[kk * rows + r] = x[r, kk] for each group of MR_BIG rows (the last group may be shorter).
+static void interleave_rows(const float* x, int m, int k, float* xp) {
+  for (int m0 = 0; m0 < m; m0 += MR_BIG) {
+    const int rows = m - m0 < MR_BIG ? m - m0 : MR_BIG;
+    float* out = xp + (size_t)m0 * k;
+    for (int kk = 0; kk < k; ++kk)
+      for (int r = 0; r < rows; ++r) out[(size_t)kk * rows + r] = x[(size_t)(m0 + r) * k + kk];
+  }
+}
+
 template <int MR, int NT>
 static void run_tile(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, const float* x, const float* sums,
                      float* y, int ldy) {
@@ -154,9 +241,24 @@ static void run_rows(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, co
   run_tile<MR, 1>(w, tile, tbytes, x, sums, y, ldy);
 }
 
-void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy) {
+size_t gemm_scratch_floats(int m, int k) { return m > MR_BIG / 2 ? (size_t)m * k : 0; }
+
+void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
+          float* scratch) {
   const int tiles = w.n / SSK_NR, nb = w.k / SSK_QK;
   const size_t tbytes = tile_bytes(w.format, w.k);
+  // Groups of more than MR_BIG / 2 rows take the interleaved kernel: their inputs are interleaved first.
+  const int big_rows = m > MR_BIG / 2 ? (m % MR_BIG > MR_BIG / 2 || m % MR_BIG == 0 ? m : m - m % MR_BIG) : 0;
+  if (big_rows) {
+    parallel(pool, [&](int t, int n) {
+      int64_t begin, end;
+      Pool::range((big_rows + MR_BIG - 1) / MR_BIG, t, n, &begin, &end);
+      for (int64_t g = begin; g < end; ++g) {
+        const int m0 = (int)g * MR_BIG, rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
+        interleave_rows(x + (size_t)m0 * w.k, rows, w.k, scratch + (size_t)m0 * w.k);
+      }
+    });
+  }
   parallel(pool, [&](int t, int n) {
     int64_t begin, end;
     Pool::range(tiles, t, n, &begin, &end);
@@ -171,7 +273,12 @@ void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* s
         run_tile<2, 2>(w, tdata, tbytes, x, sums, y + n0, ldy);
         done = 2;
       } else {
-        for (int m0 = 0; m0 < m; m0 += MR_MAX) {
+        for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
+          const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
+          run_big_rows<MR_BIG>(w, tdata, scratch + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
+                               y + (size_t)m0 * ldy + n0, ldy);
+        }
+        for (int m0 = big_rows; m0 < m; m0 += MR_MAX) {
           const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
           run_rows<MR_MAX>(w, tdata, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
                            y + (size_t)m0 * ldy + n0, ldy);

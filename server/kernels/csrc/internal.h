@@ -15,8 +15,11 @@ size_t tile_bytes(int format, int k);
 // s[b] = x[32b] + x[32b+1] + ... + x[32b+31], added left to right (the Q4_1 minimum term's input).
 void block_sums(const float* x, int k, float* s);
 // y[m, n] = x[m, :] . W[n, :] (+ bias[n]); x [m, k] float32 with row stride k. sums: block_sums of each
-// row (stride k/32), needed for Q4_1 only.
-void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy);
+// row (stride k/32), needed for Q4_1 only. scratch: gemm_scratch_floats(m, k) floats (the inputs of
+// large row counts are interleaved there).
+void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
+          float* scratch);
+size_t gemm_scratch_floats(int m, int k);
 void dequant_row(const ssk_matrix& w, int row, float* out);
 
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
