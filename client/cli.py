@@ -6,8 +6,9 @@
     seedstream info                                         show the served model
     seedstream health                                       exit 0 when the server is SERVING
 
-Client commands need only grpcio and protobuf; `serve` imports the server
-lazily, so `seedstream --help` and the client commands work without torch.
+Client commands need only grpcio and protobuf; `serve` hands its arguments to
+the server's own command line (seedstream.server.cli), imported lazily, so
+`seedstream --help` and the client commands work without torch.
 """
 
 from __future__ import annotations
@@ -50,153 +51,9 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="start a seedstream server (needs the server extra: pip install 'seedstream[server]')",
-        formatter_class=_Formatter,
-        description=(
-            "Start the gRPC server. It answers at once (health NOT_SERVING, requests UNAVAILABLE) and\n"
-            "serves once the model is loaded; loading progress is logged to stderr. The first start of a\n"
-            "model converts it into a cache; later starts are fast. SIGTERM/SIGINT: stop taking requests,\n"
-            "let in-flight ones finish within --grace-period, exit 0.\n"
-            "Every flag can also be set by the environment variable shown in its help."
-        ),
-    )
-    p.add_argument("--model", default=_env("SEEDSTREAM_MODEL"),
-                   help="local transformers model folder or .gguf file [SEEDSTREAM_MODEL]; "
-                        "default: the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--host", default=_env("SEEDSTREAM_HOST", "127.0.0.1"),
-                   help="address to listen on; 0.0.0.0 for every interface [SEEDSTREAM_HOST]")
-    p.add_argument("--port", type=int, default=int(_env("SEEDSTREAM_PORT", 50051)),
-                   help="TCP port; 0 picks a free one [SEEDSTREAM_PORT]")
-    p.add_argument("--http-port", type=int, default=_env("SEEDSTREAM_HTTP_PORT"),
-                   help="also serve the OpenAI-compatible HTTP API and the playground page on this port "
-                        "(same host); 0 picks a free one; default: off [SEEDSTREAM_HTTP_PORT]")
-    p.add_argument("--device", default=_env("SEEDSTREAM_DEVICE", "auto"),
-                   help="auto (cuda when available, else cpu), cpu, cuda or cuda:N [SEEDSTREAM_DEVICE]")
-    p.add_argument("--dtype", default=_env("SEEDSTREAM_DTYPE", "float32"), choices=("float32", "bfloat16", "float16"),
-                   help="compute dtype; part of the reproducibility promise [SEEDSTREAM_DTYPE]")
-    p.add_argument("--max-batch-size", type=int, default=int(_env("SEEDSTREAM_MAX_BATCH_SIZE", 64)),
-                   help="most sequences decoding at once [SEEDSTREAM_MAX_BATCH_SIZE]")
-    p.add_argument("--max-queue", type=int, default=int(_env("SEEDSTREAM_MAX_QUEUE", 256)),
-                   help="most requests waiting for a slot; beyond it RESOURCE_EXHAUSTED [SEEDSTREAM_MAX_QUEUE]")
-    p.add_argument("--max-kv-tokens", type=int, default=_env("SEEDSTREAM_MAX_KV_TOKENS"),
-                   help="KV-cache budget in token positions over all running sequences (each counted as prompt + "
-                        "max_new_tokens); requests beyond it wait in the queue (default 262144) [SEEDSTREAM_MAX_KV_TOKENS]")
-    p.add_argument("--max-new-tokens-limit", type=int, default=int(_env("SEEDSTREAM_MAX_NEW_TOKENS_LIMIT", 4096)),
-                   help="largest max_new_tokens a request may ask for [SEEDSTREAM_MAX_NEW_TOKENS_LIMIT]")
-    p.add_argument("--default-max-new-tokens", type=int, default=int(_env("SEEDSTREAM_DEFAULT_MAX_NEW_TOKENS", 256)),
-                   help="max_new_tokens when a request leaves it unset [SEEDSTREAM_DEFAULT_MAX_NEW_TOKENS]")
-    p.add_argument("--prefill-chunk", type=int, default=_env("SEEDSTREAM_PREFILL_CHUNK"),
-                   help="prompt tokens per prefill chunk (engine default if unset); a tuning knob: prefill "
-                        "equals decode bit for bit, so it changes no token [SEEDSTREAM_PREFILL_CHUNK]")
-    p.add_argument("--max-step-tokens", type=int, default=_env("SEEDSTREAM_MAX_STEP_TOKENS"),
-                   help="token rows per engine step (engine default if unset) [SEEDSTREAM_MAX_STEP_TOKENS]")
-    p.add_argument("--threads", type=int, default=_env("SEEDSTREAM_THREADS"),
-                   help="torch intra-op threads (torch's default if unset) [SEEDSTREAM_THREADS]")
-    p.add_argument("--backend", default=_env("SEEDSTREAM_BACKEND"), choices=("auto", "kernels", "torch"),
-                   help="forward pass: 'kernels' = seedstream's C++ CPU kernels (built with the system C++ "
-                        "compiler on first start, cached; the same bits on every x86 CPU), 'torch' = the torch path "
-                        "(CUDA, bfloat16/float16), 'auto' (default) = kernels on cpu/float32 when they build, else "
-                        "torch [SEEDSTREAM_BACKEND]")
-    p.add_argument("--weights", default=_env("SEEDSTREAM_WEIGHTS"), choices=("auto", "f32", "q8_0", "q4_1"),
-                   help="weight format of the kernels: 'auto' (default) = the file's own (a GGUF's quantisation, "
-                        "else f32), or f32, q8_0, q4_1 (quantised on load when the file is more precise); part of "
-                        "engine_version and the receipt [SEEDSTREAM_WEIGHTS]")
-    p.add_argument("--prefix-cache-mib", type=float, default=_env("SEEDSTREAM_PREFIX_CACHE_MIB"),
-                   help="prefix cache budget in MiB (default 1024; 0 = off): prompt KV reused exactly, "
-                        "LRU-evicted; changes no token [SEEDSTREAM_PREFIX_CACHE_MIB]")
-    p.add_argument("--grace-period", type=float, default=float(_env("SEEDSTREAM_GRACE_PERIOD", 30.0)),
-                   help="seconds in-flight requests get to finish on shutdown [SEEDSTREAM_GRACE_PERIOD]")
-    p.add_argument("--tls-cert", default=_env("SEEDSTREAM_TLS_CERT"),
-                   help="PEM certificate chain file: serve TLS instead of plaintext [SEEDSTREAM_TLS_CERT]")
-    p.add_argument("--tls-key", default=_env("SEEDSTREAM_TLS_KEY"),
-                   help="PEM private key file for --tls-cert [SEEDSTREAM_TLS_KEY]")
-    p.add_argument("--log-level", default=_env("SEEDSTREAM_LOG_LEVEL", "INFO"),
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   help="log verbosity; INFO logs one line per request [SEEDSTREAM_LOG_LEVEL]")
-    _add_serve_hardening(p)
-    _add_observability(p)
-    p.set_defaults(func=_cmd_serve)
-
-
-def _optional(cast, name: str):
-    value = _env(name)
-    return None if value is None else cast(value)
-
-
-def _add_serve_hardening(p) -> None:
-    """Authentication, TLS client certificates, reflection, and connection/request limits."""
-    g = p.add_argument_group("security and limits")
-    g.add_argument("--api-key-file", default=_env("SEEDSTREAM_API_KEY_FILE"), metavar="PATH",
-                   help="require API keys: a file with one 'KEY' or 'NAME KEY' per line; clients send "
-                        "'authorization: Bearer KEY'. Keys may also come from SEEDSTREAM_API_KEYS "
-                        "(comma-separated), never from a flag [SEEDSTREAM_API_KEY_FILE]")
-    g.add_argument("--tls-client-ca", default=_env("SEEDSTREAM_TLS_CLIENT_CA"), metavar="PEM",
-                   help="require client certificates signed by this CA (mutual TLS; needs --tls-cert) "
-                        "[SEEDSTREAM_TLS_CLIENT_CA]")
-    g.add_argument("--no-reflection", action="store_true", default=_env("SEEDSTREAM_NO_REFLECTION") == "1",
-                   help="do not serve gRPC server reflection [SEEDSTREAM_NO_REFLECTION=1]")
-    g.add_argument("--insecure", action="store_true", default=_env("SEEDSTREAM_INSECURE") == "1",
-                   help="accept plaintext without API keys on a non-loopback address where that is refused "
-                        "(the Docker image) [SEEDSTREAM_INSECURE=1]")
-    g.add_argument("--max-input-chars", type=int, default=_optional(int, "SEEDSTREAM_MAX_INPUT_CHARS"),
-                   help="most text characters in one request, checked before tokenizing (default 32 x the "
-                        "model's context) [SEEDSTREAM_MAX_INPUT_CHARS]")
-    g.add_argument("--max-input-tokens", type=int, default=_optional(int, "SEEDSTREAM_MAX_INPUT_TOKENS"),
-                   help="most tokens in one Score, ScoreRolling or Tokenize request (default 16 x the model's "
-                        "context) [SEEDSTREAM_MAX_INPUT_TOKENS]")
-    g.add_argument("--max-deadline", type=float, default=float(_env("SEEDSTREAM_MAX_DEADLINE", 600.0)),
-                   help="seconds any call may run, whatever the client's deadline; 0 = no limit "
-                        "[SEEDSTREAM_MAX_DEADLINE]")
-    g.add_argument("--max-queue-per-client", type=int, default=_optional(int, "SEEDSTREAM_MAX_QUEUE_PER_CLIENT"),
-                   help="most waiting requests from one client (API key, else peer address); default "
-                        "--max-queue [SEEDSTREAM_MAX_QUEUE_PER_CLIENT]")
-    g.add_argument("--keepalive-time", type=float, default=float(_env("SEEDSTREAM_KEEPALIVE_TIME", 60.0)),
-                   help="seconds between keepalive pings on an idle connection [SEEDSTREAM_KEEPALIVE_TIME]")
-    g.add_argument("--keepalive-timeout", type=float, default=float(_env("SEEDSTREAM_KEEPALIVE_TIMEOUT", 20.0)),
-                   help="seconds to wait for a ping's answer before closing [SEEDSTREAM_KEEPALIVE_TIMEOUT]")
-    g.add_argument("--max-connection-idle", type=float, default=float(_env("SEEDSTREAM_MAX_CONNECTION_IDLE", 300.0)),
-                   help="close connections without calls after this many seconds; 0 = never "
-                        "[SEEDSTREAM_MAX_CONNECTION_IDLE]")
-    g.add_argument("--max-connection-age", type=float, default=_optional(float, "SEEDSTREAM_MAX_CONNECTION_AGE"),
-                   help="gracefully close connections older than this many seconds (spreads clients over "
-                        "replicas); default never [SEEDSTREAM_MAX_CONNECTION_AGE]")
-    g.add_argument("--max-streams-per-connection", type=int,
-                   default=int(_env("SEEDSTREAM_MAX_STREAMS_PER_CONNECTION", 128)),
-                   help="most concurrent calls on one connection [SEEDSTREAM_MAX_STREAMS_PER_CONNECTION]")
-
-
-def _hardening_options(args) -> dict:
-    """ServeOptions.hardening from the flags of _add_serve_hardening."""
-    return {
-        "api_key_file": args.api_key_file,
-        "tls_client_ca": args.tls_client_ca,
-        "reflection": not args.no_reflection,
-        "insecure": args.insecure,
-        "max_input_chars": args.max_input_chars,
-        "max_input_tokens": args.max_input_tokens,
-        "max_deadline": args.max_deadline,
-        "max_queue_per_client": args.max_queue_per_client,
-        "keepalive_time": args.keepalive_time,
-        "keepalive_timeout": args.keepalive_timeout,
-        "max_connection_idle": args.max_connection_idle,
-        "max_connection_age": args.max_connection_age,
-        "max_streams_per_connection": args.max_streams_per_connection,
-    }
-
-
-def _add_observability(p) -> None:
-    """Prometheus metrics endpoint and log format."""
-    g = p.add_argument_group("observability")
-    g.add_argument("--metrics-port", type=int, default=_env("SEEDSTREAM_METRICS_PORT"),
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off if unset; 0 picks a free port) "
-                        "[SEEDSTREAM_METRICS_PORT]")
-    g.add_argument("--metrics-host", default=_env("SEEDSTREAM_METRICS_HOST"),
-                   help="address for the metrics endpoint (default: --host) [SEEDSTREAM_METRICS_HOST]")
-    g.add_argument("--log-format", default=_env("SEEDSTREAM_LOG_FORMAT", "text"), choices=("text", "json"),
-                   help="'json': one JSON object per log line; a request's line carries request_id, key_id, "
-                        "seed, token counts, ttft_s, time_s and status [SEEDSTREAM_LOG_FORMAT]")
+    """Listed here; `main` hands `serve ...` to the server's own command line (seedstream.server.cli)."""
+    sub.add_parser("serve", add_help=False,
+                   help="start a seedstream server (needs the server extra: pip install 'seedstream[server]')")
 
 
 def _add_connection(p) -> None:
@@ -317,40 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_serve(args) -> int:
+def _serve(argv: Sequence[str]) -> int:
     try:
-        from seedstream.server.app import ServeOptions, serve
+        from seedstream.server.cli import main as serve_main
     except ImportError as exc:
         print(f"error: the server is not installed ({exc}); pip install 'seedstream[server]'", file=sys.stderr)
         return EXIT_ERROR
-    opts = ServeOptions(
-        model=args.model,
-        host=args.host,
-        port=args.port,
-        http_port=int(args.http_port) if args.http_port is not None else None,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_queue=args.max_queue,
-        max_kv_tokens=int(args.max_kv_tokens) if args.max_kv_tokens is not None else None,
-        max_new_tokens_limit=args.max_new_tokens_limit,
-        default_max_new_tokens=args.default_max_new_tokens,
-        prefill_chunk=int(args.prefill_chunk) if args.prefill_chunk is not None else None,
-        max_step_tokens=int(args.max_step_tokens) if args.max_step_tokens is not None else None,
-        threads=int(args.threads) if args.threads is not None else None,
-        backend=args.backend,
-        weights=args.weights,
-        prefix_cache_mib=float(args.prefix_cache_mib) if args.prefix_cache_mib is not None else None,
-        grace_period=args.grace_period,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        metrics_port=int(args.metrics_port) if args.metrics_port is not None else None,
-        metrics_host=args.metrics_host,
-        hardening=_hardening_options(args),
-    )
-    return serve(opts)
+    return serve_main(argv)
 
 
 def _client(args):
@@ -546,10 +376,11 @@ def _cmd_health(args) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return args.func(args)
     from .errors import (
         DeadlineExceededError,
         InvalidArgumentError,

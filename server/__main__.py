@@ -2,7 +2,7 @@
 
 import sys
 
-from seedstream.client.cli import main
+from seedstream.server.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(main())

@@ -29,10 +29,11 @@ from typing import Optional
 
 import grpc
 
+from .settings import EngineConfig, ServeOptions
+
 log = logging.getLogger("seedstream.server")
 
 SERVICE_NAME = "seedstream.v1.TextGeneration"
-DEFAULT_PORT = 50051
 DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # largest request accepted
 DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024  # largest response (long completions with top_logprobs)
 CANCEL_FLUSH_S = 2.0  # after the grace period: time for cancelled calls to send their last message
@@ -56,7 +57,7 @@ class SeedstreamServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        default_max_new_tokens: int = 256,
+        default_max_new_tokens: int = ServeOptions.default_max_new_tokens,
         credentials: Optional[grpc.ServerCredentials] = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         security=None,
@@ -185,38 +186,6 @@ class SeedstreamServer:
             await engine.stop()
 
 
-@dataclasses.dataclass
-class ServeOptions:
-    """Everything `seedstream serve` takes (the CLI fills it from flags and environment)."""
-
-    model: Optional[str] = None
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    http_port: Optional[int] = None  # None: no HTTP front
-    device: str = "auto"
-    dtype: str = "float32"
-    max_batch_size: int = 64
-    max_queue: int = 256
-    max_kv_tokens: Optional[int] = None
-    max_new_tokens_limit: int = 4096
-    default_max_new_tokens: int = 256
-    prefill_chunk: Optional[int] = None
-    max_step_tokens: Optional[int] = None
-    threads: Optional[int] = None
-    backend: Optional[str] = None
-    weights: Optional[str] = None
-    prefix_cache_mib: Optional[float] = None
-    grace_period: float = 30.0
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    log_level: str = "INFO"
-    log_format: str = "text"  # "text" or "json" (one object per line; requests carry their fields)
-    metrics_port: Optional[int] = None  # serve Prometheus /metrics on this port (0 = any free one)
-    metrics_host: Optional[str] = None  # address for /metrics; None = the same as host
-    # Authentication, TLS client certificates, reflection, connection and request limits (rpc/hardening.py).
-    hardening: dict = dataclasses.field(default_factory=dict)
-
-
 def configure_logging(level: str, log_format: str = "text") -> None:
     from seedstream.server.logformat import formatter
 
@@ -225,28 +194,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
-def engine_config(opts: ServeOptions):
-    """EngineConfig from the options; fields left None keep the engine's defaults."""
-    from seedstream.server.engine import EngineConfig
-
-    wanted = {
-        "model": opts.model,
-        "device": opts.device,
-        "dtype": opts.dtype,
-        "max_batch_size": opts.max_batch_size,
-        "max_queue": opts.max_queue,
-        "max_kv_tokens": opts.max_kv_tokens,
-        "max_new_tokens_limit": opts.max_new_tokens_limit,
-        "prefill_chunk": opts.prefill_chunk,
-        "max_step_tokens": opts.max_step_tokens,
-        "num_threads": opts.threads,
-        "backend": opts.backend,
-        "weights": opts.weights,
-        "max_queue_per_client": opts.hardening.get("max_queue_per_client"),
-        "prefix_cache_mib": opts.prefix_cache_mib,
-    }
-    known = {f.name for f in dataclasses.fields(EngineConfig)}
-    return EngineConfig(**{k: v for k, v in wanted.items() if k in known and v is not None})
+def engine_config(opts: ServeOptions) -> EngineConfig:
+    """EngineConfig from the options (raises ValueError on a bad setting)."""
+    return EngineConfig(**opts.engine)
 
 
 def serve(opts: ServeOptions) -> int:
@@ -261,7 +211,7 @@ def serve(opts: ServeOptions) -> int:
 def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
     from seedstream.server.rpc.hardening import server_credentials
 
-    return server_credentials(opts.tls_cert, opts.tls_key, opts.hardening.get("tls_client_ca"))
+    return server_credentials(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
 
 
 def _metrics(opts: ServeOptions):
@@ -315,9 +265,9 @@ async def _serve(opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     try:
         config = engine_config(opts)
-        if not 1 <= opts.default_max_new_tokens <= opts.max_new_tokens_limit:
+        if not 1 <= opts.default_max_new_tokens <= config.max_new_tokens_limit:
             raise ValueError(
-                f"default_max_new_tokens={opts.default_max_new_tokens}: allowed [1, max_new_tokens_limit={opts.max_new_tokens_limit}]"
+                f"default_max_new_tokens={opts.default_max_new_tokens}: allowed [1, max_new_tokens_limit={config.max_new_tokens_limit}]"
             )
         from seedstream.server.rpc.hardening import security_from_options
 
@@ -327,7 +277,7 @@ async def _serve(opts: ServeOptions) -> int:
             port=opts.port,
             default_max_new_tokens=opts.default_max_new_tokens,
             credentials=credentials,
-            security=security_from_options(opts.hardening, opts.host, tls=credentials is not None),
+            security=security_from_options(dataclasses.asdict(opts), opts.host, tls=credentials is not None),
             metrics=_metrics(opts),
             http_port=opts.http_port,
         )

@@ -1,7 +1,7 @@
 """What keeps a served port safe: API keys, TLS and client certificates, reflection, limits.
 
 `Security` is what SeedstreamServer takes; `security_from_options` builds it
-from `seedstream serve`'s flags (ServeOptions.hardening) and refuses, or warns
+from `seedstream serve`'s flags (the fields of ServeOptions) and refuses, or warns
 about, a plaintext server without API keys on a non-loopback address.
 """
 
@@ -75,8 +75,8 @@ def check_exposure(host: str, has_keys: bool, tls: bool, insecure: bool,
 
 
 def security_from_options(options: Mapping, host: str, tls: bool) -> Security:
-    """Security from ServeOptions.hardening (keys: api_key_file, reflection, insecure, and the fields of
-    ConnectionLimits and RequestLimits; missing keys keep their defaults)."""
+    """Security from ServeOptions' fields as a mapping (keys: api_key_file, reflection, insecure, and the
+    fields of ConnectionLimits and RequestLimits; missing keys keep their defaults)."""
     keys = load_keys(options.get("api_key_file"))
     check_exposure(host, bool(keys), tls, bool(options.get("insecure")))
     if keys:

@@ -12,6 +12,7 @@ from typing import Optional
 
 from seedstream.server.engine.types import InvalidRequest
 from seedstream.server.engine.validation import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS  # noqa: F401
+from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
 
 CHARS_PER_CONTEXT_TOKEN = 32  # default --max-input-chars = 32 x max_context
 TOKENS_PER_CONTEXT = 16  # default --max-input-tokens = 16 x max_context
@@ -23,13 +24,13 @@ MAX_CHAT_MESSAGES = 4096
 class ConnectionLimits:
     """HTTP/2 connection settings (seconds; 0 or None = grpc's default, i.e. off)."""
 
-    keepalive_time: float = 60.0  # server pings an idle connection this often
-    keepalive_timeout: float = 20.0  # and closes it if the ping is not answered within this
+    keepalive_time: float = _Flags.keepalive_time  # server pings an idle connection this often
+    keepalive_timeout: float = _Flags.keepalive_timeout  # and closes it if the ping is not answered within this
     min_client_ping_interval: float = 10.0  # clients pinging more often than this get GOAWAY
-    max_connection_idle: float = 300.0  # close connections without calls for this long
-    max_connection_age: Optional[float] = None  # close (gracefully) connections older than this
+    max_connection_idle: float = _Flags.max_connection_idle  # close connections without calls for this long
+    max_connection_age: Optional[float] = _Flags.max_connection_age  # close (gracefully) connections older than this
     max_connection_age_grace: float = 30.0  # time calls get to finish after max_connection_age
-    max_streams_per_connection: int = 128  # concurrent calls on one connection
+    max_streams_per_connection: int = _Flags.max_streams_per_connection  # concurrent calls on one connection
 
     def grpc_options(self) -> list[tuple[str, int]]:
         ms = lambda seconds: int(seconds * 1000)  # noqa: E731
@@ -52,9 +53,9 @@ class ConnectionLimits:
 class RequestLimits:
     """Caps on one request's size and duration (None: derived from the model's context)."""
 
-    max_input_chars: Optional[int] = None  # text characters in one request, checked before tokenizing
-    max_input_tokens: Optional[int] = None  # tokens in one Score, ScoreRolling or Tokenize request
-    max_deadline: Optional[float] = 600.0  # seconds any call may take; None or 0 = no server limit
+    max_input_chars: Optional[int] = _Flags.max_input_chars  # text characters in one request, checked before tokenizing
+    max_input_tokens: Optional[int] = _Flags.max_input_tokens  # tokens in one Score, ScoreRolling or Tokenize request
+    max_deadline: Optional[float] = _Flags.max_deadline  # seconds any call may take; None or 0 = no server limit
 
     def chars(self, context: int) -> int:
         return self.max_input_chars or CHARS_PER_CONTEXT_TOKEN * context

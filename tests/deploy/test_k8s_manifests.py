@@ -40,7 +40,7 @@ def test_every_manifest_validates_strictly(version):
 
 
 def test_deployment_probes_volumes_and_flags_fit_the_server():
-    from seedstream.client.cli import build_parser
+    from seedstream.server.cli import build_parser
     from seedstream.server.app import SERVICE_NAME
     from seedstream.server.rpc.auth import parse_keys
 
@@ -51,7 +51,7 @@ def test_deployment_probes_volumes_and_flags_fit_the_server():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
 
     # Every flag is one `seedstream serve` knows, and the ports match them.
-    args = build_parser().parse_args(["serve", *container["args"]])
+    args = build_parser().parse_args(container["args"])
     assert (args.port, int(args.metrics_port), args.host) == (ports["grpc"], ports["metrics"], "0.0.0.0")
     assert args.log_format == "json"
 

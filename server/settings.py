@@ -1,0 +1,258 @@
+"""The server's settings, each defined once: its type, default, help text, flag and environment variable.
+
+`EngineConfig` (what the engine takes) and `ServeOptions` (what `seedstream serve`
+adds around it) are dataclasses whose fields carry a `Setting` in their metadata.
+From those fields alone come the command line's flags and environment lookup
+(`seedstream.server.cli`) and the configuration table in the README
+(`markdown_table()`; a test keeps the two equal).
+
+A field `max_queue` is the flag `--max-queue` and the environment variable
+`SEEDSTREAM_MAX_QUEUE` (the flag's name, upper-cased), unless its `Setting`
+names another flag. Help texts are Markdown: `--help` shows them without backticks.
+
+Stdlib only, so `seedstream serve --help` needs neither torch nor grpc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Callable, Iterator, Optional
+
+ENV_PREFIX = "SEEDSTREAM_"
+DEFAULT_PORT = 50051
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "kernels", "torch")
+WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a settings field says about itself beyond its type and default."""
+
+    help: str  # Markdown
+    flag: Optional[str] = None  # None: "--" + the field's name with dashes
+    choices: Optional[tuple] = None
+    metavar: Optional[str] = None  # None: the flag's name, upper-cased
+    parse: Optional[Callable[[str], Any]] = None  # None: the field's type
+    shown: Optional[str] = None  # the default as the docs say it (for None: what unset means)
+    group: str = "engine"
+
+
+def setting(default: Any, help: str, **options) -> Any:
+    """A dataclass field with its default and a `Setting` (see `Setting` for the options)."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(help, **options)})
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """The engine's settings. Scheduling settings never change a token, so they are not part of the
+    determinism contract (nor of engine_version); dtype, backend and weights are."""
+
+    model: Optional[str] = setting(
+        None, "local transformers model folder (safetensors/bin) or `.gguf` file; model types llama, "
+        "mistral, qwen2", shown="embedded SmolLM2-135M-Instruct")
+    device: str = setting("auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda` or `cuda:N`")
+    dtype: str = setting("float32", "compute dtype; part of the reproducibility promise", choices=DTYPE_NAMES)
+    max_batch_size: int = setting(64, "most sequences decoding at once")
+    max_queue: int = setting(256, "most requests waiting for a slot; beyond it `RESOURCE_EXHAUSTED`")
+    max_queue_per_client: Optional[int] = setting(
+        None, "most waiting requests from one client (API key name, else peer address); waiting requests "
+        "are admitted round-robin over clients", shown="`--max-queue`", group="security and limits")
+    # Each running sequence counts at its most, so admission never has to preempt.
+    max_kv_tokens: int = setting(
+        262144, "KV-cache budget in token positions over all running sequences, each counted as prompt + "
+        "`max_new_tokens` (capped at the context); a request beyond it waits in the queue instead of risking "
+        "the server's memory (about 45 KiB per position for the default model in fp32, so 11 GiB at most); "
+        "one request is always admitted")
+    prefill_chunk: int = setting(
+        256, "prompt tokens per prefill chunk; a tuning knob: prefill equals decode bit for bit, so it changes "
+        "no token")
+    max_step_tokens: int = setting(512, "token rows per engine step; at least `--prefill-chunk`")
+    max_new_tokens_limit: int = setting(4096, "largest `max_new_tokens` a request may ask for")
+    # Not in engine_version: the cache changes no token.
+    prefix_cache_mib: float = setting(
+        1024.0, "prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted; "
+        "changes no token (about 45 KiB per position for the default model in fp32)")
+    num_threads: Optional[int] = setting(
+        None, "threads of the kernels and of torch's intra-op pool", flag="--threads", shown="torch's default")
+    backend: str = setting(
+        "auto", "forward pass: `kernels` = seedstream's C++ CPU kernels (built with the system C++ compiler on "
+        "first start, cached; the same bits for any batch, prefill chunk, thread count and x86 CPU), `torch` = "
+        "the torch path (CUDA, bfloat16/float16, or no compiler), `auto` = kernels on CPU float32 when they "
+        "build, else torch (with a warning); part of `engine_version`", choices=BACKENDS)
+    weights: str = setting(
+        "auto", "weight format of the kernels: `auto` = the file's own (a GGUF's quantisation, else `f32`), or "
+        "`f32`, `q8_0`, `q4_1` (stored blocks are kept when at least as precise, else quantised on load); in "
+        "`engine_version`, the receipt and `GetModelInfo` as `weight_format`", choices=WEIGHT_FORMATS)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype={self.dtype!r}: allowed {', '.join(DTYPE_NAMES)}")
+        for name in ("max_batch_size", "max_queue", "max_kv_tokens", "prefill_chunk", "max_step_tokens",
+                     "max_new_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
+            raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
+        if self.backend == "torch" and self.weights not in ("auto", "f32"):
+            raise ValueError(f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})")
+        if not self.prefix_cache_mib >= 0:
+            raise ValueError(f"prefix_cache_mib={self.prefix_cache_mib}: must be >= 0 (0 turns the cache off)")
+        if self.max_step_tokens < self.prefill_chunk:
+            raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
+
+
+def _server(default: Any, help: str, **options) -> Any:
+    return setting(default, help, group="server", **options)
+
+
+def _security(default: Any, help: str, **options) -> Any:
+    return setting(default, help, group="security and limits", **options)
+
+
+def _observability(default: Any, help: str, **options) -> Any:
+    return setting(default, help, group="observability", **options)
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    """Everything `seedstream serve` takes: the engine's settings and the server's own."""
+
+    # EngineConfig's fields as given; EngineConfig checks them when the server starts.
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    host: str = _server("127.0.0.1", "listen address; `0.0.0.0` for every interface")
+    port: int = _server(DEFAULT_PORT, "TCP port; 0 picks a free one (logged)")
+    http_port: Optional[int] = _server(
+        None, "also serve the OpenAI-compatible HTTP API and the playground page on this port (same host, "
+        "plain HTTP); 0 picks a free one (logged)", shown="off")
+    default_max_new_tokens: int = _server(256, "`max_new_tokens` when a request leaves it unset")
+    grace_period: float = _server(30.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    tls_cert: Optional[str] = _server(None, "PEM certificate chain file: serve TLS instead of plaintext",
+                                      shown="none")
+    tls_key: Optional[str] = _server(None, "PEM private key file for `--tls-cert`", shown="none")
+    log_level: str = _server("INFO", "log verbosity; INFO logs one line per request", choices=LOG_LEVELS,
+                             parse=str.upper)
+
+    # Authentication, client certificates, reflection, connection and request limits (rpc/hardening.py);
+    # rpc/limits.py takes its defaults from here.
+    api_key_file: Optional[str] = _security(
+        None, "require API keys: a file with one `KEY` or `NAME KEY` per line (`#` comments); clients send "
+        "`authorization: Bearer KEY`. Keys may also come from `SEEDSTREAM_API_KEYS` (comma-separated "
+        "entries), never from a flag", metavar="PATH", shown="none")
+    tls_client_ca: Optional[str] = _security(
+        None, "require client certificates signed by this CA (mutual TLS; needs `--tls-cert`)", metavar="PEM",
+        shown="none")
+    reflection: bool = _security(True, "do not serve gRPC server reflection", flag="--no-reflection",
+                                 shown="reflection on")
+    insecure: bool = _security(
+        False, "accept plaintext without API keys on a non-loopback address where `SEEDSTREAM_REFUSE_INSECURE=1` "
+        "(the Docker image) refuses it; elsewhere that only logs a warning", shown="off")
+    max_input_chars: Optional[int] = _security(
+        None, "most text characters in one request, checked before tokenizing", shown="32 × context")
+    max_input_tokens: Optional[int] = _security(
+        None, "most tokens in one Score, ScoreRolling or Tokenize request", shown="16 × context")
+    max_deadline: float = _security(600.0, "seconds any call may run, whatever the client's deadline; 0 = no limit")
+    keepalive_time: float = _security(60.0, "seconds between keepalive pings on an idle connection")
+    keepalive_timeout: float = _security(20.0, "seconds to wait for a ping's answer before closing")
+    max_connection_idle: float = _security(300.0, "close connections without calls after this many seconds; "
+                                                  "0 = never")
+    max_connection_age: Optional[float] = _security(
+        None, "gracefully close connections older than this many seconds (30 s grace; spreads clients over "
+        "replicas)", shown="never")
+    max_streams_per_connection: int = _security(128, "most concurrent calls on one HTTP/2 connection")
+
+    metrics_port: Optional[int] = _observability(
+        None, "serve Prometheus metrics at `http://HOST:PORT/metrics`; 0 picks a free port (logged)", shown="off")
+    metrics_host: Optional[str] = _observability(None, "listen address of the metrics endpoint",
+                                                 shown="`--host`")
+    log_format: str = _observability(
+        "text", "`text`, or `json`: one JSON object per log line; a request's line carries request_id, key_id, seed, "
+        "token counts, ttft_s, time_s and status", choices=LOG_FORMATS)
+
+
+# --------------------------------------------------------------------------- reading the settings
+
+
+GROUPS = ("server", "engine", "security and limits", "observability")  # order in --help and the docs
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One setting as the command line and the docs see it."""
+
+    owner: type  # EngineConfig or ServeOptions
+    name: str  # the field's name
+    flag: str
+    env: str
+    type: type  # int, float, str or bool
+    default: Any
+    setting: Setting
+
+    @property
+    def parse(self) -> Callable[[str], Any]:
+        return self.setting.parse or self.type
+
+    @property
+    def metavar(self) -> str:
+        return self.setting.metavar or self.flag[2:].upper().replace("-", "_")
+
+
+def _value_type(hint) -> type:
+    """int for `int` and `Optional[int]`, and so on."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def flags_of(cls: type) -> Iterator[Flag]:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if "setting" not in field.metadata:
+            continue
+        info: Setting = field.metadata["setting"]
+        flag = info.flag or "--" + field.name.replace("_", "-")
+        yield Flag(cls, field.name, flag, ENV_PREFIX + flag[2:].upper().replace("-", "_"),
+                   _value_type(hints[field.name]), field.default, info)
+
+
+def all_flags() -> list[Flag]:
+    """Every setting of `seedstream serve`, in the order of GROUPS."""
+    found = [*flags_of(ServeOptions), *flags_of(EngineConfig)]
+    return sorted(found, key=lambda f: GROUPS.index(f.setting.group))  # stable: field order within a group
+
+
+def shown_default(flag: Flag) -> str:
+    """The default as the docs say it: Markdown."""
+    if flag.setting.shown is not None:
+        return flag.setting.shown
+    if isinstance(flag.default, str):
+        return f"`{flag.default}`"
+    if isinstance(flag.default, float):
+        return f"{flag.default:g}"
+    return str(flag.default)
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
+    for f in all_flags():
+        env = f"{f.env}=1" if f.type is bool else f.env
+        meaning, choices = f.setting.help, f.setting.choices or ()
+        if not all(f"`{c}`" in meaning for c in choices):  # --help lists them in the flag's usage
+            meaning += "; one of " + ", ".join(f"`{c}`" for c in choices)
+        rows.append(f"| `{f.flag}` | `{env}` | {shown_default(f)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
