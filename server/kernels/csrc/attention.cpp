@@ -16,70 +16,137 @@
 
 constexpr int MAX_BLOCK = 256;
 
-// CHUNKS = head_dim / 16, a compile-time constant so that q, o and the partial sums live in registers.
+// The running state of one query head: output accumulator, running max and running sum.
 template <int CHUNKS>
-static void attend(const AttnRow& r, int block, float scale) {
-  constexpr int chunks = CHUNKS;
+struct HeadState {
+  V16 o[CHUNKS];
+  float m, l;
+};
+
+// p[j - j0] = score of key j for j in [j0, j1), then -inf up to the next multiple of 16.
+template <int CHUNKS>
+static inline void block_scores(const float* qp, const float* keys, int j0, int j1, float scale, float* p) {
   const int head_dim = 16 * CHUNKS;
-  V16 q[CHUNKS], o[CHUNKS];
-  for (int c = 0; c < chunks; ++c) { q[c] = v_load(r.q + 16 * c); o[c] = v_zero(); }
-  float m = -std::numeric_limits<float>::infinity(), l = 0.0f;
-  alignas(64) float p[MAX_BLOCK + 16];
-  for (int j0 = 0; j0 <= r.position; j0 += block) {
-    const int j1 = j0 + block - 1 < r.position ? j0 + block : r.position + 1;
-    for (int g = j0; g < j1; g += 16) {  // 16 keys' dot products, summed by one network (= v_hsum each)
-      V16 part[16];
-      for (int t = 0; t < 16; ++t) {
-        if (g + t >= j1) { part[t] = v_zero(); continue; }
-        const float* k = r.keys + (size_t)(g + t) * head_dim;
-        part[t] = v_mul(q[0], v_load(k));
-        for (int c = 1; c < chunks; ++c) part[t] = v_fma(q[c], v_load(k + 16 * c), part[t]);
-      }
-      v_store(p + (g - j0), v_mul(v_hsum16(part), v_set1(scale)));
+  V16 q[CHUNKS];
+  for (int c = 0; c < CHUNKS; ++c) q[c] = v_load(qp + 16 * c);
+  for (int g = j0; g < j1; g += 16) {  // 16 keys' dot products, summed by one network (= v_hsum each)
+    V16 part[16];
+    const int valid = j1 - g < 16 ? j1 - g : 16;
+    for (int t = 0; t < 16; ++t) {
+      const float* k = keys + (size_t)(g + (t < valid ? t : 0)) * head_dim;  // lanes past j1: any key, unused
+      part[t] = v_mul(q[0], v_load(k));
+      for (int c = 1; c < CHUNKS; ++c) part[t] = v_fma(q[c], v_load(k + 16 * c), part[t]);
     }
-    float block_max = -std::numeric_limits<float>::infinity();
-    for (int j = 0; j < j1 - j0; ++j) block_max = p[j] > block_max ? p[j] : block_max;
-    const float m_new = block_max > m ? block_max : m;
-    const int n = j1 - j0;
-    const V16 mv = v_set1(m_new);
-    for (int j = 0; j < n; j += 16) v_store(p + j, v_exp(v_sub(v_load(p + j), mv)));  // lanes past n unused
-    float l_block = 0.0f;
-    for (int j = 0; j < n; ++j) l_block += p[j];
-    V16 ob[CHUNKS];
-    for (int c = 0; c < chunks; ++c) ob[c] = v_zero();
-    for (int j = 0; j < n; ++j) {
-      const float* v = r.values + (size_t)(j0 + j) * head_dim;
-      const V16 pj = v_set1(p[j]);
-      for (int c = 0; c < chunks; ++c) ob[c] = v_fma(pj, v_load(v + 16 * c), ob[c]);
-    }
-    if (j0 == 0) {  // first block: nothing to rescale (and exp(-inf - m) would be 0 * inf)
-      l = l_block;
-      for (int c = 0; c < chunks; ++c) o[c] = ob[c];
-    } else {
-      const float alpha = s_exp(m - m_new);
-      const V16 av = v_set1(alpha);
-      l = l * alpha + l_block;
-      for (int c = 0; c < chunks; ++c) o[c] = v_add(v_mul(o[c], av), ob[c]);
-    }
-    m = m_new;
+    v_store(p + (g - j0), v_mul(v_hsum16(part), v_set1(scale)));
   }
-  const V16 lv = v_set1(l);
-  for (int c = 0; c < chunks; ++c) v_store(r.out + 16 * c, v_div(o[c], lv));
+  for (int j = j1 - j0; j % 16; ++j) p[j] = -std::numeric_limits<float>::infinity();
 }
 
-void attention_row(const AttnRow& r, int head_dim, int block, float scale) {
+// One block of keys [j0, j1) for the G query heads of a group (their q rows contiguous): scores and
+// softmax weights per head, then one pass over the values that feeds every head (G * CHUNKS independent
+// fma chains). Each head's arithmetic is the same as attending alone:
+//   m' = max(m, max_j s_j); p_j = exp(s_j - m'); l = l*exp(m - m') + (p_0 + p_1 + ...) left to right;
+//   o = o*exp(m - m') + fma-chain_j(p_j, v_j)
+template <int CHUNKS, int G>
+static void attend_block(const float* q, const float* keys, const float* values, int j0, int j1, float scale,
+                         float (*p)[MAX_BLOCK + 16], HeadState<CHUNKS>* st) {
+  constexpr int head_dim = 16 * CHUNKS;
+  const int n = j1 - j0;
+  float m_new[G];
+  for (int h = 0; h < G; ++h) {
+    block_scores<CHUNKS>(q + (size_t)h * head_dim, keys, j0, j1, scale, p[h]);
+    V16 mx = v_load(p[h]);
+    for (int j = 16; j < n; j += 16) mx = v_max(v_load(p[h] + j), mx);
+    alignas(64) float lanes[16];
+    v_store(lanes, mx);
+    float block_max = lanes[0];  // a maximum is exact in any order
+    for (int l = 1; l < 16; ++l) block_max = lanes[l] > block_max ? lanes[l] : block_max;
+    m_new[h] = block_max > st[h].m ? block_max : st[h].m;
+    const V16 mv = v_set1(m_new[h]);
+    for (int j = 0; j < n; j += 16) v_store(p[h] + j, v_exp(v_sub(v_load(p[h] + j), mv)));
+  }
+  V16 ob[G][CHUNKS];
+  float l_block[G];
+  for (int h = 0; h < G; ++h) {
+    l_block[h] = 0.0f;
+    for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_zero();
+  }
+  for (int j = 0; j < n; ++j) {
+    const float* v = values + (size_t)(j0 + j) * head_dim;
+    V16 vj[CHUNKS];
+    for (int c = 0; c < CHUNKS; ++c) vj[c] = v_load(v + 16 * c);
+    for (int h = 0; h < G; ++h) {
+      const V16 pj = v_set1(p[h][j]);
+      for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_fma(pj, vj[c], ob[h][c]);
+      l_block[h] += p[h][j];
+    }
+  }
+  for (int h = 0; h < G; ++h) {
+    HeadState<CHUNKS>& s = st[h];
+    if (j0 == 0) {  // first block: nothing to rescale (and exp(-inf - m) would be 0 * inf)
+      s.l = l_block[h];
+      for (int c = 0; c < CHUNKS; ++c) s.o[c] = ob[h][c];
+    } else {
+      const float alpha = s_exp(s.m - m_new[h]);
+      const V16 av = v_set1(alpha);
+      s.l = s.l * alpha + l_block[h];
+      for (int c = 0; c < CHUNKS; ++c) s.o[c] = v_add(v_mul(s.o[c], av), ob[h][c]);
+    }
+    s.m = m_new[h];
+  }
+}
+
+// The query heads of one row that share a key/value head, block by block: each block of keys and values
+// is read once, while in L1, for all of them.
+template <int CHUNKS, int G>
+static void attend_group(const AttnGroup& r, int block, float scale) {
+  constexpr int head_dim = 16 * CHUNKS;
+  HeadState<CHUNKS> st[G];
+  for (int h = 0; h < G; ++h) st[h].m = -std::numeric_limits<float>::infinity(), st[h].l = 0.0f;
+  alignas(64) float p[G][MAX_BLOCK + 16];
+  for (int j0 = 0; j0 <= r.position; j0 += block) {
+    const int j1 = j0 + block - 1 < r.position ? j0 + block : r.position + 1;
+    attend_block<CHUNKS, G>(r.q, r.keys, r.values, j0, j1, scale, p, st);
+  }
+  for (int h = 0; h < G; ++h) {
+    const V16 lv = v_set1(st[h].l);
+    for (int c = 0; c < CHUNKS; ++c) v_store(r.out + (size_t)h * head_dim + 16 * c, v_div(st[h].o[c], lv));
+  }
+}
+
+template <int CHUNKS>
+static void attend_heads(const AttnGroup& r, int block, float scale) {
+  switch (r.n_heads) {
+    case 1: return attend_group<CHUNKS, 1>(r, block, scale);
+    case 2: return attend_group<CHUNKS, 2>(r, block, scale);
+    case 3: return attend_group<CHUNKS, 3>(r, block, scale);
+    case 4: return attend_group<CHUNKS, 4>(r, block, scale);
+    case 5: return attend_group<CHUNKS, 5>(r, block, scale);
+    case 6: return attend_group<CHUNKS, 6>(r, block, scale);
+    case 7: return attend_group<CHUNKS, 7>(r, block, scale);
+    default: return attend_group<CHUNKS, 8>(r, block, scale);  // never more: see attention_heads_per_item
+  }
+}
+
+int attention_heads_per_item(int group) {
+  for (int g = MAX_GROUP; g > 1; --g)
+    if (group % g == 0) return g;
+  return 1;
+}
+
+void attention_group(const AttnGroup& r, int head_dim, int block, float scale) {
   switch (head_dim / 16) {
-    case 4: return attend<4>(r, block, scale);
-    case 8: return attend<8>(r, block, scale);
-    case 2: return attend<2>(r, block, scale);
-    case 5: return attend<5>(r, block, scale);
-    case 6: return attend<6>(r, block, scale);
-    case 3: return attend<3>(r, block, scale);
-    case 1: return attend<1>(r, block, scale);
-    case 7: return attend<7>(r, block, scale);
-    case 16: return attend<16>(r, block, scale);
-    case 12: return attend<12>(r, block, scale);
-    case 10: return attend<10>(r, block, scale);
-    default: return attend<16>(r, block, scale);  // never: head_dim is checked against the cases above
+    case 4: return attend_heads<4>(r, block, scale);
+    case 8: return attend_heads<8>(r, block, scale);
+    case 2: return attend_heads<2>(r, block, scale);
+    case 5: return attend_heads<5>(r, block, scale);
+    case 6: return attend_heads<6>(r, block, scale);
+    case 3: return attend_heads<3>(r, block, scale);
+    case 1: return attend_heads<1>(r, block, scale);
+    case 7: return attend_heads<7>(r, block, scale);
+    case 16: return attend_heads<16>(r, block, scale);
+    case 12: return attend_heads<12>(r, block, scale);
+    case 10: return attend_heads<10>(r, block, scale);
+    default: return attend_heads<16>(r, block, scale);  // never: head_dim is checked against the cases above
   }
 }

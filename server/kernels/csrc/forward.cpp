@@ -42,19 +42,23 @@ void rows_then_prepare(Pool& pool, int rows, const ssk_matrix& w, const float* x
 
 void attention_layer(Pool& pool, const ssk_model& md, const ssk_step& st, int layer, const float* q, int ldq,
                      float* out) {
-  const int D = md.head_dim, Hq = md.n_heads, group = md.n_heads / md.n_kv_heads;
+  const int D = md.head_dim, Hq = md.n_heads, Hkv = md.n_kv_heads, group = md.n_heads / md.n_kv_heads;
   const float scale = 1.0f / std::sqrt((float)D);
+  // Work items: (row, kv head) with the whole group of query heads, or (row, query head) when there are too
+  // few rows to keep every thread busy. Either way each head's arithmetic is the same.
+  const int per_item = (int64_t)st.n_rows * Hkv >= 4 * pool.size() ? attention_heads_per_item(group) : 1;
+  const int items_per_row = Hq / per_item;
   parallel(pool, [&](int t, int n) {
     int64_t begin, end;
-    Pool::range((int64_t)st.n_rows * Hq, t, n, &begin, &end);
+    Pool::range((int64_t)st.n_rows * items_per_row, t, n, &begin, &end);
     for (int64_t item = begin; item < end; ++item) {
-      const int i = (int)(item / Hq), h = (int)(item % Hq), kvh = h / group;
+      const int i = (int)(item / items_per_row), h0 = (int)(item % items_per_row) * per_item, kvh = h0 / group;
       const int seg = st.row_segment[i];
       const size_t cap = (size_t)st.seg_capacity[seg];
-      const size_t off = (((size_t)layer * md.n_kv_heads + kvh) * cap) * D;
-      AttnRow r{q + (size_t)i * ldq + (size_t)h * D, st.seg_keys[seg] + off, st.seg_values[seg] + off,
-                st.positions[i], out + (size_t)i * Hq * D + (size_t)h * D};
-      attention_row(r, D, md.attn_block, scale);
+      const size_t off = (((size_t)layer * Hkv + kvh) * cap) * D;
+      AttnGroup r{q + (size_t)i * ldq + (size_t)h0 * D, st.seg_keys[seg] + off, st.seg_values[seg] + off,
+                  st.positions[i], per_item, out + (size_t)i * Hq * D + (size_t)h0 * D};
+      attention_group(r, D, md.attn_block, scale);
     }
   });
 }
@@ -104,7 +108,9 @@ int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, flo
 
 int32_t ssk_attention(void* vctx, const ssk_model* md, const ssk_step* st, int32_t layer, const float* q, float* out) {
   Ctx& c = *static_cast<Ctx*>(vctx);
-  if (!valid_head_dim(md->head_dim) || md->attn_block < 1 || md->attn_block > 256) return -1;
+  if (!valid_head_dim(md->head_dim) || md->attn_block < 1 || md->attn_block > 256 || md->n_kv_heads < 1 ||
+      md->n_heads % md->n_kv_heads)
+    return -1;
   attention_layer(c.pool, *md, *st, layer, q, md->n_heads * md->head_dim, out);
   return 0;
 }

@@ -26,11 +26,17 @@ void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* o
 void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin);
 void silu_mul_row(const float* gate, const float* up, int k, float* out);
 
-struct AttnRow {
-  const float* q;       // [D]
+constexpr int MAX_GROUP = 8;  // query heads per attention work item (a divisor of the GQA group)
+
+// n_heads query heads of one row that share one key/value head.
+struct AttnGroup {
+  const float* q;       // [n_heads, D]
   const float* keys;    // [capacity, D] of this row's sequence, layer and kv head
   const float* values;  // [capacity, D]
   int position;         // attends to keys 0..position
-  float* out;           // [D]
+  int n_heads;          // 1..MAX_GROUP, consecutive query heads
+  float* out;           // [n_heads, D]
 };
-void attention_row(const AttnRow& r, int head_dim, int block, float scale);
+void attention_group(const AttnGroup& r, int head_dim, int block, float scale);
+// The most query heads of a GQA group of `group` that one work item takes: a divisor, at most MAX_GROUP.
+int attention_heads_per_item(int group);

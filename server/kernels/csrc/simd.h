@@ -39,6 +39,7 @@ static inline V16 v_mul(V16 a, V16 b) { return {_mm512_mul_ps(a.v, b.v)}; }
 static inline V16 v_div(V16 a, V16 b) { return {_mm512_div_ps(a.v, b.v)}; }
 static inline V16 v_fma(V16 a, V16 b, V16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 static inline V16 v_min(V16 a, V16 b) { return {_mm512_min_ps(a.v, b.v)}; }
+static inline V16 v_max(V16 a, V16 b) { return {_mm512_max_ps(a.v, b.v)}; }
 static inline V16 v_round(V16 a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
 // 2^n for integral n in [-126, 127]
 static inline V16 v_pow2(V16 n) {
@@ -90,6 +91,7 @@ static inline V16 v_sub(V16 a, V16 b) { return SSK_V2(_mm256_sub_ps); }
 static inline V16 v_mul(V16 a, V16 b) { return SSK_V2(_mm256_mul_ps); }
 static inline V16 v_div(V16 a, V16 b) { return SSK_V2(_mm256_div_ps); }
 static inline V16 v_min(V16 a, V16 b) { return SSK_V2(_mm256_min_ps); }
+static inline V16 v_max(V16 a, V16 b) { return SSK_V2(_mm256_max_ps); }
 #undef SSK_V2
 static inline V16 v_fma(V16 a, V16 b, V16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
 static inline V16 v_round(V16 a) {
@@ -146,6 +148,8 @@ static inline V16 v_div(V16 a, V16 b) { SSK_EACH(a.v[l] / b.v[l]); }
 static inline V16 v_fma(V16 a, V16 b, V16 c) { SSK_EACH(std::fma(a.v[l], b.v[l], c.v[l])); }
 // minps semantics: the second operand when either is NaN
 static inline V16 v_min(V16 a, V16 b) { SSK_EACH(a.v[l] < b.v[l] ? a.v[l] : b.v[l]); }
+// maxps semantics: the second operand when either is NaN or both are zero
+static inline V16 v_max(V16 a, V16 b) { SSK_EACH(a.v[l] > b.v[l] ? a.v[l] : b.v[l]); }
 static inline V16 v_round(V16 a) { SSK_EACH(std::nearbyint(a.v[l])); }
 static inline V16 v_pow2(V16 n) {
   V16 r;
