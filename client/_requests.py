@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 from seedstream.v1 import textgen_pb2 as pb
 
 from .errors import InvalidArgumentError
+from .options import GENERATE_OPTION_NAMES, GenerateOptions, Message
+
+if TYPE_CHECKING:
+    from .options import Unpack
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-Message = Union[Mapping[str, str], Sequence[str], pb.ChatMessage]
-
-# Sampling keyword arguments that map 1:1 onto `optional` request fields; None = server default.
+# GenerateOptions that map 1:1 onto `optional` request fields; None = server default.
 OPTIONAL_FIELDS = (
     "seed",
     "temperature",
@@ -81,34 +83,14 @@ def _pick_input(prompt, messages, prompt_token_ids) -> None:
         )
 
 
-def generate_request(
-    prompt: Optional[str] = None,
-    *,
-    messages: Optional[Iterable[Message]] = None,
-    prompt_token_ids: Optional[Sequence[int]] = None,
-    seed: Optional[int] = None,
-    temperature: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
-    repetition_penalty: Optional[float] = None,
-    presence_penalty: Optional[float] = None,
-    frequency_penalty: Optional[float] = None,
-    logit_bias: Optional[Mapping[int, float]] = None,
-    max_new_tokens: Optional[int] = None,
-    min_new_tokens: Optional[int] = None,
-    stop: Union[str, Sequence[str], None] = None,
-    stop_token_ids: Optional[Sequence[int]] = None,
-    ignore_eos: bool = False,
-    top_logprobs: int = 0,
-    sample_index: int = 0,
-    n: Optional[int] = None,
-    echo_prompt_logprobs: bool = False,
-    logprobs_mode: str = "",
-    request_id: str = "",
-    resume_token_ids: Optional[Sequence[int]] = None,
-) -> pb.GenerateRequest:
-    """A GenerateRequest; every sampling argument left None takes the server's default."""
+def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
+    """A GenerateRequest from a prompt and GenerateOptions; every option left out (or None) takes the
+    server's default."""
+    unknown = sorted(set(options) - GENERATE_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"generate_request() got an unexpected keyword argument {unknown[0]!r}")
+    values: Mapping[str, Any] = options
+    messages, prompt_token_ids = values.get("messages"), values.get("prompt_token_ids")
     _pick_input(prompt, messages, prompt_token_ids)
     req = pb.GenerateRequest()
     if prompt is not None:
@@ -118,28 +100,29 @@ def generate_request(
     else:
         _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(prompt_token_ids))
         req.prompt_token_ids.SetInParent()  # an empty list still selects this input (the server rejects it clearly)
-    values = locals()
     for name in OPTIONAL_FIELDS:
-        if values[name] is not None:
+        if values.get(name) is not None:
             _set(req, name, values[name])
+    logit_bias = values.get("logit_bias")
     if logit_bias:
         for token_id, bias in dict(logit_bias).items():
             try:
                 req.logit_bias[int(token_id)] = float(bias)
             except (TypeError, ValueError) as exc:
                 raise InvalidArgumentError(f"logit_bias: {token_id!r}: {bias!r} is not allowed here ({exc})", None) from None
+    stop = values.get("stop")
     if stop is not None:
         _extend(req.stop, "stop", [stop] if isinstance(stop, str) else list(stop))
-    if stop_token_ids is not None:
-        _extend(req.stop_token_ids, "stop_token_ids", list(stop_token_ids))
-    _set(req, "ignore_eos", bool(ignore_eos))
-    _set(req, "top_logprobs", top_logprobs)
-    _set(req, "sample_index", sample_index)
-    _set(req, "echo_prompt_logprobs", bool(echo_prompt_logprobs))
-    _set(req, "logprobs_mode", logprobs_mode)
-    _set(req, "request_id", request_id)
-    if resume_token_ids:
-        _extend(req.resume_token_ids, "resume_token_ids", list(resume_token_ids))
+    if values.get("stop_token_ids") is not None:
+        _extend(req.stop_token_ids, "stop_token_ids", list(values["stop_token_ids"]))
+    _set(req, "ignore_eos", bool(values.get("ignore_eos", False)))
+    _set(req, "top_logprobs", values.get("top_logprobs", 0))
+    _set(req, "sample_index", values.get("sample_index", 0))
+    _set(req, "echo_prompt_logprobs", bool(values.get("echo_prompt_logprobs", False)))
+    _set(req, "logprobs_mode", values.get("logprobs_mode", ""))
+    _set(req, "request_id", values.get("request_id", ""))
+    if values.get("resume_token_ids"):
+        _extend(req.resume_token_ids, "resume_token_ids", list(values["resume_token_ids"]))
     return req
 
 

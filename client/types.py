@@ -340,6 +340,10 @@ class TokenizeResult:
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]  # each token decoded on its own
 
+    @classmethod
+    def from_pb(cls, m: pb.TokenizeResponse) -> "TokenizeResult":
+        return cls(tuple(m.token_ids), tuple(m.tokens))
+
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(self)
 
