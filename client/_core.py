@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, NoReturn, Optional, Sequence, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional, Sequence, TypedDict, Union
 
 import grpc
 
@@ -12,7 +12,7 @@ from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
 from . import _requests, balancing
-from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, UNSET, _Unset, channel_credentials,
+from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, Metadata, _Unset, channel_credentials,
                       with_api_key)
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
@@ -21,7 +21,6 @@ from .types import GenerateChunk, HealthStatus
 if TYPE_CHECKING:
     from types import ModuleType
 
-Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
 ChannelOptions = Sequence[tuple[str, Any]]
 Timeout = Union[float, None, _Unset]  # seconds; None: no deadline; UNSET: the client's timeout
 
@@ -95,11 +94,12 @@ class ClientCore:
             request_serializer=HEALTH_REQUEST.SerializeToString,
             response_deserializer=HEALTH_RESPONSE.FromString,
         )
-        return channel, pb_grpc.TextGenerationStub(channel), health
+        stub = pb_grpc.TextGenerationStub(channel)  # type: ignore[no-untyped-call]  # generated without stubs
+        return channel, stub, health
 
     def _call_options(self, timeout: Timeout, metadata: Metadata) -> CallOptions:
         return {
-            "timeout": self.timeout if timeout is UNSET else timeout,
+            "timeout": self.timeout if isinstance(timeout, _Unset) else timeout,
             "metadata": _requests.metadata_pairs(self.metadata, metadata),
         }
 
@@ -107,7 +107,7 @@ class ClientCore:
                       resume: Union[ResumePolicy, None, _Unset]) -> tuple[CallOptions, StreamResume]:
         """A stream's call options and its resume state (resume=UNSET: the client's policy)."""
         call_options = self._call_options(timeout, metadata)
-        policy = self.resume if resume is UNSET else resume
+        policy = self.resume if isinstance(resume, _Unset) else resume
         return call_options, StreamResume(request, policy, call_options["timeout"])
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
 
+from ._common import Metadata
 from .errors import InvalidArgumentError
 from .options import GENERATE_OPTION_NAMES, GenerateOptions, Message
 
@@ -60,21 +61,21 @@ def chat_messages(messages: Iterable[Message]) -> pb.ChatMessages:
     return out
 
 
-def _set(msg, name: str, value: Any) -> None:
+def _set(msg: Any, name: str, value: Any) -> None:
     try:
         setattr(msg, name, value)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{name}: {value!r} is not allowed here ({exc})", None) from None
 
 
-def _extend(field, name: str, values) -> None:
+def _extend(field: Any, name: str, values: Any) -> None:
     try:
         field.extend(values)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{name}: {values!r} is not allowed here ({exc})", None) from None
 
 
-def _pick_input(prompt, messages, prompt_token_ids) -> None:
+def _pick_input(prompt: Any, messages: Any, prompt_token_ids: Any) -> None:
     given = [n for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids)) if v is not None]
     if len(given) != 1:
         raise InvalidArgumentError(
@@ -98,7 +99,7 @@ def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOpt
     elif messages is not None:
         req.messages.CopyFrom(chat_messages(messages))
     else:
-        _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(prompt_token_ids))
+        _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(cast(Sequence[int], prompt_token_ids)))
         req.prompt_token_ids.SetInParent()  # an empty list still selects this input (the server rejects it clearly)
     for name in OPTIONAL_FIELDS:
         if values.get(name) is not None:
@@ -126,7 +127,7 @@ def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOpt
     return req
 
 
-def batch_item(prompt) -> dict:
+def batch_item(prompt: Any) -> dict[str, Any]:
     """generate() arguments of one generate_batch() entry: a text, or a dict of per-prompt arguments."""
     return dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
 
@@ -163,7 +164,7 @@ def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Seq
     if text is not None:
         _set(req, "text", text)
     else:
-        _extend(req.token_ids.ids, "token_ids", list(token_ids))
+        _extend(req.token_ids.ids, "token_ids", list(cast(Sequence[int], token_ids)))
         req.token_ids.SetInParent()
     if max_length is not None:
         _set(req, "max_length", max_length)
@@ -179,7 +180,7 @@ def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[
     if text is not None:
         _set(req, "text", text)
     else:
-        req.messages.CopyFrom(chat_messages(messages))
+        req.messages.CopyFrom(chat_messages(cast(Iterable[Message], messages)))
     if add_special_tokens is not None:
         req.add_special_tokens = bool(add_special_tokens)
     return req
@@ -200,7 +201,7 @@ def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[t
     return options + list(extra or ())
 
 
-def metadata_pairs(*sources) -> Optional[tuple[tuple[str, str], ...]]:
+def metadata_pairs(*sources: Metadata) -> Optional[tuple[tuple[str, str], ...]]:
     """Merge metadata given as dicts or (key, value) sequences; keys lower-cased as gRPC requires."""
     pairs: list[tuple[str, str]] = []
     for src in sources:

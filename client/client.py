@@ -11,8 +11,8 @@ import grpc
 from seedstream.v1 import textgen_pb2 as pb
 
 from . import _requests
-from ._common import HEALTH_REQUEST, UNSET, _Unset, health_status
-from ._core import (ClientCore, Metadata, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error,
+from ._common import HEALTH_REQUEST, UNSET, Metadata, _Unset, health_status
+from ._core import (ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error,
                     seed_from)
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, from_rpc_error
