@@ -8,7 +8,8 @@ Needs only grpcio and protobuf (no torch):
         result = client.generate("The capital of France is", seed=42, max_new_tokens=16)
         print(result.text, result.seed, result.finish_reason)
 
-See Client, AsyncClient, and the result types in seedstream.client.types.
+See Client, AsyncClient, GenerateOptions (the generation options, documented once), and the
+result types in seedstream.client.types.
 """
 
 from ._resume import ResumePolicy
@@ -23,6 +24,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from .options import GenerateOptions
 from .types import (
     EffectiveSampling,
     FinishReason,
@@ -41,7 +43,7 @@ from .types import (
 )
 
 __all__ = [
-    "AsyncClient", "AsyncGenerateStream", "Client", "GenerateStream", "ResumePolicy",
+    "AsyncClient", "AsyncGenerateStream", "Client", "GenerateOptions", "GenerateStream", "ResumePolicy",
     "SeedstreamError", "InvalidArgumentError", "OverloadedError", "UnavailableError",
     "DeadlineExceededError", "CancelledError", "UnauthenticatedError",
     "EffectiveSampling", "FinishReason", "GenerateChunk", "GenerateResult", "HealthStatus",

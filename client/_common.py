@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -17,6 +17,9 @@ from .types import HealthStatus
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 HEALTH_REQUEST = wrappers_pb2.StringValue
 HEALTH_RESPONSE = wrappers_pb2.Int32Value
+# Call metadata as a caller may give it: a dict, (key, value) pairs, or None.
+Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
+
 _HEALTH_STATUS = {0: HealthStatus.UNKNOWN, 1: HealthStatus.SERVING, 2: HealthStatus.NOT_SERVING, 3: HealthStatus.SERVICE_UNKNOWN}
 
 # The server's TextGeneration service name, as grpc.health.v1 knows it.
@@ -50,7 +53,7 @@ def channel_credentials(
     if not (secure or root_certificates or private_key or certificate_chain):
         return None
 
-    def pem(value):
+    def pem(value: Union[bytes, str, None]) -> Optional[bytes]:
         return _read(value) if isinstance(value, str) else value
 
     return grpc.ssl_channel_credentials(
@@ -63,13 +66,13 @@ def channel_credentials(
 API_KEY_ENV = "SEEDSTREAM_API_KEY"
 
 
-def with_api_key(metadata, api_key: Optional[str]):
+def with_api_key(metadata: Metadata, api_key: Optional[str]) -> Metadata:
     """`metadata` (dict, pairs or None) plus 'authorization: Bearer KEY' when there is a key (the
     argument, else $SEEDSTREAM_API_KEY); unchanged when there is none."""
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "").strip()
     if not key:
         return metadata
-    items = list(metadata.items()) if isinstance(metadata, dict) else list(metadata or ())
+    items = list(metadata.items()) if isinstance(metadata, dict) else list(cast(Sequence[tuple[str, str]], metadata or ()))
     return [("authorization", f"Bearer {key}")] + items
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
 
+from ._common import Metadata
 from .errors import InvalidArgumentError
+from .options import GENERATE_OPTION_NAMES, GenerateOptions, Message
+
+if TYPE_CHECKING:
+    from .options import Unpack
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-Message = Union[Mapping[str, str], Sequence[str], pb.ChatMessage]
-
-# Sampling keyword arguments that map 1:1 onto `optional` request fields; None = server default.
+# GenerateOptions that map 1:1 onto `optional` request fields; None = server default.
 OPTIONAL_FIELDS = (
     "seed",
     "temperature",
@@ -58,21 +61,21 @@ def chat_messages(messages: Iterable[Message]) -> pb.ChatMessages:
     return out
 
 
-def _set(msg, name: str, value: Any) -> None:
+def _set(msg: Any, name: str, value: Any) -> None:
     try:
         setattr(msg, name, value)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{name}: {value!r} is not allowed here ({exc})", None) from None
 
 
-def _extend(field, name: str, values) -> None:
+def _extend(field: Any, name: str, values: Any) -> None:
     try:
         field.extend(values)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{name}: {values!r} is not allowed here ({exc})", None) from None
 
 
-def _pick_input(prompt, messages, prompt_token_ids) -> None:
+def _pick_input(prompt: Any, messages: Any, prompt_token_ids: Any) -> None:
     given = [n for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids)) if v is not None]
     if len(given) != 1:
         raise InvalidArgumentError(
@@ -81,34 +84,14 @@ def _pick_input(prompt, messages, prompt_token_ids) -> None:
         )
 
 
-def generate_request(
-    prompt: Optional[str] = None,
-    *,
-    messages: Optional[Iterable[Message]] = None,
-    prompt_token_ids: Optional[Sequence[int]] = None,
-    seed: Optional[int] = None,
-    temperature: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
-    repetition_penalty: Optional[float] = None,
-    presence_penalty: Optional[float] = None,
-    frequency_penalty: Optional[float] = None,
-    logit_bias: Optional[Mapping[int, float]] = None,
-    max_new_tokens: Optional[int] = None,
-    min_new_tokens: Optional[int] = None,
-    stop: Union[str, Sequence[str], None] = None,
-    stop_token_ids: Optional[Sequence[int]] = None,
-    ignore_eos: bool = False,
-    top_logprobs: int = 0,
-    sample_index: int = 0,
-    n: Optional[int] = None,
-    echo_prompt_logprobs: bool = False,
-    logprobs_mode: str = "",
-    request_id: str = "",
-    resume_token_ids: Optional[Sequence[int]] = None,
-) -> pb.GenerateRequest:
-    """A GenerateRequest; every sampling argument left None takes the server's default."""
+def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
+    """A GenerateRequest from a prompt and GenerateOptions; every option left out (or None) takes the
+    server's default."""
+    unknown = sorted(set(options) - GENERATE_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"generate_request() got an unexpected keyword argument {unknown[0]!r}")
+    values: Mapping[str, Any] = options
+    messages, prompt_token_ids = values.get("messages"), values.get("prompt_token_ids")
     _pick_input(prompt, messages, prompt_token_ids)
     req = pb.GenerateRequest()
     if prompt is not None:
@@ -116,34 +99,35 @@ def generate_request(
     elif messages is not None:
         req.messages.CopyFrom(chat_messages(messages))
     else:
-        _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(prompt_token_ids))
+        _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(cast(Sequence[int], prompt_token_ids)))
         req.prompt_token_ids.SetInParent()  # an empty list still selects this input (the server rejects it clearly)
-    values = locals()
     for name in OPTIONAL_FIELDS:
-        if values[name] is not None:
+        if values.get(name) is not None:
             _set(req, name, values[name])
+    logit_bias = values.get("logit_bias")
     if logit_bias:
         for token_id, bias in dict(logit_bias).items():
             try:
                 req.logit_bias[int(token_id)] = float(bias)
             except (TypeError, ValueError) as exc:
                 raise InvalidArgumentError(f"logit_bias: {token_id!r}: {bias!r} is not allowed here ({exc})", None) from None
+    stop = values.get("stop")
     if stop is not None:
         _extend(req.stop, "stop", [stop] if isinstance(stop, str) else list(stop))
-    if stop_token_ids is not None:
-        _extend(req.stop_token_ids, "stop_token_ids", list(stop_token_ids))
-    _set(req, "ignore_eos", bool(ignore_eos))
-    _set(req, "top_logprobs", top_logprobs)
-    _set(req, "sample_index", sample_index)
-    _set(req, "echo_prompt_logprobs", bool(echo_prompt_logprobs))
-    _set(req, "logprobs_mode", logprobs_mode)
-    _set(req, "request_id", request_id)
-    if resume_token_ids:
-        _extend(req.resume_token_ids, "resume_token_ids", list(resume_token_ids))
+    if values.get("stop_token_ids") is not None:
+        _extend(req.stop_token_ids, "stop_token_ids", list(values["stop_token_ids"]))
+    _set(req, "ignore_eos", bool(values.get("ignore_eos", False)))
+    _set(req, "top_logprobs", values.get("top_logprobs", 0))
+    _set(req, "sample_index", values.get("sample_index", 0))
+    _set(req, "echo_prompt_logprobs", bool(values.get("echo_prompt_logprobs", False)))
+    _set(req, "logprobs_mode", values.get("logprobs_mode", ""))
+    _set(req, "request_id", values.get("request_id", ""))
+    if values.get("resume_token_ids"):
+        _extend(req.resume_token_ids, "resume_token_ids", list(values["resume_token_ids"]))
     return req
 
 
-def batch_item(prompt) -> dict:
+def batch_item(prompt: Any) -> dict[str, Any]:
     """generate() arguments of one generate_batch() entry: a text, or a dict of per-prompt arguments."""
     return dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
 
@@ -180,7 +164,7 @@ def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Seq
     if text is not None:
         _set(req, "text", text)
     else:
-        _extend(req.token_ids.ids, "token_ids", list(token_ids))
+        _extend(req.token_ids.ids, "token_ids", list(cast(Sequence[int], token_ids)))
         req.token_ids.SetInParent()
     if max_length is not None:
         _set(req, "max_length", max_length)
@@ -196,7 +180,7 @@ def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[
     if text is not None:
         _set(req, "text", text)
     else:
-        req.messages.CopyFrom(chat_messages(messages))
+        req.messages.CopyFrom(chat_messages(cast(Iterable[Message], messages)))
     if add_special_tokens is not None:
         req.add_special_tokens = bool(add_special_tokens)
     return req
@@ -217,7 +201,7 @@ def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[t
     return options + list(extra or ())
 
 
-def metadata_pairs(*sources) -> Optional[tuple[tuple[str, str], ...]]:
+def metadata_pairs(*sources: Metadata) -> Optional[tuple[tuple[str, str], ...]]:
     """Merge metadata given as dicts or (key, value) sequences; keys lower-cased as gRPC requires."""
     pairs: list[tuple[str, str]] = []
     for src in sources:

@@ -33,7 +33,7 @@ class ResumePolicy:
     multiplier: float = 2.0
     wait_for_server: float = 180.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_attempts < 0:
             raise ValueError(f"max_attempts={self.max_attempts}: must be >= 0")
         if not 0 <= self.initial_backoff <= self.max_backoff:
@@ -63,13 +63,16 @@ class StreamResume:
     def should_retry(self, error: grpc.RpcError) -> bool:
         """A resumable failure, attempts left, time left, and a single-sample stream."""
         code = error.code() if hasattr(error, "code") else None
-        return (self.policy is not None and not self.finished and code in RESUMABLE_CODES
-                and self.attempts < self.policy.max_attempts and (self.request.n if self.request.HasField("n") else 1) == 1
-                and (self.remaining() is None or self.remaining() > 0))
+        if self.policy is None or self.finished or code not in RESUMABLE_CODES:
+            return False
+        single_sample = (self.request.n if self.request.HasField("n") else 1) == 1
+        left = self.remaining()
+        return self.attempts < self.policy.max_attempts and single_sample and (left is None or left > 0)
 
     def backoff(self) -> float:
         """Seconds to wait before the next attempt (counts the attempt)."""
         p = self.policy
+        assert p is not None, "backoff() follows should_retry(), which needs a policy"
         wait = min(p.max_backoff, p.initial_backoff * p.multiplier ** self.attempts)
         self.attempts += 1
         left = self.remaining()
@@ -91,5 +94,6 @@ class StreamResume:
 
     def server_wait(self) -> float:
         """Seconds to wait for the server to serve again: the policy's, within the caller's deadline."""
+        assert self.policy is not None, "server_wait() follows should_retry(), which needs a policy"
         left = self.remaining()
         return self.policy.wait_for_server if left is None else max(0.1, min(left, self.policy.wait_for_server))

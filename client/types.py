@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
 
@@ -23,7 +23,7 @@ class FinishReason(str, enum.Enum):
         return _FINISH_FROM_PB.get(value)
 
 
-_FINISH_FROM_PB = {
+_FINISH_FROM_PB: dict[int, FinishReason] = {
     pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
     pb.FINISH_REASON_STOP_STRING: FinishReason.STOP_STRING,
     pb.FINISH_REASON_STOP_TOKEN: FinishReason.STOP_TOKEN,
@@ -151,7 +151,7 @@ def receipts_match(a: Optional["Receipt"], b: Optional["Receipt"]) -> bool:
 
 
 
-def _completion_fields(m) -> dict[str, Any]:
+def _completion_fields(m: Union[pb.GenerateResponse, pb.GenerateStreamResponse]) -> dict[str, Any]:
     """The fields GenerateResponse and GenerateStreamResponse share (same names and numbers)."""
     return dict(
         text=m.text,
@@ -171,7 +171,7 @@ def _completion_fields(m) -> dict[str, Any]:
     )
 
 
-def _top(rows) -> tuple[tuple[TopLogprob, ...], ...]:
+def _top(rows: Iterable[pb.TopLogprobs]) -> tuple[tuple[TopLogprob, ...], ...]:
     return tuple(tuple(TopLogprob(t.token_id, t.text, t.logprob) for t in row.alternatives) for row in rows)
 
 
@@ -212,7 +212,7 @@ class GenerateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as their string values); `samples` only when there are several."""
-        out = _jsonable(self)
+        out = _as_dict(self)
         if len(self.samples) <= 1:
             del out["samples"]
         return out
@@ -242,10 +242,10 @@ class GenerateChunk:
         return cls(**_completion_fields(m))
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return _as_dict(self)
 
 
-def join_chunks(chunks) -> GenerateResult:
+def join_chunks(chunks: Iterable[GenerateChunk]) -> GenerateResult:
     """The GenerateResult equal to the unary response, from a complete stream's chunks (any n)."""
     chunks = list(chunks)
     by_sample: dict[int, list[GenerateChunk]] = {}
@@ -267,7 +267,7 @@ def _join_sample(chunks: list[GenerateChunk]) -> GenerateResult:
         logprobs=tuple(x for c in chunks for x in c.logprobs),
         top_logprobs=tuple(x for c in chunks for x in c.top_logprobs),
         seed=last.seed,
-        finish_reason=last.finish_reason,
+        finish_reason=cast(FinishReason, last.finish_reason),  # join_chunks checked it is set
         prompt_tokens=last.prompt_tokens,
         completion_tokens=last.completion_tokens,
         request_id=last.request_id,
@@ -297,12 +297,12 @@ class ScoreResult:
                    m.logprob, m.is_greedy, tuple(m.greedy_token_ids), m.truncated_tokens, m.cached_tokens)
 
 
-class ScoreResults(tuple):
+class ScoreResults(tuple[ScoreResult, ...]):
     """ScoreResult per pair, in request order, plus the call's `receipt`."""
 
     receipt: Optional[Receipt]
 
-    def __new__(cls, results, receipt: Optional[Receipt]):
+    def __new__(cls, results: Iterable[ScoreResult], receipt: Optional[Receipt]) -> ScoreResults:
         self = super().__new__(cls, results)
         self.receipt = receipt
         return self
@@ -340,8 +340,12 @@ class TokenizeResult:
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]  # each token decoded on its own
 
+    @classmethod
+    def from_pb(cls, m: pb.TokenizeResponse) -> "TokenizeResult":
+        return cls(tuple(m.token_ids), tuple(m.tokens))
+
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return _as_dict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,10 +386,15 @@ class ModelInfo:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return _as_dict(self)
 
 
-def _jsonable(value):
+def _as_dict(value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = _jsonable(value)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):

@@ -1,0 +1,201 @@
+"""What Client and AsyncClient share: construction, the channel, per-call options, health, waiting and streams."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional, Sequence, TypedDict, Union
+
+import grpc
+
+from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1 import textgen_pb2_grpc as pb_grpc
+
+from . import _requests, balancing
+from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, Metadata, _Unset, channel_credentials,
+                      with_api_key)
+from ._resume import ResumePolicy, StreamResume
+from .errors import SeedstreamError, UnavailableError, from_rpc_error
+from .types import GenerateChunk, HealthStatus
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+ChannelOptions = Sequence[tuple[str, Any]]
+Timeout = Union[float, None, _Unset]  # seconds; None: no deadline; UNSET: the client's timeout
+
+
+class CallOptions(TypedDict):
+    """The keyword arguments every RPC gets: its deadline and its metadata."""
+
+    timeout: Optional[float]
+    metadata: Optional[tuple[tuple[str, str], ...]]
+
+
+class ClientCore:
+    """Connection settings and plumbing of a seedstream client; Client and AsyncClient add the calls."""
+
+    def __init__(
+        self,
+        target: balancing.Target = None,
+        *,
+        timeout: Optional[float] = None,
+        secure: bool = False,
+        root_certificates: Union[bytes, str, None] = None,
+        private_key: Union[bytes, str, None] = None,
+        certificate_chain: Union[bytes, str, None] = None,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        metadata: Metadata = None,
+        options: Optional[ChannelOptions] = None,
+        api_key: Optional[str] = None,
+        resume: Optional[ResumePolicy] = ResumePolicy(),
+        load_balancing: Optional[str] = None,
+        max_attempts: int = 1,
+    ):
+        """Settings of a client (Client opens its channel here; AsyncClient on first use, in its event loop).
+
+        target: "host:port" (default: $SEEDSTREAM_TARGET, else localhost:50051).
+        timeout: default deadline in seconds for every call (None: no deadline);
+            each method also takes timeout=.
+        TLS: secure=True uses the system roots; root_certificates / private_key /
+            certificate_chain take PEM bytes or file paths (mutual TLS with the
+            latter two); or pass ready grpc.ChannelCredentials as credentials.
+        metadata: sent with every call (dict or pairs), merged with per-call metadata.
+        api_key: sent as 'authorization: Bearer KEY' with every call (default: $SEEDSTREAM_API_KEY, if set).
+        options: extra grpc channel options.
+        resume: how generate_stream resumes a stream broken by UNAVAILABLE (a ResumePolicy); None
+            turns automatic resuming off. The resumed stream is token for token the uninterrupted one.
+        Several replicas (see seedstream.client.balancing): target may be a list of "IP:PORT" addresses
+            (balanced round_robin), or one target gRPC resolves such as "dns:///NAME:PORT" with
+            load_balancing="round_robin" ("pick_first" is gRPC's default). max_attempts > 1 lets gRPC
+            retry calls that fail UNAVAILABLE (a replica died or is draining) on another replica.
+        """
+        channel_target, from_list = balancing.channel_target(target)
+        self.target: str = channel_target or _requests.default_target()
+        self.timeout = timeout
+        self.metadata: Metadata = with_api_key(metadata, api_key)
+        self.resume = resume
+        self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
+        self._options = _requests.channel_options(options) + balancing.channel_options(load_balancing, max_attempts, from_list)
+        self._prepare_channel()
+
+    def _prepare_channel(self) -> None:
+        """Open the channel now (Client), or get ready to open it on first use (AsyncClient)."""
+        raise NotImplementedError
+
+    def _open_channel(self, channels: ModuleType) -> tuple[Any, pb_grpc.TextGenerationStub, Any]:
+        """(channel, stub, health-check callable) from `grpc` or `grpc.aio`, which open channels alike."""
+        if self._credentials is not None:
+            channel = channels.secure_channel(self.target, self._credentials, options=self._options)
+        else:
+            channel = channels.insecure_channel(self.target, options=self._options)
+        health = channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=HEALTH_REQUEST.SerializeToString,
+            response_deserializer=HEALTH_RESPONSE.FromString,
+        )
+        stub = pb_grpc.TextGenerationStub(channel)  # type: ignore[no-untyped-call]  # generated without stubs
+        return channel, stub, health
+
+    def _call_options(self, timeout: Timeout, metadata: Metadata) -> CallOptions:
+        return {
+            "timeout": self.timeout if isinstance(timeout, _Unset) else timeout,
+            "metadata": _requests.metadata_pairs(self.metadata, metadata),
+        }
+
+    def _stream_start(self, request: pb.GenerateRequest, timeout: Timeout, metadata: Metadata,
+                      resume: Union[ResumePolicy, None, _Unset]) -> tuple[CallOptions, StreamResume]:
+        """A stream's call options and its resume state (resume=UNSET: the client's policy)."""
+        call_options = self._call_options(timeout, metadata)
+        policy = self.resume if isinstance(resume, _Unset) else resume
+        return call_options, StreamResume(request, policy, call_options["timeout"])
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ValueError(f"concurrency={concurrency}: must be >= 1")
+
+
+def health_from_error(exc: grpc.RpcError) -> HealthStatus:
+    """A failed health check: SERVICE_UNKNOWN for a service the server does not know, else the error raised."""
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return HealthStatus.SERVICE_UNKNOWN
+    raise from_rpc_error(exc) from None
+
+
+class ServingWait:
+    """One wait_until_serving(): its deadline, each probe's timeout, and the error when time is up."""
+
+    def __init__(self, target: str, timeout: float):
+        self.target = target
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def probe_timeout(self) -> float:
+        return max(0.1, min(5.0, self.deadline - time.monotonic()))
+
+    def serving(self, last: Union[HealthStatus, SeedstreamError]) -> bool:
+        """Whether the last probe found the server SERVING; raises UnavailableError once time is up."""
+        if last is HealthStatus.SERVING:
+            return True
+        if time.monotonic() >= self.deadline:
+            raise UnavailableError(f"{self.target} not serving after {self.timeout:.0f}s (last: {last})")
+        return False
+
+
+class StreamCore:
+    """A streamed completion's state, for GenerateStream and AsyncGenerateStream: the call, whether it
+    finished, and resuming it after UNAVAILABLE with `reopen` (StreamResume, error -> a new call)."""
+
+    def __init__(self, call: Any, resume: Optional[StreamResume] = None, reopen: Any = None):
+        self._call = call
+        self._finished = False
+        self._resume = resume
+        self._reopen = reopen
+        self.resumes = 0
+
+    def _can_resume(self, exc: grpc.RpcError) -> bool:
+        return not self._finished and self._resume is not None and self._resume.should_retry(exc)
+
+    @contextlib.contextmanager
+    def _reopening(self) -> Iterator[None]:
+        """Around replacing the call: counts the resume, or finishes the stream if the server did
+        not come back in time."""
+        try:
+            yield
+        except BaseException:
+            self._finished = True
+            raise
+        self.resumes += 1
+
+    def _failed(self, exc: grpc.RpcError) -> NoReturn:
+        self._finished = True
+        raise from_rpc_error(exc) from None
+
+    def _chunk(self, message: pb.GenerateStreamResponse) -> GenerateChunk:
+        if self._resume is not None:
+            self._resume.seen(message)
+        chunk = GenerateChunk.from_pb(message)
+        if chunk.finish_reason is not None:
+            self._finished = True
+        return chunk
+
+    def cancel(self) -> None:
+        """Cancel the RPC (no-op when it has finished)."""
+        if not self._finished:
+            self._call.cancel()
+            self._finished = True
+
+    def __del__(self) -> None:
+        try:
+            self.cancel()
+        except Exception:
+            pass
+
+
+def seed_from(initial_metadata: Optional[Sequence[tuple[str, Any]]]) -> Optional[int]:
+    """The seed the server reported in a stream's initial metadata (`seedstream-seed`)."""
+    for key, value in initial_metadata or ():
+        if key == "seedstream-seed":
+            return int(value)
+    return None
