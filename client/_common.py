@@ -22,9 +22,6 @@ Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
 
 _HEALTH_STATUS = {0: HealthStatus.UNKNOWN, 1: HealthStatus.SERVING, 2: HealthStatus.NOT_SERVING, 3: HealthStatus.SERVICE_UNKNOWN}
 
-# The server's TextGeneration service name, as grpc.health.v1 knows it.
-SERVICE_NAME = "seedstream.v1.TextGeneration"
-
 
 def health_status(response: wrappers_pb2.Int32Value) -> HealthStatus:
     return _HEALTH_STATUS.get(response.value, HealthStatus.UNKNOWN)

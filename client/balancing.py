@@ -24,7 +24,8 @@ import ipaddress
 import json
 from typing import Any, Optional, Sequence, Union
 
-SERVICE = "seedstream.v1.TextGeneration"
+from seedstream.v1.protocol import SERVICE_NAME
+
 POLICIES = ("pick_first", "round_robin")
 MAX_ATTEMPTS_LIMIT = 5  # gRPC caps maxAttempts at 5
 Target = Union[str, Sequence[str], None]
@@ -74,7 +75,7 @@ def channel_options(load_balancing: Optional[str], max_attempts: int, from_list:
         config["loadBalancingConfig"] = [{load_balancing: {}}]
     if max_attempts > 1:
         config["methodConfig"] = [{
-            "name": [{"service": SERVICE}],
+            "name": [{"service": SERVICE_NAME}],
             "retryPolicy": {
                 "maxAttempts": max_attempts,
                 "initialBackoff": "0.1s",

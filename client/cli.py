@@ -19,21 +19,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from seedstream.v1.protocol import package_version
+
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_OVERLOADED, EXIT_DEADLINE, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 
 
 def _env(name: str, default=None):
     value = os.environ.get(name)
     return default if value in (None, "") else value
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("seedstream")
-    except Exception:
-        return "unknown"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -161,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'seedstream COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"seedstream {_version()}")
+    parser.add_argument("--version", action="version", version=f"seedstream {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve(sub)
     _add_generate(sub)

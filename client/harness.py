@@ -59,6 +59,8 @@ import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own mode
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from seedstream.v1 import protocol
+
 from .client import Client
 from .errors import InvalidArgumentError, OverloadedError, UnavailableError
 
@@ -66,8 +68,6 @@ log = logging.getLogger("seedstream.harness")
 
 MODEL_NAME = "seedstream"
 SEED_POLICY = "seedstream-lm-eval/v1"  # changes whenever derive_seed() would give other seeds
-MAX_STOP_STRINGS = 16  # the server's limit; longer lists are also applied here, after the fact
-MAX_STOP_CHARS = 256
 
 T = TypeVar("T")
 
@@ -251,6 +251,10 @@ class SeedstreamLM(LM):
         self.max_length = min(int(max_length), limit) if max_length else limit
         if self.max_length < 2:
             raise ValueError(f"seedstream: max_length={max_length}; allowed >= 2")
+        # The server's stop-string limits; stops past them are applied here, after the fact. A server
+        # too old to report them (0) has the limits this client was built with.
+        self.max_stop_strings = getattr(self.info, "max_stop_strings", 0) or protocol.MAX_STOP_STRINGS
+        self.max_stop_chars = getattr(self.info, "max_stop_string_chars", 0) or protocol.MAX_STOP_STRING_CHARS
         self.receipts = _Receipts()
         self._warned: set[str] = set()
         log.info("seedstream backend: %s, model %s (%s, %s/%s), concurrency %d, base seed %d",
@@ -355,7 +359,7 @@ class SeedstreamLM(LM):
         seed = kw.pop("seed", None)
         if seed is None:
             seed = derive_seed(self.base_seed, context, gen_kwargs)
-        stops = [s for s in until if len(s) <= MAX_STOP_CHARS][:MAX_STOP_STRINGS]
+        stops = [s for s in until if len(s) <= self.max_stop_chars][:self.max_stop_strings]
         limit = getattr(self.info, "max_new_tokens_limit", None)
         max_new = kw.pop("max_gen_toks")
         params = dict(

@@ -7,29 +7,7 @@ import enum
 from typing import Any, Iterable, Optional, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
-
-
-class FinishReason(str, enum.Enum):
-    """Why a completion ended."""
-
-    LENGTH = "length"  # max_new_tokens reached, or the model's context is full
-    STOP_STRING = "stop_string"  # a stop string appeared (not included in the text)
-    STOP_TOKEN = "stop_token"  # a stop token was sampled (in token_ids, not in text)
-    EOS = "eos"  # the model's end-of-sequence token was sampled
-    CANCELLED = "cancelled"  # the server cancelled the sequence (e.g. shutdown)
-
-    @classmethod
-    def from_pb(cls, value: int) -> Optional["FinishReason"]:
-        return _FINISH_FROM_PB.get(value)
-
-
-_FINISH_FROM_PB: dict[int, FinishReason] = {
-    pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-    pb.FINISH_REASON_STOP_STRING: FinishReason.STOP_STRING,
-    pb.FINISH_REASON_STOP_TOKEN: FinishReason.STOP_TOKEN,
-    pb.FINISH_REASON_EOS: FinishReason.EOS,
-    pb.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
-}
+from seedstream.v1.protocol import FinishReason
 
 
 class HealthStatus(str, enum.Enum):
@@ -371,6 +349,10 @@ class ModelInfo:
     max_input_chars: int = 0  # 0: not reported (an older server)
     max_input_tokens: int = 0
     max_deadline_seconds: float = 0.0  # 0: no server limit (or not reported)
+    # GenerateRequest's list limits (stop strings, characters per stop string, top_logprobs); 0: not reported.
+    max_stop_strings: int = 0
+    max_stop_string_chars: int = 0
+    max_top_logprobs: int = 0
     # The exact prefix cache: bytes held, budget (0 = off), prompt positions served from it and
     # computed since the server started, positions per block.
     prefix_cache_bytes: int = 0

@@ -12,8 +12,8 @@ they loaded); `serve(options)` is what `seedstream serve` runs:
    whatever is left, stop the engine, exit 0. A second signal skips the rest of
    the grace period.
 
-Only stdlib and grpc are imported at module level, so importing this module is
-cheap; the engine (torch) is imported when the server starts.
+Only stdlib, grpc and the contract's constants are imported at module level, so
+importing this module is cheap; the engine (torch) is imported when the server starts.
 """
 
 from __future__ import annotations
@@ -29,23 +29,14 @@ from typing import Optional
 
 import grpc
 
+from seedstream.v1.protocol import DEFAULT_MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES, SERVICE_NAME, package_version
+
 from .settings import EngineConfig, ServeOptions
 
 log = logging.getLogger("seedstream.server")
 
-SERVICE_NAME = "seedstream.v1.TextGeneration"
-DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024  # largest request accepted
-DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024  # largest response (long completions with top_logprobs)
+DEFAULT_MAX_RECEIVE_BYTES = DEFAULT_MAX_REQUEST_BYTES  # largest request accepted
 CANCEL_FLUSH_S = 2.0  # after the grace period: time for cancelled calls to send their last message
-
-
-def server_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("seedstream")
-    except Exception:
-        return "unknown"
 
 
 class SeedstreamServer:
@@ -72,7 +63,7 @@ class SeedstreamServer:
         self.credentials = credentials
         self.max_receive_bytes = max_receive_bytes
         self.security = security or Security()  # API keys, reflection, connection and request limits
-        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, server_version(),
+        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, package_version(),
                                                        self.security.request_limits))
         self._pending_engine = engine
         self.metrics = metrics  # a ServiceMetrics, or None: no metrics
@@ -101,7 +92,7 @@ class SeedstreamServer:
 
         options = [
             ("grpc.max_receive_message_length", self.max_receive_bytes),
-            ("grpc.max_send_message_length", DEFAULT_MAX_SEND_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ] + self.security.connection_limits.grpc_options()
         on_denied = self.metrics.observe_rejected if self.metrics is not None else None

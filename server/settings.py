@@ -10,7 +10,8 @@ A field `max_queue` is the flag `--max-queue` and the environment variable
 `SEEDSTREAM_MAX_QUEUE` (the flag's name, upper-cased), unless its `Setting`
 names another flag. Help texts are Markdown: `--help` shows them without backticks.
 
-Stdlib only, so `seedstream serve --help` needs neither torch nor grpc.
+Stdlib only (and the contract's constants, themselves stdlib), so `seedstream serve --help` needs
+neither torch nor grpc.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import dataclasses
 import typing
 from typing import Any, Callable, Iterator, Optional
 
+from seedstream.v1.protocol import DEFAULT_PORT
+
 ENV_PREFIX = "SEEDSTREAM_"
-DEFAULT_PORT = 50051
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 BACKENDS = ("auto", "kernels", "torch")
 WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")

@@ -37,10 +37,10 @@ def test_check_detects_drift(tmp_path, monkeypatch):
 
 
 def test_generated_modules_import_under_the_namespace():
-    from seedstream.v1 import textgen_pb2, textgen_pb2_grpc
+    from seedstream.v1 import protocol, textgen_pb2, textgen_pb2_grpc
 
     service = textgen_pb2.DESCRIPTOR.services_by_name["TextGeneration"]
-    assert service.full_name == "seedstream.v1.TextGeneration"
+    assert service.full_name == "seedstream.v1.TextGeneration" == protocol.SERVICE_NAME
     assert {m.name for m in service.methods} == {"Generate", "GenerateStream", "Tokenize", "GetModelInfo", "Score", "ScoreRolling"}
     assert hasattr(textgen_pb2_grpc, "TextGenerationStub")
     assert (ROOT / "proto" / "seedstream" / "v1" / "textgen_pb2.pyi").exists()
