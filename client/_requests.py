@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1.protocol import DEFAULT_PORT, MAX_MESSAGE_BYTES, package_version
 
 from ._common import Metadata
 from .errors import InvalidArgumentError
@@ -13,9 +14,6 @@ from .options import GENERATE_OPTION_NAMES, GenerateOptions, Message
 
 if TYPE_CHECKING:
     from .options import Unpack
-
-DEFAULT_PORT = 50051
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # GenerateOptions that map 1:1 onto `optional` request fields; None = server default.
 OPTIONAL_FIELDS = (
@@ -51,37 +49,40 @@ def chat_messages(messages: Iterable[Message]) -> pb.ChatMessages:
             try:
                 out.messages.add(role=m["role"], content=m.get("content", ""))
             except (KeyError, TypeError) as exc:
-                raise InvalidArgumentError(f"messages[{i}]: needs a 'role' and a 'content' string ({exc})", None) from None
+                raise _invalid(f"messages[{i}]", f"needs a 'role' and a 'content' string ({exc})") from None
         else:
             try:
                 role, content = m
                 out.messages.add(role=role, content=content)
             except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(f"messages[{i}]: expected a dict or a (role, content) pair ({exc})", None) from None
+                raise _invalid(f"messages[{i}]", f"expected a dict or a (role, content) pair ({exc})") from None
     return out
+
+
+def _invalid(field: str, what: str) -> InvalidArgumentError:
+    """A local check's error (no status code): the message is "<field>: <what>", as a server's is."""
+    return InvalidArgumentError(f"{field}: {what}", None, field)
 
 
 def _set(msg: Any, name: str, value: Any) -> None:
     try:
         setattr(msg, name, value)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"{name}: {value!r} is not allowed here ({exc})", None) from None
+        raise _invalid(name, f"{value!r} is not allowed here ({exc})") from None
 
 
 def _extend(field: Any, name: str, values: Any) -> None:
     try:
         field.extend(values)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"{name}: {values!r} is not allowed here ({exc})", None) from None
+        raise _invalid(name, f"{values!r} is not allowed here ({exc})") from None
 
 
 def _pick_input(prompt: Any, messages: Any, prompt_token_ids: Any) -> None:
     given = [n for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids)) if v is not None]
     if len(given) != 1:
-        raise InvalidArgumentError(
-            "input: give exactly one of prompt, messages or prompt_token_ids" + (f" (got {', '.join(given)})" if given else ""),
-            None,
-        )
+        raise _invalid("input", "give exactly one of prompt, messages or prompt_token_ids"
+                       + (f" (got {', '.join(given)})" if given else ""))
 
 
 def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
@@ -110,7 +111,7 @@ def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOpt
             try:
                 req.logit_bias[int(token_id)] = float(bias)
             except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(f"logit_bias: {token_id!r}: {bias!r} is not allowed here ({exc})", None) from None
+                raise _invalid("logit_bias", f"{token_id!r}: {bias!r} is not allowed here ({exc})") from None
     stop = values.get("stop")
     if stop is not None:
         _extend(req.stop, "stop", [stop] if isinstance(stop, str) else list(stop))
@@ -143,7 +144,7 @@ def score_request(pairs: Iterable[Pair], *, truncate_context: bool = False, requ
         try:
             context, continuation = pair
         except (TypeError, ValueError):
-            raise InvalidArgumentError(f"pairs[{i}]: expected a (context, continuation) pair, got {pair!r}", None) from None
+            raise _invalid(f"pairs[{i}]", f"expected a (context, continuation) pair, got {pair!r}") from None
         item = req.pairs.add()
         if isinstance(context, str) and isinstance(continuation, str):
             item.text.context, item.text.continuation = context, continuation
@@ -152,14 +153,14 @@ def score_request(pairs: Iterable[Pair], *, truncate_context: bool = False, requ
             _extend(item.tokens.continuation, f"pairs[{i}].continuation", list(continuation))
             item.tokens.SetInParent()
         else:
-            raise InvalidArgumentError(f"pairs[{i}]: give both sides as text or both as token ids", None)
+            raise _invalid(f"pairs[{i}]", "give both sides as text or both as token ids")
     return req
 
 
 def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
                           max_length: Optional[int] = None, request_id: str = "") -> pb.ScoreRollingRequest:
     if (text is None) == (token_ids is None):
-        raise InvalidArgumentError("input: give exactly one of text or token_ids", None)
+        raise _invalid("input", "give exactly one of text or token_ids")
     req = pb.ScoreRollingRequest()
     if text is not None:
         _set(req, "text", text)
@@ -175,7 +176,7 @@ def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Seq
 def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[Message]] = None,
                      add_special_tokens: Optional[bool] = None) -> pb.TokenizeRequest:
     if (text is None) == (messages is None):
-        raise InvalidArgumentError("input: give exactly one of text or messages", None)
+        raise _invalid("input", "give exactly one of text or messages")
     req = pb.TokenizeRequest()
     if text is not None:
         _set(req, "text", text)
@@ -187,12 +188,8 @@ def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[
 
 
 def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[tuple[str, Any]]:
-    try:
-        from importlib.metadata import version
-
-        ua = f"seedstream-client/{version('seedstream')}"
-    except Exception:
-        ua = "seedstream-client"
+    version = package_version("")
+    ua = f"seedstream-client/{version}" if version else "seedstream-client"
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+# The trailer where a server puts its google.rpc.Status (read with protobuf alone: no grpcio-status).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class SeedstreamError(Exception):
@@ -20,13 +24,14 @@ class SeedstreamError(Exception):
 class InvalidArgumentError(SeedstreamError, ValueError):
     """A request field is out of range or the input is unusable (INVALID_ARGUMENT).
 
-    `field` names the offending field ("temperature", "messages[0].role", ...).
+    `field` names the offending field ("temperature", "messages[0].role", ...): from the server's
+    google.rpc.BadRequest detail, or from the client's own check; None when neither names one.
     """
 
-    def __init__(self, message: str, code: Optional[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT):
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT,
+                 field: Optional[str] = None):
         super().__init__(message, code)
-        match = re.match(r"\s*([A-Za-z_][A-Za-z_0-9.\[\]]*)", message)
-        self.field = match.group(1) if match else None
+        self.field = field
 
 
 class OverloadedError(SeedstreamError):
@@ -69,8 +74,26 @@ def from_rpc_error(error: grpc.RpcError) -> SeedstreamError:
     message = details or name
     cls = _BY_CODE.get(code, SeedstreamError)
     if cls is InvalidArgumentError:
-        return InvalidArgumentError(message, code)
+        return InvalidArgumentError(message, code, field_of(error))
     err = cls(message, code)
     if cls is SeedstreamError:
         err.args = (f"{name}: {message}",)
     return err
+
+
+def field_of(error: grpc.RpcError) -> Optional[str]:
+    """The first field a google.rpc.BadRequest detail of the call's status names, if any."""
+    trailing = getattr(error, "trailing_metadata", None)
+    trailers: Any = trailing() if callable(trailing) else None  # (key, value) pairs, or None
+    for key, value in trailers or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                bad_request = error_details_pb2.BadRequest()
+                if detail.Unpack(bad_request) and bad_request.field_violations:
+                    return bad_request.field_violations[0].field
+        except DecodeError:
+            return None
+    return None

@@ -7,7 +7,7 @@ import enum
 from typing import Any, Iterable, Optional, Union, cast
 
 from seedstream.v1 import textgen_pb2 as pb
-from seedstream.v1.protocol import FinishReason
+from seedstream.v1.protocol import FinishReason as FinishReason  # re-exported: part of the client API
 
 
 class HealthStatus(str, enum.Enum):

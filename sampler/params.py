@@ -22,18 +22,28 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _out_of_range(field: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{field}={value!r} is out of range: allowed {allowed}")
+class SamplingParamError(ValueError):
+    """A parameter out of range. `field` is the SamplingParams field at fault; the message starts
+    with it (or with the entry, e.g. `logit_bias[7]`), then the value and what is allowed."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
-def _check_real(field: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str) -> None:
+def _out_of_range(name: str, value, allowed: str, field: Optional[str] = None) -> SamplingParamError:
+    return SamplingParamError(field or name, f"{name}={value!r} is out of range: allowed {allowed}")
+
+
+def _check_real(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str,
+                field: Optional[str] = None) -> None:
     """Raise unless `value` is a finite real number inside the interval."""
     if not _is_real(value) or not math.isfinite(value):
-        raise _out_of_range(field, value, text)
+        raise _out_of_range(name, value, text, field)
     above = value > lo if lo_open else value >= lo
     below = value < hi if hi_open else value <= hi
     if not (above and below):
-        raise _out_of_range(field, value, text)
+        raise _out_of_range(name, value, text, field)
 
 
 def _normalise_bias(bias) -> tuple:
@@ -70,7 +80,7 @@ class SamplingParams:
         return self.temperature == 0
 
     def validate(self, vocab_size: Optional[int] = None) -> None:
-        """Raise ValueError naming the field, its value and the allowed range for any bad value."""
+        """Raise SamplingParamError (a ValueError) naming the field, its value and the allowed range."""
         _check_real("temperature", self.temperature, 0.0, TEMPERATURE_MAX, False, False,
                     f"[0, {TEMPERATURE_MAX:g}], finite")
         if not _is_int(self.top_k) or self.top_k < 0:
@@ -91,12 +101,12 @@ class SamplingParams:
         seen = set()
         for pair in self.logit_bias:
             if not isinstance(pair, tuple) or len(pair) != 2:
-                raise ValueError(f"logit_bias entry {pair!r} is not a (token_id, bias) pair")
+                raise SamplingParamError("logit_bias", f"logit_bias entry {pair!r} is not a (token_id, bias) pair")
             token, bias = pair
             if not _is_int(token) or token < 0 or (vocab_size is not None and token >= vocab_size):
-                raise _out_of_range("logit_bias token id", token, f"integers in {ids_allowed}")
+                raise _out_of_range("logit_bias token id", token, f"integers in {ids_allowed}", "logit_bias")
             if token in seen:
-                raise ValueError(f"logit_bias token id {token} appears twice: allowed once per token")
+                raise SamplingParamError("logit_bias", f"logit_bias token id {token} appears twice: allowed once per token")
             seen.add(token)
             _check_real(f"logit_bias[{token}]", bias, -BIAS_LIMIT, BIAS_LIMIT, False, False,
-                        f"[-{BIAS_LIMIT:g}, {BIAS_LIMIT:g}], finite")
+                        f"[-{BIAS_LIMIT:g}, {BIAS_LIMIT:g}], finite", "logit_bias")

@@ -11,6 +11,7 @@ from .types import (
     ModelInfo,
     NotReady,
     Overloaded,
+    ParamError,
     ScoreRequest,
     ScoreResult,
     TopLogprob,
@@ -18,5 +19,6 @@ from .types import (
 
 __all__ = [
     "Engine", "EngineConfig", "load_engine", "EngineError", "FinishReason", "GenerationChunk",
-    "GenerationRequest", "InvalidRequest", "ModelInfo", "NotReady", "Overloaded", "ScoreRequest", "ScoreResult", "TopLogprob",
+    "GenerationRequest", "InvalidRequest", "ModelInfo", "NotReady", "Overloaded", "ParamError", "ScoreRequest", "ScoreResult",
+    "TopLogprob",
 ]

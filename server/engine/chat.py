@@ -16,7 +16,7 @@ import re
 import secrets
 from typing import Optional
 
-from .types import InvalidRequest
+from .types import ParamError
 
 
 def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -26,7 +26,7 @@ def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     pattern = _pattern(tuple(sorted(specials, key=len, reverse=True)))
     for i, m in enumerate(messages):
         if pattern is not None and pattern.search(m["role"]):
-            raise InvalidRequest(f"messages[{i}].role", f"contains the special-token string {pattern.search(m['role']).group(0)!r}")
+            raise ParamError(f"messages[{i}].role", f"contains the special-token string {pattern.search(m['role']).group(0)!r}")
     if pattern is None or not any(pattern.search(m["content"]) for m in messages):
         return _encode(tokenizer, text, split_special=False)
     spans = _content_spans(tokenizer, messages, text, pattern)
@@ -95,7 +95,7 @@ def _content_spans(tokenizer, messages, text: str, pattern: re.Pattern) -> list[
 
 def _refuse(messages, pattern: re.Pattern):
     i, found = next((i, pattern.search(m["content"])) for i, m in enumerate(messages) if pattern.search(m["content"]))
-    raise InvalidRequest(
+    raise ParamError(
         f"messages[{i}].content",
         f"contains the special-token string {found.group(0)!r}, which this model's chat template does not let "
         "us keep as text; remove it, or send prompt_token_ids to pass control tokens on purpose",

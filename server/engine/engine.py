@@ -19,7 +19,7 @@ from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
 from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, Segment, describe
 from .prefix_cache import BLOCK_TOKENS, PrefixCache
-from .resume import check_resumed, validate_resume
+from .resume import check_resumed
 from .sequence import Sequence_, StepBatch
 from .types import (
     EngineError,
@@ -33,7 +33,7 @@ from .types import (
     ScoreRequest,
     ScoreResult,
 )
-from .validation import validate_request, validate_score
+from .validation import ValidRequest, ValidScore, require, validate_generation, validate_score
 
 log = logging.getLogger("seedstream.engine")
 
@@ -118,9 +118,13 @@ class Engine:
     def decode(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def validate(self, request: GenerationRequest) -> None:
-        validate_request(request, self.info, self.config)
-        validate_resume(request, self.eos_token_ids, self.info.vocab_size, self.info.max_context)
+    def validate(self, request: GenerationRequest, n: int = 1, echo_every_sample: bool = False) -> tuple[ValidRequest, ...]:
+        """The n samples of `request`, checked once (validation.validate_generation): what generate() runs."""
+        return validate_generation(request, n, self.info, self.config, self.eos_token_ids, echo_every_sample)
+
+    def validate_score(self, request: ScoreRequest) -> ValidScore:
+        """`request`, checked once (validation.validate_score): what score() runs."""
+        return validate_score(request, self.info)
 
     # --- lifecycle
 
@@ -174,11 +178,9 @@ class Engine:
 
     # --- requests
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream a request's chunks; closing the iterator early cancels the sequence."""
-        self.validate(request)
-        if request.sampling.seed is None:
-            raise InvalidRequest("seed", "must be resolved before the engine (the RPC layer draws one)")
+    async def generate(self, valid: ValidRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream a validated request's chunks; closing the iterator early cancels the sequence."""
+        request = require(valid, ValidRequest).request
         # A resumed stream already got its prompt logprobs with its first token.
         score_from = 1 if request.prompt_logprobs and not request.resume_token_ids else None
         seq = self._new_sequence(request.prompt_token_ids, request, score_from)
@@ -187,14 +189,9 @@ class Engine:
             if item.finish_reason is not None:
                 return
 
-    async def score(self, request: ScoreRequest) -> ScoreResult:
-        """Log-likelihood of a continuation given a context, computed in the shared batch."""
-        validate_score(request, self.info)
-        return await self.score_validated(request)
-
-    async def score_validated(self, request: ScoreRequest) -> ScoreResult:
-        """score() for a request that already passed validate_score (pairs and rolling windows,
-        checked once up front with field names of their own)."""
+    async def score(self, valid: ValidScore) -> ScoreResult:
+        """Log-likelihood of a validated continuation given its context, computed in the shared batch."""
+        request = require(valid, ValidScore).request
         prompt = request.context_ids + request.continuation_ids
         seq = self._new_sequence(prompt, None, len(request.context_ids))
         async for result in self._follow(seq, request.client):

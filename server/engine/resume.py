@@ -14,7 +14,7 @@ import torch
 
 from seedstream.sampler import sample
 
-from .types import GenerationRequest, InvalidRequest
+from .types import GenerationRequest, ParamError
 
 
 def validate_resume(req: GenerationRequest, eos_ids: frozenset[int], vocab: int, max_context: int) -> None:
@@ -24,16 +24,16 @@ def validate_resume(req: GenerationRequest, eos_ids: frozenset[int], vocab: int,
         return
     bad = next((i for i, t in enumerate(resume) if not 0 <= t < vocab), None)
     if bad is not None:
-        raise InvalidRequest("resume_token_ids", f"resume_token_ids[{bad}] = {resume[bad]} out of range: allowed [0, {vocab})")
+        raise ParamError("resume_token_ids", f"resume_token_ids[{bad}] = {resume[bad]} out of range: allowed [0, {vocab})")
     if len(resume) >= req.max_new_tokens:
-        raise InvalidRequest("resume_token_ids", f"{len(resume)} tokens; allowed at most max_new_tokens - 1 = "
+        raise ParamError("resume_token_ids", f"{len(resume)} tokens; allowed at most max_new_tokens - 1 = "
                              f"{req.max_new_tokens - 1} (a stream of max_new_tokens tokens is already complete)")
     if len(req.prompt_token_ids) + len(resume) >= max_context:
-        raise InvalidRequest("resume_token_ids", f"prompt + resume_token_ids is {len(req.prompt_token_ids) + len(resume)} "
+        raise ParamError("resume_token_ids", f"prompt + resume_token_ids is {len(req.prompt_token_ids) + len(resume)} "
                              f"tokens; allowed at most {max_context - 1} (the stream already filled the context)")
     for i, token in enumerate(resume):
         if token in req.stop_token_ids or (token in eos_ids and not req.ignore_eos):
-            raise InvalidRequest("resume_token_ids", f"resume_token_ids[{i}] = {token} ends the stream; "
+            raise ParamError("resume_token_ids", f"resume_token_ids[{i}] = {token} ends the stream; "
                                  "a finished stream cannot be resumed")
 
 
@@ -56,7 +56,7 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[tuple], eos_ids: frozen
     )
     for seq, i, token in zip(seqs, steps, result.token_ids.tolist()):
         if not seq.finished and token != seq.resume_ids[i]:
-            seq.fail(InvalidRequest("resume_token_ids", (
+            seq.fail(ParamError("resume_token_ids", (
                 f"resume_token_ids[{i}] = {seq.resume_ids[i]}, but this request's stream has {token} there "
                 "(same prompt, sampling settings, seed and sample_index are needed to resume)")))
 

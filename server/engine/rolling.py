@@ -16,7 +16,8 @@ import dataclasses
 from typing import Sequence
 
 from .scoring import PreparedPair, score_pairs
-from .types import InvalidRequest
+from .types import ParamError, ScoreRequest
+from .validation import ValidScore
 
 
 def rolling_windows(token_ids: Sequence[int], prefix_token_id: int, max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -53,12 +54,15 @@ def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[Pre
     """The checked windows of `token_ids` as scoring pairs (plain CPU work: may run on a worker thread)."""
     limit = engine.info.max_context - 1
     if not 1 <= max_length <= limit:
-        raise InvalidRequest("max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)")
+        raise ParamError("max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)")
     vocab = engine.info.vocab_size
     bad = next((t for t in token_ids if not 0 <= t < vocab), None)
     if bad is not None:
-        raise InvalidRequest("token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
-    return [PreparedPair(tuple(c), tuple(x)) for c, x in rolling_windows(token_ids, engine.prefix_token_id, max_length)]
+        raise ParamError("token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
+    # Valid by construction: a non-empty context (the prefix token or earlier tokens), a non-empty
+    # continuation, ids checked above, and at most max_length + 1 <= max_context tokens in all.
+    windows = rolling_windows(token_ids, engine.prefix_token_id, max_length)
+    return [PreparedPair(tuple(c), tuple(x), checked=ValidScore(ScoreRequest(tuple(c), tuple(x)))) for c, x in windows]
 
 
 async def score_rolling(engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = "") -> RollingResult:

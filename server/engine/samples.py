@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
-from .types import GenerationChunk, GenerationRequest, InvalidRequest
-
-MAX_SAMPLES = 64
-SAMPLE_INDEX_LIMIT = 2**32  # sample_index + n must not pass it (the proto field is uint32)
+from .types import GenerationChunk
+from .validation import ValidRequest
 
 
-def sample_requests(request: GenerationRequest, n: int) -> list[GenerationRequest]:
-    """The n requests, one per sample; only the first echoes the prompt's logprobs (they are shared)."""
-    if not 1 <= n <= MAX_SAMPLES:
-        raise InvalidRequest("n", f"{n} out of range: allowed [1, {MAX_SAMPLES}]")
-    if request.sample_index + n > SAMPLE_INDEX_LIMIT:
-        raise InvalidRequest("n", f"sample_index + n = {request.sample_index + n}; allowed at most 2^32")
-    return [
-        dataclasses.replace(request, sample_index=request.sample_index + j,
-                            prompt_logprobs=request.prompt_logprobs and j == 0)
-        for j in range(n)
-    ]
-
-
-async def generate_samples(engine, requests: list[GenerationRequest]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+async def generate_samples(engine, requests: Sequence[ValidRequest]) -> AsyncIterator[tuple[int, GenerationChunk]]:
     """Every sample's chunks as (j, chunk), interleaved as the engine produces them.
 
-    Each sample is an ordinary sequence, so its tokens are those of the same request sent alone.
-    Closing the iterator (or one sample failing) cancels every sample. The requests differ only in
-    sample_index, which sample_requests() bounds, so validating the first is validating them all.
+    `requests` are the samples Engine.validate() made. Each sample is an ordinary sequence, so its
+    tokens are those of the same request sent alone. Closing the iterator (or one sample failing)
+    cancels every sample.
     """
-    engine.validate(requests[0])
     if len(requests) == 1:
         async with contextlib.aclosing(engine.generate(requests[0])) as chunks:
             async for chunk in chunks:
@@ -41,7 +24,7 @@ async def generate_samples(engine, requests: list[GenerationRequest]) -> AsyncIt
         return
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(j: int, req: GenerationRequest) -> None:
+    async def pump(j: int, req: ValidRequest) -> None:
         try:
             async with contextlib.aclosing(engine.generate(req)) as chunks:
                 async for chunk in chunks:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
-from .types import InvalidRequest, ScoreRequest
-from .validation import validate_score
+from .types import ParamError, ScoreRequest
+from .validation import ValidScore, validate_score
 
 MAX_PAIRS = 1024
 MAX_IN_FLIGHT = 32  # pairs of one call in the engine at once: leaves queue room for other callers
@@ -23,6 +23,7 @@ class PreparedPair:
     context_ids: tuple[int, ...]
     continuation_ids: tuple[int, ...]
     truncated_tokens: int = 0  # context tokens dropped from the left to fit the model
+    checked: Optional[ValidScore] = None  # what the engine scores; None: an empty continuation (scores 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PairScore:
 def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: bool) -> list[PreparedPair]:
     """Token ids for every pair, checked before any is scored; errors name `pairs[i].<side>`."""
     if not 1 <= len(pairs) <= MAX_PAIRS:
-        raise InvalidRequest("pairs", f"{len(pairs)} pairs; allowed 1 to {MAX_PAIRS}")
+        raise ParamError("pairs", f"{len(pairs)} pairs; allowed 1 to {MAX_PAIRS}")
     return [_prepare_one(engine, i, context, continuation, truncate_context)
             for i, (context, continuation) in enumerate(pairs)]
 
@@ -53,21 +54,20 @@ def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bo
     drop = len(ctx) + len(cont) - limit
     if truncate and drop > 0:
         if drop >= len(ctx):
-            raise InvalidRequest(f"pairs[{i}].continuation",
+            raise ParamError(f"pairs[{i}].continuation",
                                  f"{len(cont)} tokens; allowed at most {limit - 1} (model context {limit} minus one context token)")
         ctx = ctx[drop:]
-    pair = PreparedPair(tuple(ctx), tuple(cont), max(drop, 0) if truncate else 0)
     try:
-        validate_score(ScoreRequest(pair.context_ids, pair.continuation_ids), engine.info)
-    except InvalidRequest as exc:
+        checked = validate_score(ScoreRequest(tuple(ctx), tuple(cont)), engine.info)
+    except ParamError as exc:
         hint = "; or set truncate_context" if exc.field == "continuation" and not truncate else ""
-        raise InvalidRequest(f"pairs[{i}].{exc.field}", f"{exc}{hint}") from None
-    return pair
+        raise ParamError(f"pairs[{i}].{exc.field}", f"{exc}{hint}") from None
+    return PreparedPair(tuple(ctx), tuple(cont), max(drop, 0) if truncate else 0, checked)
 
 
 async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "", client: str = "") -> list[PairScore]:
     """Scores in order; pairs with an empty continuation score 0 without touching the model. The pairs
-    must be valid: from prepare_pairs(), or rolling windows of checked token ids. At most
+    come from prepare_pairs() or rolling_pairs(), checked there. At most
     MAX_IN_FLIGHT workers take pairs in turn, so a call with many pairs costs no more tasks than that."""
     results: list = [None] * len(pairs)
     todo = iter(range(len(pairs)))
@@ -75,11 +75,10 @@ async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "
     async def worker() -> None:
         for i in todo:
             pair = pairs[i]
-            if not pair.continuation_ids:
+            if pair.checked is None:
                 results[i] = PairScore(pair, (), (), True)
                 continue
-            result = await engine.score_validated(
-                ScoreRequest(pair.context_ids, pair.continuation_ids, request_id, client=client))
+            result = await engine.score(pair.checked.for_caller(request_id, client))
             results[i] = PairScore(pair, result.logprobs, result.greedy_ids, result.is_greedy, result.cached_tokens)
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(MAX_IN_FLIGHT, len(pairs)))]

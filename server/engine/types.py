@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Optional
 
 from seedstream.sampler import SamplingParams
-
-
-class FinishReason(str, enum.Enum):
-    """Why a sequence stopped."""
-
-    LENGTH = "length"  # max_new_tokens reached (or the model's context is full)
-    STOP_STRING = "stop_string"  # one of the request's stop strings appeared
-    STOP_TOKEN = "stop_token"  # one of the request's stop_token_ids was sampled
-    EOS = "eos"  # the model's end-of-sequence token was sampled
-    CANCELLED = "cancelled"  # the caller went away or its deadline passed
+from seedstream.v1.protocol import FinishReason  # the contract's reasons, shared with the client
 
 
 class EngineError(Exception):
     """Base class for errors the engine reports to its callers."""
 
 
-class InvalidRequest(EngineError, ValueError):
-    """A request field is out of range; the message names the field and the allowed range."""
+class ParamError(EngineError, ValueError):
+    """A request field is out of range or unusable.
+
+    `field` names it ("temperature", "messages[0].role", ...): callers report it as a typed field
+    (a gRPC BadRequest FieldViolation, an OpenAI `param`), never by parsing the message. The message
+    starts with the field's name and says what is allowed.
+    """
 
     def __init__(self, field: str, message: str):
         super().__init__(message if message.startswith(field) else f"{field}: {message}")
         self.field = field
+
+
+# The old name, kept while other branches still raise it; new code raises ParamError.
+InvalidRequest = ParamError
 
 
 class Overloaded(EngineError):

@@ -1,13 +1,14 @@
 """The one place where errors become HTTP statuses and OpenAI error objects.
 
-    InvalidRequest (engine or conversion)     -> 400 invalid_request_error, `param` = the OpenAI name
+    ParamError (engine or conversion)         -> 400 invalid_request_error, `param` = the OpenAI name
     ModelNotFound                             -> 404 invalid_request_error, code model_not_found
     Overloaded (admission queue full)         -> 429 rate_limit_error, code overloaded
     NotReady / Unavailable (loading, draining) -> 503 service_unavailable
     anything else                             -> 500 internal_error (logged with traceback)
 
-Engine messages name our fields (`max_new_tokens: ...`); `param_name` turns them into the
-name the client sent (`max_tokens`), so a 400 always names a parameter of the request.
+A ParamError carries our field (`max_new_tokens`); `names` turns it into the name the client sent
+(`max_tokens`), in `param` and at the head of the message, so a 400 always names a parameter of the
+request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping, Optional
 
-from seedstream.server.engine.types import EngineError, InvalidRequest, NotReady, Overloaded
+from seedstream.server.engine.types import EngineError, NotReady, Overloaded, ParamError
 from seedstream.server.rpc.errors import Unavailable
 
 log = logging.getLogger("seedstream.server.http")
@@ -34,7 +35,7 @@ def status_for(exc: BaseException, names: Optional[Mapping[str, str]] = None) ->
 
     `names` maps our field names to the request's parameter names (e.g. max_new_tokens -> max_tokens).
     """
-    if isinstance(exc, InvalidRequest):
+    if isinstance(exc, ParamError):
         field = exc.field
         param = (names or {}).get(field, field)
         message = str(exc)

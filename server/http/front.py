@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -25,11 +24,12 @@ from typing import Optional
 from aiohttp import web
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine.samples import generate_samples, sample_requests
-from seedstream.server.engine.types import GenerationRequest, InvalidRequest
+from seedstream.server.engine.samples import generate_samples
+from seedstream.server.engine.types import GenerationRequest, ParamError
 from seedstream.server.rpc import convert
 from seedstream.server.rpc.auth import ApiKeyInterceptor
 from seedstream.server.rpc.servicer import _maybe_threaded, _render_chat
+from seedstream.v1.protocol import DEFAULT_MAX_REQUEST_BYTES
 
 from .errors import ModelNotFound, status_for
 from .parse import ParsedRequest, parse_chat, parse_completion
@@ -37,7 +37,7 @@ from .responses import Choice, Echo, system_fingerprint, usage
 
 log = logging.getLogger("seedstream.server.http")
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # as the gRPC server's largest request
+MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BYTES  # as the gRPC server's largest request
 MODEL_ALIAS = "seedstream"  # accepted as `model` besides the served model's id
 SEED_HEADER = "seedstream-seed"
 
@@ -141,7 +141,7 @@ class HttpFront:
             "created": int(time.time()), "model": engine.info.model_id,
             "system_fingerprint": system_fingerprint(engine.info), "seed": call.seed,
         }
-        requests = [c.request for c in choices]
+        requests = [c.valid for c in choices]
         if parsed.stream:
             return await self._stream(http, engine, parsed, choices, prompt_tokens, envelope, header, call)
         try:
@@ -178,7 +178,7 @@ class HttpFront:
 
         try:
             with self.state.track():
-                async with contextlib.aclosing(generate_samples(engine, [c.request for c in choices])) as chunks:
+                async with contextlib.aclosing(generate_samples(engine, [c.valid for c in choices])) as chunks:
                     async for k, chunk in chunks:
                         if parsed.chat and k not in started:
                             started.add(k)
@@ -204,11 +204,11 @@ class HttpFront:
         """One Choice per (prompt, sample), validated, with the seed resolved; and the prompt tokens."""
         call.seed = parsed.seed if parsed.seed is not None else convert.draw_seed()
         if len(parsed.sampling.get("logit_bias", ())) > engine.info.vocab_size:
-            raise InvalidRequest("logit_bias", f"allowed at most vocab_size={engine.info.vocab_size} entries")
+            raise ParamError("logit_bias", f"allowed at most vocab_size={engine.info.vocab_size} entries")
         try:
             sampling = SamplingParams(seed=call.seed, **parsed.sampling)
         except (TypeError, ValueError) as exc:
-            raise InvalidRequest("logit_bias", str(exc)) from None
+            raise ParamError("logit_bias", str(exc)) from None
         inputs = [parsed.messages] if parsed.chat else parsed.prompts
         choices: list[Choice] = []
         prompt_tokens = 0
@@ -223,13 +223,12 @@ class HttpFront:
                 ignore_eos=parsed.ignore_eos, top_logprobs=parsed.top_logprobs, sample_index=parsed.sample_index,
                 prompt_logprobs=parsed.echo and parsed.logprobs, request_id=call.request_id,
             )
-            engine.validate(base)
+            samples = engine.validate(base, parsed.n, echo_every_sample=True)  # every echoed choice
             echo = None
             if parsed.echo:
                 echo = Echo(source if isinstance(source, str) else engine.decode(ids), ids)
-            for j, req in enumerate(sample_requests(base, parsed.n)):
-                req = dataclasses.replace(req, prompt_logprobs=base.prompt_logprobs)  # every echoed choice
-                choices.append(Choice(i * parsed.n + j, req, engine, chat=parsed.chat, logprobs=parsed.logprobs,
+            for j, valid in enumerate(samples):
+                choices.append(Choice(i * parsed.n + j, valid, engine, chat=parsed.chat, logprobs=parsed.logprobs,
                                       echo=echo))
         call.prompt_tokens = prompt_tokens
         return choices, prompt_tokens
@@ -256,7 +255,7 @@ async def _parse(http: web.Request, chat: bool) -> ParsedRequest:
     try:
         body = json.loads(await http.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("body", f"not valid JSON: {exc}") from None
+        raise ParamError("body", f"not valid JSON: {exc}") from None
     return parse_chat(body) if chat else parse_completion(body)
 
 
@@ -270,10 +269,7 @@ async def _prompt_ids(engine, source, chat: bool) -> list[int]:
         return await _maybe_threaded(sum(len(m["content"]) for m in source), _render_chat, engine, source)
     if isinstance(source, str):
         return await _maybe_threaded(len(source), engine.tokenize, source, True)
-    context = engine.info.max_context
-    if len(source) >= context:
-        raise InvalidRequest("prompt", f"{len(source)} tokens; allowed at most {context - 1} (model context {context})")
-    return source
+    return source  # validation checks its length
 
 
 def _dumps(obj) -> str:

@@ -6,7 +6,8 @@ import dataclasses
 import math
 from typing import Any, Optional, Union
 
-from seedstream.server.engine.types import InvalidRequest
+from seedstream.server.engine.types import ParamError
+from seedstream.v1.protocol import MAX_TOP_LOGPROBS
 
 # Accepted and ignored: they change nothing about the tokens.
 _IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
@@ -29,7 +30,6 @@ _UNSUPPORTED = {
     "prediction": "predicted outputs are not supported",
     "reasoning_effort": "reasoning_effort is not supported (not a reasoning model)",
 }
-MAX_LOGPROBS = 20
 Prompt = Union[str, list[int]]
 
 
@@ -61,16 +61,16 @@ class ParsedRequest:
 def parse_completion(body: Any) -> ParsedRequest:
     out = _parse_common(body, _COMPLETIONS, chat=False)
     if "prompt" not in body or body["prompt"] is None:
-        raise InvalidRequest("prompt", "is required: a string, a list of token ids, or a list of either")
+        raise ParamError("prompt", "is required: a string, a list of token ids, or a list of either")
     out.prompts = _prompts(body["prompt"])
     out.echo = bool(_boolean(body, "echo"))
     logprobs = _integer(body, "logprobs")
     if logprobs is not None:
-        _check_range("logprobs", logprobs, 0, MAX_LOGPROBS)
+        _check_range("logprobs", logprobs, 0, MAX_TOP_LOGPROBS)
         out.logprobs, out.top_logprobs = True, logprobs
     best_of = _integer(body, "best_of")
     if best_of is not None and best_of != out.n:
-        raise InvalidRequest("best_of", f"{best_of}: only best_of == n is supported (every sample is returned)")
+        raise ParamError("best_of", f"{best_of}: only best_of == n is supported (every sample is returned)")
     out.max_new_tokens = _integer(body, "max_tokens")
     out.names.update(max_new_tokens="max_tokens", top_logprobs="logprobs", input="prompt",
                      prompt_token_ids="prompt")
@@ -84,19 +84,19 @@ def parse_chat(body: Any) -> ParsedRequest:
     top = _integer(body, "top_logprobs")
     if top is not None:
         if not out.logprobs:
-            raise InvalidRequest("top_logprobs", "needs logprobs: true")
-        _check_range("top_logprobs", top, 0, MAX_LOGPROBS)
+            raise ParamError("top_logprobs", "needs logprobs: true")
+        _check_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)
         out.top_logprobs = top
     format_ = body.get("response_format")
     if format_ is not None and (not isinstance(format_, dict) or format_.get("type") != "text"):
-        raise InvalidRequest("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas)")
+        raise ParamError("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas)")
     if body.get("tool_choice") not in (None, "none"):
-        raise InvalidRequest("tool_choice", "tool calling is not supported")
+        raise ParamError("tool_choice", "tool calling is not supported")
     if body.get("modalities") not in (None, ["text"]):
-        raise InvalidRequest("modalities", "only [\"text\"] is supported")
+        raise ParamError("modalities", "only [\"text\"] is supported")
     new, old = _integer(body, "max_completion_tokens"), _integer(body, "max_tokens")
     if new is not None and old is not None and new != old:
-        raise InvalidRequest("max_completion_tokens", f"{new} differs from max_tokens={old}: give one of them")
+        raise ParamError("max_completion_tokens", f"{new} differs from max_tokens={old}: give one of them")
     out.max_new_tokens = new if new is not None else old
     out.names.update(max_new_tokens="max_completion_tokens" if new is not None else "max_tokens",
                      input="messages", prompt="messages")
@@ -105,16 +105,16 @@ def parse_chat(body: Any) -> ParsedRequest:
 
 def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
     if not isinstance(body, dict):
-        raise InvalidRequest("body", "the request body must be a JSON object")
+        raise ParamError("body", "the request body must be a JSON object")
     for key in body:
         if key not in allowed:
-            raise InvalidRequest(key, "unrecognized request argument")
+            raise ParamError(key, "unrecognized request argument")
         if key in _UNSUPPORTED and body[key] not in (None, [], ""):
-            raise InvalidRequest(key, _UNSUPPORTED[key])
+            raise ParamError(key, _UNSUPPORTED[key])
     out = ParsedRequest(chat=chat)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise InvalidRequest("model", "must be a string")
+        raise ParamError("model", "must be a string")
     out.model = model
     out.seed = _integer(body, "seed")
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
@@ -140,9 +140,9 @@ def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
     options = body.get("stream_options")
     if options is not None:
         if not out.stream:
-            raise InvalidRequest("stream_options", "only allowed with stream: true")
+            raise ParamError("stream_options", "only allowed with stream: true")
         if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
-            raise InvalidRequest("stream_options", "allowed: {\"include_usage\": bool}")
+            raise ParamError("stream_options", "allowed: {\"include_usage\": bool}")
         out.include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
     out.names.update(min_new_tokens="min_tokens", seed="seed")
     return out
@@ -158,45 +158,45 @@ def _prompts(value: Any) -> list[Prompt]:
             return list(value)
         if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in value):
             return [list(x) for x in value]
-    raise InvalidRequest("prompt", "must be a string, a non-empty list of token ids, or a non-empty list of either")
+    raise ParamError("prompt", "must be a string, a non-empty list of token ids, or a non-empty list of either")
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise InvalidRequest("messages", "is required: a non-empty list of {role, content} objects")
+        raise ParamError("messages", "is required: a non-empty list of {role, content} objects")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            raise InvalidRequest(f"messages[{i}]", "must be an object with role and content")
+            raise ParamError(f"messages[{i}]", "must be an object with role and content")
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or not role:
-            raise InvalidRequest(f"messages[{i}].role", "must be a non-empty string such as 'user'")
+            raise ParamError(f"messages[{i}].role", "must be a non-empty string such as 'user'")
         if isinstance(content, list):  # content parts: text only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
-                raise InvalidRequest(f"messages[{i}].content", "only text parts ({type: text, text}) are supported")
+                raise ParamError(f"messages[{i}].content", "only text parts ({type: text, text}) are supported")
             content = "".join(p["text"] for p in content)
         if content is None:
             content = ""
         if not isinstance(content, str):
-            raise InvalidRequest(f"messages[{i}].content", "must be a string or a list of text parts")
+            raise ParamError(f"messages[{i}].content", "must be a string or a list of text parts")
         if m.get("tool_calls") or m.get("function_call"):
-            raise InvalidRequest(f"messages[{i}]", "tool and function calls are not supported")
+            raise ParamError(f"messages[{i}]", "tool and function calls are not supported")
         out.append({"role": role, "content": content})
     return out
 
 
 def _logit_bias(value: Any) -> dict[int, float]:
     if not isinstance(value, dict):
-        raise InvalidRequest("logit_bias", "must be an object mapping token ids to biases in [-100, 100]")
+        raise ParamError("logit_bias", "must be an object mapping token ids to biases in [-100, 100]")
     out = {}
     for key, bias in value.items():
         try:
             token = int(key)
         except (TypeError, ValueError):
-            raise InvalidRequest("logit_bias", f"key {key!r} is not a token id") from None
+            raise ParamError("logit_bias", f"key {key!r} is not a token id") from None
         if isinstance(bias, bool) or not isinstance(bias, (int, float)):
-            raise InvalidRequest("logit_bias", f"bias for token {token} must be a number")
+            raise ParamError("logit_bias", f"bias for token {token} must be a number")
         out[token] = float(bias)
     return dict(sorted(out.items()))
 
@@ -208,7 +208,7 @@ def _stop(value: Any) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
         return tuple(value)
-    raise InvalidRequest("stop", "must be a string or a list of strings")
+    raise ParamError("stop", "must be a string or a list of strings")
 
 
 def _is_int(x: Any) -> bool:
@@ -222,7 +222,7 @@ def _integer(body: dict, key: str, name: Optional[str] = None) -> Optional[int]:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not _is_int(value):
-        raise InvalidRequest(name or key, f"must be an integer, got {value!r}")
+        raise ParamError(name or key, f"must be an integer, got {value!r}")
     return value
 
 
@@ -231,14 +231,14 @@ def _number(body: dict, key: str) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(key, f"must be a finite number, got {value!r}")
+        raise ParamError(key, f"must be a finite number, got {value!r}")
     return float(value)
 
 
 def _boolean(body: dict, key: str, name: Optional[str] = None) -> Optional[bool]:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
-        raise InvalidRequest(name or key, f"must be true or false, got {value!r}")
+        raise ParamError(name or key, f"must be true or false, got {value!r}")
     return value
 
 
@@ -247,10 +247,10 @@ def _int_list(body: dict, key: str) -> list[int]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(_is_int(x) for x in value):
-        raise InvalidRequest(key, "must be a list of token ids")
+        raise ParamError(key, "must be a list of token ids")
     return value
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
     if not lo <= value <= hi:
-        raise InvalidRequest(name, f"{value} out of range: allowed [{lo}, {hi}]")
+        raise ParamError(name, f"{value} out of range: allowed [{lo}, {hi}]")

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from google.protobuf import json_format
 
 from seedstream.server.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo, TopLogprob
+from seedstream.server.engine.validation import ValidRequest
 from seedstream.server.rpc import convert
 
 FINISH = {
@@ -41,10 +42,11 @@ class Echo:
 class Choice:
     """One choice (one prompt, one sample): turns its engine chunks into OpenAI deltas and the whole."""
 
-    def __init__(self, index: int, request: GenerationRequest, engine, *, chat: bool, logprobs: bool,
+    def __init__(self, index: int, valid: ValidRequest, engine, *, chat: bool, logprobs: bool,
                  echo: Optional[Echo] = None):
         self.index = index
-        self.request = request
+        self.valid = valid  # what the engine runs
+        self.request = valid.request
         self.engine = engine
         self.chat = chat
         self.want_logprobs = logprobs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import secrets
 import struct
 from typing import Optional, Sequence
@@ -14,11 +13,18 @@ from seedstream.server.engine.types import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
-    InvalidRequest,
     ModelInfo,
+    ParamError,
     TopLogprob,
 )
 from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1.protocol import (
+    MAX_LOGIT_BIAS,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_LOGPROBS,
+)
 
 from . import limits
 
@@ -35,14 +41,6 @@ OPTIONAL_SAMPLING_FIELDS = (
 MAX_REQUEST_ID_CHARS = 128
 UINT32_LIMIT = 2**32
 
-FINISH_TO_PB = {
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.STOP_STRING: pb.FINISH_REASON_STOP_STRING,
-    FinishReason.STOP_TOKEN: pb.FINISH_REASON_STOP_TOKEN,
-    FinishReason.EOS: pb.FINISH_REASON_EOS,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
-}
-
 
 def draw_seed() -> int:
     """A fresh seed in [0, 2^64) for a request that gave none."""
@@ -52,30 +50,26 @@ def draw_seed() -> int:
 def chat_messages(msgs: pb.ChatMessages) -> list[dict[str, str]]:
     """Chat turns as the dicts a chat template takes; rejects an empty chat or an empty role."""
     if not msgs.messages:
-        raise InvalidRequest("messages", "the chat is empty: give at least one message")
+        raise ParamError("messages", "the chat is empty: give at least one message")
     out = []
     for i, m in enumerate(msgs.messages):
         if not m.role:
-            raise InvalidRequest(f"messages[{i}].role", "must be a non-empty role such as 'user'")
+            raise ParamError(f"messages[{i}].role", "must be a non-empty role such as 'user'")
         out.append({"role": m.role, "content": m.content})
     return out
 
 
-def _field_of(message: str, default: str) -> str:
-    match = re.match(r"\s*([A-Za-z_][A-Za-z_0-9]*)", message)
-    return match.group(1) if match else default
-
-
 def check_wire_counts(req: pb.GenerateRequest) -> None:
     """Ranges the proto's 64-bit integers allow but the contract does not, and list sizes, checked
-    before anything is copied (uint64 on the wire: an oversized value is rejected, never truncated)."""
+    before anything is copied (uint64 on the wire: an oversized value is rejected, never truncated).
+    The list limits and their messages are validation's own, only checked earlier."""
     for field in ("top_k", "sample_index"):
         value = getattr(req, field)
         if value >= UINT32_LIMIT:
-            raise InvalidRequest(field, f"{value} out of range: allowed [0, 2^32)")
-    limits.check_count("logit_bias", len(req.logit_bias), limits.MAX_LOGIT_BIAS)
-    limits.check_count("stop_token_ids", len(req.stop_token_ids), limits.MAX_STOP_TOKEN_IDS)
-    limits.check_count("stop", len(req.stop), limits.MAX_STOP_STRINGS_ON_WIRE, "strings")
+            raise ParamError(field, f"{value} out of range: allowed [0, 2^32)")
+    limits.check_count("logit_bias", len(req.logit_bias), MAX_LOGIT_BIAS)
+    limits.check_count("stop_token_ids", len(req.stop_token_ids), MAX_STOP_TOKEN_IDS)
+    limits.check_count("stop", len(req.stop), MAX_STOP_STRINGS, "strings")
 
 
 def sampling_params(req: pb.GenerateRequest, seed: int) -> SamplingParams:
@@ -83,10 +77,7 @@ def sampling_params(req: pb.GenerateRequest, seed: int) -> SamplingParams:
     kwargs = {name: getattr(req, name) for name in OPTIONAL_SAMPLING_FIELDS if req.HasField(name)}
     if req.logit_bias:
         kwargs["logit_bias"] = dict(sorted(req.logit_bias.items()))
-    try:
-        return SamplingParams(seed=seed, **kwargs)
-    except (ValueError, TypeError) as exc:  # a constructor check names the field first
-        raise InvalidRequest(_field_of(str(exc), "sampling"), str(exc)) from None
+    return SamplingParams(seed=seed, **kwargs)  # the constructor checks nothing: validation does
 
 
 def generation_request(
@@ -123,10 +114,10 @@ def num_samples(req: pb.GenerateRequest) -> int:
 def check_request_id(request_id: str) -> str:
     """The id goes into the log: printable characters only (no newline can forge a log line)."""
     if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequest("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
+        raise ParamError("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
     if not request_id.isprintable():
         bad = next(c for c in request_id if not c.isprintable())
-        raise InvalidRequest("request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only")
+        raise ParamError("request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only")
     return request_id
 
 
@@ -214,7 +205,7 @@ def stream_message(
         logprobs=chunk.logprobs,
         top_logprobs=top_logprobs_pb(chunk.top_logprobs),
         seed=request.sampling.seed,
-        finish_reason=FINISH_TO_PB[chunk.finish_reason] if chunk.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
+        finish_reason=chunk.finish_reason.to_pb() if chunk.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
         prompt_tokens=len(request.prompt_token_ids),
         completion_tokens=chunk.completion_tokens,
         request_id=request.request_id,
@@ -268,7 +259,7 @@ class UnaryAccumulator:
             logprobs=self.logprobs,
             top_logprobs=top_logprobs_pb(self.top),
             seed=req.sampling.seed,
-            finish_reason=FINISH_TO_PB[self.finish_reason or FinishReason.CANCELLED],
+            finish_reason=(self.finish_reason or FinishReason.CANCELLED).to_pb(),
             prompt_tokens=len(req.prompt_token_ids),
             completion_tokens=self.completion_tokens,
             request_id=req.request_id,
@@ -300,7 +291,7 @@ def score_pairs_in(req: pb.ScoreRequest) -> list[tuple]:
     for i, p in enumerate(req.pairs):
         which = p.WhichOneof("pair")
         if which is None:
-            raise InvalidRequest(f"pairs[{i}]", "set one of text or tokens")
+            raise ParamError(f"pairs[{i}]", "set one of text or tokens")
         side = p.text if which == "text" else p.tokens
         pairs.append((side.context, side.continuation) if which == "text" else (list(side.context), list(side.continuation)))
     return pairs
@@ -345,6 +336,9 @@ def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool,
         max_input_chars=max_input_chars,
         max_input_tokens=max_input_tokens,
         max_deadline_seconds=max_deadline,
+        max_stop_strings=MAX_STOP_STRINGS,
+        max_stop_string_chars=MAX_STOP_STRING_CHARS,
+        max_top_logprobs=MAX_TOP_LOGPROBS,
     )
     if prefix_cache is not None:  # the engine's PrefixCache
         stats = prefix_cache.stats

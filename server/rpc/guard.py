@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 import grpc
 
+from seedstream.server.engine.types import ParamError
+
 from .auth import CLIENT_NAME
 from .decoding import MalformedRequest
 from .errors import abort_with, status_for
@@ -99,8 +101,8 @@ class Call:
                     self.rpc, self.client, request.message_type, request.reason)
         if self.metrics is not None:
             self.metrics.observe_request(self.rpc, "INVALID_ARGUMENT", time.monotonic() - self.started, {})
-        await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"request: cannot be parsed as {request.message_type}: {request.reason}")
+        await abort_with(self.context, ParamError("request", f"cannot be parsed as {request.message_type}: {request.reason}"),
+                         self.rpc)
 
     async def failed(self, exc: Exception) -> None:
         self.log_line(status_for(exc)[0].name)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from seedstream.server.engine.types import InvalidRequest
-from seedstream.server.engine.validation import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS  # noqa: F401
+from seedstream.server.engine.types import ParamError
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
 
 CHARS_PER_CONTEXT_TOKEN = 32  # default --max-input-chars = 32 x max_context
 TOKENS_PER_CONTEXT = 16  # default --max-input-tokens = 16 x max_context
-MAX_STOP_STRINGS_ON_WIRE = MAX_STOP_STRINGS  # the engine's own limits, checked before the lists are copied
 MAX_CHAT_MESSAGES = 4096
 
 
@@ -66,17 +64,17 @@ class RequestLimits:
 
 def check_count(field: str, count: int, limit: int, what: str = "entries") -> None:
     if count > limit:
-        raise InvalidRequest(field, f"{count} {what}; allowed at most {limit}")
+        raise ParamError(field, f"{count} {what}; allowed at most {limit}")
 
 
 def check_chars(field: str, count: int, limit: int) -> None:
     if count > limit:
-        raise InvalidRequest(field, f"{count} characters; allowed at most {limit} (--max-input-chars)")
+        raise ParamError(field, f"{count} characters; allowed at most {limit} (--max-input-chars)")
 
 
 def check_tokens(field: str, count: int, limit: int) -> None:
     if count > limit:
-        raise InvalidRequest(field, f"{count} tokens; allowed at most {limit} (--max-input-tokens)")
+        raise ParamError(field, f"{count} tokens; allowed at most {limit} (--max-input-tokens)")
 
 
 def chat_chars(messages) -> int:

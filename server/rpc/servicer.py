@@ -8,14 +8,14 @@ import dataclasses
 import logging
 import math
 import uuid
-from typing import Optional
+from typing import Optional, Sequence
 
 import grpc
 
 from seedstream.server.engine.rolling import rolling_pairs, score_rolling
-from seedstream.server.engine.samples import generate_samples, sample_requests
+from seedstream.server.engine.samples import generate_samples
 from seedstream.server.engine.scoring import MAX_PAIRS, prepare_pairs, score_pairs
-from seedstream.server.engine.types import InvalidRequest
+from seedstream.server.engine.types import ParamError
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
@@ -95,17 +95,13 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         caps, context = self.state.options.limits, engine.info.max_context
         return caps.chars(context), caps.tokens(context)
 
-    def _prompt_ids(self, engine, req) -> list[int]:
+    def _prompt_ids(self, engine, req) -> Sequence[int]:
         which = req.WhichOneof("input")
         if which is None:
-            raise InvalidRequest("input", "set one of prompt, messages or prompt_token_ids")
+            raise ParamError("input", "set one of prompt, messages or prompt_token_ids")
         max_chars, _ = self._caps(engine)
         if which == "prompt_token_ids":
-            ids = req.prompt_token_ids.ids
-            context = engine.info.max_context
-            if len(ids) >= context:  # before copying: a huge list must not cost a copy
-                raise InvalidRequest("prompt", f"{len(ids)} tokens; allowed at most {context - 1} (model context {context})")
-            return list(ids)
+            return req.prompt_token_ids.ids  # copied once, into the request; validation checks its length
         if which == "prompt":
             limits.check_chars("prompt", len(req.prompt), max_chars)
             return engine.tokenize(req.prompt, True)
@@ -118,22 +114,17 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         )
 
     def _prepare(self, engine, req: pb.GenerateRequest, call: Call, seed: int):
-        """One validated engine request per sample (n of them)."""
+        """One validated engine request per sample (n of them), checked before any header is sent."""
         convert.check_wire_counts(req)
         n = convert.num_samples(req)
         queue = engine.config.max_queue
         if n > queue:  # every sample waits in the queue at first: more could never be admitted
-            raise InvalidRequest("n", f"{n} samples; this server holds at most max_queue={queue} waiting requests")
+            raise ParamError("n", f"{n} samples; this server holds at most max_queue={queue} waiting requests")
         prompt_ids = self._prompt_ids(engine, req)
         call.fields["prompt_tokens"] = len(prompt_ids)
         gen = convert.generation_request(req, prompt_ids, seed, call.request_id,
                                          self.state.options.default_max_new_tokens, call.client)
-        requests = sample_requests(gen, n)
-        if len(requests) > 1 and gen.resume_token_ids:
-            raise InvalidRequest("resume_token_ids", "cannot be combined with n > 1: resume one sample at a time "
-                                 "(n = 1 with its sample_index)")
-        engine.validate(requests[0])  # before any header is sent; the samples differ only in sample_index
-        return requests
+        return engine.validate(gen, n)
 
     async def _generation(self, req: pb.GenerateRequest, context, call: Call):
         engine = self.state.ready_engine()
@@ -150,7 +141,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     @guard_unary("Generate")
     async def Generate(self, request, context, call):
         engine, requests = await self._generation(request, context, call)
-        accs = [convert.UnaryAccumulator(r) for r in requests]
+        accs = [convert.UnaryAccumulator(r.request) for r in requests]
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
             async for j, chunk in chunks:
                 call.tokens_arrived(j, len(chunk.token_ids))
@@ -163,10 +154,10 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     async def GenerateStream(self, request, context, call):
         engine, requests = await self._generation(request, context, call)
         await context.send_initial_metadata(
-            (("seedstream-seed", str(requests[0].sampling.seed)), ("seedstream-request-id", call.request_id))
+            (("seedstream-seed", str(requests[0].request.sampling.seed)), ("seedstream-request-id", call.request_id))
         )
         # The prompt echo rides on sample 0's first chunk, which must be the stream's first message.
-        held: Optional[list] = [] if requests[0].prompt_logprobs else None
+        held: Optional[list] = [] if requests[0].request.prompt_logprobs else None
         finishes: dict[int, str] = {}
         done_tokens: dict[int, int] = {}
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
@@ -177,7 +168,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 if chunk.finish_reason is not None:
                     finishes[j] = chunk.finish_reason.value
                 last = chunk.finish_reason is not None
-                req = requests[j]
+                req = requests[j].request
                 message = convert.stream_message(chunk, req, convert.receipt(engine.info, req) if last else None)
                 if held is not None and j != 0:
                     held.append(message)
@@ -216,7 +207,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         max_chars, max_tokens = self._caps(engine)
         which = request.WhichOneof("input")
         if which is None:
-            raise InvalidRequest("input", "set one of text or token_ids")
+            raise ParamError("input", "set one of text or token_ids")
         if which == "text":
             limits.check_chars("text", len(request.text), max_chars)
             ids = engine.tokenize(request.text)
@@ -244,14 +235,14 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         max_chars, max_tokens = self._caps(engine)
         which = request.WhichOneof("input")
         if which is None:
-            raise InvalidRequest("input", "set one of text or messages")
+            raise ParamError("input", "set one of text or messages")
         if which == "text":
             limits.check_chars("text", len(request.text), max_chars)
             special = request.add_special_tokens if request.HasField("add_special_tokens") else True
             ids = engine.tokenize(request.text, special)
         else:
             if request.HasField("add_special_tokens"):
-                raise InvalidRequest("add_special_tokens", "applies to text only; chat rendering decides special tokens")
+                raise ParamError("add_special_tokens", "applies to text only; chat rendering decides special tokens")
             limits.check_chars("messages", limits.chat_chars(request.messages), max_chars)
             ids = _render_chat(engine, convert.chat_messages(request.messages))
         limits.check_tokens(which, len(ids), max_tokens)
@@ -287,10 +278,10 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 def _render_chat(engine, messages: list[dict[str, str]]) -> list[int]:
     try:
         return engine.render_chat(messages)
-    except InvalidRequest:
+    except ParamError:
         raise
     except Exception as exc:  # template errors (unknown role, bad ordering) are the caller's to fix
-        raise InvalidRequest("messages", f"the model's chat template rejected the messages: {exc}") from None
+        raise ParamError("messages", f"the model's chat template rejected the messages: {exc}") from None
 
 
 def _token_texts(engine, ids: list[int]) -> list[str]:

@@ -6,6 +6,8 @@ import dataclasses
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from seedstream.client import (
     CancelledError,
@@ -20,7 +22,7 @@ from seedstream.client import (
     join_chunks,
 )
 from seedstream.client._requests import generate_request, tokenize_request
-from seedstream.client.errors import from_rpc_error
+from seedstream.client.errors import STATUS_DETAILS_KEY, from_rpc_error
 from seedstream.client.types import EffectiveSampling
 from seedstream.v1 import textgen_pb2 as pb
 
@@ -73,14 +75,30 @@ def test_tokenize_request():
 
 
 class _Status(grpc.RpcError):
-    def __init__(self, code, details):
+    """A failed call as grpc hands it over; `field` rides in a google.rpc.BadRequest detail, as a server sends it."""
+
+    def __init__(self, code, details, field=None, trailers=None):
         self._code, self._details = code, details
+        self._trailers = trailers if trailers is not None else _field_trailers(code, details, field)
 
     def code(self):
         return self._code
 
     def details(self):
         return self._details
+
+    def trailing_metadata(self):
+        return self._trailers
+
+
+def _field_trailers(code, details, field):
+    if field is None:
+        return ()
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=details)]))
+    status = status_pb2.Status(code=code.value[0], message=details, details=[detail])
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
 @pytest.mark.parametrize("code, cls", [
@@ -92,12 +110,26 @@ class _Status(grpc.RpcError):
     (grpc.StatusCode.INTERNAL, SeedstreamError),
 ])
 def test_status_codes_map_to_exceptions(code, cls):
-    err = from_rpc_error(_Status(code, "top_p: 3.0 out of range: allowed (0, 1]"))
+    err = from_rpc_error(_Status(code, "top_p: 3.0 out of range: allowed (0, 1]", "top_p"))
     assert type(err) is cls and isinstance(err, SeedstreamError) and err.code == code
     if cls is InvalidArgumentError:
         assert err.field == "top_p"
     if cls is DeadlineExceededError:
         assert isinstance(err, TimeoutError)
+
+
+def test_field_comes_from_the_detail_never_from_the_text():
+    message = "top_p: 3.0 out of range: allowed (0, 1]"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(_Status(code, message, "messages[2].role")).field == "messages[2].role"
+    assert from_rpc_error(_Status(code, message)).field is None  # no detail: no guessing from the text
+    assert from_rpc_error(_Status(code, message, trailers=((STATUS_DETAILS_KEY, b"\xff\xff"),))).field is None
+    other = any_pb2.Any()
+    other.Pack(error_details_pb2.RetryInfo())
+    unrelated = status_pb2.Status(code=code.value[0], message=message, details=[other]).SerializeToString()
+    assert from_rpc_error(_Status(code, message, trailers=(("x-other", b"1"), (STATUS_DETAILS_KEY, unrelated)))).field is None
+    err = from_rpc_error(_Status(code, message, "top_p"))
+    assert str(err) == message and err.details == message  # the text is the server's, unchanged
 
 
 def _receipt(**changes) -> Receipt:

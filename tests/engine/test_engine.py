@@ -6,7 +6,7 @@ import random
 import pytest
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import FinishReason, GenerationRequest, InvalidRequest, Overloaded
+from seedstream.server.engine import FinishReason, GenerationRequest, ParamError, Overloaded
 
 run = asyncio.run
 
@@ -21,7 +21,7 @@ def _chat(engine, text):
 async def _collect(engine, request, delay=0.0):
     await asyncio.sleep(delay)
     tokens, logprobs, text, finish = [], [], "", None
-    async for chunk in engine.generate(request):
+    async for chunk in engine.generate(engine.validate(request)[0]):
         tokens += chunk.token_ids
         logprobs += chunk.logprobs
         text += chunk.text
@@ -129,7 +129,7 @@ def test_cancelled_request_frees_its_slot(engine_factory):
         await engine.start()
         try:
             long = GenerationRequest(_chat(engine, "Write a long essay."), params, max_new_tokens=4000, ignore_eos=True)
-            stream = engine.generate(long)
+            stream = engine.generate(engine.validate(long)[0])
             await stream.__anext__()
             await stream.aclose()  # the caller goes away
             short = GenerationRequest(_chat(engine, "Hi"), params, max_new_tokens=4, ignore_eos=True)
@@ -214,12 +214,12 @@ def test_full_queue_is_rejected_at_once(engine_factory):
         await engine.start()
         try:
             req = GenerationRequest(_chat(engine, "Write."), params, max_new_tokens=200, ignore_eos=True)
-            first = engine.generate(req)
+            first = engine.generate(engine.validate(req)[0])
             await first.__anext__()  # running
             second = asyncio.ensure_future(_collect(engine, req))  # waiting
             await asyncio.sleep(0.05)
             with pytest.raises(Overloaded):
-                await engine.generate(req).__anext__()
+                await engine.generate(engine.validate(req)[0]).__anext__()
             await first.aclose()
             second.cancel()
         finally:
@@ -241,6 +241,6 @@ def test_invalid_requests_name_the_field(engine_factory, change, field):
     engine = engine_factory()
     base = dict(prompt_token_ids=(1, 2, 3), sampling=SamplingParams(seed=1), max_new_tokens=10)
     base.update(change)
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(ParamError) as err:
         engine.validate(GenerationRequest(**base))
     assert err.value.field == field and field in str(err.value)

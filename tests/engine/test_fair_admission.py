@@ -20,7 +20,7 @@ def _request(engine, i: int, client: str, max_new_tokens: int = 6) -> Generation
 
 async def _tokens(engine, request) -> list[int]:
     out = []
-    async for chunk in engine.generate(request):
+    async for chunk in engine.generate(engine.validate(request)[0]):
         out += chunk.token_ids
     return out
 
@@ -43,7 +43,7 @@ def test_round_robin_over_clients_changes_no_token(engine_factory):
             reqs = {name: _request(engine, i, name[0]) for i, name in enumerate(names)}
             solo = {name: await _tokens(engine, r) for name, r in reqs.items()}
 
-            blocker = engine.generate(_request(engine, 99, "a", max_new_tokens=4000))
+            blocker = engine.generate(engine.validate(_request(engine, 99, "a", max_new_tokens=4000))[0])
             await blocker.__anext__()  # running: everything else waits
             order: list[str] = []
 

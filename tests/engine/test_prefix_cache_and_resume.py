@@ -8,7 +8,7 @@ import random
 import pytest
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import Engine, EngineConfig, GenerationRequest, InvalidRequest, ScoreRequest
+from seedstream.server.engine import Engine, EngineConfig, GenerationRequest, ParamError, ScoreRequest
 
 run = asyncio.run
 SYSTEM = tuple(range(1000, 1000 + 180))  # a shared "system prompt": 11 whole cache blocks and a bit
@@ -23,7 +23,7 @@ def make(weights):
 
 async def _stream(engine, request):
     chunks = []
-    async for chunk in engine.generate(request):
+    async for chunk in engine.generate(engine.validate(request)[0]):
         chunks.append(chunk)
     return chunks
 
@@ -56,7 +56,7 @@ def _workload(rng):
 
 
 async def _workload_results(engine, gens, scores, together):
-    jobs = [_stream(engine, g) for g in gens] + [engine.score(s) for s in scores]
+    jobs = [_stream(engine, g) for g in gens] + [engine.score(engine.validate_score(s)) for s in scores]
     results = await asyncio.gather(*jobs) if together else [await job for job in jobs]
     return [_tokens(r) for r in results[:len(gens)]] + [(r.logprobs, r.greedy_ids) for r in results[len(gens):]]
 
@@ -91,7 +91,7 @@ def test_multiple_choice_computes_each_context_once(make):
     pairs = [ScoreRequest(context, (50 + i, 60 + i)) for i in range(4)]
 
     async def work():
-        return await asyncio.gather(*(engine.score(p) for p in pairs))
+        return await asyncio.gather(*(engine.score(engine.validate_score(p)) for p in pairs))
 
     results = run(_served(engine, work))
     reusable = (len(context) - 1) // 16 * 16  # whole blocks before the first scored row
@@ -144,11 +144,11 @@ def test_resume_mismatch_names_the_first_differing_token(make):
         tokens = _tokens(await _stream(engine, request))
         wrong = tokens[:5]
         wrong[3] = (wrong[3] + 1) % 49152
-        with pytest.raises(InvalidRequest) as err:
+        with pytest.raises(ParamError) as err:
             await _stream(engine, dataclasses.replace(request, resume_token_ids=tuple(wrong)))
         other_seed = dataclasses.replace(request, sampling=SamplingParams(temperature=1.0, seed=10),
                                          resume_token_ids=tuple(tokens[:5]))
-        with pytest.raises(InvalidRequest) as err2:
+        with pytest.raises(ParamError) as err2:
             await _stream(engine, other_seed)
         return err.value, err2.value
 
@@ -166,6 +166,6 @@ def test_resume_validation(make, resume, max_new, message):
     engine = make()
     request = GenerationRequest((5, 6, 7), SamplingParams(seed=1), max_new_tokens=max_new, stop_token_ids=(2,),
                                 resume_token_ids=resume)
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(ParamError) as err:
         engine.validate(request)
     assert err.value.field == "resume_token_ids" and message in str(err.value)

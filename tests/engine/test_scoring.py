@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import GenerationRequest, InvalidRequest, ScoreRequest
+from seedstream.server.engine import GenerationRequest, ParamError, ScoreRequest
 from seedstream.server.engine.loader import default_model_path
 
 PAIRS = [
@@ -57,8 +57,8 @@ def test_scores_match_transformers_and_do_not_depend_on_concurrency(engine_facto
         await engine.start()
         try:
             requests = [ScoreRequest(*map(tuple, engine.encode_pair(c, x))) for c, x in PAIRS]
-            one_by_one = [await engine.score(r) for r in requests]
-            together = await asyncio.gather(*(engine.score(r) for r in requests))
+            one_by_one = [await engine.score(engine.validate_score(r)) for r in requests]
+            together = await asyncio.gather(*(engine.score(engine.validate_score(r)) for r in requests))
             return requests, one_by_one, together
         finally:
             await engine.stop()
@@ -93,8 +93,8 @@ def test_prompt_echo_logprobs_equal_scores(engine_factory):
         await engine.start()
         try:
             req = GenerationRequest(prompt, SamplingParams(temperature=0.0, seed=0), max_new_tokens=1, prompt_logprobs=True)
-            first = [c async for c in engine.generate(req)][0]
-            score = await engine.score(ScoreRequest(prompt[:1], prompt[1:]))
+            first = [c async for c in engine.generate(engine.validate(req)[0])][0]
+            score = await engine.score(engine.validate_score(ScoreRequest(prompt[:1], prompt[1:])))
             return first.prompt_logprobs, score
         finally:
             await engine.stop()
@@ -110,10 +110,10 @@ def test_invalid_score_requests_name_the_field(engine_factory):
     async def scenario():
         await engine.start()
         try:
-            with pytest.raises(InvalidRequest, match="continuation"):
-                await engine.score(ScoreRequest((1, 2), ()))
-            with pytest.raises(InvalidRequest, match="context"):
-                await engine.score(ScoreRequest((10**7,), (1,)))
+            with pytest.raises(ParamError, match="continuation"):
+                await engine.score(engine.validate_score(ScoreRequest((1, 2), ())))
+            with pytest.raises(ParamError, match="context"):
+                await engine.score(engine.validate_score(ScoreRequest((10**7,), (1,))))
         finally:
             await engine.stop()
 

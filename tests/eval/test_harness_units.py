@@ -101,7 +101,7 @@ class FakeClient:
             return SimpleNamespace(text="from ids", receipt=None)
         time.sleep(0.05 if prompt.endswith("0") else 0.001)
         if len(prompt) > 100:
-            raise InvalidArgumentError("prompt: too long")
+            raise InvalidArgumentError("prompt: too long", field="prompt")
         return SimpleNamespace(text=f"{prompt}|{kw['seed']}|{kw['sample_index']}\nrest", receipt=None)
 
     def tokenize(self, text):
@@ -160,7 +160,7 @@ def test_retries_on_unavailable_and_overloaded_then_gives_up():
     lm.client = fake
     with pytest.raises(OverloadedError):
         lm.generate_until([_gen("x")])
-    fake = FakeClient([InvalidArgumentError("temperature: bad")])
+    fake = FakeClient([InvalidArgumentError("temperature: bad", field="temperature")])
     lm = SeedstreamLM(client=FakeClient(), backoff=0.001)
     lm.client = fake
     with pytest.raises(InvalidArgumentError):  # not retried
@@ -173,6 +173,23 @@ def test_over_long_prompts_keep_their_last_tokens():
     lm.generate_until([_gen("y" * 200, max_gen_toks=10)])
     prompt, kw = fake.calls[-1]
     assert prompt is None and kw["prompt_token_ids"] == list(range(200))[-(64 - 10):]
+
+
+def test_stop_limits_come_from_the_server():
+    class Limited(FakeClient):
+        def model_info(self):
+            info = super().model_info()
+            info.max_stop_strings, info.max_stop_string_chars = 2, 3
+            return info
+
+    until = ["a", "rest", "bb", "c", "d"]
+    fake = Limited()
+    [out] = _lm(fake).generate_until([_gen("x", until=until)])
+    assert fake.calls[-1][1]["stop"] == ["a", "bb"]  # at most 3 characters each, at most 2 of them
+    assert out.startswith("x|") and out.endswith("|0\n")  # "rest" still applies, after the fact
+    fake = FakeClient()  # a server that reports no limits: the protocol's
+    _lm(fake).generate_until([_gen("x", until=[str(i) for i in range(20)] + ["z" * 300])])
+    assert fake.calls[-1][1]["stop"] == [str(i) for i in range(16)]
 
 
 def test_unknown_model_args_are_rejected():

@@ -19,6 +19,7 @@ from seedstream.client import (
     OverloadedError,
     UnavailableError,
 )
+from seedstream.client.errors import field_of
 from seedstream.v1 import textgen_pb2 as pb
 from svc_helpers import idle, wait_for
 
@@ -68,6 +69,7 @@ def test_invalid_argument_names_the_field(stub, case, rpc):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = info.value.details()
     assert details.startswith(field), details
+    assert field_of(info.value) == field  # the status's BadRequest detail names it too
     if case == "prompt-too-long":
         assert "at most" in details and "9000" in details, details
     if field not in ("input", "prompt", "messages", "messages[0].role", "stop", "request_id"):
