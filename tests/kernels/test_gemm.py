@@ -65,3 +65,20 @@ def test_shapes_the_kernels_cannot_take_are_refused():
         packing.pack_from_float(random_weights(24, 64), "q8_0")
     with pytest.raises(ValueError, match="columns of 32"):
         packing.pack_from_float(random_weights(32, 48), "f32")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_instruction_set_gives_the_same_bits_at_every_row_count(kernels_for, fmt):
+    """Each build has its own register tiling (rows per kernel call differ between AVX-512, AVX2 and the
+    scalar build); every row count, through each build's paths, gives the same bits."""
+    from seedstream.server.kernels import available_isas
+
+    w = random_weights(960, 576, seed=7)
+    matrix = packing.pack_from_float(w, fmt).desc()
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((40, 576)).astype(np.float32))
+    isas = available_isas()
+    assert len(isas) >= 2, "at least one SIMD build and the scalar reference"
+    for m in (1, 2, 3, 4, 5, 7, 9, 12, 16, 17, 25, 32, 40):
+        outs = {isa: kernels_for(isa=isa).gemm(matrix, x[:m]) for isa in isas}
+        for isa, got in outs.items():
+            assert torch.equal(got, outs[isas[0]]), f"M={m}: {isa} differs from {isas[0]}"
