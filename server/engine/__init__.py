@@ -7,7 +7,6 @@ from .types import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
-    InvalidRequest,
     ModelInfo,
     NotReady,
     Overloaded,
@@ -19,6 +18,6 @@ from .types import (
 
 __all__ = [
     "Engine", "EngineConfig", "load_engine", "EngineError", "FinishReason", "GenerationChunk",
-    "GenerationRequest", "InvalidRequest", "ModelInfo", "NotReady", "Overloaded", "ParamError", "ScoreRequest", "ScoreResult",
+    "GenerationRequest", "ModelInfo", "NotReady", "Overloaded", "ParamError", "ScoreRequest", "ScoreResult",
     "TopLogprob",
 ]

@@ -1,4 +1,4 @@
-"""The engine: admission, continuous batching loop, stopping, and streaming results back."""
+"""The engine: the request queues and the step loop (a thread), wiring the scheduler and the runner."""
 
 from __future__ import annotations
 
@@ -10,23 +10,22 @@ from typing import AsyncIterator, Callable, Optional
 
 import torch
 
-from seedstream.sampler import SAMPLER_VERSION, sample
+from seedstream.sampler import SAMPLER_VERSION
 
 from .backends import build_model
 from .admission import FairQueue
-from .chat import render_chat_ids
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, Segment, describe
-from .prefix_cache import BLOCK_TOKENS, PrefixCache
-from .resume import check_resumed
-from .sequence import Sequence_, StepBatch
+from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, describe
+from .prefix_cache import PrefixCache
+from .runner import ModelRunner
+from .scheduler import StepBudget, admit, kv_tokens, plan_step
+from .sequence import EngineSequence, SequenceKind
+from .text import TextCodec
 from .types import (
     EngineError,
-    FinishReason,
     GenerationChunk,
     GenerationRequest,
-    InvalidRequest,
     ModelInfo,
     NotReady,
     Overloaded,
@@ -53,6 +52,7 @@ class Engine:
         forward_tag = getattr(self.model, "version_tag", None) or f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}"
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
+        self.text = TextCodec(self.tokenizer, self.eos_token_ids)
         self.info = ModelInfo(
             model_id=weights.model_id,
             model_sha256=weights.content_sha256,
@@ -67,13 +67,14 @@ class Engine:
         )
         self._lock = threading.Condition()
         self._waiting = FairQueue()  # per-client FIFOs, admitted round-robin
-        self._running: list[Sequence_] = []
+        self._running: list[EngineSequence] = []
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.failure: Optional[BaseException] = None  # what killed the engine thread, if anything did
         self._death_callbacks: list = []
-        self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
+        self.budget = StepBudget.from_config(config, self.info.max_context)
+        self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
         # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
         self.step_listeners: list[Callable[[float, int], None]] = []
         log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
@@ -82,41 +83,24 @@ class Engine:
         log.info("KV-cache budget: %d token positions (about %.1f GiB)", config.max_kv_tokens,
                  config.max_kv_tokens * per_token / 2**30)
 
-    # --- text helpers (the RPC layer turns text and chat into token ids through these)
+    # --- text (the RPC layer turns text and chat into token ids through these; text.py does the work)
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        return self.text.tokenize(text, add_special_tokens)
 
     def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidRequest("messages", "this model has no chat template; send a prompt instead")
-        return render_chat_ids(self.tokenizer, messages)  # message content stays text (chat.py)
+        return self.text.render_chat(messages)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Token ids of a (context, continuation) pair, split the way lm-evaluation-harness does.
-
-        Trailing whitespace of the context moves to the continuation; the pair is
-        encoded whole and split at the context's token count, so BPE merges across
-        the boundary match what the model sees. An empty context becomes the
-        model's prefix token (BOS, else EOS).
-        """
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        if not context:
-            return [self.prefix_token_id], self.tokenize(continuation)
-        whole = self.tokenize(context + continuation)
-        split = len(self.tokenize(context))
-        return whole[:split], whole[split:]
+        """Token ids of a (context, continuation) pair, split the way lm-evaluation-harness does."""
+        return self.text.encode_pair(context, continuation)
 
     @property
     def prefix_token_id(self) -> int:
-        """The token an empty context becomes (lm-evaluation-harness's rule): BOS, else the lowest EOS."""
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        return bos if bos is not None else min(self.eos_token_ids)
+        return self.text.prefix_token_id
 
     def decode(self, token_ids) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.text.decode(token_ids)
 
     def validate(self, request: GenerationRequest, n: int = 1, echo_every_sample: bool = False) -> tuple[ValidRequest, ...]:
         """The n samples of `request`, checked once (validation.validate_generation): what generate() runs."""
@@ -173,17 +157,22 @@ class Engine:
         with self._lock:
             running = [s for s in self._running if not s.finished]
             return {"used": sum(s.cache.length for s in running),
-                    "reserved": sum(self._kv_tokens(s) for s in running),
+                    "reserved": sum(kv_tokens(s, self.info.max_context) for s in running),
                     "budget": self.config.max_kv_tokens}
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens computed so far (shared prefills count once)."""
+        return self.runner.prefill_tokens
 
     # --- requests
 
     async def generate(self, valid: ValidRequest) -> AsyncIterator[GenerationChunk]:
         """Stream a validated request's chunks; closing the iterator early cancels the sequence."""
         request = require(valid, ValidRequest).request
-        # A resumed stream already got its prompt logprobs with its first token.
-        score_from = 1 if request.prompt_logprobs and not request.resume_token_ids else None
-        seq = self._new_sequence(request.prompt_token_ids, request, score_from)
+        self._check_running()
+        seq = EngineSequence.generation(request, self.model.new_cache(), asyncio.get_running_loop(), self.text,
+                                        self.eos_token_ids, self.info.max_context)
         async for item in self._follow(seq, request.client):
             yield item
             if item.finish_reason is not None:
@@ -192,18 +181,17 @@ class Engine:
     async def score(self, valid: ValidScore) -> ScoreResult:
         """Log-likelihood of a validated continuation given its context, computed in the shared batch."""
         request = require(valid, ValidScore).request
-        prompt = request.context_ids + request.continuation_ids
-        seq = self._new_sequence(prompt, None, len(request.context_ids))
+        self._check_running()
+        seq = EngineSequence.scoring(request, self.model.new_cache(), asyncio.get_running_loop())
         async for result in self._follow(seq, request.client):
             return result
         raise EngineError("scoring ended without a result")
 
-    def _new_sequence(self, prompt, request: Optional[GenerationRequest], score_from: Optional[int]) -> Sequence_:
+    def _check_running(self) -> None:
         if not self.running:
             raise NotReady("the engine is not running")
-        return Sequence_(prompt, request, self.model.new_cache(), self.tokenizer, asyncio.get_running_loop(), score_from)
 
-    async def _follow(self, seq: Sequence_, client: str):
+    async def _follow(self, seq: EngineSequence, client: str):
         """Queue `seq` and yield what the engine posts for it; cancel it if the caller leaves."""
         with self._lock:
             if self.failure is not None:
@@ -270,51 +258,16 @@ class Engine:
                 self._running.clear()
 
     def _admit(self) -> None:
-        """Move waiting sequences into free slots within the KV-cache budget: round-robin over clients,
-    oldest first within a client."""
-        self._waiting.remove_if(lambda s: s.cancelled)
-        reserved = sum(self._kv_tokens(s) for s in self._running)
-        while self._waiting and len(self._running) < self.config.max_batch_size:
-            need = self._kv_tokens(self._waiting.peek())
-            if self._running and reserved + need > self.config.max_kv_tokens:
-                break  # in turn: the next request waits for room rather than being overtaken
-            reserved += need
-            self._running.append(self._waiting.pop())
-
-    def _kv_tokens(self, seq: Sequence_) -> int:
-        """KV positions `seq` may come to hold: its prompt plus every token it may generate."""
-        new = seq.request.max_new_tokens if seq.request is not None else 0
-        return min(len(seq.prompt) + new, self.info.max_context)
+        """Move waiting sequences into free slots (scheduler.admit); called with the lock held."""
+        admit(self._running, self._waiting, self.budget)
 
     def _step(self) -> None:
         started = time.perf_counter()
-        batch = self._plan()
-        if batch.segments:
-            logits = self.model.forward(
-                torch.tensor(batch.token_ids, device=self.device),
-                torch.tensor(batch.positions, device=self.device),
-                batch.segments,
-                torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
-                batch.decode_rows,
-            )
-            for donor, child in batch.forks:  # after the forward: the donor's cache holds the prompt
-                child.cache.copy_from(donor.cache)
-            self.prefill_tokens += batch.prefill_tokens
-            for seq in batch.prefilled:
-                self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, seq.prefilled)
-            if batch.checks:
-                check_resumed(logits, batch.checks, self.eos_token_ids)
-            for seq in batch.sampled:
-                if seq.resume_ids and not seq.output_ids and not seq.finished:
-                    problem = seq.start_after_resume()
-                    if problem is not None:
-                        seq.fail(InvalidRequest("resume_token_ids", problem))
-            if batch.scored:
-                self._score(logits, batch)
-            if batch.sampled:
-                self._sample_and_emit(logits[batch.sample_rows], batch)
+        batch = plan_step(self._running, self.budget, self.prefix_cache)
+        if batch.runs:
+            self.runner.run(batch)
         for seq in self._running:
-            if seq.request is None and seq.prefill_done and not seq.finished:
+            if seq.kind is SequenceKind.SCORE and seq.prefill_done and not seq.finished:
                 seq.finish_scoring()
         with self._lock:
             self._running = [s for s in self._running if not s.finished]
@@ -324,116 +277,6 @@ class Engine:
                 listener(elapsed, len(batch.token_ids))
             except Exception:  # an observer must never fail the batch
                 log.exception("step listener failed")
-
-    def _plan(self) -> StepBatch:
-        """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget."""
-        batch = StepBatch()
-        budget = self.config.max_step_tokens
-        for seq in self._running:
-            if seq.cancelled:
-                seq.finish_cancelled()
-            elif seq.prefill_done:
-                batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
-                budget -= 1
-        batch.decode_rows = len(batch.token_ids)
-        prefilling = {s.prompt_key for s in self._running if s.request is not None and 0 < s.prefilled < len(s.prefill_ids)
-                      and not s.finished}
-        computing: set[bytes] = set()  # prefix blocks this step computes
-        for seq in self._running:
-            if seq.finished or seq.prefill_done:
-                continue
-            if seq.prefilled == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
-                continue  # a sequence with (probably) this prompt is part way through: wait to fork it
-            if self._reuse_prefix(seq, computing):
-                continue  # another sequence computes this prefix now: take it from the cache next step
-            start = seq.prefilled
-            # Chunks end at multiples of prefill_chunk: a tuning knob only (prefill equals decode).
-            end = min(len(seq.prefill_ids), (start // self.config.prefill_chunk + 1) * self.config.prefill_chunk)
-            if end - start > budget:
-                continue  # next step; the chunk itself is the same whenever it runs
-            batch.add(seq, seq.prefill_ids[start:end], start, score=seq.score_positions(start, end),
-                      sample=(end == len(seq.prefill_ids) and seq.request is not None),
-                      check=seq.resume_positions(start, end))
-            batch.prefilled.append(seq)
-            seq.prefilled = end
-            budget -= end - start
-            batch.prefill_tokens += end - start
-            self.prefix_cache.count(0, end - start)
-            computing.update(seq.block_hashes()[start // BLOCK_TOKENS:end // BLOCK_TOKENS])
-            if seq.request is not None and end < len(seq.prefill_ids):
-                prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
-            elif seq.request is not None:
-                self._fork_same_prompt(seq, batch)
-        return batch
-
-    def _reuse_prefix(self, seq: Sequence_, computing: set[bytes]) -> bool:
-        """Copy the longest cached prefix of `seq`'s prefill into its cache. True when its next block
-        is being computed this step by another sequence (it should wait one step and reuse it)."""
-        cache = self.prefix_cache
-        if not cache.enabled:
-            return False
-        start, limit = seq.prefilled, seq.reuse_limit()
-        end = cache.lookup(seq.prefill_ids, seq.block_hashes(), start, limit)
-        if end > start:
-            cache.copy_into(seq.cache, seq.block_hashes(), start, end)
-            cache.count(end - start, 0)
-            seq.cached_tokens += end - start
-            seq.prefilled = end
-        nxt = end // BLOCK_TOKENS
-        return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes()[nxt] in computing
-
-    def _fork_same_prompt(self, donor: Sequence_, batch: StepBatch) -> None:
-        """Sequences not started yet with exactly `donor`'s prompt share its prefill (e.g. n samples).
-
-        The prefill is deterministic and batch-invariant, so the copied cache and the shared logits
-        row are bit for bit what each sequence would have computed itself.
-        """
-        for other in self._running:
-            if (other is not donor and other.prefilled == 0 and not other.finished and _can_fork(other)
-                    and other.prompt_key == donor.prompt_key and other.prompt == donor.prompt):
-                batch.fork(donor, other)
-
-    def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
-        rows = logits[batch.score_rows]  # [S, V]
-        logprobs = torch.log_softmax(rows, dim=-1)
-        targets = torch.tensor(batch.score_targets, device=rows.device)
-        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
-        # Echo with top_logprobs (the OpenAI completions form) also wants the prompt's top alternatives.
-        top_n = max((s.request.top_logprobs for s in batch.scored if s.request is not None), default=0)
-        top = logprobs.topk(top_n, dim=-1) if top_n else None
-        for i, (seq, lp, g) in enumerate(zip(batch.scored, chosen, greedy)):
-            seq.prompt_logprobs.append(lp)
-            seq.prompt_greedy.append(g)
-            if top is not None and seq.request is not None and seq.request.top_logprobs:
-                seq.prompt_top.append((top.indices[i].tolist(), top.values[i].tolist()))
-
-    def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
-        keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check
-        seqs = [batch.sampled[i] for i in keep]
-        if not seqs:
-            return
-        logits = logits[keep] if len(keep) < len(batch.sampled) else logits
-        penalties = any(_uses_penalties(s.request.sampling) for s in seqs)
-        result = sample(
-            logits,
-            [s.request.sampling for s in seqs],
-            [len(s.output_ids) for s in seqs],
-            prompt_token_ids=[s.prompt for s in seqs] if penalties else None,
-            output_token_ids=[s.output_ids for s in seqs] if penalties else None,
-            sample_indices=[s.request.sample_index for s in seqs],
-            suppress_token_ids=[s.suppressed_ids(self.eos_token_ids) for s in seqs],
-            top_n=max(s.request.top_logprobs for s in seqs),
-        )
-        token_ids = result.token_ids.tolist()
-        logprobs = result.logprobs.tolist()
-        if any(s.request.logprobs_mode == "processed" for s in seqs):
-            processed = result.processed_logprobs.tolist()
-            logprobs = [p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)]
-        top_ids = result.top_token_ids.tolist()
-        top_lps = result.top_logprobs.tolist()
-        for i, seq in enumerate(seqs):
-            seq.accept(token_ids[i], logprobs[i], top_ids[i], top_lps[i], self.eos_token_ids, self.info.max_context)
 
 
 def load_engine(config: Optional[EngineConfig] = None, progress: Optional[ProgressFn] = None) -> Engine:
@@ -446,12 +289,3 @@ def load_engine(config: Optional[EngineConfig] = None, progress: Optional[Progre
     engine = Engine(weights, config)
     (progress or log.info)(f"engine ready in {time.monotonic() - started:.1f}s")
     return engine
-
-
-def _uses_penalties(params) -> bool:
-    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-
-
-def _can_fork(seq: Sequence_) -> bool:
-    """A generation that needs no prompt logprobs of its own can take another's prefill."""
-    return seq.request is not None and seq.score_from is None and not seq.resume_ids

@@ -1,30 +1,39 @@
-"""One sequence's state inside the engine, and the packed rows of one step."""
+"""One sequence's state inside the engine: a generation or a score, from admission to its last result."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import enum
 import time
 from typing import Optional, Sequence
 
-from .detokenizer import IncrementalText
 from .kv_cache import SequenceKVCache
-from .model import Segment
 from .prefix_cache import BLOCK_TOKENS, chain_hashes
-from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreResult, TopLogprob
+from .stopping import StopCondition
+from .text import IncrementalText, TextCodec
+from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreRequest, ScoreResult, TopLogprob
 
 
-class Sequence_:
+class SequenceKind(enum.Enum):
+    GENERATE = "generate"  # samples tokens after its prompt and streams chunks
+    SCORE = "score"  # only wants the logprobs of its prompt from score_from on; one ScoreResult
+
+
+class EngineSequence:
     """A request being served: prompt, generated tokens, cache, and its outbox to the caller.
 
-    A generation has a `request`; a scoring sequence has none and only wants
-    the logprobs of its prompt from `score_from` on. The engine thread mutates
-    it; the caller's event loop only reads `outbox` and sets `cancelled`.
+    A generation has its `request` and `stop` rules; a score has neither. The engine
+    thread mutates it; the caller's event loop only reads `outbox` and sets `cancelled`.
     """
 
-    def __init__(self, prompt: Sequence[int], request: Optional[GenerationRequest], cache: SequenceKVCache,
-                 tokenizer, loop: asyncio.AbstractEventLoop, score_from: Optional[int] = None):
+    def __init__(self, kind: SequenceKind, prompt: Sequence[int], cache: Optional[SequenceKVCache],
+                 loop: asyncio.AbstractEventLoop, request: Optional[GenerationRequest] = None,
+                 score_from: Optional[int] = None, codec: Optional[TextCodec] = None,
+                 stop: Optional[StopCondition] = None):
+        self.kind = kind
         self.request = request
+        self.stop = stop
+        self.codec = codec
         self.prompt = list(prompt)
         # Tokens the caller already holds (a resumed stream): prefilled after the prompt, each one
         # checked against what the seed produces, then generation goes on at step len(resume_ids).
@@ -35,8 +44,6 @@ class Sequence_:
         self._block_hashes: Optional[list[bytes]] = None
         self.output_ids: list[int] = []
         self.cache = cache
-        self.tokenizer = tokenizer
-        self.text = IncrementalText(tokenizer, request.stop if request else ())
         self.loop = loop
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.prefilled = 0  # prompt tokens already in the cache
@@ -47,6 +54,20 @@ class Sequence_:
         self.cancelled = False
         self.finished = False
         self.created = time.monotonic()
+
+    @classmethod
+    def generation(cls, request: GenerationRequest, cache: Optional[SequenceKVCache], loop: asyncio.AbstractEventLoop,
+                   codec: TextCodec, eos_token_ids: frozenset[int], max_context: int) -> "EngineSequence":
+        # A resumed stream already got its prompt logprobs with its first token.
+        score_from = 1 if request.prompt_logprobs and not request.resume_token_ids else None
+        stop = StopCondition(request, eos_token_ids, max_context, IncrementalText(codec, request.stop))
+        return cls(SequenceKind.GENERATE, request.prompt_token_ids, cache, loop, request, score_from, codec, stop)
+
+    @classmethod
+    def scoring(cls, request: ScoreRequest, cache: Optional[SequenceKVCache],
+                loop: asyncio.AbstractEventLoop) -> "EngineSequence":
+        prompt = request.context_ids + request.continuation_ids
+        return cls(SequenceKind.SCORE, prompt, cache, loop, score_from=len(request.context_ids))
 
     def block_hashes(self) -> list[bytes]:
         if self._block_hashes is None:
@@ -73,10 +94,9 @@ class Sequence_:
     def start_after_resume(self) -> Optional[str]:
         """The checked resumed tokens become the output so far; None, or why the stream could not go on."""
         self.output_ids = list(self.resume_ids)
-        for i, token in enumerate(self.resume_ids):
-            self.text.add(token, check_stop=i + 1 >= self.request.min_new_tokens)
-            if self.text.stopped_at is not None:
-                return f"resume_token_ids[{i}]: a stop string ends the stream there; a finished stream cannot be resumed"
+        i = self.stop.replay(self.resume_ids)
+        if i is not None:
+            return f"resume_token_ids[{i}]: a stop string ends the stream there; a finished stream cannot be resumed"
         return None
 
     def score_positions(self, start: int, end: int) -> range:
@@ -98,35 +118,12 @@ class Sequence_:
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output_ids)
 
-    def suppressed_ids(self, eos_ids: frozenset[int]) -> list[int]:
-        """Tokens that may not be sampled yet: EOS and stop tokens before min_new_tokens."""
-        if len(self.output_ids) >= self.request.min_new_tokens:
-            return []
-        ids = set(self.request.stop_token_ids)
-        if not self.request.ignore_eos:
-            ids |= eos_ids
-        return sorted(ids)
-
-    def accept(self, token_id: int, logprob: float, top_ids: list[int], top_lps: list[float],
-               eos_ids: frozenset[int], max_context: int) -> None:
+    def accept(self, token_id: int, logprob: float, top_ids: list[int], top_lps: list[float]) -> None:
         """Append a sampled token, apply the stop conditions and emit a chunk."""
         req = self.request
         self.output_ids.append(token_id)
-        finish = None
-        text = ""
-        if token_id in req.stop_token_ids:
-            finish = FinishReason.STOP_TOKEN
-        elif token_id in eos_ids and not req.ignore_eos:
-            finish = FinishReason.EOS
-        else:
-            text = self.text.add(token_id, check_stop=len(self.output_ids) >= req.min_new_tokens)
-            if self.text.stopped_at is not None:
-                finish = FinishReason.STOP_STRING
-        if finish is None and (len(self.output_ids) >= req.max_new_tokens or self.num_tokens >= max_context):
-            finish = FinishReason.LENGTH
-        if finish is not None:
-            text += self.text.finish()
-        top = [TopLogprob(t, self.tokenizer.decode([t]), lp) for t, lp in zip(top_ids[: req.top_logprobs], top_lps)]
+        text, finish = self.stop.accept(token_id, len(self.output_ids), self.num_tokens)
+        top = [TopLogprob(t, self.codec.token_text(t), lp) for t, lp in zip(top_ids[: req.top_logprobs], top_lps)]
         chunk = GenerationChunk(
             token_ids=[token_id],
             text=text,
@@ -141,7 +138,7 @@ class Sequence_:
             chunk.prompt_logprobs = [None] + self.prompt_logprobs
             if req.top_logprobs:
                 chunk.prompt_top_logprobs = [None] + [
-                    [TopLogprob(t, self.tokenizer.decode([t]), lp) for t, lp in zip(ids[: req.top_logprobs], lps)]
+                    [TopLogprob(t, self.codec.token_text(t), lp) for t, lp in zip(ids[: req.top_logprobs], lps)]
                     for ids, lps in self.prompt_top
                 ]
         if finish is not None:
@@ -149,7 +146,7 @@ class Sequence_:
         self._post(chunk)
 
     def finish_cancelled(self) -> None:
-        if self.request is None:  # a score has no partial result: its caller gets an error instead
+        if self.kind is SequenceKind.SCORE:  # a score has no partial result: its caller gets an error instead
             self.fail(NotReady("cancelled by the server (shutting down)"))
             return
         self.finished = True
@@ -165,51 +162,3 @@ class Sequence_:
             self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
         except RuntimeError:  # the caller's event loop is gone
             self.cancelled = True
-
-
-@dataclasses.dataclass
-class StepBatch:
-    """Packed rows of one forward step, and which rows' logits are sampled or scored."""
-
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    positions: list[int] = dataclasses.field(default_factory=list)
-    segments: list[Segment] = dataclasses.field(default_factory=list)
-    logit_rows: list[int] = dataclasses.field(default_factory=list)  # packed row -> logits row
-    sampled: list[Sequence_] = dataclasses.field(default_factory=list)
-    sample_rows: list[int] = dataclasses.field(default_factory=list)  # index into logits, per sampled seq
-    scored: list[Sequence_] = dataclasses.field(default_factory=list)  # one entry per scored row
-    score_rows: list[int] = dataclasses.field(default_factory=list)
-    score_targets: list[int] = dataclasses.field(default_factory=list)
-    decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
-    forks: list[tuple[Sequence_, Sequence_]] = dataclasses.field(default_factory=list)  # (donor, child)
-    # Resumed tokens to check: (sequence, index into logits, index into its resume_ids).
-    checks: list[tuple[Sequence_, int, int]] = dataclasses.field(default_factory=list)
-    prefilled: list[Sequence_] = dataclasses.field(default_factory=list)  # sequences with a prefill chunk
-    prefill_tokens: int = 0  # prompt tokens computed this step
-
-    def add(self, seq: Sequence_, tokens: list[int], start: int, score: range = range(0), sample: bool = False,
-            check: range = range(0)) -> None:
-        first_row = len(self.token_ids)
-        self.segments.append(Segment(seq.cache, start, len(tokens)))
-        self.token_ids.extend(tokens)
-        self.positions.extend(range(start, start + len(tokens)))
-        for pos in score:
-            self.score_rows.append(len(self.logit_rows))
-            self.logit_rows.append(first_row + pos - start)
-            self.scored.append(seq)
-            self.score_targets.append(seq.prompt[pos + 1])
-        for pos in check:
-            self.checks.append((seq, len(self.logit_rows), pos - len(seq.prompt) + 1))
-            self.logit_rows.append(first_row + pos - start)
-        if sample:
-            self.sample_rows.append(len(self.logit_rows))
-            self.logit_rows.append(len(self.token_ids) - 1)
-            self.sampled.append(seq)
-
-    def fork(self, donor: Sequence_, child: Sequence_) -> None:
-        """`child` has `donor`'s prompt: it takes the donor's cache after this step's forward and
-        samples its first token from the donor's last logits row (donor must be the last add())."""
-        self.forks.append((donor, child))
-        child.prefilled = len(child.prompt)
-        self.sample_rows.append(self.sample_rows[self.sampled.index(donor)])
-        self.sampled.append(child)

@@ -26,9 +26,6 @@ class ParamError(EngineError, ValueError):
         self.field = field
 
 
-# The old name, kept while other branches still raise it; new code raises ParamError.
-InvalidRequest = ParamError
-
 
 class Overloaded(EngineError):
     """The admission queue is full; retry later."""

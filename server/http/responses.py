@@ -113,7 +113,7 @@ class Choice:
     # --- logprobs
 
     def _token_text(self, token_id: int) -> str:
-        return self.engine.tokenizer.decode([token_id])  # as the engine spells top alternatives
+        return self.engine.text.token_text(token_id)  # as the engine spells top alternatives
 
     def _chunk_logprobs(self, chunk: GenerationChunk):
         if not self.want_logprobs:

@@ -263,7 +263,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return convert.model_info(
             engine.info,
             server_version=self.state.options.server_version,
-            has_chat_template=bool(getattr(engine.tokenizer, "chat_template", None)),
+            has_chat_template=engine.text.has_chat_template,
             max_new_tokens_limit=config.max_new_tokens_limit,
             default_max_new_tokens=self.state.options.default_max_new_tokens,
             max_batch_size=config.max_batch_size,
@@ -286,8 +286,7 @@ def _render_chat(engine, messages: list[dict[str, str]]) -> list[int]:
 
 def _token_texts(engine, ids: list[int]) -> list[str]:
     """Each token's text on its own, special tokens shown (unlike generated text, which omits them)."""
-    decode = engine.tokenizer.decode
-    return [decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False) for t in ids]
+    return engine.text.token_texts(ids)
 
 
 async def _maybe_threaded(size: int, fn, *args):

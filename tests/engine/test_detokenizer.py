@@ -2,7 +2,7 @@
 
 import pytest
 
-from seedstream.server.engine.detokenizer import IncrementalText
+from seedstream.server.engine.text import IncrementalText, TextCodec
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +12,7 @@ def tokenizer(weights):
 
 def _stream(tokenizer, text, stop=()):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    inc = IncrementalText(tokenizer, stop)
+    inc = IncrementalText(TextCodec(tokenizer), stop)
     deltas = []
     for t in ids:
         deltas.append(inc.add(t))

@@ -1,0 +1,123 @@
+"""The runner: one planned step through the model, then the scoring and sampling of its logits rows."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from seedstream.sampler import sample
+
+from .model import Segment
+from .prefix_cache import PrefixCache
+from .scheduler import StepBatch
+from .sequence import SequenceKind
+from .types import ParamError
+
+
+class ModelRunner:
+    """Runs StepBatches on the model; each sequence gets its rows' results (tokens, logprobs, KV)."""
+
+    def __init__(self, model, device: torch.device, prefix_cache: PrefixCache):
+        self.model = model
+        self.device = device
+        self.prefix_cache = prefix_cache
+        self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
+
+    def run(self, batch: StepBatch) -> None:
+        """The forward pass over the batch's rows, then what each sequence asked of its logits rows."""
+        logits = self.model.forward(
+            torch.tensor(batch.token_ids, device=self.device),
+            torch.tensor(batch.positions, device=self.device),
+            [Segment(seq.cache, start, length) for seq, start, length in batch.runs],
+            torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
+            batch.decode_rows,
+        )
+        for donor, child in batch.forks:  # after the forward: the donor's cache holds the prompt
+            child.cache.copy_from(donor.cache)
+        self.prefill_tokens += batch.prefill_tokens
+        for seq in batch.prefilled:
+            self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, seq.prefilled)
+        if batch.checks:
+            check_resumed(logits, batch.checks)
+        for seq in batch.sampled:
+            if seq.resume_ids and not seq.output_ids and not seq.finished:
+                problem = seq.start_after_resume()
+                if problem is not None:
+                    seq.fail(ParamError("resume_token_ids", problem))
+        if batch.scored:
+            self._score(logits, batch)
+        if batch.sampled:
+            self._sample_and_emit(logits[batch.sample_rows], batch)
+
+    def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
+        rows = logits[batch.score_rows]  # [S, V]
+        logprobs = torch.log_softmax(rows, dim=-1)
+        targets = torch.tensor(batch.score_targets, device=rows.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
+        # Echo with top_logprobs (the OpenAI completions form) also wants the prompt's top alternatives.
+        generations = [s for s in batch.scored if s.kind is SequenceKind.GENERATE]
+        top_n = max((s.request.top_logprobs for s in generations), default=0)
+        top = logprobs.topk(top_n, dim=-1) if top_n else None
+        for i, (seq, lp, g) in enumerate(zip(batch.scored, chosen, greedy)):
+            seq.prompt_logprobs.append(lp)
+            seq.prompt_greedy.append(g)
+            if top is not None and seq.kind is SequenceKind.GENERATE and seq.request.top_logprobs:
+                seq.prompt_top.append((top.indices[i].tolist(), top.values[i].tolist()))
+
+    def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
+        keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check
+        seqs = [batch.sampled[i] for i in keep]
+        if not seqs:
+            return
+        logits = logits[keep] if len(keep) < len(batch.sampled) else logits
+        penalties = any(_uses_penalties(s.request.sampling) for s in seqs)
+        result = sample(
+            logits,
+            [s.request.sampling for s in seqs],
+            [len(s.output_ids) for s in seqs],
+            prompt_token_ids=[s.prompt for s in seqs] if penalties else None,
+            output_token_ids=[s.output_ids for s in seqs] if penalties else None,
+            sample_indices=[s.request.sample_index for s in seqs],
+            suppress_token_ids=[s.stop.suppressed_ids(len(s.output_ids)) for s in seqs],
+            top_n=max(s.request.top_logprobs for s in seqs),
+        )
+        token_ids = result.token_ids.tolist()
+        logprobs = result.logprobs.tolist()
+        if any(s.request.logprobs_mode == "processed" for s in seqs):
+            processed = result.processed_logprobs.tolist()
+            logprobs = [p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)]
+        top_ids = result.top_token_ids.tolist()
+        top_lps = result.top_logprobs.tolist()
+        for i, seq in enumerate(seqs):
+            seq.accept(token_ids[i], logprobs[i], top_ids[i], top_lps[i])
+
+
+def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
+    """Sample each checked row at its own step and fail a sequence at its first token that differs
+    (resume.py says why this holds a resumed stream to its seed).
+
+    checks: (sequence, row of `logits`, index i into its resume_ids), rows sampled as step i.
+    """
+    seqs = [seq for seq, _, _ in checks]
+    steps = [i for _, _, i in checks]
+    penalties = any(_uses_penalties(seq.request.sampling) for seq in seqs)
+    result = sample(
+        logits[[row for _, row, _ in checks]],
+        [seq.request.sampling for seq in seqs],
+        steps,
+        prompt_token_ids=[seq.prompt for seq in seqs] if penalties else None,
+        output_token_ids=[seq.resume_ids[:i] for seq, i in zip(seqs, steps)] if penalties else None,
+        sample_indices=[seq.request.sample_index for seq in seqs],
+        suppress_token_ids=[seq.stop.suppressed_ids(i) for seq, i in zip(seqs, steps)],
+    )
+    for seq, i, token in zip(seqs, steps, result.token_ids.tolist()):
+        if not seq.finished and token != seq.resume_ids[i]:
+            seq.fail(ParamError("resume_token_ids", (
+                f"resume_token_ids[{i}] = {seq.resume_ids[i]}, but this request's stream has {token} there "
+                "(same prompt, sampling settings, seed and sample_index are needed to resume)")))
+
+
+def _uses_penalties(params) -> bool:
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0

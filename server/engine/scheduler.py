@@ -1,0 +1,203 @@
+"""The scheduler: which waiting sequences start, and which rows each step computes. No model here.
+
+plan() is one step's decisions: admission (round-robin over clients, within the batch size and
+the KV-cache budget), then one decode row per running sequence, then prefill chunks within the
+step's token budget, reusing prompt KV from the prefix cache or from a sequence with the same
+prompt. None of it changes a token (prefill equals decode bit for bit, and the sampler's
+randomness is keyed by seed, sample index and step), only when each row is computed.
+
+The engine calls the two halves apart, admit() under its queue lock and plan_step() outside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Protocol, Sequence
+
+from .admission import FairQueue
+from .prefix_cache import BLOCK_TOKENS
+from .sequence import EngineSequence, SequenceKind
+
+
+class PrefixReuse(Protocol):
+    """What the scheduler asks of the prefix cache (prefix_cache.PrefixCache)."""
+
+    enabled: bool
+
+    def lookup(self, token_ids: Sequence[int], hashes: Sequence[bytes], start: int, limit: int) -> int: ...
+
+    def copy_into(self, cache, hashes: Sequence[bytes], start: int, end: int) -> None: ...
+
+    def count(self, hit: int, miss: int) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBudget:
+    """The limits a step is planned within."""
+
+    max_batch_size: int  # sequences holding a slot
+    max_kv_tokens: int  # KV positions admission may reserve over the running sequences
+    max_step_tokens: int  # token rows per forward step
+    prefill_chunk: int  # prefill chunks end at multiples of this
+    max_context: int  # the model's context: no sequence reserves more
+
+    @classmethod
+    def from_config(cls, config, max_context: int) -> "StepBudget":
+        return cls(config.max_batch_size, config.max_kv_tokens, config.max_step_tokens, config.prefill_chunk,
+                   max_context)
+
+
+@dataclasses.dataclass
+class StepBatch:
+    """Packed rows of one forward step, and which rows' logits are sampled or scored."""
+
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    positions: list[int] = dataclasses.field(default_factory=list)
+    # Consecutive rows of one sequence: (sequence, position of the first, row count).
+    runs: list[tuple[EngineSequence, int, int]] = dataclasses.field(default_factory=list)
+    logit_rows: list[int] = dataclasses.field(default_factory=list)  # packed row -> logits row
+    sampled: list[EngineSequence] = dataclasses.field(default_factory=list)
+    sample_rows: list[int] = dataclasses.field(default_factory=list)  # index into logits, per sampled seq
+    scored: list[EngineSequence] = dataclasses.field(default_factory=list)  # one entry per scored row
+    score_rows: list[int] = dataclasses.field(default_factory=list)
+    score_targets: list[int] = dataclasses.field(default_factory=list)
+    decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
+    forks: list[tuple[EngineSequence, EngineSequence]] = dataclasses.field(default_factory=list)  # (donor, child)
+    # Resumed tokens to check: (sequence, index into logits, index into its resume_ids).
+    checks: list[tuple[EngineSequence, int, int]] = dataclasses.field(default_factory=list)
+    prefilled: list[EngineSequence] = dataclasses.field(default_factory=list)  # sequences with a prefill chunk
+    prefill_tokens: int = 0  # prompt tokens computed this step
+
+    def add(self, seq: EngineSequence, tokens: list[int], start: int, score: range = range(0), sample: bool = False,
+            check: range = range(0)) -> None:
+        first_row = len(self.token_ids)
+        self.runs.append((seq, start, len(tokens)))
+        self.token_ids.extend(tokens)
+        self.positions.extend(range(start, start + len(tokens)))
+        for pos in score:
+            self.score_rows.append(len(self.logit_rows))
+            self.logit_rows.append(first_row + pos - start)
+            self.scored.append(seq)
+            self.score_targets.append(seq.prompt[pos + 1])
+        for pos in check:
+            self.checks.append((seq, len(self.logit_rows), pos - len(seq.prompt) + 1))
+            self.logit_rows.append(first_row + pos - start)
+        if sample:
+            self.sample_rows.append(len(self.logit_rows))
+            self.logit_rows.append(len(self.token_ids) - 1)
+            self.sampled.append(seq)
+
+    def fork(self, donor: EngineSequence, child: EngineSequence) -> None:
+        """`child` has `donor`'s prompt: it takes the donor's cache after this step's forward and
+        samples its first token from the donor's last logits row (donor must be the last add())."""
+        self.forks.append((donor, child))
+        child.prefilled = len(child.prompt)
+        self.sample_rows.append(self.sample_rows[self.sampled.index(donor)])
+        self.sampled.append(child)
+
+
+def plan(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget,
+         prefix_cache: Optional[PrefixReuse] = None) -> StepBatch:
+    """One step's decisions: admit() moves waiting sequences into `running`, then plan_step()."""
+    admit(running, waiting, budget)
+    return plan_step(running, budget, prefix_cache)
+
+
+def kv_tokens(seq: EngineSequence, max_context: int) -> int:
+    """KV positions `seq` may come to hold: its prompt plus every token it may generate."""
+    new = seq.request.max_new_tokens if seq.kind is SequenceKind.GENERATE else 0
+    return min(len(seq.prompt) + new, max_context)
+
+
+def admit(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget) -> None:
+    """Move waiting sequences into free slots within the KV-cache budget: round-robin over clients,
+    oldest first within a client."""
+    waiting.remove_if(lambda s: s.cancelled)
+    reserved = sum(kv_tokens(s, budget.max_context) for s in running)
+    while waiting and len(running) < budget.max_batch_size:
+        need = kv_tokens(waiting.peek(), budget.max_context)
+        if running and reserved + need > budget.max_kv_tokens:
+            break  # in turn: the next request waits for room rather than being overtaken
+        reserved += need
+        running.append(waiting.pop())
+
+
+def plan_step(running: Sequence[EngineSequence], budget: StepBudget,
+              prefix_cache: Optional[PrefixReuse] = None) -> StepBatch:
+    """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget.
+
+    A cancelled sequence is finished here (it posts its last chunk); prefill progress and reused
+    prefix KV are recorded on the sequences as they are planned.
+    """
+    batch = StepBatch()
+    tokens_left = budget.max_step_tokens
+    for seq in running:
+        if seq.cancelled:
+            seq.finish_cancelled()
+        elif seq.prefill_done:
+            batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
+            tokens_left -= 1
+    batch.decode_rows = len(batch.token_ids)
+    prefilling = {s.prompt_key for s in running if s.kind is SequenceKind.GENERATE
+                  and 0 < s.prefilled < len(s.prefill_ids) and not s.finished}
+    computing: set[bytes] = set()  # prefix blocks this step computes
+    for seq in running:
+        if seq.finished or seq.prefill_done:
+            continue
+        if seq.prefilled == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
+            continue  # a sequence with (probably) this prompt is part way through: wait to fork it
+        if _reuse_prefix(seq, computing, prefix_cache):
+            continue  # another sequence computes this prefix now: take it from the cache next step
+        start = seq.prefilled
+        # Chunks end at multiples of prefill_chunk: a tuning knob only (prefill equals decode).
+        end = min(len(seq.prefill_ids), (start // budget.prefill_chunk + 1) * budget.prefill_chunk)
+        if end - start > tokens_left:
+            continue  # next step; the chunk itself is the same whenever it runs
+        generates = seq.kind is SequenceKind.GENERATE
+        batch.add(seq, seq.prefill_ids[start:end], start, score=seq.score_positions(start, end),
+                  sample=(end == len(seq.prefill_ids) and generates), check=seq.resume_positions(start, end))
+        batch.prefilled.append(seq)
+        seq.prefilled = end
+        tokens_left -= end - start
+        batch.prefill_tokens += end - start
+        if prefix_cache is not None:
+            prefix_cache.count(0, end - start)
+        computing.update(seq.block_hashes()[start // BLOCK_TOKENS:end // BLOCK_TOKENS])
+        if generates and end < len(seq.prefill_ids):
+            prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
+        elif generates:
+            _fork_same_prompt(seq, running, batch)
+    return batch
+
+
+def _reuse_prefix(seq: EngineSequence, computing: set[bytes], cache: Optional[PrefixReuse]) -> bool:
+    """Copy the longest cached prefix of `seq`'s prefill into its cache. True when its next block
+    is being computed this step by another sequence (it should wait one step and reuse it)."""
+    if cache is None or not cache.enabled:
+        return False
+    start, limit = seq.prefilled, seq.reuse_limit()
+    end = cache.lookup(seq.prefill_ids, seq.block_hashes(), start, limit)
+    if end > start:
+        cache.copy_into(seq.cache, seq.block_hashes(), start, end)
+        cache.count(end - start, 0)
+        seq.cached_tokens += end - start
+        seq.prefilled = end
+    nxt = end // BLOCK_TOKENS
+    return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes()[nxt] in computing
+
+
+def _fork_same_prompt(donor: EngineSequence, running: Sequence[EngineSequence], batch: StepBatch) -> None:
+    """Sequences not started yet with exactly `donor`'s prompt share its prefill (e.g. n samples).
+
+    The prefill is deterministic and batch-invariant, so the copied cache and the shared logits
+    row are bit for bit what each sequence would have computed itself.
+    """
+    for other in running:
+        if (other is not donor and other.prefilled == 0 and not other.finished and _can_fork(other)
+                and other.prompt_key == donor.prompt_key and other.prompt == donor.prompt):
+            batch.fork(donor, other)
+
+
+def _can_fork(seq: EngineSequence) -> bool:
+    """A generation that needs no prompt logprobs of its own can take another's prefill."""
+    return seq.kind is SequenceKind.GENERATE and seq.score_from is None and not seq.resume_ids

@@ -1,0 +1,229 @@
+"""The scheduler's decisions, driven with sequences that have no model, KV cache or tokenizer behind them."""
+
+from seedstream.sampler import SamplingParams
+from seedstream.server.engine import FinishReason, GenerationRequest, ScoreRequest
+from seedstream.server.engine.admission import FairQueue
+from seedstream.server.engine.prefix_cache import BLOCK_TOKENS
+from seedstream.server.engine.scheduler import StepBudget, admit, kv_tokens, plan, plan_step
+from seedstream.server.engine.sequence import EngineSequence
+
+BUDGET = StepBudget(max_batch_size=4, max_kv_tokens=1000, max_step_tokens=64, prefill_chunk=32, max_context=512)
+
+
+class FakeLoop:
+    """Stands in for the caller's event loop: keeps what a sequence posts."""
+
+    def __init__(self):
+        self.posted = []
+
+    def call_soon_threadsafe(self, put, item):
+        self.posted.append(item)
+
+
+class FakePrefixCache:
+    """An enabled prefix cache that holds the first `hit` positions of every prompt."""
+
+    enabled = True
+
+    def __init__(self, hit: int = 0):
+        self.hit, self.copied, self.counts = hit, [], [0, 0]
+
+    def lookup(self, token_ids, hashes, start, limit):
+        return max(start, min(self.hit, limit // BLOCK_TOKENS * BLOCK_TOKENS))
+
+    def copy_into(self, cache, hashes, start, end):
+        self.copied.append((start, end))
+
+    def count(self, hit, miss):
+        self.counts[0] += hit
+        self.counts[1] += miss
+
+
+def gen(length, first=100, max_new_tokens=8, **fields):
+    request = GenerationRequest(tuple(range(first, first + length)), SamplingParams(seed=0),
+                                max_new_tokens=max_new_tokens, **fields)
+    return EngineSequence.generation(request, None, FakeLoop(), None, frozenset({0}), BUDGET.max_context)
+
+
+def score(context, continuation, first=100):
+    request = ScoreRequest(tuple(range(first, first + context)), tuple(range(first + context, first + context + continuation)))
+    return EngineSequence.scoring(request, None, FakeLoop())
+
+
+def runs(batch):
+    return [(seq, start, length) for seq, start, length in batch.runs]
+
+
+def sample_one_token(batch):
+    """What the runner does for the sampled rows, as far as the scheduler can tell: one more output token."""
+    for seq in batch.sampled:
+        seq.output_ids.append(7)
+
+
+def test_prefill_is_chunked_at_multiples_of_prefill_chunk_then_decodes():
+    seq = gen(80)
+    steps = []
+    for _ in range(4):
+        batch = plan_step([seq], BUDGET)
+        steps.append((runs(batch), batch.sampled, batch.decode_rows, batch.prefill_tokens))
+        sample_one_token(batch)
+    assert steps == [
+        ([(seq, 0, 32)], [], 0, 32),
+        ([(seq, 32, 32)], [], 0, 32),
+        ([(seq, 64, 16)], [seq], 0, 16),  # the last chunk samples the first token
+        ([(seq, 80, 1)], [seq], 1, 0),  # then one decode row: the last token at its position
+    ]
+    assert batch.token_ids == [7] and batch.positions == [80]
+
+
+def test_decode_rows_come_first_and_use_the_step_budget():
+    prefilling, decoding = gen(100), gen(5, first=300)
+    decoding.prefilled, decoding.output_ids = 5, [9]
+    budget = StepBudget(4, 1000, max_step_tokens=32, prefill_chunk=32, max_context=512)
+    batch = plan_step([prefilling, decoding], budget)
+    assert runs(batch) == [(decoding, 5, 1)]  # 32 prefill rows no longer fit beside the decode row
+    assert batch.decode_rows == 1 and batch.sampled == [decoding]
+    assert prefilling.prefilled == 0
+    assert runs(plan_step([prefilling], budget)) == [(prefilling, 0, 32)]
+
+
+def test_a_chunk_that_does_not_fit_waits_but_smaller_later_ones_go_ahead():
+    a, b, c = gen(64), gen(40, first=300), gen(5, first=500)
+    budget = StepBudget(4, 1000, max_step_tokens=40, prefill_chunk=32, max_context=512)
+    batch = plan_step([a, b, c], budget)
+    assert runs(batch) == [(a, 0, 32), (c, 0, 5)]  # b's 32 rows would pass the budget: it waits
+    assert batch.prefill_tokens == 37 and b.prefilled == 0
+    assert batch.sampled == [c]
+
+
+def test_scoring_rows_and_targets():
+    seq = score(3, 2)
+    batch = plan_step([seq], BUDGET)
+    assert runs(batch) == [(seq, 0, 5)]
+    assert batch.scored == [seq, seq] and batch.score_targets == [103, 104]  # rows 2 and 3 score tokens 3 and 4
+    assert [batch.logit_rows[r] for r in batch.score_rows] == [2, 3]
+    assert batch.sampled == []  # a score samples nothing
+
+
+def test_prompt_logprobs_score_every_prompt_token_and_sample_the_last_row():
+    seq = gen(4, prompt_logprobs=True)
+    batch = plan_step([seq], BUDGET)
+    assert batch.score_targets == [101, 102, 103]
+    assert batch.logit_rows == [0, 1, 2, 3] and batch.sample_rows == [3]
+
+
+def test_resumed_tokens_are_prefilled_and_each_is_checked():
+    seq = gen(10, resume_token_ids=(5, 6, 7))
+    batch = plan_step([seq], BUDGET)
+    assert runs(batch) == [(seq, 0, 13)] and batch.token_ids[-3:] == [5, 6, 7]
+    assert [(s, batch.logit_rows[row], i) for s, row, i in batch.checks] == [(seq, 9, 0), (seq, 10, 1), (seq, 11, 2)]
+    assert batch.sampled == [seq] and batch.logit_rows[batch.sample_rows[0]] == 12
+
+
+def test_same_prompt_shares_one_prefill():
+    a, b, c = gen(20), gen(20), gen(20, prompt_logprobs=True)  # c wants its own prompt logprobs
+    batch = plan_step([a, b, c], BUDGET)
+    assert runs(batch) == [(a, 0, 20), (c, 0, 20)]
+    assert batch.forks == [(a, b)] and b.prefilled == 20
+    assert batch.sampled == [a, b, c] and batch.sample_rows[0] == batch.sample_rows[1]
+
+
+def test_a_later_sequence_waits_for_a_same_prompt_prefill_part_way_through():
+    a = gen(70)
+    plan_step([a], BUDGET)  # a: first chunk done
+    b = gen(70)
+    batch = plan_step([a, b], BUDGET)
+    assert runs(batch) == [(a, 32, 32)] and batch.forks == []  # b's own first chunk would have fitted
+    assert b.prefilled == 0
+    batch = plan_step([a, b], BUDGET)
+    assert runs(batch) == [(a, 64, 6)] and batch.forks == [(a, b)] and b.prefilled == 70
+
+
+def test_cancelled_sequence_finishes_and_gets_no_rows():
+    a, b = gen(10), score(4, 2)
+    a.cancelled = b.cancelled = True
+    assert runs(plan_step([a, b], BUDGET)) == []
+    assert a.finished and a.loop.posted[0].finish_reason is FinishReason.CANCELLED
+    assert b.finished and isinstance(b.loop.posted[0], Exception)  # a score has no partial result
+
+
+def test_prefix_cache_hit_starts_the_prefill_later_and_is_counted():
+    cache = FakePrefixCache(hit=2 * BLOCK_TOKENS)
+    seq = gen(70)
+    batch = plan_step([seq], BUDGET, cache)
+    assert cache.copied == [(0, 32)] and seq.cached_tokens == 32
+    assert runs(batch) == [(seq, 32, 32)]
+    assert cache.counts == [32, 32]
+
+
+def test_prefix_cache_reuse_never_covers_rows_whose_logits_are_needed():
+    seq = gen(32)  # the last prompt row must be computed to sample from it
+    batch = plan_step([seq], BUDGET, FakePrefixCache(hit=32))
+    assert seq.cached_tokens == 16 and runs(batch) == [(seq, 16, 16)]
+
+
+def test_a_block_computed_this_step_is_waited_for_and_reused():
+    shared = list(range(100, 132))
+    a = gen(40)
+    b = EngineSequence.generation(
+        GenerationRequest(tuple(shared + [7] * 8), SamplingParams(seed=0)), None, FakeLoop(), None, frozenset(), 512)
+    batch = plan_step([a, b], BUDGET, FakePrefixCache(hit=0))
+    assert runs(batch) == [(a, 0, 32)]  # b's first block is a's: b takes it from the cache next step
+    assert b.prefilled == 0
+    assert runs(plan_step([a, b], BUDGET)) == [(a, 32, 8), (b, 0, 32)]  # without a prefix cache nobody waits
+
+
+def test_admission_is_round_robin_over_clients_up_to_the_batch_size():
+    waiting = FairQueue()
+    seqs = {name: gen(4, client=name[0]) for name in ["a1", "a2", "a3", "b1", "c1"]}
+    for name, seq in seqs.items():
+        waiting.append(name[0], seq)
+    running = []
+    admit(running, waiting, BUDGET)
+    assert running == [seqs["a1"], seqs["b1"], seqs["c1"], seqs["a2"]]
+    assert list(waiting) == [seqs["a3"]]
+
+
+def test_admission_within_the_kv_budget_keeps_the_queue_order():
+    budget = StepBudget(8, max_kv_tokens=100, max_step_tokens=64, prefill_chunk=32, max_context=512)
+    big, small, later = gen(50, max_new_tokens=20), gen(40, max_new_tokens=20), gen(2, max_new_tokens=2)
+    waiting = FairQueue()
+    for seq in (big, small, later):
+        waiting.append("", seq)
+    running = []
+    admit(running, waiting, budget)
+    assert running == [big]  # small would pass the budget, and later does not overtake it
+    running.clear()
+    huge = gen(300, max_new_tokens=400)
+    assert kv_tokens(huge, budget.max_context) == 512  # capped at the context
+    waiting.append("", huge)
+    admit(running, waiting, budget)
+    assert running == [small, later]  # 60 + 4 fit; huge waits
+    running.clear()
+    admit(running, waiting, budget)
+    assert running == [huge]  # with nothing running, one is always admitted
+
+
+def test_a_score_reserves_only_its_prompt():
+    assert kv_tokens(score(30, 5), BUDGET.max_context) == 35
+    assert kv_tokens(gen(30, max_new_tokens=5), BUDGET.max_context) == 35
+
+
+def test_cancelled_waiting_sequences_are_dropped_at_admission():
+    waiting, a, b = FairQueue(), gen(4), gen(4)
+    waiting.append("x", a)
+    waiting.append("x", b)
+    a.cancelled = True
+    running = []
+    admit(running, waiting, BUDGET)
+    assert running == [b] and len(waiting) == 0
+
+
+def test_plan_admits_then_plans():
+    waiting = FairQueue()
+    a, b = gen(10), gen(10, first=300)
+    waiting.append("p", a)
+    waiting.append("q", b)
+    running = []
+    batch = plan(running, waiting, BUDGET)
+    assert running == [a, b] and runs(batch) == [(a, 0, 10), (b, 0, 10)]
