@@ -12,18 +12,17 @@ import torch
 
 from seedstream.sampler import SAMPLER_VERSION, sample
 
-from .backends import build_model
 from .admission import FairQueue
+from .backends import build_model
 from .chat import render_chat_ids
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, Segment, describe
+from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, describe
 from .prefix_cache import BLOCK_TOKENS, PrefixCache
 from .resume import check_resumed, validate_resume
 from .sequence import Sequence_, StepBatch
 from .types import (
     EngineError,
-    FinishReason,
     GenerationChunk,
     GenerationRequest,
     InvalidRequest,

@@ -9,7 +9,6 @@ import threading
 
 from seedstream.client import Client
 
-
 CHAT = [{"role": "user", "content": "Tell me something interesting about octopuses."}]
 REQUESTS = [
     dict(prompt="Once upon a time", seed=11, temperature=0.8, top_k=50, top_p=0.9, max_new_tokens=24),
@@ -61,9 +60,9 @@ def test_solo_equals_concurrent_load_and_stream_equals_unary(server):
                 f.result()
             loaded = [f.result() for f in loaded]
             streams = [f.result() for f in streams]
-    for s, l, chunks in zip(solo, loaded, streams):
-        assert s.token_ids == l.token_ids, "token stream changed under concurrent load"
-        assert s.logprobs == l.logprobs
+    for s, under_load, chunks in zip(solo, loaded, streams):
+        assert s.token_ids == under_load.token_ids, "token stream changed under concurrent load"
+        assert s.logprobs == under_load.logprobs
         assert tuple(t for c in chunks for t in c.token_ids) == s.token_ids
         assert "".join(c.text for c in chunks).encode() == s.text.encode()
         assert chunks[-1].finish_reason == s.finish_reason and chunks[-1].seed == s.seed

@@ -44,7 +44,7 @@ def _targets(engine):
 
 def _background(engine, rng, count):
     requests = []
-    for i in range(count):
+    for _ in range(count):
         length = rng.choice([1, 3, 17, 90, 260, 300])
         prompt = tuple(rng.randrange(200, 40000) for _ in range(length))
         params = SamplingParams(temperature=rng.choice([0.0, 0.5, 1.0]), top_k=rng.choice([0, 10]),

@@ -181,7 +181,7 @@ def test_fallbacks_match_reference(monkeypatch):
     """Guesses that fail verification, and thresholds that admit every token, give the same bits."""
     rng = random.Random(99)
     cases = [random_case(rng) for _ in range(12)]
-    for x, params, *_ in cases[:6]:  # top-p rows without top-k: their threshold is a guess
+    for _x, params, *_ in cases[:6]:  # top-p rows without top-k: their threshold is a guess
         params[:] = [SamplingParams(seed=i, top_p=rng.choice([0.5, 0.9]), min_p=rng.choice([0, 0.01]))
                      for i in range(len(params))]
     calls = {"n": 0}
