@@ -44,16 +44,20 @@ def _value(name: str, folder: str) -> object:
     return found[0][1]
 
 
-def _stream_section() -> str:
+def _stream_entries() -> str:
+    """The entries (list items) of the section, joined: the prose around them does not count."""
     text = (ROOT / "CHANGELOG.md").read_text()
     assert SECTION in text, f"CHANGELOG.md has no section {SECTION!r}"
-    return re.split(r"^## ", text.split(SECTION, 1)[1], maxsplit=1, flags=re.M)[0]
+    section = re.split(r"^## ", text.split(SECTION, 1)[1], maxsplit=1, flags=re.M)[0]
+    items = re.findall(r"^- .*?(?=^- |\Z)", section, flags=re.M | re.S)
+    assert items, f"CHANGELOG.md has no entries under {SECTION!r}"
+    return "\n".join(items)
 
 
 @pytest.mark.parametrize("name", sorted(STREAM_VERSIONS))
 def test_every_stream_version_has_a_changelog_entry(name):
     value = _value(name, STREAM_VERSIONS[name])
-    assert f'{name} = "{value}"' in _stream_section(), (
+    assert f'{name} = "{value}"' in _stream_entries(), (
         f'{name} is "{value}" but CHANGELOG.md does not name `{name} = "{value}"` under "{SECTION[3:]}": '
         "add an entry saying what changed and why")
 
@@ -69,7 +73,7 @@ def test_every_engine_version_is_in_the_changelog():
     torch_tag = "tile{}.attn{}x{}".format(*tiles)
     kernel_tags = [KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt))
                    for fmt in WEIGHT_FORMATS if fmt != "auto"]
-    section = _stream_section()
+    entries = _stream_entries()
     for tag in [torch_tag, *kernel_tags]:
         version = f"{algorithm}.{tag}"
-        assert f"`{version}`" in section, f"engine_version `{version}` is not named in CHANGELOG.md: add an entry"
+        assert f"`{version}`" in entries, f"engine_version `{version}` is not named in CHANGELOG.md: add an entry"

@@ -7,7 +7,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from seedstream.client import Client
+
+pytestmark = pytest.mark.slow  # seedstream serve in a process of its own, end to end
 
 CHAT = [{"role": "user", "content": "Tell me something interesting about octopuses."}]
 REQUESTS = [

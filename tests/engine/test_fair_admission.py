@@ -33,6 +33,7 @@ async def _until(predicate, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached")
 
 
+@pytest.mark.slow
 def test_round_robin_over_clients_changes_no_token(engine_factory):
     engine = engine_factory(max_batch_size=1, max_queue=8, max_queue_per_client=3)
     names = ["a1", "a2", "a3", "b1"]

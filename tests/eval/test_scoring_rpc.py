@@ -68,6 +68,7 @@ def _reference(model, ctx, cont):
     return rows.gather(1, target[:, None])[:, 0], bool((rows.argmax(-1) == target).all())
 
 
+@pytest.mark.slow  # loads the transformers model
 def test_text_pairs_match_transformers_and_the_harness_split(client, server, hf_model):
     engine = server.state.engine
     scores = client.score(PAIRS)

@@ -83,6 +83,7 @@ def assert_rows_equal(got, want, rows_got, rows_want):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
+@pytest.mark.slow  # 30-80 s per vocabulary
 @pytest.mark.parametrize("vocab,alone", [(49152, 128), (50257, 64), (151936, 40)])
 def test_row_is_bit_identical_alone_and_anywhere_in_a_batch_of_128(vocab, alone):
     logits, params, steps, extra = make_batch(128, vocab, seed=vocab)
@@ -127,6 +128,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # starts several interpreters
 def test_same_results_across_processes_global_seeds_and_thread_counts():
     here = str(__import__("pathlib").Path(__file__).resolve().parent)
     script = SCRIPT.format(here=here)
