@@ -96,6 +96,7 @@ def test_a_continuation_without_tokens_of_its_own_scores_zero(client, server):
         assert s.continuation_tokens == 0 and s.logprob == 0.0 and s.is_greedy and s.logprobs == ()
 
 
+@pytest.mark.slow  # compares cached_tokens too: needs the prefix cache the test above warms
 def test_token_pairs_equal_text_pairs_and_do_not_depend_on_batching(client, server):
     engine = server.state.engine
     ids = [tuple(map(list, engine.encode_pair(c, x))) for c, x in PAIRS]
