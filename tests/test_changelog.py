@@ -64,15 +64,14 @@ def test_every_stream_version_has_a_changelog_entry(name):
 
 def test_every_engine_version_is_in_the_changelog():
     """The engine_version strings the engine reports today: the torch path's and the kernels' per format."""
-    from seedstream.server.engine.config import WEIGHT_FORMATS
     from seedstream.server.engine.kernel_model import KernelModel
+    from seedstream.server.kernels.packing import PRECISION  # the weight formats the kernels compute in
 
     algorithm = _value("ENGINE_ALGORITHM", "server/engine")
     # Engine.__init__'s forward tag for the torch path (the kernels give their own, version_tag).
     tiles = (_value(n, "server/engine") for n in ("ROW_TILE", "QUERY_TILE", "KEY_BLOCK"))
     torch_tag = "tile{}.attn{}x{}".format(*tiles)
-    kernel_tags = [KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt))
-                   for fmt in WEIGHT_FORMATS if fmt != "auto"]
+    kernel_tags = [KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt)) for fmt in PRECISION]
     entries = _stream_entries()
     for tag in [torch_tag, *kernel_tags]:
         version = f"{algorithm}.{tag}"
