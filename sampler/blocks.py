@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,8 @@ def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, bm
 
 
-def _sanitise(x, bm, bad, vocab, logits):
+def _sanitise(x: torch.Tensor, bm: torch.Tensor, bad: torch.Tensor, vocab: int,
+              logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.clone() if x.data_ptr() == logits.data_ptr() else x
     rows = bad.nonzero()[:, 0]
     r = torch.nan_to_num(x[rows, :vocab], nan=NEG_INF, posinf=FLOAT_MAX)  # [n, V]
@@ -49,12 +50,12 @@ def _sanitise(x, bm, bad, vocab, logits):
 class Processed:
     """Processed logits s = x with sparse edits, kept as x plus patched copies of the edited blocks."""
 
-    def __init__(self, x: torch.Tensor, bm_raw: torch.Tensor, edits: Optional[tuple]):
+    def __init__(self, x: torch.Tensor, bm_raw: torch.Tensor, edits: tuple[torch.Tensor, torch.Tensor] | None):
         self.x = x  # [B, Vp] raw (sanitised, padded)
         self.bm_raw = bm_raw  # [B, nb]
         self.xb = x.view(x.shape[0], -1, BLOCK)  # [B, nb, 64]
-        self.patch_map: Optional[torch.Tensor] = None  # [B, nb] index into patches or -1
-        self.patches: Optional[torch.Tensor] = None  # [P, 64] processed values of edited blocks
+        self.patch_map: torch.Tensor | None = None  # [B, nb] index into patches or -1
+        self.patches: torch.Tensor | None = None  # [P, 64] processed values of edited blocks
         self.bm = bm_raw
         if edits is not None:
             self._apply(*edits)
@@ -73,6 +74,7 @@ class Processed:
 
     def drop_edits(self, rows: torch.Tensor) -> None:
         """Forget the edits of `rows` (used when they would mask every token)."""
+        assert self.patch_map is not None, "drop_edits without edits"
         self.patch_map[rows] = -1
         self.bm[rows] = self.bm_raw[rows]
         self.m = self.bm.amax(-1)
@@ -80,7 +82,7 @@ class Processed:
     def blocks(self, rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Processed values [T, 64] of blocks [T] of batch rows [T]."""
         out = self.xb[rows, blocks]  # [T, 64]
-        if self.patch_map is not None:
+        if self.patch_map is not None and self.patches is not None:  # set together by _apply
             pi = self.patch_map[rows, blocks]  # [T]
             hit = pi >= 0
             if bool(hit.any()):
@@ -90,7 +92,7 @@ class Processed:
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Processed values [n, Vp] of whole rows (a copy)."""
         out = self.x.index_select(0, rows)  # [n, Vp]
-        if self.patch_map is not None:
+        if self.patch_map is not None and self.patches is not None:  # set together by _apply
             pi = self.patch_map[rows]  # [n, nb]
             hit = pi >= 0
             if bool(hit.any()):
@@ -98,7 +100,8 @@ class Processed:
         return out
 
 
-def first_argmax(bm: torch.Tensor, top: torch.Tensor, get_blocks) -> torch.Tensor:
+def first_argmax(bm: torch.Tensor, top: torch.Tensor,
+                 get_blocks: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Lowest token id holding the row maximum; bm [n, nb] block maxima, top [n] row maxima."""
     b = (bm == top[:, None]).to(torch.int8).argmax(-1)  # [n] first block holding the max
     vals = get_blocks(b)  # [n, 64]

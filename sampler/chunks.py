@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,9 @@ def _below(t: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return torch.minimum(t, total * (1 - 2.0**-52))
 
 
-def inverse_cdf(sums: torch.Tensor, u: torch.Tensor, chunk: Callable[[torch.Tensor], torch.Tensor]):
+def inverse_cdf(
+    sums: torch.Tensor, u: torch.Tensor, chunk: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick one token per row with probability proportional to its weight.
 
     sums [n, J] float32 chunk masses in id order, u [n] float64 in [0, 1), chunk(c [n]) -> the

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 
@@ -39,7 +38,7 @@ class _Out:
         self.tokens = tokens.clone()  # int64 [B]
         self.plp = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
 
-    def put(self, rows, tokens, w_tok, total) -> None:
+    def put(self, rows: torch.Tensor, tokens: torch.Tensor, w_tok: torch.Tensor, total: torch.Tensor) -> None:
         self.tokens[rows] = tokens
         self.plp[rows] = (w_tok.to(torch.float64).log() - total.log()).to(torch.float32)
 
@@ -47,12 +46,12 @@ class _Out:
 def sample(
     logits: torch.Tensor,
     params: Sequence[SamplingParams],
-    steps: Union[Sequence[int], torch.Tensor],
+    steps: Sequence[int] | torch.Tensor,
     *,
-    prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
-    output_token_ids: Optional[Sequence[Sequence[int]]] = None,
-    sample_indices: Optional[Sequence[int]] = None,
-    suppress_token_ids: Optional[Sequence[Sequence[int]]] = None,
+    prompt_token_ids: Sequence[Sequence[int]] | None = None,
+    output_token_ids: Sequence[Sequence[int]] | None = None,
+    sample_indices: Sequence[int] | None = None,
+    suppress_token_ids: Sequence[Sequence[int]] | None = None,
     top_n: int = 0,
 ) -> SampleResult:
     """Sample one token per row of logits [B, V]; see the package docstring for the semantics."""
@@ -78,6 +77,7 @@ def sample(
     wts = Weights(proc, cfg, probs, m_raw, lse)
     total = None if wts.sums is None else chunk_total(wts.sums)  # [B] float64 full-row mass
     if cfg.support:
+        assert wts.sums is not None, "support rows are full rows"  # Weights fills sums when any row is full
         rows = torch.tensor(cfg.support, device=dev)
         c, j, w_tok, mass = inverse_cdf(wts.sums[rows], u[rows], lambda cc: wts.chunk(rows, cc))
         out.put(rows, c * BLOCK + j, w_tok, mass)
@@ -90,7 +90,13 @@ def sample(
     return SampleResult(out.tokens, logprobs, out.plp, top_ids, top_lps)
 
 
-def _check(logits, params, steps, sample_indices, top_n) -> tuple[int, int]:
+def _check(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    steps: Sequence[int] | torch.Tensor,
+    sample_indices: Sequence[int] | None,
+    top_n: int,
+) -> tuple[int, int]:
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating [B, V] tensor, got {tuple(logits.shape)} {logits.dtype}")
     batch, vocab = logits.shape
@@ -104,7 +110,13 @@ def _check(logits, params, steps, sample_indices, top_n) -> tuple[int, int]:
     return batch, vocab
 
 
-def _uniforms(params, steps, sample_indices, batch, dev) -> torch.Tensor:
+def _uniforms(
+    params: Sequence[SamplingParams],
+    steps: Sequence[int] | torch.Tensor,
+    sample_indices: Sequence[int] | None,
+    batch: int,
+    dev: torch.device,
+) -> torch.Tensor:
     states = seed_states([p.seed for p in params], dev)
     step_t = torch.as_tensor(steps, dtype=torch.int64).to(dev)
     idx = torch.zeros(batch, dtype=torch.int64, device=dev) if sample_indices is None else \
@@ -112,15 +124,20 @@ def _uniforms(params, steps, sample_indices, batch, dev) -> torch.Tensor:
     return uniforms(states, idx, step_t)
 
 
-def _empty(batch: int, top_n: int, dev) -> SampleResult:
+def _empty(batch: int, top_n: int, dev: torch.device) -> SampleResult:
     if batch:
         raise ValueError("logits must have at least one token per row")
-    z = lambda dtype, *shape: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
+
+    def z(dtype: torch.dtype, *shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, device=dev)
+
     return SampleResult(z(torch.int64, 0), z(torch.float32, 0), z(torch.float32, 0),
                         z(torch.int64, 0, top_n), z(torch.float32, 0, top_n))
 
 
-def _top_alternatives(proc: Processed, bm_raw, lse, top_n: int):
+def _top_alternatives(
+    proc: Processed, bm_raw: torch.Tensor, lse: torch.Tensor, top_n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     batch = bm_raw.shape[0]
     dev = bm_raw.device
     if top_n == 0:

@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 SEED_LIMIT = 2**64
 TEMPERATURE_MAX = 100.0
@@ -14,11 +14,11 @@ PENALTY_LIMIT = 2.0
 BIAS_LIMIT = 100.0
 
 
-def _is_real(value) -> bool:
+def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -26,17 +26,17 @@ class SamplingParamError(ValueError):
     """A parameter out of range. `field` is the SamplingParams field at fault; the message starts
     with it (or with the entry, e.g. `logit_bias[7]`), then the value and what is allowed."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
 
 
-def _out_of_range(name: str, value, allowed: str, field: Optional[str] = None) -> SamplingParamError:
+def _out_of_range(name: str, value: object, allowed: str, field: str | None = None) -> SamplingParamError:
     return SamplingParamError(field or name, f"{name}={value!r} is out of range: allowed {allowed}")
 
 
-def _check_real(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str,
-                field: Optional[str] = None) -> None:
+def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str,
+                field: str | None = None) -> None:
     """Raise unless `value` is a finite real number inside the interval."""
     if not _is_real(value) or not math.isfinite(value):
         raise _out_of_range(name, value, text, field)
@@ -46,7 +46,7 @@ def _check_real(name: str, value, lo: float, hi: float, lo_open: bool, hi_open: 
         raise _out_of_range(name, value, text, field)
 
 
-def _normalise_bias(bias) -> tuple:
+def _normalise_bias(bias: Any) -> tuple[Any, ...]:
     """Mapping or pairs -> tuple of (token_id, bias) pairs sorted by token id (left as is if not sortable)."""
     if bias is None:
         return ()
@@ -70,7 +70,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI semantics over generated tokens, [-2, 2]
     frequency_penalty: float = 0.0  # OpenAI semantics over generated tokens, [-2, 2]
     logit_bias: tuple[tuple[int, float], ...] = ()  # also accepts a Mapping[int, float]
-    seed: Optional[int] = None  # [0, 2**64); None => the sampler draws one from `secrets`
+    seed: int | None = None  # [0, 2**64); None => the sampler draws one from `secrets`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "logit_bias", _normalise_bias(self.logit_bias))
@@ -79,7 +79,7 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         return self.temperature == 0
 
-    def validate(self, vocab_size: Optional[int] = None) -> None:
+    def validate(self, vocab_size: int | None = None) -> None:
         """Raise SamplingParamError (a ValueError) naming the field, its value and the allowed range."""
         _check_real("temperature", self.temperature, 0.0, TEMPERATURE_MAX, False, False,
                     f"[0, {TEMPERATURE_MAX:g}], finite")
@@ -96,7 +96,7 @@ class SamplingParams:
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT):
             raise _out_of_range("seed", self.seed, "None or an integer in [0, 2**64)")
 
-    def _validate_bias(self, vocab_size: Optional[int]) -> None:
+    def _validate_bias(self, vocab_size: int | None) -> None:
         ids_allowed = f"[0, {vocab_size})" if vocab_size is not None else "[0, vocab_size)"
         seen = set()
         for pair in self.logit_bias:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
@@ -12,15 +11,15 @@ from .blocks import FLOAT_MAX
 from .params import SamplingParams
 from .select import RADIX_MIN
 
-IdLists = Optional[Sequence[Sequence[int]]]
+IdLists = Sequence[Sequence[int]] | None
 REP, OUT, BIAS, SUP = 1, 2, 4, 8  # edit kinds, as bit flags
 
 
-def _ids(seq) -> list:
+def _ids(seq: Sequence[int] | torch.Tensor) -> Sequence[int]:
     return seq.tolist() if isinstance(seq, torch.Tensor) else seq
 
 
-def _bias_arrays(p: SamplingParams) -> tuple[array.array, array.array]:
+def _bias_arrays(p: SamplingParams) -> tuple[array.array[int], array.array[float]]:
     """(token ids, biases) of p.logit_bias as flat arrays, built once per SamplingParams object (a
     request passes the same one every step), so a large bias costs no Python loop per step."""
     cached = p.__dict__.get("_bias_arrays")
@@ -30,14 +29,16 @@ def _bias_arrays(p: SamplingParams) -> tuple[array.array, array.array]:
     return cached
 
 
-def _gather_edits(params, prompt_ids: IdLists, output_ids: IdLists, suppress_ids: IdLists):
+def _gather_edits(
+    params: Sequence[SamplingParams], prompt_ids: IdLists, output_ids: IdLists, suppress_ids: IdLists
+) -> tuple[array.array[int], list[tuple[int, int, float, int]], array.array[float]]:
     """Token ids (array), segments [(row, kind, 0, length)] and the biases of the BIAS edits in order
     (array); marshalling only."""
     toks = array.array("q")
     biases = array.array("d")
     segs: list[tuple[int, int, float, int]] = []
 
-    def add(r: int, ids, kind: int) -> None:
+    def add(r: int, ids: Sequence[int] | torch.Tensor, kind: int) -> None:
         ids = _ids(ids)
         toks.extend(ids)
         segs.append((r, kind, 0.0, len(ids)))
@@ -60,7 +61,7 @@ def _gather_edits(params, prompt_ids: IdLists, output_ids: IdLists, suppress_ids
 
 
 def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_ids: IdLists,
-          output_ids: IdLists, suppress_ids: IdLists) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+          output_ids: IdLists, suppress_ids: IdLists) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(flat index into x [M] int64, new value [M] float32) of every edited logit, or None.
 
     x is the padded float32 [B, Vp] matrix. Per token: repetition penalty (once), then
@@ -74,7 +75,10 @@ def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_
     dev, width = x.device, x.shape[1]
     tok = torch.frombuffer(toks, dtype=torch.int64).clone().to(dev)
     seg = torch.tensor(segs, dtype=torch.float64, device=dev)  # [S, 4]
-    per_edit = lambda col: torch.repeat_interleave(seg[:, col], seg[:, 3].long())  # noqa: E731
+
+    def per_edit(col: int) -> torch.Tensor:
+        return torch.repeat_interleave(seg[:, col], seg[:, 3].long())
+
     ok = (tok >= 0) & (tok < vocab)
     keys = (per_edit(0).long() * width + tok)[ok]
     kind = per_edit(1).long()
@@ -88,27 +92,32 @@ def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_
     return uniq, _new_values(x, uniq, inv, kind, b, params, width)
 
 
-def _unique(keys: torch.Tensor, sentinel: int):
+def _unique(keys: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.unique(keys, return_inverse=True), padded onto torch's radix sort when that is faster."""
     n = keys.numel()
     if n * 8 < RADIX_MIN or n >= RADIX_MIN:
-        return torch.unique(keys, return_inverse=True)
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        return uniq, inv
     pad = torch.full((RADIX_MIN - n,), sentinel, dtype=keys.dtype, device=keys.device)
     uniq, inv = torch.unique(torch.cat([keys, pad]), return_inverse=True)
     return uniq[:-1], inv[:n]
 
 
-def _row_param(params, name: str, rows: torch.Tensor) -> torch.Tensor:
+def _row_param(params: Sequence[SamplingParams], name: str, rows: torch.Tensor) -> torch.Tensor:
     vals = torch.tensor([getattr(p, name) for p in params], dtype=torch.float32, device=rows.device)
     return vals[rows]
 
 
-def _new_values(x, uniq, inv, kind, b, params, width) -> torch.Tensor:
+def _new_values(x: torch.Tensor, uniq: torch.Tensor, inv: torch.Tensor, kind: torch.Tensor, b: torch.Tensor,
+                params: Sequence[SamplingParams], width: int) -> torch.Tensor:
     """float32 [M] edited values of the unique positions `uniq`; inv maps each edit to its slot."""
     m = uniq.numel()
     rows = uniq // width
     val = x.view(-1)[uniq]  # [M]
-    per_slot = lambda v: torch.zeros(m, dtype=v.dtype, device=x.device).index_add_(0, inv, v)  # noqa: E731
+
+    def per_slot(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(m, dtype=v.dtype, device=x.device).index_add_(0, inv, v)
+
     pen = _row_param(params, "repetition_penalty", rows)
     val = torch.where(per_slot(kind & REP) > 0, torch.where(val < 0, val * pen, val / pen), val)
     cnt = per_slot(((kind & OUT) > 0).float())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
@@ -54,7 +53,7 @@ def uniforms(states: torch.Tensor, sample_indices: torch.Tensor, steps: torch.Te
     return _lsr(hash_keys(states, sample_indices, steps), 11).to(torch.float64) * TWO_POW_M53
 
 
-def seed_states(seeds: Sequence[Optional[int]], device) -> torch.Tensor:
+def seed_states(seeds: Sequence[int | None], device: torch.device | str | None) -> torch.Tensor:
     """int64 [B] per-seed states; None draws a fresh 64-bit seed from `secrets` (never torch's RNG)."""
     return torch.tensor([_seed_state(secrets.randbits(64)) if s is None else _cached_state(s) for s in seeds],
                         dtype=torch.int64, device=device)

@@ -29,7 +29,7 @@ class RowConfig:
     trunc: list[int]  # rows with top-k, top-p or min-p
 
     @staticmethod
-    def build(params: Sequence[SamplingParams], vocab: int, device) -> "RowConfig":
+    def build(params: Sequence[SamplingParams], vocab: int, device: torch.device) -> RowConfig:
         table, full = [], []
         lists: dict[str, list[int]] = {"support": [], "trunc": []}
         for i, p in enumerate(params):

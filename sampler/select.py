@@ -7,8 +7,8 @@ order: value descending, then token id ascending.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -34,7 +34,7 @@ def sort_indices(keys: torch.Tensor) -> torch.Tensor:
     return keys.sort().indices
 
 
-def canonical_order(row: torch.Tensor, vals: torch.Tensor, tok: torch.Tensor, n: int, vocab: int):
+def canonical_order(row: torch.Tensor, vals: torch.Tensor, tok: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
     """Permutation [M] grouping rows ascending, each in canonical order."""
     desc = LOW32 - value_keys(vals)  # [0, 2**32): ascending = value descending
     if n <= (1 << 11) and vocab <= (1 << TOKEN_BITS):  # one sort of a packed key
@@ -93,7 +93,8 @@ def extract(get_blocks: Getter, bm: torch.Tensor, theta: torch.Tensor) -> Candid
     width = max(int(count.max()), 1)
     mats = [torch.full((n, width), fill, dtype=t.dtype, device=bm.device)
             for t, fill in ((pos, 0), (tok, 0), (v, float("-inf")))]
-    for mat, t in zip(mats, (pos, tok, v)):
+    for mat, t in zip(mats, (pos, tok, v), strict=True):
         mat[mrow, slot] = t
+    pos_m, tok_m, vals_m = mats
     return Candidates(row, block, torch.cumsum(per_row, 0) - per_row, max(int(per_row.max()), 1),
-                      *mats, torch.arange(width, device=bm.device) < count[:, None], count)
+                      pos_m, tok_m, vals_m, torch.arange(width, device=bm.device) < count[:, None], count)

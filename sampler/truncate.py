@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .blocks import BLOCK, NEG_INF, Processed
@@ -10,9 +12,12 @@ from .rows import RowConfig, kth_threshold, min_p_threshold, top_p_threshold
 from .select import Candidates, extract
 from .weights import Weights
 
+if TYPE_CHECKING:
+    from .core import _Out  # core imports this module
+
 
 def thresholds(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, arg: torch.Tensor,
-               total) -> torch.Tensor:
+               total: torch.Tensor | None) -> torch.Tensor:
     """float64 [n]: every kept token of rows [n] is >= theta (top-p rows without top-k: a guess).
 
     total [n] float64: full-vocabulary mass of full rows (None when there are none).
@@ -25,13 +30,15 @@ def thresholds(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor
         theta = torch.where((top_k > 0) & (top_p < 1), theta,
                             torch.maximum(theta, min_p_threshold(m, temp, min_p)))
     if total is not None and bool(full.any()):
+        assert wts.sums is not None, "full rows have chunk sums"
         f = full.nonzero()[:, 0]
         w_max = wts.tokens(rows[f], arg[rows[f]][:, None], m[f][:, None])[:, 0]  # s(argmax) = m
         theta[f] = top_p_threshold(bm[f], m[f], temp[f], w_max, wts.sums[rows[f]], top_p[f], total[f])
     return theta
 
 
-def sample_truncated(proc: Processed, cfg: RowConfig, wts: Weights, rows, theta, total, u, out) -> None:
+def sample_truncated(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, theta: torch.Tensor,
+                     total: torch.Tensor | None, u: torch.Tensor, out: _Out) -> None:
     """Draw rows [n] in groups of similar candidate counts, so that no row pads the others."""
     blocks = (proc.bm[rows] >= theta[:, None]).sum(1)  # [n] candidate blocks per row
     big = blocks > max(64, 4 * int(blocks.median()))
@@ -43,7 +50,8 @@ def sample_truncated(proc: Processed, cfg: RowConfig, wts: Weights, rows, theta,
         _draw(proc, cfg, wts, rows, theta, total, u, out)
 
 
-def _draw(proc: Processed, cfg: RowConfig, wts: Weights, rows, theta, total, u, out) -> None:
+def _draw(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, theta: torch.Tensor,
+          total: torch.Tensor | None, u: torch.Tensor, out: _Out) -> None:
     """Draw rows [n]; rows whose kept set may leave the candidates retry with every token."""
     cand = extract(lambda r, b: proc.blocks(rows[r], b), proc.bm[rows], theta)
     w = wts.tokens(rows, cand.token, cand.vals)  # [n, C]
@@ -57,7 +65,8 @@ def _draw(proc: Processed, cfg: RowConfig, wts: Weights, rows, theta, total, u, 
         _draw(proc, cfg, wts, rows[bad], every, None if total is None else total[bad], u, out)
 
 
-def _kept(cand: Candidates, w, cfg: RowConfig, rows, total, theta):
+def _kept(cand: Candidates, w: torch.Tensor, cfg: RowConfig, rows: torch.Tensor, total: torch.Tensor | None,
+          theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept bool [n, C] in canonical order, ok bool [n]): top-k, top-p, then min-p."""
     top_k, top_p, min_p = cfg.top_k[rows], cfg.top_p[rows], cfg.min_p[rows]
     kth = cand.vals.gather(1, (torch.minimum(top_k, cand.count) - 1).clamp(min=0)[:, None])
@@ -72,7 +81,8 @@ def _kept(cand: Candidates, w, cfg: RowConfig, rows, total, theta):
     return kept, ok
 
 
-def _top_p(w, kept, top_p, top_k, total, theta):
+def _top_p(w: torch.Tensor, kept: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, total: torch.Tensor,
+           theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the canonical prefix while the mass strictly before a token is < top_p * total."""
     cum = (w * kept).double().cumsum(1)  # [n, C]
     before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)

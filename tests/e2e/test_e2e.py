@@ -7,8 +7,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from seedstream.client import Client
 
+pytestmark = pytest.mark.slow  # seedstream serve in a process of its own, end to end
 
 CHAT = [{"role": "user", "content": "Tell me something interesting about octopuses."}]
 REQUESTS = [
@@ -61,9 +64,9 @@ def test_solo_equals_concurrent_load_and_stream_equals_unary(server):
                 f.result()
             loaded = [f.result() for f in loaded]
             streams = [f.result() for f in streams]
-    for s, l, chunks in zip(solo, loaded, streams):
-        assert s.token_ids == l.token_ids, "token stream changed under concurrent load"
-        assert s.logprobs == l.logprobs
+    for s, under_load, chunks in zip(solo, loaded, streams):
+        assert s.token_ids == under_load.token_ids, "token stream changed under concurrent load"
+        assert s.logprobs == under_load.logprobs
         assert tuple(t for c in chunks for t in c.token_ids) == s.token_ids
         assert "".join(c.text for c in chunks).encode() == s.text.encode()
         assert chunks[-1].finish_reason == s.finish_reason and chunks[-1].seed == s.seed

@@ -12,18 +12,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import sys
 import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
+import replicas as deploy  # scripts/replicas.py, on pytest's `pythonpath` (pyproject.toml)
 
 from seedstream.client import Client, UnavailableError
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import replicas as deploy  # noqa: E402  (scripts/replicas.py)
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,11 @@ the joined stream and its receipt equal the uninterrupted run's."""
 import asyncio
 import threading
 
+import pytest
+
 from seedstream.client import AsyncClient, Client, InvalidArgumentError, ResumePolicy
+
+pytestmark = pytest.mark.slow  # kills and restarts a server process mid-stream
 
 ARGS = dict(prompt="Write a long story about a lighthouse keeper.", seed=20261128, temperature=0.9, top_p=0.95,
             max_new_tokens=48, ignore_eos=True)

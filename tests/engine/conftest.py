@@ -19,10 +19,6 @@ DEVICES = [
 ]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: the CUDA case of a device-parametrised determinism test")
-
-
 @pytest.fixture(params=DEVICES)
 def device(request):
     """The device a determinism test runs on: "cpu", and "cuda" where one is present."""

@@ -44,7 +44,7 @@ def _targets(engine):
 
 def _background(engine, rng, count):
     requests = []
-    for i in range(count):
+    for _ in range(count):
         length = rng.choice([1, 3, 17, 90, 260, 300])
         prompt = tuple(rng.randrange(200, 40000) for _ in range(length))
         params = SamplingParams(temperature=rng.choice([0.0, 0.5, 1.0]), top_k=rng.choice([0, 10]),
@@ -53,6 +53,7 @@ def _background(engine, rng, count):
     return requests
 
 
+@pytest.mark.slow  # builds an engine per dtype and runs 16-40 background requests
 @pytest.mark.parametrize("dtype,prefill_chunk,background", [
     ("float32", 256, 40),  # the default build, at full scale
     ("float32", 48, 16),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
@@ -143,6 +144,7 @@ def test_cancelled_request_frees_its_slot(engine_factory):
     assert load == {"running": 0, "waiting": 0}
 
 
+@pytest.mark.slow
 def test_kv_budget_queues_requests_and_changes_no_token(engine_factory, device):
     """Two requests that together pass max_kv_tokens run one after the other, each as it would alone."""
     params = SamplingParams(temperature=0.9, seed=11)
@@ -181,6 +183,7 @@ def test_kv_budget_queues_requests_and_changes_no_token(engine_factory, device):
     assert [r[0] for r in results] == [r[0] for r in run(alone())]
 
 
+@pytest.mark.slow
 def test_same_prompt_prefills_once_and_changes_no_token(engine_factory, device):
     """Requests with one prompt (n samples, or seeds of a harness) share its prefill, bit for bit."""
     prompt = tuple(range(300, 300 + 600))  # three prefill chunks

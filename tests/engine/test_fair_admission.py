@@ -33,6 +33,7 @@ async def _until(predicate, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached")
 
 
+@pytest.mark.slow
 def test_round_robin_over_clients_changes_no_token(engine_factory):
     engine = engine_factory(max_batch_size=1, max_queue=8, max_queue_per_client=3)
     names = ["a1", "a2", "a3", "b1"]
@@ -55,7 +56,7 @@ def test_round_robin_over_clients_changes_no_token(engine_factory):
             tasks = {}
             for name in names[:3]:
                 tasks[name] = asyncio.ensure_future(job(name))
-                await _until(lambda n=len(tasks): engine.load()["waiting"] == n)
+                await _until(lambda n=len(tasks): engine.load()["waiting"] == n)  # noqa: B008 (binds the count now)
             with pytest.raises(Overloaded, match="max_queue_per_client=3"):
                 await _tokens(engine, _request(engine, 50, "a"))
             tasks["b1"] = asyncio.ensure_future(job("b1"))

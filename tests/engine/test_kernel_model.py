@@ -10,8 +10,7 @@ from seedstream.server.engine.gguf_tensors import read_stored_matrices
 from seedstream.server.engine.kernel_model import KernelModel
 from seedstream.server.engine.loader import cache_root
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
-from seedstream.server.kernels import available_isas, load_kernels
-from seedstream.server.kernels import packing
+from seedstream.server.kernels import available_isas, load_kernels, packing
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Reproducible generation means that the same request, "
         "with the same seed, gives the same tokens every time, alone or beside other requests. ")
@@ -45,6 +44,7 @@ def _run_chunked(model, ids, chunk):
     return torch.cat(logits), cache
 
 
+@pytest.mark.slow
 def test_prefill_chunks_of_any_size_equal_token_by_token_decode(weights, cfg):
     model = _model(weights, cfg)
     ids = _prompt(weights, 300)
@@ -70,6 +70,7 @@ def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads
     assert torch.equal(caches[1].keys[:, :, :40], alone_cache.keys[:, :, :40])
 
 
+@pytest.mark.slow  # builds and runs the kernels for every instruction set
 @pytest.mark.parametrize("fmt", ["f32", "q4_1"])
 def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt):
     ids = _prompt(weights, 12)
@@ -85,6 +86,7 @@ def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt):
         assert all(torch.equal(a, b) for a, b in zip(got, first)), f"{isa} differs"
 
 
+@pytest.mark.slow
 def test_stored_gguf_blocks_are_the_weights_transformers_reads(weights, cfg):
     stored = read_stored_matrices(weights.source_path, cfg.num_heads, cfg.num_kv_heads)
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
@@ -95,6 +97,7 @@ def test_stored_gguf_blocks_are_the_weights_transformers_reads(weights, cfg):
         assert np.array_equal(dequant, weights.state_dict[name].numpy()), name
 
 
+@pytest.mark.slow
 def test_formats_against_the_fp32_torch_path(weights, cfg):
     ids = _prompt(weights, 64)
     torch_model = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)

@@ -9,6 +9,8 @@ import torch
 from seedstream.server.engine.loader import default_model_path
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
 
+pytestmark = pytest.mark.slow  # full forwards of the torch path per device, and transformers for reference
+
 
 @pytest.fixture(scope="module")
 def models(weights):

@@ -7,6 +7,8 @@ import torch
 
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
 
+pytestmark = pytest.mark.slow  # builds the torch-path model and decodes 300 tokens one by one
+
 PROMPT_TOKENS = 300
 
 

@@ -68,6 +68,7 @@ def _run_workload(engine, gens, scores, phases):
     return run(_served(engine, work))
 
 
+@pytest.mark.slow
 def test_cache_cold_warm_evicted_and_concurrent_change_nothing(make):
     gens, scores = _workload(random.Random(5))
     [reference] = _run_workload(make(prefix_cache_mib=0), gens, scores, [False])

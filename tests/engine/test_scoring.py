@@ -50,6 +50,7 @@ def _reference(hf_model, context_ids, continuation_ids):
     return rows.gather(1, target[:, None])[:, 0], bool((rows.argmax(-1) == target).all())
 
 
+@pytest.mark.slow  # loads the transformers model
 def test_scores_match_transformers_and_do_not_depend_on_concurrency(engine_factory, hf_model):
     engine = engine_factory()
 

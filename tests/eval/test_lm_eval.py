@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow  # runs the lm-eval CLI several times
 
 from seedstream.client.harness import derive_seed  # noqa: E402
 

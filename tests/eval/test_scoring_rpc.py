@@ -68,6 +68,7 @@ def _reference(model, ctx, cont):
     return rows.gather(1, target[:, None])[:, 0], bool((rows.argmax(-1) == target).all())
 
 
+@pytest.mark.slow  # loads the transformers model
 def test_text_pairs_match_transformers_and_the_harness_split(client, server, hf_model):
     engine = server.state.engine
     scores = client.score(PAIRS)
@@ -95,6 +96,7 @@ def test_a_continuation_without_tokens_of_its_own_scores_zero(client, server):
         assert s.continuation_tokens == 0 and s.logprob == 0.0 and s.is_greedy and s.logprobs == ()
 
 
+@pytest.mark.slow  # compares cached_tokens too: needs the prefix cache the test above warms
 def test_token_pairs_equal_text_pairs_and_do_not_depend_on_batching(client, server):
     engine = server.state.engine
     ids = [tuple(map(list, engine.encode_pair(c, x))) for c, x in PAIRS]

@@ -3,15 +3,10 @@ with both fronts (gRPC and the OpenAI-compatible HTTP) on loopback ports. The mo
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# The suite runs with --import-mode=importlib: make the sibling helper module importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from http_helpers import LoopThread, base_url, start  # noqa: E402
+# The sibling helper module: importable through pytest's `pythonpath` setting (pyproject.toml).
+from http_helpers import LoopThread, base_url, start
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow  # runs the lm-eval CLI against the HTTP front
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = "tests/eval/tasks"  # relative to ROOT, as the task YAMLs' data_files are

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (test extra)")
+pytestmark = pytest.mark.slow  # drives a headless Chromium
 CHROMIUM = os.environ.get("SEEDSTREAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
     pytest.skip("no chromium binary (Debian: apt-get install chromium; or set SEEDSTREAM_CHROMIUM)",

@@ -114,7 +114,7 @@ def reference_sample(logits, params, steps, prompt_token_ids=None, output_token_
     for r in range(batch):
         p = params[r]
         x = _padded_raw(logits[r])
-        pick = lambda seqs: None if seqs is None else seqs[r]  # noqa: E731
+        pick = lambda seqs: None if seqs is None else seqs[r]  # noqa: E731, B023 (called in this iteration)
         s = edited(x, vocab, p, pick(prompt_token_ids), pick(output_token_ids), pick(suppress_token_ids))
         lse = x.max() - torch.softmax(x[None], -1)[0][int(torch.argmax(x))].log()
         if p.temperature == 0:

@@ -83,6 +83,7 @@ def assert_rows_equal(got, want, rows_got, rows_want):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
+@pytest.mark.slow  # 30-80 s per vocabulary
 @pytest.mark.parametrize("vocab,alone", [(49152, 128), (50257, 64), (151936, 40)])
 def test_row_is_bit_identical_alone_and_anywhere_in_a_batch_of_128(vocab, alone):
     logits, params, steps, extra = make_batch(128, vocab, seed=vocab)
@@ -127,6 +128,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # starts several interpreters
 def test_same_results_across_processes_global_seeds_and_thread_counts():
     here = str(__import__("pathlib").Path(__file__).resolve().parent)
     script = SCRIPT.format(here=here)
@@ -181,7 +183,7 @@ def test_fallbacks_match_reference(monkeypatch):
     """Guesses that fail verification, and thresholds that admit every token, give the same bits."""
     rng = random.Random(99)
     cases = [random_case(rng) for _ in range(12)]
-    for x, params, *_ in cases[:6]:  # top-p rows without top-k: their threshold is a guess
+    for _x, params, *_ in cases[:6]:  # top-p rows without top-k: their threshold is a guess
         params[:] = [SamplingParams(seed=i, top_p=rng.choice([0.5, 0.9]), min_p=rng.choice([0, 0.01]))
                      for i in range(len(params))]
     calls = {"n": 0}

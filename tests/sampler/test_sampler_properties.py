@@ -1,11 +1,14 @@
 """Property-based fuzzing of parameters and logits (hypothesis)."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sampler_reference import hf_distribution, reference_sample
 
 from seedstream.sampler import SamplingParams, sample
+
+pytestmark = pytest.mark.slow  # hypothesis runs each property on many batches: 20-30 s per test
 
 NEG_INF = float("-inf")
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,  # the same cases on every run

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 import torch
-from sampler_reference import hf_distribution, kept_set, edited
+from sampler_reference import edited, hf_distribution, kept_set
 from scipy import stats
 
 from seedstream.sampler import SamplingParams, sample
@@ -65,6 +65,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # 8-14 s per case: many draws
 @pytest.mark.parametrize("name", list(CASES))
 def test_chi_square_matches_transformers(name):
     p = SamplingParams(**CASES[name])
@@ -77,6 +78,7 @@ def test_chi_square_matches_transformers(name):
     assert torch.allclose(res.logprobs, torch.log_softmax(row, -1)[res.token_ids], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2),
                                 dict(repetition_penalty=0.7, top_p=0.9),
                                 dict(presence_penalty=-1.0, frequency_penalty=1.5, top_k=30)])
@@ -88,6 +90,7 @@ def test_chi_square_penalties_and_suppression(kw):
     assert _chi_square(res.token_ids, probs) > ALPHA
 
 
+@pytest.mark.slow
 def test_all_equal_logits_are_uniform_and_top_k_keeps_ties():
     row = torch.zeros(V)
     for p in (SamplingParams(), SamplingParams(top_k=7), SamplingParams(top_p=0.5, temperature=0.3)):
@@ -102,6 +105,7 @@ def test_all_equal_logits_are_uniform_and_top_k_keeps_ties():
             assert n_kept in (150, 151) and kept[:n_kept].all()  # a prefix of the lowest ids
 
 
+@pytest.mark.slow
 def test_support_is_exact_on_many_rows():
     """Every draw lies in transformers' support; the kept sets agree token for token."""
     gen = torch.Generator().manual_seed(11)

@@ -3,15 +3,10 @@ grpc.aio server on a loopback port. The model loads once per session."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# The suite runs with --import-mode=importlib: make the sibling helper module importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from svc_helpers import LoopThread, start_server  # noqa: E402
+# The sibling helper module: importable through pytest's `pythonpath` setting (pyproject.toml).
+from svc_helpers import LoopThread, start_server
 
 
 @pytest.fixture(scope="session")

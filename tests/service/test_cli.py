@@ -12,9 +12,9 @@ import threading
 import time
 
 import pytest
+from svc_helpers import ROOT, cli
 
 from seedstream.client import Client, FinishReason, HealthStatus
-from svc_helpers import ROOT, cli
 
 
 def test_generate_streams_exact_text(server, client):
@@ -61,6 +61,7 @@ def test_generate_chat_and_token_ids(server, client):
     assert done.stdout == client.generate("The sky is", seed=3, max_new_tokens=5).text.encode()
 
 
+@pytest.mark.slow  # one CLI process per case
 def test_cli_errors_and_exit_codes(server):
     done = cli("generate", "Hi", "--top-p", "5", "--target", server.address)
     assert done.returncode == 2 and b"top_p" in done.stderr
@@ -143,6 +144,7 @@ def test_serve_process_sigterm_drains_and_exits_zero():
             server.proc.wait()
 
 
+@pytest.mark.slow  # starts `seedstream serve`
 def test_serve_reports_a_bad_model_and_exits_one(tmp_path):
     missing = tmp_path / "no-such-model.gguf"
     done = cli("serve", "--port", "0", "--model", str(missing), timeout=120)
@@ -150,6 +152,7 @@ def test_serve_reports_a_bad_model_and_exits_one(tmp_path):
     assert b"model loading failed" in done.stderr and str(missing).encode() in done.stderr
 
 
+@pytest.mark.slow  # starts `seedstream serve`
 def test_serve_rejects_a_taken_port(server):
     done = cli("serve", "--port", str(server.port), timeout=120)
     assert done.returncode == 2 and b"cannot start" in done.stderr

@@ -9,6 +9,7 @@ import time
 
 import grpc
 import pytest
+from svc_helpers import idle, wait_for
 
 from seedstream.client import (
     AsyncClient,
@@ -21,7 +22,6 @@ from seedstream.client import (
 )
 from seedstream.client.errors import field_of
 from seedstream.v1 import textgen_pb2 as pb
-from svc_helpers import idle, wait_for
 
 LONG = dict(prompt="Write a very long story about a dragon.", max_new_tokens=3000, ignore_eos=True, temperature=1.0)
 
@@ -134,7 +134,7 @@ def test_cancelled_stream_frees_its_slot(small_server, small_engine):
         assert client.generate("Hi", seed=2, max_new_tokens=3, timeout=30).completion_tokens >= 1
 
         # Breaking out of the loop.
-        for i, chunk in enumerate(client.generate_stream(**LONG, seed=3)):
+        for i, _chunk in enumerate(client.generate_stream(**LONG, seed=3)):
             if i == 2:
                 break
         assert wait_for(lambda: idle(small_engine), timeout=5.0), small_engine.load()

@@ -71,6 +71,7 @@ def test_greedy_chat_answers(client):
     assert result.finish_reason in (FinishReason.EOS, FinishReason.LENGTH)
 
 
+@pytest.mark.slow
 def test_seed_is_drawn_returned_and_replays(client):
     kwargs = dict(prompt="A short poem about the sea:", temperature=1.0, max_new_tokens=16)
     first = client.generate(**kwargs)
@@ -90,6 +91,7 @@ def test_seed_is_drawn_returned_and_replays(client):
     assert client.generate(seed=header_seed, **kwargs).token_ids == join_chunks(chunks).token_ids
 
 
+@pytest.mark.slow
 def test_different_seed_or_sample_index_differs(client):
     kwargs = dict(prompt="A short poem about the sea:", temperature=1.0, max_new_tokens=16, seed=2024)
     base = client.generate(**kwargs)
@@ -177,6 +179,7 @@ def test_raw_grpc_request(stub):
     assert not any(m.HasField("receipt") for m in messages[:-1])
 
 
+@pytest.mark.slow  # 16 concurrent streams and their solo runs
 def test_concurrent_streams_match_solo_runs(server, client):
     """Requests running together over gRPC give what each gives alone (AsyncClient)."""
     requests = [
