@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def windows(ids: list[int], size: int) -> list[list[int]]:
-    return [ids[i:i + size] for i in range(0, len(ids) - 1, size) if len(ids[i:i + size]) > 1]
+    return [ids[i : i + size] for i in range(0, len(ids) - 1, size) if len(ids[i : i + size]) > 1]
 
 
 def logits_of(model, window: list[int]) -> torch.Tensor:
@@ -38,7 +38,7 @@ def main() -> None:
     weights = load_weights(None, progress=lambda msg: None)
     cfg = ModelConfig.from_hf(weights.config)
     text = "\n\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
-    ids = weights.tokenizer(text, add_special_tokens=False)["input_ids"][:args.tokens]
+    ids = weights.tokenizer(text, add_special_tokens=False)["input_ids"][: args.tokens]
     parts = windows(ids, args.window)
     kernels = load_kernels(args.threads, cache_root() / "kernels")
     models = {"fp32 torch path (reference)": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)}

@@ -51,22 +51,27 @@ def cpu_summary(threads: int) -> str:
         return "CPU flags: /proc/cpuinfo not readable"
     avx512 = sorted(f for f in flags if f.startswith("avx512"))
     shown = " ".join(f for f in CPU_FLAGS if f in flags)
-    return (f"CPU: {model}, {os.cpu_count()} logical cores, {threads} threads used; AVX2: "
-            f"{'yes' if 'avx2' in flags else 'no'}, AVX-512: {'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'}; "
-            f"flags: {shown or 'none of ' + ', '.join(CPU_FLAGS)}")
+    return (
+        f"CPU: {model}, {os.cpu_count()} logical cores, {threads} threads used; AVX2: "
+        f"{'yes' if 'avx2' in flags else 'no'}, AVX-512: {'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'}; "
+        f"flags: {shown or 'none of ' + ', '.join(CPU_FLAGS)}"
+    )
 
 
 # ---------------------------------------------------------------- seedstream (gRPC server process)
+
 
 async def seedstream_streams(target: str, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
     """Concurrent streams, one per prompt, started together: (aggregate tok/s, time to first token per stream in s)."""
     from seedstream.client import AsyncClient
 
     async with AsyncClient(target) as client:
+
         async def one(i: int, ids: list[int]) -> float:
             started, first, count = time.perf_counter(), None, 0
-            async for chunk in client.generate_stream(prompt_token_ids=ids, seed=i, max_new_tokens=new_tokens,
-                                                      ignore_eos=True, **SAMPLING):
+            async for chunk in client.generate_stream(
+                prompt_token_ids=ids, seed=i, max_new_tokens=new_tokens, ignore_eos=True, **SAMPLING
+            ):
                 if first is None and chunk.token_ids:
                     first = time.perf_counter() - started
                 count += len(chunk.token_ids)
@@ -81,8 +86,19 @@ async def seedstream_streams(target: str, prompts: list[list[int]], new_tokens: 
 
 
 def start_server(port: int, threads: int, weights: str | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(port),
-           "--threads", str(threads), "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seedstream.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "WARNING",
+    ]
     if weights:  # passed only when asked for: older servers do not know the flag
         cmd += ["--weights", weights]
     # stderr to a file, not a pipe: a chatty server must never block on a full pipe buffer
@@ -143,19 +159,34 @@ def measure_seedstream(args, prompts: list[list[int]], streams: list[int], weigh
 
 # ---------------------------------------------------------------- llama.cpp (node-llama-cpp prebuilt)
 
+
 def measure_llamacpp(args, model_path: str, prompts: list[list[int]], streams: list[int]) -> tuple[dict, str]:
     """Per stream count (tok/s, TTFTs in s) from bench/llamacpp/bench.mjs, and what llama.cpp says it runs on."""
     node = shutil.which(args.node)
     if node is None:
         raise Skipped(f"'{args.node}' not found: install Node.js >= 20 to measure llama.cpp")
     if not os.path.isdir(os.path.join(LLAMACPP_DIR, "node_modules", "node-llama-cpp")):
-        raise Skipped(f"node-llama-cpp not installed: cd {os.path.relpath(LLAMACPP_DIR)} && "
-                      "npm install --ignore-scripts")
-    job = dict(model=model_path, prompts=prompts, streams=streams, new_tokens=args.new_tokens, threads=args.threads,
-               repeats=args.repeats, sampling=SAMPLING)
-    proc = subprocess.run([node, os.path.join(LLAMACPP_DIR, "bench.mjs")], input=json.dumps(job), text=True,
-                          capture_output=True, cwd=LLAMACPP_DIR, timeout=3600,
-                          env={**os.environ, "NODE_LLAMA_CPP_SKIP_DOWNLOAD": "true"})
+        raise Skipped(
+            f"node-llama-cpp not installed: cd {os.path.relpath(LLAMACPP_DIR)} && npm install --ignore-scripts"
+        )
+    job = dict(
+        model=model_path,
+        prompts=prompts,
+        streams=streams,
+        new_tokens=args.new_tokens,
+        threads=args.threads,
+        repeats=args.repeats,
+        sampling=SAMPLING,
+    )
+    proc = subprocess.run(
+        [node, os.path.join(LLAMACPP_DIR, "bench.mjs")],
+        input=json.dumps(job),
+        text=True,
+        capture_output=True,
+        cwd=LLAMACPP_DIR,
+        timeout=3600,
+        env={**os.environ, "NODE_LLAMA_CPP_SKIP_DOWNLOAD": "true"},
+    )
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         error = next((line for line in lines if "Error" in line), lines[-1] if lines else "no output")
@@ -168,17 +199,21 @@ def measure_llamacpp(args, model_path: str, prompts: list[list[int]], streams: l
 
 # ---------------------------------------------------------------- transformers generate()
 
+
 def measure_transformers(args, folder: str, name: str, tokenizer, texts: list[str], streams: list[int]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     transformers_tok_per_s(model, tokenizer, texts[:1], 2)  # warm-up
-    return {n: max(transformers_tok_per_s(model, tokenizer, texts[:n], args.new_tokens) for _ in range(args.repeats))
-            for n in streams}
+    return {
+        n: max(transformers_tok_per_s(model, tokenizer, texts[:n], args.new_tokens) for _ in range(args.repeats))
+        for n in streams
+    }
 
 
 # ---------------------------------------------------------------- report
+
 
 def run_system(name: str, skipped: dict, fn, *fn_args):
     print(f"measuring {name} ...", file=sys.stderr, flush=True)
@@ -202,27 +237,35 @@ def ratio(a, b) -> str:
 
 def print_report(args, streams, ours: dict, llama, llama_info, hf, skipped: dict) -> None:
     print(f"\n{cpu_summary(args.threads)}")
-    print(f"{args.new_tokens} new tokens per sequence, {args.threads} threads, temperature {SAMPLING['temperature']}, "
-          f"top-k {SAMPLING['top_k']}, top-p {SAMPLING['top_p']}, best of {args.repeats}; the same chat-prompt token "
-          "ids for every system; aggregate tok/s; TTFT = median time to first token of streams started together\n")
-    print("| streams | seedstream weights | seedstream tok/s | llama.cpp tok/s | transformers tok/s "
-          "| seedstream / llama.cpp | seedstream / transformers | seedstream TTFT | llama.cpp TTFT |")
+    print(
+        f"{args.new_tokens} new tokens per sequence, {args.threads} threads, temperature {SAMPLING['temperature']}, "
+        f"top-k {SAMPLING['top_k']}, top-p {SAMPLING['top_p']}, best of {args.repeats}; the same chat-prompt token "
+        "ids for every system; aggregate tok/s; TTFT = median time to first token of streams started together\n"
+    )
+    print(
+        "| streams | seedstream weights | seedstream tok/s | llama.cpp tok/s | transformers tok/s "
+        "| seedstream / llama.cpp | seedstream / transformers | seedstream TTFT | llama.cpp TTFT |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in streams:
         lc = llama[n] if llama else (None, None)
         tf = hf[n] if hf else None
         for weights, results in ours.items():
             ss = results[n] if results else (None, None)
-            print(f"| {n} | {weights} | {fmt(ss[0], '{:.1f}')} | {fmt(lc[0], '{:.1f}')} | {fmt(tf, '{:.1f}')} "
-                  f"| {ratio(ss[0], lc[0])} | {ratio(ss[0], tf)} | {ttft(ss[1], statistics.median)} "
-                  f"| {ttft(lc[1], statistics.median)} |")
+            print(
+                f"| {n} | {weights} | {fmt(ss[0], '{:.1f}')} | {fmt(lc[0], '{:.1f}')} | {fmt(tf, '{:.1f}')} "
+                f"| {ratio(ss[0], lc[0])} | {ratio(ss[0], tf)} | {ttft(ss[1], statistics.median)} "
+                f"| {ttft(lc[1], statistics.median)} |"
+            )
     n = max(streams)
     print(f"\nTime to first token, {n} chat prompts arriving together (median / max):")
     for weights, results in ours.items():
         s = results[n][1] if results else None
         print(f"  seedstream ({weights}): {ttft(s, statistics.median)} / {ttft(s, max)}")
-    print(f"  llama.cpp: {ttft(llama[n][1] if llama else None, statistics.median)} / "
-          f"{ttft(llama[n][1] if llama else None, max)}")
+    print(
+        f"  llama.cpp: {ttft(llama[n][1] if llama else None, statistics.median)} / "
+        f"{ttft(llama[n][1] if llama else None, max)}"
+    )
     if llama_info:
         print(f"\nllama.cpp: {llama_info}")
     if hf:
@@ -241,14 +284,21 @@ def parse_args():
     parser.add_argument("--streams", default=None, help="concurrent streams, comma-separated (default 1,8,32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="best of N for each measurement")
-    parser.add_argument("--weights", default=None,
-                        help="server --weights values to measure, comma-separated (e.g. auto,q8_0); "
-                             "unset: the flag is not passed and the server uses its default")
-    parser.add_argument("--systems", default="seedstream,llamacpp,transformers",
-                        help="which systems to measure, comma-separated")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="server --weights values to measure, comma-separated (e.g. auto,q8_0); "
+        "unset: the flag is not passed and the server uses its default",
+    )
+    parser.add_argument(
+        "--systems", default="seedstream,llamacpp,transformers", help="which systems to measure, comma-separated"
+    )
     parser.add_argument("--node", default="node", help="Node.js executable for the llama.cpp anchor")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 4 new tokens, one repeat, streams 1,4 unless --streams is given")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 4 new tokens, one repeat, streams 1,4 unless --streams is given",
+    )
     args = parser.parse_args()
     if args.quick:
         args.new_tokens, args.repeats = 4, 1
@@ -282,10 +332,11 @@ def main() -> None:
         llama, llama_info = got if got else (None, None)
     ours = {}
     if "seedstream" in args.systems:
-        for weights in (args.weights.split(",") if args.weights else [None]):
+        for weights in args.weights.split(",") if args.weights else [None]:
             label = weights or "server default"
-            ours[label] = run_system(f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams,
-                                     weights)
+            ours[label] = run_system(
+                f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights
+            )
     print_report(args, streams, ours, llama, llama_info, hf, skipped)
 
 

@@ -19,12 +19,24 @@ import statistics
 import threading
 import time
 
-SYSTEM = ("You are a meticulous assistant for a public library. " * 3 + "Rules: " + " ".join(
-    f"Rule {i}: answer politely, cite the shelf number, and never invent a book title that is not in the catalogue."
-    for i in range(1, 21)))
-QUESTIONS = ["Where are the atlases?", "Do you have books on bees?", "When do you open on Sunday?",
-             "Can I renew a loan online?", "Is there a quiet room?", "Where is poetry?", "Do you lend maps?",
-             "Are there chess sets?"]
+SYSTEM = (
+    "You are a meticulous assistant for a public library. " * 3
+    + "Rules: "
+    + " ".join(
+        f"Rule {i}: answer politely, cite the shelf number, and never invent a book title that is not in the catalogue."
+        for i in range(1, 21)
+    )
+)
+QUESTIONS = [
+    "Where are the atlases?",
+    "Do you have books on bees?",
+    "When do you open on Sunday?",
+    "Can I renew a loan online?",
+    "Is there a quiet room?",
+    "Where is poetry?",
+    "Do you lend maps?",
+    "Are there chess sets?",
+]
 
 
 class LoopThread:
@@ -63,8 +75,14 @@ def chat_ttft(client, engine, requests: int) -> tuple[list[float], list[float], 
 
 def resume_cost(client, k: int) -> tuple[float, float, bool]:
     """(seconds to stream k tokens from scratch, seconds to the first token after resuming at k, equal?)"""
-    args = dict(prompt="Tell me a long story about a lighthouse keeper and a storm.", seed=7, temperature=0.9,
-                top_p=0.95, max_new_tokens=k + 8, ignore_eos=True)
+    args = dict(
+        prompt="Tell me a long story about a lighthouse keeper and a storm.",
+        seed=7,
+        temperature=0.9,
+        top_p=0.95,
+        max_new_tokens=k + 8,
+        ignore_eos=True,
+    )
     full = client.generate(**args)
     with client.generate_stream(**args) as stream:
         start = time.perf_counter()
@@ -114,14 +132,18 @@ def main() -> None:
         loop.close()
 
     c, w = statistics.median(cold), statistics.median(warm)
-    print(f"\nchat, system prompt + question = about {system_tokens} tokens, {args.requests} requests per state, "
-          f"{torch.get_num_threads()} torch threads; median time to first token")
+    print(
+        f"\nchat, system prompt + question = about {system_tokens} tokens, {args.requests} requests per state, "
+        f"{torch.get_num_threads()} torch threads; median time to first token"
+    )
     print("\n| prefix cache | TTFT (ms) | vs cold |\n|---|---|---|")
     print(f"| cold | {c * 1e3:.0f} | 1.00x |")
     print(f"| warm ({cached} prompt positions from the cache) | {w * 1e3:.0f} | {c / w:.2f}x |")
-    print(f"\nresume at k = {args.resume_at}: first token after resuming {resumed * 1e3:.0f} ms, streaming the "
-          f"{args.resume_at} tokens again {regenerate * 1e3:.0f} ms ({regenerate / resumed:.1f}x); "
-          f"continuation equals the uninterrupted stream: {equal}")
+    print(
+        f"\nresume at k = {args.resume_at}: first token after resuming {resumed * 1e3:.0f} ms, streaming the "
+        f"{args.resume_at} tokens again {regenerate * 1e3:.0f} ms ({regenerate / resumed:.1f}x); "
+        f"continuation equals the uninterrupted stream: {equal}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,16 +17,27 @@ import sys
 import time
 
 PROMPTS = [
-    "Write a short story about a lighthouse keeper.", "Explain how rain forms.", "Describe a busy market.",
-    "What makes a good friend?", "Give advice to a new gardener.", "Tell me about the moon.",
-    "Describe your favourite meal.", "Why do cats purr?",
+    "Write a short story about a lighthouse keeper.",
+    "Explain how rain forms.",
+    "Describe a busy market.",
+    "What makes a good friend?",
+    "Give advice to a new gardener.",
+    "Tell me about the moon.",
+    "Describe your favourite meal.",
+    "Why do cats purr?",
 ]
 SAMPLING = dict(temperature=0.8, top_k=50, top_p=0.9)
 
 
 def chat_prompts(tokenizer, count: int) -> list[str]:
-    return [tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" ({i})"}],
-                                          add_generation_prompt=True, tokenize=False) for i in range(count)]
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" ({i})"}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for i in range(count)
+    ]
 
 
 def transformers_tok_per_s(model, tokenizer, prompts: list[str], new_tokens: int) -> float:
@@ -39,8 +50,14 @@ def transformers_tok_per_s(model, tokenizer, prompts: list[str], new_tokens: int
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**batch, do_sample=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, **SAMPLING)
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **SAMPLING,
+        )
     elapsed = time.perf_counter() - start
     assert out.shape[1] - batch["input_ids"].shape[1] == new_tokens
     return len(prompts) * new_tokens / elapsed
@@ -57,12 +74,14 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
     from seedstream.client import AsyncClient
 
     async with AsyncClient(target) as client:
+
         async def one(i: int, prompt: str) -> float:
             started = time.perf_counter()
             first = None
             count = 0
-            async for chunk in client.generate_stream(prompt, seed=i, max_new_tokens=new_tokens, ignore_eos=True,
-                                                      **SAMPLING):
+            async for chunk in client.generate_stream(
+                prompt, seed=i, max_new_tokens=new_tokens, ignore_eos=True, **SAMPLING
+            ):
                 if first is None and chunk.token_ids:
                     first = time.perf_counter() - started
                 count += len(chunk.token_ids)
@@ -76,8 +95,19 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
 
 
 def start_server(port: int, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(port),
-           "--threads", str(threads), "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seedstream.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "WARNING",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -108,14 +138,21 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     streams = [int(s) for s in args.streams.split(",")]
 
-    baseline = {n: max(transformers_tok_per_s(model, tokenizer, chat_prompts(tokenizer, n), args.new_tokens)
-                       for _ in range(args.repeats)) for n in streams}
+    baseline = {
+        n: max(
+            transformers_tok_per_s(model, tokenizer, chat_prompts(tokenizer, n), args.new_tokens)
+            for _ in range(args.repeats)
+        )
+        for n in streams
+    }
     del model
 
     ours = {"seedstream": measure_server(args, tokenizer, streams)}
 
-    print(f"\n{args.new_tokens} new tokens, fp32, top-k 50 / top-p 0.9 / T 0.8, {args.threads} threads, "
-          f"best of {args.repeats}; seedstream tok/s, ratio to transformers and median TTFT\n")
+    print(
+        f"\n{args.new_tokens} new tokens, fp32, top-k 50 / top-p 0.9 / T 0.8, {args.threads} threads, "
+        f"best of {args.repeats}; seedstream tok/s, ratio to transformers and median TTFT\n"
+    )
     head = "| concurrent streams | transformers generate() tok/s (static batch) |"
     rule = "|---|---|"
     for mode in ours:
@@ -138,11 +175,17 @@ def measure_server(args, tokenizer, streams: list[int]) -> dict[int, tuple[float
     try:
         asyncio.run(wait_serving(target))
         asyncio.run(seedstream_run(target, chat_prompts(tokenizer, 2), 4))  # warm-up
-        return {n: max(asyncio.run(seedstream_run(target, chat_prompts(tokenizer, n), args.new_tokens))
-                       for _ in range(args.repeats)) for n in streams}
+        return {
+            n: max(
+                asyncio.run(seedstream_run(target, chat_prompts(tokenizer, n), args.new_tokens))
+                for _ in range(args.repeats)
+            )
+            for n in streams
+        }
     finally:
         server.terminate()
         server.wait(timeout=60)
+
 
 if __name__ == "__main__":
     main()

@@ -21,13 +21,20 @@ def step_time(model, batch: int, context: int, repeats: int) -> float:
     caches = [model.new_cache() for _ in range(batch)]
     prompt = list(range(1000, 1000 + context))
     for cache in caches:
-        model.forward(torch.tensor(prompt), torch.arange(context), [Segment(cache, 0, context)], torch.tensor([context - 1]))
+        model.forward(
+            torch.tensor(prompt), torch.arange(context), [Segment(cache, 0, context)], torch.tensor([context - 1])
+        )
     times = []
     for step in range(repeats):
         pos = context + step
         start = time.perf_counter()
-        model.forward(torch.tensor([7] * batch), torch.tensor([pos] * batch),
-                      [Segment(c, pos, 1) for c in caches], torch.arange(batch), batch)
+        model.forward(
+            torch.tensor([7] * batch),
+            torch.tensor([pos] * batch),
+            [Segment(c, pos, 1) for c in caches],
+            torch.arange(batch),
+            batch,
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -43,8 +50,9 @@ class TransformersStep:
         from seedstream.server.engine.loader import default_model_path
 
         path = default_model_path()
-        self.model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                          dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+        ).eval()
 
     @torch.inference_mode()
     def time(self, batch: int, context: int, repeats: int) -> float:
@@ -89,8 +97,11 @@ def main() -> None:
         for _ in range(2):  # interleaved, so that machine noise hits every path alike
             for name in names:
                 model = models[name]
-                timed = model.time(batch, args.context, args.repeats) if isinstance(model, TransformersStep) \
+                timed = (
+                    model.time(batch, args.context, args.repeats)
+                    if isinstance(model, TransformersStep)
                     else step_time(model, batch, args.context, args.repeats)
+                )
                 times[name].append(timed)
         best = {name: min(t) for name, t in times.items()}
         base = best["transformers fp32"]

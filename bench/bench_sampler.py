@@ -84,7 +84,7 @@ def reference_row(scores: torch.Tensor, p: SamplingParams, prompt, output, gen) 
 def run_reference(logits, params, prompt, output) -> None:
     for r, p in enumerate(params):
         gen = torch.Generator().manual_seed(p.seed % 2**63)
-        reference_row(logits[r:r + 1], p, prompt[r], output[r], gen)
+        reference_row(logits[r : r + 1], p, prompt[r], output[r], gen)
 
 
 def time_calls(fns, inputs, repeats: int) -> list[float]:
@@ -105,6 +105,7 @@ def bench_cell(logits, mix, args, rng) -> dict:
     params = make_params(mix, batch, rng)
     prompt, output = make_histories(batch, vocab, rng)
     steps = list(range(batch))
+
     def do_sample(x):
         return sample(x, params, steps, prompt_token_ids=prompt, output_token_ids=output)
 
@@ -131,9 +132,12 @@ def main() -> None:
             logits = [zipf_logits(batch, vocab, gen) for _ in range(args.variants)]
             for mix in ["mixed", *MIXES]:
                 c = bench_cell(logits, mix, args, rng)
-                print(f"| {vocab} | {batch} | {mix} | {c['softmax'] * 1e3:.3f} | {c['sample'] * 1e3:.3f} | "
-                      f"{c['sample'] / c['softmax']:.1f}× | {c['reference'] * 1e3:.1f} | "
-                      f"{c['reference'] / c['sample']:.0f}× |", flush=True)
+                print(
+                    f"| {vocab} | {batch} | {mix} | {c['softmax'] * 1e3:.3f} | {c['sample'] * 1e3:.3f} | "
+                    f"{c['sample'] / c['softmax']:.1f}× | {c['reference'] * 1e3:.1f} | "
+                    f"{c['reference'] / c['sample']:.0f}× |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def score_grpc(target: str, pairs, batch: int, concurrency: int):
     """Score every pair through the server; returns (seconds, results in pair order)."""
     from seedstream.client import Client
 
-    chunks = [pairs[i:i + batch] for i in range(0, len(pairs), batch)]
+    chunks = [pairs[i : i + batch] for i in range(0, len(pairs), batch)]
     with Client(target, timeout=600) as client:
         client.score(chunks[0][:2])  # connect and warm up
         start = time.perf_counter()
@@ -101,22 +101,22 @@ def score_hf(model, pairs, batch: int, full_log_softmax: bool = False):
     start = time.perf_counter()
     with torch.inference_mode():
         for b in range(0, len(order), batch):
-            idx = order[b:b + batch]
+            idx = order[b : b + batch]
             seqs = [pairs[i][0] + pairs[i][1] for i in idx]
             width = max(len(s) for s in seqs)
             ids = torch.zeros((len(seqs), width), dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for r, s in enumerate(seqs):
-                ids[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = 1
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
             logits = model(input_ids=ids, attention_mask=mask).logits  # [B, T, V]
             if full_log_softmax:
                 all_logprobs = torch.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(idx):
                 ctx, cont = pairs[i]
-                rows = logits[r, len(ctx) - 1:len(ctx) + len(cont) - 1].float()
+                rows = logits[r, len(ctx) - 1 : len(ctx) + len(cont) - 1].float()
                 if full_log_softmax:
-                    logprobs = all_logprobs[r, len(ctx) - 1:len(ctx) + len(cont) - 1]
+                    logprobs = all_logprobs[r, len(ctx) - 1 : len(ctx) + len(cont) - 1]
                 else:
                     logprobs = torch.log_softmax(rows, dim=-1)
                 target = torch.tensor(cont)
@@ -180,22 +180,34 @@ def main() -> None:
     greedy_same = sum(g.is_greedy == h for g, (_, h) in zip(grpc_res, hf_res))
     mean_len = statistics.mean(len(c) + len(x) for c, x in pairs)
 
-    print(f"\nscoring {len(pairs)} pairs ({tokens} tokens, mean {mean_len:.0f} per pair), {args.dtype}, "
-          f"{torch.get_num_threads()} torch threads, best of {args.repeats}")
-    print(f"seedstream: Score calls of {args.batch} pairs, {args.concurrency} in flight; "
-          f"transformers: padded batches of {args.hf_batch}, longest first\n")
+    print(
+        f"\nscoring {len(pairs)} pairs ({tokens} tokens, mean {mean_len:.0f} per pair), {args.dtype}, "
+        f"{torch.get_num_threads()} torch threads, best of {args.repeats}"
+    )
+    print(
+        f"seedstream: Score calls of {args.batch} pairs, {args.concurrency} in flight; "
+        f"transformers: padded batches of {args.hf_batch}, longest first\n"
+    )
     print("| path | seconds | pairs/s | tokens/s | vs transformers |")
     print("|---|---|---|---|---|")
-    print(f"| seedstream gRPC Score | {grpc_s:.2f} | {len(pairs) / grpc_s:.1f} | {tokens / grpc_s:.0f} | "
-          f"{hf_s / grpc_s:.2f}x |")
-    print(f"| transformers in-process, log_softmax at continuation positions | {hf_s:.2f} | {len(pairs) / hf_s:.1f} | "
-          f"{tokens / hf_s:.0f} | 1.00x |")
-    print(f"| transformers in-process, log_softmax at every position (as lm-eval's HF backend) | {lmeval_s:.2f} | "
-          f"{len(pairs) / lmeval_s:.1f} | {tokens / lmeval_s:.0f} | {hf_s / lmeval_s:.2f}x |")
+    print(
+        f"| seedstream gRPC Score | {grpc_s:.2f} | {len(pairs) / grpc_s:.1f} | {tokens / grpc_s:.0f} | "
+        f"{hf_s / grpc_s:.2f}x |"
+    )
+    print(
+        f"| transformers in-process, log_softmax at continuation positions | {hf_s:.2f} | {len(pairs) / hf_s:.1f} | "
+        f"{tokens / hf_s:.0f} | 1.00x |"
+    )
+    print(
+        f"| transformers in-process, log_softmax at every position (as lm-eval's HF backend) | {lmeval_s:.2f} | "
+        f"{len(pairs) / lmeval_s:.1f} | {tokens / lmeval_s:.0f} | {hf_s / lmeval_s:.2f}x |"
+    )
     print(f"\nseedstream vs the lm-eval-style transformers loop: {lmeval_s / grpc_s:.2f}x")
     print(f"\nagreement: max |logprob difference| {diff:.2e}; is_greedy equal on {greedy_same}/{len(pairs)} pairs")
-    print(f"prefix cache hit rate (positions served from the cache / all prompt positions), per run: "
-          f"{', '.join(f'{r:.1%}' for r in hit_rates)}")
+    print(
+        f"prefix cache hit rate (positions served from the cache / all prompt positions), per run: "
+        f"{', '.join(f'{r:.1%}' for r in hit_rates)}"
+    )
 
 
 if __name__ == "__main__":

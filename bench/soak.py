@@ -37,11 +37,22 @@ from seedstream.client.errors import SeedstreamError, UnavailableError  # noqa: 
 MIX = {"generate": 30, "stream": 30, "score": 15, "cancel": 15, "bad": 10}
 EXPECTED = {"generate": "OK", "stream": "OK", "score": "OK", "cancel": "CANCELLED", "bad": "INVALID_ARGUMENT"}
 RSS_BOUND = (0.25, 256 * 2**20)  # growth allowed after warm-up: 25 % or 256 MiB, whichever is larger
-PROMPTS = ["Once upon a time", "The capital of France is", "Write a haiku about rain.", "def fibonacci(n):",
-           "Three reasons to learn Rust:", "In 1969, the first", "My favourite recipe starts with",
-           "The weather today is"]
-BAD = [dict(prompt="x", temperature=-1.0), dict(prompt="x", top_p=1.5), dict(prompt="x", presence_penalty=5.0),
-       dict(prompt_token_ids=[10**8])]
+PROMPTS = [
+    "Once upon a time",
+    "The capital of France is",
+    "Write a haiku about rain.",
+    "def fibonacci(n):",
+    "Three reasons to learn Rust:",
+    "In 1969, the first",
+    "My favourite recipe starts with",
+    "The weather today is",
+]
+BAD = [
+    dict(prompt="x", temperature=-1.0),
+    dict(prompt="x", top_p=1.5),
+    dict(prompt="x", presence_penalty=5.0),
+    dict(prompt_token_ids=[10**8]),
+]
 SERVE_SINGLE = ["--max-batch-size", "8", "--max-queue", "32", "--threads", "2"]
 SERVE_REPLICA = ["--max-batch-size", "4", "--max-queue", "16", "--threads", "1"]
 
@@ -49,9 +60,17 @@ SERVE_REPLICA = ["--max-batch-size", "4", "--max-queue", "16", "--threads", "1"]
 def pool(size: int) -> list[dict]:
     """Generation requests with known seeds; exact lengths so solo and soak runs do the same work."""
     rng = random.Random(1234)
-    return [dict(prompt=PROMPTS[i % len(PROMPTS)], seed=1000 + i, temperature=rng.choice([0.0, 0.7, 1.0]),
-                 top_p=rng.choice([0.9, 1.0]), max_new_tokens=rng.randint(4, 24), ignore_eos=True)
-            for i in range(size)]
+    return [
+        dict(
+            prompt=PROMPTS[i % len(PROMPTS)],
+            seed=1000 + i,
+            temperature=rng.choice([0.0, 0.7, 1.0]),
+            top_p=rng.choice([0.9, 1.0]),
+            max_new_tokens=rng.randint(4, 24),
+            ignore_eos=True,
+        )
+        for i in range(size)
+    ]
 
 
 SCORE_POOL = [[(p, " and then"), (p, " is")] for p in PROMPTS[:4]]
@@ -72,8 +91,9 @@ class Stats:
         if got != expected:
             self.mismatches += 1
             first = next((k for k, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
-            self.events.append(f"MISMATCH {kind} pool[{index}]: {len(got)} items vs {len(expected)} solo, "
-                               f"first difference at {first}")
+            self.events.append(
+                f"MISMATCH {kind} pool[{index}]: {len(got)} items vs {len(expected)} solo, first difference at {first}"
+            )
 
     def add(self, kind: str, code: str, seconds: float) -> None:
         self.codes[(kind, code)] += 1
@@ -93,11 +113,12 @@ async def solo_references(client, gens: list[dict]) -> tuple[list, list]:
 
 def cut_by_dying_replica(exc: SeedstreamError) -> bool:
     """UNAVAILABLE, or, through nginx, the HTTP/2 stream reset (INTERNAL) when the replica vanished mid-stream."""
-    return isinstance(exc, UnavailableError) or (exc.code is not None and exc.code.name == "INTERNAL"
-                                                 and "RST_STREAM" in str(exc))
+    return isinstance(exc, UnavailableError) or (
+        exc.code is not None and exc.code.name == "INTERNAL" and "RST_STREAM" in str(exc)
+    )
 
 
-async def stream_with_retry(client, request: dict, stats: "Stats") -> tuple[int, ...]:
+async def stream_with_retry(client, request: dict, stats: Stats) -> tuple[int, ...]:
     """A whole stream; one cut by a dying replica is sent again from the start: the same seed gives
     the same tokens, so the caller sees one complete, unchanged stream."""
     for attempt in range(3):
@@ -190,16 +211,24 @@ def percentile(values: list[float], q: float) -> float:
 def summary(name: str, stats: Stats, elapsed: float, rss: dict, server: dict) -> dict:
     done = sum(stats.codes.values())
     report = {
-        "phase": name, "seconds": round(elapsed, 1), "requests": done, "requests_per_s": round(done / elapsed, 2),
+        "phase": name,
+        "seconds": round(elapsed, 1),
+        "requests": done,
+        "requests_per_s": round(done / elapsed, 2),
         "generated_tokens_per_s": round(stats.tokens / elapsed, 1),
-        "latency_s": {k: {"n": len(v), "p50": round(percentile(v, 0.5), 3), "p99": round(percentile(v, 0.99), 3)}
-                      for k, v in sorted(stats.latency.items())},
+        "latency_s": {
+            k: {"n": len(v), "p50": round(percentile(v, 0.5), 3), "p99": round(percentile(v, 0.99), 3)}
+            for k, v in sorted(stats.latency.items())
+        },
         "codes": {f"{k}:{c}": n for (k, c), n in sorted(stats.codes.items())},
-        "unexpected": stats.unexpected(), "checked_against_solo": stats.checked, "mismatches": stats.mismatches,
+        "unexpected": stats.unexpected(),
+        "checked_against_solo": stats.checked,
+        "mismatches": stats.mismatches,
         "streams_resent_after_a_replica_died": stats.stream_retries,
         "rss_mib": {k: [round(a / 2**20), round(b / 2**20)] for k, (a, b) in rss.items()},
         "rss_within_bound": all(b - a <= max(RSS_BOUND[0] * a, RSS_BOUND[1]) for a, b in rss.values() if a and b),
-        "server_counts": server, "events": stats.events,
+        "server_counts": server,
+        "events": stats.events,
     }
     print(json.dumps(report, indent=2), flush=True)
     return report
@@ -211,8 +240,16 @@ def run_single(args, workdir: Path) -> dict:
         stats = Stats()
         concurrency = args.concurrency or 2 * _flag(args.serve_args or SERVE_SINGLE, "--max-batch-size")
         rss_start = []
-        elapsed = asyncio.run(drive(replica.target, args.duration, concurrency, pool(args.pool), stats,
-                                    lambda: rss_start.append(replica.rss_bytes())))
+        elapsed = asyncio.run(
+            drive(
+                replica.target,
+                args.duration,
+                concurrency,
+                pool(args.pool),
+                stats,
+                lambda: rss_start.append(replica.rss_bytes()),
+            )
+        )
         rss = {"replica-0": (rss_start[0], replica.rss_bytes())}
         return summary("single server", stats, elapsed, rss, metrics_counts(replica.metrics_url))
     finally:
@@ -240,15 +277,25 @@ def run_nginx(args, workdir: Path) -> dict:
         nginx.start()
         concurrency = args.concurrency or 2 * args.replicas * _flag(serve, "--max-batch-size")
         rss_start = {}
-        elapsed = asyncio.run(drive(nginx.target, args.duration, concurrency, pool(args.pool), stats,
-                                    lambda: rss_start.update({f"replica-{r.index}": r.rss_bytes() for r in replicas}),
-                                    chaos))
+        elapsed = asyncio.run(
+            drive(
+                nginx.target,
+                args.duration,
+                concurrency,
+                pool(args.pool),
+                stats,
+                lambda: rss_start.update({f"replica-{r.index}": r.rss_bytes() for r in replicas}),
+                chaos,
+            )
+        )
         # Replica 0 was restarted: its "start" is the old process; its growth is not comparable.
         rss = {k: (v, r.rss_bytes()) for (k, v), r in zip(rss_start.items(), replicas) if r.index != 0}
         server = {f"replica-{r.index}": metrics_counts(r.metrics_url) for r in replicas}
         log = nginx.access_log()
-        stats.events.append(f"nginx: {len(log)} requests, {sum(e['status'] == '502' for e in log)} answered 502 "
-                            f"(retried by the client), {sum(len(e['upstreams']) > 1 for e in log)} passed to a next replica")
+        stats.events.append(
+            f"nginx: {len(log)} requests, {sum(e['status'] == '502' for e in log)} answered 502 "
+            f"(retried by the client), {sum(len(e['upstreams']) > 1 for e in log)} passed to a next replica"
+        )
         return summary(f"{args.replicas} replicas behind nginx, one killed and restarted", stats, elapsed, rss, server)
     finally:
         nginx.stop()

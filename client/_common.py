@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional, Sequence, Union, cast
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -18,16 +19,21 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 HEALTH_REQUEST = wrappers_pb2.StringValue
 HEALTH_RESPONSE = wrappers_pb2.Int32Value
 # Call metadata as a caller may give it: a dict, (key, value) pairs, or None.
-Metadata = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
+Metadata = Mapping[str, str] | Sequence[tuple[str, str]] | None
 
-_HEALTH_STATUS = {0: HealthStatus.UNKNOWN, 1: HealthStatus.SERVING, 2: HealthStatus.NOT_SERVING, 3: HealthStatus.SERVICE_UNKNOWN}
+_HEALTH_STATUS = {
+    0: HealthStatus.UNKNOWN,
+    1: HealthStatus.SERVING,
+    2: HealthStatus.NOT_SERVING,
+    3: HealthStatus.SERVICE_UNKNOWN,
+}
 
 
 def health_status(response: wrappers_pb2.Int32Value) -> HealthStatus:
     return _HEALTH_STATUS.get(response.value, HealthStatus.UNKNOWN)
 
 
-def _read(path: Optional[str]) -> Optional[bytes]:
+def _read(path: str | None) -> bytes | None:
     if path is None:
         return None
     with open(path, "rb") as fh:
@@ -35,12 +41,12 @@ def _read(path: Optional[str]) -> Optional[bytes]:
 
 
 def channel_credentials(
-    credentials: Optional[grpc.ChannelCredentials],
+    credentials: grpc.ChannelCredentials | None,
     secure: bool,
-    root_certificates: Optional[bytes | str],
-    private_key: Optional[bytes | str],
-    certificate_chain: Optional[bytes | str],
-) -> Optional[grpc.ChannelCredentials]:
+    root_certificates: bytes | str | None,
+    private_key: bytes | str | None,
+    certificate_chain: bytes | str | None,
+) -> grpc.ChannelCredentials | None:
     """None for a plaintext channel; TLS credentials otherwise.
 
     Certificates may be given as PEM bytes or as file paths (str).
@@ -50,7 +56,7 @@ def channel_credentials(
     if not (secure or root_certificates or private_key or certificate_chain):
         return None
 
-    def pem(value: Union[bytes, str, None]) -> Optional[bytes]:
+    def pem(value: bytes | str | None) -> bytes | None:
         return _read(value) if isinstance(value, str) else value
 
     return grpc.ssl_channel_credentials(
@@ -63,13 +69,15 @@ def channel_credentials(
 API_KEY_ENV = "SEEDSTREAM_API_KEY"
 
 
-def with_api_key(metadata: Metadata, api_key: Optional[str]) -> Metadata:
+def with_api_key(metadata: Metadata, api_key: str | None) -> Metadata:
     """`metadata` (dict, pairs or None) plus 'authorization: Bearer KEY' when there is a key (the
     argument, else $SEEDSTREAM_API_KEY); unchanged when there is none."""
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "").strip()
     if not key:
         return metadata
-    items = list(metadata.items()) if isinstance(metadata, dict) else list(cast(Sequence[tuple[str, str]], metadata or ()))
+    items = (
+        list(metadata.items()) if isinstance(metadata, dict) else list(cast(Sequence[tuple[str, str]], metadata or ()))
+    )
     return [("authorization", f"Bearer {key}")] + items
 
 

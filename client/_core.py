@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional, Sequence, TypedDict, Union
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 import grpc
 
@@ -12,8 +13,15 @@ from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
 from . import _requests, balancing
-from ._common import (HEALTH_CHECK_METHOD, HEALTH_REQUEST, HEALTH_RESPONSE, Metadata, _Unset, channel_credentials,
-                      with_api_key)
+from ._common import (
+    HEALTH_CHECK_METHOD,
+    HEALTH_REQUEST,
+    HEALTH_RESPONSE,
+    Metadata,
+    _Unset,
+    channel_credentials,
+    with_api_key,
+)
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
 from .types import GenerateChunk, HealthStatus
@@ -22,14 +30,14 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 ChannelOptions = Sequence[tuple[str, Any]]
-Timeout = Union[float, None, _Unset]  # seconds; None: no deadline; UNSET: the client's timeout
+Timeout = float | None | _Unset  # seconds; None: no deadline; UNSET: the client's timeout
 
 
 class CallOptions(TypedDict):
     """The keyword arguments every RPC gets: its deadline and its metadata."""
 
-    timeout: Optional[float]
-    metadata: Optional[tuple[tuple[str, str], ...]]
+    timeout: float | None
+    metadata: tuple[tuple[str, str], ...] | None
 
 
 class ClientCore:
@@ -39,17 +47,17 @@ class ClientCore:
         self,
         target: balancing.Target = None,
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         secure: bool = False,
-        root_certificates: Union[bytes, str, None] = None,
-        private_key: Union[bytes, str, None] = None,
-        certificate_chain: Union[bytes, str, None] = None,
-        credentials: Optional[grpc.ChannelCredentials] = None,
+        root_certificates: bytes | str | None = None,
+        private_key: bytes | str | None = None,
+        certificate_chain: bytes | str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata = None,
-        options: Optional[ChannelOptions] = None,
-        api_key: Optional[str] = None,
-        resume: Optional[ResumePolicy] = ResumePolicy(),
-        load_balancing: Optional[str] = None,
+        options: ChannelOptions | None = None,
+        api_key: str | None = None,
+        resume: ResumePolicy | None = ResumePolicy(),
+        load_balancing: str | None = None,
         max_attempts: int = 1,
     ):
         """Settings of a client (Client opens its channel here; AsyncClient on first use, in its event loop).
@@ -76,7 +84,9 @@ class ClientCore:
         self.metadata: Metadata = with_api_key(metadata, api_key)
         self.resume = resume
         self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
-        self._options = _requests.channel_options(options) + balancing.channel_options(load_balancing, max_attempts, from_list)
+        self._options = _requests.channel_options(options) + balancing.channel_options(
+            load_balancing, max_attempts, from_list
+        )
         self._prepare_channel()
 
     def _prepare_channel(self) -> None:
@@ -103,8 +113,9 @@ class ClientCore:
             "metadata": _requests.metadata_pairs(self.metadata, metadata),
         }
 
-    def _stream_start(self, request: pb.GenerateRequest, timeout: Timeout, metadata: Metadata,
-                      resume: Union[ResumePolicy, None, _Unset]) -> tuple[CallOptions, StreamResume]:
+    def _stream_start(
+        self, request: pb.GenerateRequest, timeout: Timeout, metadata: Metadata, resume: ResumePolicy | None | _Unset
+    ) -> tuple[CallOptions, StreamResume]:
         """A stream's call options and its resume state (resume=UNSET: the client's policy)."""
         call_options = self._call_options(timeout, metadata)
         policy = self.resume if isinstance(resume, _Unset) else resume
@@ -134,7 +145,7 @@ class ServingWait:
     def probe_timeout(self) -> float:
         return max(0.1, min(5.0, self.deadline - time.monotonic()))
 
-    def serving(self, last: Union[HealthStatus, SeedstreamError]) -> bool:
+    def serving(self, last: HealthStatus | SeedstreamError) -> bool:
         """Whether the last probe found the server SERVING; raises UnavailableError once time is up."""
         if last is HealthStatus.SERVING:
             return True
@@ -147,7 +158,7 @@ class StreamCore:
     """A streamed completion's state, for GenerateStream and AsyncGenerateStream: the call, whether it
     finished, and resuming it after UNAVAILABLE with `reopen` (StreamResume, error -> a new call)."""
 
-    def __init__(self, call: Any, resume: Optional[StreamResume] = None, reopen: Any = None):
+    def __init__(self, call: Any, resume: StreamResume | None = None, reopen: Any = None):
         self._call = call
         self._finished = False
         self._resume = resume
@@ -193,7 +204,7 @@ class StreamCore:
             pass
 
 
-def seed_from(initial_metadata: Optional[Sequence[tuple[str, Any]]]) -> Optional[int]:
+def seed_from(initial_metadata: Sequence[tuple[str, Any]] | None) -> int | None:
     """The seed the server reported in a stream's initial metadata (`seedstream-seed`)."""
     for key, value in initial_metadata or ():
         if key == "seedstream-seed":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1.protocol import DEFAULT_PORT, MAX_MESSAGE_BYTES, package_version
@@ -79,13 +80,20 @@ def _extend(field: Any, name: str, values: Any) -> None:
 
 
 def _pick_input(prompt: Any, messages: Any, prompt_token_ids: Any) -> None:
-    given = [n for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids)) if v is not None]
+    given = [
+        n
+        for n, v in (("prompt", prompt), ("messages", messages), ("prompt_token_ids", prompt_token_ids))
+        if v is not None
+    ]
     if len(given) != 1:
-        raise _invalid("input", "give exactly one of prompt, messages or prompt_token_ids"
-                       + (f" (got {', '.join(given)})" if given else ""))
+        raise _invalid(
+            "input",
+            "give exactly one of prompt, messages or prompt_token_ids"
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
 
 
-def generate_request(prompt: Optional[str] = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
+def generate_request(prompt: str | None = None, **options: Unpack[GenerateOptions]) -> pb.GenerateRequest:
     """A GenerateRequest from a prompt and GenerateOptions; every option left out (or None) takes the
     server's default."""
     unknown = sorted(set(options) - GENERATE_OPTION_NAMES)
@@ -133,7 +141,7 @@ def batch_item(prompt: Any) -> dict[str, Any]:
     return dict(prompt) if isinstance(prompt, Mapping) else {"prompt": prompt}
 
 
-Pair = tuple[Union[str, Sequence[int]], Union[str, Sequence[int]]]
+Pair = tuple[str | Sequence[int], str | Sequence[int]]
 
 
 def score_request(pairs: Iterable[Pair], *, truncate_context: bool = False, request_id: str = "") -> pb.ScoreRequest:
@@ -157,8 +165,13 @@ def score_request(pairs: Iterable[Pair], *, truncate_context: bool = False, requ
     return req
 
 
-def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
-                          max_length: Optional[int] = None, request_id: str = "") -> pb.ScoreRollingRequest:
+def score_rolling_request(
+    text: str | None = None,
+    *,
+    token_ids: Sequence[int] | None = None,
+    max_length: int | None = None,
+    request_id: str = "",
+) -> pb.ScoreRollingRequest:
     if (text is None) == (token_ids is None):
         raise _invalid("input", "give exactly one of text or token_ids")
     req = pb.ScoreRollingRequest()
@@ -173,8 +186,9 @@ def score_rolling_request(text: Optional[str] = None, *, token_ids: Optional[Seq
     return req
 
 
-def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[Message]] = None,
-                     add_special_tokens: Optional[bool] = None) -> pb.TokenizeRequest:
+def tokenize_request(
+    text: str | None = None, *, messages: Iterable[Message] | None = None, add_special_tokens: bool | None = None
+) -> pb.TokenizeRequest:
     if (text is None) == (messages is None):
         raise _invalid("input", "give exactly one of text or messages")
     req = pb.TokenizeRequest()
@@ -187,7 +201,7 @@ def tokenize_request(text: Optional[str] = None, *, messages: Optional[Iterable[
     return req
 
 
-def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[tuple[str, Any]]:
+def channel_options(extra: Sequence[tuple[str, Any]] | None = None) -> list[tuple[str, Any]]:
     version = package_version("")
     ua = f"seedstream-client/{version}" if version else "seedstream-client"
     options = [
@@ -198,7 +212,7 @@ def channel_options(extra: Optional[Sequence[tuple[str, Any]]] = None) -> list[t
     return options + list(extra or ())
 
 
-def metadata_pairs(*sources: Metadata) -> Optional[tuple[tuple[str, str], ...]]:
+def metadata_pairs(*sources: Metadata) -> tuple[tuple[str, str], ...] | None:
     """Merge metadata given as dicts or (key, value) sequences; keys lower-cased as gRPC requires."""
     pairs: list[tuple[str, str]] = []
     for src in sources:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
 
 import grpc
 
@@ -45,12 +44,12 @@ class ResumePolicy:
 class StreamResume:
     """One stream's progress: the tokens received and the seed, and whether to try again."""
 
-    def __init__(self, request: pb.GenerateRequest, policy: Optional[ResumePolicy], timeout: Optional[float]):
+    def __init__(self, request: pb.GenerateRequest, policy: ResumePolicy | None, timeout: float | None):
         self.request = request
         self.policy = policy
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.tokens: list[int] = list(request.resume_token_ids)
-        self.seed: Optional[int] = request.seed if request.HasField("seed") else None
+        self.seed: int | None = request.seed if request.HasField("seed") else None
         self.attempts = 0
         self.finished = False
 
@@ -73,12 +72,12 @@ class StreamResume:
         """Seconds to wait before the next attempt (counts the attempt)."""
         p = self.policy
         assert p is not None, "backoff() follows should_retry(), which needs a policy"
-        wait = min(p.max_backoff, p.initial_backoff * p.multiplier ** self.attempts)
+        wait = min(p.max_backoff, p.initial_backoff * p.multiplier**self.attempts)
         self.attempts += 1
         left = self.remaining()
         return wait if left is None else max(0.0, min(wait, left))
 
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def next_request(self) -> pb.GenerateRequest:

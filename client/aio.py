@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -11,8 +12,7 @@ from seedstream.v1 import textgen_pb2 as pb
 
 from . import _requests
 from ._common import HEALTH_REQUEST, UNSET, Metadata, _Unset, health_status
-from ._core import (ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error,
-                    seed_from)
+from ._core import ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error, seed_from
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, from_rpc_error
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
@@ -57,7 +57,7 @@ class AsyncGenerateStream(StreamCore):
                 with self._reopening():
                     self._call = await self._reopen(self._resume, exc)
 
-    async def seed(self) -> Optional[int]:
+    async def seed(self) -> int | None:
         """The seed used, from the response headers (available before the first token)."""
         try:
             return seed_from(await self._call.initial_metadata())
@@ -75,13 +75,13 @@ class AsyncGenerateStream(StreamCore):
 
 
 class _StatusError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: Optional[str]):
+    def __init__(self, code: grpc.StatusCode, details: str | None):
         self._code, self._details = code, details
 
     def code(self) -> grpc.StatusCode:
         return self._code
 
-    def details(self) -> Optional[str]:
+    def details(self) -> str | None:
         return self._details
 
 
@@ -98,7 +98,7 @@ class AsyncClient(ClientCore):
     """
 
     def _prepare_channel(self) -> None:
-        self._channel: Optional[grpc.aio.Channel] = None
+        self._channel: grpc.aio.Channel | None = None
 
     def _ensure(self) -> pb_grpc.TextGenerationStub:
         # Created on first use, inside the running event loop.
@@ -113,15 +113,27 @@ class AsyncClient(ClientCore):
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    async def generate(self, prompt: Optional[str] = None, *, timeout: Timeout = UNSET, metadata: Metadata = None,
-                       **options: Unpack[GenerateOptions]) -> GenerateResult:
+    async def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        **options: Unpack[GenerateOptions],
+    ) -> GenerateResult:
         """Generate a whole completion (arguments as Client.generate)."""
         request = _requests.generate_request(prompt, **options)
         return GenerateResult.from_pb(await self._unary("Generate", request, timeout, metadata))
 
-    def generate_stream(self, prompt: Optional[str] = None, *, timeout: Timeout = UNSET, metadata: Metadata = None,
-                        resume: Union[ResumePolicy, None, _Unset] = UNSET,
-                        **options: Unpack[GenerateOptions]) -> AsyncGenerateStream:
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        resume: ResumePolicy | None | _Unset = UNSET,
+        **options: Unpack[GenerateOptions],
+    ) -> AsyncGenerateStream:
         """Stream a completion (arguments as Client.generate_stream); iterate with `async for`."""
         request = _requests.generate_request(prompt, **options)
         call_options, state = self._stream_start(request, timeout, metadata, resume)
@@ -133,40 +145,71 @@ class AsyncClient(ClientCore):
                 await self.wait_until_serving(timeout=state.server_wait())
             except SeedstreamError:
                 raise from_rpc_error(error) from None
-            return self._ensure().GenerateStream(state.next_request(), timeout=state.remaining(),
-                                                 metadata=call_options["metadata"])
+            return self._ensure().GenerateStream(
+                state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
+            )
 
         return AsyncGenerateStream(call, state, reopen)
 
-    async def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout: Timeout = UNSET,
-                             metadata: Metadata = None, **options: Unpack[GenerateOptions]) -> list[GenerateResult]:
+    async def generate_batch(
+        self,
+        prompts: Sequence[Any],
+        *,
+        concurrency: int = 8,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        **options: Unpack[GenerateOptions],
+    ) -> list[GenerateResult]:
         """generate() for each prompt, `concurrency` at a time; results in order (as Client.generate_batch)."""
         check_concurrency(concurrency)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(prompt: Any) -> GenerateResult:
             async with gate:
-                return await self.generate(timeout=timeout, metadata=metadata,
-                                           **{**options, **_requests.batch_item(prompt)})
+                return await self.generate(
+                    timeout=timeout, metadata=metadata, **{**options, **_requests.batch_item(prompt)}
+                )
 
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
-    async def score(self, pairs: Sequence[_requests.Pair], *, truncate_context: bool = False, request_id: str = "",
-                    timeout: Timeout = UNSET, metadata: Metadata = None) -> ScoreResults:
+    async def score(
+        self,
+        pairs: Sequence[_requests.Pair],
+        *,
+        truncate_context: bool = False,
+        request_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> ScoreResults:
         """Log-likelihood of (context, continuation) pairs (as Client.score)."""
         request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
         return ScoreResults.from_pb(await self._unary("Score", request, timeout, metadata))
 
-    async def score_rolling(self, text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
-                            max_length: Optional[int] = None, request_id: str = "", timeout: Timeout = UNSET,
-                            metadata: Metadata = None) -> RollingScore:
+    async def score_rolling(
+        self,
+        text: str | None = None,
+        *,
+        token_ids: Sequence[int] | None = None,
+        max_length: int | None = None,
+        request_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> RollingScore:
         """Rolling log-likelihood of a text (as Client.score_rolling)."""
-        request = _requests.score_rolling_request(text, token_ids=token_ids, max_length=max_length, request_id=request_id)
+        request = _requests.score_rolling_request(
+            text, token_ids=token_ids, max_length=max_length, request_id=request_id
+        )
         return RollingScore.from_pb(await self._unary("ScoreRolling", request, timeout, metadata))
 
-    async def tokenize(self, text: Optional[str] = None, *, messages: Optional[Iterable[Message]] = None,
-                       add_special_tokens: Optional[bool] = None, timeout: Timeout = UNSET,
-                       metadata: Metadata = None) -> TokenizeResult:
+    async def tokenize(
+        self,
+        text: str | None = None,
+        *,
+        messages: Iterable[Message] | None = None,
+        add_special_tokens: bool | None = None,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> TokenizeResult:
         """Token ids of a text or chat (as Client.tokenize)."""
         request = _requests.tokenize_request(text, messages=messages, add_special_tokens=add_special_tokens)
         return TokenizeResult.from_pb(await self._unary("Tokenize", request, timeout, metadata))
@@ -189,7 +232,7 @@ class AsyncClient(ClientCore):
         while not wait.serving(await self._probe(wait.probe_timeout())):
             await asyncio.sleep(interval)
 
-    async def _probe(self, timeout: float) -> Union[HealthStatus, SeedstreamError]:
+    async def _probe(self, timeout: float) -> HealthStatus | SeedstreamError:
         try:
             return await self.health(timeout=timeout)
         except SeedstreamError as exc:

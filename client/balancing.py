@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 from seedstream.v1.protocol import SERVICE_NAME
 
 POLICIES = ("pick_first", "round_robin")
 MAX_ATTEMPTS_LIMIT = 5  # gRPC caps maxAttempts at 5
-Target = Union[str, Sequence[str], None]
+Target = str | Sequence[str] | None
 
 
-def channel_target(target: Target) -> tuple[Optional[str], bool]:
+def channel_target(target: Target) -> tuple[str | None, bool]:
     """(gRPC target string, whether it came from a list of addresses). None stays None."""
     if target is None or isinstance(target, str):
         return target, False
@@ -62,7 +63,7 @@ def _split(address: str) -> tuple[Any, int]:
     return ip, int(port)
 
 
-def channel_options(load_balancing: Optional[str], max_attempts: int, from_list: bool) -> list[tuple[str, Any]]:
+def channel_options(load_balancing: str | None, max_attempts: int, from_list: bool) -> list[tuple[str, Any]]:
     """gRPC channel options carrying the service config for the policy and the retries."""
     if load_balancing is None and from_list:
         load_balancing = "round_robin"
@@ -74,18 +75,23 @@ def channel_options(load_balancing: Optional[str], max_attempts: int, from_list:
     if load_balancing is not None:
         config["loadBalancingConfig"] = [{load_balancing: {}}]
     if max_attempts > 1:
-        config["methodConfig"] = [{
-            "name": [{"service": SERVICE_NAME}],
-            "retryPolicy": {
-                "maxAttempts": max_attempts,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }]
+        config["methodConfig"] = [
+            {
+                "name": [{"service": SERVICE_NAME}],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
     if not config:
         return []
     # The resolver (DNS TXT records) must not replace the policy chosen here.
-    return [("grpc.service_config", json.dumps(config)), ("grpc.service_config_disable_resolution", 1),
-            ("grpc.enable_retries", 1)]
+    return [
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+    ]

@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from seedstream.v1.protocol import package_version
 
@@ -45,33 +45,49 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _add_serve(sub) -> None:
     """Listed here; `main` hands `serve ...` to the server's own command line (seedstream.server.cli)."""
-    sub.add_parser("serve", add_help=False,
-                   help="start a seedstream server (needs the server extra: pip install 'seedstream[server]')")
+    sub.add_parser(
+        "serve",
+        add_help=False,
+        help="start a seedstream server (needs the server extra: pip install 'seedstream[server]')",
+    )
 
 
 def _add_connection(p) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--target", default=None,
-                   help="server host:port [SEEDSTREAM_TARGET; default localhost:$SEEDSTREAM_PORT or localhost:50051]")
+    g.add_argument(
+        "--target",
+        default=None,
+        help="server host:port [SEEDSTREAM_TARGET; default localhost:$SEEDSTREAM_PORT or localhost:50051]",
+    )
     g.add_argument("--timeout", type=float, default=None, help="deadline in seconds (default: none)")
     g.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     g.add_argument("--root-cert", metavar="PEM", help="use TLS, trusting this CA certificate file")
     g.add_argument("--client-cert", metavar="PEM", help="client certificate chain file (mutual TLS)")
     g.add_argument("--client-key", metavar="PEM", help="client private key file (mutual TLS)")
-    g.add_argument("--metadata", "-H", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra gRPC metadata, repeatable")
-    g.add_argument("--api-key-file", metavar="PATH",
-                   help="file holding the API key to send as 'authorization: Bearer KEY' "
-                        "[else the SEEDSTREAM_API_KEY environment variable]")
+    g.add_argument(
+        "--metadata", "-H", action="append", default=[], metavar="KEY=VALUE", help="extra gRPC metadata, repeatable"
+    )
+    g.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="file holding the API key to send as 'authorization: Bearer KEY' "
+        "[else the SEEDSTREAM_API_KEY environment variable]",
+    )
 
 
 def _add_input(p, text_name: str) -> None:
     p.add_argument(text_name, nargs="?", help=f"the {text_name}; '-' reads it from stdin")
-    p.add_argument("--chat", action="store_true",
-                   help=f"send the {text_name} as a user message, rendered with the model's chat template")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help=f"send the {text_name} as a user message, rendered with the model's chat template",
+    )
     p.add_argument("--system", metavar="TEXT", help="a system message before the user message (implies --chat)")
-    p.add_argument("--messages-json", metavar="JSON",
-                   help='the whole chat as JSON: [{"role": "user", "content": "..."}, ...] (a file path or the JSON itself)')
+    p.add_argument(
+        "--messages-json",
+        metavar="JSON",
+        help='the whole chat as JSON: [{"role": "user", "content": "..."}, ...] (a file path or the JSON itself)',
+    )
 
 
 def _add_generate(sub) -> None:
@@ -97,23 +113,39 @@ def _add_generate(sub) -> None:
     s.add_argument("--repetition-penalty", type=float, help="> 0; 1 = off (default 1.0)")
     s.add_argument("--presence-penalty", type=float, help="in [-2, 2] (default 0.0)")
     s.add_argument("--frequency-penalty", type=float, help="in [-2, 2] (default 0.0)")
-    s.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
-                   help="additive bias for a token id, repeatable")
+    s.add_argument(
+        "--logit-bias", action="append", default=[], metavar="ID=BIAS", help="additive bias for a token id, repeatable"
+    )
     s.add_argument("--sample-index", type=int, default=0, help="which of the seed's independent streams to draw")
-    s.add_argument("--samples", type=int, default=None, metavar="N",
-                   help="n samples of the seed (streams sample_index .. sample_index + N - 1); needs --json if N > 1")
+    s.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="n samples of the seed (streams sample_index .. sample_index + N - 1); needs --json if N > 1",
+    )
     g = p.add_argument_group("length and stopping")
     g.add_argument("--max-new-tokens", "-n", type=int, help="most tokens to generate (server default 256)")
     g.add_argument("--min-new-tokens", type=int, help="fewest tokens before EOS/stop may end it (default 0)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string, repeatable")
-    g.add_argument("--stop-token-id", action="append", default=[], type=int, metavar="ID", help="stop token, repeatable")
+    g.add_argument(
+        "--stop-token-id", action="append", default=[], type=int, metavar="ID", help="stop token, repeatable"
+    )
     g.add_argument("--ignore-eos", action="store_true", help="keep going past the model's EOS token")
     o = p.add_argument_group("output")
-    o.add_argument("--json", action="store_true", help="print the full result as JSON (unary call) instead of streaming")
+    o.add_argument(
+        "--json", action="store_true", help="print the full result as JSON (unary call) instead of streaming"
+    )
     o.add_argument("--top-logprobs", type=int, default=0, help="top alternatives per token in --json output, 0..20")
-    o.add_argument("--logprobs-mode", choices=("raw", "processed"), default="",
-                   help="logprobs under the model's raw distribution (default) or the processed one sampled from")
-    o.add_argument("--echo-prompt-logprobs", action="store_true", help="also return the prompt tokens' logprobs (--json)")
+    o.add_argument(
+        "--logprobs-mode",
+        choices=("raw", "processed"),
+        default="",
+        help="logprobs under the model's raw distribution (default) or the processed one sampled from",
+    )
+    o.add_argument(
+        "--echo-prompt-logprobs", action="store_true", help="also return the prompt tokens' logprobs (--json)"
+    )
     o.add_argument("--request-id", default="", help="label for the server log")
     o.add_argument("--quiet", "-q", action="store_true", help="no summary line on stderr")
     _add_connection(p)
@@ -121,26 +153,34 @@ def _add_generate(sub) -> None:
 
 
 def _add_tokenize(sub) -> None:
-    p = sub.add_parser("tokenize", help="show the token ids of a text or chat", formatter_class=_Formatter,
-                       description="Tokenize exactly as generate would (one line: the ids; --json adds each token's text).")
+    p = sub.add_parser(
+        "tokenize",
+        help="show the token ids of a text or chat",
+        formatter_class=_Formatter,
+        description="Tokenize exactly as generate would (one line: the ids; --json adds each token's text).",
+    )
     _add_input(p, "text")
-    p.add_argument("--no-special-tokens", action="store_true", help="do not add the tokenizer's special tokens (text only)")
+    p.add_argument(
+        "--no-special-tokens", action="store_true", help="do not add the tokenizer's special tokens (text only)"
+    )
     p.add_argument("--json", action="store_true", help="print ids and token texts as JSON")
     _add_connection(p)
     p.set_defaults(func=_cmd_tokenize)
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="show the served model and its reproducibility fingerprint",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "info", help="show the served model and its reproducibility fingerprint", formatter_class=_Formatter
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     _add_connection(p)
     p.set_defaults(func=_cmd_info)
 
 
 def _add_health(sub) -> None:
-    p = sub.add_parser("health", help="check grpc.health.v1; exit 0 when SERVING, 1 otherwise",
-                       formatter_class=_Formatter)
+    p = sub.add_parser(
+        "health", help="check grpc.health.v1; exit 0 when SERVING, 1 otherwise", formatter_class=_Formatter
+    )
     p.add_argument("--service", default="", help="service name ('' = the whole server)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait up to this long for SERVING")
     _add_connection(p)
@@ -197,7 +237,7 @@ def _client(args):
     )
 
 
-def _api_key(args) -> Optional[str]:
+def _api_key(args) -> str | None:
     """The key from --api-key-file (first non-empty line), else $SEEDSTREAM_API_KEY; never a flag value."""
     if getattr(args, "api_key_file", None):
         with open(args.api_key_file, encoding="utf-8") as fh:
@@ -208,7 +248,7 @@ def _api_key(args) -> Optional[str]:
     return _env("SEEDSTREAM_API_KEY")
 
 
-def _read_text(value: Optional[str]) -> Optional[str]:
+def _read_text(value: str | None) -> str | None:
     if value == "-":
         return sys.stdin.read()
     return value
@@ -231,7 +271,7 @@ def _input_kwargs(args, text_name: str) -> dict:
     if args.chat or args.system is not None:
         if text is None:
             raise SystemExit(f"error: give the {text_name} (or '-' to read it from stdin)")
-        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        messages = [{"role": "system", "content": args.system}] if args.system is not None else []
         return {"messages": messages + [{"role": "user", "content": text}]}
     ids = getattr(args, "token_ids", None)
     if ids is not None:
@@ -246,7 +286,7 @@ def _input_kwargs(args, text_name: str) -> dict:
     return {"prompt" if text_name == "prompt" else "text": text}
 
 
-def _logit_bias(items) -> Optional[dict]:
+def _logit_bias(items) -> dict | None:
     if not items:
         return None
     out = {}
@@ -322,7 +362,9 @@ def _cmd_generate(args) -> int:
             _write("\n")
         if last is not None and not args.quiet:
             finish = last.finish_reason.value if last.finish_reason else "none"
-            print(_summary(last.seed, finish, last.prompt_tokens, last.completion_tokens, last.receipt), file=sys.stderr)
+            print(
+                _summary(last.seed, finish, last.prompt_tokens, last.completion_tokens, last.receipt), file=sys.stderr
+            )
     return 0
 
 
@@ -368,7 +410,7 @@ def _cmd_health(args) -> int:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -12,8 +13,7 @@ from seedstream.v1 import textgen_pb2 as pb
 
 from . import _requests
 from ._common import HEALTH_REQUEST, UNSET, Metadata, _Unset, health_status
-from ._core import (ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error,
-                    seed_from)
+from ._core import ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error, seed_from
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, from_rpc_error
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
@@ -51,7 +51,7 @@ class GenerateStream(StreamCore):
                     self._call = self._reopen(self._resume, exc)
 
     @property
-    def seed(self) -> Optional[int]:
+    def seed(self) -> int | None:
         """The seed used, from the response headers (available before the first token); None on error."""
         try:
             return seed_from(self._call.initial_metadata())
@@ -90,8 +90,14 @@ class Client(ClientCore):
 
     # --- calls
 
-    def generate(self, prompt: Optional[str] = None, *, timeout: Timeout = UNSET, metadata: Metadata = None,
-                 **options: Unpack[GenerateOptions]) -> GenerateResult:
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        **options: Unpack[GenerateOptions],
+    ) -> GenerateResult:
         """Generate a whole completion.
 
         Input: exactly one of `prompt` (text), `messages=[{"role": ..., "content": ...}, ...]`
@@ -101,9 +107,15 @@ class Client(ClientCore):
         request = _requests.generate_request(prompt, **options)
         return GenerateResult.from_pb(self._unary(self._stub.Generate, request, timeout, metadata))
 
-    def generate_stream(self, prompt: Optional[str] = None, *, timeout: Timeout = UNSET, metadata: Metadata = None,
-                        resume: Union[ResumePolicy, None, _Unset] = UNSET,
-                        **options: Unpack[GenerateOptions]) -> GenerateStream:
+    def generate_stream(
+        self,
+        prompt: str | None = None,
+        *,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        resume: ResumePolicy | None | _Unset = UNSET,
+        **options: Unpack[GenerateOptions],
+    ) -> GenerateStream:
         """Stream a completion as GenerateChunk deltas (same arguments as generate()). resume: a
         ResumePolicy for this call (default: the client's), None to not resume automatically."""
         request = _requests.generate_request(prompt, **options)
@@ -119,18 +131,27 @@ class Client(ClientCore):
                 self.wait_until_serving(timeout=state.server_wait())
             except SeedstreamError:
                 raise from_rpc_error(error) from None
-            return self._stub.GenerateStream(state.next_request(), timeout=state.remaining(),
-                                             metadata=call_options["metadata"])
+            return self._stub.GenerateStream(
+                state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
+            )
 
         return GenerateStream(call, state, reopen)
 
-    def generate_batch(self, prompts: Sequence[Any], *, concurrency: int = 8, timeout: Timeout = UNSET,
-                       metadata: Metadata = None, **options: Unpack[GenerateOptions]) -> list[GenerateResult]:
+    def generate_batch(
+        self,
+        prompts: Sequence[Any],
+        *,
+        concurrency: int = 8,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+        **options: Unpack[GenerateOptions],
+    ) -> list[GenerateResult]:
         """generate() for each prompt, `concurrency` calls at a time; results in the order of `prompts`.
 
         A prompt is text, or a dict of per-prompt generate() arguments (e.g. {"messages": [...],
         "seed": 7}) merged over `options`. Each result is what generate() alone would return.
         """
+
         def one(prompt: Any) -> GenerateResult:
             return self.generate(timeout=timeout, metadata=metadata, **{**options, **_requests.batch_item(prompt)})
 
@@ -138,8 +159,15 @@ class Client(ClientCore):
         with concurrent.futures.ThreadPoolExecutor(min(concurrency, max(1, len(prompts)))) as pool:
             return list(pool.map(one, prompts))
 
-    def score(self, pairs: Sequence[_requests.Pair], *, truncate_context: bool = False, request_id: str = "",
-              timeout: Timeout = UNSET, metadata: Metadata = None) -> ScoreResults:
+    def score(
+        self,
+        pairs: Sequence[_requests.Pair],
+        *,
+        truncate_context: bool = False,
+        request_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> ScoreResults:
         """Log-likelihood of each (context, continuation) pair, both text or both token ids.
 
         Text pairs are tokenized the lm-evaluation-harness way. truncate_context=True drops context
@@ -149,18 +177,33 @@ class Client(ClientCore):
         request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
         return ScoreResults.from_pb(self._unary(self._stub.Score, request, timeout, metadata))
 
-    def score_rolling(self, text: Optional[str] = None, *, token_ids: Optional[Sequence[int]] = None,
-                      max_length: Optional[int] = None, request_id: str = "", timeout: Timeout = UNSET,
-                      metadata: Metadata = None) -> RollingScore:
+    def score_rolling(
+        self,
+        text: str | None = None,
+        *,
+        token_ids: Sequence[int] | None = None,
+        max_length: int | None = None,
+        request_id: str = "",
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> RollingScore:
         """Log-likelihood of every token of `text` (or `token_ids`), in windows of at most
         `max_length` predicted tokens (default: the model's context - 1), as lm-eval's
         loglikelihood_rolling defines them."""
-        request = _requests.score_rolling_request(text, token_ids=token_ids, max_length=max_length, request_id=request_id)
+        request = _requests.score_rolling_request(
+            text, token_ids=token_ids, max_length=max_length, request_id=request_id
+        )
         return RollingScore.from_pb(self._unary(self._stub.ScoreRolling, request, timeout, metadata))
 
-    def tokenize(self, text: Optional[str] = None, *, messages: Optional[Iterable[Message]] = None,
-                 add_special_tokens: Optional[bool] = None, timeout: Timeout = UNSET,
-                 metadata: Metadata = None) -> TokenizeResult:
+    def tokenize(
+        self,
+        text: str | None = None,
+        *,
+        messages: Iterable[Message] | None = None,
+        add_special_tokens: bool | None = None,
+        timeout: Timeout = UNSET,
+        metadata: Metadata = None,
+    ) -> TokenizeResult:
         """Token ids of `text` (or of chat `messages`), exactly as generate() would feed the model."""
         request = _requests.tokenize_request(text, messages=messages, add_special_tokens=add_special_tokens)
         return TokenizeResult.from_pb(self._unary(self._stub.Tokenize, request, timeout, metadata))
@@ -182,7 +225,7 @@ class Client(ClientCore):
         while not wait.serving(self._probe(wait.probe_timeout())):
             time.sleep(interval)
 
-    def _probe(self, timeout: float) -> Union[HealthStatus, SeedstreamError]:
+    def _probe(self, timeout: float) -> HealthStatus | SeedstreamError:
         try:
             return self.health(timeout=timeout)
         except SeedstreamError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,7 +15,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 class SeedstreamError(Exception):
     """Base of every error the client raises. `code` is the gRPC status code (None for local checks)."""
 
-    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None):
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
         self.details = message
@@ -28,8 +28,9 @@ class InvalidArgumentError(SeedstreamError, ValueError):
     google.rpc.BadRequest detail, or from the client's own check; None when neither names one.
     """
 
-    def __init__(self, message: str, code: Optional[grpc.StatusCode] = grpc.StatusCode.INVALID_ARGUMENT,
-                 field: Optional[str] = None):
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = grpc.StatusCode.INVALID_ARGUMENT, field: str | None = None
+    ):
         super().__init__(message, code)
         self.field = field
 
@@ -81,7 +82,7 @@ def from_rpc_error(error: grpc.RpcError) -> SeedstreamError:
     return err
 
 
-def field_of(error: grpc.RpcError) -> Optional[str]:
+def field_of(error: grpc.RpcError) -> str | None:
     """The first field a google.rpc.BadRequest detail of the call's status names, if any."""
     trailing = getattr(error, "trailing_metadata", None)
     trailers: Any = trailing() if callable(trailing) else None  # (key, value) pairs, or None

@@ -53,7 +53,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
 from lm_eval.api.model import LM
@@ -81,10 +82,24 @@ _SAMPLING_KWARGS = {
     "frequency_penalty": float,
 }
 # Generation kwargs handled separately, or harmless to ignore (they do not change the tokens).
-_HANDLED_KWARGS = {"until", "max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens", "do_sample",
-                   "temperature", "seed"}
-_IGNORED_KWARGS = {"num_beams", "use_cache", "return_dict_in_generate", "output_scores", "skip_special_tokens",
-                   "spaces_between_special_tokens"}
+_HANDLED_KWARGS = {
+    "until",
+    "max_gen_toks",
+    "max_new_tokens",
+    "max_tokens",
+    "max_completion_tokens",
+    "do_sample",
+    "temperature",
+    "seed",
+}
+_IGNORED_KWARGS = {
+    "num_beams",
+    "use_cache",
+    "return_dict_in_generate",
+    "output_scores",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+}
 
 
 def _as_bool(value: Any) -> bool:
@@ -137,8 +152,11 @@ def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int) -> dict:
         temperature = 0.0
     else:
         temperature = 1.0 if temperature is None else float(temperature)
-    out = {"until": until, "max_gen_toks": limit if limit is not None else int(default_max_gen_toks),
-           "temperature": temperature}
+    out = {
+        "until": until,
+        "max_gen_toks": limit if limit is not None else int(default_max_gen_toks),
+        "temperature": temperature,
+    }
     seed = kwargs.pop("seed", None)
     if seed is not None:
         out["seed"] = int(seed)
@@ -169,7 +187,9 @@ class _Receipts:
 
     def _build(self, receipt) -> None:
         # Score receipts carry no sampler version (no sampling involved); generation receipts do.
-        build = {name: getattr(receipt, name) for name in ("model_id", "model_sha256", "dtype", "device", "engine_version")}
+        build = {
+            name: getattr(receipt, name) for name in ("model_id", "model_sha256", "dtype", "device", "engine_version")
+        }
         self.builds.setdefault(_canonical(build), build)
         if receipt.sampler_version:
             self.sampler_versions.add(receipt.sampler_version)
@@ -181,8 +201,9 @@ class _Receipts:
             if receipt is None:
                 return
             self._build(receipt)
-            self.generations.append({"request": key, "seed": receipt.seed, "sample_index": receipt.sample_index,
-                                     "digest": receipt.digest})
+            self.generations.append(
+                {"request": key, "seed": receipt.seed, "sample_index": receipt.sample_index, "digest": receipt.digest}
+            )
 
     def add_scores(self, kind: str, count: int, receipt) -> None:
         with self._lock:
@@ -197,10 +218,16 @@ class _Receipts:
             counts = dict(sorted(self.counts.items()))
             samplers = sorted(self.sampler_versions)
         determining = [{k: v for k, v in b.items() if k != "model_id"} for b in builds]
-        digest = hashlib.sha256(_canonical({"builds": determining, "sampler_versions": samplers,
-                                            "generations": generations}).encode()).hexdigest()
-        return {"builds": builds, "sampler_versions": samplers, "requests": counts, "generate_until": generations,
-                "receipts_digest": digest}
+        digest = hashlib.sha256(
+            _canonical({"builds": determining, "sampler_versions": samplers, "generations": generations}).encode()
+        ).hexdigest()
+        return {
+            "builds": builds,
+            "sampler_versions": samplers,
+            "requests": counts,
+            "generate_until": generations,
+            "receipts_digest": digest,
+        }
 
 
 @register_model(MODEL_NAME)
@@ -209,26 +236,28 @@ class SeedstreamLM(LM):
 
     def __init__(
         self,
-        target: Optional[str] = None,
+        target: str | None = None,
         concurrency: int = 8,
         seed: int = 1234,
         score_batch: int = 32,
         max_gen_toks: int = 256,
-        max_length: Optional[int] = None,
+        max_length: int | None = None,
         timeout: float = 600.0,
         max_retries: int = 8,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         secure: bool = False,
-        root_certificates: Optional[str] = None,
-        client: Optional[Client] = None,
+        root_certificates: str | None = None,
+        client: Client | None = None,
         **unused: Any,
     ):
         super().__init__()
         # lm-eval passes batch_size / max_batch_size / device to every model; they mean nothing here.
         unused = {k: v for k, v in unused.items() if k not in ("batch_size", "max_batch_size", "device")}
         if unused:
-            raise ValueError(f"seedstream: unknown model_args {sorted(unused)}; see `python -m seedstream.client.harness --help-model`")
+            raise ValueError(
+                f"seedstream: unknown model_args {sorted(unused)}; see `python -m seedstream.client.harness --help-model`"
+            )
         self.concurrency = int(concurrency)
         self.base_seed = int(seed)
         self.score_batch = int(score_batch)
@@ -244,7 +273,10 @@ class SeedstreamLM(LM):
             raise ValueError(f"seedstream: seed={self.base_seed}; allowed [0, 2**64)")
         self._own_client = client is None
         self.client = client or Client(
-            target, timeout=self.timeout, secure=_as_bool(secure), root_certificates=root_certificates,
+            target,
+            timeout=self.timeout,
+            secure=_as_bool(secure),
+            root_certificates=root_certificates,
         )
         self.info = self._retrying(lambda: self.client.model_info())
         limit = self.info.max_context - 1  # a scored pair of max_length + 1 tokens must fit the context
@@ -257,9 +289,16 @@ class SeedstreamLM(LM):
         self.max_stop_chars = getattr(self.info, "max_stop_string_chars", 0) or protocol.MAX_STOP_STRING_CHARS
         self.receipts = _Receipts()
         self._warned: set[str] = set()
-        log.info("seedstream backend: %s, model %s (%s, %s/%s), concurrency %d, base seed %d",
-                 self.client.target, self.info.model_id, self.info.model_sha256[:12], self.info.device,
-                 self.info.dtype, self.concurrency, self.base_seed)
+        log.info(
+            "seedstream backend: %s, model %s (%s, %s/%s), concurrency %d, base seed %d",
+            self.client.target,
+            self.info.model_id,
+            self.info.model_sha256[:12],
+            self.info.device,
+            self.info.dtype,
+            self.concurrency,
+            self.base_seed,
+        )
 
     # --- plumbing
 
@@ -273,8 +312,14 @@ class SeedstreamLM(LM):
                 if attempt >= self.max_retries:
                     raise
                 wait = min(self.max_backoff, delay) * (0.5 + random.random() / 2)
-                log.warning("seedstream: %s (%s); retry %d/%d in %.1fs", type(exc).__name__, exc, attempt + 1,
-                            self.max_retries, wait)
+                log.warning(
+                    "seedstream: %s (%s); retry %d/%d in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    attempt + 1,
+                    self.max_retries,
+                    wait,
+                )
                 time.sleep(wait)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -308,7 +353,7 @@ class SeedstreamLM(LM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [tuple(req.args) for req in requests]
-        batches = [pairs[i:i + self.score_batch] for i in range(0, len(pairs), self.score_batch)]
+        batches = [pairs[i : i + self.score_batch] for i in range(0, len(pairs), self.score_batch)]
 
         def score(batch):
             result = self._retrying(lambda: self.client.score(batch, truncate_context=True))
@@ -359,12 +404,16 @@ class SeedstreamLM(LM):
         seed = kw.pop("seed", None)
         if seed is None:
             seed = derive_seed(self.base_seed, context, gen_kwargs)
-        stops = [s for s in until if len(s) <= self.max_stop_chars][:self.max_stop_strings]
+        stops = [s for s in until if len(s) <= self.max_stop_chars][: self.max_stop_strings]
         limit = getattr(self.info, "max_new_tokens_limit", None)
         max_new = kw.pop("max_gen_toks")
         params = dict(
-            seed=seed, sample_index=sample_index, temperature=kw.pop("temperature"),
-            max_new_tokens=min(max_new, limit) if limit else max_new, stop=stops or None, **kw,
+            seed=seed,
+            sample_index=sample_index,
+            temperature=kw.pop("temperature"),
+            max_new_tokens=min(max_new, limit) if limit else max_new,
+            stop=stops or None,
+            **kw,
         )
 
         def call():
@@ -414,6 +463,7 @@ def _progress(total: int, desc: str):
 
         return tqdm(total=total, desc=desc, disable=total < 2)
     except ImportError:  # pragma: no cover - tqdm comes with lm-eval
+
         class _Null:
             def update(self, n):
                 pass
@@ -424,7 +474,7 @@ def _progress(total: int, desc: str):
         return _Null()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """`seedstream-lm-eval ARGS`: lm-eval's CLI with the `seedstream` model registered.
 
     Arguments are lm-eval's own; `--model seedstream` is added when no model is named.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Iterable, Optional, Union, cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1.protocol import FinishReason as FinishReason  # re-exported: part of the client API
@@ -45,7 +46,7 @@ class EffectiveSampling:
     ignore_eos: bool
 
     @classmethod
-    def from_pb(cls, m: pb.EffectiveSampling) -> "EffectiveSampling":
+    def from_pb(cls, m: pb.EffectiveSampling) -> EffectiveSampling:
         return cls(
             temperature=m.temperature,
             top_k=m.top_k,
@@ -86,12 +87,20 @@ class Receipt:
 
     # The fields the digest covers (model_id is a name, not content).
     DETERMINING = (
-        "model_sha256", "dtype", "weight_format", "device", "engine_version", "sampler_version",
-        "seed", "sample_index", "sampling", "input_sha256",
+        "model_sha256",
+        "dtype",
+        "weight_format",
+        "device",
+        "engine_version",
+        "sampler_version",
+        "seed",
+        "sample_index",
+        "sampling",
+        "input_sha256",
     )
 
     @classmethod
-    def from_pb(cls, m: pb.ReproducibilityReceipt) -> "Receipt":
+    def from_pb(cls, m: pb.ReproducibilityReceipt) -> Receipt:
         return cls(
             model_id=m.model_id,
             model_sha256=m.model_sha256,
@@ -107,7 +116,7 @@ class Receipt:
             weight_format=m.weight_format,
         )
 
-    def differences(self, other: "Receipt") -> list[str]:
+    def differences(self, other: Receipt) -> list[str]:
         """Names of the determining fields that differ (empty: the runs should be token-identical)."""
         out = []
         for name in self.DETERMINING:
@@ -118,18 +127,17 @@ class Receipt:
                 out.append(name)
         return out
 
-    def reproduces(self, other: "Receipt") -> bool:
+    def reproduces(self, other: Receipt) -> bool:
         """True when the two runs should be token-identical."""
         return not self.differences(other)
 
 
-def receipts_match(a: Optional["Receipt"], b: Optional["Receipt"]) -> bool:
+def receipts_match(a: Receipt | None, b: Receipt | None) -> bool:
     """Whether two receipts promise identical tokens (or scores); False when either is missing."""
     return a is not None and b is not None and a.reproduces(b)
 
 
-
-def _completion_fields(m: Union[pb.GenerateResponse, pb.GenerateStreamResponse]) -> dict[str, Any]:
+def _completion_fields(m: pb.GenerateResponse | pb.GenerateStreamResponse) -> dict[str, Any]:
     """The fields GenerateResponse and GenerateStreamResponse share (same names and numbers)."""
     return dict(
         text=m.text,
@@ -167,23 +175,23 @@ class GenerateResult:
     completion_tokens: int
     request_id: str
     sample_index: int
-    receipt: Optional[Receipt]
+    receipt: Receipt | None
     prompt_token_ids: tuple[int, ...] = ()  # with echo_prompt_logprobs
     prompt_logprobs: tuple[float, ...] = ()  # logprob of prompt_token_ids[1:], with echo_prompt_logprobs
     cached_tokens: int = 0  # prompt positions the server took from its prefix cache (changes no token)
     # Every sample (n >= 1), sample_index ascending, each with no samples or prompt echo of its own;
     # the fields above repeat the first sample.
-    samples: tuple["GenerateResult", ...] = ()
+    samples: tuple[GenerateResult, ...] = ()
 
     @classmethod
-    def from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
+    def from_pb(cls, m: pb.GenerateResponse) -> GenerateResult:
         result = cls._one_from_pb(m)
         samples = tuple(cls._one_from_pb(s) for s in m.samples)
         bare = dataclasses.replace(result, prompt_token_ids=(), prompt_logprobs=())
         return dataclasses.replace(result, samples=samples or (bare,))
 
     @classmethod
-    def _one_from_pb(cls, m: pb.GenerateResponse) -> "GenerateResult":
+    def _one_from_pb(cls, m: pb.GenerateResponse) -> GenerateResult:
         fields = _completion_fields(m)
         fields["finish_reason"] = fields["finish_reason"] or FinishReason.CANCELLED
         return cls(**fields)
@@ -205,18 +213,18 @@ class GenerateChunk:
     logprobs: tuple[float, ...]
     top_logprobs: tuple[tuple[TopLogprob, ...], ...]
     seed: int
-    finish_reason: Optional[FinishReason]  # None until the last chunk
+    finish_reason: FinishReason | None  # None until the last chunk
     prompt_tokens: int
     completion_tokens: int  # running total
     request_id: str
     sample_index: int  # with n > 1, deltas of the samples interleave: group them by this
-    receipt: Optional[Receipt]
+    receipt: Receipt | None
     prompt_token_ids: tuple[int, ...] = ()  # first chunk only, with echo_prompt_logprobs
     prompt_logprobs: tuple[float, ...] = ()  # first chunk only, with echo_prompt_logprobs
     cached_tokens: int = 0  # prompt positions the server took from its prefix cache (changes no token)
 
     @classmethod
-    def from_pb(cls, m: pb.GenerateStreamResponse) -> "GenerateChunk":
+    def from_pb(cls, m: pb.GenerateStreamResponse) -> GenerateChunk:
         return cls(**_completion_fields(m))
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,8 +241,12 @@ def join_chunks(chunks: Iterable[GenerateChunk]) -> GenerateResult:
         raise ValueError("join_chunks needs a complete stream (each sample's last chunk has a finish_reason)")
     samples = tuple(_join_sample(by_sample[j]) for j in sorted(by_sample))
     echo = next((c for c in chunks if c.prompt_logprobs or c.prompt_token_ids), None)
-    return dataclasses.replace(samples[0], samples=samples, prompt_token_ids=echo.prompt_token_ids if echo else (),
-                               prompt_logprobs=echo.prompt_logprobs if echo else ())
+    return dataclasses.replace(
+        samples[0],
+        samples=samples,
+        prompt_token_ids=echo.prompt_token_ids if echo else (),
+        prompt_logprobs=echo.prompt_logprobs if echo else (),
+    )
 
 
 def _join_sample(chunks: list[GenerateChunk]) -> GenerateResult:
@@ -270,24 +282,35 @@ class ScoreResult:
     cached_tokens: int = 0  # context positions the server took from its prefix cache (changes no score)
 
     @classmethod
-    def from_pb(cls, m: pb.ScoreResult) -> "ScoreResult":
-        return cls(m.context_tokens, m.continuation_tokens, tuple(m.continuation_token_ids), tuple(m.logprobs),
-                   m.logprob, m.is_greedy, tuple(m.greedy_token_ids), m.truncated_tokens, m.cached_tokens)
+    def from_pb(cls, m: pb.ScoreResult) -> ScoreResult:
+        return cls(
+            m.context_tokens,
+            m.continuation_tokens,
+            tuple(m.continuation_token_ids),
+            tuple(m.logprobs),
+            m.logprob,
+            m.is_greedy,
+            tuple(m.greedy_token_ids),
+            m.truncated_tokens,
+            m.cached_tokens,
+        )
 
 
 class ScoreResults(tuple[ScoreResult, ...]):
     """ScoreResult per pair, in request order, plus the call's `receipt`."""
 
-    receipt: Optional[Receipt]
+    receipt: Receipt | None
 
-    def __new__(cls, results: Iterable[ScoreResult], receipt: Optional[Receipt]) -> ScoreResults:
+    def __new__(cls, results: Iterable[ScoreResult], receipt: Receipt | None) -> ScoreResults:
         self = super().__new__(cls, results)
         self.receipt = receipt
         return self
 
     @classmethod
-    def from_pb(cls, m: pb.ScoreResponse) -> "ScoreResults":
-        return cls((ScoreResult.from_pb(r) for r in m.results), Receipt.from_pb(m.receipt) if m.HasField("receipt") else None)
+    def from_pb(cls, m: pb.ScoreResponse) -> ScoreResults:
+        return cls(
+            (ScoreResult.from_pb(r) for r in m.results), Receipt.from_pb(m.receipt) if m.HasField("receipt") else None
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +323,7 @@ class RollingScore:
     greedy_token_ids: tuple[int, ...]
     num_windows: int
     max_length: int  # the window length used
-    receipt: Optional[Receipt]
+    receipt: Receipt | None
     cached_tokens: int = 0  # positions over all windows taken from the prefix cache
 
     @property
@@ -308,9 +331,17 @@ class RollingScore:
         return len(self.token_ids)
 
     @classmethod
-    def from_pb(cls, m: pb.ScoreRollingResponse) -> "RollingScore":
-        return cls(tuple(m.token_ids), tuple(m.logprobs), m.logprob, tuple(m.greedy_token_ids), m.num_windows,
-                   m.max_length, Receipt.from_pb(m.receipt) if m.HasField("receipt") else None, m.cached_tokens)
+    def from_pb(cls, m: pb.ScoreRollingResponse) -> RollingScore:
+        return cls(
+            tuple(m.token_ids),
+            tuple(m.logprobs),
+            m.logprob,
+            tuple(m.greedy_token_ids),
+            m.num_windows,
+            m.max_length,
+            Receipt.from_pb(m.receipt) if m.HasField("receipt") else None,
+            m.cached_tokens,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +350,7 @@ class TokenizeResult:
     tokens: tuple[str, ...]  # each token decoded on its own
 
     @classmethod
-    def from_pb(cls, m: pb.TokenizeResponse) -> "TokenizeResult":
+    def from_pb(cls, m: pb.TokenizeResponse) -> TokenizeResult:
         return cls(tuple(m.token_ids), tuple(m.tokens))
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,7 +393,7 @@ class ModelInfo:
     prefix_cache_block_tokens: int = 0
 
     @classmethod
-    def from_pb(cls, m: pb.GetModelInfoResponse) -> "ModelInfo":
+    def from_pb(cls, m: pb.GetModelInfoResponse) -> ModelInfo:
         values = {f.name: getattr(m, f.name) for f in dataclasses.fields(cls)}
         values["eos_token_ids"] = tuple(m.eos_token_ids)
         return cls(**values)

@@ -35,8 +35,9 @@ def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, bm
 
 
-def _sanitise(x: torch.Tensor, bm: torch.Tensor, bad: torch.Tensor, vocab: int,
-              logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sanitise(
+    x: torch.Tensor, bm: torch.Tensor, bad: torch.Tensor, vocab: int, logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.clone() if x.data_ptr() == logits.data_ptr() else x
     rows = bad.nonzero()[:, 0]
     r = torch.nan_to_num(x[rows, :vocab], nan=NEG_INF, posinf=FLOAT_MAX)  # [n, V]
@@ -100,8 +101,9 @@ class Processed:
         return out
 
 
-def first_argmax(bm: torch.Tensor, top: torch.Tensor,
-                 get_blocks: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def first_argmax(
+    bm: torch.Tensor, top: torch.Tensor, get_blocks: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Lowest token id holding the row maximum; bm [n, nb] block maxima, top [n] row maxima."""
     b = (bm == top[:, None]).to(torch.int8).argmax(-1)  # [n] first block holding the max
     vals = get_blocks(b)  # [n, 64]

@@ -62,16 +62,14 @@ def sample(
     cfg = RowConfig.build(params, vocab, dev)
     u = _uniforms(params, steps, sample_indices, batch, dev)
     x, bm_raw = prepare(logits)
-    proc = Processed(x, bm_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids,
-                                       suppress_token_ids))
+    proc = Processed(x, bm_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids))
     if proc.patch_map is not None and bool((proc.m == NEG_INF).any()):
         proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
     probs = torch.softmax(x, -1)  # [B, Vp] raw distribution
     all_rows = torch.arange(batch, device=dev)
     m_raw = bm_raw.amax(-1)
     arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.xb[all_rows, b])
-    arg = arg_raw if proc.patch_map is None else \
-        first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
+    arg = arg_raw if proc.patch_map is None else first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
     out = _Out(arg)
     lse = m_raw - probs.gather(1, arg_raw[:, None])[:, 0].log()  # [B] logsumexp of the raw row
     wts = Weights(proc, cfg, probs, m_raw, lse)
@@ -101,8 +99,9 @@ def _check(
         raise ValueError(f"logits must be a floating [B, V] tensor, got {tuple(logits.shape)} {logits.dtype}")
     batch, vocab = logits.shape
     if len(params) != batch or len(steps) != batch:
-        raise ValueError(f"need one params and one step per row: B={batch}, "
-                         f"len(params)={len(params)}, len(steps)={len(steps)}")
+        raise ValueError(
+            f"need one params and one step per row: B={batch}, len(params)={len(params)}, len(steps)={len(steps)}"
+        )
     if sample_indices is not None and len(sample_indices) != batch:
         raise ValueError(f"sample_indices has {len(sample_indices)} entries for B={batch}")
     if not 0 <= top_n <= MAX_TOP_N:
@@ -119,8 +118,11 @@ def _uniforms(
 ) -> torch.Tensor:
     states = seed_states([p.seed for p in params], dev)
     step_t = torch.as_tensor(steps, dtype=torch.int64).to(dev)
-    idx = torch.zeros(batch, dtype=torch.int64, device=dev) if sample_indices is None else \
-        torch.as_tensor(sample_indices, dtype=torch.int64).to(dev)
+    idx = (
+        torch.zeros(batch, dtype=torch.int64, device=dev)
+        if sample_indices is None
+        else torch.as_tensor(sample_indices, dtype=torch.int64).to(dev)
+    )
     return uniforms(states, idx, step_t)
 
 
@@ -131,8 +133,13 @@ def _empty(batch: int, top_n: int, dev: torch.device) -> SampleResult:
     def z(dtype: torch.dtype, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, device=dev)
 
-    return SampleResult(z(torch.int64, 0), z(torch.float32, 0), z(torch.float32, 0),
-                        z(torch.int64, 0, top_n), z(torch.float32, 0, top_n))
+    return SampleResult(
+        z(torch.int64, 0),
+        z(torch.float32, 0),
+        z(torch.float32, 0),
+        z(torch.int64, 0, top_n),
+        z(torch.float32, 0, top_n),
+    )
 
 
 def _top_alternatives(
@@ -141,8 +148,10 @@ def _top_alternatives(
     batch = bm_raw.shape[0]
     dev = bm_raw.device
     if top_n == 0:
-        return (torch.zeros((batch, 0), dtype=torch.int64, device=dev),
-                torch.zeros((batch, 0), dtype=torch.float32, device=dev))
+        return (
+            torch.zeros((batch, 0), dtype=torch.int64, device=dev),
+            torch.zeros((batch, 0), dtype=torch.float32, device=dev),
+        )
     theta = kth_threshold(bm_raw, bm_raw.amax(-1), torch.full((batch,), top_n, device=dev))
     cand = extract(lambda r, b: proc.xb[r, b], bm_raw, theta)
     return cand.token[:, :top_n], cand.vals[:, :top_n] - lse[:, None]

@@ -35,8 +35,9 @@ def _out_of_range(name: str, value: object, allowed: str, field: str | None = No
     return SamplingParamError(field or name, f"{name}={value!r} is out of range: allowed {allowed}")
 
 
-def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str,
-                field: str | None = None) -> None:
+def _check_real(
+    name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool, text: str, field: str | None = None
+) -> None:
     """Raise unless `value` is a finite real number inside the interval."""
     if not _is_real(value) or not math.isfinite(value):
         raise _out_of_range(name, value, text, field)
@@ -81,17 +82,24 @@ class SamplingParams:
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Raise SamplingParamError (a ValueError) naming the field, its value and the allowed range."""
-        _check_real("temperature", self.temperature, 0.0, TEMPERATURE_MAX, False, False,
-                    f"[0, {TEMPERATURE_MAX:g}], finite")
+        _check_real(
+            "temperature", self.temperature, 0.0, TEMPERATURE_MAX, False, False, f"[0, {TEMPERATURE_MAX:g}], finite"
+        )
         if not _is_int(self.top_k) or self.top_k < 0:
             raise _out_of_range("top_k", self.top_k, "an integer >= 0 (0 = off)")
         _check_real("top_p", self.top_p, 0.0, 1.0, True, False, "(0, 1], finite")
         _check_real("min_p", self.min_p, 0.0, 1.0, False, False, "[0, 1], finite")
-        _check_real("repetition_penalty", self.repetition_penalty, 0.0, math.inf, True, True,
-                    "(0, inf), finite")
+        _check_real("repetition_penalty", self.repetition_penalty, 0.0, math.inf, True, True, "(0, inf), finite")
         for field in ("presence_penalty", "frequency_penalty"):
-            _check_real(field, getattr(self, field), -PENALTY_LIMIT, PENALTY_LIMIT, False, False,
-                        f"[-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}], finite")
+            _check_real(
+                field,
+                getattr(self, field),
+                -PENALTY_LIMIT,
+                PENALTY_LIMIT,
+                False,
+                False,
+                f"[-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}], finite",
+            )
         self._validate_bias(vocab_size)
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT):
             raise _out_of_range("seed", self.seed, "None or an integer in [0, 2**64)")
@@ -106,7 +114,17 @@ class SamplingParams:
             if not _is_int(token) or token < 0 or (vocab_size is not None and token >= vocab_size):
                 raise _out_of_range("logit_bias token id", token, f"integers in {ids_allowed}", "logit_bias")
             if token in seen:
-                raise SamplingParamError("logit_bias", f"logit_bias token id {token} appears twice: allowed once per token")
+                raise SamplingParamError(
+                    "logit_bias", f"logit_bias token id {token} appears twice: allowed once per token"
+                )
             seen.add(token)
-            _check_real(f"logit_bias[{token}]", bias, -BIAS_LIMIT, BIAS_LIMIT, False, False,
-                        f"[-{BIAS_LIMIT:g}, {BIAS_LIMIT:g}], finite", "logit_bias")
+            _check_real(
+                f"logit_bias[{token}]",
+                bias,
+                -BIAS_LIMIT,
+                BIAS_LIMIT,
+                False,
+                False,
+                f"[-{BIAS_LIMIT:g}, {BIAS_LIMIT:g}], finite",
+                "logit_bias",
+            )

@@ -60,8 +60,14 @@ def _gather_edits(
     return toks, segs, biases
 
 
-def edits(x: torch.Tensor, vocab: int, params: Sequence[SamplingParams], prompt_ids: IdLists,
-          output_ids: IdLists, suppress_ids: IdLists) -> tuple[torch.Tensor, torch.Tensor] | None:
+def edits(
+    x: torch.Tensor,
+    vocab: int,
+    params: Sequence[SamplingParams],
+    prompt_ids: IdLists,
+    output_ids: IdLists,
+    suppress_ids: IdLists,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(flat index into x [M] int64, new value [M] float32) of every edited logit, or None.
 
     x is the padded float32 [B, Vp] matrix. Per token: repetition penalty (once), then
@@ -108,8 +114,15 @@ def _row_param(params: Sequence[SamplingParams], name: str, rows: torch.Tensor) 
     return vals[rows]
 
 
-def _new_values(x: torch.Tensor, uniq: torch.Tensor, inv: torch.Tensor, kind: torch.Tensor, b: torch.Tensor,
-                params: Sequence[SamplingParams], width: int) -> torch.Tensor:
+def _new_values(
+    x: torch.Tensor,
+    uniq: torch.Tensor,
+    inv: torch.Tensor,
+    kind: torch.Tensor,
+    b: torch.Tensor,
+    params: Sequence[SamplingParams],
+    width: int,
+) -> torch.Tensor:
     """float32 [M] edited values of the unique positions `uniq`; inv maps each edit to its slot."""
     m = uniq.numel()
     rows = uniq // width

@@ -55,8 +55,11 @@ def uniforms(states: torch.Tensor, sample_indices: torch.Tensor, steps: torch.Te
 
 def seed_states(seeds: Sequence[int | None], device: torch.device | str | None) -> torch.Tensor:
     """int64 [B] per-seed states; None draws a fresh 64-bit seed from `secrets` (never torch's RNG)."""
-    return torch.tensor([_seed_state(secrets.randbits(64)) if s is None else _cached_state(s) for s in seeds],
-                        dtype=torch.int64, device=device)
+    return torch.tensor(
+        [_seed_state(secrets.randbits(64)) if s is None else _cached_state(s) for s in seeds],
+        dtype=torch.int64,
+        device=device,
+    )
 
 
 def _py_mix(z: int) -> int:

@@ -42,12 +42,19 @@ class RowConfig:
             elif p.temperature != 0:
                 lists["trunc"].append(i)
         t = torch.tensor(table, dtype=torch.float64, device=device).reshape(-1, 4)
-        return RowConfig(t[:, 0].float(), t[:, 1].long(), t[:, 2], t[:, 3].float(),
-                         torch.tensor(full, dtype=torch.bool, device=device), **lists)
+        return RowConfig(
+            t[:, 0].float(),
+            t[:, 1].long(),
+            t[:, 2],
+            t[:, 3].float(),
+            torch.tensor(full, dtype=torch.bool, device=device),
+            **lists,
+        )
 
 
-def block_threshold(bm: torch.Tensor, m: torch.Tensor, step: torch.Tensor, mass: torch.Tensor,
-                    target: torch.Tensor, bins: int = 256) -> torch.Tensor:
+def block_threshold(
+    bm: torch.Tensor, m: torch.Tensor, step: torch.Tensor, mass: torch.Tensor, target: torch.Tensor, bins: int = 256
+) -> torch.Tensor:
     """float64 [n]: a theta such that the blocks with maximum >= theta carry mass >= target.
 
     Blocks are binned by (m - block max) / step (no sort); theta is the lower edge of the first
@@ -79,8 +86,15 @@ def min_p_threshold(m: torch.Tensor, temp: torch.Tensor, min_p: torch.Tensor) ->
     return torch.where(p64 > 0, m64 + t64 * log_p - slack, NEG_INF)
 
 
-def top_p_threshold(bm: torch.Tensor, m: torch.Tensor, temp: torch.Tensor, w_max: torch.Tensor,
-                    sums: torch.Tensor, top_p: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+def top_p_threshold(
+    bm: torch.Tensor,
+    m: torch.Tensor,
+    temp: torch.Tensor,
+    w_max: torch.Tensor,
+    sums: torch.Tensor,
+    top_p: torch.Tensor,
+    total: torch.Tensor,
+) -> torch.Tensor:
     """float64 [n]: a guess of the top-p boundary value from block statistics (verified later).
 
     Each block holds a token of weight about exp((block max - m) / T) * w_max: their mass above

@@ -91,10 +91,21 @@ def extract(get_blocks: Getter, bm: torch.Tensor, theta: torch.Tensor) -> Candid
     count = torch.bincount(mrow, minlength=n)
     slot = torch.arange(mrow.numel(), device=bm.device) - (torch.cumsum(count, 0) - count)[mrow]
     width = max(int(count.max()), 1)
-    mats = [torch.full((n, width), fill, dtype=t.dtype, device=bm.device)
-            for t, fill in ((pos, 0), (tok, 0), (v, float("-inf")))]
+    mats = [
+        torch.full((n, width), fill, dtype=t.dtype, device=bm.device)
+        for t, fill in ((pos, 0), (tok, 0), (v, float("-inf")))
+    ]
     for mat, t in zip(mats, (pos, tok, v), strict=True):
         mat[mrow, slot] = t
     pos_m, tok_m, vals_m = mats
-    return Candidates(row, block, torch.cumsum(per_row, 0) - per_row, max(int(per_row.max()), 1),
-                      pos_m, tok_m, vals_m, torch.arange(width, device=bm.device) < count[:, None], count)
+    return Candidates(
+        row,
+        block,
+        torch.cumsum(per_row, 0) - per_row,
+        max(int(per_row.max()), 1),
+        pos_m,
+        tok_m,
+        vals_m,
+        torch.arange(width, device=bm.device) < count[:, None],
+        count,
+    )

@@ -16,19 +16,22 @@ if TYPE_CHECKING:
     from .core import _Out  # core imports this module
 
 
-def thresholds(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, arg: torch.Tensor,
-               total: torch.Tensor | None) -> torch.Tensor:
+def thresholds(
+    proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, arg: torch.Tensor, total: torch.Tensor | None
+) -> torch.Tensor:
     """float64 [n]: every kept token of rows [n] is >= theta (top-p rows without top-k: a guess).
 
     total [n] float64: full-vocabulary mass of full rows (None when there are none).
     """
     top_k, top_p, min_p, full = cfg.top_k[rows], cfg.top_p[rows], cfg.min_p[rows], cfg.full[rows]
     bm, m, temp = proc.bm[rows], proc.m[rows], cfg.temperature[rows]
-    theta = kth_threshold(bm, m, top_k) if bool((top_k > 0).any()) else \
-        torch.full(m.shape, NEG_INF, dtype=torch.float64, device=m.device)
+    theta = (
+        kth_threshold(bm, m, top_k)
+        if bool((top_k > 0).any())
+        else torch.full(m.shape, NEG_INF, dtype=torch.float64, device=m.device)
+    )
     if bool((min_p > 0).any()):
-        theta = torch.where((top_k > 0) & (top_p < 1), theta,
-                            torch.maximum(theta, min_p_threshold(m, temp, min_p)))
+        theta = torch.where((top_k > 0) & (top_p < 1), theta, torch.maximum(theta, min_p_threshold(m, temp, min_p)))
     if total is not None and bool(full.any()):
         assert wts.sums is not None, "full rows have chunk sums"
         f = full.nonzero()[:, 0]
@@ -37,8 +40,16 @@ def thresholds(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor
     return theta
 
 
-def sample_truncated(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, theta: torch.Tensor,
-                     total: torch.Tensor | None, u: torch.Tensor, out: _Out) -> None:
+def sample_truncated(
+    proc: Processed,
+    cfg: RowConfig,
+    wts: Weights,
+    rows: torch.Tensor,
+    theta: torch.Tensor,
+    total: torch.Tensor | None,
+    u: torch.Tensor,
+    out: _Out,
+) -> None:
     """Draw rows [n] in groups of similar candidate counts, so that no row pads the others."""
     blocks = (proc.bm[rows] >= theta[:, None]).sum(1)  # [n] candidate blocks per row
     big = blocks > max(64, 4 * int(blocks.median()))
@@ -50,8 +61,16 @@ def sample_truncated(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.
         _draw(proc, cfg, wts, rows, theta, total, u, out)
 
 
-def _draw(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, theta: torch.Tensor,
-          total: torch.Tensor | None, u: torch.Tensor, out: _Out) -> None:
+def _draw(
+    proc: Processed,
+    cfg: RowConfig,
+    wts: Weights,
+    rows: torch.Tensor,
+    theta: torch.Tensor,
+    total: torch.Tensor | None,
+    u: torch.Tensor,
+    out: _Out,
+) -> None:
     """Draw rows [n]; rows whose kept set may leave the candidates retry with every token."""
     cand = extract(lambda r, b: proc.blocks(rows[r], b), proc.bm[rows], theta)
     w = wts.tokens(rows, cand.token, cand.vals)  # [n, C]
@@ -65,8 +84,14 @@ def _draw(proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, the
         _draw(proc, cfg, wts, rows[bad], every, None if total is None else total[bad], u, out)
 
 
-def _kept(cand: Candidates, w: torch.Tensor, cfg: RowConfig, rows: torch.Tensor, total: torch.Tensor | None,
-          theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _kept(
+    cand: Candidates,
+    w: torch.Tensor,
+    cfg: RowConfig,
+    rows: torch.Tensor,
+    total: torch.Tensor | None,
+    theta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept bool [n, C] in canonical order, ok bool [n]): top-k, top-p, then min-p."""
     top_k, top_p, min_p = cfg.top_k[rows], cfg.top_p[rows], cfg.min_p[rows]
     kth = cand.vals.gather(1, (torch.minimum(top_k, cand.count) - 1).clamp(min=0)[:, None])
@@ -81,8 +106,14 @@ def _kept(cand: Candidates, w: torch.Tensor, cfg: RowConfig, rows: torch.Tensor,
     return kept, ok
 
 
-def _top_p(w: torch.Tensor, kept: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor, total: torch.Tensor,
-           theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_p(
+    w: torch.Tensor,
+    kept: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor,
+    total: torch.Tensor,
+    theta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the canonical prefix while the mass strictly before a token is < top_p * total."""
     cum = (w * kept).double().cumsum(1)  # [n, C]
     before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], 1)

@@ -20,8 +20,9 @@ class Weights:
     The remaining rows use exp((s - max(s)) / T), computed on the tokens asked for.
     """
 
-    def __init__(self, proc: Processed, cfg: RowConfig, probs: torch.Tensor, m_raw: torch.Tensor,
-                 lse: torch.Tensor) -> None:
+    def __init__(
+        self, proc: Processed, cfg: RowConfig, probs: torch.Tensor, m_raw: torch.Tensor, lse: torch.Tensor
+    ) -> None:
         batch, nb = proc.bm.shape
         dev = probs.device
         self.proc, self.cfg = proc, cfg

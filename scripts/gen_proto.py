@@ -63,7 +63,9 @@ def _clip(line: str, width: int = 160) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the generated files are out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if the generated files are out of date"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                     drift.append(f"missing: {committed.relative_to(ROOT)}")
                 elif not filecmp.cmp(fresh, committed, shallow=False):
                     diff = difflib.unified_diff(
-                        committed.read_text().splitlines(), fresh.read_text().splitlines(),
-                        str(committed.relative_to(ROOT)), "regenerated", lineterm="", n=1,
+                        committed.read_text().splitlines(),
+                        fresh.read_text().splitlines(),
+                        str(committed.relative_to(ROOT)),
+                        "regenerated",
+                        lineterm="",
+                        n=1,
                     )
                     drift.append("\n".join(_clip(line) for line in list(diff)[:40]))
         if drift:

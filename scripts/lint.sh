@@ -4,7 +4,7 @@
 # Needs ruff and mypy, pinned in the `test` extra: run it in the test venv (.venv-test), or set
 # SEEDSTREAM_LINT_PYTHON to a python that has them.
 # Usage: bash scripts/lint.sh [ruff|mypy]   (both when not told)
-#   SEEDSTREAM_LINT_FORMAT=1  also runs `ruff format --check` (off until the one-shot reformat of the tree)
+#   SEEDSTREAM_LINT_FORMAT=0  skips `ruff format --check`
 #   SEEDSTREAM_LINT_TARGET_PYTHON=PATH  the python whose packages (torch, grpc) mypy reads, when the linters
 #                                       live in another venv than the project's dependencies
 set -euo pipefail
@@ -15,7 +15,7 @@ WHAT="${1:-all}"
 if [ "$WHAT" = all ] || [ "$WHAT" = ruff ]; then
     echo "lint: ruff check"
     "$PY" -m ruff check --no-cache .
-    if [ "${SEEDSTREAM_LINT_FORMAT:-0}" = 1 ]; then
+    if [ "${SEEDSTREAM_LINT_FORMAT:-1}" = 1 ]; then
         echo "lint: ruff format --check"
         "$PY" -m ruff format --check --no-cache .
     fi

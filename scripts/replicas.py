@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "seedstream.conf"
@@ -35,9 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def find_nginx() -> Optional[str]:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)),
-                                         None)
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
 
 
 class Replica:
@@ -50,14 +51,28 @@ class Replica:
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = Path(workdir) / f"replica-{index}.log"
         self.serve_args = list(serve_args)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Launch (does not wait for the model; see wait_serving)."""
-        cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--metrics-port", str(self.metrics_port), "--log-format", "json", *self.serve_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "seedstream.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-format",
+            "json",
+            *self.serve_args,
+        ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         log.close()
 
     def wait_serving(self, timeout: float = 300.0) -> None:
@@ -79,7 +94,7 @@ class Replica:
             self.proc.kill()
             self.proc.wait(30)
 
-    def stop(self, timeout: float = 60.0) -> Optional[int]:
+    def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful drain); SIGKILL after `timeout` s."""
         if not self.alive():
             return self.proc.returncode if self.proc else None
@@ -99,8 +114,9 @@ class Replica:
             return 0
 
 
-def render_nginx_conf(upstreams: Sequence[str], listen_port: int, workdir: Path,
-                      fail_timeout: Optional[str] = None) -> Path:
+def render_nginx_conf(
+    upstreams: Sequence[str], listen_port: int, workdir: Path, fail_timeout: str | None = None
+) -> Path:
     """A whole nginx.conf for `nginx -p workdir`: the deploy/ site with these upstreams and port."""
     site = NGINX_CONF.read_text()
     match = re.search(r"upstream seedstream_replicas \{(.*?)\n\}", site, re.S)
@@ -121,7 +137,9 @@ def render_nginx_conf(upstreams: Sequence[str], listen_port: int, workdir: Path,
         "http {\n"
         f"    log_format seedstream '{ACCESS_FORMAT}';\n"
         f"    access_log {workdir}/access.log seedstream;\n"
-        + "".join(f"    {k}_temp_path {workdir}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + "".join(
+            f"    {k}_temp_path {workdir}/{k}_temp;\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         + f"    include {workdir}/seedstream.conf;\n"
         "}\n"
     )
@@ -131,8 +149,9 @@ def render_nginx_conf(upstreams: Sequence[str], listen_port: int, workdir: Path,
 class Nginx:
     """nginx in the foreground (daemon off) with a rendered config; stop() ends it."""
 
-    def __init__(self, workdir: Path, upstreams: Sequence[str], port: Optional[int] = None,
-                 fail_timeout: Optional[str] = None):
+    def __init__(
+        self, workdir: Path, upstreams: Sequence[str], port: int | None = None, fail_timeout: str | None = None
+    ):
         self.binary = find_nginx()
         if self.binary is None:
             raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
@@ -140,15 +159,19 @@ class Nginx:
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.conf = render_nginx_conf(upstreams, self.port, self.workdir, fail_timeout)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        check = subprocess.run([self.binary, "-t", "-p", str(self.workdir), "-c", str(self.conf)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [self.binary, "-t", "-p", str(self.workdir), "-c", str(self.conf)], capture_output=True, text=True
+        )
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected the config: {check.stderr}")
-        self.proc = subprocess.Popen([self.binary, "-p", str(self.workdir), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [self.binary, "-p", str(self.workdir), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -166,9 +189,16 @@ class Nginx:
         entries = []
         for line in path.read_text().splitlines() if path.exists() else ():
             msec, ups, ups_status, status, rid, rtime = line.split("|")
-            entries.append({"time": float(msec), "upstreams": [u.strip() for u in ups.split(",") if u.strip() not in ("", "-")],
-                            "upstream_status": ups_status, "status": status, "request_id": rid,
-                            "request_time": float(rtime)})
+            entries.append(
+                {
+                    "time": float(msec),
+                    "upstreams": [u.strip() for u in ups.split(",") if u.strip() not in ("", "-")],
+                    "upstream_status": ups_status,
+                    "status": status,
+                    "request_id": rid,
+                    "request_time": float(rtime),
+                }
+            )
         return entries
 
     def stop(self) -> None:
@@ -196,7 +226,7 @@ def start_replicas(workdir: Path, count: int, serve_args: Sequence[str] = (), ti
     return replicas
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--port", type=int, default=50050, help="nginx's port (clients connect here)")
@@ -204,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="seedstream-replicas-"))
     replicas: list[Replica] = []
-    nginx: Optional[Nginx] = None
+    nginx: Nginx | None = None
     try:
         replicas = start_replicas(workdir, args.replicas, args.serve_args)
         nginx = Nginx(workdir, [r.target for r in replicas], args.port)

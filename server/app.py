@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
 
 import grpc
 
@@ -49,11 +48,11 @@ class SeedstreamServer:
         host: str = "127.0.0.1",
         port: int = 0,
         default_max_new_tokens: int = ServeOptions.default_max_new_tokens,
-        credentials: Optional[grpc.ServerCredentials] = None,
+        credentials: grpc.ServerCredentials | None = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
         security=None,
         metrics=None,
-        http_port: Optional[int] = None,
+        http_port: int | None = None,
     ):
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
@@ -63,16 +62,17 @@ class SeedstreamServer:
         self.credentials = credentials
         self.max_receive_bytes = max_receive_bytes
         self.security = security or Security()  # API keys, reflection, connection and request limits
-        self.state = ServiceState(None, ServiceOptions(default_max_new_tokens, package_version(),
-                                                       self.security.request_limits))
+        self.state = ServiceState(
+            None, ServiceOptions(default_max_new_tokens, package_version(), self.security.request_limits)
+        )
         self._pending_engine = engine
         self.metrics = metrics  # a ServiceMetrics, or None: no metrics
         if metrics is not None:
             self.state.metrics = metrics
             metrics.in_flight.set_function(lambda: self.state.in_flight)
-        self.server: Optional[grpc.aio.Server] = None
+        self.server: grpc.aio.Server | None = None
         self.health = None
-        self.port: Optional[int] = None
+        self.port: int | None = None
         self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
         self.http = None
 
@@ -146,8 +146,9 @@ class SeedstreamServer:
         log.critical("the engine has stopped: health NOT_SERVING; restart the server")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    async def shutdown(self, grace: float = 30.0, *, stop_engine: bool = True,
-                       force: Optional[asyncio.Event] = None) -> None:
+    async def shutdown(
+        self, grace: float = 30.0, *, stop_engine: bool = True, force: asyncio.Event | None = None
+    ) -> None:
         """NOT_SERVING, refuse new requests, wait up to `grace` s for in-flight ones, stop."""
         self.state.draining = True
         if self.health is not None:
@@ -199,7 +200,7 @@ def serve(opts: ServeOptions) -> int:
         return 130
 
 
-def _credentials(opts: ServeOptions) -> Optional[grpc.ServerCredentials]:
+def _credentials(opts: ServeOptions) -> grpc.ServerCredentials | None:
     from seedstream.server.rpc.hardening import server_credentials
 
     return server_credentials(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
@@ -275,7 +276,9 @@ async def _serve(opts: ServeOptions) -> int:
         await server.start()
         _serve_metrics(server.metrics, opts)
     except ImportError as exc:
-        log.error("the server needs the server extra (torch, transformers, ...): pip install 'seedstream[server]' (%s)", exc)
+        log.error(
+            "the server needs the server extra (torch, transformers, ...): pip install 'seedstream[server]' (%s)", exc
+        )
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
@@ -318,10 +321,15 @@ async def _serve(opts: ServeOptions) -> int:
     info = engine.info
     log.info(
         "ready in %.1fs: serving %s (sha256 %s, %s on %s) at %s:%d",
-        time.monotonic() - started, info.model_id, info.model_sha256[:12], info.dtype, info.device, opts.host, server.port,
+        time.monotonic() - started,
+        info.model_id,
+        info.model_sha256[:12],
+        info.dtype,
+        info.device,
+        opts.host,
+        server.port,
     )
     await stopping
     await server.shutdown(opts.grace_period, force=force)
     log.info("stopped")
     return 0
-

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .settings import GROUPS, EngineConfig, Flag, ServeOptions, all_flags, flags_of
 
@@ -27,7 +28,7 @@ DESCRIPTION = (
 )
 
 
-def _env(name: str) -> Optional[str]:
+def _env(name: str) -> str | None:
     value = os.environ.get(name)
     return None if value in (None, "") else value
 
@@ -52,9 +53,15 @@ def _add_flag(group, flag: Flag) -> None:
         return
     # A string default is parsed by argparse as if given on the command line (choices are not checked:
     # the settings' own checks report those when the server starts).
-    group.add_argument(flag.flag, dest=flag.name, type=flag.parse, default=flag.default if env is None else env,
-                       choices=flag.setting.choices, metavar=None if flag.setting.choices else flag.metavar,
-                       help=_help(flag))
+    group.add_argument(
+        flag.flag,
+        dest=flag.name,
+        type=flag.parse,
+        default=flag.default if env is None else env,
+        choices=flag.setting.choices,
+        metavar=None if flag.setting.choices else flag.metavar,
+        help=_help(flag),
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "seedstream serve") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return parser
 
@@ -76,7 +84,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(engine=engine, **{f.name: getattr(args, f.name) for f in flags_of(ServeOptions)})
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "seedstream serve") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "seedstream serve") -> int:
     """Parse the flags and run the server until SIGTERM/SIGINT; returns the exit code."""
     options = options_from_args(build_parser(prog).parse_args(argv))
     from .app import serve

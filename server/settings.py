@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from seedstream.v1.protocol import DEFAULT_PORT
 
@@ -35,11 +36,11 @@ class Setting:
     """What a settings field says about itself beyond its type and default."""
 
     help: str  # Markdown
-    flag: Optional[str] = None  # None: "--" + the field's name with dashes
-    choices: Optional[tuple] = None
-    metavar: Optional[str] = None  # None: the flag's name, upper-cased
-    parse: Optional[Callable[[str], Any]] = None  # None: the field's type
-    shown: Optional[str] = None  # the default as the docs say it (for None: what unset means)
+    flag: str | None = None  # None: "--" + the field's name with dashes
+    choices: tuple | None = None
+    metavar: str | None = None  # None: the flag's name, upper-cased
+    parse: Callable[[str], Any] | None = None  # None: the field's type
+    shown: str | None = None  # the default as the docs say it (for None: what unset means)
     group: str = "engine"
 
 
@@ -56,48 +57,71 @@ class EngineConfig:
     """The engine's settings. Scheduling settings never change a token, so they are not part of the
     determinism contract (nor of engine_version); dtype, backend and weights are."""
 
-    model: Optional[str] = setting(
-        None, "local transformers model folder (safetensors/bin) or `.gguf` file; model types llama, "
-        "mistral, qwen2", shown="embedded SmolLM2-135M-Instruct")
+    model: str | None = setting(
+        None,
+        "local transformers model folder (safetensors/bin) or `.gguf` file; model types llama, mistral, qwen2",
+        shown="embedded SmolLM2-135M-Instruct",
+    )
     device: str = setting("auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda` or `cuda:N`")
     dtype: str = setting("float32", "compute dtype; part of the reproducibility promise", choices=DTYPE_NAMES)
     max_batch_size: int = setting(64, "most sequences decoding at once")
     max_queue: int = setting(256, "most requests waiting for a slot; beyond it `RESOURCE_EXHAUSTED`")
-    max_queue_per_client: Optional[int] = setting(
-        None, "most waiting requests from one client (API key name, else peer address); waiting requests "
-        "are admitted round-robin over clients", shown="`--max-queue`", group="security and limits")
+    max_queue_per_client: int | None = setting(
+        None,
+        "most waiting requests from one client (API key name, else peer address); waiting requests "
+        "are admitted round-robin over clients",
+        shown="`--max-queue`",
+        group="security and limits",
+    )
     # Each running sequence counts at its most, so admission never has to preempt.
     max_kv_tokens: int = setting(
-        262144, "KV-cache budget in token positions over all running sequences, each counted as prompt + "
+        262144,
+        "KV-cache budget in token positions over all running sequences, each counted as prompt + "
         "`max_new_tokens` (capped at the context); a request beyond it waits in the queue instead of risking "
         "the server's memory (about 45 KiB per position for the default model in fp32, so 11 GiB at most); "
-        "one request is always admitted")
+        "one request is always admitted",
+    )
     prefill_chunk: int = setting(
-        256, "prompt tokens per prefill chunk; a tuning knob: prefill equals decode bit for bit, so it changes "
-        "no token")
+        256, "prompt tokens per prefill chunk; a tuning knob: prefill equals decode bit for bit, so it changes no token"
+    )
     max_step_tokens: int = setting(512, "token rows per engine step; at least `--prefill-chunk`")
     max_new_tokens_limit: int = setting(4096, "largest `max_new_tokens` a request may ask for")
     # Not in engine_version: the cache changes no token.
     prefix_cache_mib: float = setting(
-        1024.0, "prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted; "
-        "changes no token (about 45 KiB per position for the default model in fp32)")
-    num_threads: Optional[int] = setting(
-        None, "threads of the kernels and of torch's intra-op pool", flag="--threads", shown="torch's default")
+        1024.0,
+        "prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted; "
+        "changes no token (about 45 KiB per position for the default model in fp32)",
+    )
+    num_threads: int | None = setting(
+        None, "threads of the kernels and of torch's intra-op pool", flag="--threads", shown="torch's default"
+    )
     backend: str = setting(
-        "auto", "forward pass: `kernels` = seedstream's C++ CPU kernels (built with the system C++ compiler on "
+        "auto",
+        "forward pass: `kernels` = seedstream's C++ CPU kernels (built with the system C++ compiler on "
         "first start, cached; the same bits for any batch, prefill chunk, thread count and x86 CPU), `torch` = "
         "the torch path (CUDA, bfloat16/float16, or no compiler), `auto` = kernels on CPU float32 when they "
-        "build, else torch (with a warning); part of `engine_version`", choices=BACKENDS)
+        "build, else torch (with a warning); part of `engine_version`",
+        choices=BACKENDS,
+    )
     weights: str = setting(
-        "auto", "weight format of the kernels: `auto` = the file's own (a GGUF's quantisation, else `f32`), or "
+        "auto",
+        "weight format of the kernels: `auto` = the file's own (a GGUF's quantisation, else `f32`), or "
         "`f32`, `q8_0`, `q4_1` (stored blocks are kept when at least as precise, else quantised on load); in "
-        "`engine_version`, the receipt and `GetModelInfo` as `weight_format`", choices=WEIGHT_FORMATS)
+        "`engine_version`, the receipt and `GetModelInfo` as `weight_format`",
+        choices=WEIGHT_FORMATS,
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype={self.dtype!r}: allowed {', '.join(DTYPE_NAMES)}")
-        for name in ("max_batch_size", "max_queue", "max_kv_tokens", "prefill_chunk", "max_step_tokens",
-                     "max_new_tokens_limit"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_kv_tokens",
+            "prefill_chunk",
+            "max_step_tokens",
+            "max_new_tokens_limit",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
@@ -107,7 +131,9 @@ class EngineConfig:
         if self.weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
-            raise ValueError(f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})")
+            raise ValueError(
+                f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})"
+            )
         if not self.prefix_cache_mib >= 0:
             raise ValueError(f"prefix_cache_mib={self.prefix_cache_mib}: must be >= 0 (0 turns the cache off)")
         if self.max_step_tokens < self.prefill_chunk:
@@ -135,52 +161,72 @@ class ServeOptions:
 
     host: str = _server("127.0.0.1", "listen address; `0.0.0.0` for every interface")
     port: int = _server(DEFAULT_PORT, "TCP port; 0 picks a free one (logged)")
-    http_port: Optional[int] = _server(
-        None, "also serve the OpenAI-compatible HTTP API and the playground page on this port (same host, "
-        "plain HTTP); 0 picks a free one (logged)", shown="off")
+    http_port: int | None = _server(
+        None,
+        "also serve the OpenAI-compatible HTTP API and the playground page on this port (same host, "
+        "plain HTTP); 0 picks a free one (logged)",
+        shown="off",
+    )
     default_max_new_tokens: int = _server(256, "`max_new_tokens` when a request leaves it unset")
     grace_period: float = _server(30.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
-    tls_cert: Optional[str] = _server(None, "PEM certificate chain file: serve TLS instead of plaintext",
-                                      shown="none")
-    tls_key: Optional[str] = _server(None, "PEM private key file for `--tls-cert`", shown="none")
-    log_level: str = _server("INFO", "log verbosity; INFO logs one line per request", choices=LOG_LEVELS,
-                             parse=str.upper)
+    tls_cert: str | None = _server(None, "PEM certificate chain file: serve TLS instead of plaintext", shown="none")
+    tls_key: str | None = _server(None, "PEM private key file for `--tls-cert`", shown="none")
+    log_level: str = _server(
+        "INFO", "log verbosity; INFO logs one line per request", choices=LOG_LEVELS, parse=str.upper
+    )
 
     # Authentication, client certificates, reflection, connection and request limits (rpc/hardening.py);
     # rpc/limits.py takes its defaults from here.
-    api_key_file: Optional[str] = _security(
-        None, "require API keys: a file with one `KEY` or `NAME KEY` per line (`#` comments); clients send "
+    api_key_file: str | None = _security(
+        None,
+        "require API keys: a file with one `KEY` or `NAME KEY` per line (`#` comments); clients send "
         "`authorization: Bearer KEY`. Keys may also come from `SEEDSTREAM_API_KEYS` (comma-separated "
-        "entries), never from a flag", metavar="PATH", shown="none")
-    tls_client_ca: Optional[str] = _security(
-        None, "require client certificates signed by this CA (mutual TLS; needs `--tls-cert`)", metavar="PEM",
-        shown="none")
-    reflection: bool = _security(True, "do not serve gRPC server reflection", flag="--no-reflection",
-                                 shown="reflection on")
+        "entries), never from a flag",
+        metavar="PATH",
+        shown="none",
+    )
+    tls_client_ca: str | None = _security(
+        None,
+        "require client certificates signed by this CA (mutual TLS; needs `--tls-cert`)",
+        metavar="PEM",
+        shown="none",
+    )
+    reflection: bool = _security(
+        True, "do not serve gRPC server reflection", flag="--no-reflection", shown="reflection on"
+    )
     insecure: bool = _security(
-        False, "accept plaintext without API keys on a non-loopback address where `SEEDSTREAM_REFUSE_INSECURE=1` "
-        "(the Docker image) refuses it; elsewhere that only logs a warning", shown="off")
-    max_input_chars: Optional[int] = _security(
-        None, "most text characters in one request, checked before tokenizing", shown="32 × context")
-    max_input_tokens: Optional[int] = _security(
-        None, "most tokens in one Score, ScoreRolling or Tokenize request", shown="16 × context")
+        False,
+        "accept plaintext without API keys on a non-loopback address where `SEEDSTREAM_REFUSE_INSECURE=1` "
+        "(the Docker image) refuses it; elsewhere that only logs a warning",
+        shown="off",
+    )
+    max_input_chars: int | None = _security(
+        None, "most text characters in one request, checked before tokenizing", shown="32 × context"
+    )
+    max_input_tokens: int | None = _security(
+        None, "most tokens in one Score, ScoreRolling or Tokenize request", shown="16 × context"
+    )
     max_deadline: float = _security(600.0, "seconds any call may run, whatever the client's deadline; 0 = no limit")
     keepalive_time: float = _security(60.0, "seconds between keepalive pings on an idle connection")
     keepalive_timeout: float = _security(20.0, "seconds to wait for a ping's answer before closing")
-    max_connection_idle: float = _security(300.0, "close connections without calls after this many seconds; "
-                                                  "0 = never")
-    max_connection_age: Optional[float] = _security(
-        None, "gracefully close connections older than this many seconds (30 s grace; spreads clients over "
-        "replicas)", shown="never")
+    max_connection_idle: float = _security(300.0, "close connections without calls after this many seconds; 0 = never")
+    max_connection_age: float | None = _security(
+        None,
+        "gracefully close connections older than this many seconds (30 s grace; spreads clients over replicas)",
+        shown="never",
+    )
     max_streams_per_connection: int = _security(128, "most concurrent calls on one HTTP/2 connection")
 
-    metrics_port: Optional[int] = _observability(
-        None, "serve Prometheus metrics at `http://HOST:PORT/metrics`; 0 picks a free port (logged)", shown="off")
-    metrics_host: Optional[str] = _observability(None, "listen address of the metrics endpoint",
-                                                 shown="`--host`")
+    metrics_port: int | None = _observability(
+        None, "serve Prometheus metrics at `http://HOST:PORT/metrics`; 0 picks a free port (logged)", shown="off"
+    )
+    metrics_host: str | None = _observability(None, "listen address of the metrics endpoint", shown="`--host`")
     log_format: str = _observability(
-        "text", "`text`, or `json`: one JSON object per log line; a request's line carries request_id, key_id, seed, "
-        "token counts, ttft_s, time_s and status", choices=LOG_FORMATS)
+        "text",
+        "`text`, or `json`: one JSON object per log line; a request's line carries request_id, key_id, seed, "
+        "token counts, ttft_s, time_s and status",
+        choices=LOG_FORMATS,
+    )
 
 
 # --------------------------------------------------------------------------- reading the settings
@@ -223,8 +269,15 @@ def flags_of(cls: type) -> Iterator[Flag]:
             continue
         info: Setting = field.metadata["setting"]
         flag = info.flag or "--" + field.name.replace("_", "-")
-        yield Flag(cls, field.name, flag, ENV_PREFIX + flag[2:].upper().replace("-", "_"),
-                   _value_type(hints[field.name]), field.default, info)
+        yield Flag(
+            cls,
+            field.name,
+            flag,
+            ENV_PREFIX + flag[2:].upper().replace("-", "_"),
+            _value_type(hints[field.name]),
+            field.default,
+            info,
+        )
 
 
 def all_flags() -> list[Flag]:

@@ -31,8 +31,13 @@ def _definitions(name: str, folder: str) -> list[tuple[Path, object]]:
     found = []
     for path in sorted((ROOT / folder).rglob("*.py")):
         for node in ast.parse(path.read_text(), str(path)).body:
-            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
-                node.target if isinstance(node, ast.AnnAssign) else None
+            target = (
+                node.targets[0]
+                if isinstance(node, ast.Assign) and len(node.targets) == 1
+                else node.target
+                if isinstance(node, ast.AnnAssign)
+                else None
+            )
             if isinstance(target, ast.Name) and target.id == name and node.value is not None:
                 found.append((path, ast.literal_eval(node.value)))
     return found
@@ -59,7 +64,8 @@ def test_every_stream_version_has_a_changelog_entry(name):
     value = _value(name, STREAM_VERSIONS[name])
     assert f'{name} = "{value}"' in _stream_entries(), (
         f'{name} is "{value}" but CHANGELOG.md does not name `{name} = "{value}"` under "{SECTION[3:]}": '
-        "add an entry saying what changed and why")
+        "add an entry saying what changed and why"
+    )
 
 
 def test_every_engine_version_is_in_the_changelog():

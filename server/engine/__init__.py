@@ -17,7 +17,18 @@ from .types import (
 )
 
 __all__ = [
-    "Engine", "EngineConfig", "load_engine", "EngineError", "FinishReason", "GenerationChunk",
-    "GenerationRequest", "ModelInfo", "NotReady", "Overloaded", "ParamError", "ScoreRequest", "ScoreResult",
+    "Engine",
+    "EngineConfig",
+    "load_engine",
+    "EngineError",
+    "FinishReason",
+    "GenerationChunk",
+    "GenerationRequest",
+    "ModelInfo",
+    "NotReady",
+    "Overloaded",
+    "ParamError",
+    "ScoreRequest",
+    "ScoreResult",
     "TopLogprob",
 ]

@@ -8,7 +8,7 @@ tokens are the same whenever it runs, so fairness changes no token.
 from __future__ import annotations
 
 import collections
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 
 class FairQueue:
@@ -33,7 +33,7 @@ class FairQueue:
         self._queues.setdefault(client, collections.deque()).append(seq)
         self._count += 1
 
-    def peek(self) -> Optional[object]:
+    def peek(self) -> object | None:
         """The sequence admit would take next (the oldest of the client whose turn it is)."""
         for queue in self._queues.values():
             return queue[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Union
 
 import torch
 
@@ -18,12 +17,13 @@ from .model import DecoderModel, ModelConfig
 
 log = logging.getLogger("seedstream.engine")
 
-Model = Union[KernelModel, DecoderModel]
+Model = KernelModel | DecoderModel
 _TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any engine changed it
 
 
-def build_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, device: torch.device,
-                dtype: torch.dtype) -> tuple[Model, str]:
+def build_model(
+    weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[Model, str]:
     """The model for this config, and its weight format (f32/q8_0/q4_1, or the torch dtype's name)."""
     if _wants_kernels(config, device, dtype):
         threads = config.num_threads or _TORCH_THREADS
@@ -34,12 +34,19 @@ def build_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, 
             # cores the kernel pool uses made sampling ~10x slower under load (the sampler's bits do not
             # depend on the thread count: tests/sampler/test_sampler_invariance.py).
             torch.set_num_threads(1)
-            log.info("forward: C++ kernels (%s, %d threads), %s weights, %.0f MB", kernels.isa, kernels.threads,
-                     model.weight_format, model.weight_bytes / 1e6)
+            log.info(
+                "forward: C++ kernels (%s, %d threads), %s weights, %.0f MB",
+                kernels.isa,
+                kernels.threads,
+                model.weight_format,
+                model.weight_bytes / 1e6,
+            )
             return model, model.weight_format
         if config.backend == "kernels" or config.weights not in ("auto", "f32"):
-            raise RuntimeError(f"backend=kernels/weights={config.weights} asked for, but the kernels could not be "
-                               "built (see the warning above); use --backend torch")
+            raise RuntimeError(
+                f"backend=kernels/weights={config.weights} asked for, but the kernels could not be "
+                "built (see the warning above); use --backend torch"
+            )
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
     log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
     model = DecoderModel(cfg, weights.state_dict, device, dtype)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Optional
 
 from .types import ParamError
 
@@ -26,7 +25,9 @@ def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     pattern = _pattern(tuple(sorted(specials, key=len, reverse=True)))
     for i, m in enumerate(messages):
         if pattern is not None and pattern.search(m["role"]):
-            raise ParamError(f"messages[{i}].role", f"contains the special-token string {pattern.search(m['role']).group(0)!r}")
+            raise ParamError(
+                f"messages[{i}].role", f"contains the special-token string {pattern.search(m['role']).group(0)!r}"
+            )
     if pattern is None or not any(pattern.search(m["content"]) for m in messages):
         return _encode(tokenizer, text, split_special=False)
     spans = _content_spans(tokenizer, messages, text, pattern)
@@ -35,13 +36,14 @@ def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     for match in pattern.finditer(text):
         if any(a < match.end() and match.start() < b for a, b in spans):
             continue  # inside a message's content: text, not a control token
-        ids += _encode(tokenizer, text[start:match.start()], split_special=True)
+        ids += _encode(tokenizer, text[start : match.start()], split_special=True)
         ids.append(specials[match.group(0)])
         start = match.end()
     ids += _encode(tokenizer, text[start:], split_special=True)
     control = set(specials.values())
     if sum(t in control for t in ids) != len(pattern.findall(text)) - sum(
-            len(pattern.findall(m["content"])) for m in messages):
+        len(pattern.findall(m["content"])) for m in messages
+    ):
         return _refuse(messages, pattern)  # this tokenizer ignored split_special_tokens: fail closed
     return ids
 
@@ -56,10 +58,10 @@ def _encode(tokenizer, text: str, split_special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split_special)["input_ids"])
 
 
-_PATTERNS: dict[tuple[str, ...], Optional[re.Pattern]] = {}
+_PATTERNS: dict[tuple[str, ...], re.Pattern | None] = {}
 
 
-def _pattern(specials: tuple[str, ...]) -> Optional[re.Pattern]:
+def _pattern(specials: tuple[str, ...]) -> re.Pattern | None:
     if specials not in _PATTERNS:
         _PATTERNS[specials] = re.compile("|".join(map(re.escape, specials))) if specials else None
     return _PATTERNS[specials]

@@ -6,14 +6,14 @@ import asyncio
 import logging
 import threading
 import time
-from typing import AsyncIterator, Callable, Optional
+from collections.abc import AsyncIterator, Callable
 
 import torch
 
 from seedstream.sampler import SAMPLER_VERSION
 
-from .backends import build_model
 from .admission import FairQueue
+from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .loader import LoadedWeights, ProgressFn, load_weights
 from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, describe
@@ -68,20 +68,25 @@ class Engine:
         self._lock = threading.Condition()
         self._waiting = FairQueue()  # per-client FIFOs, admitted round-robin
         self._running: list[EngineSequence] = []
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
-        self.failure: Optional[BaseException] = None  # what killed the engine thread, if anything did
+        self.failure: BaseException | None = None  # what killed the engine thread, if anything did
         self._death_callbacks: list = []
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
         self.budget = StepBudget.from_config(config, self.info.max_context)
         self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
         # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
         self.step_listeners: list[Callable[[float, int], None]] = []
-        log.info("model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype)
+        log.info(
+            "model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype
+        )
         c = self.model_config
         per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
-        log.info("KV-cache budget: %d token positions (about %.1f GiB)", config.max_kv_tokens,
-                 config.max_kv_tokens * per_token / 2**30)
+        log.info(
+            "KV-cache budget: %d token positions (about %.1f GiB)",
+            config.max_kv_tokens,
+            config.max_kv_tokens * per_token / 2**30,
+        )
 
     # --- text (the RPC layer turns text and chat into token ids through these; text.py does the work)
 
@@ -102,7 +107,9 @@ class Engine:
     def decode(self, token_ids) -> str:
         return self.text.decode(token_ids)
 
-    def validate(self, request: GenerationRequest, n: int = 1, echo_every_sample: bool = False) -> tuple[ValidRequest, ...]:
+    def validate(
+        self, request: GenerationRequest, n: int = 1, echo_every_sample: bool = False
+    ) -> tuple[ValidRequest, ...]:
         """The n samples of `request`, checked once (validation.validate_generation): what generate() runs."""
         return validate_generation(request, n, self.info, self.config, self.eos_token_ids, echo_every_sample)
 
@@ -156,9 +163,11 @@ class Engine:
         max_new_tokens each), and the admission budget (max_kv_tokens)."""
         with self._lock:
             running = [s for s in self._running if not s.finished]
-            return {"used": sum(s.cache.length for s in running),
-                    "reserved": sum(kv_tokens(s, self.info.max_context) for s in running),
-                    "budget": self.config.max_kv_tokens}
+            return {
+                "used": sum(s.cache.length for s in running),
+                "reserved": sum(kv_tokens(s, self.info.max_context) for s in running),
+                "budget": self.config.max_kv_tokens,
+            }
 
     @property
     def prefill_tokens(self) -> int:
@@ -171,8 +180,14 @@ class Engine:
         """Stream a validated request's chunks; closing the iterator early cancels the sequence."""
         request = require(valid, ValidRequest).request
         self._check_running()
-        seq = EngineSequence.generation(request, self.model.new_cache(), asyncio.get_running_loop(), self.text,
-                                        self.eos_token_ids, self.info.max_context)
+        seq = EngineSequence.generation(
+            request,
+            self.model.new_cache(),
+            asyncio.get_running_loop(),
+            self.text,
+            self.eos_token_ids,
+            self.info.max_context,
+        )
         async for item in self._follow(seq, request.client):
             yield item
             if item.finish_reason is not None:
@@ -197,7 +212,9 @@ class Engine:
             if self.failure is not None:
                 raise NotReady("the engine stopped after an internal error; restart the server")
             if len(self._waiting) >= self.config.max_queue:
-                raise Overloaded(f"queue full: {len(self._waiting)} requests waiting (max_queue={self.config.max_queue})")
+                raise Overloaded(
+                    f"queue full: {len(self._waiting)} requests waiting (max_queue={self.config.max_queue})"
+                )
             per_client = self.config.max_queue_per_client
             if per_client is not None and self._waiting.count(client) >= per_client:
                 raise Overloaded(f"this client has {per_client} requests waiting (max_queue_per_client={per_client})")
@@ -279,7 +296,7 @@ class Engine:
                 log.exception("step listener failed")
 
 
-def load_engine(config: Optional[EngineConfig] = None, progress: Optional[ProgressFn] = None) -> Engine:
+def load_engine(config: EngineConfig | None = None, progress: ProgressFn | None = None) -> Engine:
     """Load the model named by `config` (the default model when None) and build an engine. Blocking."""
     config = config or EngineConfig()
     if config.num_threads:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 # GGUF tensor type names we can keep as stored -> our format names
 STORED_FORMATS = {"F32": "f32", "Q8_0": "q8_0", "Q4_1": "q4_1"}
 _LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
 _PERMUTED_ARCHS = ("llama", "mistral")  # llama.cpp's converter interleaves q/k rows for these
@@ -24,7 +27,7 @@ class StoredTensor:
     rows: np.ndarray  # [N, bytes per row] for quantised formats, [N, K] float32 for f32
 
 
-def _hf_name(name: str) -> Optional[str]:
+def _hf_name(name: str) -> str | None:
     if name == "token_embd.weight":
         return "model.embed_tokens.weight"
     if name == "output.weight":

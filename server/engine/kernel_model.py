@@ -11,7 +11,7 @@ import collections
 import ctypes
 import functools
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> st
     return counts.most_common(1)[0][0] if counts else "f32"
 
 
-def _pack_stored(parts: list[StoredTensor], bias: Optional[np.ndarray]) -> PackedMatrix:
+def _pack_stored(parts: list[StoredTensor], bias: np.ndarray | None) -> PackedMatrix:
     fmt = parts[0].format
     rows = np.concatenate([p.rows for p in parts])
     if fmt == "f32":
@@ -63,13 +63,16 @@ class _Packer:
     def __init__(self, fmt: str, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor]):
         self.fmt, self.sd, self.stored = fmt, state_dict, stored
 
-    def __call__(self, names: list[str], bias_names: Optional[list[str]] = None) -> PackedMatrix:
+    def __call__(self, names: list[str], bias_names: list[str] | None = None) -> PackedMatrix:
         bias = None
         if bias_names:
             bias = torch.cat([self.sd[n].float() for n in bias_names]).numpy()
         parts = [self.stored.get(n) for n in names]
-        if all(parts) and len({p.format for p in parts}) == 1 and \
-                PRECISION.index(parts[0].format) <= PRECISION.index(self.fmt):
+        if (
+            all(parts)
+            and len({p.format for p in parts}) == 1
+            and PRECISION.index(parts[0].format) <= PRECISION.index(self.fmt)
+        ):
             return _pack_stored(parts, bias)
         w = torch.cat([self.sd[n].float() for n in names]).numpy()
         return pack_from_float(w, self.fmt, bias)
@@ -92,8 +95,9 @@ def _rope_tables(head_dim: int, theta: float, max_context: int) -> tuple[torch.T
     return torch.from_numpy(cos.astype(np.float32)), torch.from_numpy(sin.astype(np.float32))
 
 
-def pack_model_weights(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor],
-                       fmt: str) -> dict[str, PackedMatrix]:
+def pack_model_weights(
+    cfg: ModelConfig, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor], fmt: str
+) -> dict[str, PackedMatrix]:
     """Every matrix of the model packed as `fmt` (resolved, not 'auto'), q/k/v and gate/up fused."""
     pack = _Packer(fmt, state_dict, stored)
     out = {"embed": pack(["model.embed_tokens.weight"])}
@@ -112,8 +116,14 @@ def pack_model_weights(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], st
 class KernelModel:
     """Same interface as DecoderModel (forward, new_cache), on packed weights and the C++ kernels."""
 
-    def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], packed: dict[str, PackedMatrix],
-                 weight_format: str, kernels: Kernels):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state_dict: dict[str, torch.Tensor],
+        packed: dict[str, PackedMatrix],
+        weight_format: str,
+        kernels: Kernels,
+    ):
         self.cfg, self.kernels, self.weight_format = cfg, kernels, weight_format
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.embed = packed["embed"]
@@ -123,17 +133,33 @@ class KernelModel:
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
             mats = [packed[f"{i}.{name}"] for name in ("qkv", "o", "gate_up", "down")]
-            norms = [state_dict[p + "input_layernorm.weight"].float().contiguous(),
-                     state_dict[p + "post_attention_layernorm.weight"].float().contiguous()]
+            norms = [
+                state_dict[p + "input_layernorm.weight"].float().contiguous(),
+                state_dict[p + "post_attention_layernorm.weight"].float().contiguous(),
+            ]
             keep += norms
             layers[i] = LayerDesc(*[x.desc() for x in mats], norms[0].data_ptr(), norms[1].data_ptr())
         self.norm_final = state_dict["model.norm.weight"].float().contiguous()
         self.cos, self.sin = rope_tables(cfg)
         self._keep = keep + [layers]
-        self.desc = ModelDesc(cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
-                              cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.max_context, cfg.rms_norm_eps,
-                              ATTN_BLOCK, self.cos.data_ptr(), self.sin.data_ptr(), self.embed.desc(),
-                              self.lm_head.desc(), self.norm_final.data_ptr(), layers)
+        self.desc = ModelDesc(
+            cfg.num_layers,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.vocab_size,
+            cfg.max_context,
+            cfg.rms_norm_eps,
+            ATTN_BLOCK,
+            self.cos.data_ptr(),
+            self.sin.data_ptr(),
+            self.embed.desc(),
+            self.lm_head.desc(),
+            self.norm_final.data_ptr(),
+            layers,
+        )
         self.weight_bytes = sum(x.nbytes for x in packed.values())
 
     @property
@@ -145,8 +171,14 @@ class KernelModel:
         c = self.cfg
         return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.dtype)
 
-    def step_desc(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment],
-                  logit_rows: torch.Tensor, logits: torch.Tensor) -> tuple[StepDesc, list]:
+    def step_desc(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        segments: Sequence[Segment],
+        logit_rows: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> tuple[StepDesc, list]:
         """The C description of one step, and the buffers it points at (keep them alive for the call)."""
         for seg in segments:
             seg.cache.reserve(seg.start + seg.length)
@@ -158,14 +190,31 @@ class KernelModel:
         values = (ctypes.c_void_p * len(segments))(*[s.cache.values.data_ptr() for s in segments])
         caps = torch.tensor([s.cache.capacity for s in segments], dtype=torch.int32)
         rows = logit_rows.to(torch.int32).contiguous()
-        step = StepDesc(tok.shape[0], len(segments), rows.shape[0], 0, tok.data_ptr(), pos.data_ptr(),
-                        row_seg.data_ptr(), ctypes.addressof(keys), ctypes.addressof(values), caps.data_ptr(),
-                        rows.data_ptr(), logits.data_ptr())
+        step = StepDesc(
+            tok.shape[0],
+            len(segments),
+            rows.shape[0],
+            0,
+            tok.data_ptr(),
+            pos.data_ptr(),
+            row_seg.data_ptr(),
+            ctypes.addressof(keys),
+            ctypes.addressof(values),
+            caps.data_ptr(),
+            rows.data_ptr(),
+            logits.data_ptr(),
+        )
         return step, [tok, pos, row_seg, keys, values, caps, rows]
 
     @torch.inference_mode()
-    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment],
-                logit_rows: torch.Tensor, decode_rows: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        segments: Sequence[Segment],
+        logit_rows: torch.Tensor,
+        decode_rows: int = 0,
+    ) -> torch.Tensor:
         """Run packed rows (segments in row order). -> logits [R, V] float32 for `logit_rows`.
         decode_rows is accepted for interface parity: every row takes the same path here."""
         logits = torch.empty(logit_rows.shape[0], self.cfg.vocab_size, dtype=torch.float32)

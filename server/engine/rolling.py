@@ -13,14 +13,16 @@ an input).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from .scoring import PreparedPair, score_pairs
 from .types import ParamError, ScoreRequest
 from .validation import ValidScore
 
 
-def rolling_windows(token_ids: Sequence[int], prefix_token_id: int, max_length: int) -> list[tuple[list[int], list[int]]]:
+def rolling_windows(
+    token_ids: Sequence[int], prefix_token_id: int, max_length: int
+) -> list[tuple[list[int], list[int]]]:
     """(context, continuation) pairs covering `token_ids`; every token is in exactly one continuation."""
     if max_length < 1:
         raise ValueError(f"max_length={max_length}: must be >= 1")
@@ -33,7 +35,7 @@ def rolling_windows(token_ids: Sequence[int], prefix_token_id: int, max_length: 
     while done < len(tokens):
         end = min(len(tokens), done + max_length)
         # Model input is tokens[end - max_length - 1 : end - 1]; the targets are tokens[done:end].
-        windows.append((tokens[end - max_length - 1:done], tokens[done:end]))
+        windows.append((tokens[end - max_length - 1 : done], tokens[done:end]))
         done = end
     return windows
 
@@ -54,7 +56,9 @@ def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[Pre
     """The checked windows of `token_ids` as scoring pairs (plain CPU work: may run on a worker thread)."""
     limit = engine.info.max_context - 1
     if not 1 <= max_length <= limit:
-        raise ParamError("max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)")
+        raise ParamError(
+            "max_length", f"{max_length} out of range: allowed [1, {limit}] (model context {limit + 1} minus one)"
+        )
     vocab = engine.info.vocab_size
     bad = next((t for t in token_ids if not 0 <= t < vocab), None)
     if bad is not None:
@@ -65,7 +69,9 @@ def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[Pre
     return [PreparedPair(tuple(c), tuple(x), checked=ValidScore(ScoreRequest(tuple(c), tuple(x)))) for c, x in windows]
 
 
-async def score_rolling(engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = "") -> RollingResult:
+async def score_rolling(
+    engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = ""
+) -> RollingResult:
     """Score every window from rolling_pairs() through the engine's shared batch."""
     scores = await score_pairs(engine, windows, request_id, client)
     return RollingResult(

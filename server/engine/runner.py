@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -87,7 +87,9 @@ class ModelRunner:
         logprobs = result.logprobs.tolist()
         if any(s.request.logprobs_mode == "processed" for s in seqs):
             processed = result.processed_logprobs.tolist()
-            logprobs = [p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)]
+            logprobs = [
+                p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)
+            ]
         top_ids = result.top_token_ids.tolist()
         top_lps = result.top_logprobs.tolist()
         for i, seq in enumerate(seqs):
@@ -114,9 +116,15 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
     )
     for seq, i, token in zip(seqs, steps, result.token_ids.tolist()):
         if not seq.finished and token != seq.resume_ids[i]:
-            seq.fail(ParamError("resume_token_ids", (
-                f"resume_token_ids[{i}] = {seq.resume_ids[i]}, but this request's stream has {token} there "
-                "(same prompt, sampling settings, seed and sample_index are needed to resume)")))
+            seq.fail(
+                ParamError(
+                    "resume_token_ids",
+                    (
+                        f"resume_token_ids[{i}] = {seq.resume_ids[i]}, but this request's stream has {token} there "
+                        "(same prompt, sampling settings, seed and sample_index are needed to resume)"
+                    ),
+                )
+            )
 
 
 def _uses_penalties(params) -> bool:

@@ -12,7 +12,8 @@ The engine calls the two halves apart, admit() under its queue lock and plan_ste
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from .admission import FairQueue
 from .prefix_cache import BLOCK_TOKENS
@@ -42,9 +43,10 @@ class StepBudget:
     max_context: int  # the model's context: no sequence reserves more
 
     @classmethod
-    def from_config(cls, config, max_context: int) -> "StepBudget":
-        return cls(config.max_batch_size, config.max_kv_tokens, config.max_step_tokens, config.prefill_chunk,
-                   max_context)
+    def from_config(cls, config, max_context: int) -> StepBudget:
+        return cls(
+            config.max_batch_size, config.max_kv_tokens, config.max_step_tokens, config.prefill_chunk, max_context
+        )
 
 
 @dataclasses.dataclass
@@ -68,8 +70,15 @@ class StepBatch:
     prefilled: list[EngineSequence] = dataclasses.field(default_factory=list)  # sequences with a prefill chunk
     prefill_tokens: int = 0  # prompt tokens computed this step
 
-    def add(self, seq: EngineSequence, tokens: list[int], start: int, score: range = range(0), sample: bool = False,
-            check: range = range(0)) -> None:
+    def add(
+        self,
+        seq: EngineSequence,
+        tokens: list[int],
+        start: int,
+        score: range = range(0),
+        sample: bool = False,
+        check: range = range(0),
+    ) -> None:
         first_row = len(self.token_ids)
         self.runs.append((seq, start, len(tokens)))
         self.token_ids.extend(tokens)
@@ -96,8 +105,9 @@ class StepBatch:
         self.sampled.append(child)
 
 
-def plan(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget,
-         prefix_cache: Optional[PrefixReuse] = None) -> StepBatch:
+def plan(
+    running: list[EngineSequence], waiting: FairQueue, budget: StepBudget, prefix_cache: PrefixReuse | None = None
+) -> StepBatch:
     """One step's decisions: admit() moves waiting sequences into `running`, then plan_step()."""
     admit(running, waiting, budget)
     return plan_step(running, budget, prefix_cache)
@@ -122,8 +132,9 @@ def admit(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget)
         running.append(waiting.pop())
 
 
-def plan_step(running: Sequence[EngineSequence], budget: StepBudget,
-              prefix_cache: Optional[PrefixReuse] = None) -> StepBatch:
+def plan_step(
+    running: Sequence[EngineSequence], budget: StepBudget, prefix_cache: PrefixReuse | None = None
+) -> StepBatch:
     """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget.
 
     A cancelled sequence is finished here (it posts its last chunk); prefill progress and reused
@@ -138,8 +149,11 @@ def plan_step(running: Sequence[EngineSequence], budget: StepBudget,
             batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
             tokens_left -= 1
     batch.decode_rows = len(batch.token_ids)
-    prefilling = {s.prompt_key for s in running if s.kind is SequenceKind.GENERATE
-                  and 0 < s.prefilled < len(s.prefill_ids) and not s.finished}
+    prefilling = {
+        s.prompt_key
+        for s in running
+        if s.kind is SequenceKind.GENERATE and 0 < s.prefilled < len(s.prefill_ids) and not s.finished
+    }
     computing: set[bytes] = set()  # prefix blocks this step computes
     for seq in running:
         if seq.finished or seq.prefill_done:
@@ -154,15 +168,21 @@ def plan_step(running: Sequence[EngineSequence], budget: StepBudget,
         if end - start > tokens_left:
             continue  # next step; the chunk itself is the same whenever it runs
         generates = seq.kind is SequenceKind.GENERATE
-        batch.add(seq, seq.prefill_ids[start:end], start, score=seq.score_positions(start, end),
-                  sample=(end == len(seq.prefill_ids) and generates), check=seq.resume_positions(start, end))
+        batch.add(
+            seq,
+            seq.prefill_ids[start:end],
+            start,
+            score=seq.score_positions(start, end),
+            sample=(end == len(seq.prefill_ids) and generates),
+            check=seq.resume_positions(start, end),
+        )
         batch.prefilled.append(seq)
         seq.prefilled = end
         tokens_left -= end - start
         batch.prefill_tokens += end - start
         if prefix_cache is not None:
             prefix_cache.count(0, end - start)
-        computing.update(seq.block_hashes()[start // BLOCK_TOKENS:end // BLOCK_TOKENS])
+        computing.update(seq.block_hashes()[start // BLOCK_TOKENS : end // BLOCK_TOKENS])
         if generates and end < len(seq.prefill_ids):
             prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
         elif generates:
@@ -170,7 +190,7 @@ def plan_step(running: Sequence[EngineSequence], budget: StepBudget,
     return batch
 
 
-def _reuse_prefix(seq: EngineSequence, computing: set[bytes], cache: Optional[PrefixReuse]) -> bool:
+def _reuse_prefix(seq: EngineSequence, computing: set[bytes], cache: PrefixReuse | None) -> bool:
     """Copy the longest cached prefix of `seq`'s prefill into its cache. True when its next block
     is being computed this step by another sequence (it should wait one step and reuse it)."""
     if cache is None or not cache.enabled:
@@ -193,8 +213,14 @@ def _fork_same_prompt(donor: EngineSequence, running: Sequence[EngineSequence], 
     row are bit for bit what each sequence would have computed itself.
     """
     for other in running:
-        if (other is not donor and other.prefilled == 0 and not other.finished and _can_fork(other)
-                and other.prompt_key == donor.prompt_key and other.prompt == donor.prompt):
+        if (
+            other is not donor
+            and other.prefilled == 0
+            and not other.finished
+            and _can_fork(other)
+            and other.prompt_key == donor.prompt_key
+            and other.prompt == donor.prompt
+        ):
             batch.fork(donor, other)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 from .types import ParamError, ScoreRequest
 from .validation import ValidScore, validate_score
@@ -13,7 +13,7 @@ from .validation import ValidScore, validate_score
 MAX_PAIRS = 1024
 MAX_IN_FLIGHT = 32  # pairs of one call in the engine at once: leaves queue room for other callers
 
-Side = Union[str, Sequence[int]]
+Side = str | Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class PreparedPair:
     context_ids: tuple[int, ...]
     continuation_ids: tuple[int, ...]
     truncated_tokens: int = 0  # context tokens dropped from the left to fit the model
-    checked: Optional[ValidScore] = None  # what the engine scores; None: an empty continuation (scores 0)
+    checked: ValidScore | None = None  # what the engine scores; None: an empty continuation (scores 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +39,10 @@ def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: 
     """Token ids for every pair, checked before any is scored; errors name `pairs[i].<side>`."""
     if not 1 <= len(pairs) <= MAX_PAIRS:
         raise ParamError("pairs", f"{len(pairs)} pairs; allowed 1 to {MAX_PAIRS}")
-    return [_prepare_one(engine, i, context, continuation, truncate_context)
-            for i, (context, continuation) in enumerate(pairs)]
+    return [
+        _prepare_one(engine, i, context, continuation, truncate_context)
+        for i, (context, continuation) in enumerate(pairs)
+    ]
 
 
 def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bool) -> PreparedPair:
@@ -54,8 +56,10 @@ def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bo
     drop = len(ctx) + len(cont) - limit
     if truncate and drop > 0:
         if drop >= len(ctx):
-            raise ParamError(f"pairs[{i}].continuation",
-                                 f"{len(cont)} tokens; allowed at most {limit - 1} (model context {limit} minus one context token)")
+            raise ParamError(
+                f"pairs[{i}].continuation",
+                f"{len(cont)} tokens; allowed at most {limit - 1} (model context {limit} minus one context token)",
+            )
         ctx = ctx[drop:]
     try:
         checked = validate_score(ScoreRequest(tuple(ctx), tuple(cont)), engine.info)

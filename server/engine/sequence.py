@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .kv_cache import SequenceKVCache
 from .prefix_cache import BLOCK_TOKENS, chain_hashes
@@ -26,10 +26,17 @@ class EngineSequence:
     thread mutates it; the caller's event loop only reads `outbox` and sets `cancelled`.
     """
 
-    def __init__(self, kind: SequenceKind, prompt: Sequence[int], cache: Optional[SequenceKVCache],
-                 loop: asyncio.AbstractEventLoop, request: Optional[GenerationRequest] = None,
-                 score_from: Optional[int] = None, codec: Optional[TextCodec] = None,
-                 stop: Optional[StopCondition] = None):
+    def __init__(
+        self,
+        kind: SequenceKind,
+        prompt: Sequence[int],
+        cache: SequenceKVCache | None,
+        loop: asyncio.AbstractEventLoop,
+        request: GenerationRequest | None = None,
+        score_from: int | None = None,
+        codec: TextCodec | None = None,
+        stop: StopCondition | None = None,
+    ):
         self.kind = kind
         self.request = request
         self.stop = stop
@@ -41,7 +48,7 @@ class EngineSequence:
         self.prefill_ids = self.prompt + self.resume_ids  # what the prefill computes
         self.prompt_key = hash(tuple(self.prefill_ids))  # to find other sequences with the same prompt
         self.cached_tokens = 0  # prefill positions copied from the prefix cache
-        self._block_hashes: Optional[list[bytes]] = None
+        self._block_hashes: list[bytes] | None = None
         self.output_ids: list[int] = []
         self.cache = cache
         self.loop = loop
@@ -56,16 +63,24 @@ class EngineSequence:
         self.created = time.monotonic()
 
     @classmethod
-    def generation(cls, request: GenerationRequest, cache: Optional[SequenceKVCache], loop: asyncio.AbstractEventLoop,
-                   codec: TextCodec, eos_token_ids: frozenset[int], max_context: int) -> "EngineSequence":
+    def generation(
+        cls,
+        request: GenerationRequest,
+        cache: SequenceKVCache | None,
+        loop: asyncio.AbstractEventLoop,
+        codec: TextCodec,
+        eos_token_ids: frozenset[int],
+        max_context: int,
+    ) -> EngineSequence:
         # A resumed stream already got its prompt logprobs with its first token.
         score_from = 1 if request.prompt_logprobs and not request.resume_token_ids else None
         stop = StopCondition(request, eos_token_ids, max_context, IncrementalText(codec, request.stop))
         return cls(SequenceKind.GENERATE, request.prompt_token_ids, cache, loop, request, score_from, codec, stop)
 
     @classmethod
-    def scoring(cls, request: ScoreRequest, cache: Optional[SequenceKVCache],
-                loop: asyncio.AbstractEventLoop) -> "EngineSequence":
+    def scoring(
+        cls, request: ScoreRequest, cache: SequenceKVCache | None, loop: asyncio.AbstractEventLoop
+    ) -> EngineSequence:
         prompt = request.context_ids + request.continuation_ids
         return cls(SequenceKind.SCORE, prompt, cache, loop, score_from=len(request.context_ids))
 
@@ -91,7 +106,7 @@ class EngineSequence:
         first = len(self.prompt) - 1
         return range(max(start, first), min(end, first + len(self.resume_ids)))
 
-    def start_after_resume(self) -> Optional[str]:
+    def start_after_resume(self) -> str | None:
         """The checked resumed tokens become the output so far; None, or why the stream could not go on."""
         self.output_ids = list(self.resume_ids)
         i = self.stop.replay(self.resume_ids)
@@ -107,8 +122,14 @@ class EngineSequence:
 
     def finish_scoring(self) -> None:
         self.finished = True
-        self._post(ScoreResult(tuple(self.prompt_logprobs), tuple(self.prompt_greedy),
-                               self.prompt_greedy == self.prompt[self.score_from:], self.cached_tokens))
+        self._post(
+            ScoreResult(
+                tuple(self.prompt_logprobs),
+                tuple(self.prompt_greedy),
+                self.prompt_greedy == self.prompt[self.score_from :],
+                self.cached_tokens,
+            )
+        )
 
     @property
     def prefill_done(self) -> bool:
@@ -150,8 +171,16 @@ class EngineSequence:
             self.fail(NotReady("cancelled by the server (shutting down)"))
             return
         self.finished = True
-        self._post(GenerationChunk([], "", [], finish_reason=FinishReason.CANCELLED,
-                                   prompt_tokens=len(self.prompt), completion_tokens=len(self.output_ids)))
+        self._post(
+            GenerationChunk(
+                [],
+                "",
+                [],
+                finish_reason=FinishReason.CANCELLED,
+                prompt_tokens=len(self.prompt),
+                completion_tokens=len(self.output_ids),
+            )
+        )
 
     def fail(self, error: BaseException) -> None:
         self.finished = True

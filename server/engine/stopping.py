@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .text import IncrementalText
 from .types import FinishReason, GenerationRequest
@@ -15,8 +15,9 @@ class StopCondition:
     (suppressed_ids) and stop strings are not looked for. Length always applies.
     """
 
-    def __init__(self, request: GenerationRequest, eos_token_ids: frozenset[int], max_context: int,
-                 text: IncrementalText):
+    def __init__(
+        self, request: GenerationRequest, eos_token_ids: frozenset[int], max_context: int, text: IncrementalText
+    ):
         self.request = request
         self.eos_token_ids = eos_token_ids
         self.max_context = max_context
@@ -32,7 +33,7 @@ class StopCondition:
             ids |= self.eos_token_ids
         return sorted(ids)
 
-    def accept(self, token_id: int, generated: int, total: int) -> tuple[str, Optional[FinishReason]]:
+    def accept(self, token_id: int, generated: int, total: int) -> tuple[str, FinishReason | None]:
         """Take the token just appended (`generated` output tokens, `total` with the prompt): the text
         it settles, and why the stream ends with it (None: it goes on)."""
         req = self.request
@@ -52,7 +53,7 @@ class StopCondition:
             text += self.text.finish()
         return text, finish
 
-    def replay(self, token_ids: Sequence[int]) -> Optional[int]:
+    def replay(self, token_ids: Sequence[int]) -> int | None:
         """Feed tokens the caller already holds (a resumed stream) into the text: the index of the first
         one a stop string ends at, or None. Their stop and EOS tokens were refused at validation."""
         for i, token in enumerate(token_ids):

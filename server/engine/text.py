@@ -7,7 +7,7 @@ Neither cleans up spaces, so the text is exactly what the tokens spell.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 from .chat import render_chat_ids
 from .types import ParamError
@@ -85,7 +85,7 @@ class IncrementalText:
         self.token_ids: list[int] = []
         self.emitted = 0  # characters of the full text already handed out
         self.text = ""  # the full decoded text so far (stop string included, if found)
-        self.stopped_at: Optional[int] = None  # index where a stop string begins
+        self.stopped_at: int | None = None  # index where a stop string begins
 
     def add(self, token_id: int, check_stop: bool = True) -> str:
         """Append a token; return the newly settled text (maybe empty)."""
@@ -108,11 +108,11 @@ class IncrementalText:
     def _take(self, end: int) -> str:
         if end <= self.emitted:
             return ""
-        delta = self.text[self.emitted:end]
+        delta = self.text[self.emitted : end]
         self.emitted = end
         return delta
 
-    def _find_stop(self) -> Optional[int]:
+    def _find_stop(self) -> int | None:
         # A match cannot start inside released text: any prefix of a stop string was held back.
         found = [i for i in (self.text.find(s, self.emitted) for s in self.stop) if i >= 0]
         return min(found) if found else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from seedstream.sampler import SamplingParams
 from seedstream.v1.protocol import FinishReason  # the contract's reasons, shared with the client
@@ -24,7 +23,6 @@ class ParamError(EngineError, ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message if message.startswith(field) else f"{field}: {message}")
         self.field = field
-
 
 
 class Overloaded(EngineError):
@@ -104,13 +102,13 @@ class GenerationChunk:
     text: str
     logprobs: list[float]
     top_logprobs: list[list[TopLogprob]] = dataclasses.field(default_factory=list)
-    finish_reason: Optional[FinishReason] = None
+    finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # running total of generated tokens, including this chunk
-    prompt_logprobs: Optional[list[Optional[float]]] = None  # first chunk only, when asked: None for token 0
+    prompt_logprobs: list[float | None] | None = None  # first chunk only, when asked: None for token 0
     cached_tokens: int = 0  # prompt positions taken from the prefix cache instead of computed
     # With prompt_logprobs and top_logprobs > 0: each prompt token's top alternatives (raw), None for token 0.
-    prompt_top_logprobs: Optional[list[Optional[list[TopLogprob]]]] = None
+    prompt_top_logprobs: list[list[TopLogprob] | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,13 +40,19 @@ class ValidScore:
 
     request: ScoreRequest
 
-    def for_caller(self, request_id: str, client: str) -> "ValidScore":
+    def for_caller(self, request_id: str, client: str) -> ValidScore:
         """The same request on behalf of a call: its id and client change no token, so it stays valid."""
         return ValidScore(dataclasses.replace(self.request, request_id=request_id, client=client))
 
 
-def validate_generation(req: GenerationRequest, n: int, info: ModelInfo, config: EngineConfig,
-                        eos_token_ids: frozenset[int], echo_every_sample: bool = False) -> tuple[ValidRequest, ...]:
+def validate_generation(
+    req: GenerationRequest,
+    n: int,
+    info: ModelInfo,
+    config: EngineConfig,
+    eos_token_ids: frozenset[int],
+    echo_every_sample: bool = False,
+) -> tuple[ValidRequest, ...]:
     """The n samples of `req`, checked; raise ParamError for the first out-of-range field.
 
     Sample j is `req` with sample_index + j, run as its own sequence. The samples differ only in
@@ -59,8 +65,13 @@ def validate_generation(req: GenerationRequest, n: int, info: ModelInfo, config:
     if req.sampling.seed is None:
         raise ParamError("seed", "must be resolved before the engine (the RPC layer draws one)")
     return tuple(
-        ValidRequest(dataclasses.replace(req, sample_index=req.sample_index + j,
-                                         prompt_logprobs=req.prompt_logprobs and (j == 0 or echo_every_sample)))
+        ValidRequest(
+            dataclasses.replace(
+                req,
+                sample_index=req.sample_index + j,
+                prompt_logprobs=req.prompt_logprobs and (j == 0 or echo_every_sample),
+            )
+        )
         for j in range(n)
     )
 
@@ -71,8 +82,10 @@ def _check_samples(req: GenerationRequest, n: int) -> None:
     if req.sample_index + n > SAMPLE_INDEX_LIMIT:
         raise ParamError("n", f"sample_index + n = {req.sample_index + n}; allowed at most 2^32")
     if n > 1 and req.resume_token_ids:
-        raise ParamError("resume_token_ids", "cannot be combined with n > 1: resume one sample at a time "
-                         "(n = 1 with its sample_index)")
+        raise ParamError(
+            "resume_token_ids",
+            "cannot be combined with n > 1: resume one sample at a time (n = 1 with its sample_index)",
+        )
 
 
 def _check_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig) -> None:
@@ -80,14 +93,20 @@ def _check_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig
     if not req.prompt_token_ids:
         raise ParamError("prompt", "the input is empty: give a non-empty prompt, messages or prompt_token_ids")
     if len(req.prompt_token_ids) >= context:
-        raise ParamError("prompt", f"{len(req.prompt_token_ids)} tokens; allowed at most {context - 1} (model context {context})")
+        raise ParamError(
+            "prompt", f"{len(req.prompt_token_ids)} tokens; allowed at most {context - 1} (model context {context})"
+        )
     bad = next((t for t in req.prompt_token_ids if not 0 <= t < vocab), None)
     if bad is not None:
         raise ParamError("prompt_token_ids", f"token id {bad} out of range: allowed [0, {vocab})")
     if not 1 <= req.max_new_tokens <= config.max_new_tokens_limit:
-        raise ParamError("max_new_tokens", f"{req.max_new_tokens} out of range: allowed [1, {config.max_new_tokens_limit}]")
+        raise ParamError(
+            "max_new_tokens", f"{req.max_new_tokens} out of range: allowed [1, {config.max_new_tokens_limit}]"
+        )
     if not 0 <= req.min_new_tokens <= req.max_new_tokens:
-        raise ParamError("min_new_tokens", f"{req.min_new_tokens} out of range: allowed [0, max_new_tokens={req.max_new_tokens}]")
+        raise ParamError(
+            "min_new_tokens", f"{req.min_new_tokens} out of range: allowed [0, max_new_tokens={req.max_new_tokens}]"
+        )
     if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
         raise ParamError("top_logprobs", f"{req.top_logprobs} out of range: allowed [0, {MAX_TOP_LOGPROBS}]")
     if req.logprobs_mode not in LOGPROBS_MODES:
@@ -121,7 +140,9 @@ def validate_score(req: ScoreRequest, info: ModelInfo) -> ValidScore:
             raise ParamError(field, f"token id {bad} out of range: allowed [0, {info.vocab_size})")
     total = len(req.context_ids) + len(req.continuation_ids)
     if total > info.max_context:
-        raise ParamError("continuation", f"context + continuation is {total} tokens; allowed at most {info.max_context}")
+        raise ParamError(
+            "continuation", f"context + continuation is {total} tokens; allowed at most {info.max_context}"
+        )
     return ValidScore(req)
 
 

@@ -14,7 +14,7 @@ request.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from seedstream.server.engine.types import EngineError, NotReady, Overloaded, ParamError
 from seedstream.server.rpc.errors import Unavailable
@@ -26,11 +26,11 @@ class ModelNotFound(Exception):
     """The request names a model this server does not serve."""
 
 
-def error_body(message: str, type_: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def status_for(exc: BaseException, names: Optional[Mapping[str, str]] = None) -> tuple[int, dict]:
+def status_for(exc: BaseException, names: Mapping[str, str] | None = None) -> tuple[int, dict]:
     """(HTTP status, OpenAI error object) for an exception raised while serving a request.
 
     `names` maps our field names to the request's parameter names (e.g. max_new_tokens -> max_tokens).
@@ -40,7 +40,7 @@ def status_for(exc: BaseException, names: Optional[Mapping[str, str]] = None) ->
         param = (names or {}).get(field, field)
         message = str(exc)
         if param != field and message.startswith(field):
-            message = param + message[len(field):]
+            message = param + message[len(field) :]
         return 400, error_body(message, "invalid_request_error", param)
     if isinstance(exc, ModelNotFound):
         return 404, error_body(str(exc), "invalid_request_error", "model", "model_not_found")

@@ -19,7 +19,6 @@ import logging
 import time
 import uuid
 from importlib import resources
-from typing import Optional
 
 from aiohttp import web
 
@@ -49,8 +48,8 @@ class HttpFront:
         self.state = state
         self.host = host
         self.requested_port = port
-        self.port: Optional[int] = None
-        self._runner: Optional[web.AppRunner] = None
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
         # The gRPC server's API keys guard /v1/* here too (the same constant-time check); the page,
         # its static files and /health stay open, as gRPC health does.
         self._auth = ApiKeyInterceptor(api_keys) if api_keys else None
@@ -60,9 +59,17 @@ class HttpFront:
         if self._auth is not None and request.path.startswith("/v1/"):
             if self._auth.client_of([("authorization", request.headers.get("Authorization", ""))]) is None:
                 log.warning("http %s status=401 (missing or unknown API key)", request.path)
-                return web.json_response({"error": {
-                    "message": "missing or unknown API key: send the header 'Authorization: Bearer <key>'",
-                    "type": "authentication_error", "param": None, "code": "invalid_api_key"}}, status=401)
+                return web.json_response(
+                    {
+                        "error": {
+                            "message": "missing or unknown API key: send the header 'Authorization: Bearer <key>'",
+                            "type": "authentication_error",
+                            "param": None,
+                            "code": "invalid_api_key",
+                        }
+                    },
+                    status=401,
+                )
         return await handler(request)
 
     def app(self) -> web.Application:
@@ -104,10 +111,18 @@ class HttpFront:
         except Exception as exc:
             return _error(exc)
         info = engine.info
-        card = {"id": info.model_id, "object": "model", "created": 0, "owned_by": "seedstream",
-                "system_fingerprint": system_fingerprint(info), "max_model_len": info.max_context,
-                **{k: getattr(info, k) for k in ("model_sha256", "dtype", "device", "engine_version",
-                                                   "sampler_version", "vocab_size")}}
+        card = {
+            "id": info.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "seedstream",
+            "system_fingerprint": system_fingerprint(info),
+            "max_model_len": info.max_context,
+            **{
+                k: getattr(info, k)
+                for k in ("model_sha256", "dtype", "device", "engine_version", "sampler_version", "vocab_size")
+            },
+        }
         return web.json_response({"object": "list", "data": [card]})
 
     async def playground(self, request: web.Request) -> web.FileResponse:
@@ -129,7 +144,8 @@ class HttpFront:
             call.names = parsed.names
             _check_model(engine, parsed.model)
             call.request_id = convert.check_request_id(
-                http.headers.get("x-request-id", "")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16])
+                http.headers.get("x-request-id", "")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
+            )
             choices, prompt_tokens = await self._choices(engine, parsed, call)
         except Exception as exc:
             call.log("error", exc)
@@ -138,8 +154,10 @@ class HttpFront:
         envelope = {
             "id": ("chatcmpl-" if chat else "cmpl-") + call.request_id,
             "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": engine.info.model_id,
-            "system_fingerprint": system_fingerprint(engine.info), "seed": call.seed,
+            "created": int(time.time()),
+            "model": engine.info.model_id,
+            "system_fingerprint": system_fingerprint(engine.info),
+            "seed": call.seed,
         }
         requests = [c.valid for c in choices]
         if parsed.stream:
@@ -156,23 +174,37 @@ class HttpFront:
             call.log("error", exc)
             return _error(exc, call.names)
         call.log("ok")
-        body = {**envelope, "choices": [c.whole() for c in choices], "usage": usage(prompt_tokens, choices),
-                "receipt": choices[0].receipt}
+        body = {
+            **envelope,
+            "choices": [c.whole() for c in choices],
+            "usage": usage(prompt_tokens, choices),
+            "receipt": choices[0].receipt,
+        }
         return web.json_response(body, headers=header, dumps=_dumps)
 
-    async def _stream(self, http, engine, parsed: ParsedRequest, choices: list[Choice], prompt_tokens: int,
-                      envelope: dict, header: dict, call) -> web.StreamResponse:
+    async def _stream(
+        self,
+        http,
+        engine,
+        parsed: ParsedRequest,
+        choices: list[Choice],
+        prompt_tokens: int,
+        envelope: dict,
+        header: dict,
+        call,
+    ) -> web.StreamResponse:
         """Server-sent events, one per engine chunk, then `data: [DONE]`. The response starts with the
         first chunk, so a full queue (429) or a bad request still gets its own status."""
         envelope = {**envelope, "object": "chat.completion.chunk" if parsed.chat else "text_completion"}
-        response: Optional[web.StreamResponse] = None
+        response: web.StreamResponse | None = None
         started: set[int] = set()
 
         async def send(parts: list, **extra) -> None:
             nonlocal response
             if response is None:
-                response = web.StreamResponse(headers={**header, "Content-Type": "text/event-stream",
-                                                       "Cache-Control": "no-cache"})
+                response = web.StreamResponse(
+                    headers={**header, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+                )
                 await response.prepare(http)
             await response.write(b"data: " + _dumps({**envelope, "choices": parts, **extra}).encode() + b"\n\n")
 
@@ -182,8 +214,16 @@ class HttpFront:
                     async for k, chunk in chunks:
                         if parsed.chat and k not in started:
                             started.add(k)
-                            await send([{"index": k, "delta": {"role": "assistant", "content": ""},
-                                         "logprobs": None, "finish_reason": None}])
+                            await send(
+                                [
+                                    {
+                                        "index": k,
+                                        "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ]
+                            )
                         await send([choices[k].add(chunk)])
             if parsed.include_usage:
                 await send([], usage=usage(prompt_tokens, choices))
@@ -216,20 +256,28 @@ class HttpFront:
             ids = await _prompt_ids(engine, source, parsed.chat)
             prompt_tokens += len(ids)
             base = GenerationRequest(
-                prompt_token_ids=tuple(ids), sampling=sampling,
-                max_new_tokens=parsed.max_new_tokens if parsed.max_new_tokens is not None
+                prompt_token_ids=tuple(ids),
+                sampling=sampling,
+                max_new_tokens=parsed.max_new_tokens
+                if parsed.max_new_tokens is not None
                 else self.state.options.default_max_new_tokens,
-                min_new_tokens=parsed.min_new_tokens, stop=parsed.stop, stop_token_ids=parsed.stop_token_ids,
-                ignore_eos=parsed.ignore_eos, top_logprobs=parsed.top_logprobs, sample_index=parsed.sample_index,
-                prompt_logprobs=parsed.echo and parsed.logprobs, request_id=call.request_id,
+                min_new_tokens=parsed.min_new_tokens,
+                stop=parsed.stop,
+                stop_token_ids=parsed.stop_token_ids,
+                ignore_eos=parsed.ignore_eos,
+                top_logprobs=parsed.top_logprobs,
+                sample_index=parsed.sample_index,
+                prompt_logprobs=parsed.echo and parsed.logprobs,
+                request_id=call.request_id,
             )
             samples = engine.validate(base, parsed.n, echo_every_sample=True)  # every echoed choice
             echo = None
             if parsed.echo:
                 echo = Echo(source if isinstance(source, str) else engine.decode(ids), ids)
             for j, valid in enumerate(samples):
-                choices.append(Choice(i * parsed.n + j, valid, engine, chat=parsed.chat, logprobs=parsed.logprobs,
-                                      echo=echo))
+                choices.append(
+                    Choice(i * parsed.n + j, valid, engine, chat=parsed.chat, logprobs=parsed.logprobs, echo=echo)
+                )
         call.prompt_tokens = prompt_tokens
         return choices, prompt_tokens
 
@@ -241,14 +289,22 @@ class _Call:
         self.route = route
         self.started = time.monotonic()
         self.request_id = ""
-        self.seed: Optional[int] = None
+        self.seed: int | None = None
         self.prompt_tokens = 0
         self.names: dict[str, str] = {}
 
-    def log(self, status: str, exc: Optional[BaseException] = None) -> None:
+    def log(self, status: str, exc: BaseException | None = None) -> None:
         detail = f" error={type(exc).__name__}" if exc is not None else ""
-        log.info("http=%s id=%s seed=%s prompt_tokens=%d time=%.3fs status=%s%s", self.route,
-                 self.request_id or "-", self.seed, self.prompt_tokens, time.monotonic() - self.started, status, detail)
+        log.info(
+            "http=%s id=%s seed=%s prompt_tokens=%d time=%.3fs status=%s%s",
+            self.route,
+            self.request_id or "-",
+            self.seed,
+            self.prompt_tokens,
+            time.monotonic() - self.started,
+            status,
+            detail,
+        )
 
 
 async def _parse(http: web.Request, chat: bool) -> ParsedRequest:
@@ -259,7 +315,7 @@ async def _parse(http: web.Request, chat: bool) -> ParsedRequest:
     return parse_chat(body) if chat else parse_completion(body)
 
 
-def _check_model(engine, model: Optional[str]) -> None:
+def _check_model(engine, model: str | None) -> None:
     if model is not None and model not in (engine.info.model_id, MODEL_ALIAS):
         raise ModelNotFound(f"model {model!r} is not served here: use {engine.info.model_id!r} (or {MODEL_ALIAS!r})")
 
@@ -276,6 +332,6 @@ def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def _error(exc: BaseException, names: Optional[dict] = None) -> web.Response:
+def _error(exc: BaseException, names: dict | None = None) -> web.Response:
     status, body = status_for(exc, names)
     return web.json_response(body, status=status)

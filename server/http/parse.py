@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Union
+from typing import Any
 
 from seedstream.server.engine.types import ParamError
 from seedstream.v1.protocol import MAX_TOP_LOGPROBS
@@ -12,14 +12,43 @@ from seedstream.v1.protocol import MAX_TOP_LOGPROBS
 # Accepted and ignored: they change nothing about the tokens.
 _IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
 _COMMON = {
-    "model", "seed", "temperature", "top_p", "max_tokens", "stop", "n", "stream", "stream_options",
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    "model",
+    "seed",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
     # vLLM-style extras, and seedstream's own
-    "top_k", "min_p", "repetition_penalty", "ignore_eos", "min_tokens", "stop_token_ids", "sample_index",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "ignore_eos",
+    "min_tokens",
+    "stop_token_ids",
+    "sample_index",
 } | _IGNORED
 _COMPLETIONS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
-_CHAT = _COMMON | {"messages", "top_logprobs", "max_completion_tokens", "response_format", "tools", "tool_choice",
-                   "functions", "function_call", "modalities", "audio", "prediction", "reasoning_effort"}
+_CHAT = _COMMON | {
+    "messages",
+    "top_logprobs",
+    "max_completion_tokens",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "modalities",
+    "audio",
+    "prediction",
+    "reasoning_effort",
+}
 # Parameters that would change what is generated in ways this server cannot do: rejected, never ignored.
 _UNSUPPORTED = {
     "suffix": "insertion (suffix) is not supported",
@@ -30,7 +59,7 @@ _UNSUPPORTED = {
     "prediction": "predicted outputs are not supported",
     "reasoning_effort": "reasoning_effort is not supported (not a reasoning model)",
 }
-Prompt = Union[str, list[int]]
+Prompt = str | list[int]
 
 
 @dataclasses.dataclass
@@ -40,10 +69,10 @@ class ParsedRequest:
     chat: bool
     prompts: list[Prompt] = dataclasses.field(default_factory=list)  # completions: one per prompt
     messages: list[dict[str, str]] = dataclasses.field(default_factory=list)  # chat
-    model: Optional[str] = None
-    seed: Optional[int] = None
+    model: str | None = None
+    seed: int | None = None
     sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # SamplingParams keyword arguments
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
     min_new_tokens: int = 0
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
@@ -72,8 +101,7 @@ def parse_completion(body: Any) -> ParsedRequest:
     if best_of is not None and best_of != out.n:
         raise ParamError("best_of", f"{best_of}: only best_of == n is supported (every sample is returned)")
     out.max_new_tokens = _integer(body, "max_tokens")
-    out.names.update(max_new_tokens="max_tokens", top_logprobs="logprobs", input="prompt",
-                     prompt_token_ids="prompt")
+    out.names.update(max_new_tokens="max_tokens", top_logprobs="logprobs", input="prompt", prompt_token_ids="prompt")
     return out
 
 
@@ -89,17 +117,18 @@ def parse_chat(body: Any) -> ParsedRequest:
         out.top_logprobs = top
     format_ = body.get("response_format")
     if format_ is not None and (not isinstance(format_, dict) or format_.get("type") != "text"):
-        raise ParamError("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas)")
+        raise ParamError("response_format", 'only {"type": "text"} is supported (no JSON mode or schemas)')
     if body.get("tool_choice") not in (None, "none"):
         raise ParamError("tool_choice", "tool calling is not supported")
     if body.get("modalities") not in (None, ["text"]):
-        raise ParamError("modalities", "only [\"text\"] is supported")
+        raise ParamError("modalities", 'only ["text"] is supported')
     new, old = _integer(body, "max_completion_tokens"), _integer(body, "max_tokens")
     if new is not None and old is not None and new != old:
         raise ParamError("max_completion_tokens", f"{new} differs from max_tokens={old}: give one of them")
     out.max_new_tokens = new if new is not None else old
-    out.names.update(max_new_tokens="max_completion_tokens" if new is not None else "max_tokens",
-                     input="messages", prompt="messages")
+    out.names.update(
+        max_new_tokens="max_completion_tokens" if new is not None else "max_tokens", input="messages", prompt="messages"
+    )
     return out
 
 
@@ -142,7 +171,7 @@ def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
         if not out.stream:
             raise ParamError("stream_options", "only allowed with stream: true")
         if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
-            raise ParamError("stream_options", "allowed: {\"include_usage\": bool}")
+            raise ParamError("stream_options", 'allowed: {"include_usage": bool}')
         out.include_usage = bool(_boolean(options, "include_usage", "stream_options.include_usage"))
     out.names.update(min_new_tokens="min_tokens", seed="seed")
     return out
@@ -172,8 +201,9 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if not isinstance(role, str) or not role:
             raise ParamError(f"messages[{i}].role", "must be a non-empty string such as 'user'")
         if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
+            if not all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+            ):
                 raise ParamError(f"messages[{i}].content", "only text parts ({type: text, text}) are supported")
             content = "".join(p["text"] for p in content)
         if content is None:
@@ -215,7 +245,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _integer(body: dict, key: str, name: Optional[str] = None) -> Optional[int]:
+def _integer(body: dict, key: str, name: str | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -226,7 +256,7 @@ def _integer(body: dict, key: str, name: Optional[str] = None) -> Optional[int]:
     return value
 
 
-def _number(body: dict, key: str) -> Optional[float]:
+def _number(body: dict, key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
@@ -235,7 +265,7 @@ def _number(body: dict, key: str) -> Optional[float]:
     return float(value)
 
 
-def _boolean(body: dict, key: str, name: Optional[str] = None) -> Optional[bool]:
+def _boolean(body: dict, key: str, name: str | None = None) -> bool | None:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
         raise ParamError(name or key, f"must be true or false, got {value!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from google.protobuf import json_format
 
@@ -27,8 +27,9 @@ def system_fingerprint(info: ModelInfo) -> str:
 
 def receipt_json(info: ModelInfo, request: GenerationRequest) -> dict:
     """The gRPC receipt (same fields, same digest) in the proto's JSON form (uint64 as strings)."""
-    return json_format.MessageToDict(convert.receipt(info, request), preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(
+        convert.receipt(info, request), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 @dataclasses.dataclass
@@ -42,8 +43,9 @@ class Echo:
 class Choice:
     """One choice (one prompt, one sample): turns its engine chunks into OpenAI deltas and the whole."""
 
-    def __init__(self, index: int, valid: ValidRequest, engine, *, chat: bool, logprobs: bool,
-                 echo: Optional[Echo] = None):
+    def __init__(
+        self, index: int, valid: ValidRequest, engine, *, chat: bool, logprobs: bool, echo: Echo | None = None
+    ):
         self.index = index
         self.valid = valid  # what the engine runs
         self.request = valid.request
@@ -54,11 +56,11 @@ class Choice:
         self.text: list[str] = []
         self.token_ids: list[int] = []
         self.completion_tokens = 0
-        self.finish: Optional[FinishReason] = None
+        self.finish: FinishReason | None = None
         self.lp_tokens: list[str] = []
-        self.lp_values: list[Optional[float]] = []
-        self.lp_top: list[Optional[list[TopLogprob]]] = []
-        self.receipt: Optional[dict] = None
+        self.lp_values: list[float | None] = []
+        self.lp_top: list[list[TopLogprob] | None] = []
+        self.receipt: dict | None = None
 
     def add(self, chunk: GenerationChunk) -> dict:
         """Record a chunk; returns this choice's part of a stream chunk."""
@@ -85,8 +87,11 @@ class Choice:
             part["logprobs"] = self._chat_logprobs(tokens, values, top) if self.want_logprobs else None
         else:
             part["text"] = text
-            part["logprobs"] = self._completion_logprobs(tokens, values, top, len("".join(self.text)) - len(text)) \
-                if self.want_logprobs else None
+            part["logprobs"] = (
+                self._completion_logprobs(tokens, values, top, len("".join(self.text)) - len(text))
+                if self.want_logprobs
+                else None
+            )
         part["finish_reason"] = FINISH[self.finish] if chunk.finish_reason is not None else None
         part["token_ids"] = list(chunk.token_ids)
         if self.receipt is not None:
@@ -99,12 +104,16 @@ class Choice:
         out: dict = {"index": self.index}
         if self.chat:
             out["message"] = {"role": "assistant", "content": text}
-            out["logprobs"] = self._chat_logprobs(self.lp_tokens, self.lp_values, self.lp_top) \
-                if self.want_logprobs else None
+            out["logprobs"] = (
+                self._chat_logprobs(self.lp_tokens, self.lp_values, self.lp_top) if self.want_logprobs else None
+            )
         else:
             out["text"] = text
-            out["logprobs"] = self._completion_logprobs(self.lp_tokens, self.lp_values, self.lp_top, 0) \
-                if self.want_logprobs else None
+            out["logprobs"] = (
+                self._completion_logprobs(self.lp_tokens, self.lp_values, self.lp_top, 0)
+                if self.want_logprobs
+                else None
+            )
         out["finish_reason"] = FINISH[self.finish or FinishReason.CANCELLED]
         out["token_ids"] = self.token_ids
         out["receipt"] = self.receipt
@@ -144,10 +153,12 @@ class Choice:
         def entry(text: str, logprob: float) -> dict:
             return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
-        return {"content": [
-            {**entry(t, v), "top_logprobs": [entry(a.text, a.logprob) for a in (row or [])]}
-            for t, v, row in zip(tokens, values, top)
-        ]}
+        return {
+            "content": [
+                {**entry(t, v), "top_logprobs": [entry(a.text, a.logprob) for a in (row or [])]}
+                for t, v, row in zip(tokens, values, top)
+            ]
+        }
 
 
 def usage(prompt_tokens: int, choices: Sequence[Choice]) -> dict:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger("seedstream.kernels")
 
@@ -28,8 +27,16 @@ KERNEL_VERSION = "1"
 
 # -ffp-contract=off: no multiply-add contraction the source did not ask for; no -ffast-math: no
 # reassociation. Together they keep every build's arithmetic exactly the one written.
-COMMON_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math",
-                "-Wno-maybe-uninitialized", "-pthread"]
+COMMON_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-ffp-contract=off",
+    "-fno-fast-math",
+    "-Wno-maybe-uninitialized",
+    "-pthread",
+]
 ISA_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
@@ -72,7 +79,7 @@ def detect_isa() -> str:
     return isas[0]
 
 
-def compiler() -> Optional[str]:
+def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 

@@ -6,7 +6,6 @@ import ctypes
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -25,24 +24,55 @@ class Matrix(ctypes.Structure):
 
 
 class LayerDesc(ctypes.Structure):
-    _fields_ = [("qkv", Matrix), ("o", Matrix), ("gate_up", Matrix), ("down", Matrix),
-                ("norm_in", _ptr), ("norm_post", _ptr)]
+    _fields_ = [
+        ("qkv", Matrix),
+        ("o", Matrix),
+        ("gate_up", Matrix),
+        ("down", Matrix),
+        ("norm_in", _ptr),
+        ("norm_post", _ptr),
+    ]
 
 
 class ModelDesc(ctypes.Structure):
-    _fields_ = [("n_layers", _i32), ("hidden", _i32), ("inter", _i32), ("n_heads", _i32), ("n_kv_heads", _i32),
-                ("head_dim", _i32), ("vocab", _i32), ("max_context", _i32), ("eps", ctypes.c_float),
-                ("attn_block", _i32), ("rope_cos", _ptr), ("rope_sin", _ptr), ("embed", Matrix),
-                ("lm_head", Matrix), ("norm_final", _ptr), ("layers", ctypes.POINTER(LayerDesc))]
+    _fields_ = [
+        ("n_layers", _i32),
+        ("hidden", _i32),
+        ("inter", _i32),
+        ("n_heads", _i32),
+        ("n_kv_heads", _i32),
+        ("head_dim", _i32),
+        ("vocab", _i32),
+        ("max_context", _i32),
+        ("eps", ctypes.c_float),
+        ("attn_block", _i32),
+        ("rope_cos", _ptr),
+        ("rope_sin", _ptr),
+        ("embed", Matrix),
+        ("lm_head", Matrix),
+        ("norm_final", _ptr),
+        ("layers", ctypes.POINTER(LayerDesc)),
+    ]
 
 
 class StepDesc(ctypes.Structure):
-    _fields_ = [("n_rows", _i32), ("n_segments", _i32), ("n_logit_rows", _i32), ("reserved", _i32),
-                ("token_ids", _ptr), ("positions", _ptr), ("row_segment", _ptr), ("seg_keys", _ptr),
-                ("seg_values", _ptr), ("seg_capacity", _ptr), ("logit_rows", _ptr), ("logits", _ptr)]
+    _fields_ = [
+        ("n_rows", _i32),
+        ("n_segments", _i32),
+        ("n_logit_rows", _i32),
+        ("reserved", _i32),
+        ("token_ids", _ptr),
+        ("positions", _ptr),
+        ("row_segment", _ptr),
+        ("seg_keys", _ptr),
+        ("seg_values", _ptr),
+        ("seg_capacity", _ptr),
+        ("logit_rows", _ptr),
+        ("logits", _ptr),
+    ]
 
 
-def _ptr_of(t: Optional[torch.Tensor]) -> Optional[int]:
+def _ptr_of(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
@@ -59,10 +89,12 @@ class Kernels:
         lib.ssk_destroy.argtypes = [_ptr]
         lib.ssk_threads.restype = _i32
         lib.ssk_threads.argtypes = [_ptr]
-        for name, args in (("ssk_forward", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc)]),
-                           ("ssk_gemm", [_ptr, ctypes.POINTER(Matrix), _i32, _ptr, _ptr]),
-                           ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
-                           ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr])):
+        for name, args in (
+            ("ssk_forward", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc)]),
+            ("ssk_gemm", [_ptr, ctypes.POINTER(Matrix), _i32, _ptr, _ptr]),
+            ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
+            ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr]),
+        ):
             getattr(lib, name).restype = _i32
             getattr(lib, name).argtypes = args
         if lib.ssk_abi_version() != ABI_VERSION:
@@ -95,8 +127,12 @@ class Kernels:
         """q [T, Hq, D] -> [T, Hq*D] against the step's caches (which must hold the keys)."""
         q = q.contiguous()
         out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=torch.float32)
-        if self._lib.ssk_attention(self._ctx, ctypes.byref(model), ctypes.byref(step), layer, q.data_ptr(),
-                                   out.data_ptr()) != 0:
+        if (
+            self._lib.ssk_attention(
+                self._ctx, ctypes.byref(model), ctypes.byref(step), layer, q.data_ptr(), out.data_ptr()
+            )
+            != 0
+        ):
             raise ValueError("ssk_attention: unsupported shape")
         return out
 
@@ -107,7 +143,7 @@ class Kernels:
         return out
 
 
-def load_kernels(threads: int, cache_dir: Path, isa: Optional[str] = None) -> Optional[Kernels]:
+def load_kernels(threads: int, cache_dir: Path, isa: str | None = None) -> Kernels | None:
     """A new handle (its own thread pool and scratch) on the kernels for `isa` (default: this CPU's
     best), built into `cache_dir` on first use. None if they cannot be had (no compiler, a failed
     build, or SEEDSTREAM_KERNELS=off): the caller then uses the torch path."""

@@ -12,7 +12,6 @@ Scales are stored as float32: GGUF's float16 scales convert exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 import torch
@@ -35,12 +34,18 @@ class PackedMatrix:
     n: int
     k: int
     data: torch.Tensor  # uint8, packed tiles
-    bias: Optional[torch.Tensor] = None  # float32 [n]
+    bias: torch.Tensor | None = None  # float32 [n]
 
     def desc(self) -> Matrix:
         """The C struct; it holds a reference to this matrix, so the memory it points at stays alive."""
-        m = Matrix(FORMAT_CODES[self.format], self.n, self.k, 0, self.data.data_ptr(),
-                   None if self.bias is None else self.bias.data_ptr())
+        m = Matrix(
+            FORMAT_CODES[self.format],
+            self.n,
+            self.k,
+            0,
+            self.data.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+        )
         m.owner = self
         return m
 
@@ -60,14 +65,14 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8).reshape(*a.shape[:-1], -1)
 
 
-def pack_f32(w: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+def pack_f32(w: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
     n, k = w.shape
     _check_shape(n, k)
     tiles = np.ascontiguousarray(w.astype(np.float32).reshape(n // NR, NR, k).transpose(0, 2, 1))  # [T, K, 16]
     return _packed("f32", n, k, tiles.view(np.uint8).reshape(-1), bias)
 
 
-def pack_q8_0(d: np.ndarray, q: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+def pack_q8_0(d: np.ndarray, q: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
     """d: [N, nb] scales, q: [N, nb, 32] int8."""
     n, nb = d.shape
     _check_shape(n, nb * QK)
@@ -78,7 +83,7 @@ def pack_q8_0(d: np.ndarray, q: np.ndarray, bias: Optional[np.ndarray] = None) -
     return _packed("q8_0", n, nb * QK, blocks.reshape(-1), bias)
 
 
-def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
     """d, m: [N, nb]; qs: [N, nb, 16] bytes in GGUF order (value j low nibble, value j+16 high nibble)."""
     n, nb = d.shape
     _check_shape(n, nb * QK)
@@ -90,12 +95,13 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: Optional[np.nd
     return _packed("q4_1", n, nb * QK, blocks.reshape(-1), bias)
 
 
-def _packed(fmt: str, n: int, k: int, flat: np.ndarray, bias: Optional[np.ndarray]) -> PackedMatrix:
+def _packed(fmt: str, n: int, k: int, flat: np.ndarray, bias: np.ndarray | None) -> PackedMatrix:
     b = None if bias is None else torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))
     return PackedMatrix(fmt, n, k, torch.from_numpy(np.ascontiguousarray(flat)), b)
 
 
 # --- GGUF blocks (rows of raw bytes as stored in the file)
+
 
 def split_gguf_q8_0(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """raw [N, nb*34] -> d [N, nb] float32, q [N, nb, 32] int8."""
@@ -113,6 +119,7 @@ def split_gguf_q4_1(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 # --- quantising float weights (quantise-on-load)
+
 
 def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """w [N, K] -> d [N, nb], q [N, nb, 32]: d = max|w| / 127, q = round-half-even(w / d)."""
@@ -143,7 +150,7 @@ def dequantize_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return (d[..., None] * q + m[..., None]).reshape(d.shape[0], -1)
 
 
-def pack_from_float(w: np.ndarray, fmt: str, bias: Optional[np.ndarray] = None) -> PackedMatrix:
+def pack_from_float(w: np.ndarray, fmt: str, bias: np.ndarray | None = None) -> PackedMatrix:
     """Pack float weights [N, K] as `fmt`, quantising when it is not f32."""
     if fmt == "f32":
         return pack_f32(w, bias)
@@ -181,7 +188,10 @@ def load_packed(path) -> tuple[dict[str, PackedMatrix], str]:
         meta = fh.metadata()
         shapes = json.loads(meta["matrices"])
         names = set(fh.keys())
-        packed = {name: PackedMatrix(fmt, n, k, fh.get_tensor(name),
-                                     fh.get_tensor(name + ".bias") if name + ".bias" in names else None)
-                  for name, (fmt, n, k) in shapes.items()}
+        packed = {
+            name: PackedMatrix(
+                fmt, n, k, fh.get_tensor(name), fh.get_tensor(name + ".bias") if name + ".bias" in names else None
+            )
+            for name, (fmt, n, k) in shapes.items()
+        }
     return packed, meta["weight_format"]

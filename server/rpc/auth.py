@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -52,7 +52,7 @@ def parse_keys(text: str, source: str) -> dict[str, str]:
     return keys
 
 
-def load_keys(path: Optional[str], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def load_keys(path: str | None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Keys from the file at `path` and from $SEEDSTREAM_API_KEYS; empty when neither is given."""
     keys: dict[str, str] = {}
     if path:
@@ -66,13 +66,13 @@ def load_keys(path: Optional[str], environ: Mapping[str, str] = os.environ) -> d
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED unless `authorization: Bearer <key>` names a known key (health is open)."""
 
-    def __init__(self, keys: Mapping[str, str], on_denied: Optional[Callable[[str, str], None]] = None):
+    def __init__(self, keys: Mapping[str, str], on_denied: Callable[[str, str], None] | None = None):
         if not keys:
             raise ValueError("ApiKeyInterceptor needs at least one key")
         self._keys = [(key.encode(), name) for key, name in keys.items()]
         self._on_denied = on_denied  # on_denied(rpc, "UNAUTHENTICATED") for each refused call (metrics)
 
-    def client_of(self, metadata) -> Optional[str]:
+    def client_of(self, metadata) -> str | None:
         """The client's name if its bearer token is a known key. Every key is compared, in constant
         time, whatever matched, so timing reveals neither a key nor which one matched."""
         token = b""
@@ -101,8 +101,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _deny(context) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                        "missing or unknown API key: send metadata 'authorization: Bearer <key>'")
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key: send metadata 'authorization: Bearer <key>'"
+    )
 
 
 def _denied(handler, rpc: str):
@@ -147,5 +148,8 @@ def _rebuild(handler, unary, stream):
     """A handler with `handler`'s shape and (de)serializers whose behaviour is `unary` (one response) or
     `stream` (a response stream); the first argument is the request or the request iterator."""
     make = _MAKERS[(bool(handler.request_streaming), bool(handler.response_streaming))]
-    return make(stream if handler.response_streaming else unary,
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return make(
+        stream if handler.response_streaming else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

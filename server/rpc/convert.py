@@ -6,7 +6,7 @@ import hashlib
 import math
 import secrets
 import struct
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from seedstream.sampler import SamplingParams
 from seedstream.server.engine.types import (
@@ -117,7 +117,9 @@ def check_request_id(request_id: str) -> str:
         raise ParamError("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
     if not request_id.isprintable():
         bad = next(c for c in request_id if not c.isprintable())
-        raise ParamError("request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only")
+        raise ParamError(
+            "request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only"
+        )
     return request_id
 
 
@@ -197,7 +199,7 @@ def top_logprobs_pb(rows: Sequence[Sequence[TopLogprob]]) -> list[pb.TopLogprobs
 def stream_message(
     chunk: GenerationChunk,
     request: GenerationRequest,
-    receipt_pb: Optional[pb.ReproducibilityReceipt],
+    receipt_pb: pb.ReproducibilityReceipt | None,
 ) -> pb.GenerateStreamResponse:
     msg = pb.GenerateStreamResponse(
         text=chunk.text,
@@ -220,7 +222,7 @@ def stream_message(
     return msg
 
 
-def echoed_logprobs(prompt_logprobs: Sequence[Optional[float]]) -> list[float]:
+def echoed_logprobs(prompt_logprobs: Sequence[float | None]) -> list[float]:
     """The engine gives None for the first prompt token (nothing predicts it); the proto omits it."""
     return [float(x) for x in prompt_logprobs[1:]]
 
@@ -234,9 +236,9 @@ class UnaryAccumulator:
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.top: list[list[TopLogprob]] = []
-        self.finish_reason: Optional[FinishReason] = None
+        self.finish_reason: FinishReason | None = None
         self.completion_tokens = 0
-        self.prompt_logprobs: Optional[list[float]] = None
+        self.prompt_logprobs: list[float] | None = None
         self.cached_tokens = 0
 
     def add(self, chunk: GenerationChunk) -> None:
@@ -293,7 +295,9 @@ def score_pairs_in(req: pb.ScoreRequest) -> list[tuple]:
         if which is None:
             raise ParamError(f"pairs[{i}]", "set one of text or tokens")
         side = p.text if which == "text" else p.tokens
-        pairs.append((side.context, side.continuation) if which == "text" else (list(side.context), list(side.continuation)))
+        pairs.append(
+            (side.context, side.continuation) if which == "text" else (list(side.context), list(side.continuation))
+        )
     return pairs
 
 
@@ -313,9 +317,20 @@ def score_result_pb(score) -> pb.ScoreResult:
     )
 
 
-def model_info(info: ModelInfo, *, server_version: str, has_chat_template: bool, max_new_tokens_limit: int,
-               default_max_new_tokens: int, max_batch_size: int, max_queue: int, max_input_chars: int = 0,
-               max_input_tokens: int = 0, max_deadline: float = 0.0, prefix_cache=None) -> pb.GetModelInfoResponse:
+def model_info(
+    info: ModelInfo,
+    *,
+    server_version: str,
+    has_chat_template: bool,
+    max_new_tokens_limit: int,
+    default_max_new_tokens: int,
+    max_batch_size: int,
+    max_queue: int,
+    max_input_chars: int = 0,
+    max_input_tokens: int = 0,
+    max_deadline: float = 0.0,
+    prefix_cache=None,
+) -> pb.GetModelInfoResponse:
     msg = pb.GetModelInfoResponse(
         model_id=info.model_id,
         model_sha256=info.model_sha256,

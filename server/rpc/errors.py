@@ -59,7 +59,8 @@ def field_violation(field: str, details: str) -> grpc.Status:
     """INVALID_ARGUMENT with `details`, carrying `field` as a google.rpc.BadRequest FieldViolation in
     the grpc-status-details-bin trailer (what clients read instead of parsing the message)."""
     bad_request = error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=details)])
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=details)]
+    )
     detail = any_pb2.Any()
     detail.Pack(bad_request)
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=details, details=[detail]))

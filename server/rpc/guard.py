@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 
@@ -35,14 +35,14 @@ DEADLINE_SLACK_S = 0.25
 class Call:
     """Per-call facts: the one log line (and metrics) each request gets, the client's identity, the deadline."""
 
-    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: Optional[float], metrics=None):
+    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: float | None, metrics=None):
         self.rpc = rpc
         self.context = context
         self.metrics = metrics  # a metrics.ServiceMetrics, or None when the server exports none
         self.started = time.monotonic()
         self.request_id = ""
         self.fields: dict[str, Any] = {}
-        self.first_token_at: Optional[float] = None
+        self.first_token_at: float | None = None
         self._last_token_at: dict[int, float] = {}  # per sample, for inter-token latency
         self.key_id = CLIENT_NAME.get()  # the authenticated API key's name; empty without --api-key-file
         self.client = self.key_id or peer_host(context.peer())
@@ -77,14 +77,21 @@ class Call:
         if ttft is not None:
             parts.append(f"ttft={ttft:.3f}s")
         parts += [f"time={elapsed:.3f}s", f"status={status}"]
-        record = {"rpc": self.rpc, "request_id": self.request_id, "key_id": self.key_id, "client": self.client,
-                  **self.fields, "ttft_s": None if ttft is None else round(ttft, 6), "time_s": round(elapsed, 6),
-                  "status": status}
+        record = {
+            "rpc": self.rpc,
+            "request_id": self.request_id,
+            "key_id": self.key_id,
+            "client": self.client,
+            **self.fields,
+            "ttft_s": None if ttft is None else round(ttft, 6),
+            "time_s": round(elapsed, 6),
+            "status": status,
+        }
         log.info(" ".join(parts), extra={"request": record})  # --log-format json writes `record` as is
         if self.metrics is not None:
             self.metrics.observe_request(self.rpc, status, elapsed, self.fields)
 
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         return None if self.limit is None else self.started + self.limit - time.monotonic()
 
     def cancel_reason(self) -> str:
@@ -97,12 +104,20 @@ class Call:
         await self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{which} of {self.limit:.1f}s passed")
 
     async def malformed(self, request: MalformedRequest) -> None:
-        log.warning("rpc=%s client=%s status=INVALID_ARGUMENT malformed request (%s): %s",
-                    self.rpc, self.client, request.message_type, request.reason)
+        log.warning(
+            "rpc=%s client=%s status=INVALID_ARGUMENT malformed request (%s): %s",
+            self.rpc,
+            self.client,
+            request.message_type,
+            request.reason,
+        )
         if self.metrics is not None:
             self.metrics.observe_request(self.rpc, "INVALID_ARGUMENT", time.monotonic() - self.started, {})
-        await abort_with(self.context, ParamError("request", f"cannot be parsed as {request.message_type}: {request.reason}"),
-                         self.rpc)
+        await abort_with(
+            self.context,
+            ParamError("request", f"cannot be parsed as {request.message_type}: {request.reason}"),
+            self.rpc,
+        )
 
     async def failed(self, exc: Exception) -> None:
         self.log_line(status_for(exc)[0].name)
@@ -170,7 +185,9 @@ def guard_stream(rpc: str):
                         try:
                             step = messages.__anext__()
                             remaining = call.remaining()
-                            message = await (asyncio.wait_for(step, max(remaining, 0)) if remaining is not None else step)
+                            message = await (
+                                asyncio.wait_for(step, max(remaining, 0)) if remaining is not None else step
+                            )
                         except StopAsyncIteration:
                             break
                         yield message

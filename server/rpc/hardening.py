@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -31,12 +31,12 @@ class Security:
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
 
-    def interceptors(self, on_denied: Optional[Callable[[str, str], None]] = None) -> list:
+    def interceptors(self, on_denied: Callable[[str, str], None] | None = None) -> list:
         """The server interceptors; `on_denied(rpc, code)` is told of each call they refuse (metrics)."""
         return [ApiKeyInterceptor(self.api_keys, on_denied)] if self.api_keys else []
 
 
-def server_credentials(cert: Optional[str], key: Optional[str], client_ca: Optional[str]) -> Optional[grpc.ServerCredentials]:
+def server_credentials(cert: str | None, key: str | None, client_ca: str | None) -> grpc.ServerCredentials | None:
     """TLS credentials from PEM files; with `client_ca`, clients must present a certificate it signed (mTLS)."""
     if not cert and not key:
         if client_ca:
@@ -61,14 +61,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, has_keys: bool, tls: bool, insecure: bool,
-                   environ: Mapping[str, str] = os.environ) -> None:
+def check_exposure(
+    host: str, has_keys: bool, tls: bool, insecure: bool, environ: Mapping[str, str] = os.environ
+) -> None:
     """Warn about (or, where REFUSE_INSECURE_ENV is set and --insecure is not, refuse) a server that
     anyone who reaches the port can use and overhear."""
     if is_loopback(host) or has_keys or tls:
         return
-    message = (f"serving plaintext without API keys on {host or 'every interface'}: anyone who reaches the "
-               "port can use it; set --api-key-file or SEEDSTREAM_API_KEYS, and --tls-cert/--tls-key")
+    message = (
+        f"serving plaintext without API keys on {host or 'every interface'}: anyone who reaches the "
+        "port can use it; set --api-key-file or SEEDSTREAM_API_KEYS, and --tls-cert/--tls-key"
+    )
     if environ.get(REFUSE_INSECURE_ENV, "") not in ("", "0") and not insecure:
         raise ValueError(message + " (or pass --insecure to accept this)")
     log.warning(message)

@@ -8,7 +8,6 @@ the default tokenizers spans anywhere near 32 characters of ordinary text.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from seedstream.server.engine.types import ParamError
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
@@ -26,7 +25,7 @@ class ConnectionLimits:
     keepalive_timeout: float = _Flags.keepalive_timeout  # and closes it if the ping is not answered within this
     min_client_ping_interval: float = 10.0  # clients pinging more often than this get GOAWAY
     max_connection_idle: float = _Flags.max_connection_idle  # close connections without calls for this long
-    max_connection_age: Optional[float] = _Flags.max_connection_age  # close (gracefully) connections older than this
+    max_connection_age: float | None = _Flags.max_connection_age  # close (gracefully) connections older than this
     max_connection_age_grace: float = 30.0  # time calls get to finish after max_connection_age
     max_streams_per_connection: int = _Flags.max_streams_per_connection  # concurrent calls on one connection
 
@@ -51,9 +50,9 @@ class ConnectionLimits:
 class RequestLimits:
     """Caps on one request's size and duration (None: derived from the model's context)."""
 
-    max_input_chars: Optional[int] = _Flags.max_input_chars  # text characters in one request, checked before tokenizing
-    max_input_tokens: Optional[int] = _Flags.max_input_tokens  # tokens in one Score, ScoreRolling or Tokenize request
-    max_deadline: Optional[float] = _Flags.max_deadline  # seconds any call may take; None or 0 = no server limit
+    max_input_chars: int | None = _Flags.max_input_chars  # text characters in one request, checked before tokenizing
+    max_input_tokens: int | None = _Flags.max_input_tokens  # tokens in one Score, ScoreRolling or Tokenize request
+    max_deadline: float | None = _Flags.max_deadline  # seconds any call may take; None or 0 = no server limit
 
     def chars(self, context: int) -> int:
         return self.max_input_chars or CHARS_PER_CONTEXT_TOKEN * context

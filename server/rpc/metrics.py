@@ -23,7 +23,7 @@ several servers in one process (tests) never share counters.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -35,8 +35,12 @@ STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # Which per-call log field counts as the RPC's prompt tokens (what the model had to compute).
-PROMPT_TOKEN_FIELD = {"Generate": "prompt_tokens", "GenerateStream": "prompt_tokens", "Score": "tokens",
-                      "ScoreRolling": "tokens"}
+PROMPT_TOKEN_FIELD = {
+    "Generate": "prompt_tokens",
+    "GenerateStream": "prompt_tokens",
+    "Score": "tokens",
+    "ScoreRolling": "tokens",
+}
 
 
 # Requests that end with these codes reached the engine; others (invalid, overloaded) computed nothing.
@@ -49,25 +53,47 @@ class ServiceMetrics:
     def __init__(self, in_flight: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("seedstream_requests", "Requests ended, by RPC and gRPC status code",
-                                ["rpc", "code"], registry=r)
-        self.prompt_tokens = Counter("seedstream_prompt_tokens",
-                                     "Prompt tokens of generations (once per request, whatever n) and tokens "
-                                     "scored by Score/ScoreRolling, of requests that reached the engine",
-                                     ["rpc"], registry=r)
+        self.requests = Counter(
+            "seedstream_requests", "Requests ended, by RPC and gRPC status code", ["rpc", "code"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "seedstream_prompt_tokens",
+            "Prompt tokens of generations (once per request, whatever n) and tokens "
+            "scored by Score/ScoreRolling, of requests that reached the engine",
+            ["rpc"],
+            registry=r,
+        )
         self.completion_tokens = Counter("seedstream_completion_tokens", "Tokens generated", ["rpc"], registry=r)
-        self.duration = Histogram("seedstream_request_duration_seconds", "End-to-end request latency",
-                                  ["rpc"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("seedstream_time_to_first_token_seconds",
-                              "From the request's arrival to its first generated token", ["rpc"],
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.inter_token = Histogram("seedstream_inter_token_latency_seconds",
-                                     "Time per generated token after each sample's first token", ["rpc"],
-                                     buckets=TOKEN_BUCKETS, registry=r)
-        self.step_seconds = Histogram("seedstream_engine_step_seconds", "Wall time of one engine step",
-                                      buckets=STEP_BUCKETS, registry=r)
-        self.step_rows = Histogram("seedstream_engine_step_rows", "Token rows (decode + prefill) in one engine step",
-                                   buckets=ROW_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "seedstream_request_duration_seconds",
+            "End-to-end request latency",
+            ["rpc"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "seedstream_time_to_first_token_seconds",
+            "From the request's arrival to its first generated token",
+            ["rpc"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "seedstream_inter_token_latency_seconds",
+            "Time per generated token after each sample's first token",
+            ["rpc"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "seedstream_engine_step_seconds", "Wall time of one engine step", buckets=STEP_BUCKETS, registry=r
+        )
+        self.step_rows = Histogram(
+            "seedstream_engine_step_rows",
+            "Token rows (decode + prefill) in one engine step",
+            buckets=ROW_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("seedstream_requests_in_flight", "Requests being served now", registry=r)
         self.in_flight.set_function(in_flight)
         self._engine = None
@@ -143,7 +169,7 @@ class _EngineGauges:
         return []
 
     def collect(self):
-        engine: Optional[object] = self.metrics._engine
+        engine: object | None = self.metrics._engine
         if engine is None:
             return
         load = engine.load()
@@ -153,9 +179,11 @@ class _EngineGauges:
         yield _gauge("seedstream_max_batch_size", "Batch slots (--max-batch-size)", engine.config.max_batch_size)
         yield _gauge("seedstream_max_queue", "Queue capacity (--max-queue)", engine.config.max_queue)
         yield _gauge("seedstream_kv_positions_used", "KV-cache positions filled by running sequences", kv["used"])
-        yield _gauge("seedstream_kv_positions_reserved",
-                     "KV-cache positions admission reserved for running sequences (prompt + max_new_tokens)",
-                     kv["reserved"])
+        yield _gauge(
+            "seedstream_kv_positions_reserved",
+            "KV-cache positions admission reserved for running sequences (prompt + max_new_tokens)",
+            kv["reserved"],
+        )
         yield _gauge("seedstream_kv_positions_budget", "KV-cache admission budget (--max-kv-tokens)", kv["budget"])
 
 

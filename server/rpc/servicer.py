@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 import uuid
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import grpc
 
@@ -41,7 +41,7 @@ class ServiceOptions:
 class ServiceState:
     """What the handlers need: the engine once loaded, and whether we are draining."""
 
-    def __init__(self, engine=None, options: Optional[ServiceOptions] = None):
+    def __init__(self, engine=None, options: ServiceOptions | None = None):
         self.engine = engine
         self.options = options or ServiceOptions()
         self.draining = False
@@ -110,7 +110,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 
     def _request_id(self, req, context, call: Call) -> None:
         call.request_id = convert.check_request_id(
-            req.request_id or _metadata_value(context, "x-request-id")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
+            req.request_id
+            or _metadata_value(context, "x-request-id")[: convert.MAX_REQUEST_ID_CHARS]
+            or uuid.uuid4().hex[:16]
         )
 
     def _prepare(self, engine, req: pb.GenerateRequest, call: Call, seed: int):
@@ -122,8 +124,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             raise ParamError("n", f"{n} samples; this server holds at most max_queue={queue} waiting requests")
         prompt_ids = self._prompt_ids(engine, req)
         call.fields["prompt_tokens"] = len(prompt_ids)
-        gen = convert.generation_request(req, prompt_ids, seed, call.request_id,
-                                         self.state.options.default_max_new_tokens, call.client)
+        gen = convert.generation_request(
+            req, prompt_ids, seed, call.request_id, self.state.options.default_max_new_tokens, call.client
+        )
         return engine.validate(gen, n)
 
     async def _generation(self, req: pb.GenerateRequest, context, call: Call):
@@ -157,7 +160,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             (("seedstream-seed", str(requests[0].request.sampling.seed)), ("seedstream-request-id", call.request_id))
         )
         # The prompt echo rides on sample 0's first chunk, which must be the stream's first message.
-        held: Optional[list] = [] if requests[0].request.prompt_logprobs else None
+        held: list | None = [] if requests[0].request.prompt_logprobs else None
         finishes: dict[int, str] = {}
         done_tokens: dict[int, int] = {}
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
@@ -199,8 +202,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         call.fields["tokens"] = sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared)
         scores = await score_pairs(engine, prepared, call.request_id, call.client)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
-        return pb.ScoreResponse(results=[convert.score_result_pb(s) for s in scores],
-                                receipt=convert.score_receipt(engine.info, scored))
+        return pb.ScoreResponse(
+            results=[convert.score_result_pb(s) for s in scores], receipt=convert.score_receipt(engine.info, scored)
+        )
 
     def _rolling(self, engine, request: pb.ScoreRollingRequest, max_length: int):
         """The text's token ids and its windows, checked."""
@@ -226,9 +230,14 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         call.fields["tokens"] = len(ids)
         result = await score_rolling(engine, windows, call.request_id, call.client)
         return pb.ScoreRollingResponse(
-            token_ids=ids, logprobs=result.logprobs, logprob=math.fsum(result.logprobs),
-            greedy_token_ids=result.greedy_ids, num_windows=result.num_windows, max_length=max_length,
-            receipt=convert.score_receipt(engine.info, [ids, [max_length]]), cached_tokens=result.cached_tokens,
+            token_ids=ids,
+            logprobs=result.logprobs,
+            logprob=math.fsum(result.logprobs),
+            greedy_token_ids=result.greedy_ids,
+            num_windows=result.num_windows,
+            max_length=max_length,
+            receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
+            cached_tokens=result.cached_tokens,
         )
 
     def _tokenize(self, engine, request: pb.TokenizeRequest):

@@ -4,8 +4,19 @@
 import importlib.abc
 import sys
 
-BLOCKED = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "accelerate", "gguf",
-           "grpc_health", "grpc_reflection", "seedstream.server", "seedstream.sampler")
+BLOCKED = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "accelerate",
+    "gguf",
+    "grpc_health",
+    "grpc_reflection",
+    "seedstream.server",
+    "seedstream.sampler",
+)
 
 
 class Blocker(importlib.abc.MetaPathFinder):

@@ -19,10 +19,27 @@ GENERATE_METHODS = ("generate", "generate_stream", "generate_batch")
 
 # One valid, non-default value for every option but the two other inputs (they exclude `prompt`).
 SAMPLE = dict(
-    seed=7, temperature=0.5, top_k=3, top_p=0.9, min_p=0.1, repetition_penalty=1.1, presence_penalty=0.2,
-    frequency_penalty=0.3, logit_bias={5: 1.0}, max_new_tokens=9, min_new_tokens=1, stop=["x"], stop_token_ids=[2],
-    ignore_eos=True, top_logprobs=2, sample_index=1, n=2, echo_prompt_logprobs=True, logprobs_mode="processed",
-    request_id="r", resume_token_ids=[4],
+    seed=7,
+    temperature=0.5,
+    top_k=3,
+    top_p=0.9,
+    min_p=0.1,
+    repetition_penalty=1.1,
+    presence_penalty=0.2,
+    frequency_penalty=0.3,
+    logit_bias={5: 1.0},
+    max_new_tokens=9,
+    min_new_tokens=1,
+    stop=["x"],
+    stop_token_ids=[2],
+    ignore_eos=True,
+    top_logprobs=2,
+    sample_index=1,
+    n=2,
+    echo_prompt_logprobs=True,
+    logprobs_mode="processed",
+    request_id="r",
+    resume_token_ids=[4],
 )
 INPUTS = {"messages": [("user", "hi")], "prompt_token_ids": [1, 2]}
 
@@ -37,7 +54,9 @@ def test_options_are_the_request_fields():
 def test_every_option_is_documented():
     """Each option has a docstring of its own in GenerateOptions, giving its default unless it is an input."""
     source = Path(inspect.getfile(GenerateOptions)).read_text()
-    body = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == "GenerateOptions").body
+    body = next(
+        n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == "GenerateOptions"
+    ).body
     docs = {}
     for field, doc in zip(body, body[1:]):
         if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
@@ -79,6 +98,7 @@ class _Recorder:
 
         async def answer():
             return pb.GenerateResponse()
+
         return answer()
 
     def GenerateStream(self, request, **_):
@@ -109,6 +129,7 @@ def _async_requests(**options):
             client.generate_stream("hi", **options).cancel()
             await client.generate_batch(["hi", {"prompt": "hi"}], **options)
         return recorder.requests
+
     return asyncio.run(run())
 
 

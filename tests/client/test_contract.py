@@ -9,8 +9,18 @@ from seedstream.v1 import textgen_pb2 as pb
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "seedstream" / "v1" / "textgen.proto"
 
-SAMPLING = ("seed", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-            "frequency_penalty", "max_new_tokens", "min_new_tokens")
+SAMPLING = (
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "max_new_tokens",
+    "min_new_tokens",
+)
 
 
 def test_unset_differs_from_zero():

@@ -16,8 +16,9 @@ BLOCKER = Path(__file__).with_name("blocker.py").read_text() + "\n"
 
 
 def _run(body: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(body)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(body)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
 def test_blocker_blocks():

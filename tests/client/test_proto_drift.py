@@ -29,7 +29,9 @@ def test_check_detects_drift(tmp_path, monkeypatch):
     assert gen.main(["--check"]) == 0
 
     contract = proto_root / "seedstream" / "v1" / "textgen.proto"
-    text = contract.read_text().replace("message GetModelInfoRequest {}", "message GetModelInfoRequest { bool verbose = 1; }")
+    text = contract.read_text().replace(
+        "message GetModelInfoRequest {}", "message GetModelInfoRequest { bool verbose = 1; }"
+    )
     contract.write_text(text)
     assert gen.main(["--check"]) == 1
     assert gen.main([]) == 0
@@ -41,6 +43,13 @@ def test_generated_modules_import_under_the_namespace():
 
     service = textgen_pb2.DESCRIPTOR.services_by_name["TextGeneration"]
     assert service.full_name == "seedstream.v1.TextGeneration" == protocol.SERVICE_NAME
-    assert {m.name for m in service.methods} == {"Generate", "GenerateStream", "Tokenize", "GetModelInfo", "Score", "ScoreRolling"}
+    assert {m.name for m in service.methods} == {
+        "Generate",
+        "GenerateStream",
+        "Tokenize",
+        "GetModelInfo",
+        "Score",
+        "ScoreRolling",
+    }
     assert hasattr(textgen_pb2_grpc, "TextGenerationStub")
     assert (ROOT / "proto" / "seedstream" / "v1" / "textgen_pb2.pyi").exists()

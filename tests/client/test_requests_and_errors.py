@@ -30,17 +30,41 @@ from seedstream.v1 import textgen_pb2 as pb
 def test_unset_keywords_stay_unset():
     req = generate_request("hi")
     assert req.WhichOneof("input") == "prompt"
-    for name in ("seed", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "max_new_tokens", "min_new_tokens"):
+    for name in (
+        "seed",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "max_new_tokens",
+        "min_new_tokens",
+    ):
         assert not req.HasField(name), name
 
 
 def test_keywords_map_onto_fields():
     req = generate_request(
         messages=[{"role": "system", "content": "Be brief."}, ("user", "Hi")],
-        seed=2**64 - 1, temperature=0.0, top_k=5, top_p=0.5, min_p=0.1, repetition_penalty=1.1,
-        presence_penalty=0.2, frequency_penalty=-0.2, logit_bias={3: -1.5}, max_new_tokens=7, min_new_tokens=1,
-        stop="END", stop_token_ids=[2], ignore_eos=True, top_logprobs=4, sample_index=2, request_id="r1",
+        seed=2**64 - 1,
+        temperature=0.0,
+        top_k=5,
+        top_p=0.5,
+        min_p=0.1,
+        repetition_penalty=1.1,
+        presence_penalty=0.2,
+        frequency_penalty=-0.2,
+        logit_bias={3: -1.5},
+        max_new_tokens=7,
+        min_new_tokens=1,
+        stop="END",
+        stop_token_ids=[2],
+        ignore_eos=True,
+        top_logprobs=4,
+        sample_index=2,
+        request_id="r1",
     )
     assert [(m.role, m.content) for m in req.messages.messages] == [("system", "Be brief."), ("user", "Hi")]
     assert req.HasField("temperature") and req.temperature == 0.0
@@ -50,16 +74,19 @@ def test_keywords_map_onto_fields():
     assert generate_request(prompt_token_ids=[]).WhichOneof("input") == "prompt_token_ids"
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(), "input"),
-    (dict(prompt="a", prompt_token_ids=[1]), "input"),
-    (dict(prompt="a", seed=-1), "seed"),
-    (dict(prompt="a", seed=2**64), "seed"),
-    (dict(prompt="a", top_k=-3), "top_k"),
-    (dict(prompt="a", temperature="hot"), "temperature"),
-    (dict(prompt_token_ids=[-1]), "prompt_token_ids"),
-    (dict(messages=[{"content": "no role"}]), "messages[0]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(), "input"),
+        (dict(prompt="a", prompt_token_ids=[1]), "input"),
+        (dict(prompt="a", seed=-1), "seed"),
+        (dict(prompt="a", seed=2**64), "seed"),
+        (dict(prompt="a", top_k=-3), "top_k"),
+        (dict(prompt="a", temperature="hot"), "temperature"),
+        (dict(prompt_token_ids=[-1]), "prompt_token_ids"),
+        (dict(messages=[{"content": "no role"}]), "messages[0]"),
+    ],
+)
 def test_local_checks_raise_invalid_argument(kwargs, field):
     with pytest.raises(InvalidArgumentError) as info:
         generate_request(**kwargs)
@@ -95,20 +122,26 @@ def _field_trailers(code, details, field):
     if field is None:
         return ()
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=details)]))
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=details)]
+        )
+    )
     status = status_pb2.Status(code=code.value[0], message=details, details=[detail])
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
-@pytest.mark.parametrize("code, cls", [
-    (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, OverloadedError),
-    (grpc.StatusCode.UNAVAILABLE, UnavailableError),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError),
-    (grpc.StatusCode.CANCELLED, CancelledError),
-    (grpc.StatusCode.INTERNAL, SeedstreamError),
-])
+@pytest.mark.parametrize(
+    "code, cls",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgumentError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, OverloadedError),
+        (grpc.StatusCode.UNAVAILABLE, UnavailableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError),
+        (grpc.StatusCode.CANCELLED, CancelledError),
+        (grpc.StatusCode.INTERNAL, SeedstreamError),
+    ],
+)
 def test_status_codes_map_to_exceptions(code, cls):
     err = from_rpc_error(_Status(code, "top_p: 3.0 out of range: allowed (0, 1]", "top_p"))
     assert type(err) is cls and isinstance(err, SeedstreamError) and err.code == code
@@ -127,7 +160,10 @@ def test_field_comes_from_the_detail_never_from_the_text():
     other = any_pb2.Any()
     other.Pack(error_details_pb2.RetryInfo())
     unrelated = status_pb2.Status(code=code.value[0], message=message, details=[other]).SerializeToString()
-    assert from_rpc_error(_Status(code, message, trailers=(("x-other", b"1"), (STATUS_DETAILS_KEY, unrelated)))).field is None
+    assert (
+        from_rpc_error(_Status(code, message, trailers=(("x-other", b"1"), (STATUS_DETAILS_KEY, unrelated)))).field
+        is None
+    )
     err = from_rpc_error(_Status(code, message, "top_p"))
     assert str(err) == message and err.details == message  # the text is the server's, unchanged
 

@@ -32,8 +32,11 @@ def test_next_request_carries_the_seed_and_every_token_received():
 
 
 def test_only_unavailable_resumes_and_attempts_are_bounded():
-    state = StreamResume(generate_request("hi", seed=1), ResumePolicy(max_attempts=2, initial_backoff=0.1,
-                                                                     max_backoff=0.3, multiplier=4), None)
+    state = StreamResume(
+        generate_request("hi", seed=1),
+        ResumePolicy(max_attempts=2, initial_backoff=0.1, max_backoff=0.3, multiplier=4),
+        None,
+    )
     assert not state.should_retry(_Error(grpc.StatusCode.INVALID_ARGUMENT))
     assert not state.should_retry(_Error(grpc.StatusCode.RESOURCE_EXHAUSTED))
     assert state.should_retry(_Error(grpc.StatusCode.UNAVAILABLE))
@@ -41,10 +44,13 @@ def test_only_unavailable_resumes_and_attempts_are_bounded():
     assert not state.should_retry(_Error(grpc.StatusCode.UNAVAILABLE))
 
 
-@pytest.mark.parametrize("request_kwargs,policy", [
-    (dict(n=2), ResumePolicy()),  # several samples interleave: not resumed
-    (dict(), None),  # resume turned off
-])
+@pytest.mark.parametrize(
+    "request_kwargs,policy",
+    [
+        (dict(n=2), ResumePolicy()),  # several samples interleave: not resumed
+        (dict(), None),  # resume turned off
+    ],
+)
 def test_no_resume_for_samples_or_when_off(request_kwargs, policy):
     state = StreamResume(generate_request("hi", seed=1, **request_kwargs), policy, None)
     assert not state.should_retry(_Error(grpc.StatusCode.UNAVAILABLE))

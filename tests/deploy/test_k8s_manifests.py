@@ -36,12 +36,14 @@ def test_every_manifest_validates_strictly(version):
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
-            pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for {version} at {path}: {exc.message}")
+            pytest.fail(
+                f"{name}: {doc['kind']}/{doc['metadata']['name']} invalid for {version} at {path}: {exc.message}"
+            )
 
 
 def test_deployment_probes_volumes_and_flags_fit_the_server():
-    from seedstream.server.cli import build_parser
     from seedstream.server.app import SERVICE_NAME
+    from seedstream.server.cli import build_parser
     from seedstream.server.rpc.auth import parse_keys
 
     deployment, service, secret = by_kind("Deployment"), by_kind("Service"), by_kind("Secret")

@@ -30,8 +30,13 @@ class ServerProcess:
     def start(self) -> float:
         cmd = [sys.executable, "-m", "seedstream.server", "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         with Client(self.target) as client:
             client.wait_until_serving(timeout=300)
         return time.monotonic() - started

@@ -18,10 +18,24 @@ REQUESTS = [
     dict(prompt="Once upon a time", seed=11, temperature=0.8, top_k=50, top_p=0.9, max_new_tokens=24),
     dict(messages=CHAT, seed=12, temperature=1.0, max_new_tokens=24),
     dict(messages=CHAT, seed=13, temperature=0.0, max_new_tokens=24),
-    dict(prompt="The best way to learn", seed=2**64 - 1, temperature=0.7, min_p=0.1, repetition_penalty=1.2,
-         max_new_tokens=24),
-    dict(prompt="Numbers: 1, 2, 3,", seed=0, temperature=1.3, top_k=5, presence_penalty=1.0, frequency_penalty=0.5,
-         max_new_tokens=24, ignore_eos=True),
+    dict(
+        prompt="The best way to learn",
+        seed=2**64 - 1,
+        temperature=0.7,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        max_new_tokens=24,
+    ),
+    dict(
+        prompt="Numbers: 1, 2, 3,",
+        seed=0,
+        temperature=1.3,
+        top_k=5,
+        presence_penalty=1.0,
+        frequency_penalty=0.5,
+        max_new_tokens=24,
+        ignore_eos=True,
+    ),
 ]
 
 
@@ -48,9 +62,17 @@ def test_solo_equals_concurrent_load_and_stream_equals_unary(server):
         solo = [client.generate(**r) for r in REQUESTS]
 
         def background(i):
-            words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "sea", "sky"]) for _ in range(rng.randrange(1, 200)))
-            return client.generate(words, seed=i, temperature=rng.choice([0.0, 0.9]), top_k=rng.choice([0, 40]),
-                                   max_new_tokens=rng.randrange(1, 30), ignore_eos=True)
+            words = " ".join(
+                rng.choice(["alpha", "beta", "gamma", "delta", "sea", "sky"]) for _ in range(rng.randrange(1, 200))
+            )
+            return client.generate(
+                words,
+                seed=i,
+                temperature=rng.choice([0.0, 0.9]),
+                top_k=rng.choice([0, 40]),
+                max_new_tokens=rng.randrange(1, 30),
+                ignore_eos=True,
+            )
 
         def streamed(r):
             chunks = list(client.generate_stream(**r))
@@ -81,9 +103,31 @@ def test_unseeded_request_returns_a_seed_that_replays(server):
 
 def test_cli_generate_json_matches_client(server):
     out = subprocess.run(
-        [sys.executable, "-m", "seedstream.client.cli", "generate", "--target", server.target, "Once upon a time",
-         "--seed", "11", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.9", "--max-new-tokens", "24", "--json"],
-        capture_output=True, text=True, timeout=120, check=True)
+        [
+            sys.executable,
+            "-m",
+            "seedstream.client.cli",
+            "generate",
+            "--target",
+            server.target,
+            "Once upon a time",
+            "--seed",
+            "11",
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.9",
+            "--max-new-tokens",
+            "24",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     result = json.loads(out.stdout)
     with Client(server.target) as client:
         expected = client.generate(**REQUESTS[0])

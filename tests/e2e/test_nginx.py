@@ -23,8 +23,9 @@ from seedstream.client import Client, UnavailableError
 pytestmark = pytest.mark.slow
 
 SEEDS = (11, 22, 33)
-REQUEST = dict(prompt="The three rules of a good deployment are", temperature=0.9, top_p=0.95, max_new_tokens=6,
-               ignore_eos=True)
+REQUEST = dict(
+    prompt="The three rules of a good deployment are", temperature=0.9, top_p=0.95, max_new_tokens=6, ignore_eos=True
+)
 # Small batches and one torch thread each: three replicas share a small CI machine.
 SERVE_ARGS = ("--max-batch-size", "2", "--max-queue", "16", "--threads", "1")
 
@@ -42,7 +43,9 @@ def signature(result):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if deploy.find_nginx() is None:
-        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light); scripts/test.sh installs it when apt works")
+        pytest.skip(
+            "nginx is not installed (Debian: apt-get install nginx-light); scripts/test.sh installs it when apt works"
+        )
     workdir = tmp_path_factory.mktemp("nginx")
     replicas = deploy.start_replicas(workdir, 3, SERVE_ARGS)
     # A long fail_timeout: once nginx saw the dead replica fail, it must not try it again in this test.
@@ -118,8 +121,11 @@ def test_replicas_behind_nginx(cluster):
     # nginx streams gRPC request bodies (no buffering), so it cannot pass a request already sent to
     # the killed replica to another: it answers 502 (UNAVAILABLE), and the client's retry succeeds.
     load = nginx.access_log()
-    cut = [e for e in load if e["request_id"].startswith("load-") and e["upstreams"] == [victim.target]
-           and e["status"] == "502"]
+    cut = [
+        e
+        for e in load
+        if e["request_id"].startswith("load-") and e["upstreams"] == [victim.target] and e["status"] == "502"
+    ]
     assert cut, "the killed replica held a request of the load"
     for e in cut:
         retried = [x for x in load if x["request_id"] == e["request_id"] and x["status"] == "200"]
@@ -128,8 +134,10 @@ def test_replicas_behind_nginx(cluster):
     # 3. Passive health check: after the failure, nginx sends nothing more to the dead replica.
     with Client(nginx.target, timeout=120, max_attempts=3) as client:
         for i in range(4):
-            assert signature(client.generate(seed=SEEDS[1], metadata={"x-request-id": f"after-{i}"}, **REQUEST)) \
+            assert (
+                signature(client.generate(seed=SEEDS[1], metadata={"x-request-id": f"after-{i}"}, **REQUEST))
                 == reference[SEEDS[1]]
+            )
     after = [e for e in nginx.access_log() if e["request_id"].startswith("after-")]
     assert len(after) == 4
     assert all(victim.target not in e["upstreams"] for e in after)

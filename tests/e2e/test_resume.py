@@ -10,8 +10,14 @@ from seedstream.client import AsyncClient, Client, InvalidArgumentError, ResumeP
 
 pytestmark = pytest.mark.slow  # kills and restarts a server process mid-stream
 
-ARGS = dict(prompt="Write a long story about a lighthouse keeper.", seed=20261128, temperature=0.9, top_p=0.95,
-            max_new_tokens=48, ignore_eos=True)
+ARGS = dict(
+    prompt="Write a long story about a lighthouse keeper.",
+    seed=20261128,
+    temperature=0.9,
+    top_p=0.95,
+    max_new_tokens=48,
+    ignore_eos=True,
+)
 POLICY = ResumePolicy(max_attempts=8, initial_backoff=0.2, wait_for_server=600)
 
 

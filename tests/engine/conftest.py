@@ -10,12 +10,17 @@ from seedstream.server.engine.loader import load_weights
 # CUDA device (a CPU torch build, or no GPU); scripts/cuda_check.sh runs just these cases on a GPU machine.
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=[
-        pytest.mark.cuda,
-        pytest.mark.skipif(not torch.cuda.is_available(),
-                           reason="no CUDA device (torch.cuda.is_available() is False); scripts/cuda_check.sh "
-                                  "runs these on a GPU machine"),
-    ]),
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not torch.cuda.is_available(),
+                reason="no CUDA device (torch.cuda.is_available() is False); scripts/cuda_check.sh "
+                "runs these on a GPU machine",
+            ),
+        ],
+    ),
 ]
 
 

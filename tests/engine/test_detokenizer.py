@@ -22,7 +22,9 @@ def _stream(tokenizer, text, stop=()):
     return ids, deltas, inc
 
 
-@pytest.mark.parametrize("text", ["Hello world, how are you?", "naïve café — 日本語のテキスト 🎲🎉 done", "  leading spaces\n\ttabs"])
+@pytest.mark.parametrize(
+    "text", ["Hello world, how are you?", "naïve café — 日本語のテキスト 🎲🎉 done", "  leading spaces\n\ttabs"]
+)
 def test_deltas_concatenate_to_full_decode(tokenizer, text):
     ids, deltas, _ = _stream(tokenizer, text)
     assert "".join(deltas) == tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text

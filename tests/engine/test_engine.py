@@ -6,12 +6,18 @@ import random
 import pytest
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import FinishReason, GenerationRequest, ParamError, Overloaded
+from seedstream.server.engine import FinishReason, GenerationRequest, Overloaded, ParamError
 
 run = asyncio.run
 
-PROMPTS = ["Tell me a story about a dragon.", "What is 17 times 3?", "List three colours.",
-           "Write a haiku about rain.", "Explain gravity to a child.", "Name a famous painter."]
+PROMPTS = [
+    "Tell me a story about a dragon.",
+    "What is 17 times 3?",
+    "List three colours.",
+    "Write a haiku about rain.",
+    "Explain gravity to a child.",
+    "Name a famous painter.",
+]
 
 
 def _chat(engine, text):
@@ -38,8 +44,10 @@ def _targets(engine):
         SamplingParams(temperature=1.2, top_k=20, repetition_penalty=1.3, seed=5),
         SamplingParams(temperature=0.9, presence_penalty=0.5, frequency_penalty=0.5, seed=2**64 - 1),
     ]
-    return [GenerationRequest(_chat(engine, PROMPTS[i % len(PROMPTS)]), p, max_new_tokens=16, ignore_eos=True)
-            for i, p in enumerate(params * 2)]
+    return [
+        GenerationRequest(_chat(engine, PROMPTS[i % len(PROMPTS)]), p, max_new_tokens=16, ignore_eos=True)
+        for i, p in enumerate(params * 2)
+    ]
 
 
 def _background(engine, rng, count):
@@ -47,20 +55,28 @@ def _background(engine, rng, count):
     for _ in range(count):
         length = rng.choice([1, 3, 17, 90, 260, 300])
         prompt = tuple(rng.randrange(200, 40000) for _ in range(length))
-        params = SamplingParams(temperature=rng.choice([0.0, 0.5, 1.0]), top_k=rng.choice([0, 10]),
-                                top_p=rng.choice([1.0, 0.8]), seed=rng.randrange(2**64))
+        params = SamplingParams(
+            temperature=rng.choice([0.0, 0.5, 1.0]),
+            top_k=rng.choice([0, 10]),
+            top_p=rng.choice([1.0, 0.8]),
+            seed=rng.randrange(2**64),
+        )
         requests.append(GenerationRequest(prompt, params, max_new_tokens=rng.randrange(1, 24), ignore_eos=True))
     return requests
 
 
 @pytest.mark.slow  # builds an engine per dtype and runs 16-40 background requests
-@pytest.mark.parametrize("dtype,prefill_chunk,background", [
-    ("float32", 256, 40),  # the default build, at full scale
-    ("float32", 48, 16),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
-    ("bfloat16", 256, 16),
-])
-def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, device, dtype, prefill_chunk, background,
-                                                                 reference_streams):
+@pytest.mark.parametrize(
+    "dtype,prefill_chunk,background",
+    [
+        ("float32", 256, 40),  # the default build, at full scale
+        ("float32", 48, 16),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
+        ("bfloat16", 256, 16),
+    ],
+)
+def test_same_seed_same_tokens_alone_and_under_concurrent_load(
+    engine_factory, device, dtype, prefill_chunk, background, reference_streams
+):
     """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving.
     The prefix cache is on (the default): loaded runs reuse the solo runs' prompts."""
     engine = engine_factory(dtype=dtype, prefill_chunk=prefill_chunk, device=device)
@@ -75,7 +91,7 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(engine_factory, d
             others = _background(engine, rng, background)
             jobs = [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in others]
             jobs += [_collect(engine, r, delay=rng.uniform(0, 2.0)) for r in targets]
-            loaded = (await asyncio.gather(*jobs))[len(others):]
+            loaded = (await asyncio.gather(*jobs))[len(others) :]
             return solo, loaded
         finally:
             await engine.stop()
@@ -106,8 +122,9 @@ def test_finish_reasons(engine_factory):
             prompt = _chat(engine, "What is the capital of France?")
             eos = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40))
             length = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=3))
-            stop_tok = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40,
-                                                                stop_token_ids=(eos[0][2],)))
+            stop_tok = await _collect(
+                engine, GenerationRequest(prompt, greedy, max_new_tokens=40, stop_token_ids=(eos[0][2],))
+            )
             stop_str = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=40, stop=(" of",)))
             at_least = await _collect(engine, GenerationRequest(prompt, greedy, max_new_tokens=20, min_new_tokens=15))
             return eos, length, stop_tok, stop_str, at_least
@@ -152,8 +169,12 @@ def test_kv_budget_queues_requests_and_changes_no_token(engine_factory, device):
     solo_engine = engine_factory(device=device)
 
     def requests(e):
-        return [GenerationRequest(_chat(e, f"Say something about the number {i}."), params, max_new_tokens=40,
-                                  ignore_eos=True) for i in range(2)]
+        return [
+            GenerationRequest(
+                _chat(e, f"Say something about the number {i}."), params, max_new_tokens=40, ignore_eos=True
+            )
+            for i in range(2)
+        ]
 
     async def budgeted():
         await engine.start()
@@ -200,7 +221,10 @@ def test_same_prompt_prefills_once_and_changes_no_token(engine_factory, device):
         finally:
             await engine.stop()
 
-    shared, alone = engine_factory(prefix_cache_mib=0, device=device), engine_factory(prefix_cache_mib=0, device=device)  # forks alone
+    shared, alone = (
+        engine_factory(prefix_cache_mib=0, device=device),
+        engine_factory(prefix_cache_mib=0, device=device),
+    )  # forks alone
     together = run(scenario(shared, True))
     one_by_one = run(scenario(alone, False))
     assert together == one_by_one
@@ -231,15 +255,18 @@ def test_full_queue_is_rejected_at_once(engine_factory):
     run(scenario())
 
 
-@pytest.mark.parametrize("change,field", [
-    (dict(prompt_token_ids=()), "prompt"),
-    (dict(prompt_token_ids=(1, 10**6)), "prompt_token_ids"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(min_new_tokens=99), "min_new_tokens"),
-    (dict(top_logprobs=21), "top_logprobs"),
-    (dict(stop=("",)), "stop"),
-    (dict(sampling=SamplingParams(temperature=-1.0, seed=1)), "temperature"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (dict(prompt_token_ids=()), "prompt"),
+        (dict(prompt_token_ids=(1, 10**6)), "prompt_token_ids"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(min_new_tokens=99), "min_new_tokens"),
+        (dict(top_logprobs=21), "top_logprobs"),
+        (dict(stop=("",)), "stop"),
+        (dict(sampling=SamplingParams(temperature=-1.0, seed=1)), "temperature"),
+    ],
+)
 def test_invalid_requests_name_the_field(engine_factory, change, field):
     engine = engine_factory()
     base = dict(prompt_token_ids=(1, 2, 3), sampling=SamplingParams(seed=1), max_new_tokens=10)

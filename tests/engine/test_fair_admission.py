@@ -14,8 +14,13 @@ run = asyncio.run
 
 def _request(engine, i: int, client: str, max_new_tokens: int = 6) -> GenerationRequest:
     prompt = tuple(engine.render_chat([{"role": "user", "content": f"Say something about {i}."}]))
-    return GenerationRequest(prompt, SamplingParams(temperature=0.9, seed=100 + i), max_new_tokens=max_new_tokens,
-                             ignore_eos=True, client=client)
+    return GenerationRequest(
+        prompt,
+        SamplingParams(temperature=0.9, seed=100 + i),
+        max_new_tokens=max_new_tokens,
+        ignore_eos=True,
+        client=client,
+    )
 
 
 async def _tokens(engine, request) -> list[int]:

@@ -6,8 +6,13 @@ import torch
 from seedstream.server.engine.model import ROW_TILE, invariant_linear, pad_rows
 
 # (in, out) of the fused GEMMs of SmolLM2-135M: qkv, o, gate_up, down, lm_head.
-SHAPES = [(576, 960), (576, 576), (576, 3072), (1536, 576),
-          pytest.param(576, 49152, marks=pytest.mark.slow)]  # the lm_head: about a minute per test
+SHAPES = [
+    (576, 960),
+    (576, 576),
+    (576, 3072),
+    (1536, 576),
+    pytest.param(576, 49152, marks=pytest.mark.slow),
+]  # the lm_head: about a minute per test
 MAX_STEP_ROWS = 512 + ROW_TILE  # EngineConfig.max_step_tokens plus padding (scoring asks logits for every row)
 
 

@@ -12,8 +12,10 @@ from seedstream.server.engine.loader import cache_root
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
 from seedstream.server.kernels import available_isas, load_kernels, packing
 
-TEXT = ("The quick brown fox jumps over the lazy dog. Reproducible generation means that the same request, "
-        "with the same seed, gives the same tokens every time, alone or beside other requests. ")
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Reproducible generation means that the same request, "
+    "with the same seed, gives the same tokens every time, alone or beside other requests. "
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,13 @@ def _run_chunked(model, ids, chunk):
     """Prefill `ids` in chunks of `chunk` rows; logits of every position [T, V] and the cache."""
     cache, logits = model.new_cache(), []
     for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
+        part = ids[start : start + chunk]
         n = len(part)
-        logits.append(model.forward(torch.tensor(part), torch.arange(start, start + n), [Segment(cache, start, n)],
-                                    torch.arange(n)))
+        logits.append(
+            model.forward(
+                torch.tensor(part), torch.arange(start, start + n), [Segment(cache, start, n)], torch.arange(n)
+            )
+        )
     return torch.cat(logits), cache
 
 
@@ -89,8 +94,12 @@ def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt):
 @pytest.mark.slow
 def test_stored_gguf_blocks_are_the_weights_transformers_reads(weights, cfg):
     stored = read_stored_matrices(weights.source_path, cfg.num_heads, cfg.num_kv_heads)
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                 "model.layers.29.mlp.down_proj.weight", "model.embed_tokens.weight"):
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.29.mlp.down_proj.weight",
+        "model.embed_tokens.weight",
+    ):
         t = stored[name]
         split = packing.split_gguf_q4_1 if t.format == "q4_1" else packing.split_gguf_q8_0
         dequant = (packing.dequantize_q4_1 if t.format == "q4_1" else packing.dequantize_q8_0)(*split(t.rows))

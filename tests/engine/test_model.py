@@ -19,8 +19,9 @@ def models(weights):
 
     def get(device):
         if device not in built:
-            built[device] = DecoderModel(ModelConfig.from_hf(weights.config), weights.state_dict, torch.device(device),
-                                         torch.float32)
+            built[device] = DecoderModel(
+                ModelConfig.from_hf(weights.config), weights.state_dict, torch.device(device), torch.float32
+            )
         return built[device]
 
     return get
@@ -40,9 +41,13 @@ def _prefill(model, ids, chunk=None):
     cache = model.new_cache()
     chunk = chunk or len(ids)
     for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        logits = model.forward(_tensor(model, part), _tensor(model, list(range(start, start + len(part)))),
-                               [Segment(cache, start, len(part))], _tensor(model, [len(part) - 1]))
+        part = ids[start : start + chunk]
+        logits = model.forward(
+            _tensor(model, part),
+            _tensor(model, list(range(start, start + len(part)))),
+            [Segment(cache, start, len(part))],
+            _tensor(model, [len(part) - 1]),
+        )
     return logits[0], cache
 
 
@@ -50,14 +55,18 @@ def test_logits_match_transformers(model, weights):
     from transformers import AutoModelForCausalLM
 
     path = default_model_path()
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    )
     ids = weights.tokenizer("The capital of France is Paris, and the capital of Italy is")["input_ids"]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0]  # [T, V]
     ours, cache = _prefill(model, ids, chunk=5)
     torch.testing.assert_close(ours, ref[-1], atol=2e-4, rtol=0)
     nxt = int(ours.argmax())
-    step = model.forward(torch.tensor([nxt]), torch.tensor([len(ids)]), [Segment(cache, len(ids), 1)], torch.tensor([0]))
+    step = model.forward(
+        torch.tensor([nxt]), torch.tensor([len(ids)]), [Segment(cache, len(ids), 1)], torch.tensor([0])
+    )
     with torch.no_grad():
         ref_next = hf(torch.tensor([ids + [nxt]])).logits[0, -1]
     torch.testing.assert_close(step[0], ref_next, atol=2e-4, rtol=0)
@@ -68,7 +77,9 @@ def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, de
     rng = random.Random(0)
     target_prompt = [rng.randrange(100, 40000) for _ in range(37)]
     _, solo_cache = _prefill(model, target_prompt)
-    solo = model.forward(_tensor(model, [7]), _tensor(model, [37]), [Segment(solo_cache, 37, 1)], _tensor(model, [0]))[0]
+    solo = model.forward(_tensor(model, [7]), _tensor(model, [37]), [Segment(solo_cache, 37, 1)], _tensor(model, [0]))[
+        0
+    ]
     for batch_size, position in [(2, 0), (5, 4), (17, 8), (64, 63), (64, 0)]:
         _, cache = _prefill(model, target_prompt)
         others = []
@@ -79,8 +90,12 @@ def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, de
         rows = [(c, n) for c, n in others]
         rows.insert(position, (cache, 37))
         segments = [Segment(c, n, 1) for c, n in rows]
-        logits = model.forward(_tensor(model, [7] * batch_size), _tensor(model, [n for _, n in rows]), segments,
-                               _tensor(model, list(range(batch_size))))
+        logits = model.forward(
+            _tensor(model, [7] * batch_size),
+            _tensor(model, [n for _, n in rows]),
+            segments,
+            _tensor(model, list(range(batch_size))),
+        )
         assert torch.equal(logits[position], solo), f"batch {batch_size}, position {position}"
 
 
@@ -90,8 +105,9 @@ def test_prefill_chunk_is_bit_identical_beside_decode_rows(models, device):
     prompt = [rng.randrange(100, 40000) for _ in range(300)]
     alone, _ = _prefill(model, prompt, chunk=256)
     cache = model.new_cache()
-    _prefill_first = model.forward(_tensor(model, prompt[:256]), _tensor(model, list(range(256))), [Segment(cache, 0, 256)],
-                                   _tensor(model, [255]))
+    _prefill_first = model.forward(
+        _tensor(model, prompt[:256]), _tensor(model, list(range(256))), [Segment(cache, 0, 256)], _tensor(model, [255])
+    )
     others = []
     for _ in range(9):
         _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(20)])
@@ -100,6 +116,7 @@ def test_prefill_chunk_is_bit_identical_beside_decode_rows(models, device):
     segments = others[:4] + [Segment(cache, 256, len(tail))] + others[4:]
     tokens = [5] * 4 + tail + [5] * 5
     positions = [20] * 4 + list(range(256, 300)) + [20] * 5
-    logits = model.forward(_tensor(model, tokens), _tensor(model, positions), segments,
-                           _tensor(model, [4 + len(tail) - 1]))
+    logits = model.forward(
+        _tensor(model, tokens), _tensor(model, positions), segments, _tensor(model, [4 + len(tail) - 1])
+    )
     assert torch.equal(logits[0], alone)

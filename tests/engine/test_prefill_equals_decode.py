@@ -27,9 +27,15 @@ def _run(model, prompt, chunk):
     """Every position's logits and the cache, computing `prompt` in chunks of `chunk` tokens."""
     cache, rows = model.new_cache(), []
     for start in range(0, len(prompt), chunk):
-        part = prompt[start:start + chunk]
-        rows.append(model.forward(torch.tensor(part), torch.arange(start, start + len(part)),
-                                  [Segment(cache, start, len(part))], torch.arange(len(part))))
+        part = prompt[start : start + chunk]
+        rows.append(
+            model.forward(
+                torch.tensor(part),
+                torch.arange(start, start + len(part)),
+                [Segment(cache, start, len(part))],
+                torch.arange(len(part)),
+            )
+        )
     return torch.cat(rows), cache
 
 

@@ -18,6 +18,7 @@ SYSTEM = tuple(range(1000, 1000 + 180))  # a shared "system prompt": 11 whole ca
 def make(weights):
     def build(**overrides):
         return Engine(weights, EngineConfig(**overrides))
+
     return build
 
 
@@ -58,13 +59,15 @@ def _workload(rng):
 async def _workload_results(engine, gens, scores, together):
     jobs = [_stream(engine, g) for g in gens] + [engine.score(engine.validate_score(s)) for s in scores]
     results = await asyncio.gather(*jobs) if together else [await job for job in jobs]
-    return [_tokens(r) for r in results[:len(gens)]] + [(r.logprobs, r.greedy_ids) for r in results[len(gens):]]
+    return [_tokens(r) for r in results[: len(gens)]] + [(r.logprobs, r.greedy_ids) for r in results[len(gens) :]]
 
 
 def _run_workload(engine, gens, scores, phases):
     """Serve `engine` once and run the workload once per phase (together: all requests at once)."""
+
     async def work():
         return [await _workload_results(engine, gens, scores, together) for together in phases]
+
     return run(_served(engine, work))
 
 
@@ -139,7 +142,9 @@ def test_resumed_stream_equals_the_uninterrupted_one(make, params):
 
 def test_resume_mismatch_names_the_first_differing_token(make):
     engine = make()
-    request = GenerationRequest(SYSTEM[:20], SamplingParams(temperature=1.0, seed=9), max_new_tokens=12, ignore_eos=True)
+    request = GenerationRequest(
+        SYSTEM[:20], SamplingParams(temperature=1.0, seed=9), max_new_tokens=12, ignore_eos=True
+    )
 
     async def work():
         tokens = _tokens(await _stream(engine, request))
@@ -147,8 +152,9 @@ def test_resume_mismatch_names_the_first_differing_token(make):
         wrong[3] = (wrong[3] + 1) % 49152
         with pytest.raises(ParamError) as err:
             await _stream(engine, dataclasses.replace(request, resume_token_ids=tuple(wrong)))
-        other_seed = dataclasses.replace(request, sampling=SamplingParams(temperature=1.0, seed=10),
-                                         resume_token_ids=tuple(tokens[:5]))
+        other_seed = dataclasses.replace(
+            request, sampling=SamplingParams(temperature=1.0, seed=10), resume_token_ids=tuple(tokens[:5])
+        )
         with pytest.raises(ParamError) as err2:
             await _stream(engine, other_seed)
         return err.value, err2.value
@@ -158,15 +164,19 @@ def test_resume_mismatch_names_the_first_differing_token(make):
     assert err2.field == "resume_token_ids" and "resume_token_ids[" in str(err2)
 
 
-@pytest.mark.parametrize("resume,max_new,message", [
-    ((1, 2, 3), 3, "max_new_tokens"),
-    ((1, 10**6), 8, "resume_token_ids[1]"),
-    ((1, 2), 8, "ends the stream"),  # 2 is a stop token below
-])
+@pytest.mark.parametrize(
+    "resume,max_new,message",
+    [
+        ((1, 2, 3), 3, "max_new_tokens"),
+        ((1, 10**6), 8, "resume_token_ids[1]"),
+        ((1, 2), 8, "ends the stream"),  # 2 is a stop token below
+    ],
+)
 def test_resume_validation(make, resume, max_new, message):
     engine = make()
-    request = GenerationRequest((5, 6, 7), SamplingParams(seed=1), max_new_tokens=max_new, stop_token_ids=(2,),
-                                resume_token_ids=resume)
+    request = GenerationRequest(
+        (5, 6, 7), SamplingParams(seed=1), max_new_tokens=max_new, stop_token_ids=(2,), resume_token_ids=resume
+    )
     with pytest.raises(ParamError) as err:
         engine.validate(request)
     assert err.value.field == "resume_token_ids" and message in str(err.value)

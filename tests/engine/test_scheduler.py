@@ -40,13 +40,16 @@ class FakePrefixCache:
 
 
 def gen(length, first=100, max_new_tokens=8, **fields):
-    request = GenerationRequest(tuple(range(first, first + length)), SamplingParams(seed=0),
-                                max_new_tokens=max_new_tokens, **fields)
+    request = GenerationRequest(
+        tuple(range(first, first + length)), SamplingParams(seed=0), max_new_tokens=max_new_tokens, **fields
+    )
     return EngineSequence.generation(request, None, FakeLoop(), None, frozenset({0}), BUDGET.max_context)
 
 
 def score(context, continuation, first=100):
-    request = ScoreRequest(tuple(range(first, first + context)), tuple(range(first + context, first + context + continuation)))
+    request = ScoreRequest(
+        tuple(range(first, first + context)), tuple(range(first + context, first + context + continuation))
+    )
     return EngineSequence.scoring(request, None, FakeLoop())
 
 
@@ -166,7 +169,8 @@ def test_a_block_computed_this_step_is_waited_for_and_reused():
     shared = list(range(100, 132))
     a = gen(40)
     b = EngineSequence.generation(
-        GenerationRequest(tuple(shared + [7] * 8), SamplingParams(seed=0)), None, FakeLoop(), None, frozenset(), 512)
+        GenerationRequest(tuple(shared + [7] * 8), SamplingParams(seed=0)), None, FakeLoop(), None, frozenset(), 512
+    )
     batch = plan_step([a, b], BUDGET, FakePrefixCache(hit=0))
     assert runs(batch) == [(a, 0, 32)]  # b's first block is a's: b takes it from the cache next step
     assert b.prefilled == 0

@@ -38,14 +38,16 @@ def hf_model():
     from transformers import AutoModelForCausalLM
 
     path = default_model_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    )
 
 
 def _reference(hf_model, context_ids, continuation_ids):
     ids = torch.tensor([context_ids + continuation_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(hf_model(ids).logits[0].float(), dim=-1)  # [T, V]
-    rows = logprobs[len(context_ids) - 1:-1]  # predictions of the continuation tokens
+    rows = logprobs[len(context_ids) - 1 : -1]  # predictions of the continuation tokens
     target = torch.tensor(continuation_ids)
     return rows.gather(1, target[:, None])[:, 0], bool((rows.argmax(-1) == target).all())
 
@@ -68,8 +70,9 @@ def test_scores_match_transformers_and_do_not_depend_on_concurrency(engine_facto
     greedy_seen = set()
     for req, a, b in zip(requests, one_by_one, together):
         # cached_tokens may differ (the prefix cache warms up); the scores themselves may not
-        assert (a.logprobs, a.greedy_ids, a.is_greedy) == (b.logprobs, b.greedy_ids, b.is_greedy), \
+        assert (a.logprobs, a.greedy_ids, a.is_greedy) == (b.logprobs, b.greedy_ids, b.is_greedy), (
             "scores differ between one-by-one and concurrent scoring"
+        )
         ref, ref_greedy = _reference(hf_model, list(req.context_ids), list(req.continuation_ids))
         torch.testing.assert_close(torch.tensor(a.logprobs), ref, atol=1e-4, rtol=0)
         assert a.is_greedy == ref_greedy
@@ -93,7 +96,9 @@ def test_prompt_echo_logprobs_equal_scores(engine_factory):
     async def scenario():
         await engine.start()
         try:
-            req = GenerationRequest(prompt, SamplingParams(temperature=0.0, seed=0), max_new_tokens=1, prompt_logprobs=True)
+            req = GenerationRequest(
+                prompt, SamplingParams(temperature=0.0, seed=0), max_new_tokens=1, prompt_logprobs=True
+            )
             first = [c async for c in engine.generate(engine.validate(req)[0])][0]
             score = await engine.score(engine.validate_score(ScoreRequest(prompt[:1], prompt[1:])))
             return first.prompt_logprobs, score

@@ -33,7 +33,10 @@ def test_stop_token_and_eos_end_the_stream_without_text():
 
 def test_ignore_eos_treats_eos_as_text():
     assert _feed(_stop(ignore_eos=True, max_new_tokens=3), [1, EOS, 2]) == [
-        ("a", None), ("", None), ("b", FinishReason.LENGTH)]
+        ("a", None),
+        ("", None),
+        ("b", FinishReason.LENGTH),
+    ]
 
 
 def test_stop_string_is_cut_and_held_back_until_settled():

@@ -71,9 +71,16 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = load_weights(None, progress=lambda msg: None).tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")
@@ -84,7 +91,9 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_server(eval_loop, tiny_model_dir):
-    srv = _serve(eval_loop, model=str(tiny_model_dir), weights="q4_1")  # the default model's format: only the model differs
+    srv = _serve(
+        eval_loop, model=str(tiny_model_dir), weights="q4_1"
+    )  # the default model's format: only the model differs
     yield srv
     eval_loop.run(srv.shutdown(5.0))
 

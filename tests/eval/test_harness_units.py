@@ -90,8 +90,14 @@ class FakeClient:
 
     def model_info(self):
         self._maybe_fail()
-        return SimpleNamespace(max_context=64, model_id="fake", model_sha256="0" * 64, device="cpu", dtype="float32",
-                               to_dict=lambda: {"model_id": "fake"})
+        return SimpleNamespace(
+            max_context=64,
+            model_id="fake",
+            model_sha256="0" * 64,
+            device="cpu",
+            dtype="float32",
+            to_dict=lambda: {"model_id": "fake"},
+        )
 
     def generate(self, prompt=None, **kw):
         self._maybe_fail()
@@ -122,7 +128,9 @@ def _lm(fake, **kw):
 
 
 def _gen(context, **kwargs):
-    return Instance("generate_until", {}, (context, {"until": ["\n"], "do_sample": True, "temperature": 0.7, **kwargs}), 0)
+    return Instance(
+        "generate_until", {}, (context, {"until": ["\n"], "do_sample": True, "temperature": 0.7, **kwargs}), 0
+    )
 
 
 def test_results_come_back_in_request_order_at_any_concurrency():
@@ -172,7 +180,7 @@ def test_over_long_prompts_keep_their_last_tokens():
     lm = _lm(fake)
     lm.generate_until([_gen("y" * 200, max_gen_toks=10)])
     prompt, kw = fake.calls[-1]
-    assert prompt is None and kw["prompt_token_ids"] == list(range(200))[-(64 - 10):]
+    assert prompt is None and kw["prompt_token_ids"] == list(range(200))[-(64 - 10) :]
 
 
 def test_stop_limits_come_from_the_server():

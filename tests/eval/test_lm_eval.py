@@ -29,11 +29,20 @@ BASE_SEED = 1234
 
 def run_lm_eval(target: str, out: Path, concurrency: int) -> tuple[dict, dict[str, list[dict]]]:
     cmd = [
-        sys.executable, "-m", "seedstream.client.harness",
-        "--model", "seedstream",
-        "--model_args", f"target={target},concurrency={concurrency},seed={BASE_SEED},score_batch=4",
-        "--tasks", "seedstream_tiny", "--include_path", TASKS,
-        "--log_samples", "--output_path", str(out),
+        sys.executable,
+        "-m",
+        "seedstream.client.harness",
+        "--model",
+        "seedstream",
+        "--model_args",
+        f"target={target},concurrency={concurrency},seed={BASE_SEED},score_batch=4",
+        "--tasks",
+        "seedstream_tiny",
+        "--include_path",
+        TASKS,
+        "--log_samples",
+        "--output_path",
+        str(out),
     ]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -43,8 +52,9 @@ def run_lm_eval(target: str, out: Path, concurrency: int) -> tuple[dict, dict[st
     samples = {}
     for path in out.rglob("samples_*.jsonl"):
         task = re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", path.name).group(1)
-        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()),
-                               key=lambda s: (s["doc_id"], s["filter"]))
+        samples[task] = sorted(
+            (json.loads(line) for line in path.read_text().splitlines()), key=lambda s: (s["doc_id"], s["filter"])
+        )
     return results, samples
 
 
@@ -74,8 +84,10 @@ def test_runs_are_identical_across_repeats_and_concurrency(runs):
 
 def _args(sample: dict) -> list[tuple]:
     """A logged sample's request arguments, in order: [(arg_0, arg_1, ...), ...]."""
-    return [tuple(a[f"arg_{i}"] for i in range(len(a))) for _, a in sorted(sample["arguments"].items(),
-                                                                          key=lambda kv: int(kv[0].split("_")[-1]))]
+    return [
+        tuple(a[f"arg_{i}"] for i in range(len(a)))
+        for _, a in sorted(sample["arguments"].items(), key=lambda kv: int(kv[0].split("_")[-1]))
+    ]
 
 
 def test_outputs_are_real(runs):
@@ -117,8 +129,12 @@ def test_backend_outputs_equal_direct_client_calls(runs, client):
     for s in samples["seedstream_tiny_gen"][:2]:
         ((context, gen_kwargs),) = _args(s)
         direct = client.generate(
-            context, seed=derive_seed(BASE_SEED, context, gen_kwargs), temperature=gen_kwargs["temperature"],
-            top_k=gen_kwargs["top_k"], top_p=gen_kwargs["top_p"], max_new_tokens=gen_kwargs["max_gen_toks"],
+            context,
+            seed=derive_seed(BASE_SEED, context, gen_kwargs),
+            temperature=gen_kwargs["temperature"],
+            top_k=gen_kwargs["top_k"],
+            top_p=gen_kwargs["top_p"],
+            max_new_tokens=gen_kwargs["max_gen_toks"],
             stop=gen_kwargs["until"],
         )
         assert direct.text == s["resps"][0][0]

@@ -13,8 +13,11 @@ PAIRS = [("The capital of France is", " Paris"), ("2 + 2 =", " 4")]
 
 @pytest.fixture(scope="module")
 def clients(server, bf16_server, tiny_server):
-    with Client(server.address, timeout=300) as a, Client(bf16_server.address, timeout=300) as b, \
-            Client(tiny_server.address, timeout=300) as c:
+    with (
+        Client(server.address, timeout=300) as a,
+        Client(bf16_server.address, timeout=300) as b,
+        Client(tiny_server.address, timeout=300) as c,
+    ):
         yield {"fp32": a, "bf16": b, "tiny": c}
 
 
@@ -28,7 +31,12 @@ def test_identical_setups_match(clients, server):
     info = server.state.engine.info
     r = first.receipt
     assert (r.model_sha256, r.dtype, r.device, r.engine_version, r.sampler_version) == (
-        info.model_sha256, info.dtype, info.device, info.engine_version, info.sampler_version)
+        info.model_sha256,
+        info.dtype,
+        info.device,
+        info.engine_version,
+        info.sampler_version,
+    )
     assert r.seed == 99 and r.sampling.temperature == 0.7 and r.sampling.top_p == 0.9 and r.sampling.max_new_tokens == 6
     assert r.sampling.top_k == 0 and r.sampling.repetition_penalty == 1.0  # defaults filled in
     assert receipts_match(c.score(PAIRS).receipt, c.score(PAIRS).receipt)

@@ -63,7 +63,7 @@ def hf_model(server):
 def _reference(model, ctx, cont):
     with torch.inference_mode():
         logits = model(torch.tensor([list(ctx) + list(cont)])).logits[0].float()
-    rows = torch.log_softmax(logits[len(ctx) - 1:-1], dim=-1)
+    rows = torch.log_softmax(logits[len(ctx) - 1 : -1], dim=-1)
     target = torch.tensor(list(cont))
     return rows.gather(1, target[:, None])[:, 0], bool((rows.argmax(-1) == target).all())
 
@@ -144,8 +144,10 @@ def test_rolling_equals_score_over_lm_eval_windows(client, server):
     text = "Reproducible evaluation: the same seed gives the same tokens. " * 6 + "Ünïcödé ✓ end."
     ids = engine.tokenize(text)
     max_length = 16
-    windows = [lm_eval_utils.make_disjoint_window(w) for w in
-               lm_eval_utils.get_rolling_token_windows(ids, engine.prefix_token_id, max_length, 1)]
+    windows = [
+        lm_eval_utils.make_disjoint_window(w)
+        for w in lm_eval_utils.get_rolling_token_windows(ids, engine.prefix_token_id, max_length, 1)
+    ]
     by_pairs = client.score(windows)
     rolling = client.score_rolling(text, max_length=max_length)
     assert rolling.token_ids == tuple(ids) and rolling.num_tokens == len(ids)

@@ -32,18 +32,35 @@ LIMIT = "4"  # documents per task: enough to compare, and the runs stay short
 
 
 def lm_eval(out: Path, *args: str, module: str = "lm_eval") -> tuple[dict, dict[str, list[dict]]]:
-    cmd = [sys.executable, "-m", module, *args, "--include_path", TASKS, "--limit", LIMIT, "--log_samples",
-           "--output_path", str(out)]
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OPENAI_API_KEY": "unused"}
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        "--include_path",
+        TASKS,
+        "--limit",
+        LIMIT,
+        "--log_samples",
+        "--output_path",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OPENAI_API_KEY": "unused",
+    }
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"lm-eval failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     (results_file,) = out.rglob("results_*.json")
     samples = {}
     for path in out.rglob("samples_*.jsonl"):
         task = re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", path.name).group(1)
-        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()),
-                               key=lambda s: (s["doc_id"], s["filter"]))
+        samples[task] = sorted(
+            (json.loads(line) for line in path.read_text().splitlines()), key=lambda s: (s["doc_id"], s["filter"])
+        )
     return json.loads(results_file.read_text()), samples
 
 
@@ -56,16 +73,32 @@ def tokenizer_dir(server, tmp_path_factory):
 
 
 def api_args(url: str, endpoint: str, tokenizer) -> str:
-    return (f"base_url={url}/v1/{endpoint},model=seedstream,tokenizer_backend=huggingface,"
-            f"tokenizer={tokenizer},num_concurrent=1,max_retries=1")
+    return (
+        f"base_url={url}/v1/{endpoint},model=seedstream,tokenizer_backend=huggingface,"
+        f"tokenizer={tokenizer},num_concurrent=1,max_retries=1"
+    )
 
 
 def test_local_completions_equals_the_seedstream_backend(server, url, tokenizer_dir, tmp_path):
-    ours, our_samples = lm_eval(tmp_path / "grpc", "--model", "seedstream", "--model_args",
-                                f"target={server.address},seed=1234", "--tasks", SHARED_TASKS,
-                                module="seedstream.client.harness")
-    api, api_samples = lm_eval(tmp_path / "http", "--model", "local-completions", "--model_args",
-                               api_args(url, "completions", tokenizer_dir), "--tasks", SHARED_TASKS)
+    ours, our_samples = lm_eval(
+        tmp_path / "grpc",
+        "--model",
+        "seedstream",
+        "--model_args",
+        f"target={server.address},seed=1234",
+        "--tasks",
+        SHARED_TASKS,
+        module="seedstream.client.harness",
+    )
+    api, api_samples = lm_eval(
+        tmp_path / "http",
+        "--model",
+        "local-completions",
+        "--model_args",
+        api_args(url, "completions", tokenizer_dir),
+        "--tasks",
+        SHARED_TASKS,
+    )
     mc, ppl = "seedstream_tiny_mc", "seedstream_tiny_ppl"
     for metric in ("acc,none", "acc_norm,none"):
         assert api["results"][mc][metric] == ours["results"][mc][metric]
@@ -82,17 +115,27 @@ def test_local_completions_equals_the_seedstream_backend(server, url, tokenizer_
     # the seedstream backend asks for samples 0 and 1).
     gen = "seedstream_tiny_gen_seeded"
     assert api["results"][gen]["exact_match,first"] == ours["results"][gen]["exact_match,first"]
-    firsts = [(s["resps"][0][0], t["resps"][0][0]) for s, t in zip(api_samples[gen], our_samples[gen])
-              if s["filter"] == "first"]
+    firsts = [
+        (s["resps"][0][0], t["resps"][0][0])
+        for s, t in zip(api_samples[gen], our_samples[gen])
+        if s["filter"] == "first"
+    ]
     assert len(firsts) == int(LIMIT) and all(a == b for a, b in firsts), firsts
 
 
 def test_local_chat_completions_equals_grpc_generate(server, url, tmp_path):
     from seedstream.client import Client
 
-    _, samples = lm_eval(tmp_path / "chat", "--model", "local-chat-completions", "--model_args",
-                         f"base_url={url}/v1/chat/completions,model=seedstream,num_concurrent=1,max_retries=1",
-                         "--apply_chat_template", "--tasks", "seedstream_tiny_gen_seeded")
+    _, samples = lm_eval(
+        tmp_path / "chat",
+        "--model",
+        "local-chat-completions",
+        "--model_args",
+        f"base_url={url}/v1/chat/completions,model=seedstream,num_concurrent=1,max_retries=1",
+        "--apply_chat_template",
+        "--tasks",
+        "seedstream_tiny_gen_seeded",
+    )
     firsts = [s for s in samples["seedstream_tiny_gen_seeded"] if s["filter"] == "first"]
     assert len(firsts) == int(LIMIT)
     with Client(server.address, timeout=300) as client:

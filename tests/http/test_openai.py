@@ -43,8 +43,9 @@ def test_chat_unary_and_stream_are_the_same(oai):
     unary = oai.chat.completions.create(model="seedstream", messages=CHAT, seed=5, **SAMPLING)
     message = unary.choices[0].message
     assert message.role == "assistant" and message.content
-    stream = oai.chat.completions.create(model="seedstream", messages=CHAT, seed=5, stream=True,
-                                         stream_options={"include_usage": True}, **SAMPLING)
+    stream = oai.chat.completions.create(
+        model="seedstream", messages=CHAT, seed=5, stream=True, stream_options={"include_usage": True}, **SAMPLING
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == message.content
@@ -84,14 +85,33 @@ def test_text_and_receipt_equal_the_grpc_result(oai, server):
     from seedstream.client import Client
 
     vllm_extras = {"top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1}
-    http = oai.completions.create(model="seedstream", prompt=PROMPT, seed=3, presence_penalty=0.5,
-                                  frequency_penalty=0.2, logit_bias={"13": -5}, stop=["\n\n"],
-                                  extra_body=vllm_extras, **SAMPLING)
+    http = oai.completions.create(
+        model="seedstream",
+        prompt=PROMPT,
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=0.2,
+        logit_bias={"13": -5},
+        stop=["\n\n"],
+        extra_body=vllm_extras,
+        **SAMPLING,
+    )
     chat = oai.chat.completions.create(model="seedstream", messages=CHAT, seed=3, **SAMPLING)
     with Client(server.address, timeout=300) as client:
-        grpc = client.generate(PROMPT, seed=3, temperature=0.8, top_p=0.9, max_new_tokens=8, top_k=40,
-                               min_p=0.02, repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.2,
-                               logit_bias={13: -5}, stop=["\n\n"])
+        grpc = client.generate(
+            PROMPT,
+            seed=3,
+            temperature=0.8,
+            top_p=0.9,
+            max_new_tokens=8,
+            top_k=40,
+            min_p=0.02,
+            repetition_penalty=1.1,
+            presence_penalty=0.5,
+            frequency_penalty=0.2,
+            logit_bias={13: -5},
+            stop=["\n\n"],
+        )
         grpc_chat = client.generate(messages=CHAT, seed=3, temperature=0.8, top_p=0.9, max_new_tokens=8)
     assert http.choices[0].text == grpc.text
     assert extra(http.choices[0], "token_ids") == list(grpc.token_ids)
@@ -105,8 +125,9 @@ def test_n_samples_and_prompt_lists(oai):
     assert [c.index for c in both.choices] == [0, 1, 2, 3]
     single = oai.completions.create(model="seedstream", prompt="The sea", n=2, seed=9, **SAMPLING)
     assert [c.text for c in both.choices[2:]] == [c.text for c in single.choices]
-    replay = oai.completions.create(model="seedstream", prompt="The sea", seed=9, extra_body={"sample_index": 1},
-                                    **SAMPLING)
+    replay = oai.completions.create(
+        model="seedstream", prompt="The sea", seed=9, extra_body={"sample_index": 1}, **SAMPLING
+    )
     assert replay.choices[0].text == single.choices[1].text  # sample j is the stream keyed by (seed, j)
 
 
@@ -125,23 +146,26 @@ def test_echo_logprobs_equal_the_score_rpc(oai, server):
     assert all(greedy) == scored.is_greedy
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 10**6}, "max_tokens"),
-    ({"logprobs": 50}, "logprobs"),
-    ({"n": 0}, "n"),
-    ({"seed": -1}, "seed"),
-    ({"logit_bias": {"abc": 1}}, "logit_bias"),
-    ({"logit_bias": {"13": 500}}, "logit_bias"),
-    ({"min_tokens": 50, "max_tokens": 5}, "min_tokens"),
-    ({"stop": 7}, "stop"),
-    ({"suffix": "end"}, "suffix"),
-    ({"top_k": "many"}, "top_k"),
-    ({"no_such_option": 1}, "no_such_option"),
-    ({"prompt": []}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"logprobs": 50}, "logprobs"),
+        ({"n": 0}, "n"),
+        ({"seed": -1}, "seed"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"13": 500}}, "logit_bias"),
+        ({"min_tokens": 50, "max_tokens": 5}, "min_tokens"),
+        ({"stop": 7}, "stop"),
+        ({"suffix": "end"}, "suffix"),
+        ({"top_k": "many"}, "top_k"),
+        ({"no_such_option": 1}, "no_such_option"),
+        ({"prompt": []}, "prompt"),
+    ],
+)
 def test_bad_completion_parameters_get_400_naming_them(url, body, param):
     status, reply = post(url + "/v1/completions", {"model": "seedstream", "prompt": PROMPT, **body})
     assert status == 400, reply
@@ -149,14 +173,17 @@ def test_bad_completion_parameters_get_400_naming_them(url, body, param):
     assert reply["error"]["message"].startswith(param)
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"top_logprobs": 3}, "top_logprobs"),
-    ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"messages": [{"content": "hi"}]}, "messages[0].role"),
-    ({"messages": []}, "messages"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+        ({"messages": []}, "messages"),
+    ],
+)
 def test_bad_chat_parameters_get_400_naming_them(url, body, param):
     status, reply = post(url + "/v1/chat/completions", {"model": "seedstream", "messages": CHAT, **body})
     assert status == 400, reply
@@ -195,8 +222,9 @@ def test_loading_server_answers_503(http_loop):
 
 
 def test_sse_disconnect_frees_the_slot(oai, server):
-    stream = oai.completions.create(model="seedstream", prompt=PROMPT, seed=1, max_tokens=2000, stream=True,
-                                    extra_body={"ignore_eos": True})
+    stream = oai.completions.create(
+        model="seedstream", prompt=PROMPT, seed=1, max_tokens=2000, stream=True, extra_body={"ignore_eos": True}
+    )
     next(iter(stream))
     assert server.state.engine.load()["running"] == 1
     stream.close()
@@ -225,14 +253,14 @@ def test_fingerprint_and_tokens_stable_across_a_restart(oai, second):
 
 def test_overload_gets_429(second):
     with openai.OpenAI(base_url=base_url(second) + "/v1", api_key="unused", max_retries=0) as other:
-        running = other.completions.create(model="seedstream", prompt=PROMPT, max_tokens=2000, stream=True,
-                                           extra_body={"ignore_eos": True})
+        running = other.completions.create(
+            model="seedstream", prompt=PROMPT, max_tokens=2000, stream=True, extra_body={"ignore_eos": True}
+        )
         next(iter(running))  # holds the only slot
         status_waiting = {}
 
         def queue_one():
-            status_waiting["reply"] = post(base_url(second) + "/v1/completions",
-                                           {"prompt": PROMPT, "max_tokens": 1})
+            status_waiting["reply"] = post(base_url(second) + "/v1/completions", {"prompt": PROMPT, "max_tokens": 1})
 
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(queue_one)

@@ -14,8 +14,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Pyt
 pytestmark = pytest.mark.slow  # drives a headless Chromium
 CHROMIUM = os.environ.get("SEEDSTREAM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
-    pytest.skip("no chromium binary (Debian: apt-get install chromium; or set SEEDSTREAM_CHROMIUM)",
-                allow_module_level=True)
+    pytest.skip(
+        "no chromium binary (Debian: apt-get install chromium; or set SEEDSTREAM_CHROMIUM)", allow_module_level=True
+    )
 
 DONE = "document.getElementById('status').textContent.startsWith('done')"
 QUESTION = "Write a haiku about the sea."
@@ -51,8 +52,14 @@ def test_playground_streams_replays_identically_and_draws_new_seeds(page, url, o
     assert first.strip() and chunks > 1, "the output did not arrive as a stream of chunks"
     receipt = json.loads(page.inner_text("#receipt"))
     assert receipt["seed"] == "42"
-    api = oai.chat.completions.create(model="seedstream", messages=[{"role": "user", "content": QUESTION}],
-                                      seed=42, max_tokens=16, temperature=0.8, top_p=0.95)
+    api = oai.chat.completions.create(
+        model="seedstream",
+        messages=[{"role": "user", "content": QUESTION}],
+        seed=42,
+        max_tokens=16,
+        temperature=0.8,
+        top_p=0.95,
+    )
     assert first == api.choices[0].message.content  # the page shows exactly what the API returns
 
     run_and_wait(page, "#replay")

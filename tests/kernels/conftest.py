@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from seedstream.server.engine.loader import cache_root
-from seedstream.server.kernels import available_isas, load_kernels
-from seedstream.server.kernels import packing
+from seedstream.server.kernels import available_isas, load_kernels, packing
 
 # Every GEMM shape of the default model (N outputs, K inputs): qkv, o, gate_up, down, lm_head.
 MODEL_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)]

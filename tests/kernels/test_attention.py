@@ -25,8 +25,20 @@ def _attend(kernels, seqs, rows):
     caps = torch.tensor([k.shape[2] for k, _ in seqs], dtype=torch.int32)
     seg = torch.tensor([s for s, _, _ in rows], dtype=torch.int32)
     pos = torch.tensor([p for _, p, _ in rows], dtype=torch.int32)
-    step = StepDesc(len(rows), len(seqs), 0, 0, None, pos.data_ptr(), seg.data_ptr(), ctypes.addressof(keys),
-                    ctypes.addressof(values), caps.data_ptr(), None, None)
+    step = StepDesc(
+        len(rows),
+        len(seqs),
+        0,
+        0,
+        None,
+        pos.data_ptr(),
+        seg.data_ptr(),
+        ctypes.addressof(keys),
+        ctypes.addressof(values),
+        caps.data_ptr(),
+        None,
+        None,
+    )
     q = torch.stack([q for _, _, q in rows])
     return kernels.attention(_model_desc(), step, 0, q).view(len(rows), HEADS, D)
 
@@ -55,7 +67,7 @@ def test_alone_equals_batched_with_others_of_random_lengths(kernels_for):
         rows = [(i + (i >= at), p, q) for i, p, q in rows]
         rows[at:at] = [(at, p, q) for p, q in queries]
         out = _attend(kernels_for(threads=2), seqs, rows)
-        assert torch.equal(out[at:at + len(queries)], alone), f"with {others} other sequences"
+        assert torch.equal(out[at : at + len(queries)], alone), f"with {others} other sequences"
 
 
 def test_a_prefill_chunk_equals_one_row_at_a_time(kernels_for):

@@ -18,12 +18,12 @@ def test_row_bits_do_not_depend_on_row_count_position_or_threads(kernels_for, fm
     matrix = packing.pack_from_float(w, fmt).desc()
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((max(ROW_COUNTS), k)).astype(np.float32))
     full = kernels_for(threads=2).gemm(matrix, x)  # [512, N]
-    singles = {i: kernels_for(threads=1).gemm(matrix, x[i:i + 1]) for i in (0, 3, 16, 64, 511)}
+    singles = {i: kernels_for(threads=1).gemm(matrix, x[i : i + 1]) for i in (0, 3, 16, 64, 511)}
     for m in ROW_COUNTS:
         rows = kernels_for(threads=2).gemm(matrix, x[:m])
         assert torch.equal(rows, full[:m]), f"M={m}: a row's bits changed with the row count"
         if m < 64:  # the same rows at another position of a larger batch
-            shifted = kernels_for(threads=1).gemm(matrix, torch.cat([x[64:64 + m], x[:m]]))
+            shifted = kernels_for(threads=1).gemm(matrix, torch.cat([x[64 : 64 + m], x[:m]]))
             assert torch.equal(shifted[m:], full[:m]), f"M={m}: a row's bits changed with its position"
     for i, single in singles.items():
         assert torch.equal(single[0], full[i]), f"row {i}: alone (1 thread) differs from in a batch of 512 (2 threads)"

@@ -101,13 +101,21 @@ def _draw(wk: torch.Tensor, u: float) -> tuple[int, float]:
     t = min(u * total, total * (1 - 2.0**-52))
     c = int((cum <= t).sum())
     rest = t - (float(cum[c - 1]) if c > 0 else 0.0)
-    cw = wk[c * BLOCK:(c + 1) * BLOCK].double().cumsum(0)
+    cw = wk[c * BLOCK : (c + 1) * BLOCK].double().cumsum(0)
     rest = min(rest, float(cw[-1]) * (1 - 2.0**-52))
     return c * BLOCK + int((cw <= rest).sum()), total
 
 
-def reference_sample(logits, params, steps, prompt_token_ids=None, output_token_ids=None,
-                     sample_indices=None, suppress_token_ids=None, top_n=0):
+def reference_sample(
+    logits,
+    params,
+    steps,
+    prompt_token_ids=None,
+    output_token_ids=None,
+    sample_indices=None,
+    suppress_token_ids=None,
+    top_n=0,
+):
     """(token_ids, logprobs, processed_logprobs, top_ids, top_lps) with a Python loop over rows."""
     batch, vocab = logits.shape
     out = ([], [], [], [], [])
@@ -124,12 +132,16 @@ def reference_sample(logits, params, steps, prompt_token_ids=None, output_token_
             u = python_uniform(p.seed, 0 if sample_indices is None else sample_indices[r], int(steps[r]))
             tok, total = _draw(w * kept, u)
             plp = math.log(float(w[tok])) - math.log(total)
-        order = torch.sort(x, descending=True, stable=True).indices[:min(top_n, vocab)]
+        order = torch.sort(x, descending=True, stable=True).indices[: min(top_n, vocab)]
         for lst, v in zip(out, (tok, float(x[tok] - lse), plp, order.tolist(), (x[order] - lse).tolist())):
             lst.append(v)
-    return (torch.tensor(out[0]), torch.tensor(out[1]), torch.tensor(out[2], dtype=torch.float32),
-            torch.tensor(out[3], dtype=torch.int64).reshape(batch, -1),
-            torch.tensor(out[4], dtype=torch.float32).reshape(batch, -1))
+    return (
+        torch.tensor(out[0]),
+        torch.tensor(out[1]),
+        torch.tensor(out[2], dtype=torch.float32),
+        torch.tensor(out[3], dtype=torch.int64).reshape(batch, -1),
+        torch.tensor(out[4], dtype=torch.float32).reshape(batch, -1),
+    )
 
 
 def hf_distribution(row: torch.Tensor, p: SamplingParams, prompt=(), output=(), suppress=()) -> torch.Tensor:

@@ -26,9 +26,12 @@ def test_large_logit_bias_matches_reference():
         SamplingParams(seed=14, temperature=0.0, logit_bias=_bias(rng, 1024), presence_penalty=0.5),
         SamplingParams(seed=15, min_p=0.05, logit_bias=_bias(rng, 1), frequency_penalty=-1.0),
     ]
-    extra = dict(prompt_token_ids=[rng.sample(range(VOCAB), 30) for _ in range(batch)],
-                 output_token_ids=[[rng.randrange(VOCAB) for _ in range(20)] for _ in range(batch)],
-                 sample_indices=[0, 1, 2, 0, 1], suppress_token_ids=[[], [0, 1], [], [5], []])
+    extra = dict(
+        prompt_token_ids=[rng.sample(range(VOCAB), 30) for _ in range(batch)],
+        output_token_ids=[[rng.randrange(VOCAB) for _ in range(20)] for _ in range(batch)],
+        sample_indices=[0, 1, 2, 0, 1],
+        suppress_token_ids=[[], [0, 1], [], [5], []],
+    )
     for step in range(3):  # the same SamplingParams objects each step, as the engine passes them
         assert_matches_reference(x, params, [step] * batch, extra, 3)
 
@@ -39,6 +42,6 @@ def test_biased_row_is_batch_invariant():
     params = [SamplingParams(seed=20 + i, temperature=0.9, logit_bias=_bias(rng, 1024)) for i in range(4)]
     together = sample(x, params, [5] * 4)
     for r in range(4):
-        alone = sample(x[r:r + 1], params[r:r + 1], [5])
+        alone = sample(x[r : r + 1], params[r : r + 1], [5])
         assert together.token_ids[r] == alone.token_ids[0]
-        assert torch.equal(together.processed_logprobs[r:r + 1], alone.processed_logprobs)
+        assert torch.equal(together.processed_logprobs[r : r + 1], alone.processed_logprobs)

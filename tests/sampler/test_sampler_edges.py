@@ -6,11 +6,18 @@ import torch
 from seedstream.sampler import SamplingParams, sample
 
 NEG_INF = float("-inf")
-MIXED = [SamplingParams(temperature=0), SamplingParams(seed=1), SamplingParams(seed=2, top_k=5),
-         SamplingParams(seed=3, top_p=0.9), SamplingParams(seed=4, min_p=0.2),
-         SamplingParams(seed=5, top_k=50, top_p=0.8, temperature=0.5),
-         SamplingParams(seed=6, temperature=1e-5), SamplingParams(seed=7, top_p=1e-6),
-         SamplingParams(seed=8, temperature=100.0), SamplingParams(seed=9, repetition_penalty=2.0)]
+MIXED = [
+    SamplingParams(temperature=0),
+    SamplingParams(seed=1),
+    SamplingParams(seed=2, top_k=5),
+    SamplingParams(seed=3, top_p=0.9),
+    SamplingParams(seed=4, min_p=0.2),
+    SamplingParams(seed=5, top_k=50, top_p=0.8, temperature=0.5),
+    SamplingParams(seed=6, temperature=1e-5),
+    SamplingParams(seed=7, top_p=1e-6),
+    SamplingParams(seed=8, temperature=100.0),
+    SamplingParams(seed=9, repetition_penalty=2.0),
+]
 
 
 def check(logits: torch.Tensor, params, **kw):
@@ -111,8 +118,9 @@ def test_top_n_wider_than_vocab_and_suppression_of_everything():
 def test_ids_outside_the_vocabulary_in_histories_are_ignored():
     x = rows(1, 100).expand(2, -1)
     p = [SamplingParams(seed=1, repetition_penalty=1.5, presence_penalty=1.0)] * 2
-    a = sample(x, p, [0, 0], prompt_token_ids=[[5, 1000], [5]], output_token_ids=[[-1, 7], [7]],
-               suppress_token_ids=[[100], []])
+    a = sample(
+        x, p, [0, 0], prompt_token_ids=[[5, 1000], [5]], output_token_ids=[[-1, 7], [7]], suppress_token_ids=[[100], []]
+    )
     assert torch.equal(a.token_ids[0], a.token_ids[1])
     assert torch.equal(a.processed_logprobs[0], a.processed_logprobs[1])
 

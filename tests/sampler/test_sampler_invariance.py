@@ -15,10 +15,16 @@ import seedstream.sampler.truncate as truncate_mod
 from seedstream.sampler import SamplingParams, sample
 
 KINDS = [
-    dict(temperature=0), dict(temperature=0.7), dict(top_k=50), dict(top_p=0.9),
-    dict(top_k=50, top_p=0.95), dict(min_p=0.05), dict(temperature=1.3, top_p=0.5, min_p=0.01),
+    dict(temperature=0),
+    dict(temperature=0.7),
+    dict(top_k=50),
+    dict(top_p=0.9),
+    dict(top_k=50, top_p=0.95),
+    dict(min_p=0.05),
+    dict(temperature=1.3, top_p=0.5, min_p=0.01),
     dict(repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=0.3),
-    dict(top_k=5, logit_bias={7: 4.0}), dict(temperature=0.9, top_p=0.99, repetition_penalty=0.9),
+    dict(top_k=5, logit_bias={7: 4.0}),
+    dict(temperature=0.9, top_p=0.99, repetition_penalty=0.9),
 ]
 
 
@@ -41,9 +47,12 @@ def _suppressed(rng: random.Random, batch: int, vocab: int) -> list:
 def make_batch(batch: int, vocab: int, seed: int):
     rng = random.Random(seed)
     params = [SamplingParams(seed=rng.randrange(2**64), **KINDS[i % len(KINDS)]) for i in range(batch)]
-    extra = dict(prompt_token_ids=_ids(rng, batch, vocab, 64), output_token_ids=_ids(rng, batch, vocab, 64),
-                 sample_indices=[rng.randrange(4) for _ in range(batch)],
-                 suppress_token_ids=_suppressed(rng, batch, vocab))
+    extra = dict(
+        prompt_token_ids=_ids(rng, batch, vocab, 64),
+        output_token_ids=_ids(rng, batch, vocab, 64),
+        sample_indices=[rng.randrange(4) for _ in range(batch)],
+        suppress_token_ids=_suppressed(rng, batch, vocab),
+    )
     return zipf_rows(batch, vocab, seed), params, [rng.randrange(1000) for _ in range(batch)], extra
 
 
@@ -69,12 +78,10 @@ def run(logits, params, steps, extra, order, top_n=5):
 
     core._Out.put, truncate_mod._kept = put, kept
     try:
-        res = sample(logits[order], pick(params), pick(steps), top_n=top_n,
-                     **{k: pick(v) for k, v in extra.items()})
+        res = sample(logits[order], pick(params), pick(steps), top_n=top_n, **{k: pick(v) for k, v in extra.items()})
     finally:
         core._Out.put, truncate_mod._kept = real_put, real_kept
-    return (res.token_ids, res.logprobs, res.processed_logprobs, res.top_token_ids, res.top_logprobs,
-            mass, full_mass)
+    return (res.token_ids, res.logprobs, res.processed_logprobs, res.top_token_ids, res.top_logprobs, mass, full_mass)
 
 
 def assert_rows_equal(got, want, rows_got, rows_want):
@@ -132,8 +139,12 @@ SCRIPT = textwrap.dedent("""
 def test_same_results_across_processes_global_seeds_and_thread_counts():
     here = str(__import__("pathlib").Path(__file__).resolve().parent)
     script = SCRIPT.format(here=here)
-    digests = {subprocess.run([sys.executable, "-c", script, seed, threads], check=True, capture_output=True,
-                              text=True).stdout.strip() for seed, threads in (("1", "2"), ("987", "1"))}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script, seed, threads], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        for seed, threads in (("1", "2"), ("987", "1"))
+    }
     logits, params, steps, extra = make_batch(40, 20000, seed=17)
     out = run(logits, params, steps, extra, list(range(40)))
     digests.add(hashlib.sha256(b"".join(t.numpy().tobytes() for t in out)).hexdigest())
@@ -152,19 +163,37 @@ def random_case(rng: random.Random):
         x = x.round()  # many ties
     elif style == 3:
         x[:, ::3] = float("-inf")
-    kinds = KINDS + [dict(top_k=vocab), dict(top_k=vocab + 5), dict(top_p=1e-6), dict(min_p=1.0),
-                     dict(temperature=1e-5), dict(top_p=0.999999, temperature=2.0), dict(min_p=1e-4)]
+    kinds = KINDS + [
+        dict(top_k=vocab),
+        dict(top_k=vocab + 5),
+        dict(top_p=1e-6),
+        dict(min_p=1.0),
+        dict(temperature=1e-5),
+        dict(top_p=0.999999, temperature=2.0),
+        dict(min_p=1e-4),
+    ]
     params = [SamplingParams(seed=rng.randrange(2**64), **rng.choice(kinds)) for _ in range(batch)]
-    extra = dict(prompt_token_ids=_ids(rng, batch, vocab, 20), output_token_ids=_ids(rng, batch, vocab, 20),
-                 sample_indices=[rng.randrange(3) for _ in range(batch)],
-                 suppress_token_ids=_suppressed(rng, batch, vocab))
+    extra = dict(
+        prompt_token_ids=_ids(rng, batch, vocab, 20),
+        output_token_ids=_ids(rng, batch, vocab, 20),
+        sample_indices=[rng.randrange(3) for _ in range(batch)],
+        suppress_token_ids=_suppressed(rng, batch, vocab),
+    )
     return x, params, [rng.randrange(100) for _ in range(batch)], extra, rng.randrange(6)
 
 
 def assert_matches_reference(x, params, steps, extra, top_n):
     got = sample(x, params, steps, top_n=top_n, **extra)
-    want = reference_sample(x, params, steps, extra["prompt_token_ids"], extra["output_token_ids"],
-                            extra["sample_indices"], extra["suppress_token_ids"], top_n)
+    want = reference_sample(
+        x,
+        params,
+        steps,
+        extra["prompt_token_ids"],
+        extra["output_token_ids"],
+        extra["sample_indices"],
+        extra["suppress_token_ids"],
+        top_n,
+    )
     assert torch.equal(got.token_ids, want[0])
     assert torch.equal(got.processed_logprobs, want[2])
     assert torch.equal(got.top_token_ids, want[3])
@@ -184,8 +213,10 @@ def test_fallbacks_match_reference(monkeypatch):
     rng = random.Random(99)
     cases = [random_case(rng) for _ in range(12)]
     for _x, params, *_ in cases[:6]:  # top-p rows without top-k: their threshold is a guess
-        params[:] = [SamplingParams(seed=i, top_p=rng.choice([0.5, 0.9]), min_p=rng.choice([0, 0.01]))
-                     for i in range(len(params))]
+        params[:] = [
+            SamplingParams(seed=i, top_p=rng.choice([0.5, 0.9]), min_p=rng.choice([0, 0.01]))
+            for i in range(len(params))
+        ]
     calls = {"n": 0}
     real = truncate_mod._draw
 

@@ -65,9 +65,19 @@ def test_validate_names_field_value_and_range(field, value, allowed):
 
 
 def test_validate_edges_are_allowed():
-    for kw in (dict(temperature=0.0), dict(temperature=100.0), dict(top_p=1.0), dict(top_p=1e-9),
-               dict(min_p=1.0), dict(presence_penalty=-2.0), dict(frequency_penalty=2.0),
-               dict(repetition_penalty=1e-3), dict(seed=0), dict(seed=2**64 - 1), dict(top_k=10**9)):
+    for kw in (
+        dict(temperature=0.0),
+        dict(temperature=100.0),
+        dict(top_p=1.0),
+        dict(top_p=1e-9),
+        dict(min_p=1.0),
+        dict(presence_penalty=-2.0),
+        dict(frequency_penalty=2.0),
+        dict(repetition_penalty=1e-3),
+        dict(seed=0),
+        dict(seed=2**64 - 1),
+        dict(top_k=10**9),
+    ):
         SamplingParams(**kw).validate(vocab_size=10)
 
 

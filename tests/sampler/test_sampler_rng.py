@@ -11,8 +11,9 @@ from seedstream.sampler.rng import python_uniform, seed_states, uniforms
 
 
 def _torch_uniforms(seeds, idx, steps, device="cpu"):
-    return uniforms(seed_states(seeds, device), torch.tensor(idx, device=device),
-                    torch.tensor(steps, device=device)).cpu()
+    return uniforms(
+        seed_states(seeds, device), torch.tensor(idx, device=device), torch.tensor(steps, device=device)
+    ).cpu()
 
 
 def test_torch_hash_matches_python_integers_bit_for_bit():
@@ -57,8 +58,9 @@ def test_sampler_never_touches_the_global_rng():
     torch.manual_seed(123)
     before = torch.get_rng_state()
     logits = torch.randn(8, 1000, generator=torch.Generator().manual_seed(1))
-    params = [SamplingParams(seed=None), SamplingParams(seed=5, top_p=0.9), SamplingParams(top_k=3)] + \
-        [SamplingParams(seed=i, min_p=0.1) for i in range(5)]
+    params = [SamplingParams(seed=None), SamplingParams(seed=5, top_p=0.9), SamplingParams(top_k=3)] + [
+        SamplingParams(seed=i, min_p=0.1) for i in range(5)
+    ]
     sample(logits, params, list(range(8)))
     assert torch.equal(before, torch.get_rng_state())
 

@@ -30,8 +30,14 @@ def _draw(row: torch.Tensor, p: SamplingParams, n: int = DRAWS, hist: bool = Fal
     """n draws for one row: distinct seeds, steps and sample indices, one batched call."""
     params = [dataclasses.replace(p, seed=1000 + i) for i in range(n)]
     kw = dict(prompt_token_ids=[PROMPT] * n, output_token_ids=[OUTPUT] * n) if hist else {}
-    res = sample(row.expand(n, -1).contiguous(), params, [i % 7 for i in range(n)],
-                 sample_indices=[i % 3 for i in range(n)], suppress_token_ids=sup and [sup] * n, **kw)
+    res = sample(
+        row.expand(n, -1).contiguous(),
+        params,
+        [i % 7 for i in range(n)],
+        sample_indices=[i % 3 for i in range(n)],
+        suppress_token_ids=sup and [sup] * n,
+        **kw,
+    )
     return res
 
 
@@ -79,9 +85,14 @@ def test_chi_square_matches_transformers(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kw", [dict(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2),
-                                dict(repetition_penalty=0.7, top_p=0.9),
-                                dict(presence_penalty=-1.0, frequency_penalty=1.5, top_k=30)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2),
+        dict(repetition_penalty=0.7, top_p=0.9),
+        dict(presence_penalty=-1.0, frequency_penalty=1.5, top_k=30),
+    ],
+)
 def test_chi_square_penalties_and_suppression(kw):
     p = SamplingParams(**kw)
     row = _logits(5)
@@ -110,8 +121,15 @@ def test_support_is_exact_on_many_rows():
     """Every draw lies in transformers' support; the kept sets agree token for token."""
     gen = torch.Generator().manual_seed(11)
     rows, params = [], []
-    choices = [dict(top_k=5), dict(top_p=0.6), dict(min_p=0.3), dict(top_k=50, top_p=0.7, min_p=0.02),
-               dict(top_p=0.3, temperature=0.4), dict(top_k=1), dict(top_p=1e-6)]
+    choices = [
+        dict(top_k=5),
+        dict(top_p=0.6),
+        dict(min_p=0.3),
+        dict(top_k=50, top_p=0.7, min_p=0.02),
+        dict(top_p=0.3, temperature=0.4),
+        dict(top_k=1),
+        dict(top_p=1e-6),
+    ]
     for i in range(400):
         rows.append(torch.randn(V, generator=gen) * (1 + i % 4))
         params.append(SamplingParams(seed=i, **choices[i % len(choices)]))
@@ -128,10 +146,20 @@ def test_support_is_exact_on_many_rows():
 
 def test_greedy_lowest_id_wins_ties_after_edits():
     row = torch.tensor([1.0, 3.0, 2.0, 3.0, 3.0, 0.5])
-    params = [SamplingParams(temperature=0), SamplingParams(temperature=0, logit_bias={4: 0.0}),
-              SamplingParams(temperature=0, repetition_penalty=2.0), SamplingParams(temperature=0)]
-    res = sample(row.expand(4, -1), params, [0] * 4, prompt_token_ids=[[], [], [1], []],
-                 output_token_ids=[[], [], [], []], suppress_token_ids=[[], [], [], [1]])
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0, logit_bias={4: 0.0}),
+        SamplingParams(temperature=0, repetition_penalty=2.0),
+        SamplingParams(temperature=0),
+    ]
+    res = sample(
+        row.expand(4, -1),
+        params,
+        [0] * 4,
+        prompt_token_ids=[[], [], [1], []],
+        output_token_ids=[[], [], [], []],
+        suppress_token_ids=[[], [], [], [1]],
+    )
     assert res.token_ids.tolist() == [1, 1, 3, 3]
     assert res.processed_logprobs.tolist() == [0.0] * 4
     assert torch.allclose(res.logprobs, torch.log_softmax(row, -1)[res.token_ids])
@@ -139,8 +167,9 @@ def test_greedy_lowest_id_wins_ties_after_edits():
 
 def test_edits_match_the_written_semantics():
     x = torch.cat([_logits(3), torch.full((320 - V,), float("-inf"))])
-    p = SamplingParams(repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25,
-                       logit_bias={7: 2.0, 5: -1.0})
+    p = SamplingParams(
+        repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={7: 2.0, 5: -1.0}
+    )
     s = edited(x, V, p, PROMPT, OUTPUT, SUPPRESS)
     want = x.clone()
     for t in set(PROMPT + OUTPUT):

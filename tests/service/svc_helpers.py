@@ -56,6 +56,9 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120.0, **kwargs) -
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "seedstream.client.cli", *args],
-        capture_output=True, env=full_env, timeout=timeout, cwd=ROOT, **kwargs,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+        **kwargs,
     )
-

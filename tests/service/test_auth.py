@@ -9,9 +9,9 @@ import subprocess
 
 import grpc
 import pytest
+from svc_helpers import cli, start_server
 
 from seedstream.client import Client, HealthStatus, UnauthenticatedError, UnavailableError
-from svc_helpers import cli, start_server
 
 ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef00"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
@@ -57,7 +57,10 @@ def test_calls_without_a_known_key_are_unauthenticated(keyed):
 
 def test_known_keys_are_served_and_named_in_the_log(keyed, caplog):
     caplog.set_level(logging.INFO, logger="seedstream")
-    with Client(keyed.address, api_key=ALICE, timeout=60) as alice, Client(keyed.address, api_key=BOB, timeout=60) as bob:
+    with (
+        Client(keyed.address, api_key=ALICE, timeout=60) as alice,
+        Client(keyed.address, api_key=BOB, timeout=60) as bob,
+    ):
         a = alice.generate("Hello", seed=3, max_new_tokens=4, request_id="from-alice")
         b = bob.generate("Hello", seed=3, max_new_tokens=4, request_id="from-bob")
         assert a.token_ids == b.token_ids and a.receipt.digest == b.receipt.digest
@@ -85,9 +88,15 @@ def test_key_file_parsing(tmp_path):
 
     path = tmp_path / "keys"
     path.write_text(f"# comment\nalice {ALICE}\n\n{BOB}  # unnamed\n")
-    keys = load_keys(str(path), environ={"SEEDSTREAM_API_KEYS": "carol carol-key-0123456789abcd, dave-key-0123456789abcdef"})
-    assert keys == {ALICE: "alice", BOB: default_name(BOB), "carol-key-0123456789abcd": "carol",
-                    "dave-key-0123456789abcdef": default_name("dave-key-0123456789abcdef")}
+    keys = load_keys(
+        str(path), environ={"SEEDSTREAM_API_KEYS": "carol carol-key-0123456789abcd, dave-key-0123456789abcdef"}
+    )
+    assert keys == {
+        ALICE: "alice",
+        BOB: default_name(BOB),
+        "carol-key-0123456789abcd": "carol",
+        "dave-key-0123456789abcdef": default_name("dave-key-0123456789abcdef"),
+    }
     path.write_text("short\n")
     with pytest.raises(ValueError, match="at least 16"):
         load_keys(str(path), environ={})
@@ -118,16 +127,67 @@ def pki(tmp_path_factory):
     def run(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=seedstream test CA")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=seedstream test CA",
+    )
     for name, ext in (("server", "subjectAltName=DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={'localhost' if name == 'server' else 'client'}")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'client'}",
+        )
         (d / f"{name}.ext").write_text(ext + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "1",
-        "-subj", "/CN=rogue")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "rogue.key",
+        "-out",
+        "rogue.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=rogue",
+    )
     return d
 
 
@@ -138,8 +198,13 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(loop_thread, engin
     srv = start_server(loop_thread, engine, credentials=creds)
     target = f"localhost:{srv.port}"
     try:
-        with Client(target, root_certificates=str(pki / "ca.pem"), certificate_chain=str(pki / "client.pem"),
-                    private_key=str(pki / "client.key"), timeout=60) as client:
+        with Client(
+            target,
+            root_certificates=str(pki / "ca.pem"),
+            certificate_chain=str(pki / "client.pem"),
+            private_key=str(pki / "client.key"),
+            timeout=60,
+        ) as client:
             assert client.generate("Hi", seed=1, max_new_tokens=2).completion_tokens >= 1
         for cert, key in ((None, None), ("rogue.pem", "rogue.key")):
             kwargs = dict(certificate_chain=str(pki / cert), private_key=str(pki / key)) if cert else {}
@@ -166,9 +231,13 @@ def test_exposure_check(caplog):
     refuse = {"SEEDSTREAM_REFUSE_INSECURE": "1"}
     with pytest.raises(ValueError):
         check_exposure("0.0.0.0", has_keys=False, tls=False, insecure=False, environ=refuse)
-    for host, keys, tls, insecure in (("127.0.0.1", False, False, False), ("::1", False, False, False),
-                                      ("0.0.0.0", True, False, False), ("0.0.0.0", False, True, False),
-                                      ("0.0.0.0", False, False, True)):
+    for host, keys, tls, insecure in (
+        ("127.0.0.1", False, False, False),
+        ("::1", False, False, False),
+        ("0.0.0.0", True, False, False),
+        ("0.0.0.0", False, True, False),
+        ("0.0.0.0", False, False, True),
+    ):
         check_exposure(host, keys, tls, insecure, environ=refuse)
     caplog.set_level(logging.WARNING, logger="seedstream")
     check_exposure("0.0.0.0", False, False, False, environ={})  # elsewhere: a warning, not a refusal

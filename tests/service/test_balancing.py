@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from seedstream.client import AsyncClient, Client
-from seedstream.client import balancing
-
 from svc_helpers import start_server
+
+from seedstream.client import AsyncClient, Client, balancing
 
 pytest.importorskip("prometheus_client")
 

@@ -18,8 +18,20 @@ from seedstream.client import Client, FinishReason, HealthStatus
 
 
 def test_generate_streams_exact_text(server, client):
-    args = ["generate", "Once upon a time", "--seed", "42", "--temperature", "0.8", "--top-k", "40",
-            "--max-new-tokens", "20", "--stop", "\n\n"]
+    args = [
+        "generate",
+        "Once upon a time",
+        "--seed",
+        "42",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--max-new-tokens",
+        "20",
+        "--stop",
+        "\n\n",
+    ]
     done = cli(*args, env={"SEEDSTREAM_TARGET": server.address})
     assert done.returncode == 0, done.stderr.decode()
     expected = client.generate("Once upon a time", seed=42, temperature=0.8, top_k=40, max_new_tokens=20, stop=["\n\n"])
@@ -28,7 +40,9 @@ def test_generate_streams_exact_text(server, client):
 
 
 def test_generate_json_and_drawn_seed(server, client):
-    done = cli("generate", "Hello", "--max-new-tokens", "6", "--json", "--top-logprobs", "2", "--target", server.address)
+    done = cli(
+        "generate", "Hello", "--max-new-tokens", "6", "--json", "--top-logprobs", "2", "--target", server.address
+    )
     assert done.returncode == 0, done.stderr.decode()
     data = json.loads(done.stdout)
     assert data["finish_reason"] in {r.value for r in FinishReason}
@@ -39,22 +53,46 @@ def test_generate_json_and_drawn_seed(server, client):
 
 
 def test_generate_samples_json(server, client):
-    done = cli("generate", "Once upon a time", "--seed", "9", "-n", "5", "--samples", "3", "--logprobs-mode", "processed",
-               "--json", "--target", server.address)
+    done = cli(
+        "generate",
+        "Once upon a time",
+        "--seed",
+        "9",
+        "-n",
+        "5",
+        "--samples",
+        "3",
+        "--logprobs-mode",
+        "processed",
+        "--json",
+        "--target",
+        server.address,
+    )
     assert done.returncode == 0, done.stderr.decode()
     samples = json.loads(done.stdout)["samples"]
     assert [s["sample_index"] for s in samples] == [0, 1, 2]
     for s in samples:
-        alone = client.generate("Once upon a time", seed=9, max_new_tokens=5, sample_index=s["sample_index"],
-                                logprobs_mode="processed")
+        alone = client.generate(
+            "Once upon a time", seed=9, max_new_tokens=5, sample_index=s["sample_index"], logprobs_mode="processed"
+        )
         assert s["token_ids"] == list(alone.token_ids) and s["logprobs"] == list(alone.logprobs)
     done = cli("generate", "Hi", "--samples", "2", "--target", server.address)
     assert done.returncode != 0 and b"--json" in done.stderr
 
 
 def test_generate_chat_and_token_ids(server, client):
-    done = cli("generate", "What is the capital of France?", "--chat", "--temperature", "0", "-n", "12",
-               "--quiet", "--target", server.address)
+    done = cli(
+        "generate",
+        "What is the capital of France?",
+        "--chat",
+        "--temperature",
+        "0",
+        "-n",
+        "12",
+        "--quiet",
+        "--target",
+        server.address,
+    )
     assert done.returncode == 0 and b"Paris" in done.stdout and done.stderr == b""
     ids = client.tokenize("The sky is").token_ids
     done = cli("generate", "--token-ids", ",".join(map(str, ids)), "--seed", "3", "-n", "5", "--target", server.address)
@@ -90,8 +128,9 @@ class _ServerProcess:
     """`python -m seedstream.server` with its stderr collected on a thread (so the pipe never fills)."""
 
     def __init__(self, env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-m", "seedstream.server"], cwd=ROOT, env=env,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seedstream.server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -124,7 +163,9 @@ def test_serve_process_sigterm_drains_and_exits_zero():
         with Client(f"127.0.0.1:{port}", timeout=120) as client:
             client.wait_until_serving(timeout=120)
             assert client.model_info().max_queue == 4, server.log  # env configuration reached the engine
-            stream = client.generate_stream("Count slowly:", seed=9, temperature=0.0, max_new_tokens=40, ignore_eos=True)
+            stream = client.generate_stream(
+                "Count slowly:", seed=9, temperature=0.0, max_new_tokens=40, ignore_eos=True
+            )
             next(stream)
             server.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
@@ -136,8 +177,9 @@ def test_serve_process_sigterm_drains_and_exits_zero():
         assert server.proc.wait(120) == 0, server.log
         server.reader.join(10)
         assert "SIGTERM" in server.log and "stopped" in server.log, server.log
-        assert re.search(r"rpc=GenerateStream id=\S+ seed=9 prompt_tokens=\d+ completion_tokens=40 finish=length",
-                         server.log), server.log
+        assert re.search(
+            r"rpc=GenerateStream id=\S+ seed=9 prompt_tokens=\d+ completion_tokens=40 finish=length", server.log
+        ), server.log
     finally:
         if server.proc.poll() is None:
             server.proc.kill()

@@ -52,7 +52,7 @@ def test_client_and_cli_work_without_torch(server, client):
     done = subprocess.run([sys.executable, "-c", SCRIPT, server.address], capture_output=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr.decode()
     line = next(ln for ln in done.stderr.decode().splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT"):])
+    out = json.loads(line[len("RESULT") :])
     expected = client.generate("The capital of France is", seed=5, temperature=0.0, max_new_tokens=6)
     assert out["health"] == "SERVING"
     assert out["ids"] == out["stream_ids"] == out["async_ids"] == list(expected.token_ids)

@@ -39,7 +39,10 @@ INVALID = {
     "token-id-out-of-vocab": (pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[1, 49152])), "prompt_token_ids"),
     "prompt-too-long": (pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=[42] * 9000)), "prompt"),
     "empty-chat": (pb.GenerateRequest(messages=pb.ChatMessages()), "messages"),
-    "chat-role-missing": (pb.GenerateRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(content="hi")])), "messages[0].role"),
+    "chat-role-missing": (
+        pb.GenerateRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(content="hi")])),
+        "messages[0].role",
+    ),
     "temperature-negative": (_req(temperature=-0.5), "temperature"),
     "temperature-nan": (_req(temperature=float("nan")), "temperature"),
     "top-p-zero": (_req(top_p=0.0), "top_p"),
@@ -189,7 +192,11 @@ def test_unavailable_until_loaded_and_while_draining(loop_thread, engine):
         with Client(srv.address, timeout=30) as client:
             assert client.health() is HealthStatus.NOT_SERVING
             assert client.health("seedstream.v1.TextGeneration") is HealthStatus.NOT_SERVING
-            for call in (lambda: client.generate("Hi", max_new_tokens=2), client.model_info, lambda: client.tokenize("x")):
+            for call in (
+                lambda: client.generate("Hi", max_new_tokens=2),
+                client.model_info,
+                lambda: client.tokenize("x"),
+            ):
                 with pytest.raises(UnavailableError, match="loading"):
                     call()
 
@@ -198,7 +205,9 @@ def test_unavailable_until_loaded_and_while_draining(loop_thread, engine):
             assert client.generate("Hi", seed=1, max_new_tokens=2).completion_tokens >= 1
 
             # Drain with a stream in flight: it finishes; new work and health see the shutdown.
-            stream = client.generate_stream("Count to twenty:", seed=2, temperature=0.0, max_new_tokens=30, ignore_eos=True)
+            stream = client.generate_stream(
+                "Count to twenty:", seed=2, temperature=0.0, max_new_tokens=30, ignore_eos=True
+            )
             next(stream)
             shutdown = asyncio.run_coroutine_threadsafe(srv.shutdown(60.0, stop_engine=False), loop_thread.loop)
             assert wait_for(lambda: srv.state.draining, timeout=5.0)

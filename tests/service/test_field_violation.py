@@ -46,11 +46,22 @@ def _abort(exc: Exception) -> _Context:
     return context
 
 
-@pytest.mark.parametrize("field, message, text", [
-    ("top_p", "3.0 out of range: allowed (0, 1]", "top_p: 3.0 out of range: allowed (0, 1]"),
-    ("messages[0].role", "must be a non-empty role such as 'user'", "messages[0].role: must be a non-empty role such as 'user'"),
-    ("pairs[3].continuation", "pairs[3].continuation: 9 tokens", "pairs[3].continuation: 9 tokens"),  # already named
-])
+@pytest.mark.parametrize(
+    "field, message, text",
+    [
+        ("top_p", "3.0 out of range: allowed (0, 1]", "top_p: 3.0 out of range: allowed (0, 1]"),
+        (
+            "messages[0].role",
+            "must be a non-empty role such as 'user'",
+            "messages[0].role: must be a non-empty role such as 'user'",
+        ),
+        (
+            "pairs[3].continuation",
+            "pairs[3].continuation: 9 tokens",
+            "pairs[3].continuation: 9 tokens",
+        ),  # already named
+    ],
+)
 def test_param_error_reaches_the_client_as_a_typed_field(field, message, text):
     context = _abort(ParamError(field, message))
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT and context.details == text
@@ -72,8 +83,12 @@ def test_other_errors_carry_no_field_detail():
 
 
 def test_sampler_errors_name_their_field_typed():
-    cases = {"temperature": SamplingParams(temperature=-1.0), "top_k": SamplingParams(top_k=-1),
-             "seed": SamplingParams(seed=2**64), "logit_bias": SamplingParams(logit_bias={3: 100.5})}
+    cases = {
+        "temperature": SamplingParams(temperature=-1.0),
+        "top_k": SamplingParams(top_k=-1),
+        "seed": SamplingParams(seed=2**64),
+        "logit_bias": SamplingParams(logit_bias={3: 100.5}),
+    }
     for field, params in cases.items():
         with pytest.raises(SamplingParamError) as info:
             params.validate(vocab_size=10)

@@ -25,8 +25,16 @@ CASES = {
     "unicode": dict(prompt="日本語の詩を書いてください。🌸 Emoji: ", seed=99, temperature=1.0, max_new_tokens=32),
     "stop-string": dict(prompt="Count: 1, 2, 3, 4,", seed=3, temperature=0.0, max_new_tokens=32, stop=[" 7", "\n\n"]),
     "top-logprobs": dict(prompt="The quick brown fox", seed=11, temperature=0.7, max_new_tokens=12, top_logprobs=3),
-    "token-ids": dict(prompt_token_ids=[504, 3575, 282, 4649, 314], seed=5, temperature=1.0, max_new_tokens=16,
-                      repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=0.3, logit_bias={28: -5.0}),
+    "token-ids": dict(
+        prompt_token_ids=[504, 3575, 282, 4649, 314],
+        seed=5,
+        temperature=1.0,
+        max_new_tokens=16,
+        repetition_penalty=1.2,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        logit_bias={28: -5.0},
+    ),
 }
 
 
@@ -109,7 +117,12 @@ def test_receipt_describes_the_run(client):
     result = client.generate("Hello", seed=1, max_new_tokens=4, temperature=0.5, stop=["zz"])
     r = result.receipt
     assert (r.model_sha256, r.dtype, r.device, r.engine_version, r.sampler_version) == (
-        info.model_sha256, info.dtype, info.device, info.engine_version, info.sampler_version)
+        info.model_sha256,
+        info.dtype,
+        info.device,
+        info.engine_version,
+        info.sampler_version,
+    )
     assert r.seed == 1 and r.sampling.temperature == 0.5 and r.sampling.max_new_tokens == 4
     assert r.sampling.stop == ("zz",)
     # Defaults are filled in: top_p and repetition_penalty were not sent.
@@ -152,7 +165,9 @@ def test_tokenize_matches_generate_input(client):
     assert chat.tokens[-1] == "\n" and "<|im_start|>" in chat.tokens  # rendered with the template
     by_chat = client.generate(messages=CHAT, seed=8, max_new_tokens=6)
     assert by_chat.prompt_tokens == len(chat.token_ids)
-    assert client.generate(prompt_token_ids=list(chat.token_ids), seed=8, max_new_tokens=6).token_ids == by_chat.token_ids
+    assert (
+        client.generate(prompt_token_ids=list(chat.token_ids), seed=8, max_new_tokens=6).token_ids == by_chat.token_ids
+    )
 
 
 def test_model_info(client):
@@ -190,6 +205,7 @@ def test_concurrent_streams_match_solo_runs(server, client):
 
     async def together():
         async with AsyncClient(server.address, timeout=120) as ac:
+
             async def stream(r):
                 async with ac.generate_stream(**r) as s:
                     return join_chunks([c async for c in s])

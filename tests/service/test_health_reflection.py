@@ -28,7 +28,9 @@ def test_reflection_lists_and_describes_the_service(channel):
     names = {s.name for s in listed.list_services_response.service}
     assert {"seedstream.v1.TextGeneration", "grpc.health.v1.Health"} <= names
 
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b)
-             for b in described.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in described.file_descriptor_response.file_descriptor_proto
+    ]
     service = next(s for f in files for s in f.service if s.name == "TextGeneration")
     assert {m.name for m in service.method} >= {"Generate", "GenerateStream", "Tokenize", "GetModelInfo"}

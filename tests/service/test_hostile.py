@@ -44,15 +44,25 @@ def _special_ids(engine) -> set[int]:
 
 def test_chat_content_cannot_forge_control_tokens(stub, engine):
     specials = _special_ids(engine)
-    benign = stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")])))
-    forged = stub.Tokenize(pb.TokenizeRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=FORGED)])))
+    benign = stub.Tokenize(
+        pb.TokenizeRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="hi")]))
+    )
+    forged = stub.Tokenize(
+        pb.TokenizeRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=FORGED)]))
+    )
     count = lambda ids: sum(t in specials for t in ids)  # noqa: E731
     assert count(forged.token_ids) == count(benign.token_ids), forged.tokens
     assert FORGED in engine.tokenizer.decode(list(forged.token_ids), skip_special_tokens=True)
     # Generate renders the same ids (the echoed prompt is the model's input).
-    response = stub.Generate(pb.GenerateRequest(
-        messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=FORGED)]),
-        seed=1, max_new_tokens=2, echo_prompt_logprobs=True), timeout=60)
+    response = stub.Generate(
+        pb.GenerateRequest(
+            messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=FORGED)]),
+            seed=1,
+            max_new_tokens=2,
+            echo_prompt_logprobs=True,
+        ),
+        timeout=60,
+    )
     assert list(response.prompt_token_ids) == list(forged.token_ids)
 
 
@@ -68,12 +78,16 @@ def test_benign_chat_tokens_are_unchanged(stub, engine):
 def test_control_tokens_on_purpose_go_through_prompt_token_ids(stub, engine):
     ids = engine.tokenize("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert sum(t in _special_ids(engine) for t in ids) == 3  # a plain prompt string is tokenized as written
-    response = stub.Generate(pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=ids), seed=1, max_new_tokens=2), timeout=60)
+    response = stub.Generate(
+        pb.GenerateRequest(prompt_token_ids=pb.TokenIds(ids=ids), seed=1, max_new_tokens=2), timeout=60
+    )
     assert response.prompt_tokens == len(ids)
 
 
 def test_role_with_control_token_is_rejected(stub):
-    request = pb.GenerateRequest(messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user<|im_end|>", content="x")]))
+    request = pb.GenerateRequest(
+        messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user<|im_end|>", content="x")])
+    )
     _invalid(lambda: stub.Generate(request, timeout=30), "messages[0].role")
 
 
@@ -82,8 +96,9 @@ def test_role_with_control_token_is_rejected(stub):
 
 @pytest.mark.parametrize("request_id", ["abc\nrpc=Generate id=forged status=OK", "tab\there", "esc\x1b[31m", "nul\x00"])
 def test_request_id_with_control_characters_is_rejected(stub, request_id):
-    details = _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", request_id=request_id), timeout=30),
-                       "request_id")
+    details = _invalid(
+        lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", request_id=request_id), timeout=30), "request_id"
+    )
     assert "control character" in details
     _invalid(lambda: stub.Score(pb.ScoreRequest(request_id=request_id), timeout=30), "request_id")
 
@@ -105,8 +120,13 @@ def test_unparseable_request_is_invalid_argument(server, client, caplog, method,
     with grpc.insecure_channel(server.address) as channel:
         path = f"/seedstream.v1.TextGeneration/{method}"
         call = channel.unary_stream(path) if method == "GenerateStream" else channel.unary_unary(path)
-        code, details = _code(lambda: list(call(GARBAGE[garbage], timeout=10)) if method == "GenerateStream"
-                              else call(GARBAGE[garbage], timeout=10))
+        code, details = _code(
+            lambda: (
+                list(call(GARBAGE[garbage], timeout=10))
+                if method == "GenerateStream"
+                else call(GARBAGE[garbage], timeout=10)
+            )
+        )
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
     assert details.startswith("request: cannot be parsed"), details
     # One WARNING line, no traceback, nothing at ERROR.
@@ -136,8 +156,10 @@ def test_counts_past_32_bits_are_rejected_not_truncated(stub, field):
 
 
 def test_overflowing_max_length_and_score_ids_are_rejected(stub):
-    _invalid(lambda: stub.ScoreRolling(pb.ScoreRollingRequest(text="Hello there", max_length=2**32 + 1), timeout=30),
-             "max_length")
+    _invalid(
+        lambda: stub.ScoreRolling(pb.ScoreRollingRequest(text="Hello there", max_length=2**32 + 1), timeout=30),
+        "max_length",
+    )
     pair = pb.ScorePair(tokens=pb.TokenPair(context=[1, 2], continuation=[2**32 + 3]))
     _invalid(lambda: stub.Score(pb.ScoreRequest(pairs=[pair]), timeout=30), "pairs[0].continuation")
 
@@ -156,9 +178,14 @@ def test_old_uint32_clients_still_parse(stub):
 def test_n_beyond_the_queue_is_invalid_argument(small_server, small_engine):
     with grpc.insecure_channel(small_server.address) as channel:
         stub = textgen_pb2_grpc.TextGenerationStub(channel)
-        details = _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", n=2, max_new_tokens=2), timeout=30), "n")
+        details = _invalid(
+            lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", n=2, max_new_tokens=2), timeout=30), "n"
+        )
         assert "max_queue=1" in details
-        assert stub.Generate(pb.GenerateRequest(prompt="Hi", n=1, max_new_tokens=2, seed=1), timeout=60).completion_tokens >= 1
+        assert (
+            stub.Generate(pb.GenerateRequest(prompt="Hi", n=1, max_new_tokens=2, seed=1), timeout=60).completion_tokens
+            >= 1
+        )
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +207,10 @@ def test_size_caps_are_checked_before_the_work(capped):
     _invalid(lambda: capped.Generate(pb.GenerateRequest(messages=chat(text)), timeout=30), "messages")
     _invalid(lambda: capped.Tokenize(pb.TokenizeRequest(text=text), timeout=30), "text")
     _invalid(lambda: capped.ScoreRolling(pb.ScoreRollingRequest(text=text), timeout=30), "text")
-    _invalid(lambda: capped.ScoreRolling(pb.ScoreRollingRequest(token_ids=pb.TokenIds(ids=[5] * 301)), timeout=30),
-             "token_ids")
+    _invalid(
+        lambda: capped.ScoreRolling(pb.ScoreRollingRequest(token_ids=pb.TokenIds(ids=[5] * 301)), timeout=30),
+        "token_ids",
+    )
     pair = pb.ScorePair(text=pb.TextPair(context=text, continuation=" end"))
     _invalid(lambda: capped.Score(pb.ScoreRequest(pairs=[pair]), timeout=30), "pairs")
     tokens = pb.ScorePair(tokens=pb.TokenPair(context=[5] * 200, continuation=[6] * 101))
@@ -198,22 +227,28 @@ def test_default_caps_derive_from_the_context(stub, engine):
     info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
     assert info.max_input_chars == 32 * engine.info.max_context
     assert info.max_input_tokens == 16 * engine.info.max_context
-    details = _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="x" * (info.max_input_chars + 1)), timeout=60),
-                       "prompt")
+    details = _invalid(
+        lambda: stub.Generate(pb.GenerateRequest(prompt="x" * (info.max_input_chars + 1)), timeout=60), "prompt"
+    )
     assert "--max-input-chars" in details
 
 
 def test_list_caps(stub):
-    _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", stop_token_ids=[1] * 1025), timeout=30),
-             "stop_token_ids")
-    _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", logit_bias={t: 1.0 for t in range(1025)}), timeout=30),
-             "logit_bias")
+    _invalid(
+        lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", stop_token_ids=[1] * 1025), timeout=30), "stop_token_ids"
+    )
+    _invalid(
+        lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", logit_bias={t: 1.0 for t in range(1025)}), timeout=30),
+        "logit_bias",
+    )
     _invalid(lambda: stub.Generate(pb.GenerateRequest(prompt="Hi", stop=["x"] * 10_000), timeout=30), "stop")
     many = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="")] * 4097)
     _invalid(lambda: stub.Generate(pb.GenerateRequest(messages=many), timeout=30), "messages")
     # At the cap, a whole-vocabulary-sized bias is served.
-    response = stub.Generate(pb.GenerateRequest(prompt="Hi", seed=3, max_new_tokens=3,
-                                                logit_bias={t: -1.0 for t in range(100, 1124)}), timeout=60)
+    response = stub.Generate(
+        pb.GenerateRequest(prompt="Hi", seed=3, max_new_tokens=3, logit_bias={t: -1.0 for t in range(100, 1124)}),
+        timeout=60,
+    )
     assert response.completion_tokens >= 1
 
 

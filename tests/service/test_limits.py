@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from svc_helpers import idle, start_server, wait_for
 
 from seedstream.client import Client, DeadlineExceededError
-from svc_helpers import idle, start_server, wait_for
 
 LONG = dict(prompt="Write a very long story about a dragon.", max_new_tokens=3000, ignore_eos=True, temperature=1.0)
 
@@ -17,8 +17,10 @@ def short_deadline(loop_thread, engine):
     from seedstream.server.rpc.hardening import Security
     from seedstream.server.rpc.limits import ConnectionLimits, RequestLimits
 
-    security = Security(request_limits=RequestLimits(max_deadline=1.5),
-                        connection_limits=ConnectionLimits(max_streams_per_connection=4, max_connection_age=300))
+    security = Security(
+        request_limits=RequestLimits(max_deadline=1.5),
+        connection_limits=ConnectionLimits(max_streams_per_connection=4, max_connection_age=300),
+    )
     srv = start_server(loop_thread, engine, security=security)
     yield srv
     loop_thread.run(srv.shutdown(0, stop_engine=False))
@@ -46,8 +48,15 @@ def test_server_maximum_deadline_cuts_long_calls(short_deadline, engine, client,
 def test_connection_limits_become_grpc_options():
     from seedstream.server.rpc.limits import ConnectionLimits
 
-    options = dict(ConnectionLimits(keepalive_time=30, keepalive_timeout=5, max_connection_idle=60,
-                                    max_connection_age=600, max_streams_per_connection=16).grpc_options())
+    options = dict(
+        ConnectionLimits(
+            keepalive_time=30,
+            keepalive_timeout=5,
+            max_connection_idle=60,
+            max_connection_age=600,
+            max_streams_per_connection=16,
+        ).grpc_options()
+    )
     assert options["grpc.keepalive_time_ms"] == 30_000 and options["grpc.keepalive_timeout_ms"] == 5_000
     assert options["grpc.max_connection_idle_ms"] == 60_000 and options["grpc.max_connection_age_ms"] == 600_000
     assert options["grpc.max_concurrent_streams"] == 16

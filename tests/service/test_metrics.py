@@ -12,11 +12,10 @@ import logging
 import urllib.request
 
 import pytest
+from svc_helpers import start_server, wait_for
 
 from seedstream.client import Client
 from seedstream.client.errors import InvalidArgumentError
-
-from svc_helpers import start_server, wait_for
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -43,8 +42,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode("utf-8")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float:
@@ -100,8 +102,12 @@ def test_gauges_while_a_stream_runs_and_cancelled_status(metered):
         next(stream)
         during = scrape(url)
         stream.cancel()
-        assert wait_for(lambda: delta(scrape(url), before, "seedstream_requests_total",
-                                      rpc="GenerateStream", code="CANCELLED") == 1, timeout=30)
+        assert wait_for(
+            lambda: (
+                delta(scrape(url), before, "seedstream_requests_total", rpc="GenerateStream", code="CANCELLED") == 1
+            ),
+            timeout=30,
+        )
     after = scrape(url)
     assert value(during, "seedstream_requests_in_flight") == 1
     assert value(during, "seedstream_running_sequences") == 1
@@ -120,7 +126,9 @@ def test_json_request_log_has_one_object_per_request(metered, caplog):
     srv, _ = metered
     with caplog.at_level(logging.INFO, logger="seedstream.server"):
         with Client(srv.address, timeout=120) as client:
-            client.generate(prompt_token_ids=PROMPT, seed=42, max_new_tokens=3, ignore_eos=True, request_id="req-json-1")
+            client.generate(
+                prompt_token_ids=PROMPT, seed=42, max_new_tokens=3, ignore_eos=True, request_id="req-json-1"
+            )
     records = [r for r in caplog.records if getattr(r, "request", {}).get("request_id") == "req-json-1"]
     assert len(records) == 1
     entry = json.loads(JsonFormatter().format(records[0]))
@@ -148,8 +156,11 @@ def test_api_keys_name_the_request_and_refusals_are_counted(loop_thread, engine,
                     with pytest.raises(UnauthenticatedError):
                         anonymous.tokenize("Hello")
                 alice.generate(prompt_token_ids=PROMPT, seed=1, max_new_tokens=1, request_id="req-key-1")
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(metrics.render().decode())
+            for s in family.samples
+        }
     finally:
         loop_thread.run(srv.shutdown(5.0, stop_engine=False))
     assert value(samples, "seedstream_requests_total", rpc="Tokenize", code="UNAUTHENTICATED") == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import Optional
 
 # The TextGeneration service's full name (health checks, reflection, retry policies);
 # tests/client/test_proto_drift.py checks it against the proto's descriptor.
@@ -45,7 +44,7 @@ class FinishReason(str, enum.Enum):
         return _wire_values()[self]
 
     @classmethod
-    def from_pb(cls, value: int) -> Optional["FinishReason"]:
+    def from_pb(cls, value: int) -> FinishReason | None:
         """The reason for a wire value; None for FINISH_REASON_UNSPECIFIED (not finished) or an unknown one."""
         return _reasons_by_wire_value().get(value)
 
