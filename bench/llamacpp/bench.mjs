@@ -28,17 +28,17 @@ async function generate(sequence, promptIds, newTokens, options, started) {
     return { firstMs, count };
 }
 
-// All `streams` sequences start together, as requests arriving at once; the clock covers prefill and decode.
-async function runOnce(context, prompts, newTokens, sampling, seedBase) {
-    const sequences = [];
-    for (let i = 0; i < prompts.length; i++) sequences.push(context.getSequence());
+// All sequences start together, as requests arriving at once; the clock covers prefill and decode. The
+// sequences are the context's own, reused across runs with their history cleared (a disposed sequence's
+// slot is reclaimed asynchronously, so getting fresh ones right after disposing can find none left).
+async function runOnce(sequences, prompts, newTokens, sampling, seedBase) {
+    await Promise.all(sequences.map((sequence) => sequence.clearHistory()));
     const started = performance.now();
     const results = await Promise.all(sequences.map((sequence, i) => generate(sequence, prompts[i], newTokens, {
         temperature: sampling.temperature, topK: sampling.top_k, topP: sampling.top_p, seed: seedBase + i,
         yieldEogToken: true,  // EOS neither ends the sequence nor is skipped, as for the other systems
     }, started)));
     const seconds = (performance.now() - started) / 1000;
-    for (const sequence of sequences) sequence.dispose();
     const total = results.reduce((sum, r) => sum + r.count, 0);
     if (total !== prompts.length * newTokens) throw new Error(`generated ${total} tokens, expected ${prompts.length * newTokens}`);
     return { tok_s: total / seconds, ttft_ms: results.map((r) => r.firstMs) };
@@ -59,10 +59,11 @@ async function main() {
             threads: { ideal: job.threads, min: job.threads },
         });
         const prompts = job.prompts.slice(0, streams);
-        await runOnce(context, prompts.slice(0, 1), 2, job.sampling, 0); // warm-up
+        const sequences = prompts.map(() => context.getSequence());
+        await runOnce(sequences.slice(0, 1), prompts.slice(0, 1), 2, job.sampling, 0); // warm-up
         let best = null;
         for (let r = 0; r < job.repeats; r++) {
-            const run = await runOnce(context, prompts, job.new_tokens, job.sampling, 0);
+            const run = await runOnce(sequences, prompts, job.new_tokens, job.sampling, 0);
             if (best === null || run.tok_s > best.tok_s) best = run;
         }
         out.results[streams] = best;
