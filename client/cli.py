@@ -18,13 +18,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from seedstream.v1.protocol import package_version
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .types import Receipt
+
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_OVERLOADED, EXIT_DEADLINE, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 
 
-def _env(name: str, default=None):
+def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return default if value in (None, "") else value
 
@@ -32,7 +39,7 @@ def _env(name: str, default=None):
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Shows an option's default when it has a meaningful one."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if "%(default)" in text or default in (None, False, [], "", argparse.SUPPRESS) or not action.option_strings:
@@ -43,7 +50,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 # --------------------------------------------------------------------------- parser
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub: _SubParsers) -> None:
     """Listed here; `main` hands `serve ...` to the server's own command line (seedstream.server.cli)."""
     sub.add_parser(
         "serve",
@@ -52,7 +59,7 @@ def _add_serve(sub) -> None:
     )
 
 
-def _add_connection(p) -> None:
+def _add_connection(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     g.add_argument(
         "--target",
@@ -75,7 +82,7 @@ def _add_connection(p) -> None:
     )
 
 
-def _add_input(p, text_name: str) -> None:
+def _add_input(p: argparse.ArgumentParser, text_name: str) -> None:
     p.add_argument(text_name, nargs="?", help=f"the {text_name}; '-' reads it from stdin")
     p.add_argument(
         "--chat",
@@ -90,7 +97,7 @@ def _add_input(p, text_name: str) -> None:
     )
 
 
-def _add_generate(sub) -> None:
+def _add_generate(sub: _SubParsers) -> None:
     p = sub.add_parser(
         "generate",
         help="generate a completion (streamed to stdout)",
@@ -152,7 +159,7 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _add_tokenize(sub) -> None:
+def _add_tokenize(sub: _SubParsers) -> None:
     p = sub.add_parser(
         "tokenize",
         help="show the token ids of a text or chat",
@@ -168,7 +175,7 @@ def _add_tokenize(sub) -> None:
     p.set_defaults(func=_cmd_tokenize)
 
 
-def _add_info(sub) -> None:
+def _add_info(sub: _SubParsers) -> None:
     p = sub.add_parser(
         "info", help="show the served model and its reproducibility fingerprint", formatter_class=_Formatter
     )
@@ -177,7 +184,7 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-def _add_health(sub) -> None:
+def _add_health(sub: _SubParsers) -> None:
     p = sub.add_parser(
         "health", help="check grpc.health.v1; exit 0 when SERVING, 1 otherwise", formatter_class=_Formatter
     )
@@ -216,10 +223,10 @@ def _serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
-def _client(args):
+def _client(args: argparse.Namespace) -> Client:
     from .client import Client
 
-    metadata = []
+    metadata: list[tuple[str, str]] = []
     for item in args.metadata:
         key, sep, value = item.partition("=")
         if not sep:
@@ -237,7 +244,7 @@ def _client(args):
     )
 
 
-def _api_key(args) -> str | None:
+def _api_key(args: argparse.Namespace) -> str | None:
     """The key from --api-key-file (first non-empty line), else $SEEDSTREAM_API_KEY; never a flag value."""
     if getattr(args, "api_key_file", None):
         with open(args.api_key_file, encoding="utf-8") as fh:
@@ -254,7 +261,7 @@ def _read_text(value: str | None) -> str | None:
     return value
 
 
-def _input_kwargs(args, text_name: str) -> dict:
+def _input_kwargs(args: argparse.Namespace, text_name: str) -> dict[str, Any]:
     text = _read_text(getattr(args, text_name))
     if args.messages_json:
         raw = args.messages_json
@@ -286,10 +293,10 @@ def _input_kwargs(args, text_name: str) -> dict:
     return {"prompt" if text_name == "prompt" else "text": text}
 
 
-def _logit_bias(items) -> dict | None:
+def _logit_bias(items: list[str]) -> dict[int, float] | None:
     if not items:
         return None
-    out = {}
+    out: dict[int, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
         try:
@@ -311,14 +318,14 @@ def _write(text: str) -> None:
         sys.stdout.flush()
 
 
-def _summary(seed, finish, prompt_tokens, completion_tokens, receipt) -> str:
+def _summary(seed: int, finish: str, prompt_tokens: int, completion_tokens: int, receipt: Receipt | None) -> str:
     line = f"[seed={seed} finish={finish} prompt_tokens={prompt_tokens} completion_tokens={completion_tokens}"
     if receipt is not None:
         line += f" receipt={receipt.digest[:16]}"
     return line + "]"
 
 
-def _cmd_generate(args) -> int:
+def _cmd_generate(args: argparse.Namespace) -> int:
     kwargs = _input_kwargs(args, "prompt")
     kwargs.update(
         seed=args.seed,
@@ -368,7 +375,7 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-def _cmd_tokenize(args) -> int:
+def _cmd_tokenize(args: argparse.Namespace) -> int:
     kwargs = _input_kwargs(args, "text")
     if args.no_special_tokens:
         kwargs["add_special_tokens"] = False
@@ -381,7 +388,7 @@ def _cmd_tokenize(args) -> int:
     return 0
 
 
-def _cmd_info(args) -> int:
+def _cmd_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.model_info()
     data = info.to_dict()
@@ -393,7 +400,7 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_health(args) -> int:
+def _cmd_health(args: argparse.Namespace) -> int:
     from .types import HealthStatus
 
     with _client(args) as client:
@@ -425,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        return args.func(args)
+        code: int = args.func(args)  # a _cmd_* function
+        return code
     except InvalidArgumentError as exc:
         print(f"error: invalid argument: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -56,7 +56,7 @@ class CancelledError(SeedstreamError):
     """The call was cancelled (CANCELLED), e.g. by stream.cancel()."""
 
 
-_BY_CODE = {
+_BY_CODE: dict[grpc.StatusCode | None, type[SeedstreamError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
@@ -94,7 +94,8 @@ def field_of(error: grpc.RpcError) -> str | None:
             for detail in status.details:
                 bad_request = error_details_pb2.BadRequest()
                 if detail.Unpack(bad_request) and bad_request.field_violations:
-                    return bad_request.field_violations[0].field
+                    field: str = bad_request.field_violations[0].field  # google.rpc has no type stubs
+                    return field
         except DecodeError:
             return None
     return None

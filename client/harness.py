@@ -54,7 +54,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
 from lm_eval.api.model import LM
@@ -65,12 +65,20 @@ from seedstream.v1 import protocol
 from .client import Client
 from .errors import InvalidArgumentError, OverloadedError, UnavailableError
 
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
+
+    from .types import GenerateResult, Receipt
+
 log = logging.getLogger("seedstream.harness")
 
 MODEL_NAME = "seedstream"
 SEED_POLICY = "seedstream-lm-eval/v1"  # changes whenever derive_seed() would give other seeds
 
 T = TypeVar("T")
+
+# A generate_until request as _generate_one takes it: (context, gen_kwargs, request key, sample index).
+_Job = tuple[str, dict[str, Any], str, int]
 
 # Generation kwargs that map onto GenerateRequest fields of the same meaning.
 _SAMPLING_KWARGS = {
@@ -113,18 +121,18 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def request_key(context: str, gen_kwargs: dict) -> str:
+def request_key(context: str, gen_kwargs: dict[str, Any]) -> str:
     """Hex SHA-256 naming a generate_until request by its content."""
     return hashlib.sha256(_canonical({"context": context, "gen_kwargs": gen_kwargs}).encode("utf-8")).hexdigest()
 
 
-def derive_seed(base_seed: int, context: str, gen_kwargs: dict) -> int:
+def derive_seed(base_seed: int, context: str, gen_kwargs: dict[str, Any]) -> int:
     """The seed of a request whose task gave none: a function of the base seed and the content only."""
     material = f"{SEED_POLICY}\x00{int(base_seed)}\x00{request_key(context, gen_kwargs)}".encode("utf-8")
     return int.from_bytes(hashlib.sha256(material).digest()[:8], "little")
 
 
-def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int) -> dict:
+def normalize_gen_kwargs(gen_kwargs: dict[str, Any], default_max_gen_toks: int) -> dict[str, Any]:
     """Generation kwargs as this backend uses them, following lm-eval's conventions.
 
     - `until`: a string or list of stop strings (empty strings dropped);
@@ -152,7 +160,7 @@ def normalize_gen_kwargs(gen_kwargs: dict, default_max_gen_toks: int) -> dict:
         temperature = 0.0
     else:
         temperature = 1.0 if temperature is None else float(temperature)
-    out = {
+    out: dict[str, Any] = {
         "until": until,
         "max_gen_toks": limit if limit is not None else int(default_max_gen_toks),
         "temperature": temperature,
@@ -178,14 +186,14 @@ def _truncate_at_stops(text: str, until: Sequence[str]) -> str:
 class _Receipts:
     """Receipts gathered during a run, thread-safe; summarised for lm-eval's results JSON."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.builds: dict[str, dict] = {}
+        self.builds: dict[str, dict[str, str]] = {}
         self.sampler_versions: set[str] = set()
-        self.generations: list[dict] = []
-        self.counts: Counter = Counter()
+        self.generations: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
 
-    def _build(self, receipt) -> None:
+    def _build(self, receipt: Receipt) -> None:
         # Score receipts carry no sampler version (no sampling involved); generation receipts do.
         build = {
             name: getattr(receipt, name) for name in ("model_id", "model_sha256", "dtype", "device", "engine_version")
@@ -194,7 +202,7 @@ class _Receipts:
         if receipt.sampler_version:
             self.sampler_versions.add(receipt.sampler_version)
 
-    def add_generation(self, key: str, result) -> None:
+    def add_generation(self, key: str, result: GenerateResult) -> None:
         receipt = result.receipt
         with self._lock:
             self.counts["generate_until"] += 1
@@ -205,13 +213,13 @@ class _Receipts:
                 {"request": key, "seed": receipt.seed, "sample_index": receipt.sample_index, "digest": receipt.digest}
             )
 
-    def add_scores(self, kind: str, count: int, receipt) -> None:
+    def add_scores(self, kind: str, count: int, receipt: Receipt | None) -> None:
         with self._lock:
             self.counts[kind] += count
             if receipt is not None:
                 self._build(receipt)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         with self._lock:
             builds = [self.builds[k] for k in sorted(self.builds)]
             generations = sorted(self.generations, key=lambda g: (g["request"], g["sample_index"], g["digest"]))
@@ -231,7 +239,7 @@ class _Receipts:
 
 
 @register_model(MODEL_NAME)
-class SeedstreamLM(LM):
+class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information: LM is Any
     """An lm-eval model that sends every request to a seedstream server over gRPC."""
 
     def __init__(
@@ -351,11 +359,11 @@ class SeedstreamLM(LM):
 
     # --- lm-eval's request types
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [tuple(req.args) for req in requests]
         batches = [pairs[i : i + self.score_batch] for i in range(0, len(pairs), self.score_batch)]
 
-        def score(batch):
+        def score(batch: list[tuple[Any, ...]]) -> list[tuple[float, bool]]:
             result = self._retrying(lambda: self.client.score(batch, truncate_context=True))
             self.receipts.add_scores("loglikelihood", len(batch), result.receipt)
             return [(r.logprob, r.is_greedy) for r in result]
@@ -365,10 +373,10 @@ class SeedstreamLM(LM):
             self.cache_hook.add_partial("loglikelihood", pair, item)
         return out
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         texts = [req.args[0] for req in requests]
 
-        def score(text):
+        def score(text: str) -> float:
             result = self._retrying(lambda: self.client.score_rolling(text, max_length=self.max_length))
             self.receipts.add_scores("loglikelihood_rolling", 1, result.receipt)
             return result.logprob
@@ -378,9 +386,9 @@ class SeedstreamLM(LM):
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), value)
         return out
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        jobs = []
-        occurrences: Counter = Counter()
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        jobs: list[_Job] = []
+        occurrences: Counter[str] = Counter()
         for req in requests:
             context, gen_kwargs = req.args[0], req.args[1] if len(req.args) > 1 else {}
             key = request_key(context, gen_kwargs)
@@ -394,7 +402,7 @@ class SeedstreamLM(LM):
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return out
 
-    def _generate_one(self, job) -> str:
+    def _generate_one(self, job: _Job) -> str:
         context, gen_kwargs, key, sample_index = job
         kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         for name in kw.pop("_other"):
@@ -416,7 +424,7 @@ class SeedstreamLM(LM):
             **kw,
         )
 
-        def call():
+        def call() -> GenerateResult:
             try:
                 return self.client.generate(context, **params)
             except InvalidArgumentError as exc:
@@ -433,7 +441,7 @@ class SeedstreamLM(LM):
 
     # --- what lm-eval writes into the results JSON's `config`
 
-    def get_model_info(self) -> dict:
+    def get_model_info(self) -> dict[str, Any]:
         return {
             "seedstream": {
                 "target": self.client.target,
@@ -449,7 +457,7 @@ class SeedstreamLM(LM):
     def tokenizer_name(self) -> str:
         return f"seedstream:{self.info.model_sha256}"
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_own_client", False):
             try:
                 self.client.close()
@@ -457,18 +465,27 @@ class SeedstreamLM(LM):
                 pass
 
 
-def _progress(total: int, desc: str):
+class _Progress(Protocol):
+    """What _map uses of a tqdm progress bar."""
+
+    def update(self, n: int) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, desc: str) -> _Progress:
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, disable=total < 2)
+        bar: _Progress = tqdm(total=total, desc=desc, disable=total < 2)
+        return bar
     except ImportError:  # pragma: no cover - tqdm comes with lm-eval
 
         class _Null:
-            def update(self, n):
+            def update(self, n: int) -> None:
                 pass
 
-            def close(self):
+            def close(self) -> None:
                 pass
 
         return _Null()
