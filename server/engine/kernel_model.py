@@ -28,12 +28,12 @@ from seedstream.server.kernels.packing import (
     split_gguf_q4_1,
     split_gguf_q8_0,
 )
+from seedstream.server.settings import WEIGHT_FORMATS  # "auto" and the formats, most precise first
 
 from .gguf_tensors import StoredTensor
 from .kv_cache import SequenceKVCache
 from .model import ModelConfig, Segment
 
-WEIGHT_FORMATS = ("auto",) + PRECISION
 ATTN_BLOCK = 32  # keys per attention block, at absolute positions (part of engine_version)
 
 

@@ -82,3 +82,9 @@ def test_every_instruction_set_gives_the_same_bits_at_every_row_count(kernels_fo
         outs = {isa: kernels_for(isa=isa).gemm(matrix, x[:m]) for isa in isas}
         for isa, got in outs.items():
             assert torch.equal(got, outs[isas[0]]), f"M={m}: {isa} differs from {isas[0]}"
+
+
+def test_the_weights_setting_offers_exactly_the_packed_formats():
+    from seedstream.server.settings import WEIGHT_FORMATS
+
+    assert WEIGHT_FORMATS == ("auto", *packing.PRECISION)
