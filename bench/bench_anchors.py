@@ -23,10 +23,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from bench_e2e import SAMPLING, chat_prompts, free_port, transformers_tok_per_s
+from bench_e2e import SAMPLING, chat_prompts, free_port, start_server, transformers_tok_per_s
 
 LLAMACPP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llamacpp")
 CPU_FLAGS = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_int8"]
@@ -83,29 +82,6 @@ async def seedstream_streams(target: str, prompts: list[list[int]], new_tokens: 
         ttfts = await asyncio.gather(*(one(i, ids) for i, ids in enumerate(prompts)))
         elapsed = time.perf_counter() - start
     return len(prompts) * new_tokens / elapsed, list(ttfts)
-
-
-def start_server(port: int, threads: int, weights: str | None) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "seedstream.server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--log-level",
-        "WARNING",
-    ]
-    if weights:  # passed only when asked for: older servers do not know the flag
-        cmd += ["--weights", weights]
-    # stderr to a file, not a pipe: a chatty server must never block on a full pipe buffer
-    log = tempfile.TemporaryFile(mode="w+")
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
-    server.error_log = log
-    return server
 
 
 def server_errors(server: subprocess.Popen) -> str:

@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 PROMPTS = [
@@ -94,7 +95,8 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
     return len(prompts) * new_tokens / elapsed, statistics.median(ttfts)
 
 
-def start_server(port: int, threads: int) -> subprocess.Popen:
+def start_server(port: int, threads: int, weights: str | None = None) -> subprocess.Popen:
+    """`seedstream serve` on a loopback port; its stderr goes to `server.error_log` (a temporary file)."""
     cmd = [
         sys.executable,
         "-m",
@@ -108,7 +110,13 @@ def start_server(port: int, threads: int) -> subprocess.Popen:
         "--log-level",
         "WARNING",
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if weights:  # passed only when asked for: older servers do not know the flag
+        cmd += ["--weights", weights]
+    # stderr to a file, not a pipe: a chatty server must never block on a full pipe buffer
+    log = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    server.error_log = log
+    return server
 
 
 async def wait_serving(target: str, timeout: float = 300.0) -> None:
