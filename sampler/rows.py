@@ -69,9 +69,19 @@ def block_threshold(
 
 
 def kth_threshold(bm: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """float64 [n]: theta with at least k tokens >= theta (k blocks reach it); -inf where k is 0."""
-    step = torch.full_like(m, 1.0 / 16)
-    th = block_threshold(bm, m, step, torch.ones_like(bm), k.double())
+    """float64 [n]: theta with at least k tokens >= theta (k blocks reach it); -inf where k is 0.
+
+    For k <= nb it is the k-th largest block maximum: k blocks each hold a token at or above it,
+    and it stays tight when the row's maximum stands far above the rest (a confident model),
+    where a histogram of fixed-width bins would give -inf and make every token a candidate.
+    """
+    nb = bm.shape[1]
+    k_blocks = k.clamp(1, nb)
+    top = bm.topk(int(k_blocks.max()), dim=-1, sorted=True).values  # [n, kmax] descending
+    th = top.gather(1, (k_blocks - 1)[:, None])[:, 0].double()
+    if bool((k > nb).any()):  # more tokens than blocks: fall back on the histogram bound
+        step = torch.full_like(m, 1.0 / 16)
+        th = torch.where(k > nb, block_threshold(bm, m, step, torch.ones_like(bm), k.double()), th)
     return torch.where(k > 0, th, NEG_INF)
 
 

@@ -13,6 +13,7 @@ from sampler_reference import reference_sample
 import seedstream.sampler.core as core
 import seedstream.sampler.truncate as truncate_mod
 from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler.rows import kth_threshold
 
 KINDS = [
     dict(temperature=0),
@@ -156,8 +157,10 @@ def random_case(rng: random.Random):
     batch = rng.choice([1, 3, 17])
     x = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(rng.randrange(10**6)))
     x = x * rng.choice([0.1, 1, 3, 10])
-    style = rng.randrange(4)
-    if style == 1:
+    style = rng.randrange(5)
+    if style == 4:  # a confident model: one token far above the rest of its row
+        x[torch.arange(batch), torch.tensor([rng.randrange(vocab) for _ in range(batch)])] += 40
+    elif style == 1:
         x = torch.zeros(batch, vocab)
     elif style == 2:
         x = x.round()  # many ties
@@ -235,3 +238,17 @@ def test_fallbacks_match_reference(monkeypatch):
     monkeypatch.setattr(truncate_mod, "top_p_threshold", everything)
     for case in cases:
         assert_matches_reference(*case)
+
+
+def test_kth_threshold_is_the_kth_block_maximum_even_on_peaked_rows():
+    """At least k tokens reach theta, and theta stays tight when one token towers over the row."""
+    g = torch.Generator().manual_seed(5)
+    bm = torch.randn(4, 768, generator=g)
+    bm[0, 3] += 40.0  # peaked: a fixed-width histogram below the maximum would give -inf
+    k = torch.tensor([50, 1, 768, 0])
+    theta = kth_threshold(bm, bm.amax(-1), k)
+    for row in range(3):
+        assert float(theta[row]) == float(bm[row].sort(descending=True).values[int(k[row]) - 1])
+    assert theta[3] == float("-inf")
+    many = kth_threshold(bm[:1, :10], bm[:1, :10].amax(-1), torch.tensor([100]))  # k above the block count
+    assert int((bm[0, :10] >= many[0]).sum()) == 10
