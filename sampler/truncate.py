@@ -8,7 +8,7 @@ import torch
 
 from .blocks import BLOCK, NEG_INF, Processed
 from .chunks import chunk_total, inverse_cdf
-from .rows import RowConfig, kth_threshold, min_p_threshold, top_p_threshold
+from .rows import RowConfig, block_threshold, kth_threshold, min_p_threshold, top_p_threshold
 from .select import Candidates, extract
 from .weights import Weights
 
@@ -80,8 +80,29 @@ def _draw(
     out.put(rows, cand.block[cand.start + c] * BLOCK + j, w_tok, mass)
     if not bool(ok.all()):
         bad = (~ok).nonzero()[:, 0]
-        every = torch.full((bad.numel(),), NEG_INF, dtype=torch.float64, device=rows.device)
-        _draw(proc, cfg, wts, rows[bad], every, None if total is None else total[bad], u, out)
+        bad_total = None if total is None else total[bad]
+        if bool((theta[bad] == NEG_INF).any()) or bad_total is None:  # unreachable: such rows are ok
+            retry = torch.full((bad.numel(),), NEG_INF, dtype=torch.float64, device=rows.device)
+        else:
+            retry = _token_threshold(proc, cfg, wts, rows[bad], bad_total)
+        _draw(proc, cfg, wts, rows[bad], retry, bad_total, u, out)
+
+
+def _token_threshold(
+    proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, total: torch.Tensor
+) -> torch.Tensor:
+    """float64 [n]: a top-p bound from every token's own weight, for rows whose block-level guess failed.
+
+    A heavy tail (top-p keeping thousands of tokens) defeats the guess from block maxima; binning the
+    tokens themselves gives a bound a bin wide instead of reading and sorting the whole vocabulary.
+    If it too falls short, the next retry takes every token (theta = -inf).
+    """
+    s = proc.rows(rows)  # [n, Vp]
+    tok = torch.arange(s.shape[1], device=s.device).expand(rows.numel(), -1)
+    w = wts.tokens(rows, tok, s)  # [n, Vp]
+    temp = cfg.temperature[rows]
+    target = cfg.top_p[rows] * total * (1 + 1e-6)
+    return block_threshold(s, proc.m[rows], temp / 8, w, target)
 
 
 def _kept(

@@ -252,3 +252,24 @@ def test_kth_threshold_is_the_kth_block_maximum_even_on_peaked_rows():
     assert theta[3] == float("-inf")
     many = kth_threshold(bm[:1, :10], bm[:1, :10].amax(-1), torch.tensor([100]))  # k above the block count
     assert int((bm[0, :10] >= many[0]).sum()) == 10
+
+
+def test_failed_top_p_guess_retries_with_a_token_level_bound(monkeypatch):
+    """A guess that misses is retried from the tokens' own weights, not by reading every token."""
+    thetas = []
+    real = truncate_mod._draw
+
+    def recording(proc, cfg, wts, rows, theta, *rest):
+        thetas.append(theta.clone())
+        return real(proc, cfg, wts, rows, theta, *rest)
+
+    monkeypatch.setattr(truncate_mod, "_draw", recording)
+    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # always too high
+    x = zipf_rows(8, 4096, seed=3)
+    params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(8)]
+    extra = dict(
+        prompt_token_ids=[[]] * 8, output_token_ids=[[]] * 8, sample_indices=[0] * 8, suppress_token_ids=[[]] * 8
+    )
+    assert_matches_reference(x, params, [0] * 8, extra, 0)
+    assert len(thetas) == 2  # the guess, then one retry that holds
+    assert bool(torch.isfinite(thetas[1]).all())
