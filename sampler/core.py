@@ -11,7 +11,7 @@ from .blocks import BLOCK, NEG_INF, Processed, first_argmax, prepare
 from .chunks import chunk_total, inverse_cdf
 from .params import SamplingParams
 from .penalties import edits
-from .rng import seed_states, uniforms
+from .rng import uniforms_for
 from .rows import RowConfig, kth_threshold
 from .select import extract
 from .truncate import sample_truncated, thresholds
@@ -116,14 +116,9 @@ def _uniforms(
     batch: int,
     dev: torch.device,
 ) -> torch.Tensor:
-    states = seed_states([p.seed for p in params], dev)
-    step_t = torch.as_tensor(steps, dtype=torch.int64).to(dev)
-    idx = (
-        torch.zeros(batch, dtype=torch.int64, device=dev)
-        if sample_indices is None
-        else torch.as_tensor(sample_indices, dtype=torch.int64).to(dev)
-    )
-    return uniforms(states, idx, step_t)
+    step_list = steps.tolist() if isinstance(steps, torch.Tensor) else list(steps)
+    idx = [0] * batch if sample_indices is None else list(sample_indices)
+    return uniforms_for([p.seed for p in params], idx, step_list, dev)
 
 
 def _empty(batch: int, top_n: int, dev: torch.device) -> SampleResult:

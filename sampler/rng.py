@@ -14,6 +14,7 @@ MUL1 = 0xBF58476D1CE4E5B9
 MUL2 = 0x94D049BB133111EB
 DOMAIN = 0x5EED5EED00000001  # separates these streams from other uses of the same seed
 TWO_POW_M53 = 2.0**-53
+PYTHON_HASH_MAX_ROWS = 256  # up to here uniforms_for() hashes in Python
 
 
 def _signed(v: int) -> int:
@@ -51,6 +52,31 @@ def hash_keys(states: torch.Tensor, sample_indices: torch.Tensor, steps: torch.T
 def uniforms(states: torch.Tensor, sample_indices: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """float64 [B] in [0, 1): the top 53 bits of the hash, exact on any device."""
     return _lsr(hash_keys(states, sample_indices, steps), 11).to(torch.float64) * TWO_POW_M53
+
+
+def uniforms_for(
+    seeds: Sequence[int | None], sample_indices: Sequence[int], steps: Sequence[int], device: torch.device | str | None
+) -> torch.Tensor:
+    """float64 [B] uniforms of (seed, sample index, step) rows; the same bits as uniforms(seed_states(...), ...).
+
+    Python integers for small batches: a handful of torch int64 ops costs more than the hash itself there.
+    """
+    if len(seeds) > PYTHON_HASH_MAX_ROWS:
+        states = seed_states(seeds, device)
+        idx = torch.as_tensor(sample_indices, dtype=torch.int64).to(device)
+        return uniforms(states, idx, torch.as_tensor(steps, dtype=torch.int64).to(device))
+    values = [
+        _uniform_from_state(_seed_state(secrets.randbits(64)) if s is None else _cached_state(s), i, t)
+        for s, i, t in zip(seeds, sample_indices, steps, strict=True)
+    ]
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def _uniform_from_state(state: int, sample_index: int, step: int) -> float:
+    """uniforms() for one row in Python integers; state is seed_states()'s int64 bits."""
+    counter = ((sample_index << 32) + step + 1) * GOLDEN & MASK64  # the torch version wraps the same way
+    h = _py_mix((state & MASK64) ^ _py_mix(counter))
+    return (h >> 11) * TWO_POW_M53  # a 53-bit integer times a power of two: exact in float64
 
 
 def seed_states(seeds: Sequence[int | None], device: torch.device | str | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 from seedstream.sampler import SamplingParams, sample
-from seedstream.sampler.rng import python_uniform, seed_states, uniforms
+from seedstream.sampler.rng import PYTHON_HASH_MAX_ROWS, python_uniform, seed_states, uniforms, uniforms_for
 
 
 def _torch_uniforms(seeds, idx, steps, device="cpu"):
@@ -24,6 +24,20 @@ def test_torch_hash_matches_python_integers_bit_for_bit():
     got = _torch_uniforms(seeds, idx, steps)
     want = torch.tensor([python_uniform(s, i, t) for s, i, t in zip(seeds, idx, steps)], dtype=torch.float64)
     assert torch.equal(got, want)
+
+
+def test_small_batches_hashed_in_python_match_the_torch_hash():
+    """uniforms_for() takes Python integers up to PYTHON_HASH_MAX_ROWS rows and torch above: same bits."""
+    rng = random.Random(8)
+    seeds = [rng.randrange(2**64) for _ in range(600)] + [0, 2**63, 2**64 - 1]
+    idx = [rng.randrange(2**31) for _ in seeds[:-1]] + [2**31 - 1]
+    steps = [rng.randrange(2**32) for _ in seeds[:-1]] + [2**32 - 1]
+    want = _torch_uniforms(seeds, idx, steps)
+    assert len(seeds) > PYTHON_HASH_MAX_ROWS  # the torch branch
+    assert torch.equal(uniforms_for(seeds, idx, steps, "cpu"), want)
+    for lo in range(0, len(seeds), 100):  # the Python branch
+        part = slice(lo, lo + 100)
+        assert torch.equal(uniforms_for(seeds[part], idx[part], steps[part], "cpu"), want[part])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
