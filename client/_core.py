@@ -23,6 +23,7 @@ from ._common import (
     with_api_key,
 )
 from ._resume import ResumePolicy, StreamResume
+from ._retry import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY, OverloadAttempts, OverloadRetry
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
 from .types import GenerateChunk, HealthStatus
 
@@ -59,6 +60,8 @@ class ClientCore:
         resume: ResumePolicy | None = ResumePolicy(),
         load_balancing: str | None = None,
         max_attempts: int = 1,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY,
     ):
         """Settings of a client (Client opens its channel here; AsyncClient on first use, in its event loop).
 
@@ -77,12 +80,17 @@ class ClientCore:
             (balanced round_robin), or one target gRPC resolves such as "dns:///NAME:PORT" with
             load_balancing="round_robin" ("pick_first" is gRPC's default). max_attempts > 1 lets gRPC
             retry calls that fail UNAVAILABLE (a replica died or is draining) on another replica.
+        max_retries: how many times a call the server refused with RESOURCE_EXHAUSTED (queue full) is sent
+            again (0: never), after a random wait of up to retry_base_delay * 2^retry seconds (full
+            jitter, at most 8 s, within the call's timeout). A stream is sent again only while it has
+            yielded nothing. Other codes are never retried this way.
         """
         channel_target, from_list = balancing.channel_target(target)
         self.target: str = channel_target or _requests.default_target()
         self.timeout = timeout
         self.metadata: Metadata = with_api_key(metadata, api_key)
         self.resume = resume
+        self.overload_retry = OverloadRetry(max_retries, retry_base_delay)
         self._credentials = channel_credentials(credentials, secure, root_certificates, private_key, certificate_chain)
         self._options = _requests.channel_options(options) + balancing.channel_options(
             load_balancing, max_attempts, from_list
@@ -115,11 +123,13 @@ class ClientCore:
 
     def _stream_start(
         self, request: pb.GenerateRequest, timeout: Timeout, metadata: Metadata, resume: ResumePolicy | None | _Unset
-    ) -> tuple[CallOptions, StreamResume]:
-        """A stream's call options and its resume state (resume=UNSET: the client's policy)."""
+    ) -> tuple[CallOptions, StreamResume, OverloadAttempts]:
+        """A stream's call options, its resume state (resume=UNSET: the client's policy) and its
+        overload retries."""
         call_options = self._call_options(timeout, metadata)
         policy = self.resume if isinstance(resume, _Unset) else resume
-        return call_options, StreamResume(request, policy, call_options["timeout"])
+        timeout_s = call_options["timeout"]
+        return call_options, StreamResume(request, policy, timeout_s), self.overload_retry.attempts(timeout_s)
 
 
 def check_concurrency(concurrency: int) -> None:
@@ -156,17 +166,44 @@ class ServingWait:
 
 class StreamCore:
     """A streamed completion's state, for GenerateStream and AsyncGenerateStream: the call, whether it
-    finished, and resuming it after UNAVAILABLE with `reopen` (StreamResume, error -> a new call)."""
+    finished, resuming it after UNAVAILABLE with `reopen` (StreamResume, error -> a new call), and
+    sending it again after RESOURCE_EXHAUSTED with `restart` (StreamResume -> a new call) while
+    nothing has been received."""
 
-    def __init__(self, call: Any, resume: StreamResume | None = None, reopen: Any = None):
+    def __init__(
+        self,
+        call: Any,
+        resume: StreamResume | None = None,
+        reopen: Any = None,
+        retry: OverloadAttempts | None = None,
+        restart: Any = None,
+    ):
         self._call = call
         self._finished = False
+        self._received = False
         self._resume = resume
         self._reopen = reopen
+        self._retry = retry
+        self._restart = restart
         self.resumes = 0
+        self.retries = 0  # times the stream was sent again because the server's queue was full
 
     def _can_resume(self, exc: grpc.RpcError) -> bool:
         return not self._finished and self._resume is not None and self._resume.should_retry(exc)
+
+    def _overload_wait(self, exc: grpc.RpcError) -> float | None:
+        """Seconds to wait before sending the stream again after an overload, or None: not this
+        time (another code, no retries left, or a message already received: the caller may hold
+        tokens, and only resuming may continue such a stream)."""
+        if self._received or self._finished or self._retry is None or self._restart is None:
+            return None
+        return self._retry.wait(exc)
+
+    def _keep_seed(self, seed: int | None) -> None:
+        """Before an overload retry: the seed the refused call reported (when the caller let the
+        server draw one) goes into the next request, so the `seed` a caller may have read holds."""
+        if self._resume is not None and self._resume.seed is None and seed is not None:
+            self._resume.seed = seed
 
     @contextlib.contextmanager
     def _reopening(self) -> Iterator[None]:
@@ -184,6 +221,7 @@ class StreamCore:
         raise from_rpc_error(exc) from None
 
     def _chunk(self, message: pb.GenerateStreamResponse) -> GenerateChunk:
+        self._received = True
         if self._resume is not None:
             self._resume.seen(message)
         chunk = GenerateChunk.from_pb(message)

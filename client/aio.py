@@ -29,7 +29,8 @@ class AsyncGenerateStream(StreamCore):
     `async with client.generate_stream(...) as stream: async for chunk in stream: ...`
     Leaving the block, `cancel()`, cancelling the task that iterates, or
     dropping the object cancels the RPC; the server frees the slot. A stream broken
-    by UNAVAILABLE resumes on its own where it broke (see Client and ResumePolicy).
+    by UNAVAILABLE resumes on its own where it broke (see Client and ResumePolicy); one
+    refused as overloaded before its first message is sent again (see Client).
     """
 
     def __aiter__(self) -> AsyncGenerateStream:
@@ -52,6 +53,13 @@ class AsyncGenerateStream(StreamCore):
                 self.cancel()
                 raise
             except grpc.RpcError as exc:
+                wait = self._overload_wait(exc)
+                if wait is not None:
+                    self._keep_seed(await self.seed())
+                    await asyncio.sleep(wait)
+                    self._call = self._restart(self._resume)
+                    self.retries += 1
+                    continue
                 if not self._can_resume(exc):
                     self._failed(exc)
                 with self._reopening():
@@ -107,11 +115,18 @@ class AsyncClient(ClientCore):
         return self._stub
 
     async def _unary(self, name: str, request: Any, timeout: Timeout, metadata: Metadata) -> Any:
+        """One unary call, sent again while the server refuses it as overloaded (see max_retries)."""
         method = getattr(self._ensure(), name)
-        try:
-            return await method(request, **self._call_options(timeout, metadata))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        options = self._call_options(timeout, metadata)
+        attempts = self.overload_retry.attempts(options["timeout"])
+        while True:
+            try:
+                return await method(request, timeout=attempts.remaining(), metadata=options["metadata"])
+            except grpc.RpcError as exc:
+                wait = attempts.wait(exc)
+                if wait is None:
+                    raise from_rpc_error(exc) from None
+            await asyncio.sleep(wait)
 
     async def generate(
         self,
@@ -136,8 +151,13 @@ class AsyncClient(ClientCore):
     ) -> AsyncGenerateStream:
         """Stream a completion (arguments as Client.generate_stream); iterate with `async for`."""
         request = _requests.generate_request(prompt, **options)
-        call_options, state = self._stream_start(request, timeout, metadata, resume)
+        call_options, state, attempts = self._stream_start(request, timeout, metadata, resume)
         call = self._ensure().GenerateStream(request, **call_options)
+
+        def restart(state: StreamResume) -> Any:
+            return self._ensure().GenerateStream(
+                state.next_request(), timeout=attempts.remaining(), metadata=call_options["metadata"]
+            )
 
         async def reopen(state: StreamResume, error: grpc.RpcError) -> Any:
             await asyncio.sleep(state.backoff())
@@ -149,7 +169,7 @@ class AsyncClient(ClientCore):
                 state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
             )
 
-        return AsyncGenerateStream(call, state, reopen)
+        return AsyncGenerateStream(call, state, reopen, attempts, restart)
 
     async def generate_batch(
         self,

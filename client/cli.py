@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from seedstream.v1.protocol import package_version
 
+from ._retry import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY
+
 if TYPE_CHECKING:
     from .client import Client
     from .types import Receipt
@@ -67,6 +69,14 @@ def _add_connection(p: argparse.ArgumentParser) -> None:
         help="server host:port [SEEDSTREAM_TARGET; default localhost:$SEEDSTREAM_PORT or localhost:50051]",
     )
     g.add_argument("--timeout", type=float, default=None, help="deadline in seconds (default: none)")
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        metavar="N",
+        help="times a call the server refused as overloaded (RESOURCE_EXHAUSTED, queue full) is sent again, "
+        f"after a random wait of up to {DEFAULT_RETRY_BASE_DELAY:g} s x 2^retry; 0 = never",
+    )
     g.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     g.add_argument("--root-cert", metavar="PEM", help="use TLS, trusting this CA certificate file")
     g.add_argument("--client-cert", metavar="PEM", help="client certificate chain file (mutual TLS)")
@@ -232,6 +242,8 @@ def _client(args: argparse.Namespace) -> Client:
         if not sep:
             raise SystemExit(f"error: --metadata expects KEY=VALUE, got {item!r}")
         metadata.append((key.strip().lower(), value))
+    if args.max_retries < 0:
+        raise SystemExit(f"error: --max-retries {args.max_retries}: must be >= 0")
     return Client(
         args.target,
         timeout=args.timeout,
@@ -241,6 +253,7 @@ def _client(args: argparse.Namespace) -> Client:
         private_key=args.client_key,
         metadata=metadata or None,
         api_key=_api_key(args),
+        max_retries=args.max_retries,
     )
 
 

@@ -32,6 +32,8 @@ class GenerateStream(StreamCore):
     call fails with UNAVAILABLE (server restart, dropped connection), the stream
     resumes on its own where it broke (see ResumePolicy): the iterator goes on
     with the next token, as if nothing had happened. `resumes` counts the times.
+    A stream the server refused as overloaded (RESOURCE_EXHAUSTED) before its
+    first message is sent again (the client's max_retries); `retries` counts those.
     """
 
     def __iter__(self) -> GenerateStream:
@@ -45,6 +47,13 @@ class GenerateStream(StreamCore):
                 self._finished = True
                 raise
             except grpc.RpcError as exc:
+                wait = self._overload_wait(exc)
+                if wait is not None:
+                    self._keep_seed(self.seed)
+                    time.sleep(wait)
+                    self._call = self._restart(self._resume)
+                    self.retries += 1
+                    continue
                 if not self._can_resume(exc):
                     self._failed(exc)
                 with self._reopening():
@@ -83,10 +92,17 @@ class Client(ClientCore):
         self._channel, self._stub, self._health = self._open_channel(grpc)
 
     def _unary(self, method: Any, request: Any, timeout: Any, metadata: Metadata) -> Any:
-        try:
-            return method(request, **self._call_options(timeout, metadata))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        """One unary call, sent again while the server refuses it as overloaded (see max_retries)."""
+        options = self._call_options(timeout, metadata)
+        attempts = self.overload_retry.attempts(options["timeout"])
+        while True:
+            try:
+                return method(request, timeout=attempts.remaining(), metadata=options["metadata"])
+            except grpc.RpcError as exc:
+                wait = attempts.wait(exc)
+                if wait is None:
+                    raise from_rpc_error(exc) from None
+            time.sleep(wait)
 
     # --- calls
 
@@ -119,11 +135,16 @@ class Client(ClientCore):
         """Stream a completion as GenerateChunk deltas (same arguments as generate()). resume: a
         ResumePolicy for this call (default: the client's), None to not resume automatically."""
         request = _requests.generate_request(prompt, **options)
-        call_options, state = self._stream_start(request, timeout, metadata, resume)
+        call_options, state, attempts = self._stream_start(request, timeout, metadata, resume)
         try:
             call = self._stub.GenerateStream(request, **call_options)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+        def restart(state: StreamResume) -> Any:
+            return self._stub.GenerateStream(
+                state.next_request(), timeout=attempts.remaining(), metadata=call_options["metadata"]
+            )
 
         def reopen(state: StreamResume, error: grpc.RpcError) -> Any:
             time.sleep(state.backoff())
@@ -135,7 +156,7 @@ class Client(ClientCore):
                 state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
             )
 
-        return GenerateStream(call, state, reopen)
+        return GenerateStream(call, state, reopen, attempts, restart)
 
     def generate_batch(
         self,

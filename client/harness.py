@@ -285,6 +285,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
             timeout=self.timeout,
             secure=_as_bool(secure),
             root_certificates=root_certificates,
+            max_retries=0,  # _retrying() below retries RESOURCE_EXHAUSTED with its own, longer backoff
         )
         self.info = self._retrying(lambda: self.client.model_info())
         limit = self.info.max_context - 1  # a scored pair of max_length + 1 tokens must fit the context

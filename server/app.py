@@ -53,6 +53,7 @@ class SeedstreamServer:
         security=None,
         metrics=None,
         http_port: int | None = None,
+        http_ssl=None,
     ):
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
@@ -74,6 +75,7 @@ class SeedstreamServer:
         self.health = None
         self.port: int | None = None
         self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
+        self.http_ssl = http_ssl  # an ssl.SSLContext: the HTTP front serves HTTPS
         self.http = None
 
     @property
@@ -117,7 +119,9 @@ class SeedstreamServer:
         if self.http_port is not None:  # the OpenAI-compatible front, same loop and state
             from seedstream.server.http.front import HttpFront
 
-            self.http = HttpFront(self.state, self.host, self.http_port, api_keys=self.security.api_keys)
+            self.http = HttpFront(
+                self.state, self.host, self.http_port, api_keys=self.security.api_keys, ssl_context=self.http_ssl
+            )
             await self.http.start()
         if self._pending_engine is not None:
             engine, self._pending_engine = self._pending_engine, None
@@ -261,7 +265,7 @@ async def _serve(opts: ServeOptions) -> int:
             raise ValueError(
                 f"default_max_new_tokens={opts.default_max_new_tokens}: allowed [1, max_new_tokens_limit={config.max_new_tokens_limit}]"
             )
-        from seedstream.server.rpc.hardening import security_from_options
+        from seedstream.server.rpc.hardening import http_ssl_context, security_from_options
 
         credentials = _credentials(opts)
         server = SeedstreamServer(
@@ -272,6 +276,7 @@ async def _serve(opts: ServeOptions) -> int:
             security=security_from_options(dataclasses.asdict(opts), opts.host, tls=credentials is not None),
             metrics=_metrics(opts),
             http_port=opts.http_port,
+            http_ssl=http_ssl_context(opts.http_tls_cert, opts.http_tls_key, opts.http_port),
         )
         await server.start()
         _serve_metrics(server.metrics, opts)
@@ -285,7 +290,9 @@ async def _serve(opts: ServeOptions) -> int:
         return 2
     log.info("listening on %s:%d (health NOT_SERVING until the model is loaded)", opts.host, server.port)
     if server.http is not None:
-        log.info("HTTP (OpenAI-compatible API, playground) on http://%s:%d/", opts.host, server.http.port)
+        log.info(
+            "HTTP (OpenAI-compatible API, playground) on %s://%s:%d/", server.http.scheme, opts.host, server.http.port
+        )
 
     stop, force = asyncio.Event(), asyncio.Event()
 

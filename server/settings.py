@@ -163,10 +163,14 @@ class ServeOptions:
     port: int = _server(DEFAULT_PORT, "TCP port; 0 picks a free one (logged)")
     http_port: int | None = _server(
         None,
-        "also serve the OpenAI-compatible HTTP API and the playground page on this port (same host, "
-        "plain HTTP); 0 picks a free one (logged)",
+        "also serve the OpenAI-compatible HTTP API and the playground page on this port (same host; plain "
+        "HTTP, or HTTPS with `--http-tls-cert`); 0 picks a free one (logged)",
         shown="off",
     )
+    http_tls_cert: str | None = _server(
+        None, "PEM certificate chain file: serve the HTTP front (`--http-port`) as HTTPS", shown="none"
+    )
+    http_tls_key: str | None = _server(None, "PEM private key file for `--http-tls-cert`", shown="none")
     default_max_new_tokens: int = _server(256, "`max_new_tokens` when a request leaves it unset")
     grace_period: float = _server(30.0, "seconds in-flight requests get to finish on SIGTERM/SIGINT")
     tls_cert: str | None = _server(None, "PEM certificate chain file: serve TLS instead of plaintext", shown="none")

@@ -44,11 +44,12 @@ SEED_HEADER = "seedstream-seed"
 class HttpFront:
     """The OpenAI-compatible HTTP server over a ServiceState (the engine and in-flight accounting)."""
 
-    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None):
+    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None, ssl_context=None):
         self.state = state
         self.host = host
         self.requested_port = port
         self.port: int | None = None
+        self.ssl_context = ssl_context  # an ssl.SSLContext: HTTPS; None: plain HTTP
         self._runner: web.AppRunner | None = None
         # The gRPC server's API keys guard /v1/* here too (the same constant-time check); the page,
         # its static files and /health stay open, as gRPC health does.
@@ -86,10 +87,14 @@ class HttpFront:
         """Bind and serve on the running loop; returns the bound port."""
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        site = web.TCPSite(self._runner, self.host, self.requested_port, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ssl_context is None else "https"
 
     async def stop(self) -> None:
         if self._runner is not None:

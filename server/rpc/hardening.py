@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -50,6 +51,20 @@ def server_credentials(cert: str | None, key: str | None, client_ca: str | None)
         return grpc.ssl_server_credentials([pair])
     with open(client_ca, "rb") as ca:
         return grpc.ssl_server_credentials([pair], root_certificates=ca.read(), require_client_auth=True)
+
+
+def http_ssl_context(cert: str | None, key: str | None, http_port: int | None) -> ssl.SSLContext | None:
+    """The HTTP front's TLS context from PEM files (None: plain HTTP); the same files as `--tls-cert`
+    and `--tls-key` will do, or others (e.g. a certificate for the browser-facing name)."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("--http-tls-cert and --http-tls-key go together")
+    if http_port is None:
+        raise ValueError("--http-tls-cert needs --http-port (the HTTP front is off)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # a server's context: no client certificates
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def is_loopback(host: str) -> bool:

@@ -58,3 +58,53 @@ def test_tls_round_trip(loop_thread, engine, tls_files):
                 plaintext.generate("Hello", max_new_tokens=1)
     finally:
         loop_thread.run(srv.shutdown(0, stop_engine=False))
+
+
+def test_https_front(loop_thread, engine, tls_files):
+    """--http-tls-cert/--http-tls-key: the OpenAI-compatible front over HTTPS, with the certificate
+    checked by the client; its completion is the gRPC one of the same seed; plain HTTP gets nothing."""
+    import http.client
+    import json
+    import ssl
+    import urllib.request
+
+    from seedstream.server.rpc.hardening import http_ssl_context
+
+    key, cert = tls_files
+    srv = start_server(loop_thread, engine, http_port=0, http_ssl=http_ssl_context(str(cert), str(key), 0))
+    try:
+        assert srv.http.scheme == "https"
+        trusted = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the name "localhost"
+        base = f"https://localhost:{srv.http.port}"
+        body = {"model": "seedstream", "prompt": "Hello", "max_tokens": 4, "seed": 5, "temperature": 0.7}
+        request = urllib.request.Request(
+            base + "/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60, context=trusted) as response:
+            assert response.status == 200
+            text = json.loads(response.read())["choices"][0]["text"]
+        with Client(srv.address, timeout=60) as client:
+            assert text == client.generate("Hello", seed=5, temperature=0.7, max_new_tokens=4).text
+        with urllib.request.urlopen(base + "/health", timeout=30, context=trusted) as response:
+            assert json.loads(response.read()) == {"status": "serving"}
+        # Plain HTTP on the HTTPS port: no HTTP answer.
+        plain = http.client.HTTPConnection("localhost", srv.http.port, timeout=30)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/health")
+            plain.getresponse()
+        plain.close()
+    finally:
+        loop_thread.run(srv.shutdown(0, stop_engine=False))
+
+
+def test_http_tls_settings_are_checked(tls_files):
+    from seedstream.server.rpc.hardening import http_ssl_context
+
+    key, cert = tls_files
+    assert http_ssl_context(None, None, 0) is None
+    with pytest.raises(ValueError, match="go together"):
+        http_ssl_context(str(cert), None, 0)
+    with pytest.raises(ValueError, match="needs --http-port"):
+        http_ssl_context(str(cert), str(key), None)
+    with pytest.raises(OSError):  # ssl.SSLError: a key that is not one; `seedstream serve` says "cannot start"
+        http_ssl_context(str(cert), str(cert), 0)
