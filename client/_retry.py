@@ -5,7 +5,10 @@ client's share of it) is full, before it has done any work for the call. Sending
 little later is safe: a seeded request gives the same tokens whenever it runs. As OpenAI's client does
 for HTTP 429, the client waits and tries again a bounded number of times: exponential backoff with full
 jitter (a uniform wait in [0, base * 2^retry], capped), so clients refused together do not all come
-back together. Only RESOURCE_EXHAUSTED from the server is retried; every other code, and gRPC's own
+back together. The same holds for a proxy's 502/503/504 answer (nginx, when the replica behind it
+died or is unreachable): gRPC reports it as UNAVAILABLE "Received http2 header with status: 502" and,
+because the proxy answered with headers, its own retry policy treats the call as committed and never
+sends it again (OpenAI's client retries those statuses too). Every other code, and gRPC's own
 RESOURCE_EXHAUSTED for a message over the size limit (which no wait can fix), is raised at once.
 
 A stream is retried only while it has yielded nothing; once a token has reached the caller, only
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -28,6 +32,9 @@ MAX_RETRY_DELAY = 8.0  # seconds: no single wait is longer
 # gRPC's own RESOURCE_EXHAUSTED for a message over the size limit ("Received message larger than max
 # (...)", "Sent message larger than max (...)"): the same request would fail the same way.
 _SIZE_LIMIT_DETAIL = "message larger than max"
+# gRPC's UNAVAILABLE for an HTTP/2 response whose :status is a proxy's "the upstream failed" (bad gateway,
+# service unavailable, gateway timeout): nothing reached a replica's engine, or the replica died.
+_PROXY_FAILURE = re.compile(r"header with status: 50[234]\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +67,15 @@ def is_overload(error: grpc.RpcError) -> bool:
     return _SIZE_LIMIT_DETAIL not in (details or "")
 
 
+def is_proxy_failure(error: grpc.RpcError) -> bool:
+    """UNAVAILABLE synthesised from a proxy's 502/503/504 answer (see the module docstring)."""
+    import grpc
+
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    details = error.details() if callable(getattr(error, "details", None)) else None
+    return code == grpc.StatusCode.UNAVAILABLE and bool(_PROXY_FAILURE.search(details or ""))
+
+
 class OverloadAttempts:
     """One call's retries: how many are left and the call's deadline, which every attempt shares."""
 
@@ -72,7 +88,7 @@ class OverloadAttempts:
         """Seconds to wait before sending the call again (counts the retry), or None: raise `error`.
         None also when the wait would outlast the call's deadline: the caller learns of the overload
         rather than of a deadline the retry would have used up."""
-        if self.retries >= self.policy.max_retries or not is_overload(error):
+        if self.retries >= self.policy.max_retries or not (is_overload(error) or is_proxy_failure(error)):
             return None
         wait = random.uniform(0.0, min(self.policy.max_delay, self.policy.base_delay * 2**self.retries))
         left = self.remaining()

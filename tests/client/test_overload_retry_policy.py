@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from seedstream.client import Client
-from seedstream.client._retry import OverloadRetry, is_overload
+from seedstream.client._retry import OverloadRetry, is_overload, is_proxy_failure
 
 
 class _Error(grpc.RpcError):
@@ -29,6 +29,17 @@ def test_only_the_servers_resource_exhausted_is_retried():
     # gRPC's own size limit: the same request would fail the same way.
     assert not is_overload(_Error(grpc.StatusCode.RESOURCE_EXHAUSTED, "Sent message larger than max (9 vs. 4)"))
     assert not is_overload(_Error(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (9 vs. 4)"))
+
+
+def test_a_proxys_bad_gateway_is_retried_but_not_other_unavailable():
+    """nginx's 502/503/504 (its replica died): gRPC's retry policy counts it as answered, so the client retries."""
+    for status in (502, 503, 504):
+        bad_gateway = _Error(grpc.StatusCode.UNAVAILABLE, f"Received http2 header with status: {status}")
+        assert is_proxy_failure(bad_gateway)
+        assert OverloadRetry(max_retries=1, base_delay=0.0).attempts(None).wait(bad_gateway) == 0.0
+    assert not is_proxy_failure(_Error(grpc.StatusCode.UNAVAILABLE, "Received http2 header with status: 500"))
+    assert not is_proxy_failure(_Error(grpc.StatusCode.UNIMPLEMENTED, "Received http2 header with status: 404"))
+    assert not is_proxy_failure(_Error(grpc.StatusCode.UNAVAILABLE, "server is draining"))
 
 
 def test_retries_are_bounded_and_waits_are_full_jitter_under_an_exponential_cap():
