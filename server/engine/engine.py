@@ -81,8 +81,7 @@ class Engine:
             "model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype
         )
         c = self.model_config
-        kv_dtype = getattr(self.model, "kv_dtype", self.dtype)  # the kernels cache bfloat16
-        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(kv_dtype).bits // 8
+        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
         log.info(
             "KV-cache budget: %d token positions (about %.1f GiB)",
             config.max_kv_tokens,

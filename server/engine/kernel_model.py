@@ -35,10 +35,6 @@ from .kv_cache import SequenceKVCache
 from .model import ModelConfig, Segment
 
 ATTN_BLOCK = 32  # keys per attention block, at absolute positions (part of engine_version)
-# Keys and values are cached as bfloat16, the default model's own precision: half the bytes that every decode
-# step reads back (attention over long or many sequences is bound by them), and twice the sequences per GiB.
-KV_CACHE_DTYPE = torch.bfloat16
-KV_TAG = "bf16"  # KV_CACHE_DTYPE in engine_version
 
 
 def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> str:
@@ -130,7 +126,6 @@ class KernelModel:
     ):
         self.cfg, self.kernels, self.weight_format = cfg, kernels, weight_format
         self.device, self.dtype = torch.device("cpu"), torch.float32
-        self.kv_dtype = KV_CACHE_DTYPE
         self.embed = packed["embed"]
         self.lm_head = packed.get("lm_head", self.embed)
         keep: list = list(packed.values())  # everything the C structs point at stays alive here
@@ -170,11 +165,11 @@ class KernelModel:
     @property
     def version_tag(self) -> str:
         """What determines this model's bits, for engine_version (not the instruction set: all agree)."""
-        return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}.kv{KV_TAG}"
+        return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}"
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
-        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.kv_dtype)
+        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.dtype)
 
     def step_desc(
         self,

@@ -13,7 +13,7 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 2
+ABI_VERSION = 1
 FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
 
 _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
@@ -94,7 +94,6 @@ class Kernels:
             ("ssk_gemm", [_ptr, ctypes.POINTER(Matrix), _i32, _ptr, _ptr]),
             ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
             ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr]),
-            ("ssk_to_bf16", [_ptr, _i32, _ptr]),
         ):
             getattr(lib, name).restype = _i32
             getattr(lib, name).argtypes = args
@@ -135,15 +134,6 @@ class Kernels:
             != 0
         ):
             raise ValueError("ssk_attention: unsupported shape")
-        return out
-
-    def to_bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """x [N] float32 rounded to bfloat16 as the forward caches keys and values."""
-        x = x.contiguous()
-        assert x.dtype == torch.float32 and x.dim() == 1
-        out = torch.empty(x.shape[0], dtype=torch.bfloat16)
-        if self._lib.ssk_to_bf16(x.data_ptr(), x.shape[0], out.data_ptr()) != 0:
-            raise ValueError("ssk_to_bf16: bad length")
         return out
 
     def dequant_row(self, matrix: Matrix, row: int) -> torch.Tensor:

@@ -1,5 +1,4 @@
 // Causal attention of one query row over its own sequence's keys, in fixed blocks at absolute positions.
-// Keys and values are cached as bfloat16 and widened to float32 exactly on load; all arithmetic is float32.
 //
 // Keys are visited in blocks [0, B), [B, 2B), ... up to the row's position, and the blocks are
 // combined left to right with an online softmax. The reduction therefore depends only on the row's
@@ -26,7 +25,7 @@ struct HeadState {
 
 // p[j - j0] = score of key j for j in [j0, j1), then -inf up to the next multiple of 16.
 template <int CHUNKS>
-static inline void block_scores(const float* qp, const uint16_t* keys, int j0, int j1, float scale, float* p) {
+static inline void block_scores(const float* qp, const float* keys, int j0, int j1, float scale, float* p) {
   const int head_dim = 16 * CHUNKS;
   V16 q[CHUNKS];
   for (int c = 0; c < CHUNKS; ++c) q[c] = v_load(qp + 16 * c);
@@ -34,9 +33,9 @@ static inline void block_scores(const float* qp, const uint16_t* keys, int j0, i
     V16 part[16];
     const int valid = j1 - g < 16 ? j1 - g : 16;
     for (int t = 0; t < 16; ++t) {
-      const uint16_t* k = keys + (size_t)(g + (t < valid ? t : 0)) * head_dim;  // lanes past j1: any key, unused
-      part[t] = v_mul(q[0], v_load_bf16(k));
-      for (int c = 1; c < CHUNKS; ++c) part[t] = v_fma(q[c], v_load_bf16(k + 16 * c), part[t]);
+      const float* k = keys + (size_t)(g + (t < valid ? t : 0)) * head_dim;  // lanes past j1: any key, unused
+      part[t] = v_mul(q[0], v_load(k));
+      for (int c = 1; c < CHUNKS; ++c) part[t] = v_fma(q[c], v_load(k + 16 * c), part[t]);
     }
     v_store(p + (g - j0), v_mul(v_hsum16(part), v_set1(scale)));
   }
@@ -49,7 +48,7 @@ static inline void block_scores(const float* qp, const uint16_t* keys, int j0, i
 //   m' = max(m, max_j s_j); p_j = exp(s_j - m'); l = l*exp(m - m') + (p_0 + p_1 + ...) left to right;
 //   o = o*exp(m - m') + fma-chain_j(p_j, v_j)
 template <int CHUNKS, int G>
-static void attend_block(const float* q, const uint16_t* keys, const uint16_t* values, int j0, int j1, float scale,
+static void attend_block(const float* q, const float* keys, const float* values, int j0, int j1, float scale,
                          float (*p)[MAX_BLOCK + 16], HeadState<CHUNKS>* st) {
   constexpr int head_dim = 16 * CHUNKS;
   const int n = j1 - j0;
@@ -73,9 +72,9 @@ static void attend_block(const float* q, const uint16_t* keys, const uint16_t* v
     for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_zero();
   }
   for (int j = 0; j < n; ++j) {
-    const uint16_t* v = values + (size_t)(j0 + j) * head_dim;
+    const float* v = values + (size_t)(j0 + j) * head_dim;
     V16 vj[CHUNKS];
-    for (int c = 0; c < CHUNKS; ++c) vj[c] = v_load_bf16(v + 16 * c);
+    for (int c = 0; c < CHUNKS; ++c) vj[c] = v_load(v + 16 * c);
     for (int h = 0; h < G; ++h) {
       const V16 pj = v_set1(p[h][j]);
       for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_fma(pj, vj[c], ob[h][c]);

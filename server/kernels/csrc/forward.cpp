@@ -90,12 +90,6 @@ void* ssk_create(int32_t n_threads) { return new Ctx(n_threads); }
 void ssk_destroy(void* ctx) { delete static_cast<Ctx*>(ctx); }
 int32_t ssk_threads(void* ctx) { return static_cast<Ctx*>(ctx)->pool.size(); }
 
-int32_t ssk_to_bf16(const float* x, int32_t n, uint16_t* out) {
-  if (n < 0) return -1;
-  to_bf16(x, n, out);
-  return 0;
-}
-
 int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out) {
   if (!valid_matrix(*w) || row < 0 || row >= w->n) return -1;
   dequant_row(*w, row, out);
@@ -172,8 +166,8 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
         const size_t cap = (size_t)st.seg_capacity[seg];
         for (int h = 0; h < md.n_kv_heads; ++h) {
           const size_t off = ((((size_t)layer * md.n_kv_heads + h) * cap) + pos) * D;
-          to_bf16(row + q_width + (size_t)h * D, D, st.seg_keys[seg] + off);
-          to_bf16(row + q_width + kv_width + (size_t)h * D, D, st.seg_values[seg] + off);
+          std::memcpy(st.seg_keys[seg] + off, row + q_width + (size_t)h * D, D * sizeof(float));
+          std::memcpy(st.seg_values[seg] + off, row + q_width + kv_width + (size_t)h * D, D * sizeof(float));
         }
       }
     });

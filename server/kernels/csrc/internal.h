@@ -25,16 +25,14 @@ void dequant_row(const ssk_matrix& w, int row, float* out);
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
 void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin);
 void silu_mul_row(const float* gate, const float* up, int k, float* out);
-// out[i] = x[i] rounded to bfloat16 (nearest, ties to even; NaN stays NaN): how keys and values are cached.
-void to_bf16(const float* x, int n, uint16_t* out);
 
 constexpr int MAX_GROUP = 8;  // query heads per attention work item (a divisor of the GQA group)
 
 // n_heads query heads of one row that share one key/value head.
 struct AttnGroup {
   const float* q;       // [n_heads, D]
-  const uint16_t* keys;    // [capacity, D] bfloat16, of this row's sequence, layer and kv head
-  const uint16_t* values;  // [capacity, D] bfloat16
+  const float* keys;    // [capacity, D] of this row's sequence, layer and kv head
+  const float* values;  // [capacity, D]
   int position;         // attends to keys 0..position
   int n_heads;          // 1..MAX_GROUP, consecutive query heads
   float* out;           // [n_heads, D]

@@ -2,8 +2,6 @@
 #include <cmath>
 #include <cstdlib>
 
-#include <cstring>
-
 #include "internal.h"
 #include "simd.h"
 
@@ -67,18 +65,6 @@ void dequant_row(const ssk_matrix& w, int row, float* out) {
         out[b * SSK_QK + k] = d * (float)(byte & 0x0F) + m;
         out[b * SSK_QK + 16 + k] = d * (float)(byte >> 4) + m;
       }
-    }
-  }
-}
-
-void to_bf16(const float* x, int n, uint16_t* out) {
-  for (int i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &x[i], sizeof bits);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN stays a (quiet) NaN
-      out[i] = (uint16_t)((bits >> 16) | 0x0040u);
-    } else {  // round to nearest, ties to even, in integer arithmetic: the same on every build
-      out[i] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     }
   }
 }

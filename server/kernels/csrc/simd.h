@@ -31,10 +31,6 @@ static inline void ssk_pause() {}
 #if defined(SSK_AVX512)
 struct V16 { __m512 v; };
 static inline V16 v_load(const float* p) { return {_mm512_loadu_ps(p)}; }
-// 16 bfloat16 values widened to float32 (exact: the bf16 bits are the float's top 16 bits).
-static inline V16 v_load_bf16(const uint16_t* p) {
-  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16))};
-}
 static inline void v_store(float* p, V16 a) { _mm512_storeu_ps(p, a.v); }
 static inline V16 v_set1(float x) { return {_mm512_set1_ps(x)}; }
 static inline V16 v_add(V16 a, V16 b) { return {_mm512_add_ps(a.v, b.v)}; }
@@ -87,10 +83,6 @@ static inline V16 v_hsum16(const V16* part) {
 #elif defined(SSK_AVX2)
 struct V16 { __m256 lo, hi; };
 static inline V16 v_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
-static inline __m256 bf16_8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-static inline V16 v_load_bf16(const uint16_t* p) { return {bf16_8(p), bf16_8(p + 8)}; }
 static inline void v_store(float* p, V16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
 static inline V16 v_set1(float x) { __m256 s = _mm256_set1_ps(x); return {s, s}; }
 #define SSK_V2(OP) {OP(a.lo, b.lo), OP(a.hi, b.hi)}
@@ -147,14 +139,6 @@ static inline V16 v_hsum16(const V16* part) {
 struct V16 { float v[16]; };
 #define SSK_EACH(EXPR) V16 r; for (int l = 0; l < 16; ++l) r.v[l] = (EXPR); return r
 static inline V16 v_load(const float* p) { V16 r; std::memcpy(r.v, p, sizeof r.v); return r; }
-static inline V16 v_load_bf16(const uint16_t* p) {
-  V16 r;
-  for (int l = 0; l < 16; ++l) {
-    const uint32_t bits = (uint32_t)p[l] << 16;
-    std::memcpy(&r.v[l], &bits, sizeof(float));
-  }
-  return r;
-}
 static inline void v_store(float* p, V16 a) { std::memcpy(p, a.v, sizeof a.v); }
 static inline V16 v_set1(float x) { SSK_EACH(x); }
 static inline V16 v_add(V16 a, V16 b) { SSK_EACH(a.v[l] + b.v[l]); }

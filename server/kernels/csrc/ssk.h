@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SSK_ABI_VERSION 2
+#define SSK_ABI_VERSION 1
 
 extern "C" {
 
@@ -42,15 +42,14 @@ struct ssk_model {
 };
 
 // One step: packed rows of several sequences. Row i belongs to segment row_segment[i]; a segment's
-// KV cache is keys/values [n_layers, Hkv, capacity, D] bfloat16 (the float32 values rounded to nearest
-// even, as the model's own bfloat16 weights would cache them), and must have room for every position.
+// KV cache is keys/values [n_layers, Hkv, capacity, D] float32, and must have room for every position.
 struct ssk_step {
   int32_t n_rows, n_segments, n_logit_rows, reserved;
   const int32_t* token_ids;    // [n_rows]
   const int32_t* positions;    // [n_rows]
   const int32_t* row_segment;  // [n_rows]
-  uint16_t* const* seg_keys;   // [n_segments] bfloat16 caches
-  uint16_t* const* seg_values; // [n_segments]
+  float* const* seg_keys;      // [n_segments]
+  float* const* seg_values;    // [n_segments]
   const int32_t* seg_capacity; // [n_segments]
   const int32_t* logit_rows;   // [n_logit_rows] row indices
   float* logits;               // [n_logit_rows, vocab] out
@@ -70,6 +69,4 @@ int32_t ssk_attention(void* ctx, const ssk_model* model, const ssk_step* step, i
                       const float* q, float* out);
 // Row lookup of a packed matrix: out[k] = W[row, k] dequantised. For tests and the embedding.
 int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out);
-// out[i] = x[i] rounded to bfloat16 (nearest even), as the forward caches keys and values. For tests.
-int32_t ssk_to_bf16(const float* x, int32_t n, uint16_t* out);
 }
