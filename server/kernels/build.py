@@ -23,7 +23,7 @@ SOURCES = ("ops.cpp", "gemm.cpp", "attention.cpp", "forward.cpp")
 HEADERS = ("ssk.h", "internal.h", "simd.h", "pool.h")
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
 # is not: every build gives the same bits (tests/kernels/test_isa_identity.py).
-KERNEL_VERSION = "1"
+KERNEL_VERSION = "2"
 
 # -ffp-contract=off: no multiply-add contraction the source did not ask for; no -ffast-math: no
 # reassociation. Together they keep every build's arithmetic exactly the one written.
@@ -43,8 +43,8 @@ ISA_FLAGS = {
     "scalar": [],
 }
 ISA_CPU_FLAGS = {
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx2", "fma"},
-    "avx2": {"avx2", "fma"},
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx2", "fma", "f16c"},
+    "avx2": {"avx2", "fma", "f16c"},
     "scalar": set(),
 }
 

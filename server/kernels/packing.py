@@ -3,10 +3,11 @@
 A matrix W [N, K] is cut into tiles of 16 output rows; inside a tile, data is interleaved per 32-value
 block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Formats:
   f32   tile = float w[K][16]
-  q8_0  tile block (576 B) = float d[16], int8 q[32 k][16 lanes]
-  q4_1  tile block (384 B) = float d[16], float m[16], uint8 q[16 k][16 lanes]
+  q8_0  tile block (544 B) = float16 d[16], int8 q[32 k][16 lanes]
+  q4_1  tile block (320 B) = float16 d[16], float16 m[16], uint8 q[16 k][16 lanes]
         (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
-Scales are stored as float32: GGUF's float16 scales convert exactly.
+Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
+float weights on load rounds its scales to float16 first, as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from .lib import FORMAT_CODES, Matrix
 
-PACK_LAYOUT = "2"  # bump when a tile layout changes (names the cached packed weights)
+PACK_LAYOUT = "3"  # bump when a tile layout changes (names the cached packed weights)
 NR = 16  # output columns per tile
 QK = 32  # values per block
 # Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
@@ -77,9 +78,9 @@ def pack_q8_0(d: np.ndarray, q: np.ndarray, bias: np.ndarray | None = None) -> P
     n, nb = d.shape
     _check_shape(n, nb * QK)
     t = n // NR
-    d_t = d.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)  # [T, nb, 16]
+    d_t = _half(d).reshape(t, NR, nb).transpose(0, 2, 1)  # [T, nb, 16]
     q_t = q.astype(np.int8).reshape(t, NR, nb, QK).transpose(0, 2, 3, 1).reshape(t, nb, QK * NR)  # [T, nb, k*16+lane]
-    blocks = np.concatenate([_bytes(d_t), _bytes(q_t)], axis=-1)  # [T, nb, 576]
+    blocks = np.concatenate([_bytes(d_t), _bytes(q_t)], axis=-1)  # [T, nb, 544]
     return _packed("q8_0", n, nb * QK, blocks.reshape(-1), bias)
 
 
@@ -88,11 +89,27 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
     n, nb = d.shape
     _check_shape(n, nb * QK)
     t = n // NR
-    d_t = d.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)
-    m_t = m.astype(np.float32).reshape(t, NR, nb).transpose(0, 2, 1)
+    d_t = _half(d).reshape(t, NR, nb).transpose(0, 2, 1)
+    m_t = _half(m).reshape(t, NR, nb).transpose(0, 2, 1)
     q_t = qs.astype(np.uint8).reshape(t, NR, nb, 16).transpose(0, 2, 3, 1).reshape(t, nb, 16 * NR)
-    blocks = np.concatenate([_bytes(d_t), _bytes(m_t), q_t], axis=-1)  # [T, nb, 384]
+    blocks = np.concatenate([_bytes(d_t), _bytes(m_t), q_t], axis=-1)  # [T, nb, 320]
     return _packed("q4_1", n, nb * QK, blocks.reshape(-1), bias)
+
+
+def _half(scales: np.ndarray) -> np.ndarray:
+    """Scales as float16; they must be float16 values already (GGUF's, or quantize_*'s), so nothing rounds here."""
+    half = scales.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), scales.astype(np.float32), equal_nan=True):
+        raise ValueError("scales must be float16 values (quantize_q8_0 / quantize_q4_1 round them)")
+    return half
+
+
+def _to_half(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest float16 value (returned as float32); beyond its range is an error."""
+    half = x.astype(np.float16)
+    if not np.isfinite(half[np.isfinite(x)]).all():
+        raise ValueError("a block scale is beyond float16's range (65504): these weights cannot be quantised")
+    return half.astype(np.float32)
 
 
 def _packed(fmt: str, n: int, k: int, flat: np.ndarray, bias: np.ndarray | None) -> PackedMatrix:
@@ -122,23 +139,25 @@ def split_gguf_q4_1(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w [N, K] -> d [N, nb], q [N, nb, 32]: d = max|w| / 127, q = round-half-even(w / d)."""
+    """w [N, K] -> d [N, nb], q [N, nb, 32]: d = max|w| / 127 rounded to float16, q = round-half-even(w / d)
+    clipped to [-127, 127]."""
     blocks = w.astype(np.float32).reshape(w.shape[0], -1, QK)
-    d = (np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32)
+    d = _to_half((np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32))
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
-    q = np.rint(blocks * inv[..., None]).astype(np.int8)
+    q = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8)
     return d, q
 
 
 def quantize_q4_1(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """w [N, K] -> d, m [N, nb], qs [N, nb, 16]: m = min, d = (max - min) / 15, q = round((w - m) / d)."""
+    """w [N, K] -> d, m [N, nb], qs [N, nb, 16]: m = min and d = (max - min) / 15, each rounded to float16;
+    q = round((w - m) / d) clipped to [0, 15]."""
     blocks = w.astype(np.float32).reshape(w.shape[0], -1, QK)
-    lo, hi = blocks.min(-1), blocks.max(-1)
-    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    lo, hi = _to_half(blocks.min(-1)), blocks.max(-1)
+    d = _to_half(((hi - lo) / np.float32(15)).astype(np.float32))
     inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
     q = np.clip(np.rint((blocks - lo[..., None]) * inv[..., None]), 0, 15).astype(np.uint8)
     qs = (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
-    return d, lo.astype(np.float32), qs
+    return d, lo, qs
 
 
 def dequantize_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:

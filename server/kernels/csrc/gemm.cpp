@@ -92,12 +92,12 @@ static void tile_q8_0(const uint8_t* tile, size_t tbytes, const float* x, int k,
       for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
     for (int j = 0; j < SSK_QK; ++j) {
       for (int t = 0; t < NT; ++t) {
-        const V16 q = q8_lanes(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK + 64 + 16 * j);
+        const V16 q = q8_lanes(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK + Q8_0_QS + 16 * j);
         for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(xb[(size_t)r * k + j]), q, sq[r][t]);
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const V16 d = v_load((const float*)(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK));
+      const V16 d = v_load_f16((const uint16_t*)(tile + t * tbytes + (size_t)b * Q8_0_TILE_BLOCK));
       for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(d, sq[r][t], acc[r][t]);
     }
   }
@@ -120,14 +120,14 @@ static void tile_q4_1(const uint8_t* tile, size_t tbytes, const float* x, const 
     for (int half = 0; half < 2; ++half) {  // values 0..15 (low nibbles), then 16..31 (high nibbles)
       for (int j = 0; j < 16; ++j) {
         for (int t = 0; t < NT; ++t) {
-          const V16 q = q4_lanes(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK + 128 + 16 * j, half);
+          const V16 q = q4_lanes(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK + Q4_1_QS + 16 * j, half);
           for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(xb[(size_t)r * k + 16 * half + j]), q, sq[r][t]);
         }
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const float* blk = (const float*)(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK);
-      const V16 d = v_load(blk), m = v_load(blk + 16);
+      const uint16_t* blk = (const uint16_t*)(tile + t * tbytes + (size_t)b * Q4_1_TILE_BLOCK);
+      const V16 d = v_load_f16(blk), m = v_load_f16(blk + 16);
       for (int r = 0; r < MR; ++r) {
         acc[r][t] = v_fma(d, sq[r][t], acc[r][t]);
         acc[r][t] = v_fma(m, v_set1(sums[(size_t)r * nb + b]), acc[r][t]);
@@ -162,10 +162,10 @@ static void big_q8_0(const uint8_t* tile, const float* xp, int k, float* y, int 
     V16 sq[MR];
     for (int r = 0; r < MR; ++r) sq[r] = v_zero();
     for (int j = 0; j < SSK_QK; ++j) {
-      const V16 q = q8_lanes(blk + 64 + 16 * j);
+      const V16 q = q8_lanes(blk + Q8_0_QS + 16 * j);
       for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[j * MR + r]), q, sq[r]);
     }
-    const V16 d = v_load((const float*)blk);
+    const V16 d = v_load_f16((const uint16_t*)blk);
     for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy, v_fma(d, sq[r], v_load(y + (size_t)r * ldy)));
   }
 }
@@ -181,11 +181,11 @@ static void big_q4_1(const uint8_t* tile, const float* xp, const float* sums, in
     for (int r = 0; r < MR; ++r) sq[r] = v_zero();
     for (int half = 0; half < 2; ++half) {
       for (int j = 0; j < 16; ++j) {
-        const V16 q = q4_lanes(blk + 128 + 16 * j, half);
+        const V16 q = q4_lanes(blk + Q4_1_QS + 16 * j, half);
         for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xb[(16 * half + j) * MR + r]), q, sq[r]);
       }
     }
-    const V16 d = v_load((const float*)blk), m = v_load((const float*)blk + 16);
+    const V16 d = v_load_f16((const uint16_t*)blk), m = v_load_f16((const uint16_t*)blk + 16);
     for (int r = 0; r < MR; ++r) {
       V16 a = v_fma(d, sq[r], v_load(y + (size_t)r * ldy));
       v_store(y + (size_t)r * ldy, v_fma(m, v_set1(sums[(size_t)r * nb + b]), a));

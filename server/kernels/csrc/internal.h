@@ -8,8 +8,12 @@
 
 constexpr int SSK_NR = 16;           // output columns per packed tile
 constexpr int SSK_QK = 32;           // values per quantisation block
-constexpr int Q8_0_TILE_BLOCK = 576; // float d[16], int8 q[32 k][16 lanes]
-constexpr int Q4_1_TILE_BLOCK = 384; // float d[16], float m[16], uint8 q[16 k][16 lanes] (k low, k+16 high nibble)
+constexpr int Q8_0_TILE_BLOCK = 544; // float16 d[16], int8 q[32 k][16 lanes]
+constexpr int Q4_1_TILE_BLOCK = 320; // float16 d[16], float16 m[16], uint8 q[16 k][16 lanes] (k low, k+16 high nibble)
+constexpr int Q8_0_QS = 32;          // byte offset of the quants in a q8_0 tile block
+constexpr int Q4_1_QS = 64;          // byte offset of the quants in a q4_1 tile block
+// Scales are float16, as GGUF stores them: a one-row step is bound by the bytes it reads, and float16
+// widens to float32 exactly (v_load_f16), so the arithmetic is the same as with float32 scales.
 
 size_t tile_bytes(int format, int k);
 // s[b] = x[32b] + x[32b+1] + ... + x[32b+31], added left to right (the Q4_1 minimum term's input).

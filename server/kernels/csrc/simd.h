@@ -28,9 +28,23 @@ static inline void ssk_pause() { _mm_pause(); }
 static inline void ssk_pause() {}
 #endif
 
+// float16 bits -> float32, exactly (every float16 value is a float32 value).
+static inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  float f;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24 is exact in float32
+    f = (float)mant * 5.9604644775390625e-8f;
+    return sign ? -f : f;
+  }
+  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13));
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 #if defined(SSK_AVX512)
 struct V16 { __m512 v; };
 static inline V16 v_load(const float* p) { return {_mm512_loadu_ps(p)}; }
+static inline V16 v_load_f16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
 static inline void v_store(float* p, V16 a) { _mm512_storeu_ps(p, a.v); }
 static inline V16 v_set1(float x) { return {_mm512_set1_ps(x)}; }
 static inline V16 v_add(V16 a, V16 b) { return {_mm512_add_ps(a.v, b.v)}; }
@@ -83,6 +97,9 @@ static inline V16 v_hsum16(const V16* part) {
 #elif defined(SSK_AVX2)
 struct V16 { __m256 lo, hi; };
 static inline V16 v_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline V16 v_load_f16(const uint16_t* p) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)))};
+}
 static inline void v_store(float* p, V16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
 static inline V16 v_set1(float x) { __m256 s = _mm256_set1_ps(x); return {s, s}; }
 #define SSK_V2(OP) {OP(a.lo, b.lo), OP(a.hi, b.hi)}
@@ -139,6 +156,11 @@ static inline V16 v_hsum16(const V16* part) {
 struct V16 { float v[16]; };
 #define SSK_EACH(EXPR) V16 r; for (int l = 0; l < 16; ++l) r.v[l] = (EXPR); return r
 static inline V16 v_load(const float* p) { V16 r; std::memcpy(r.v, p, sizeof r.v); return r; }
+static inline V16 v_load_f16(const uint16_t* p) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) r.v[l] = half_to_float(p[l]);
+  return r;
+}
 static inline void v_store(float* p, V16 a) { std::memcpy(p, a.v, sizeof a.v); }
 static inline V16 v_set1(float x) { SSK_EACH(x); }
 static inline V16 v_add(V16 a, V16 b) { SSK_EACH(a.v[l] + b.v[l]); }
