@@ -70,8 +70,10 @@ def _draw(
     total: torch.Tensor | None,
     u: torch.Tensor,
     out: _Out,
+    token_bound: bool = False,
 ) -> None:
-    """Draw rows [n]; rows whose kept set may leave the candidates retry with every token."""
+    """Draw rows [n]; rows whose kept set may leave the candidates retry from a token-level bound
+    (token_bound: theta already is one), then with every token."""
     cand = extract(lambda r, b: proc.blocks(rows[r], b), proc.bm[rows], theta)
     w = wts.tokens(rows, cand.token, cand.vals)  # [n, C]
     kept, ok = _kept(cand, w, cfg, rows, total, theta)
@@ -80,12 +82,12 @@ def _draw(
     out.put(rows, cand.block[cand.start + c] * BLOCK + j, w_tok, mass)
     if not bool(ok.all()):
         bad = (~ok).nonzero()[:, 0]
-        bad_total = None if total is None else total[bad]
-        if bool((theta[bad] == NEG_INF).any()) or bad_total is None:  # unreachable: such rows are ok
+        bad_total = None if total is None else total[bad]  # rows that fail are full rows: it is set
+        if token_bound or bad_total is None:
             retry = torch.full((bad.numel(),), NEG_INF, dtype=torch.float64, device=rows.device)
         else:
             retry = _token_threshold(proc, cfg, wts, rows[bad], bad_total)
-        _draw(proc, cfg, wts, rows[bad], retry, bad_total, u, out)
+        _draw(proc, cfg, wts, rows[bad], retry, bad_total, u, out, token_bound=True)
 
 
 def _token_threshold(

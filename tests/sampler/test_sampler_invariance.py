@@ -223,9 +223,9 @@ def test_fallbacks_match_reference(monkeypatch):
     calls = {"n": 0}
     real = truncate_mod._draw
 
-    def counting(*args):
+    def counting(*args, **kw):
         calls["n"] += 1
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(truncate_mod, "_draw", counting)
     monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high
@@ -259,9 +259,9 @@ def test_failed_top_p_guess_retries_with_a_token_level_bound(monkeypatch):
     thetas = []
     real = truncate_mod._draw
 
-    def recording(proc, cfg, wts, rows, theta, *rest):
+    def recording(proc, cfg, wts, rows, theta, *rest, **kw):
         thetas.append(theta.clone())
-        return real(proc, cfg, wts, rows, theta, *rest)
+        return real(proc, cfg, wts, rows, theta, *rest, **kw)
 
     monkeypatch.setattr(truncate_mod, "_draw", recording)
     monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # always too high
@@ -273,3 +273,24 @@ def test_failed_top_p_guess_retries_with_a_token_level_bound(monkeypatch):
     assert_matches_reference(x, params, [0] * 8, extra, 0)
     assert len(thetas) == 2  # the guess, then one retry that holds
     assert bool(torch.isfinite(thetas[1]).all())
+
+
+def test_a_failed_token_level_bound_falls_back_on_every_token(monkeypatch):
+    """If the token-level retry also falls short, the next retry reads every token (and ends)."""
+    thetas = []
+    real = truncate_mod._draw
+
+    def recording(proc, cfg, wts, rows, theta, *rest, **kw):
+        thetas.append(theta.clone())
+        return real(proc, cfg, wts, rows, theta, *rest, **kw)
+
+    monkeypatch.setattr(truncate_mod, "_draw", recording)
+    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high
+    monkeypatch.setattr(truncate_mod, "_token_threshold", lambda proc, cfg, wts, rows, total: proc.m[rows].double())
+    x = zipf_rows(4, 4096, seed=5)
+    params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(4)]
+    extra = dict(
+        prompt_token_ids=[[]] * 4, output_token_ids=[[]] * 4, sample_indices=[0] * 4, suppress_token_ids=[[]] * 4
+    )
+    assert_matches_reference(x, params, [0] * 4, extra, 0)
+    assert len(thetas) == 3 and bool((thetas[2] == float("-inf")).all())
