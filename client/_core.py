@@ -82,8 +82,9 @@ class ClientCore:
             retry calls that fail UNAVAILABLE (a replica died or is draining) on another replica.
         max_retries: how many times a call the server refused with RESOURCE_EXHAUSTED (queue full) is sent
             again (0: never), after a random wait of up to retry_base_delay * 2^retry seconds (full
-            jitter, at most 8 s, within the call's timeout). A stream is sent again only while it has
-            yielded nothing. Other codes are never retried this way.
+            jitter, at most 8 s, within the call's timeout); so is a call a proxy answered 502/503/504 (its
+            replica died: gRPC's own retries count that call as answered). A stream is sent again only
+            while it has yielded nothing. Other codes are never retried this way.
         """
         channel_target, from_list = balancing.channel_target(target)
         self.target: str = channel_target or _requests.default_target()
