@@ -13,8 +13,8 @@ and at the end (bound: RSS_BOUND), and the server-side request counters from /me
 
 What counts as expected: each kind's code in EXPECTED, nothing else, with one exception. The client
 retries RESOURCE_EXHAUSTED itself (max_retries, backoff with jitter), so one that reaches the soak
-survived those retries: unexpected, reported as `overloaded_after_retries` (with nginx's least_conn
-it should be rare). In the nginx phase, a stream the replica's SIGKILL cuts ends with INTERNAL
+survived those retries: unexpected, reported as `overloaded_after_retries` (with retries spread by
+round-robin over the replicas it should be rare). In the nginx phase, a stream the replica's SIGKILL cuts ends with INTERNAL
 (nginx resets the HTTP/2 stream: RST_STREAM); a streamed generation is then sent again (same seed, same
 tokens), but a stream of the cancel kind has nothing to redo. Such a cut is expected only when it
 arrives within KILL_WINDOW_S of the kill (`CUT_BY_KILL`); outside that window it is unexpected.
