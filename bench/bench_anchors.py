@@ -108,11 +108,14 @@ async def wait_serving(server: subprocess.Popen, target: str, timeout: float = 6
                     raise Skipped(f"server not serving after {timeout:.0f}s") from None
 
 
-def measure_seedstream(args, prompts: list[list[int]], streams: list[int], weights: str | None) -> dict:
+def measure_seedstream(
+    args, prompts: list[list[int]], streams: list[int], weights: str | None, kv_cache_dtype: str | None
+) -> dict:
     """Best-of-repeats (tok/s, TTFTs) per stream count, through a fresh server process."""
     port = free_port()
     target = f"127.0.0.1:{port}"
-    server = start_server(port, args.threads, weights)
+    extra = ("--kv-cache-dtype", kv_cache_dtype) if kv_cache_dtype else ()
+    server = start_server(port, args.threads, weights, extra)
 
     async def measure() -> dict:  # one event loop for all calls: grpc.aio channels are bound to their loop
         await wait_serving(server, target)
@@ -267,6 +270,11 @@ def parse_args():
         "unset: the flag is not passed and the server uses its default",
     )
     parser.add_argument(
+        "--kv-cache-dtypes",
+        default=None,
+        help="server --kv-cache-dtype values to measure, comma-separated (e.g. auto,bfloat16); unset: not passed",
+    )
+    parser.add_argument(
         "--systems", default="seedstream,llamacpp,transformers", help="which systems to measure, comma-separated"
     )
     parser.add_argument("--node", default="node", help="Node.js executable for the llama.cpp anchor")
@@ -309,10 +317,11 @@ def main() -> None:
     ours = {}
     if "seedstream" in args.systems:
         for weights in args.weights.split(",") if args.weights else [None]:
-            label = weights or "server default"
-            ours[label] = run_system(
-                f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights
-            )
+            for kv in args.kv_cache_dtypes.split(",") if args.kv_cache_dtypes else [None]:
+                label = " ".join(x for x in (weights, kv and f"kv {kv}") if x) or "server default"
+                ours[label] = run_system(
+                    f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights, kv
+                )
     print_report(args, streams, ours, llama, llama_info, hf, skipped)
 
 

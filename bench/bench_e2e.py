@@ -95,7 +95,7 @@ async def seedstream_run(target: str, prompts: list[str], new_tokens: int) -> tu
     return len(prompts) * new_tokens / elapsed, statistics.median(ttfts)
 
 
-def start_server(port: int, threads: int, weights: str | None = None) -> subprocess.Popen:
+def start_server(port: int, threads: int, weights: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """`seedstream serve` on a loopback port; its stderr goes to `server.error_log` (a temporary file)."""
     cmd = [
         sys.executable,
@@ -112,6 +112,7 @@ def start_server(port: int, threads: int, weights: str | None = None) -> subproc
     ]
     if weights:  # passed only when asked for: older servers do not know the flag
         cmd += ["--weights", weights]
+    cmd += list(extra)
     # stderr to a file, not a pipe: a chatty server must never block on a full pipe buffer
     log = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)

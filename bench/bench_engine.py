@@ -1,5 +1,6 @@
 """Decode-step time per forward path, in one run: transformers' own Llama forward (fp32, MKL, KV cache; not
-batch-invariant) as the baseline, seedstream's torch path, and the C++ kernels with each weight format."""
+batch-invariant) as the baseline, seedstream's torch path, and the C++ kernels with each weight format and
+KV-cache type."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--formats", default="f32,q8_0,q4_1")
+    parser.add_argument("--kv-cache-dtypes", default="float32,bfloat16", help="KV-cache types of the kernels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = load_weights(None, progress=lambda msg: None)
@@ -86,7 +88,9 @@ def main() -> None:
     }
     for fmt in args.formats.split(","):
         packed, resolved = packed_weights(weights, cfg, fmt)
-        models[f"kernels {resolved}"] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
+        for kv in args.kv_cache_dtypes.split(","):
+            label = f"kernels {resolved}" + ("" if kv == "float32" else f" kv {kv}")
+            models[label] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels, getattr(torch, kv))
     names = list(models)
     print(f"decode step, context {args.context}, {args.threads} threads, kernels {kernels.isa}; {cpu_flags_line()}")
     print("step time in ms, and (in brackets) its ratio to transformers; last column: best kernels tok/s\n")

@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Changes that can alter token streams"
@@ -77,8 +78,12 @@ def test_every_engine_version_is_in_the_changelog():
     # Engine.__init__'s forward tag for the torch path (the kernels give their own, version_tag).
     tiles = (_value(n, "server/engine") for n in ("ROW_TILE", "QUERY_TILE", "KEY_BLOCK"))
     torch_tag = "tile{}.attn{}x{}".format(*tiles)
-    kernel_tags = [KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt)) for fmt in PRECISION]
+    kernel_tags = [
+        KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt, kv_dtype=kv))
+        for fmt in PRECISION
+        for kv in (torch.float32, torch.bfloat16)  # --kv-cache-dtype
+    ]
     entries = _stream_entries()
-    for tag in [torch_tag, *kernel_tags]:
+    for tag in [torch_tag, torch_tag + ".kvbf16", *kernel_tags]:
         version = f"{algorithm}.{tag}"
         assert f"`{version}`" in entries, f"engine_version `{version}` is not named in CHANGELOG.md: add an entry"

@@ -9,7 +9,7 @@ import torch
 from seedstream.server.kernels import load_kernels
 from seedstream.server.kernels.packing import PACK_LAYOUT, PackedMatrix, load_packed, save_packed
 
-from .config import EngineConfig
+from .config import DTYPES, EngineConfig
 from .gguf_tensors import read_stored_matrices
 from .kernel_model import KernelModel, pack_model_weights, resolve_weight_format
 from .loader import LoadedWeights, cache_root
@@ -29,7 +29,7 @@ def build_model(
         threads = config.num_threads or _TORCH_THREADS
         kernels = load_kernels(threads, cache_root() / "kernels")
         if kernels is not None:
-            model = _kernel_model(weights, config, cfg, kernels)
+            model = _kernel_model(weights, config, cfg, kernels, kv_dtype(config, torch.float32))
             # torch then only runs the sampler's small ops: one intra-op thread. Its fork-joins across the
             # cores the kernel pool uses made sampling ~10x slower under load (the sampler's bits do not
             # depend on the thread count: tests/sampler/test_sampler_invariance.py).
@@ -49,8 +49,13 @@ def build_model(
             )
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
     log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
-    model = DecoderModel(cfg, weights.state_dict, device, dtype)
+    model = DecoderModel(cfg, weights.state_dict, device, dtype, kv_dtype=kv_dtype(config, dtype))
     return model, str(dtype).removeprefix("torch.")
+
+
+def kv_dtype(config: EngineConfig, compute: torch.dtype) -> torch.dtype:
+    """The KV cache's element type: `auto` is the compute dtype."""
+    return compute if config.kv_cache_dtype == "auto" else DTYPES[config.kv_cache_dtype]
 
 
 def _wants_kernels(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> bool:
@@ -66,9 +71,11 @@ def _wants_kernels(config: EngineConfig, device: torch.device, dtype: torch.dtyp
 _packed_in_process: dict[str, tuple[dict[str, PackedMatrix], str]] = {}  # read-only, shared by engines
 
 
-def _kernel_model(weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels) -> KernelModel:
+def _kernel_model(
+    weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels, kv: torch.dtype
+) -> KernelModel:
     packed, fmt = packed_weights(weights, cfg, config.weights)
-    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels)
+    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels, kv)
 
 
 def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> tuple[dict[str, PackedMatrix], str]:

@@ -49,7 +49,7 @@ class Engine:
         self.model_config = ModelConfig.from_hf(weights.config)
         self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
         # Prefill equals decode bit for bit on both paths: the chunk size and the scheduling are not part of it.
-        forward_tag = getattr(self.model, "version_tag", None) or f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}"
+        forward_tag = getattr(self.model, "version_tag", None) or torch_path_tag(self.model)
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
         self.text = TextCodec(self.tokenizer, self.eos_token_ids)
@@ -81,7 +81,7 @@ class Engine:
             "model %s: %s on %s/%s", self.info.model_id, describe(self.model_config), self.info.device, self.info.dtype
         )
         c = self.model_config
-        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.model.kv_dtype).bits // 8
         log.info(
             "KV-cache budget: %d token positions (about %.1f GiB)",
             config.max_kv_tokens,
@@ -306,3 +306,11 @@ def load_engine(config: EngineConfig | None = None, progress: ProgressFn | None 
     engine = Engine(weights, config)
     (progress or log.info)(f"engine ready in {time.monotonic() - started:.1f}s")
     return engine
+
+
+def torch_path_tag(model) -> str:
+    """The torch path's part of engine_version: its tiles, and the KV cache's type where it is not the compute dtype."""
+    tag = f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}"
+    if model.kv_dtype != model.dtype:
+        tag += ".kv" + {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}[model.kv_dtype]
+    return tag

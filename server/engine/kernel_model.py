@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from seedstream.server.kernels import KERNEL_VERSION, Kernels, ModelDesc, StepDesc
+from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, ModelDesc, StepDesc
 from seedstream.server.kernels.lib import LayerDesc
 from seedstream.server.kernels.packing import (
     PRECISION,
@@ -123,9 +123,14 @@ class KernelModel:
         packed: dict[str, PackedMatrix],
         weight_format: str,
         kernels: Kernels,
+        kv_dtype: torch.dtype = torch.float32,
     ):
+        if kv_dtype not in KV_DTYPE_CODES:
+            raise ValueError(
+                f"kv_cache_dtype={str(kv_dtype).removeprefix('torch.')}: the kernels cache float32 or bfloat16"
+            )
         self.cfg, self.kernels, self.weight_format = cfg, kernels, weight_format
-        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.device, self.dtype, self.kv_dtype = torch.device("cpu"), torch.float32, kv_dtype
         self.embed = packed["embed"]
         self.lm_head = packed.get("lm_head", self.embed)
         keep: list = list(packed.values())  # everything the C structs point at stays alive here
@@ -165,11 +170,12 @@ class KernelModel:
     @property
     def version_tag(self) -> str:
         """What determines this model's bits, for engine_version (not the instruction set: all agree)."""
-        return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}"
+        kv = ".kvbf16" if self.kv_dtype == torch.bfloat16 else ""  # float32 keys and values: no tag (as before)
+        return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}{kv}"
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
-        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.dtype)
+        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.kv_dtype)
 
     def step_desc(
         self,
@@ -194,7 +200,7 @@ class KernelModel:
             tok.shape[0],
             len(segments),
             rows.shape[0],
-            0,
+            KV_DTYPE_CODES[self.kv_dtype],
             tok.data_ptr(),
             pos.data_ptr(),
             row_seg.data_ptr(),

@@ -135,9 +135,12 @@ class DecoderModel:
         device: torch.device,
         dtype: torch.dtype,
         row_tile: int = ROW_TILE,
+        kv_dtype: torch.dtype | None = None,
     ):
         # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
         self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
+        # Keys and values are stored in kv_dtype (a rounding per element) and read back as float32.
+        self.kv_dtype = kv_dtype or dtype
         sd = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
         self.embed = sd["model.embed_tokens.weight"]  # [V, H]
         self.lm_head = self.embed if cfg.tie_word_embeddings else sd["lm_head.weight"]  # [V, H]
@@ -157,7 +160,7 @@ class DecoderModel:
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
-        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.dtype)
+        return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.kv_dtype)
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         xf = x.float()

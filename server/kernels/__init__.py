@@ -7,6 +7,7 @@ handle, or None when no compiler or no supported CPU is available; the engine th
 from .build import KERNEL_VERSION, available_isas, build_library, cpu_flags_line, detect_isa
 from .lib import (
     FORMAT_CODES,
+    KV_DTYPE_CODES,
     Kernels,
     Matrix,
     ModelDesc,
@@ -16,6 +17,7 @@ from .lib import (
 
 __all__ = [
     "FORMAT_CODES",
+    "KV_DTYPE_CODES",
     "KERNEL_VERSION",
     "Kernels",
     "Matrix",

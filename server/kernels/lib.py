@@ -13,8 +13,9 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
+KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype
 
 _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
 
@@ -60,7 +61,7 @@ class StepDesc(ctypes.Structure):
         ("n_rows", _i32),
         ("n_segments", _i32),
         ("n_logit_rows", _i32),
-        ("reserved", _i32),
+        ("kv_dtype", _i32),  # KV_DTYPE_CODES
         ("token_ids", _ptr),
         ("positions", _ptr),
         ("row_segment", _ptr),
@@ -94,6 +95,7 @@ class Kernels:
             ("ssk_gemm", [_ptr, ctypes.POINTER(Matrix), _i32, _ptr, _ptr]),
             ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
             ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr]),
+            ("ssk_to_bf16", [_ptr, _i32, _ptr]),
         ):
             getattr(lib, name).restype = _i32
             getattr(lib, name).argtypes = args
@@ -134,6 +136,15 @@ class Kernels:
             != 0
         ):
             raise ValueError("ssk_attention: unsupported shape")
+        return out
+
+    def to_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N] float32 rounded to bfloat16 as a bfloat16 KV cache stores it."""
+        x = x.contiguous()
+        assert x.dtype == torch.float32 and x.dim() == 1
+        out = torch.empty(x.shape[0], dtype=torch.bfloat16)
+        if self._lib.ssk_to_bf16(x.data_ptr(), x.shape[0], out.data_ptr()) != 0:
+            raise ValueError("ssk_to_bf16: bad length")
         return out
 
     def dequant_row(self, matrix: Matrix, row: int) -> torch.Tensor:

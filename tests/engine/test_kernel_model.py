@@ -23,11 +23,11 @@ def cfg(weights):
     return ModelConfig.from_hf(weights.config)
 
 
-def _model(weights, cfg, fmt="auto", isa=None, threads=2):
+def _model(weights, cfg, fmt="auto", isa=None, threads=2, kv_dtype=torch.float32):
     kernels = load_kernels(threads, cache_root() / "kernels", isa)
     assert kernels is not None, "the kernels did not build"
     packed, resolved = packed_weights(weights, cfg, fmt)
-    return KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
+    return KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype)
 
 
 def _prompt(weights, n):
@@ -61,8 +61,9 @@ def test_prefill_chunks_of_any_size_equal_token_by_token_decode(weights, cfg):
         assert torch.equal(cache.values[:, :, :300], decode_cache.values[:, :, :300]), f"chunk {chunk}: values differ"
 
 
-def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads(weights, cfg):
-    one, two = _model(weights, cfg, threads=1), _model(weights, cfg, threads=2)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads(weights, cfg, kv_dtype):
+    one, two = _model(weights, cfg, threads=1, kv_dtype=kv_dtype), _model(weights, cfg, threads=2, kv_dtype=kv_dtype)
     ids = _prompt(weights, 40)
     alone, alone_cache = _run_chunked(one, ids, 40)
     caches = [two.new_cache() for _ in range(3)]
@@ -76,12 +77,12 @@ def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads
 
 
 @pytest.mark.slow  # builds and runs the kernels for every instruction set
-@pytest.mark.parametrize("fmt", ["f32", "q4_1"])
-def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt):
+@pytest.mark.parametrize("fmt,kv_dtype", [("f32", torch.float32), ("q4_1", torch.float32), ("q4_1", torch.bfloat16)])
+def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt, kv_dtype):
     ids = _prompt(weights, 12)
     results = {}
     for isa in available_isas():  # e.g. avx512, avx2 and the portable scalar build
-        model = _model(weights, cfg, fmt, isa=isa)
+        model = _model(weights, cfg, fmt, isa=isa, kv_dtype=kv_dtype)
         logits, cache = _run_chunked(model, ids, 12)
         step = model.forward(torch.tensor([ids[0]]), torch.tensor([12]), [Segment(cache, 12, 1)], torch.tensor([0]))
         results[isa] = (logits, step, cache.keys[:, :, :13].clone())
@@ -117,6 +118,51 @@ def test_formats_against_the_fp32_torch_path(weights, cfg):
         # f32 and the file's own q4_1 compute the same weights in another order; q8_0 re-quantises them
         assert (got - want).abs().max() < bound, fmt
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9, fmt
+
+
+@pytest.mark.slow
+def test_bfloat16_keys_and_values_against_the_torch_path(weights, cfg):
+    """The kernels with a bfloat16 KV cache against the torch path caching the same way (torch rounds as the
+    kernels do), and against the float32 torch path: the accuracy --kv-cache-dtype bfloat16 gives up."""
+    ids = _prompt(weights, 64)
+    got, cache = _run_chunked(_model(weights, cfg, "q4_1", kv_dtype=torch.bfloat16), ids, 64)
+    assert cache.keys.dtype == torch.bfloat16
+    for kv, bound in ((torch.bfloat16, 0.25), (torch.float32, 1.0)):
+        torch_model = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32, kv_dtype=kv)
+        want, _ = _run_chunked(torch_model, ids, 64)
+        # With bfloat16 caches on both sides, a key that the two summation orders leave on either side of a
+        # rounding boundary differs by one bfloat16 step (2**-8 relative); against float32 caches, all do.
+        assert (got - want).abs().max() < bound, kv
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9, kv
+
+
+def test_greedy_chat_answer_with_bfloat16_keys_and_values(weights, cfg):
+    """q4_1 weights with a bfloat16 KV cache still answer what the float32 model answers."""
+    model = _model(weights, cfg, kv_dtype=torch.bfloat16)
+    text = weights.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = weights.tokenizer(text, add_special_tokens=False)["input_ids"]
+    cache, out = model.new_cache(), []
+    logits = model.forward(
+        torch.tensor(ids), torch.arange(len(ids)), [Segment(cache, 0, len(ids))], torch.tensor([len(ids) - 1])
+    )
+    for _ in range(8):
+        out.append(int(logits[0].argmax()))
+        pos = len(ids) + len(out) - 1
+        logits = model.forward(torch.tensor(out[-1:]), torch.tensor([pos]), [Segment(cache, pos, 1)], torch.tensor([0]))
+    assert weights.tokenizer.decode(out).startswith("The capital of France is Paris")
+
+
+def test_kv_cache_dtype_is_part_of_engine_version():
+    default = load_engine(EngineConfig(), progress=lambda m: None).info.engine_version
+    bf16 = load_engine(EngineConfig(kv_cache_dtype="bfloat16"), progress=lambda m: None).info.engine_version
+    assert bf16 == default + ".kvbf16"
+    assert load_engine(EngineConfig(kv_cache_dtype="float32"), progress=lambda m: None).info.engine_version == default
+    torch_f32 = load_engine(EngineConfig(backend="torch"), progress=lambda m: None).info.engine_version
+    torch_bf16 = load_engine(EngineConfig(backend="torch", kv_cache_dtype="bfloat16"), progress=lambda m: None)
+    assert torch_bf16.info.engine_version == torch_f32 + ".kvbf16"
+    assert torch_bf16.model.new_cache().keys.dtype == torch.bfloat16
 
 
 def test_the_torch_path_is_kept_and_named_differently(monkeypatch):

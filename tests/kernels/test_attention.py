@@ -1,4 +1,5 @@
-"""Attention kernel: a row's bits depend only on its own sequence's keys and position."""
+"""Attention kernel: a row's bits depend only on its own sequence's keys and position, with float32 or
+bfloat16 keys and values."""
 
 import ctypes
 
@@ -7,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seedstream.server.kernels import ModelDesc, StepDesc
+from seedstream.server.kernels import KV_DTYPE_CODES, ModelDesc, StepDesc, available_isas
 
 HEADS, KV_HEADS, D, BLOCK = 9, 3, 64, 32
+KV_DTYPES = [torch.float32, torch.bfloat16]
 
 
 def _model_desc() -> ModelDesc:
@@ -29,7 +31,7 @@ def _attend(kernels, seqs, rows):
         len(rows),
         len(seqs),
         0,
-        0,
+        KV_DTYPE_CODES[seqs[0][0].dtype],
         None,
         pos.data_ptr(),
         seg.data_ptr(),
@@ -43,24 +45,25 @@ def _attend(kernels, seqs, rows):
     return kernels.attention(_model_desc(), step, 0, q).view(len(rows), HEADS, D)
 
 
-def _sequence(gen: torch.Generator, length: int):
+def _sequence(gen: torch.Generator, length: int, dtype=torch.float32):
     cap = -(-length // 128) * 128
-    k = torch.zeros(1, KV_HEADS, cap, D)
-    v = torch.zeros(1, KV_HEADS, cap, D)
+    k = torch.zeros(1, KV_HEADS, cap, D, dtype=dtype)
+    v = torch.zeros(1, KV_HEADS, cap, D, dtype=dtype)
     k[:, :, :length] = torch.randn(1, KV_HEADS, length, D, generator=gen)
     v[:, :, :length] = torch.randn(1, KV_HEADS, length, D, generator=gen)
     return k, v
 
 
-def test_alone_equals_batched_with_others_of_random_lengths(kernels_for):
+@pytest.mark.parametrize("dtype", KV_DTYPES)
+def test_alone_equals_batched_with_others_of_random_lengths(kernels_for, dtype):
     gen = torch.Generator().manual_seed(0)
-    target = _sequence(gen, 300)
+    target = _sequence(gen, 300, dtype)
     queries = [(p, torch.randn(HEADS, D, generator=gen)) for p in (0, 31, 32, 33, 150, 299)]
     alone = _attend(kernels_for(threads=1), [target], [(0, p, q) for p, q in queries])
     rng = np.random.default_rng(0)
     for others in (1, 7, 63):
         lengths = [int(n) for n in rng.integers(1, 700, others)]
-        seqs = [_sequence(gen, n) for n in lengths]
+        seqs = [_sequence(gen, n, dtype) for n in lengths]
         rows = [(i, int(rng.integers(0, n)), torch.randn(HEADS, D, generator=gen)) for i, n in enumerate(lengths)]
         at = int(rng.integers(0, others + 1))  # the target's place among the sequences and among the rows
         seqs.insert(at, target)
@@ -70,22 +73,56 @@ def test_alone_equals_batched_with_others_of_random_lengths(kernels_for):
         assert torch.equal(out[at : at + len(queries)], alone), f"with {others} other sequences"
 
 
-def test_a_prefill_chunk_equals_one_row_at_a_time(kernels_for):
+@pytest.mark.parametrize("dtype", KV_DTYPES)
+def test_a_prefill_chunk_equals_one_row_at_a_time(kernels_for, dtype):
     gen = torch.Generator().manual_seed(1)
-    seq = _sequence(gen, 200)
+    seq = _sequence(gen, 200, dtype)
     rows = [(0, p, torch.randn(HEADS, D, generator=gen)) for p in range(200)]
     chunk = _attend(kernels_for(), [seq], rows)
     for p in (0, 1, 31, 32, 63, 64, 65, 199):
         assert torch.equal(_attend(kernels_for(threads=1), [seq], [rows[p]])[0], chunk[p])
 
 
+@pytest.mark.parametrize("dtype", KV_DTYPES)
 @pytest.mark.parametrize("length", [1, 5, 32, 33, 257])
-def test_matches_sdpa(kernels_for, length):
+def test_matches_sdpa(kernels_for, length, dtype):
+    """Against float64 SDPA on the cached values (bfloat16 ones widen exactly, so the bound is the same)."""
     gen = torch.Generator().manual_seed(length)
-    k, v = _sequence(gen, length)
+    k, v = _sequence(gen, length, dtype)
     q = torch.randn(HEADS, D, generator=gen)
     got = _attend(kernels_for(), [(k, v)], [(0, length - 1, q)])[0]
     keys = k[0, :, :length].double().repeat_interleave(HEADS // KV_HEADS, 0)  # [Hq, L, D]
     values = v[0, :, :length].double().repeat_interleave(HEADS // KV_HEADS, 0)
     want = F.scaled_dot_product_attention(q.double()[:, None], keys, values)[:, 0]  # [Hq, D]
     assert (got.double() - want).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("dtype", KV_DTYPES)
+def test_every_instruction_set_gives_the_same_bits(kernels_for, dtype):
+    gen = torch.Generator().manual_seed(2)
+    seqs = [_sequence(gen, n, dtype) for n in (70, 300, 5)]
+    rows = [(s, p, torch.randn(HEADS, D, generator=gen)) for s, p in ((0, 69), (1, 0), (1, 150), (1, 299), (2, 4))]
+    results = {isa: _attend(kernels_for(isa), seqs, rows) for isa in available_isas()}
+    first = next(iter(results.values()))
+    for isa, out in results.items():
+        assert torch.equal(out, first), f"{isa} differs"
+
+
+def test_keys_and_values_round_to_bfloat16_as_torch_does(kernels_for):
+    """The kernels' rounding (integer arithmetic) is torch's: nearest, ties to even, on every kind of value."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat(
+        [
+            torch.randn(10000, generator=gen) * 10.0 ** torch.randint(-40, 38, (10000,), generator=gen).float(),
+            torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-45, -1e-45, 3.4e38, -3.4e38]),
+            # exact ties between two bfloat16 values (low 16 bits 0x8000), odd and even
+            torch.tensor([0x3F808000, 0x3F818000, 0xBF808000, 0x7F7F8000], dtype=torch.int64)
+            .to(torch.int32)
+            .view(torch.float32),
+        ]
+    )
+    for isa in available_isas():
+        got = kernels_for(isa).to_bf16(x)
+        assert torch.equal(got.view(torch.int16), x.to(torch.bfloat16).view(torch.int16)), isa
+    nan = kernels_for().to_bf16(torch.tensor([float("nan")]))
+    assert torch.isnan(nan.float()).all()

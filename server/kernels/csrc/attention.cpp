@@ -1,4 +1,5 @@
 // Causal attention of one query row over its own sequence's keys, in fixed blocks at absolute positions.
+// Keys and values are cached as float32 or as bfloat16 (widened exactly on load); all arithmetic is float32.
 //
 // Keys are visited in blocks [0, B), [B, 2B), ... up to the row's position, and the blocks are
 // combined left to right with an online softmax. The reduction therefore depends only on the row's
@@ -16,6 +17,9 @@
 
 constexpr int MAX_BLOCK = 256;
 
+static inline V16 kv_load(const float* p) { return v_load(p); }
+static inline V16 kv_load(const uint16_t* p) { return v_load_bf16(p); }
+
 // The running state of one query head: output accumulator, running max and running sum.
 template <int CHUNKS>
 struct HeadState {
@@ -24,8 +28,8 @@ struct HeadState {
 };
 
 // p[j - j0] = score of key j for j in [j0, j1), then -inf up to the next multiple of 16.
-template <int CHUNKS>
-static inline void block_scores(const float* qp, const float* keys, int j0, int j1, float scale, float* p) {
+template <int CHUNKS, class KV>
+static inline void block_scores(const float* qp, const KV* keys, int j0, int j1, float scale, float* p) {
   const int head_dim = 16 * CHUNKS;
   V16 q[CHUNKS];
   for (int c = 0; c < CHUNKS; ++c) q[c] = v_load(qp + 16 * c);
@@ -33,9 +37,9 @@ static inline void block_scores(const float* qp, const float* keys, int j0, int 
     V16 part[16];
     const int valid = j1 - g < 16 ? j1 - g : 16;
     for (int t = 0; t < 16; ++t) {
-      const float* k = keys + (size_t)(g + (t < valid ? t : 0)) * head_dim;  // lanes past j1: any key, unused
-      part[t] = v_mul(q[0], v_load(k));
-      for (int c = 1; c < CHUNKS; ++c) part[t] = v_fma(q[c], v_load(k + 16 * c), part[t]);
+      const KV* k = keys + (size_t)(g + (t < valid ? t : 0)) * head_dim;  // lanes past j1: any key, unused
+      part[t] = v_mul(q[0], kv_load(k));
+      for (int c = 1; c < CHUNKS; ++c) part[t] = v_fma(q[c], kv_load(k + 16 * c), part[t]);
     }
     v_store(p + (g - j0), v_mul(v_hsum16(part), v_set1(scale)));
   }
@@ -47,14 +51,14 @@ static inline void block_scores(const float* qp, const float* keys, int j0, int 
 // fma chains). Each head's arithmetic is the same as attending alone:
 //   m' = max(m, max_j s_j); p_j = exp(s_j - m'); l = l*exp(m - m') + (p_0 + p_1 + ...) left to right;
 //   o = o*exp(m - m') + fma-chain_j(p_j, v_j)
-template <int CHUNKS, int G>
-static void attend_block(const float* q, const float* keys, const float* values, int j0, int j1, float scale,
+template <int CHUNKS, int G, class KV>
+static void attend_block(const float* q, const KV* keys, const KV* values, int j0, int j1, float scale,
                          float (*p)[MAX_BLOCK + 16], HeadState<CHUNKS>* st) {
   constexpr int head_dim = 16 * CHUNKS;
   const int n = j1 - j0;
   float m_new[G];
   for (int h = 0; h < G; ++h) {
-    block_scores<CHUNKS>(q + (size_t)h * head_dim, keys, j0, j1, scale, p[h]);
+    block_scores<CHUNKS, KV>(q + (size_t)h * head_dim, keys, j0, j1, scale, p[h]);
     V16 mx = v_load(p[h]);
     for (int j = 16; j < n; j += 16) mx = v_max(v_load(p[h] + j), mx);
     alignas(64) float lanes[16];
@@ -72,9 +76,9 @@ static void attend_block(const float* q, const float* keys, const float* values,
     for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_zero();
   }
   for (int j = 0; j < n; ++j) {
-    const float* v = values + (size_t)(j0 + j) * head_dim;
+    const KV* v = values + (size_t)(j0 + j) * head_dim;
     V16 vj[CHUNKS];
-    for (int c = 0; c < CHUNKS; ++c) vj[c] = v_load(v + 16 * c);
+    for (int c = 0; c < CHUNKS; ++c) vj[c] = kv_load(v + 16 * c);
     for (int h = 0; h < G; ++h) {
       const V16 pj = v_set1(p[h][j]);
       for (int c = 0; c < CHUNKS; ++c) ob[h][c] = v_fma(pj, vj[c], ob[h][c]);
@@ -98,7 +102,7 @@ static void attend_block(const float* q, const float* keys, const float* values,
 
 // The query heads of one row that share a key/value head, block by block: each block of keys and values
 // is read once, while in L1, for all of them.
-template <int CHUNKS, int G>
+template <int CHUNKS, int G, class KV>
 static void attend_group(const AttnGroup& r, int block, float scale) {
   constexpr int head_dim = 16 * CHUNKS;
   HeadState<CHUNKS> st[G];
@@ -106,7 +110,7 @@ static void attend_group(const AttnGroup& r, int block, float scale) {
   alignas(64) float p[G][MAX_BLOCK + 16];
   for (int j0 = 0; j0 <= r.position; j0 += block) {
     const int j1 = j0 + block - 1 < r.position ? j0 + block : r.position + 1;
-    attend_block<CHUNKS, G>(r.q, r.keys, r.values, j0, j1, scale, p, st);
+    attend_block<CHUNKS, G, KV>(r.q, (const KV*)r.keys, (const KV*)r.values, j0, j1, scale, p, st);
   }
   for (int h = 0; h < G; ++h) {
     const V16 lv = v_set1(st[h].l);
@@ -114,17 +118,17 @@ static void attend_group(const AttnGroup& r, int block, float scale) {
   }
 }
 
-template <int CHUNKS>
+template <int CHUNKS, class KV>
 static void attend_heads(const AttnGroup& r, int block, float scale) {
   switch (r.n_heads) {
-    case 1: return attend_group<CHUNKS, 1>(r, block, scale);
-    case 2: return attend_group<CHUNKS, 2>(r, block, scale);
-    case 3: return attend_group<CHUNKS, 3>(r, block, scale);
-    case 4: return attend_group<CHUNKS, 4>(r, block, scale);
-    case 5: return attend_group<CHUNKS, 5>(r, block, scale);
-    case 6: return attend_group<CHUNKS, 6>(r, block, scale);
-    case 7: return attend_group<CHUNKS, 7>(r, block, scale);
-    default: return attend_group<CHUNKS, 8>(r, block, scale);  // never more: see attention_heads_per_item
+    case 1: return attend_group<CHUNKS, 1, KV>(r, block, scale);
+    case 2: return attend_group<CHUNKS, 2, KV>(r, block, scale);
+    case 3: return attend_group<CHUNKS, 3, KV>(r, block, scale);
+    case 4: return attend_group<CHUNKS, 4, KV>(r, block, scale);
+    case 5: return attend_group<CHUNKS, 5, KV>(r, block, scale);
+    case 6: return attend_group<CHUNKS, 6, KV>(r, block, scale);
+    case 7: return attend_group<CHUNKS, 7, KV>(r, block, scale);
+    default: return attend_group<CHUNKS, 8, KV>(r, block, scale);  // never more: see attention_heads_per_item
   }
 }
 
@@ -134,19 +138,25 @@ int attention_heads_per_item(int group) {
   return 1;
 }
 
-void attention_group(const AttnGroup& r, int head_dim, int block, float scale) {
+template <class KV>
+static void attend_kv(const AttnGroup& r, int head_dim, int block, float scale) {
   switch (head_dim / 16) {
-    case 4: return attend_heads<4>(r, block, scale);
-    case 8: return attend_heads<8>(r, block, scale);
-    case 2: return attend_heads<2>(r, block, scale);
-    case 5: return attend_heads<5>(r, block, scale);
-    case 6: return attend_heads<6>(r, block, scale);
-    case 3: return attend_heads<3>(r, block, scale);
-    case 1: return attend_heads<1>(r, block, scale);
-    case 7: return attend_heads<7>(r, block, scale);
-    case 16: return attend_heads<16>(r, block, scale);
-    case 12: return attend_heads<12>(r, block, scale);
-    case 10: return attend_heads<10>(r, block, scale);
-    default: return attend_heads<16>(r, block, scale);  // never: head_dim is checked against the cases above
+    case 4: return attend_heads<4, KV>(r, block, scale);
+    case 8: return attend_heads<8, KV>(r, block, scale);
+    case 2: return attend_heads<2, KV>(r, block, scale);
+    case 5: return attend_heads<5, KV>(r, block, scale);
+    case 6: return attend_heads<6, KV>(r, block, scale);
+    case 3: return attend_heads<3, KV>(r, block, scale);
+    case 1: return attend_heads<1, KV>(r, block, scale);
+    case 7: return attend_heads<7, KV>(r, block, scale);
+    case 16: return attend_heads<16, KV>(r, block, scale);
+    case 12: return attend_heads<12, KV>(r, block, scale);
+    case 10: return attend_heads<10, KV>(r, block, scale);
+    default: return attend_heads<16, KV>(r, block, scale);  // never: head_dim is checked against the cases above
   }
+}
+
+void attention_group(const AttnGroup& r, int head_dim, int block, float scale) {
+  if (r.kv_bf16) return attend_kv<uint16_t>(r, head_dim, block, scale);
+  attend_kv<float>(r, head_dim, block, scale);
 }

@@ -40,6 +40,19 @@ void rows_then_prepare(Pool& pool, int rows, const ssk_matrix& w, const float* x
   });
 }
 
+size_t kv_bytes(const ssk_step& st) { return st.kv_dtype == SSK_KV_BF16 ? sizeof(uint16_t) : sizeof(float); }
+
+// A row's D keys (or values) into its cache at element offset off, in the cache's type.
+void store_kv(const ssk_step& st, void* cache, size_t off, const float* x, int D) {
+  if (st.kv_dtype == SSK_KV_BF16) {
+    to_bf16(x, D, (uint16_t*)cache + off);
+  } else {
+    std::memcpy((float*)cache + off, x, D * sizeof(float));
+  }
+}
+
+bool valid_kv(const ssk_step& st) { return st.kv_dtype == SSK_KV_F32 || st.kv_dtype == SSK_KV_BF16; }
+
 void attention_layer(Pool& pool, const ssk_model& md, const ssk_step& st, int layer, const float* q, int ldq,
                      float* out) {
   const int D = md.head_dim, Hq = md.n_heads, Hkv = md.n_kv_heads, group = md.n_heads / md.n_kv_heads;
@@ -55,9 +68,14 @@ void attention_layer(Pool& pool, const ssk_model& md, const ssk_step& st, int la
       const int i = (int)(item / items_per_row), h0 = (int)(item % items_per_row) * per_item, kvh = h0 / group;
       const int seg = st.row_segment[i];
       const size_t cap = (size_t)st.seg_capacity[seg];
-      const size_t off = (((size_t)layer * Hkv + kvh) * cap) * D;
-      AttnGroup r{q + (size_t)i * ldq + (size_t)h0 * D, st.seg_keys[seg] + off, st.seg_values[seg] + off,
-                  st.positions[i], per_item, out + (size_t)i * Hq * D + (size_t)h0 * D};
+      const size_t off = (((size_t)layer * Hkv + kvh) * cap) * D * kv_bytes(st);
+      AttnGroup r{q + (size_t)i * ldq + (size_t)h0 * D,
+                  (const char*)st.seg_keys[seg] + off,
+                  (const char*)st.seg_values[seg] + off,
+                  st.kv_dtype == SSK_KV_BF16,
+                  st.positions[i],
+                  per_item,
+                  out + (size_t)i * Hq * D + (size_t)h0 * D};
       attention_group(r, D, md.attn_block, scale);
     }
   });
@@ -96,6 +114,12 @@ int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out) {
   return 0;
 }
 
+int32_t ssk_to_bf16(const float* x, int32_t n, uint16_t* out) {
+  if (n < 0) return -1;
+  to_bf16(x, n, out);
+  return 0;
+}
+
 int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, float* y) {
   Ctx& c = *static_cast<Ctx*>(vctx);
   if (!valid_matrix(*w) || m < 1) return -1;
@@ -109,7 +133,7 @@ int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, flo
 int32_t ssk_attention(void* vctx, const ssk_model* md, const ssk_step* st, int32_t layer, const float* q, float* out) {
   Ctx& c = *static_cast<Ctx*>(vctx);
   if (!valid_head_dim(md->head_dim) || md->attn_block < 1 || md->attn_block > 256 || md->n_kv_heads < 1 ||
-      md->n_heads % md->n_kv_heads)
+      md->n_heads % md->n_kv_heads || !valid_kv(*st))
     return -1;
   attention_layer(c.pool, *md, *st, layer, q, md->n_heads * md->head_dim, out);
   return 0;
@@ -119,7 +143,7 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
   Ctx& c = *static_cast<Ctx*>(vctx);
   const ssk_model& md = *mdp;
   const ssk_step& st = *stp;
-  if (!valid_model(md)) return -1;
+  if (!valid_model(md) || !valid_kv(st)) return -1;
   const int T = st.n_rows, H = md.hidden, I = md.inter, D = md.head_dim;
   const int q_width = md.n_heads * D, kv_width = md.n_kv_heads * D, qkv_width = q_width + 2 * kv_width;
   if (T < 1) return 0;
@@ -166,8 +190,8 @@ int32_t ssk_forward(void* vctx, const ssk_model* mdp, const ssk_step* stp) {
         const size_t cap = (size_t)st.seg_capacity[seg];
         for (int h = 0; h < md.n_kv_heads; ++h) {
           const size_t off = ((((size_t)layer * md.n_kv_heads + h) * cap) + pos) * D;
-          std::memcpy(st.seg_keys[seg] + off, row + q_width + (size_t)h * D, D * sizeof(float));
-          std::memcpy(st.seg_values[seg] + off, row + q_width + kv_width + (size_t)h * D, D * sizeof(float));
+          store_kv(st, st.seg_keys[seg], off, row + q_width + (size_t)h * D, D);
+          store_kv(st, st.seg_values[seg], off, row + q_width + kv_width + (size_t)h * D, D);
         }
       }
     });

@@ -29,14 +29,17 @@ void dequant_row(const ssk_matrix& w, int row, float* out);
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
 void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin);
 void silu_mul_row(const float* gate, const float* up, int k, float* out);
+// out[i] = x[i] rounded to bfloat16 (nearest, ties to even; NaN stays NaN): a bfloat16 KV cache's entries.
+void to_bf16(const float* x, int n, uint16_t* out);
 
 constexpr int MAX_GROUP = 8;  // query heads per attention work item (a divisor of the GQA group)
 
 // n_heads query heads of one row that share one key/value head.
 struct AttnGroup {
   const float* q;       // [n_heads, D]
-  const float* keys;    // [capacity, D] of this row's sequence, layer and kv head
-  const float* values;  // [capacity, D]
+  const void* keys;     // [capacity, D] of this row's sequence, layer and kv head: float32, or bfloat16 (kv_bf16)
+  const void* values;   // [capacity, D], the same type
+  bool kv_bf16;
   int position;         // attends to keys 0..position
   int n_heads;          // 1..MAX_GROUP, consecutive query heads
   float* out;           // [n_heads, D]

@@ -1,6 +1,7 @@
 // Row-wise operations: RMSNorm, RoPE, SiLU-and-multiply, activation quantisation, row dequantisation.
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include "internal.h"
 #include "simd.h"
@@ -65,6 +66,18 @@ void dequant_row(const ssk_matrix& w, int row, float* out) {
         out[b * SSK_QK + k] = d * (float)(byte & 0x0F) + m;
         out[b * SSK_QK + 16 + k] = d * (float)(byte >> 4) + m;
       }
+    }
+  }
+}
+
+void to_bf16(const float* x, int n, uint16_t* out) {
+  for (int i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN stays a (quiet) NaN
+      out[i] = (uint16_t)((bits >> 16) | 0x0040u);
+    } else {  // nearest, ties to even, in integer arithmetic: the same on every build (and as torch rounds)
+      out[i] = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     }
   }
 }

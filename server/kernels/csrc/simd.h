@@ -45,6 +45,10 @@ static inline float half_to_float(uint16_t h) {
 struct V16 { __m512 v; };
 static inline V16 v_load(const float* p) { return {_mm512_loadu_ps(p)}; }
 static inline V16 v_load_f16(const uint16_t* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p))}; }
+// 16 bfloat16 values widened to float32: exact, the bfloat16 bits are the float's top 16 bits.
+static inline V16 v_load_bf16(const uint16_t* p) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16))};
+}
 static inline void v_store(float* p, V16 a) { _mm512_storeu_ps(p, a.v); }
 static inline V16 v_set1(float x) { return {_mm512_set1_ps(x)}; }
 static inline V16 v_add(V16 a, V16 b) { return {_mm512_add_ps(a.v, b.v)}; }
@@ -100,6 +104,10 @@ static inline V16 v_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_lo
 static inline V16 v_load_f16(const uint16_t* p) {
   return {_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)))};
 }
+static inline __m256 bf16_8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+static inline V16 v_load_bf16(const uint16_t* p) { return {bf16_8(p), bf16_8(p + 8)}; }
 static inline void v_store(float* p, V16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
 static inline V16 v_set1(float x) { __m256 s = _mm256_set1_ps(x); return {s, s}; }
 #define SSK_V2(OP) {OP(a.lo, b.lo), OP(a.hi, b.hi)}
@@ -159,6 +167,14 @@ static inline V16 v_load(const float* p) { V16 r; std::memcpy(r.v, p, sizeof r.v
 static inline V16 v_load_f16(const uint16_t* p) {
   V16 r;
   for (int l = 0; l < 16; ++l) r.v[l] = half_to_float(p[l]);
+  return r;
+}
+static inline V16 v_load_bf16(const uint16_t* p) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) {
+    const uint32_t bits = (uint32_t)p[l] << 16;
+    std::memcpy(&r.v[l], &bits, sizeof(float));
+  }
   return r;
 }
 static inline void v_store(float* p, V16 a) { std::memcpy(p, a.v, sizeof a.v); }

@@ -3,11 +3,12 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SSK_ABI_VERSION 1
+#define SSK_ABI_VERSION 2
 
 extern "C" {
 
 enum { SSK_F32 = 0, SSK_Q8_0 = 1, SSK_Q4_1 = 2 };
+enum { SSK_KV_F32 = 0, SSK_KV_BF16 = 1 };  // element type of the KV caches of a step
 
 // A weight matrix [n, k] (n output columns, k inputs) packed by server/engine/packing.py into tiles of
 // SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout).
@@ -42,14 +43,15 @@ struct ssk_model {
 };
 
 // One step: packed rows of several sequences. Row i belongs to segment row_segment[i]; a segment's
-// KV cache is keys/values [n_layers, Hkv, capacity, D] float32, and must have room for every position.
+// KV cache is keys/values [n_layers, Hkv, capacity, D] of kv_dtype, and must have room for every position.
+// SSK_KV_BF16 stores each key and value rounded to bfloat16 (nearest even); attention widens them exactly.
 struct ssk_step {
-  int32_t n_rows, n_segments, n_logit_rows, reserved;
+  int32_t n_rows, n_segments, n_logit_rows, kv_dtype;
   const int32_t* token_ids;    // [n_rows]
   const int32_t* positions;    // [n_rows]
   const int32_t* row_segment;  // [n_rows]
-  float* const* seg_keys;      // [n_segments]
-  float* const* seg_values;    // [n_segments]
+  void* const* seg_keys;       // [n_segments] float32 or bfloat16 (kv_dtype)
+  void* const* seg_values;     // [n_segments]
   const int32_t* seg_capacity; // [n_segments]
   const int32_t* logit_rows;   // [n_logit_rows] row indices
   float* logits;               // [n_logit_rows, vocab] out
@@ -69,4 +71,6 @@ int32_t ssk_attention(void* ctx, const ssk_model* model, const ssk_step* step, i
                       const float* q, float* out);
 // Row lookup of a packed matrix: out[k] = W[row, k] dequantised. For tests and the embedding.
 int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out);
+// out[i] = x[i] rounded to bfloat16 as a bfloat16 KV cache stores it. For tests.
+int32_t ssk_to_bf16(const float* x, int32_t n, uint16_t* out);
 }
