@@ -15,6 +15,7 @@ from seedstream.sampler import SAMPLER_VERSION
 from .admission import FairQueue
 from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
+from .kv_cache import kv_tag
 from .loader import LoadedWeights, ProgressFn, load_weights
 from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, describe
 from .prefix_cache import PrefixCache
@@ -310,7 +311,4 @@ def load_engine(config: EngineConfig | None = None, progress: ProgressFn | None 
 
 def torch_path_tag(model) -> str:
     """The torch path's part of engine_version: its tiles, and the KV cache's type where it is not the compute dtype."""
-    tag = f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}"
-    if model.kv_dtype != model.dtype:
-        tag += ".kv" + {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}[model.kv_dtype]
-    return tag
+    return f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}" + kv_tag(model.kv_dtype, model.dtype)

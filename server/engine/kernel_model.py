@@ -31,7 +31,7 @@ from seedstream.server.kernels.packing import (
 from seedstream.server.settings import WEIGHT_FORMATS  # "auto" and the formats, most precise first
 
 from .gguf_tensors import StoredTensor
-from .kv_cache import SequenceKVCache
+from .kv_cache import SequenceKVCache, kv_tag
 from .model import ModelConfig, Segment
 
 ATTN_BLOCK = 32  # keys per attention block, at absolute positions (part of engine_version)
@@ -170,7 +170,7 @@ class KernelModel:
     @property
     def version_tag(self) -> str:
         """What determines this model's bits, for engine_version (not the instruction set: all agree)."""
-        kv = ".kvbf16" if self.kv_dtype == torch.bfloat16 else ""  # float32 keys and values: no tag (as before)
+        kv = kv_tag(self.kv_dtype, torch.float32)  # float32 keys and values: no tag (as before)
         return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}{kv}"
 
     def new_cache(self) -> SequenceKVCache:

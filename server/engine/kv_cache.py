@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 
 GROW_BLOCK = 128  # capacity grows in multiples of this many positions
+_SHORT = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def kv_tag(kv_dtype: torch.dtype, compute_dtype: torch.dtype) -> str:
+    """engine_version's mark of a KV cache stored in another type than the model computes in ('' if the same)."""
+    return "" if kv_dtype == compute_dtype else f".kv{_SHORT[kv_dtype]}"
 
 
 class SequenceKVCache:
