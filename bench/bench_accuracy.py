@@ -1,5 +1,5 @@
-"""Accuracy of each weight format against the fp32 torch path on the same file: max |logit difference|,
-greedy agreement and perplexity over a few pages of text (this repository's own docs)."""
+"""Accuracy of each weight format (and of int8 activations) against the fp32 torch path on the same file:
+max |logit difference|, greedy agreement and perplexity over a few pages of text (this repository's docs)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def main() -> None:
     for fmt in ("f32", "q4_1", "q8_0"):
         packed, resolved = packed_weights(weights, cfg, fmt)
         models[f"kernels {resolved}"] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
+        if resolved != "f32":
+            models[f"kernels {resolved} int8 activations"] = KernelModel(
+                cfg, weights.state_dict, packed, resolved, kernels, activations="int8"
+            )
     reference = [logits_of(models["fp32 torch path (reference)"], w) for w in parts]
     print(f"{len(ids)} tokens of this repository's docs in windows of {args.window}; {cpu_flags_line()}\n")
     print("| path | max abs logit diff vs fp32 | greedy agreement | perplexity |")

@@ -109,12 +109,18 @@ async def wait_serving(server: subprocess.Popen, target: str, timeout: float = 6
 
 
 def measure_seedstream(
-    args, prompts: list[list[int]], streams: list[int], weights: str | None, kv_cache_dtype: str | None
+    args,
+    prompts: list[list[int]],
+    streams: list[int],
+    weights: str | None,
+    kv_cache_dtype: str | None,
+    activations: str | None = None,
 ) -> dict:
     """Best-of-repeats (tok/s, TTFTs) per stream count, through a fresh server process."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     extra = ("--kv-cache-dtype", kv_cache_dtype) if kv_cache_dtype else ()
+    extra += ("--activations", activations) if activations else ()
     server = start_server(port, args.threads, weights, extra)
 
     async def measure() -> dict:  # one event loop for all calls: grpc.aio channels are bound to their loop
@@ -275,6 +281,11 @@ def parse_args():
         help="server --kv-cache-dtype values to measure, comma-separated (e.g. auto,bfloat16); unset: not passed",
     )
     parser.add_argument(
+        "--activations",
+        default=None,
+        help="server --activations values to measure, comma-separated (e.g. float32,int8); unset: not passed",
+    )
+    parser.add_argument(
         "--systems", default="seedstream,llamacpp,transformers", help="which systems to measure, comma-separated"
     )
     parser.add_argument("--node", default="node", help="Node.js executable for the llama.cpp anchor")
@@ -318,10 +329,12 @@ def main() -> None:
     if "seedstream" in args.systems:
         for weights in args.weights.split(",") if args.weights else [None]:
             for kv in args.kv_cache_dtypes.split(",") if args.kv_cache_dtypes else [None]:
-                label = " ".join(x for x in (weights, kv and f"kv {kv}") if x) or "server default"
-                ours[label] = run_system(
-                    f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights, kv
-                )
+                for act in args.activations.split(",") if args.activations else [None]:
+                    parts = (weights, kv and f"kv {kv}", act and f"{act} activations")
+                    label = " ".join(x for x in parts if x) or "server default"
+                    ours[label] = run_system(
+                        f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights, kv, act
+                    )
     print_report(args, streams, ours, llama, llama_info, hf, skipped)
 
 

@@ -1,6 +1,6 @@
 """Decode-step time per forward path, in one run: transformers' own Llama forward (fp32, MKL, KV cache; not
-batch-invariant) as the baseline, seedstream's torch path, and the C++ kernels with each weight format and
-KV-cache type."""
+batch-invariant) as the baseline, seedstream's torch path, and the C++ kernels with each weight format,
+KV-cache type and activation type."""
 
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--formats", default="f32,q8_0,q4_1")
     parser.add_argument("--kv-cache-dtypes", default="float32,bfloat16", help="KV-cache types of the kernels")
+    parser.add_argument(
+        "--activations", default="float32,int8", help="activation types of the kernels (int8: q8_0/q4_1 only)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     weights = load_weights(None, progress=lambda msg: None)
@@ -89,8 +92,13 @@ def main() -> None:
     for fmt in args.formats.split(","):
         packed, resolved = packed_weights(weights, cfg, fmt)
         for kv in args.kv_cache_dtypes.split(","):
-            label = f"kernels {resolved}" + ("" if kv == "float32" else f" kv {kv}")
-            models[label] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels, getattr(torch, kv))
+            for act in args.activations.split(","):
+                if act == "int8" and resolved == "f32":
+                    continue
+                label = f"kernels {resolved}" + ("" if kv == "float32" else f" kv {kv}")
+                label += "" if act == "float32" else f" {act} act"
+                kv_dtype = getattr(torch, kv)
+                models[label] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype, act)
     names = list(models)
     print(f"decode step, context {args.context}, {args.threads} threads, kernels {kernels.isa}; {cpu_flags_line()}")
     print("step time in ms, and (in brackets) its ratio to transformers; last column: best kernels tok/s\n")

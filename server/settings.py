@@ -28,6 +28,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 BACKENDS = ("auto", "kernels", "torch")
 WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
+ACTIVATIONS = ("float32", "int8")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -119,6 +120,15 @@ class EngineConfig:
         "bits for any batch or schedule; in `engine_version` (`.kvbf16`)",
         choices=KV_CACHE_DTYPES,
     )
+    activations: str = setting(
+        "float32",
+        "what the kernels multiply `q8_0`/`q4_1` weights with: `float32`, or `int8` (each 32-value block of a "
+        "GEMM input rounded to int8 with its own scale, as llama.cpp does, then integer dot products: decode "
+        "steps about 1.5-2x faster at 8 or more streams; logits move by up to about 2 from float32's, greedy "
+        "agreement about 95 %, perplexity unchanged); still the same bits for any batch, schedule, thread count "
+        "and x86 CPU; in `engine_version` (`.a8`)",
+        choices=ACTIVATIONS,
+    )
 
     def __post_init__(self):
         if self.dtype not in DTYPE_NAMES:
@@ -141,6 +151,10 @@ class EngineConfig:
             raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r}: allowed {', '.join(KV_CACHE_DTYPES)}")
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"activations={self.activations!r}: allowed {', '.join(ACTIVATIONS)}")
+        if self.activations == "int8" and (self.backend == "torch" or self.weights == "f32"):
+            raise ValueError("activations='int8' needs the kernels with q8_0 or q4_1 weights (backend and weights)")
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
             raise ValueError(
                 f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})"

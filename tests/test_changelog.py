@@ -79,9 +79,10 @@ def test_every_engine_version_is_in_the_changelog():
     tiles = (_value(n, "server/engine") for n in ("ROW_TILE", "QUERY_TILE", "KEY_BLOCK"))
     torch_tag = "tile{}.attn{}x{}".format(*tiles)
     kernel_tags = [
-        KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt, kv_dtype=kv))
+        KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt, kv_dtype=kv, activations=act))
         for fmt in PRECISION
         for kv in (torch.float32, torch.bfloat16)  # --kv-cache-dtype
+        for act in (("float32", "int8") if fmt != "f32" else ("float32",))  # --activations (int8: quantised weights)
     ]
     entries = _stream_entries()
     for tag in [torch_tag, torch_tag + ".kvbf16", *kernel_tags]:

@@ -42,9 +42,10 @@ def build_model(
                 model.weight_bytes / 1e6,
             )
             return model, model.weight_format
-        if config.backend == "kernels" or config.weights not in ("auto", "f32"):
+        if config.backend == "kernels" or config.weights not in ("auto", "f32") or config.activations != "float32":
             raise RuntimeError(
-                f"backend=kernels/weights={config.weights} asked for, but the kernels could not be "
+                f"backend=kernels/weights={config.weights}/activations={config.activations} asked for, but the "
+                "kernels could not be "
                 "built (see the warning above); use --backend torch"
             )
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
@@ -62,8 +63,11 @@ def _wants_kernels(config: EngineConfig, device: torch.device, dtype: torch.dtyp
     if config.backend == "torch":
         return False
     if device.type != "cpu" or dtype != torch.float32:
-        if config.backend == "kernels":
-            raise ValueError(f"backend=kernels runs on cpu with float32, not {device.type}/{dtype}")
+        if config.backend == "kernels" or config.activations != "float32":
+            raise ValueError(
+                f"backend=kernels (and activations={config.activations}) runs on cpu with float32, "
+                f"not {device.type}/{dtype}"
+            )
         return False
     return True
 
@@ -75,7 +79,7 @@ def _kernel_model(
     weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels, kv: torch.dtype
 ) -> KernelModel:
     packed, fmt = packed_weights(weights, cfg, config.weights)
-    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels, kv)
+    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels, kv, config.activations)
 
 
 def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> tuple[dict[str, PackedMatrix], str]:

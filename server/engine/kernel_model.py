@@ -21,6 +21,7 @@ from seedstream.server.kernels.lib import LayerDesc
 from seedstream.server.kernels.packing import (
     PRECISION,
     PackedMatrix,
+    for_int8_activations,
     pack_f32,
     pack_from_float,
     pack_q4_1,
@@ -124,12 +125,20 @@ class KernelModel:
         weight_format: str,
         kernels: Kernels,
         kv_dtype: torch.dtype = torch.float32,
+        activations: str = "float32",
     ):
         if kv_dtype not in KV_DTYPE_CODES:
             raise ValueError(
                 f"kv_cache_dtype={str(kv_dtype).removeprefix('torch.')}: the kernels cache float32 or bfloat16"
             )
+        if activations == "int8":
+            if weight_format not in ("q8_0", "q4_1"):
+                raise ValueError(f"activations='int8' needs q8_0 or q4_1 weights; these are {weight_format}")
+            packed = {name: for_int8_activations(m) for name, m in packed.items()}
+        elif activations != "float32":
+            raise ValueError(f"activations={activations!r}: allowed float32, int8")
         self.cfg, self.kernels, self.weight_format = cfg, kernels, weight_format
+        self.activations = activations
         self.device, self.dtype, self.kv_dtype = torch.device("cpu"), torch.float32, kv_dtype
         self.embed = packed["embed"]
         self.lm_head = packed.get("lm_head", self.embed)
@@ -171,7 +180,8 @@ class KernelModel:
     def version_tag(self) -> str:
         """What determines this model's bits, for engine_version (not the instruction set: all agree)."""
         kv = kv_tag(self.kv_dtype, torch.float32)  # float32 keys and values: no tag (as before)
-        return f"ssk{KERNEL_VERSION}.{self.weight_format}.attn{ATTN_BLOCK}{kv}"
+        act = ".a8" if self.activations == "int8" else ""  # float32 activations: no tag (as before)
+        return f"ssk{KERNEL_VERSION}.{self.weight_format}{act}.attn{ATTN_BLOCK}{kv}"
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg

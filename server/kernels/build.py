@@ -19,8 +19,8 @@ from pathlib import Path
 log = logging.getLogger("seedstream.kernels")
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "gemm.cpp", "attention.cpp", "forward.cpp")
-HEADERS = ("ssk.h", "internal.h", "simd.h", "pool.h")
+SOURCES = ("ops.cpp", "gemm.cpp", "gemm_i8.cpp", "attention.cpp", "forward.cpp")
+HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h")
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
 # is not: every build gives the same bits (tests/kernels/test_isa_identity.py).
 KERNEL_VERSION = "2"

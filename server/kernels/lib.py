@@ -13,15 +13,16 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
+ACTIVATION_CODES = {"float32": 0, "int8": 1}  # ssk_matrix.act: what the GEMM multiplies the weights with
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype
 
 _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
 
 
 class Matrix(ctypes.Structure):
-    _fields_ = [("format", _i32), ("n", _i32), ("k", _i32), ("reserved", _i32), ("data", _ptr), ("bias", _ptr)]
+    _fields_ = [("format", _i32), ("n", _i32), ("k", _i32), ("act", _i32), ("data", _ptr), ("bias", _ptr)]
 
 
 class LayerDesc(ctypes.Structure):

@@ -8,6 +8,11 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
         (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
 float weights on load rounds its scales to float16 first, as llama.cpp does.
+
+With int8 activations (for_int8_activations) a block keeps the same bytes, its quants regrouped so that
+each 32-bit lane holds 4 consecutive quant bytes of one column (csrc/gemm_i8.cpp):
+  q8_0  int8 q[8 groups][16 lanes][4]   (byte j of group g: value 4g + j)
+  q4_1  uint8 q[4 groups][16 lanes][4]  (byte j of group g: values 4g + j and 16 + 4g + j)
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .lib import FORMAT_CODES, Matrix
+from .lib import ACTIVATION_CODES, FORMAT_CODES, Matrix
 
 PACK_LAYOUT = "3"  # bump when a tile layout changes (names the cached packed weights)
 NR = 16  # output columns per tile
@@ -36,6 +41,7 @@ class PackedMatrix:
     k: int
     data: torch.Tensor  # uint8, packed tiles
     bias: torch.Tensor | None = None  # float32 [n]
+    activations: str = "float32"  # what the GEMM multiplies these weights with (ACTIVATION_CODES)
 
     def desc(self) -> Matrix:
         """The C struct; it holds a reference to this matrix, so the memory it points at stays alive."""
@@ -43,7 +49,7 @@ class PackedMatrix:
             FORMAT_CODES[self.format],
             self.n,
             self.k,
-            0,
+            ACTIVATION_CODES[self.activations],
             self.data.data_ptr(),
             None if self.bias is None else self.bias.data_ptr(),
         )
@@ -94,6 +100,23 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
     q_t = qs.astype(np.uint8).reshape(t, NR, nb, 16).transpose(0, 2, 3, 1).reshape(t, nb, 16 * NR)
     blocks = np.concatenate([_bytes(d_t), _bytes(m_t), q_t], axis=-1)  # [T, nb, 320]
     return _packed("q4_1", n, nb * QK, blocks.reshape(-1), bias)
+
+
+# (bytes of scales, quant bytes) per tile block of the quantised formats
+_BLOCK_LAYOUT = {"q8_0": (32, 512), "q4_1": (64, 256)}
+
+
+def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
+    """The same matrix with each tile block's quants regrouped for int8 activations (module docstring)."""
+    if m.format not in _BLOCK_LAYOUT:
+        raise ValueError(f"int8 activations need q8_0 or q4_1 weights, not {m.format}")
+    if m.activations == "int8":
+        return m
+    head, quants = _BLOCK_LAYOUT[m.format]
+    blocks = m.data.numpy().reshape(-1, head + quants)  # [tiles * nb, block bytes]
+    q = blocks[:, head:].reshape(-1, quants // 64, 4, NR)  # [blocks, group, byte j, lane]
+    regrouped = np.concatenate([blocks[:, :head], q.transpose(0, 1, 3, 2).reshape(-1, quants)], axis=1)
+    return dataclasses.replace(m, data=torch.from_numpy(regrouped.reshape(-1)), activations="int8")
 
 
 def _half(scales: np.ndarray) -> np.ndarray:

@@ -67,20 +67,31 @@ def _background(engine, rng, count):
 
 @pytest.mark.slow  # builds an engine per dtype and runs 16-40 background requests
 @pytest.mark.parametrize(
-    "dtype,kv_cache_dtype,prefill_chunk,background",
+    "dtype,kv_cache_dtype,activations,prefill_chunk,background",
     [
-        ("float32", "auto", 256, 40),  # the default build, at full scale
-        ("float32", "auto", 48, 16),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
-        ("float32", "bfloat16", 256, 16),  # keys and values cached as bfloat16
-        ("bfloat16", "auto", 256, 16),
+        ("float32", "auto", "float32", 256, 40),  # the default build, at full scale
+        (
+            "float32",
+            "auto",
+            "float32",
+            48,
+            16,
+        ),  # another prefill chunk: a tuning knob, the same streams (see the last assert)
+        ("float32", "bfloat16", "float32", 256, 16),  # keys and values cached as bfloat16
+        ("float32", "auto", "int8", 256, 16),  # int8 activations (CPU kernels only)
+        ("bfloat16", "auto", "float32", 256, 16),
     ],
 )
 def test_same_seed_same_tokens_alone_and_under_concurrent_load(
-    engine_factory, device, dtype, kv_cache_dtype, prefill_chunk, background, reference_streams
+    engine_factory, device, dtype, kv_cache_dtype, activations, prefill_chunk, background, reference_streams
 ):
     """The core promise: bit-identical token ids and logprobs, solo vs. others joining and leaving.
     The prefix cache is on (the default): loaded runs reuse the solo runs' prompts."""
-    engine = engine_factory(dtype=dtype, kv_cache_dtype=kv_cache_dtype, prefill_chunk=prefill_chunk, device=device)
+    if activations != "float32" and device != "cpu":
+        pytest.skip("int8 activations are a CPU-kernel option")
+    engine = engine_factory(
+        dtype=dtype, kv_cache_dtype=kv_cache_dtype, activations=activations, prefill_chunk=prefill_chunk, device=device
+    )
     assert engine.device.type == device
     rng = random.Random(1234)
 
@@ -104,7 +115,7 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(
         assert a[2] == b[2]
     assert solo[0][0] == solo[6][0], "same request twice gives the same tokens"
     assert len({tuple(s[0]) for s in solo[1:6]}) == 5
-    if dtype == "float32" and kv_cache_dtype == "auto":  # the chunk size changes no token
+    if dtype == "float32" and kv_cache_dtype == "auto" and activations == "float32":  # the chunk size changes no token
         assert reference_streams.setdefault((device, dtype), solo) == solo
 
 

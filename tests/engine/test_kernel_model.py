@@ -23,11 +23,11 @@ def cfg(weights):
     return ModelConfig.from_hf(weights.config)
 
 
-def _model(weights, cfg, fmt="auto", isa=None, threads=2, kv_dtype=torch.float32):
+def _model(weights, cfg, fmt="auto", isa=None, threads=2, kv_dtype=torch.float32, activations="float32"):
     kernels = load_kernels(threads, cache_root() / "kernels", isa)
     assert kernels is not None, "the kernels did not build"
     packed, resolved = packed_weights(weights, cfg, fmt)
-    return KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype)
+    return KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype, activations)
 
 
 def _prompt(weights, n):
@@ -61,9 +61,12 @@ def test_prefill_chunks_of_any_size_equal_token_by_token_decode(weights, cfg):
         assert torch.equal(cache.values[:, :, :300], decode_cache.values[:, :, :300]), f"chunk {chunk}: values differ"
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
-def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads(weights, cfg, kv_dtype):
-    one, two = _model(weights, cfg, threads=1, kv_dtype=kv_dtype), _model(weights, cfg, threads=2, kv_dtype=kv_dtype)
+@pytest.mark.parametrize(
+    "kv_dtype,activations", [(torch.float32, "float32"), (torch.bfloat16, "float32"), (torch.float32, "int8")]
+)
+def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads(weights, cfg, kv_dtype, activations):
+    one = _model(weights, cfg, threads=1, kv_dtype=kv_dtype, activations=activations)
+    two = _model(weights, cfg, threads=2, kv_dtype=kv_dtype, activations=activations)
     ids = _prompt(weights, 40)
     alone, alone_cache = _run_chunked(one, ids, 40)
     caches = [two.new_cache() for _ in range(3)]
@@ -77,12 +80,20 @@ def test_a_sequence_gets_the_same_bits_packed_with_others_at_one_and_two_threads
 
 
 @pytest.mark.slow  # builds and runs the kernels for every instruction set
-@pytest.mark.parametrize("fmt,kv_dtype", [("f32", torch.float32), ("q4_1", torch.float32), ("q4_1", torch.bfloat16)])
-def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt, kv_dtype):
+@pytest.mark.parametrize(
+    "fmt,kv_dtype,activations",
+    [
+        ("f32", torch.float32, "float32"),
+        ("q4_1", torch.float32, "float32"),
+        ("q4_1", torch.bfloat16, "float32"),
+        ("q4_1", torch.float32, "int8"),
+    ],
+)
+def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt, kv_dtype, activations):
     ids = _prompt(weights, 12)
     results = {}
     for isa in available_isas():  # e.g. avx512, avx2 and the portable scalar build
-        model = _model(weights, cfg, fmt, isa=isa, kv_dtype=kv_dtype)
+        model = _model(weights, cfg, fmt, isa=isa, kv_dtype=kv_dtype, activations=activations)
         logits, cache = _run_chunked(model, ids, 12)
         step = model.forward(torch.tensor([ids[0]]), torch.tensor([12]), [Segment(cache, 12, 1)], torch.tensor([0]))
         results[isa] = (logits, step, cache.keys[:, :, :13].clone())
@@ -136,6 +147,21 @@ def test_bfloat16_keys_and_values_against_the_torch_path(weights, cfg):
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9, kv
 
 
+@pytest.mark.slow
+def test_int8_activations_against_the_fp32_torch_path(weights, cfg):
+    """What --activations int8 gives up: every GEMM input rounded to int8 per 32-block (as llama.cpp does).
+    Measured on the default model: largest logit difference ~1.3-2.3, greedy agreement ~0.95 (docs/kernels.md)."""
+    ids = _prompt(weights, 64)
+    torch_model = DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)
+    want, _ = _run_chunked(torch_model, ids, 64)
+    got, _ = _run_chunked(_model(weights, cfg, "q4_1", activations="int8"), ids, 64)
+    assert (got - want).abs().max() < 4.0
+    assert (got - want).abs().max() > 0.01, "the activations really are quantised"
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.85
+    nll = [torch.nn.functional.cross_entropy(x[:-1], torch.tensor(ids[1:])) for x in (got, want)]
+    assert abs(float(nll[0] - nll[1])) < 0.05, "perplexity within 5 %"
+
+
 def test_greedy_chat_answer_with_bfloat16_keys_and_values(weights, cfg):
     """q4_1 weights with a bfloat16 KV cache still answer what the float32 model answers."""
     model = _model(weights, cfg, kv_dtype=torch.bfloat16)
@@ -165,6 +191,20 @@ def test_kv_cache_dtype_is_part_of_engine_version():
     assert torch_bf16.model.new_cache().keys.dtype == torch.bfloat16
 
 
+def test_activations_are_part_of_engine_version_and_need_quantised_kernel_weights():
+    default = load_engine(EngineConfig(), progress=lambda m: None).info.engine_version
+    int8 = load_engine(EngineConfig(activations="int8"), progress=lambda m: None)
+    assert int8.info.engine_version == default.replace(".q4_1.", ".q4_1.a8.")
+    assert int8.model.activations == "int8"
+    for bad, match in (
+        (dict(activations="int4"), "activations='int4': allowed float32, int8"),
+        (dict(activations="int8", backend="torch"), "activations='int8' needs the kernels"),
+        (dict(activations="int8", weights="f32"), "activations='int8' needs the kernels"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            EngineConfig(**bad)
+
+
 def test_the_torch_path_is_kept_and_named_differently(monkeypatch):
     kernels = load_engine(EngineConfig(), progress=lambda m: None)
     torch_path = load_engine(EngineConfig(backend="torch"), progress=lambda m: None)
@@ -173,6 +213,8 @@ def test_the_torch_path_is_kept_and_named_differently(monkeypatch):
     monkeypatch.setenv("SEEDSTREAM_KERNELS", "off")
     fallback = load_engine(EngineConfig(), progress=lambda m: None)
     assert fallback.info.engine_version == torch_path.info.engine_version
+    with pytest.raises(RuntimeError, match="activations=int8 asked for"):  # never a silent change of bits
+        load_engine(EngineConfig(activations="int8"), progress=lambda m: None)
 
 
 def test_no_compiler_means_no_kernels_not_a_crash(monkeypatch, tmp_path):

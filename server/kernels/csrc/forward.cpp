@@ -24,7 +24,8 @@ T* grow(std::vector<T>& v, size_t n) {
 
 bool valid_matrix(const ssk_matrix& w) {
   return w.data && w.n > 0 && w.n % SSK_NR == 0 && w.k > 0 && w.k % SSK_QK == 0 && w.k % 16 == 0 &&
-         (w.format == SSK_F32 || w.format == SSK_Q8_0 || w.format == SSK_Q4_1);
+         (w.format == SSK_F32 || w.format == SSK_Q8_0 || w.format == SSK_Q4_1) &&
+         (w.act == SSK_ACT_F32 || (w.act == SSK_ACT_I8 && w.format != SSK_F32));
 }
 
 // Run fn on each row, then make the row ready as input of w (its block sums, for Q4_1).

@@ -241,11 +241,15 @@ static void run_rows(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, co
   run_tile<MR, 1>(w, tile, tbytes, x, sums, y, ldy);
 }
 
-size_t gemm_scratch_floats(int m, int k) { return m > MR_BIG / 2 ? (size_t)m * k : 0; }
+size_t gemm_scratch_floats(int m, int k) {
+  const size_t interleaved = m > MR_BIG / 2 ? (size_t)m * k : 0, ints = i8_scratch_floats(m, k);
+  return interleaved > ints ? interleaved : ints;
+}
 
 void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
           float* scratch) {
-  const int tiles = w.n / SSK_NR, nb = w.k / SSK_QK;
+  if (w.act == SSK_ACT_I8) return gemm_i8(pool, w, m, x, y, ldy, scratch);
+  const int nb = w.k / SSK_QK;
   const size_t tbytes = tile_bytes(w.format, w.k);
   // Groups of more than MR_BIG / 2 rows take the interleaved kernel: their inputs are interleaved first.
   const int big_rows = m > MR_BIG / 2 ? (m % MR_BIG > MR_BIG / 2 || m % MR_BIG == 0 ? m : m - m % MR_BIG) : 0;
@@ -259,38 +263,34 @@ void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* s
       }
     });
   }
-  parallel(pool, [&](int t, int n) {
-    int64_t begin, end;
-    Pool::range(tiles, t, n, &begin, &end);
-    for (int64_t tile = begin; tile < end;) {
-      const uint8_t* tdata = w.data + (size_t)tile * tbytes;
-      const int n0 = (int)tile * SSK_NR;
-      int done = 1;
-      if (m == 1 && end - tile >= 4) {  // one row: four tiles' chains in flight
-        run_tile<1, 4>(w, tdata, tbytes, x, sums, y + n0, ldy);
-        done = 4;
-      } else if (m == 2 && end - tile >= 2) {
-        run_tile<2, 2>(w, tdata, tbytes, x, sums, y + n0, ldy);
-        done = 2;
-      } else {
-        for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
-          const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
-          run_big_rows<MR_BIG>(w, tdata, scratch + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
-                               y + (size_t)m0 * ldy + n0, ldy);
-        }
-        for (int m0 = big_rows; m0 < m; m0 += MR_MAX) {
-          const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
-          run_rows<MR_MAX>(w, tdata, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
-                           y + (size_t)m0 * ldy + n0, ldy);
-        }
-      }
-      if (w.bias) {
-        for (int c = n0; c < n0 + SSK_NR * done; c += SSK_NR) {
-          const V16 bias = v_load(w.bias + c);
-          for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + c, v_add(v_load(y + (size_t)r * ldy + c), bias));
-        }
-      }
-      tile += done;
+  for_tiles(pool, w, m, y, ldy, [&](int64_t tile, int64_t left) {
+    const uint8_t* tdata = w.data + (size_t)tile * tbytes;
+    const int n0 = (int)tile * SSK_NR;
+    if (m == 1 && left >= 4) {  // one row: four tiles' chains in flight
+      run_tile<1, 4>(w, tdata, tbytes, x, sums, y + n0, ldy);
+      return 4;
     }
+    if (m == 2 && left >= 2) {
+      run_tile<2, 2>(w, tdata, tbytes, x, sums, y + n0, ldy);
+      return 2;
+    }
+    for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
+      const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
+      run_big_rows<MR_BIG>(w, tdata, scratch + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
+                           y + (size_t)m0 * ldy + n0, ldy);
+    }
+    for (int m0 = big_rows; m0 < m; m0 += MR_MAX) {
+      const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
+      run_rows<MR_MAX>(w, tdata, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, rows,
+                       y + (size_t)m0 * ldy + n0, ldy);
+    }
+    return 1;
   });
+}
+
+void add_bias(const ssk_matrix& w, int n0, int tiles, int m, float* y, int ldy) {
+  for (int c = n0; c < n0 + SSK_NR * tiles; c += SSK_NR) {
+    const V16 bias = v_load(w.bias + c);
+    for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + c, v_add(v_load(y + (size_t)r * ldy + c), bias));
+  }
 }

@@ -24,6 +24,29 @@ void block_sums(const float* x, int k, float* s);
 void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
           float* scratch);
 size_t gemm_scratch_floats(int m, int k);
+// y[r, c] += bias[c] for the m rows and the output columns of `tiles` tiles from column n0.
+void add_bias(const ssk_matrix& w, int n0, int tiles, int m, float* y, int ldy);
+// Threads split the output tiles of w (never k); fn(tile, tiles left in this thread's range) computes one
+// or more tiles from there and returns how many; their bias is then added.
+template <class TileFn>
+void for_tiles(Pool& pool, const ssk_matrix& w, int m, float* y, int ldy, TileFn fn) {
+  parallel(pool, [&](int t, int n) {
+    int64_t begin, end;
+    Pool::range(w.n / SSK_NR, t, n, &begin, &end);
+    for (int64_t tile = begin; tile < end;) {
+      const int done = fn(tile, end - tile);
+      if (w.bias) add_bias(w, (int)tile * SSK_NR, done, m, y, ldy);
+      tile += done;
+    }
+  });
+}
+// q4_1 and q8_0 weights times int8-quantised activations (gemm_i8.cpp), called by gemm() for act SSK_ACT_I8.
+void gemm_i8(Pool& pool, const ssk_matrix& w, int m, const float* x, float* y, int ldy, float* scratch);
+size_t i8_scratch_floats(int m, int k);
+// Byte offset of quant byte j (q4_1: 0..15, q8_0: 0..31) of column `lane` in a tile block's quants.
+inline int quant_offset(int act, int j, int lane) {
+  return act == SSK_ACT_I8 ? (j / 4) * 64 + lane * 4 + j % 4 : 16 * j + lane;
+}
 void dequant_row(const ssk_matrix& w, int row, float* out);
 
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);

@@ -57,12 +57,12 @@ void dequant_row(const ssk_matrix& w, int row, float* out) {
     if (w.format == SSK_Q8_0) {
       const uint8_t* blk = base + (size_t)b * Q8_0_TILE_BLOCK;
       const float d = half_to_float(((const uint16_t*)blk)[lane]);
-      for (int k = 0; k < SSK_QK; ++k) out[b * SSK_QK + k] = d * (float)(int8_t)blk[Q8_0_QS + 16 * k + lane];
+      for (int k = 0; k < SSK_QK; ++k) out[b * SSK_QK + k] = d * (float)(int8_t)blk[Q8_0_QS + quant_offset(w.act, k, lane)];
     } else {
       const uint8_t* blk = base + (size_t)b * Q4_1_TILE_BLOCK;
       const float d = half_to_float(((const uint16_t*)blk)[lane]), m = half_to_float(((const uint16_t*)blk)[16 + lane]);
       for (int k = 0; k < 16; ++k) {
-        const uint8_t byte = blk[Q4_1_QS + 16 * k + lane];
+        const uint8_t byte = blk[Q4_1_QS + quant_offset(w.act, k, lane)];
         out[b * SSK_QK + k] = d * (float)(byte & 0x0F) + m;
         out[b * SSK_QK + 16 + k] = d * (float)(byte >> 4) + m;
       }

@@ -3,20 +3,23 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SSK_ABI_VERSION 2
+#define SSK_ABI_VERSION 3
 
 extern "C" {
 
 enum { SSK_F32 = 0, SSK_Q8_0 = 1, SSK_Q4_1 = 2 };
 enum { SSK_KV_F32 = 0, SSK_KV_BF16 = 1 };  // element type of the KV caches of a step
+enum { SSK_ACT_F32 = 0, SSK_ACT_I8 = 1 };  // what a GEMM multiplies the weights with (ssk_matrix.act)
 
 // A weight matrix [n, k] (n output columns, k inputs) packed by server/engine/packing.py into tiles of
-// SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout).
+// SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout). With act
+// SSK_ACT_I8 (q8_0 and q4_1 only) the quants of each tile block are laid out for integer dot products and
+// every input row is quantised to int8 per 32-block first (gemm_i8.cpp).
 struct ssk_matrix {
   int32_t format;      // SSK_F32, SSK_Q8_0 or SSK_Q4_1
   int32_t n;           // output columns, a multiple of SSK_NR
   int32_t k;           // inputs, a multiple of 32
-  int32_t reserved;
+  int32_t act;         // SSK_ACT_F32 or SSK_ACT_I8
   const uint8_t* data; // packed tiles
   const float* bias;   // [n] or null
 };
