@@ -117,6 +117,9 @@ static void tile_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0
     const int8_t* ab = in.a + (size_t)m0 * in.k + (size_t)b * SSK_QK;
     for (int t = 0; t < NT; ++t) {
       const uint8_t* blk = tile + t * tbytes + (size_t)b * F::BLOCK;
+      // One or two rows stream the weights from memory: ask for the block after next (10-15 % faster at one
+      // row, measured; near a tile's end that is the next tile's start).
+      if constexpr (MR <= 2) ssk_prefetch(blk, 2 * F::BLOCK, F::BLOCK);
       VI dot[MR];
       for (int r = 0; r < MR; ++r) dot[r] = vi_zero();
       F::template dots<MR>(blk + F::QS, ab, in.k, dot);

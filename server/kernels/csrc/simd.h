@@ -24,8 +24,15 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 static inline void ssk_pause() { _mm_pause(); }
+// Ask for the cache lines of [p + ahead, p + ahead + bytes): a hint only, so it may point past the data (the
+// address is integer arithmetic, and a prefetch never faults); it changes no result.
+static inline void ssk_prefetch(const uint8_t* p, size_t ahead, int bytes) {
+  const uintptr_t at = (uintptr_t)p + ahead;
+  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(at + o), _MM_HINT_T0);
+}
 #else
 static inline void ssk_pause() {}
+static inline void ssk_prefetch(const uint8_t*, size_t, int) {}
 #endif
 
 // float16 bits -> float32, exactly (every float16 value is a float32 value).
