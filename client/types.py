@@ -391,6 +391,10 @@ class ModelInfo:
     prefix_cache_hit_tokens: int = 0
     prefix_cache_miss_tokens: int = 0
     prefix_cache_block_tokens: int = 0
+    # Exact speculative decoding: most tokens drafted per step (0 = off), tokens drafted and kept since start.
+    speculative_tokens: int = 0
+    speculative_draft_tokens: int = 0
+    speculative_accepted_tokens: int = 0
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> ModelInfo:

@@ -29,6 +29,7 @@ BACKENDS = ("auto", "kernels", "torch")
 WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
 ACTIVATIONS = ("float32", "int8")
+MAX_SPECULATIVE_TOKENS = 16
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -94,6 +95,15 @@ class EngineConfig:
         "prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted; "
         "changes no token (about 45 KiB per position for the default model in fp32, half with `--kv-cache-dtype bfloat16`)",
     )
+    # Not in engine_version: speculation changes no token.
+    speculative_tokens: int = setting(
+        0,
+        "exact speculative decoding (0 = off, allowed 0..16): each step, a decoding sequence drafts up to this many "
+        "tokens from an earlier occurrence of its last 2-3 tokens (prompt lookup) and keeps them while its seeded "
+        "sampler draws exactly them, so tokens, logprobs and receipts are those of decoding one token per step; "
+        "pays on text that repeats its prompt or itself (code edits, extraction, summaries) while at most 4 "
+        "sequences decode, costs a few percent on text that does not",
+    )
     num_threads: int | None = setting(
         None, "threads of the kernels and of torch's intra-op pool", flag="--threads", shown="torch's default"
     )
@@ -158,6 +168,10 @@ class EngineConfig:
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
             raise ValueError(
                 f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})"
+            )
+        if not 0 <= self.speculative_tokens <= MAX_SPECULATIVE_TOKENS:
+            raise ValueError(
+                f"speculative_tokens={self.speculative_tokens}: allowed 0..{MAX_SPECULATIVE_TOKENS} (0 = off)"
             )
         if not self.prefix_cache_mib >= 0:
             raise ValueError(f"prefix_cache_mib={self.prefix_cache_mib}: must be >= 0 (0 turns the cache off)")

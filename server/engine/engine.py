@@ -22,6 +22,7 @@ from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import StepBudget, admit, kv_tokens, plan_step
 from .sequence import EngineSequence, SequenceKind
+from .speculation import SpeculationStats
 from .text import TextCodec
 from .types import (
     EngineError,
@@ -74,7 +75,7 @@ class Engine:
         self.failure: BaseException | None = None  # what killed the engine thread, if anything did
         self._death_callbacks: list = []
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
-        self.budget = StepBudget.from_config(config, self.info.max_context)
+        self.budget = StepBudget.from_config(config, self.info.max_context, self.model.draft_row_cost)
         self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
         # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
         self.step_listeners: list[Callable[[float, int], None]] = []
@@ -169,6 +170,10 @@ class Engine:
                 "reserved": sum(kv_tokens(s, self.info.max_context) for s in running),
                 "budget": self.config.max_kv_tokens,
             }
+
+    def speculation(self) -> SpeculationStats:
+        """Speculative decoding's setting and its counts since start (read without the lock: two ints)."""
+        return SpeculationStats(self.config.speculative_tokens, self.runner.draft_tokens, self.runner.accepted_tokens)
 
     @property
     def prefill_tokens(self) -> int:

@@ -23,6 +23,8 @@ class ModelRunner:
         self.device = device
         self.prefix_cache = prefix_cache
         self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
+        self.draft_tokens = 0  # tokens drafted by speculation so far
+        self.accepted_tokens = 0  # of those, the ones the seeded sampler drew too (kept)
 
     def run(self, batch: StepBatch) -> None:
         """The forward pass over the batch's rows, then what each sequence asked of its logits rows."""
@@ -48,7 +50,7 @@ class ModelRunner:
         if batch.scored:
             self._score(logits, batch)
         if batch.sampled:
-            self._sample_and_emit(logits[batch.sample_rows], batch)
+            self._sample_and_emit(logits, batch)
 
     def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
         rows = logits[batch.score_rows]  # [S, V]
@@ -67,33 +69,64 @@ class ModelRunner:
                 seq.prompt_top.append((top.indices[i].tolist(), top.values[i].tolist()))
 
     def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
+        """Sample every sampled row, each at its own step; a drafted token is kept while the row
+        before it samples exactly that token, and the first row that samples another ends the run."""
         keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check
-        seqs = [batch.sampled[i] for i in keep]
-        if not seqs:
+        if not keep:
             return
-        logits = logits[keep] if len(keep) < len(batch.sampled) else logits
-        penalties = any(_uses_penalties(s.request.sampling) for s in seqs)
+        rows = _SampledRows(batch, keep)
         result = sample(
-            logits,
-            [s.request.sampling for s in seqs],
-            [len(s.output_ids) for s in seqs],
-            prompt_token_ids=[s.prompt for s in seqs] if penalties else None,
-            output_token_ids=[s.output_ids for s in seqs] if penalties else None,
-            sample_indices=[s.request.sample_index for s in seqs],
-            suppress_token_ids=[s.stop.suppressed_ids(len(s.output_ids)) for s in seqs],
-            top_n=max(s.request.top_logprobs for s in seqs),
+            logits[rows.logit_rows],
+            [s.request.sampling for s in rows.seqs],
+            rows.steps,
+            prompt_token_ids=[s.prompt for s in rows.seqs] if rows.penalties else None,
+            output_token_ids=rows.outputs if rows.penalties else None,
+            sample_indices=[s.request.sample_index for s in rows.seqs],
+            suppress_token_ids=[s.stop.suppressed_ids(step) for s, step in zip(rows.seqs, rows.steps)],
+            top_n=max(s.request.top_logprobs for s in rows.seqs),
         )
         token_ids = result.token_ids.tolist()
         logprobs = result.logprobs.tolist()
-        if any(s.request.logprobs_mode == "processed" for s in seqs):
+        if any(s.request.logprobs_mode == "processed" for s in rows.seqs):
             processed = result.processed_logprobs.tolist()
             logprobs = [
-                p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(seqs, logprobs, processed)
+                p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(rows.seqs, logprobs, processed)
             ]
         top_ids = result.top_token_ids.tolist()
         top_lps = result.top_logprobs.tolist()
-        for i, seq in enumerate(seqs):
-            seq.accept(token_ids[i], logprobs[i], top_ids[i], top_lps[i])
+        r = 0
+        for i in keep:
+            seq, draft = batch.sampled[i], batch.drafts[i]
+            for j in range(len(draft) + 1):
+                token = token_ids[r + j]
+                seq.accept(token, logprobs[r + j], top_ids[r + j], top_lps[r + j])
+                if seq.finished or j == len(draft) or token != draft[j]:
+                    break
+            seq.observe_draft(token_ids[r : r + j + 1])
+            if draft:
+                self.draft_tokens += len(draft)
+                self.accepted_tokens += j + (j < len(draft) and token == draft[j])
+                seq.cache.length = seq.num_tokens - 1  # the rows after the last kept token are stale
+            r += len(draft) + 1
+
+
+class _SampledRows:
+    """The rows one sample() call draws, flattened: each kept sequence's decode row, then its draft rows."""
+
+    def __init__(self, batch: StepBatch, keep: Sequence[int]):
+        self.logit_rows: list[int] = []
+        self.seqs: list = []
+        self.steps: list[int] = []
+        self.outputs: list[list[int]] = []  # output tokens before each row's step (for penalties)
+        self.penalties = any(_uses_penalties(batch.sampled[i].request.sampling) for i in keep)
+        for i in keep:
+            seq, draft = batch.sampled[i], batch.drafts[i]
+            for j in range(len(draft) + 1):
+                self.logit_rows.append(batch.sample_rows[i] + j)
+                self.seqs.append(seq)
+                self.steps.append(len(seq.output_ids) + j)
+                if self.penalties:
+                    self.outputs.append(seq.output_ids + draft[:j])
 
 
 def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:

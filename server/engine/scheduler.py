@@ -18,6 +18,7 @@ from typing import Protocol
 from .admission import FairQueue
 from .prefix_cache import BLOCK_TOKENS
 from .sequence import EngineSequence, SequenceKind
+from .speculation import MAX_SPECULATING_SEQUENCES
 
 
 class PrefixReuse(Protocol):
@@ -41,11 +42,19 @@ class StepBudget:
     max_step_tokens: int  # token rows per forward step
     prefill_chunk: int  # prefill chunks end at multiples of this
     max_context: int  # the model's context: no sequence reserves more
+    speculative_tokens: int = 0  # most draft rows per decoding sequence (0: no speculation)
+    draft_row_cost: float = 0.25  # one more row, as a fraction of a one-row step (the model's estimate)
 
     @classmethod
-    def from_config(cls, config, max_context: int) -> StepBudget:
+    def from_config(cls, config, max_context: int, draft_row_cost: float = 0.25) -> StepBudget:
         return cls(
-            config.max_batch_size, config.max_kv_tokens, config.max_step_tokens, config.prefill_chunk, max_context
+            config.max_batch_size,
+            config.max_kv_tokens,
+            config.max_step_tokens,
+            config.prefill_chunk,
+            max_context,
+            config.speculative_tokens,
+            draft_row_cost,
         )
 
 
@@ -60,10 +69,13 @@ class StepBatch:
     logit_rows: list[int] = dataclasses.field(default_factory=list)  # packed row -> logits row
     sampled: list[EngineSequence] = dataclasses.field(default_factory=list)
     sample_rows: list[int] = dataclasses.field(default_factory=list)  # index into logits, per sampled seq
+    # Per sampled seq: the tokens drafted after its decode row (speculation.py); its logits rows are
+    # sample_rows[i] .. sample_rows[i] + len(drafts[i]), sampled at consecutive steps.
+    drafts: list[list[int]] = dataclasses.field(default_factory=list)
     scored: list[EngineSequence] = dataclasses.field(default_factory=list)  # one entry per scored row
     score_rows: list[int] = dataclasses.field(default_factory=list)
     score_targets: list[int] = dataclasses.field(default_factory=list)
-    decode_rows: int = 0  # the first rows: one decode token per sequence (the model's column path)
+    decode_rows: int = 0  # the first rows: each decoding sequence's last token, then its draft (informational)
     forks: list[tuple[EngineSequence, EngineSequence]] = dataclasses.field(default_factory=list)  # (donor, child)
     # Resumed tokens to check: (sequence, index into logits, index into its resume_ids).
     checks: list[tuple[EngineSequence, int, int]] = dataclasses.field(default_factory=list)
@@ -78,7 +90,10 @@ class StepBatch:
         score: range = range(0),
         sample: bool = False,
         check: range = range(0),
+        draft: Sequence[int] = (),
     ) -> None:
+        """Rows for `tokens` at positions start..; the last 1 + len(draft) of them are sampled when `sample`
+        (draft: the last tokens are a guess, checked by sampling the rows before them)."""
         first_row = len(self.token_ids)
         self.runs.append((seq, start, len(tokens)))
         self.token_ids.extend(tokens)
@@ -93,8 +108,9 @@ class StepBatch:
             self.logit_rows.append(first_row + pos - start)
         if sample:
             self.sample_rows.append(len(self.logit_rows))
-            self.logit_rows.append(len(self.token_ids) - 1)
+            self.logit_rows.extend(range(len(self.token_ids) - 1 - len(draft), len(self.token_ids)))
             self.sampled.append(seq)
+            self.drafts.append(list(draft))
 
     def fork(self, donor: EngineSequence, child: EngineSequence) -> None:
         """`child` has `donor`'s prompt: it takes the donor's cache after this step's forward and
@@ -103,6 +119,7 @@ class StepBatch:
         child.prefilled = len(child.prompt)
         self.sample_rows.append(self.sample_rows[self.sampled.index(donor)])
         self.sampled.append(child)
+        self.drafts.append([])
 
 
 def plan(
@@ -142,12 +159,18 @@ def plan_step(
     """
     batch = StepBatch()
     tokens_left = budget.max_step_tokens
+    decoding = sum(1 for s in running if s.prefill_done and not s.cancelled and not s.finished)
+    speculate = budget.speculative_tokens > 0 and decoding <= MAX_SPECULATING_SEQUENCES
     for seq in running:
         if seq.cancelled:
             seq.finish_cancelled()
         elif seq.prefill_done:
-            batch.add(seq, [seq.output_ids[-1]], seq.num_tokens - 1, sample=True)
-            tokens_left -= 1
+            # Drafts only use rows the other decoding sequences do not need (each needs one).
+            limit = min(budget.speculative_tokens, tokens_left - decoding)
+            draft = seq.draft(limit, budget.draft_row_cost) if speculate else []
+            batch.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
+            tokens_left -= 1 + len(draft)
+            decoding -= 1
     batch.decode_rows = len(batch.token_ids)
     prefilling = {
         s.prompt_key

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from .kv_cache import SequenceKVCache
 from .prefix_cache import BLOCK_TOKENS, chain_hashes
+from .speculation import NgramDrafter
 from .stopping import StopCondition
 from .text import IncrementalText, TextCodec
 from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreRequest, ScoreResult, TopLogprob
@@ -61,6 +62,7 @@ class EngineSequence:
         self.cancelled = False
         self.finished = False
         self.created = time.monotonic()
+        self._drafter: NgramDrafter | None = None  # built at the first draft (speculative decoding only)
 
     @classmethod
     def generation(
@@ -130,6 +132,27 @@ class EngineSequence:
                 self.cached_tokens,
             )
         )
+
+    def draft(self, limit: int, row_cost: float) -> list[int]:
+        """Up to `limit` tokens guessed from this sequence's own n-grams (speculation.py), as many as are
+        worth `row_cost` each (a fraction of a one-row step), never more than the stream may still produce
+        after the token its decode row samples."""
+        room = min(self.request.max_new_tokens - len(self.output_ids), self.stop.max_context - self.num_tokens) - 1
+        if self._drafter is None:
+            self._drafter = NgramDrafter()
+        known = len(self._drafter.tokens)
+        if known < len(self.prompt):
+            self._drafter.extend(self.prompt[known:])
+            self._drafter.extend(self.output_ids)
+        else:
+            self._drafter.extend(self.output_ids[known - len(self.prompt) :])
+        proposal = self._drafter.draft(min(limit, room))
+        return proposal[: self._drafter.worth(row_cost)]
+
+    def observe_draft(self, produced: Sequence[int]) -> None:
+        """The tokens this step produced: they score the step's proposal (drafted or not)."""
+        if self._drafter is not None:
+            self._drafter.observe(produced)
 
     @property
     def prefill_done(self) -> bool:

@@ -330,6 +330,7 @@ def model_info(
     max_input_tokens: int = 0,
     max_deadline: float = 0.0,
     prefix_cache=None,
+    speculation=None,
 ) -> pb.GetModelInfoResponse:
     msg = pb.GetModelInfoResponse(
         model_id=info.model_id,
@@ -362,4 +363,8 @@ def model_info(
         msg.prefix_cache_hit_tokens = stats.hit_tokens
         msg.prefix_cache_miss_tokens = stats.miss_tokens
         msg.prefix_cache_block_tokens = prefix_cache.block_tokens
+    if speculation is not None:  # the engine's SpeculationStats
+        msg.speculative_tokens = speculation.tokens
+        msg.speculative_draft_tokens = speculation.drafted
+        msg.speculative_accepted_tokens = speculation.accepted
     return msg

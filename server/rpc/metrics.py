@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Seconds. Requests span milliseconds (Tokenize) to minutes (long completions on CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -185,7 +185,18 @@ class _EngineGauges:
             kv["reserved"],
         )
         yield _gauge("seedstream_kv_positions_budget", "KV-cache admission budget (--max-kv-tokens)", kv["budget"])
+        spec = engine.speculation()
+        yield _counter("seedstream_speculative_draft_tokens", "Tokens drafted by speculative decoding", spec.drafted)
+        yield _counter(
+            "seedstream_speculative_accepted_tokens",
+            "Drafted tokens kept (the seeded sampler drew exactly them)",
+            spec.accepted,
+        )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -281,6 +281,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             max_input_tokens=max_tokens,
             max_deadline=self.state.options.limits.max_deadline or 0.0,
             prefix_cache=getattr(engine, "prefix_cache", None),
+            speculation=engine.speculation() if hasattr(engine, "speculation") else None,
         )
 
 

@@ -92,6 +92,7 @@ def test_counters_and_histograms_follow_real_calls(metered):
     engine = srv.state.engine
     assert value(after, "seedstream_kv_positions_budget") == engine.config.max_kv_tokens
     assert value(after, "seedstream_max_batch_size") == engine.config.max_batch_size
+    assert value(after, "seedstream_speculative_draft_tokens_total") == 0  # --speculative-tokens is off here
 
 
 def test_gauges_while_a_stream_runs_and_cancelled_status(metered):

@@ -271,7 +271,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds", "max_stop_strings", "max_stop_string_chars", "max_top_logprobs", "prefix_cache_bytes", "prefix_cache_budget_bytes", "prefix_cache_hit_tokens", "prefix_cache_miss_tokens", "prefix_cache_block_tokens")
+    __slots__ = ("model_id", "model_sha256", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds", "max_stop_strings", "max_stop_string_chars", "max_top_logprobs", "prefix_cache_bytes", "prefix_cache_budget_bytes", "prefix_cache_hit_tokens", "prefix_cache_miss_tokens", "prefix_cache_block_tokens", "speculative_tokens", "speculative_draft_tokens", "speculative_accepted_tokens")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,9 @@ class GetModelInfoResponse(_message.Message):
     PREFIX_CACHE_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_MISS_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     dtype: str
@@ -326,7 +329,10 @@ class GetModelInfoResponse(_message.Message):
     prefix_cache_hit_tokens: int
     prefix_cache_miss_tokens: int
     prefix_cache_block_tokens: int
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_chars: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., prefix_cache_budget_bytes: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ..., prefix_cache_miss_tokens: _Optional[int] = ..., prefix_cache_block_tokens: _Optional[int] = ...) -> None: ...
+    speculative_tokens: int
+    speculative_draft_tokens: int
+    speculative_accepted_tokens: int
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_chars: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., prefix_cache_budget_bytes: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ..., prefix_cache_miss_tokens: _Optional[int] = ..., prefix_cache_block_tokens: _Optional[int] = ..., speculative_tokens: _Optional[int] = ..., speculative_draft_tokens: _Optional[int] = ..., speculative_accepted_tokens: _Optional[int] = ...) -> None: ...
 
 class TextPair(_message.Message):
     __slots__ = ("context", "continuation")

@@ -1,0 +1,115 @@
+"""Prompt-lookup drafts and the rows the scheduler gives them; no model (test_speculation.py runs one)."""
+
+import dataclasses
+
+from sched_helpers import BUDGET, gen, runs
+
+from seedstream.server.engine.scheduler import plan_step
+from seedstream.server.engine.speculation import MAX_SPECULATING_SEQUENCES, NgramDrafter
+
+SPEC = dataclasses.replace(BUDGET, speculative_tokens=3, draft_row_cost=0.0)  # every proposed token is worth a row
+
+
+def drafter(tokens):
+    d = NgramDrafter()
+    d.extend(tokens)
+    return d
+
+
+def test_a_draft_continues_the_latest_earlier_occurrence_of_the_tail():
+    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).draft(3) == [6, 7, 8]  # latest "2 3"
+    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).draft(1) == [6]
+    assert drafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3]).draft(2) == [4, 9]  # "1 2 3" beats the later "2 3"
+
+
+def test_no_draft_without_an_earlier_match_of_two_tokens():
+    assert drafter([1, 2, 3, 4]).draft(4) == []
+    assert drafter([5, 1, 6, 1]).draft(4) == []  # one repeated token is not enough
+    assert drafter([1, 2]).draft(4) == [] and drafter([]).draft(4) == []
+    assert drafter([1, 2, 9, 1, 2]).draft(0) == []
+
+
+def test_the_tail_never_matches_itself_and_the_index_follows_new_tokens():
+    d = drafter([7, 8, 9])
+    assert d.draft(4) == []
+    d.extend([7, 8])
+    assert d.draft(4) == [9, 7, 8]  # the occurrence at 0 is followed by 9, 7, 8 (up to the tail)
+    d.extend([5])
+    assert d.draft(4) == []
+    d.extend([7, 8])
+    assert d.draft(2) == [5, 7]  # the latest "7 8" is now the one followed by 5
+
+
+def test_a_run_of_one_token_drafts_more_of_it():
+    assert drafter([4, 4, 4, 4]).draft(3) == [4]  # the latest earlier "4 4 4" is followed by one 4
+
+
+def test_drafts_are_as_long_as_their_chance_of_being_kept_pays():
+    d = drafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2])
+    assert d.draft(8) == [3, 4, 5, 6, 7, 8, 9, 1]
+    assert d.hit_rate == 0.5
+    assert d.worth(0.0) == 8 and d.worth(0.3) == 1 and d.worth(0.2) == 2 and d.worth(0.5) == 0
+    d.observe([3, 4, 5, 9])  # three right, then a miss: the estimate moves toward 3/4
+    assert 0.5 < d.hit_rate < 0.75 and d.proposal == []
+    d.extend([3, 4, 5, 9])
+    d.draft(4)
+    d.observe([7])  # nothing proposed after "5 9": no change
+    assert 0.5 < d.hit_rate < 0.75
+
+
+def test_a_sequence_whose_guesses_miss_stops_drafting_and_starts_again_when_they_hit():
+    seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=200)
+    assert seq.draft(3, 0.35) == [102]  # the prior (0.5) pays for one row at 0.35
+    for _ in range(6):
+        seq.observe_draft([1])  # a miss: proposals are scored even when nothing was drafted
+        seq.draft(3, 0.35)
+    assert seq.draft(3, 0.35) == [] and seq._drafter.proposal == [102, 103, 104]
+    for _ in range(12):
+        seq.observe_draft([102, 103, 104])
+        seq.draft(3, 0.35)
+    assert seq.draft(3, 0.35) == [102, 103, 104]
+
+
+def decoding(output, prompt_len=6, max_new_tokens=16, first=100):
+    seq = gen(prompt_len, first=first, max_new_tokens=max_new_tokens)
+    seq.prefilled, seq.output_ids = len(seq.prompt), list(output)
+    return seq
+
+
+def test_draft_rows_follow_the_decode_row_and_are_all_sampled():
+    seq = decoding([100, 101, 102, 103, 104, 100, 101])  # the output repeats the prompt's start
+    batch = plan_step([seq], SPEC)
+    assert runs(batch) == [(seq, 12, 4)]
+    assert batch.token_ids == [101, 102, 103, 104] and batch.positions == [12, 13, 14, 15]
+    assert batch.drafts == [[102, 103, 104]]
+    assert batch.sample_rows == [0] and batch.logit_rows == [0, 1, 2, 3]
+
+
+def test_no_draft_past_max_new_tokens_or_the_context():
+    seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=9)
+    assert plan_step([seq], SPEC).drafts == [[102]]  # 2 more tokens: the decode row's and one draft
+    seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=8)
+    assert plan_step([seq], SPEC).drafts == [[]]
+    seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=99)
+    seq.stop.max_context = 15  # 13 tokens: the decode row's token and one draft reach 15
+    assert plan_step([seq], SPEC).drafts == [[102]]
+
+
+def test_speculation_is_off_at_zero_and_above_the_sequence_limit():
+    def repeating(i):
+        return decoding([100 + 10 * i, 101 + 10 * i, 100 + 10 * i], prompt_len=2, first=100 + 10 * i)
+
+    assert plan_step([repeating(0)], BUDGET).drafts == [[]]
+    few = [repeating(i) for i in range(MAX_SPECULATING_SEQUENCES)]
+    assert all(d for d in plan_step(few, SPEC).drafts)
+    many = [repeating(i) for i in range(MAX_SPECULATING_SEQUENCES + 1)]
+    assert plan_step(many, SPEC).drafts == [[]] * len(many)
+
+
+def test_drafts_leave_a_row_for_every_decoding_sequence():
+    budget = dataclasses.replace(SPEC, max_step_tokens=4, prefill_chunk=4)
+    a = decoding([100, 101, 102, 103, 104, 100, 101])
+    b = decoding([200, 201, 200], prompt_len=2, first=200)
+    batch = plan_step([a, b], budget)
+    assert batch.drafts == [[102, 103], []] and len(batch.token_ids) == 4  # a: 4 rows - 1 - 1 for b = 2 drafts
+    assert batch.sample_rows == [0, 3] and batch.decode_rows == 4
