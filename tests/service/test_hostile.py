@@ -337,9 +337,10 @@ def test_engine_thread_death_fails_requests_and_health(loop_thread):
     try:
         with Client(srv.address, timeout=120) as client:
             assert client.health() is HealthStatus.SERVING
-            running = client.generate_stream(**LONG, seed=41)
+            # resume=None: the client's own resume would wait for the server to serve again (up to the timeout).
+            running = client.generate_stream(**LONG, seed=41, resume=None)
             next(running)
-            waiting = client.generate_stream(**LONG, seed=42)
+            waiting = client.generate_stream(**LONG, seed=42, resume=None)
             assert wait_for(lambda: engine.load()["waiting"] == 1, timeout=10.0)
 
             def broken_admit():
