@@ -55,3 +55,14 @@ def test_speculation_over_grpc_changes_no_stream_or_receipt(client, speculating)
     assert 0 < after.speculative_accepted_tokens <= after.speculative_draft_tokens
     text = metrics.render().decode()
     assert f"seedstream_speculative_accepted_tokens_total {float(after.speculative_accepted_tokens)}" in text
+
+
+def test_a_resumed_stream_speculates_from_its_resumed_tokens(client, speculating):
+    """Resuming on a speculating server: the continuation equals the uninterrupted stream of a server
+    without speculation."""
+    srv, _ = speculating
+    case = dict(CASES[0], max_new_tokens=40)
+    want = client.generate(**case).token_ids
+    with Client(srv.address, timeout=120) as fast:
+        rest = fast.generate(resume_token_ids=want[:12], **case)
+    assert list(want[:12]) + list(rest.token_ids) == list(want)
