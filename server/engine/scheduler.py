@@ -161,13 +161,14 @@ def plan_step(
     tokens_left = budget.max_step_tokens
     decoding = sum(1 for s in running if s.prefill_done and not s.cancelled and not s.finished)
     speculate = budget.speculative_tokens > 0 and decoding <= MAX_SPECULATING_SEQUENCES
+    row_cost = draft_threshold(budget.draft_row_cost, decoding)
     for seq in running:
         if seq.cancelled:
             seq.finish_cancelled()
         elif seq.prefill_done:
             # Drafts only use rows the other decoding sequences do not need (each needs one).
             limit = min(budget.speculative_tokens, tokens_left - decoding)
-            draft = seq.draft(limit, budget.draft_row_cost) if speculate else []
+            draft = seq.draft(limit, row_cost) if speculate else []
             batch.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
             tokens_left -= 1 + len(draft)
             decoding -= 1
@@ -211,6 +212,17 @@ def plan_step(
         elif generates:
             _fork_same_prompt(seq, running, batch)
     return batch
+
+
+def draft_threshold(row_cost: float, decoding: int) -> float:
+    """The chance of being kept that a draft row must beat when `decoding` sequences share the step.
+
+    With a step of B rows costing about 1 + row_cost * (B - 1) one-row steps, a kept draft token is
+    worth one sequence's share of the step, (1 + row_cost * (B - 1)) / B, and a draft row costs
+    row_cost: one sequence alone pays from row_cost, four together need about twice that.
+    """
+    b = max(decoding, 1)
+    return row_cost * b / (1 + row_cost * (b - 1))
 
 
 def _reuse_prefix(seq: EngineSequence, computing: set[bytes], cache: PrefixReuse | None) -> bool:

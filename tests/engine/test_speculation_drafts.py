@@ -4,7 +4,7 @@ import dataclasses
 
 from sched_helpers import BUDGET, gen, runs
 
-from seedstream.server.engine.scheduler import plan_step
+from seedstream.server.engine.scheduler import draft_threshold, plan_step
 from seedstream.server.engine.speculation import MAX_SPECULATING_SEQUENCES, NgramDrafter
 
 SPEC = dataclasses.replace(BUDGET, speculative_tokens=3, draft_row_cost=0.0)  # every proposed token is worth a row
@@ -113,3 +113,10 @@ def test_drafts_leave_a_row_for_every_decoding_sequence():
     batch = plan_step([a, b], budget)
     assert batch.drafts == [[102, 103], []] and len(batch.token_ids) == 4  # a: 4 rows - 1 - 1 for b = 2 drafts
     assert batch.sample_rows == [0, 3] and batch.decode_rows == 4
+
+
+def test_the_bar_for_a_draft_rises_with_the_sequences_sharing_the_step():
+    assert draft_threshold(0.15, 1) == 0.15 and draft_threshold(0.0, 3) == 0.0
+    bars = [draft_threshold(0.15, b) for b in range(1, 9)]
+    assert bars == sorted(bars) and bars[-1] < 1
+    assert abs(draft_threshold(0.35, 4) - 1.4 / 2.05) < 1e-12
