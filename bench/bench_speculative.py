@@ -1,6 +1,6 @@
-"""Exact speculative decoding (--speculative-tokens): one stream's tokens/s with drafts of each length
-against the same engine settings without them, measured in one run, interleaved; and the check that the
-streams are identical (they must be: speculation changes no token).
+"""Exact speculative decoding (--speculative-tokens): tokens/s of one stream (or --streams concurrent
+ones) with drafts of each length against the same engine settings without them, measured in one run,
+interleaved; and the check that the streams are identical (they must be: speculation changes no token).
 
 Workloads: texts that repeat their prompt (a code edit, a summary, a repetition) and free chat (the
 anchors' prompts and sampling), each greedy or sampled as a user would run it.
@@ -78,18 +78,27 @@ WORKLOADS = {
 }
 
 
-async def one_stream(engine, prompts: list[str], sampling: dict, new_tokens: int) -> tuple[float, list[list[int]]]:
-    """Seconds to generate every prompt in turn (one stream), and the token ids."""
-    streams = []
+async def run_streams(
+    engine, prompts: list[str], sampling: dict, new_tokens: int, streams: int
+) -> tuple[float, list[list[int]]]:
+    """Seconds for `streams` concurrent streams, each generating every prompt in turn (its own seeds), and
+    the token ids of every generation."""
+
+    async def stream(s: int) -> list[list[int]]:
+        out = []
+        for i, text in enumerate(prompts):
+            ids = tuple(engine.render_chat([{"role": "user", "content": text}]))
+            params = SamplingParams(seed=1000 * s + i, **sampling)
+            request = GenerationRequest(ids, params, max_new_tokens=new_tokens)
+            tokens = []
+            async for chunk in engine.generate(engine.validate(request)[0]):
+                tokens += chunk.token_ids
+            out.append(tokens)
+        return out
+
     start = time.perf_counter()
-    for i, text in enumerate(prompts):
-        ids = tuple(engine.render_chat([{"role": "user", "content": text}]))
-        request = GenerationRequest(ids, SamplingParams(seed=i, **sampling), max_new_tokens=new_tokens)
-        tokens = []
-        async for chunk in engine.generate(engine.validate(request)[0]):
-            tokens += chunk.token_ids
-        streams.append(tokens)
-    return time.perf_counter() - start, streams
+    results = await asyncio.gather(*(stream(s) for s in range(streams)))
+    return time.perf_counter() - start, [t for r in results for t in r]
 
 
 async def measure(engines: dict[int, object], args) -> None:
@@ -110,7 +119,7 @@ async def measure(engines: dict[int, object], args) -> None:
         for _ in range(args.repeats):  # interleaved, so that machine noise hits every setting alike
             for k, engine in engines.items():
                 before = engine.speculation()
-                seconds, streams[k] = await one_stream(engine, prompts, sampling, args.new_tokens)
+                seconds, streams[k] = await run_streams(engine, prompts, sampling, args.new_tokens, args.streams)
                 after = engine.speculation()
                 best[k] = min(best.get(k, seconds), seconds)
                 kept[k] = (after.accepted - before.accepted, after.drafted - before.drafted)
@@ -137,6 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=1, help="concurrent streams (drafts stop above 4)")
     args = parser.parse_args()
     lengths = sorted({0, *map(int, args.draft_tokens.split(","))})
     engines = {
@@ -147,7 +157,7 @@ def main() -> None:
         for k in lengths
     }
     print(
-        f"one stream, {args.new_tokens} new tokens per prompt, activations {args.activations}, {args.threads} threads; "
+        f"{args.streams} stream(s), {args.new_tokens} new tokens per prompt, activations {args.activations}, {args.threads} threads; "
         f"{cpu_flags_line()}\n"
     )
     asyncio.run(measure(engines, args))
