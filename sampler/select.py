@@ -59,6 +59,8 @@ class Candidates:
 
     def per_row(self, flat: torch.Tensor) -> torch.Tensor:
         """Block-level values [T] as a per-row matrix [n, width], zero-padded, block order kept."""
+        if self.start.numel() == 1 and flat.numel() == self.width:  # one row: no padding to place
+            return flat.view(1, -1)
         slot = torch.arange(self.row.numel(), device=flat.device) - self.start[self.row]
         out = torch.zeros((self.start.numel(), self.width), dtype=flat.dtype, device=flat.device)
         out[self.row, slot] = flat
@@ -87,6 +89,8 @@ def extract(get_blocks: Getter, bm: torch.Tensor, theta: torch.Tensor) -> Candid
     v = vals.view(-1)[pos]
     mrow = row[bidx]
     perm = canonical_order(mrow, v, tok, n, nb * BLOCK)
+    if n == 1:  # one row: its members are the matrices' only row (the same values, fewer ops)
+        return _one_row(row, block, per_row, pos[perm], tok[perm], v[perm])
     mrow, pos, tok, v = mrow[perm], pos[perm], tok[perm], v[perm]
     count = torch.bincount(mrow, minlength=n)
     slot = torch.arange(mrow.numel(), device=bm.device) - (torch.cumsum(count, 0) - count)[mrow]
@@ -107,5 +111,25 @@ def extract(get_blocks: Getter, bm: torch.Tensor, theta: torch.Tensor) -> Candid
         tok_m,
         vals_m,
         torch.arange(width, device=bm.device) < count[:, None],
+        count,
+    )
+
+
+def _one_row(
+    row: torch.Tensor, block: torch.Tensor, per_row: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, v: torch.Tensor
+) -> Candidates:
+    """extract()'s result for a single row whose members pos/tok/v [M] are in canonical order."""
+    count = per_row.new_full((1,), v.numel())
+    if v.numel() == 0:  # no member: one padding slot, as the general path makes
+        pos, tok, v = pos.new_zeros(1), tok.new_zeros(1), v.new_full((1,), float("-inf"))
+    return Candidates(
+        row,
+        block,
+        per_row.new_zeros(1),
+        max(int(per_row[0]), 1),
+        pos[None],
+        tok[None],
+        v[None],
+        torch.arange(v.numel(), device=v.device)[None] < count[:, None],
         count,
     )
