@@ -115,12 +115,14 @@ def measure_seedstream(
     weights: str | None,
     kv_cache_dtype: str | None,
     activations: str | None = None,
+    speculative_tokens: str | None = None,
 ) -> dict:
     """Best-of-repeats (tok/s, TTFTs) per stream count, through a fresh server process."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     extra = ("--kv-cache-dtype", kv_cache_dtype) if kv_cache_dtype else ()
     extra += ("--activations", activations) if activations else ()
+    extra += ("--speculative-tokens", speculative_tokens) if speculative_tokens else ()
     server = start_server(port, args.threads, weights, extra)
 
     async def measure() -> dict:  # one event loop for all calls: grpc.aio channels are bound to their loop
@@ -228,7 +230,7 @@ def print_report(args, streams, ours: dict, llama, llama_info, hf, skipped: dict
         "ids for every system; aggregate tok/s; TTFT = median time to first token of streams started together\n"
     )
     print(
-        "| streams | seedstream weights | seedstream tok/s | llama.cpp tok/s | transformers tok/s "
+        "| streams | seedstream settings | seedstream tok/s | llama.cpp tok/s | transformers tok/s "
         "| seedstream / llama.cpp | seedstream / transformers | seedstream TTFT | llama.cpp TTFT |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
@@ -286,6 +288,11 @@ def parse_args():
         help="server --activations values to measure, comma-separated (e.g. float32,int8); unset: not passed",
     )
     parser.add_argument(
+        "--speculative-tokens",
+        default=None,
+        help="server --speculative-tokens values to measure, comma-separated (e.g. 0,5); unset: not passed",
+    )
+    parser.add_argument(
         "--systems", default="seedstream,llamacpp,transformers", help="which systems to measure, comma-separated"
     )
     parser.add_argument("--node", default="node", help="Node.js executable for the llama.cpp anchor")
@@ -330,11 +337,15 @@ def main() -> None:
         for weights in args.weights.split(",") if args.weights else [None]:
             for kv in args.kv_cache_dtypes.split(",") if args.kv_cache_dtypes else [None]:
                 for act in args.activations.split(",") if args.activations else [None]:
-                    parts = (weights, kv and f"kv {kv}", act and f"{act} activations")
-                    label = " ".join(x for x in parts if x) or "server default"
-                    ours[label] = run_system(
-                        f"seedstream ({label})", skipped, measure_seedstream, args, prompts, streams, weights, kv, act
-                    )
+                    for spec in args.speculative_tokens.split(",") if args.speculative_tokens else [None]:
+                        parts = (weights, kv and f"kv {kv}", act and f"{act} activations", spec and f"spec {spec}")
+                        label = " ".join(x for x in parts if x) or "server default"
+                        ours[label] = run_system(
+                            f"seedstream ({label})",
+                            skipped,
+                            measure_seedstream,
+                            *(args, prompts, streams, weights, kv, act, spec),
+                        )
     print_report(args, streams, ours, llama, llama_info, hf, skipped)
 
 
