@@ -126,7 +126,7 @@ class _SampledRows:
                 self.seqs.append(seq)
                 self.steps.append(len(seq.output_ids) + j)
                 if self.penalties:
-                    self.outputs.append(seq.output_ids + draft[:j])
+                    self.outputs.append(seq.output_ids + draft[:j] if j else seq.output_ids)
 
 
 def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:

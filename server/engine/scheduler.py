@@ -46,7 +46,7 @@ class StepBudget:
     draft_row_cost: float = 0.25  # one more row, as a fraction of a one-row step (the model's estimate)
 
     @classmethod
-    def from_config(cls, config, max_context: int, draft_row_cost: float = 0.25) -> StepBudget:
+    def from_config(cls, config, max_context: int, draft_row_cost: float) -> StepBudget:
         return cls(
             config.max_batch_size,
             config.max_kv_tokens,
@@ -159,16 +159,20 @@ def plan_step(
     """
     batch = StepBatch()
     tokens_left = budget.max_step_tokens
-    decoding = sum(1 for s in running if s.prefill_done and not s.cancelled and not s.finished)
-    speculate = budget.speculative_tokens > 0 and decoding <= MAX_SPECULATING_SEQUENCES
-    row_cost = draft_threshold(budget.draft_row_cost, decoding)
+    decoding = (
+        sum(1 for s in running if s.prefill_done and not s.cancelled and not s.finished)
+        if budget.speculative_tokens
+        else 0
+    )
+    speculate = 0 < decoding <= MAX_SPECULATING_SEQUENCES
+    bar = draft_threshold(budget.draft_row_cost, decoding)
     for seq in running:
         if seq.cancelled:
             seq.finish_cancelled()
         elif seq.prefill_done:
             # Drafts only use rows the other decoding sequences do not need (each needs one).
             limit = min(budget.speculative_tokens, tokens_left - decoding)
-            draft = seq.draft(limit, row_cost) if speculate else []
+            draft = seq.draft(limit, bar) if speculate else []
             batch.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
             tokens_left -= 1 + len(draft)
             decoding -= 1

@@ -133,9 +133,9 @@ class EngineSequence:
             )
         )
 
-    def draft(self, limit: int, row_cost: float) -> list[int]:
-        """Up to `limit` tokens guessed from this sequence's own n-grams (speculation.py), as many as are
-        worth `row_cost` each (a fraction of a one-row step), never more than the stream may still produce
+    def draft(self, limit: int, bar: float) -> list[int]:
+        """Up to `limit` tokens guessed from this sequence's own n-grams (speculation.py), each kept with a
+        likelihood above `bar` (scheduler.draft_threshold), never more than the stream may still produce
         after the token its decode row samples."""
         room = min(self.request.max_new_tokens - len(self.output_ids), self.stop.max_context - self.num_tokens) - 1
         if self._drafter is None:
@@ -147,7 +147,7 @@ class EngineSequence:
         else:
             self._drafter.extend(self.output_ids[known - len(self.prompt) :])
         proposal = self._drafter.draft(min(limit, room))
-        return proposal[: self._drafter.worth(row_cost)]
+        return proposal[: self._drafter.worth(bar)]
 
     def observe_draft(self, produced: Sequence[int]) -> None:
         """The tokens this step produced: they score the step's proposal (drafted or not)."""

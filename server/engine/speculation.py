@@ -71,11 +71,11 @@ class NgramDrafter:
                     break
         return self.proposal
 
-    def worth(self, row_cost: float) -> int:
+    def worth(self, bar: float) -> int:
         """How many of the proposal's tokens to compute: the i-th pays while hit_rate**i (the chance
-        that it is kept) exceeds the cost of one more row, as a fraction of a one-row step."""
+        that it is kept) exceeds `bar`, the price of its row (scheduler.draft_threshold)."""
         count, kept = 0, self.hit_rate
-        while count < len(self.proposal) and kept > row_cost:
+        while count < len(self.proposal) and kept > bar:
             count += 1
             kept *= self.hit_rate
         return count
