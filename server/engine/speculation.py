@@ -61,7 +61,7 @@ class NgramDrafter:
         for end in range(max(self.indexed, NGRAM_MIN), length):  # n-grams ending before `end` are followed
             for n in range(NGRAM_MIN, min(NGRAM_MAX, end) + 1):
                 self.index[tuple(toks[end - n : end])] = end
-        self.indexed = max(self.indexed, length)
+        self.indexed = length  # tokens only grow
         self.proposal = []
         if limit > 0:
             for n in range(min(NGRAM_MAX, length), NGRAM_MIN - 1, -1):
