@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import one_row
 from .blocks import BLOCK, NEG_INF, Processed, first_argmax, prepare
 from .chunks import chunk_total, inverse_cdf
 from .params import SamplingParams
@@ -79,7 +80,7 @@ def sample(
         rows = torch.tensor(cfg.support, device=dev)
         c, j, w_tok, mass = inverse_cdf(wts.sums[rows], u[rows], lambda cc: wts.chunk(rows, cc))
         out.put(rows, c * BLOCK + j, w_tok, mass)
-    if cfg.trunc:
+    if cfg.trunc and not (batch == 1 and one_row.draw(proc, cfg, wts, params[0], vocab, arg, total, float(u[0]), out)):
         rows = torch.tensor(cfg.trunc, device=dev)
         tot = None if total is None else total[rows]
         sample_truncated(proc, cfg, wts, rows, thresholds(proc, cfg, wts, rows, arg, tot), tot, u, out)
