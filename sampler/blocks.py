@@ -17,8 +17,8 @@ def n_blocks(vocab: int) -> int:
     return -(-vocab // BLOCK)
 
 
-def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x float32 [B, Vp] padded with -inf to whole blocks, block maxima [B, nb]).
+def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x float32 [B, Vp] padded with -inf to whole blocks, block maxima [B, nb], row maxima [B]).
 
     Rows holding NaN or +inf are sanitised (NaN -> -inf, +inf -> float32 max); rows with no finite
     value become all zeros (uniform) so that every row has a finite maximum.
@@ -32,7 +32,8 @@ def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     bad = ~torch.isfinite(top)
     if bool(bad.any()):
         x, bm = _sanitise(x, bm, bad, vocab, logits)
-    return x, bm
+        top = bm.amax(-1)
+    return x, bm, top
 
 
 def _sanitise(
@@ -51,16 +52,23 @@ def _sanitise(
 class Processed:
     """Processed logits s = x with sparse edits, kept as x plus patched copies of the edited blocks."""
 
-    def __init__(self, x: torch.Tensor, bm_raw: torch.Tensor, edits: tuple[torch.Tensor, torch.Tensor] | None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        bm_raw: torch.Tensor,
+        m_raw: torch.Tensor,
+        edits: tuple[torch.Tensor, torch.Tensor] | None,
+    ):
         self.x = x  # [B, Vp] raw (sanitised, padded)
         self.bm_raw = bm_raw  # [B, nb]
         self.xb = x.view(x.shape[0], -1, BLOCK)  # [B, nb, 64]
         self.patch_map: torch.Tensor | None = None  # [B, nb] index into patches or -1
         self.patches: torch.Tensor | None = None  # [P, 64] processed values of edited blocks
         self.bm = bm_raw
+        self.m = m_raw  # [B] processed row maximum (bm_raw.amax(-1) until edits change it)
         if edits is not None:
             self._apply(*edits)
-        self.m = self.bm.amax(-1)  # [B] processed row maximum
+            self.m = self.bm.amax(-1)
 
     def _apply(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         """Store edited blocks; idx [M] sorted flat positions into x, val [M] their new values."""

@@ -62,13 +62,12 @@ def sample(
         return _empty(batch, min(top_n, vocab), dev)
     cfg = RowConfig.build(params, vocab, dev)
     u = _uniforms(params, steps, sample_indices, batch, dev)
-    x, bm_raw = prepare(logits)
-    proc = Processed(x, bm_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids))
+    x, bm_raw, m_raw = prepare(logits)
+    proc = Processed(x, bm_raw, m_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids))
     if proc.patch_map is not None and bool((proc.m == NEG_INF).any()):
         proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
     probs = torch.softmax(x, -1)  # [B, Vp] raw distribution
     all_rows = torch.arange(batch, device=dev)
-    m_raw = bm_raw.amax(-1)
     arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.xb[all_rows, b])
     arg = arg_raw if proc.patch_map is None else first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
     out = _Out(arg)
@@ -80,7 +79,7 @@ def sample(
         rows = torch.tensor(cfg.support, device=dev)
         c, j, w_tok, mass = inverse_cdf(wts.sums[rows], u[rows], lambda cc: wts.chunk(rows, cc))
         out.put(rows, c * BLOCK + j, w_tok, mass)
-    if cfg.trunc and not (batch == 1 and one_row.draw(proc, cfg, wts, params[0], vocab, arg, total, float(u[0]), out)):
+    if cfg.trunc and not (batch == 1 and one_row.draw(proc, cfg, wts, params[0], vocab, total, float(u[0]), out)):
         rows = torch.tensor(cfg.trunc, device=dev)
         tot = None if total is None else total[rows]
         sample_truncated(proc, cfg, wts, rows, thresholds(proc, cfg, wts, rows, arg, tot), tot, u, out)

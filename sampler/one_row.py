@@ -16,6 +16,7 @@ tensor ops), other devices (a CUDA cumsum is not sequential).
 
 from __future__ import annotations
 
+import array
 import bisect
 import struct
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ import torch
 from .blocks import BLOCK, BLOCK_SHIFT, NEG_INF, Processed
 from .params import SamplingParams
 from .rows import RowConfig, min_p_threshold
-from .truncate import thresholds
+from .truncate import _token_threshold
 from .weights import Weights
 
 if TYPE_CHECKING:
@@ -41,39 +42,69 @@ def draw(
     wts: Weights,
     p: SamplingParams,
     vocab: int,
-    arg: torch.Tensor,
     total: torch.Tensor | None,
     u: float,
     out: _Out,
 ) -> bool:
     """Draw the only row, a truncated one, into out exactly as truncate.sample_truncated would. False, with
-    out untouched, for a row this path does not take (module docstring) or a top-p row whose candidates
-    may not hold its kept set: the general path then draws it.
+    out untouched, for a row this path does not take (module docstring), or a top-p row whose candidates
+    may miss part of its kept set: the general path then draws it (in the end from every token).
 
-    vocab: the unpadded vocabulary size; arg [1]: the processed argmax; total [1] float64: a full row's
-    whole mass (None for other rows).
+    vocab: the unpadded vocabulary size; total [1] float64: a full row's whole mass (None for other rows).
     """
     k = p.top_k if p.top_k < vocab else 0
     if proc.x.device.type != "cpu" or k > proc.bm.shape[1]:
         return False
+    if not bool(cfg.full[0]):  # top-k or min-p: a proven threshold, the candidates always hold the kept set
+        return _draw_above(_theta(proc, cfg, p, k), proc, wts, p, k, total, u, out) is True
+    assert total is not None, "full rows have a whole-row mass"
+    drawn = _draw_above(_top_p_guess(proc, wts, p, total), proc, wts, p, k, total, u, out)
+    if drawn is None:  # the guess fell short: the general path's retry, a bound from every token's weight
+        theta = _token_threshold(proc, cfg, wts, torch.zeros(1, dtype=torch.int64), total)
+        drawn = _draw_above(theta.double(), proc, wts, p, k, total, u, out)
+    return drawn is True
+
+
+def _top_p_guess(proc: Processed, wts: Weights, p: SamplingParams, total: torch.Tensor) -> torch.Tensor:
+    """[1] float64: 1.5 T below the largest block maximum such that the blocks at or above it (whole blocks)
+    hold top_p * Z. Usually the tokens at or above it hold it too (about 95 % of LM rows at T <= 1); the
+    draw verifies. Fewer ops than truncate.thresholds()'s guess, which serves many rows at once."""
+    assert wts.sums is not None, "full rows have chunk sums"
+    maxima, order = proc.bm[0].sort(descending=True)  # [nb]
+    cum = wts.sums[0][order].double().cumsum(0)  # [nb] mass of whole blocks, largest maxima first
+    i = min(int(torch.searchsorted(cum, total * p.top_p)), cum.numel() - 1)
+    return maxima[i : i + 1].double() - 1.5 * p.temperature
+
+
+def _draw_above(
+    theta_t: torch.Tensor,
+    proc: Processed,
+    wts: Weights,
+    p: SamplingParams,
+    k: int,
+    total: torch.Tensor | None,
+    u: float,
+    out: _Out,
+) -> bool | None:
+    """Draw from the candidates >= theta_t [1] float64 (a tensor, so comparisons promote to float64).
+    True: drawn into out; None: a top-p row whose candidates may miss part of its kept set; False: too
+    many candidates. out is written only when True."""
     rows = torch.zeros(1, dtype=torch.int64)
-    theta_t = thresholds(proc, cfg, wts, rows, arg, total) if cfg.full[0] else _theta(proc, cfg, p, k)
-    theta_t = theta_t.to(torch.float64)  # [1], so comparisons promote to float64
     blocks = (proc.bm[0] >= theta_t).nonzero()[:, 0]  # [T] candidate blocks, ascending
     vals = proc.blocks(torch.zeros_like(blocks), blocks)  # [T, 64]
     pos = (vals >= theta_t).view(-1).nonzero()[:, 0]  # [M] member positions in the flat blocks
     if pos.numel() > MAX_MEMBERS:
         return False
     members = _canonical(pos.tolist(), vals.view(-1)[pos].tolist(), blocks.tolist())
-    tok = torch.tensor([[t for _, _, t in members]])  # [1, M] canonical order
-    v = torch.tensor([[val for val, _, _ in members]], dtype=torch.float32)
+    tok = _tensor("q", [t for _, _, t in members]).view(1, -1)  # [1, M] canonical order
+    v = _tensor("f", [val for val, _, _ in members]).view(1, -1)
     w = wts.tokens(rows, tok, v)[0].tolist()  # weights, as the general path computes them
     kept = _top_k(members, k)
     if p.top_p < 1:
         z = total.item() if total is not None else _running(_chunk_sums(members, w, kept, blocks.numel()))[1]
         kept, covered = _top_p(w, kept, p.top_p * z)
         if not (covered or k or theta_t.item() == NEG_INF):
-            return False
+            return None
     if p.min_p > 0:
         bar = _f32(_f32(p.min_p) * w[0])  # float32 min_p * w(first), as the tensors compute it
         kept = [keep and wi >= bar for keep, wi in zip(kept, w, strict=True)]
@@ -130,7 +161,7 @@ def _chunk_sums(members: list[tuple[float, int, int]], w: list[float], kept: lis
     flat = torch.zeros(n_blocks * BLOCK, dtype=torch.float32)
     sel = [(q, wi) for (_, q, _), wi, keep in zip(members, w, kept, strict=True) if keep]
     if sel:
-        flat[torch.tensor([q for q, _ in sel])] = torch.tensor([wi for _, wi in sel], dtype=torch.float32)
+        flat[_tensor("q", [q for q, _ in sel])] = _tensor("f", [wi for _, wi in sel])
     return flat.view(n_blocks, BLOCK).sum(-1).tolist()
 
 
@@ -142,6 +173,12 @@ def _running(values: list[float]) -> tuple[list[float], float]:
         acc += x
         cum.append(acc)
     return cum, acc
+
+
+def _tensor(code: str, values: list[int] | list[float]) -> torch.Tensor:
+    """A 1-D int64 ("q") or float32 ("f") tensor of a non-empty list (float32 values are exact: they came
+    from float32 tensors); through an array, several times cheaper than torch.tensor(list)."""
+    return torch.frombuffer(array.array(code, values), dtype=torch.int64 if code == "q" else torch.float32)
 
 
 def _f32(x: float) -> float:

@@ -30,6 +30,19 @@ class RowConfig:
 
     @staticmethod
     def build(params: Sequence[SamplingParams], vocab: int, device: torch.device) -> RowConfig:
+        """The rows' config; a lone row's is built once per SamplingParams object (a request passes the
+        same one every step) and shared: nothing writes into a RowConfig's tensors."""
+        if len(params) == 1:
+            key = (vocab, str(device))
+            cached = params[0].__dict__.get("_row_config")
+            if cached is None or cached[0] != key:
+                cached = (key, RowConfig._build(params, vocab, device))
+                object.__setattr__(params[0], "_row_config", cached)  # a cache, not a field
+            return cached[1]
+        return RowConfig._build(params, vocab, device)
+
+    @staticmethod
+    def _build(params: Sequence[SamplingParams], vocab: int, device: torch.device) -> RowConfig:
         table, full = [], []
         lists: dict[str, list[int]] = {"support": [], "trunc": []}
         for i, p in enumerate(params):

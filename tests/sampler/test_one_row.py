@@ -88,13 +88,14 @@ def test_lone_row_equals_the_general_path(vocab, style):
         assert drawn["n"] > 0  # the lone rows did take the one-row draw
 
 
-def test_a_top_p_guess_that_falls_short_goes_back_to_the_general_path(monkeypatch):
-    calls = {"draw": 0, "general": 0}
+def _top_p_rows(monkeypatch, token_bound_too_high: bool):
+    """Lone top-p rows whose block-level guess falls short; (handed back to the general path, general draws)."""
+    calls = {"handed_back": 0, "general": 0}
     real_one, real_general = one_row.draw, truncate_mod._draw
 
     def one(*a, **kw):
         ok = real_one(*a, **kw)
-        calls["draw"] += not ok
+        calls["handed_back"] += not ok
         return ok
 
     def general(*a, **kw):
@@ -104,10 +105,23 @@ def test_a_top_p_guess_that_falls_short_goes_back_to_the_general_path(monkeypatc
     monkeypatch.setattr(one_row, "draw", one)
     monkeypatch.setattr(truncate_mod, "_draw", general)
     monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high: falls short
+    monkeypatch.setattr(one_row, "_top_p_guess", lambda proc, *a: proc.m.double())  # the lone rows' guess too
+    if token_bound_too_high:
+        monkeypatch.setattr(one_row, "_token_threshold", lambda proc, cfg, wts, rows, total: proc.m[rows].double())
     x = zipf_rows(4, 4096, seed=8)
     params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(4)]
     extra = dict(
         prompt_token_ids=[[]] * 4, output_token_ids=[[]] * 4, sample_indices=[0] * 4, suppress_token_ids=[[]] * 4
     )
     lone_and_batched(x, params, [5] * 4, extra, 0)
-    assert calls["draw"] == 4 and calls["general"] >= 8  # each lone row: handed back, then guess and retry
+    return calls
+
+
+def test_a_top_p_guess_that_falls_short_is_retried_from_the_token_level_bound(monkeypatch):
+    calls = _top_p_rows(monkeypatch, token_bound_too_high=False)
+    assert calls == {"handed_back": 0, "general": 2}  # the lone rows retried; the batch: its guess and one retry
+
+
+def test_a_lone_row_whose_bounds_both_fall_short_goes_to_the_general_path(monkeypatch):
+    calls = _top_p_rows(monkeypatch, token_bound_too_high=True)
+    assert calls["handed_back"] == 4 and calls["general"] == 2 + 4 * 2  # the batch, then each lone row

@@ -78,8 +78,8 @@ def run(logits, params, steps, extra, order, top_n=5):
             full_mass[rows] = torch.where(cfg.full[rows], total, float("nan"))
         return real_kept(cand, w, cfg, rows, total, theta)
 
-    def one(proc, cfg, wts, p, vocab, arg, total, u, out):  # a lone row's draw (sampler/one_row.py)
-        drawn = real_one(proc, cfg, wts, p, vocab, arg, total, u, out)
+    def one(proc, cfg, wts, p, vocab, total, u, out):  # a lone row's draw (sampler/one_row.py)
+        drawn = real_one(proc, cfg, wts, p, vocab, total, u, out)
         if drawn and total is not None:
             full_mass[0] = torch.where(cfg.full[0], total[0], float("nan"))
         return drawn
