@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -29,9 +30,9 @@ def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     x = F.pad(x, (0, pad), value=NEG_INF) if pad else x.contiguous()
     bm = x.view(x.shape[0], -1, BLOCK).amax(-1)  # [B, nb]; NaN propagates
     top = bm.amax(-1)  # [B]
-    bad = ~torch.isfinite(top)
-    if bool(bad.any()):
-        x, bm = _sanitise(x, bm, bad, vocab, logits)
+    finite = math.isfinite(top.item()) if top.numel() == 1 else bool(torch.isfinite(top).all())
+    if not finite:
+        x, bm = _sanitise(x, bm, ~torch.isfinite(top), vocab, logits)
         top = bm.amax(-1)
     return x, bm, top
 
@@ -113,6 +114,11 @@ def first_argmax(
     bm: torch.Tensor, top: torch.Tensor, get_blocks: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """Lowest token id holding the row maximum; bm [n, nb] block maxima, top [n] row maxima."""
+    if bm.shape[0] == 1 and bm.device.type == "cpu":  # one row: Python's list.index, fewer tensor ops
+        m = top.item()
+        block = bm[0].tolist().index(m)  # float equality, as ==: -0.0 equals 0.0
+        offset = get_blocks(torch.tensor([block]))[0].tolist().index(m)
+        return torch.tensor([block * BLOCK + offset])
     b = (bm == top[:, None]).to(torch.int8).argmax(-1)  # [n] first block holding the max
     vals = get_blocks(b)  # [n, 64]
     j = (vals == top[:, None]).to(torch.int8).argmax(-1)  # [n]

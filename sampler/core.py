@@ -43,6 +43,12 @@ class _Out:
         self.tokens[rows] = tokens
         self.plp[rows] = (w_tok.to(torch.float64).log() - total.log()).to(torch.float32)
 
+    def put_one(self, token: int, w_tok: float, total: float) -> None:
+        """put() for the only row: w_tok a float32 value, total a float64 one (the same ops on [1] tensors)."""
+        self.tokens = torch.tensor([token])
+        w, z = torch.tensor([w_tok], dtype=torch.float64), torch.tensor([total], dtype=torch.float64)
+        self.plp = (w.log() - z.log()).to(torch.float32)
+
 
 def sample(
     logits: torch.Tensor,

@@ -98,7 +98,10 @@ def _draw_above(
     members = _canonical(pos.tolist(), vals.view(-1)[pos].tolist(), blocks.tolist())
     tok = _tensor("q", [t for _, _, t in members]).view(1, -1)  # [1, M] canonical order
     v = _tensor("f", [val for val, _, _ in members]).view(1, -1)
-    w = wts.tokens(rows, tok, v)[0].tolist()  # weights, as the general path computes them
+    if wts.index is not None:  # a full row: weights from its softmax, as the general path
+        w = wts.tokens(rows, tok, v)[0].tolist()
+    else:  # Weights.tokens() of a row that is not full, without its per-row indexing
+        w = torch.exp((v - proc.m) / wts.cfg.temperature)[0].tolist()
     kept = _top_k(members, k)
     if p.top_p < 1:
         z = total.item() if total is not None else _running(_chunk_sums(members, w, kept, blocks.numel()))[1]
@@ -117,8 +120,7 @@ def _draw_above(
             chunk[position & (BLOCK - 1)] = wi
     cw, chunk_z = _running(chunk)
     j = bisect.bisect_right(cw, min(t - (cum[c - 1] if c else 0.0), chunk_z * BELOW))
-    w_tok = torch.tensor([chunk[j]], dtype=torch.float32)
-    out.put(rows, torch.tensor([int(blocks[c]) * BLOCK + j]), w_tok, torch.tensor([z], dtype=torch.float64))
+    out.put_one(int(blocks[c]) * BLOCK + j, chunk[j], z)
     return True
 
 

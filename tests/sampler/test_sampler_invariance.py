@@ -67,11 +67,15 @@ def run(logits, params, steps, extra, order, top_n=5):
     """
     pick = lambda seqs: [seqs[i] for i in order]  # noqa: E731
     mass, full_mass = (torch.full((len(order),), float("nan"), dtype=torch.float64) for _ in range(2))
-    real_put, real_kept, real_one = core._Out.put, truncate_mod._kept, one_row.draw
+    real_put, real_put_one, real_kept, real_one = core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw
 
     def put(self, rows, tokens, w_tok, total):
         mass[rows] = total
         real_put(self, rows, tokens, w_tok, total)
+
+    def put_one(self, token, w_tok, total):  # a lone row's draw
+        mass[0] = total
+        real_put_one(self, token, w_tok, total)
 
     def kept(cand, w, cfg, rows, total, theta):
         if total is not None:
@@ -84,11 +88,11 @@ def run(logits, params, steps, extra, order, top_n=5):
             full_mass[0] = torch.where(cfg.full[0], total[0], float("nan"))
         return drawn
 
-    core._Out.put, truncate_mod._kept, one_row.draw = put, kept, one
+    core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw = put, put_one, kept, one
     try:
         res = sample(logits[order], pick(params), pick(steps), top_n=top_n, **{k: pick(v) for k, v in extra.items()})
     finally:
-        core._Out.put, truncate_mod._kept, one_row.draw = real_put, real_kept, real_one
+        core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw = real_put, real_put_one, real_kept, real_one
     return (res.token_ids, res.logprobs, res.processed_logprobs, res.top_token_ids, res.top_logprobs, mass, full_mass)
 
 
