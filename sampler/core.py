@@ -61,7 +61,11 @@ def sample(
     suppress_token_ids: Sequence[Sequence[int]] | None = None,
     top_n: int = 0,
 ) -> SampleResult:
-    """Sample one token per row of logits [B, V]; see the package docstring for the semantics."""
+    """Sample one token per row of logits [B, V]; see the package docstring for the semantics.
+
+    Id rows may be lists, tuples, int64 tensors or arrays; an int64 array (array.array("q")) is read
+    without a Python loop, so a caller that keeps long histories as arrays pays little per step.
+    """
     batch, vocab = _check(logits, params, steps, sample_indices, top_n)
     dev = logits.device
     if batch == 0 or vocab == 0:

@@ -16,7 +16,12 @@ REP, OUT, BIAS, SUP = 1, 2, 4, 8  # edit kinds, as bit flags
 
 
 def _ids(seq: Sequence[int] | torch.Tensor) -> Sequence[int]:
-    return seq.tolist() if isinstance(seq, torch.Tensor) else seq
+    """Ids as array.extend() takes them; an int64 array ("q") is copied as it is, without a Python loop."""
+    if isinstance(seq, torch.Tensor):
+        return seq.tolist()
+    if isinstance(seq, array.array) and seq.typecode != "q":
+        return seq.tolist()
+    return seq
 
 
 def _bias_arrays(p: SamplingParams) -> tuple[array.array[int], array.array[float]]:

@@ -79,7 +79,7 @@ class ModelRunner:
             logits[rows.logit_rows],
             [s.request.sampling for s in rows.seqs],
             rows.steps,
-            prompt_token_ids=[s.prompt for s in rows.seqs] if rows.penalties else None,
+            prompt_token_ids=[s.penalty_ids()[0] for s in rows.seqs] if rows.penalties else None,
             output_token_ids=rows.outputs if rows.penalties else None,
             sample_indices=[s.request.sample_index for s in rows.seqs],
             suppress_token_ids=[s.stop.suppressed_ids(step) for s, step in zip(rows.seqs, rows.steps)],
@@ -117,7 +117,7 @@ class _SampledRows:
         self.logit_rows: list[int] = []
         self.seqs: list = []
         self.steps: list[int] = []
-        self.outputs: list[list[int]] = []  # output tokens before each row's step (for penalties)
+        self.outputs: list[Sequence[int]] = []  # output tokens before each row's step (for penalties)
         self.penalties = any(_uses_penalties(batch.sampled[i].request.sampling) for i in keep)
         for i in keep:
             seq, draft = batch.sampled[i], batch.drafts[i]
@@ -126,7 +126,7 @@ class _SampledRows:
                 self.seqs.append(seq)
                 self.steps.append(len(seq.output_ids) + j)
                 if self.penalties:
-                    self.outputs.append(seq.output_ids + draft[:j] if j else seq.output_ids)
+                    self.outputs.append(seq.output_ids + draft[:j] if j else seq.penalty_ids()[1])
 
 
 def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:

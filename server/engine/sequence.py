@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import enum
 import time
@@ -51,6 +52,7 @@ class EngineSequence:
         self.cached_tokens = 0  # prefill positions copied from the prefix cache
         self._block_hashes: list[bytes] | None = None
         self.output_ids: list[int] = []
+        self._penalty_arrays: tuple[array.array[int], list[int], array.array[int]] | None = None
         self.cache = cache
         self.loop = loop
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -107,6 +109,17 @@ class EngineSequence:
             return range(0)
         first = len(self.prompt) - 1
         return range(max(start, first), min(end, first + len(self.resume_ids)))
+
+    def penalty_ids(self) -> tuple[array.array[int], array.array[int]]:
+        """(prompt, output so far) as int64 arrays for the sampler's penalties, built once and then extended:
+        a long history is not converted from Python lists every step (array to array is a copy)."""
+        cached = self._penalty_arrays
+        if cached is None or cached[1] is not self.output_ids or len(cached[2]) > len(self.output_ids):
+            prompt = cached[0] if cached is not None else array.array("q", self.prompt)
+            cached = self._penalty_arrays = (prompt, self.output_ids, array.array("q"))
+        prompt, _, out = cached
+        out.extend(self.output_ids[len(out) :])
+        return prompt, out
 
     def start_after_resume(self) -> str | None:
         """The checked resumed tokens become the output so far; None, or why the stream could not go on."""

@@ -1,5 +1,7 @@
 """Robust inputs: dtypes, -inf / NaN / huge values, ties, extreme parameters, large V and B."""
 
+import array
+
 import pytest
 import torch
 
@@ -133,3 +135,35 @@ def test_bad_arguments():
         sample(x, [SamplingParams()], [0, 0])
     with pytest.raises(ValueError, match=r"\[B, V\]"):
         sample(x[0], [SamplingParams()], [0])
+
+
+def test_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
+    """A caller may keep long penalty histories as int64 arrays (the engine does); any form gives the same bits."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5000, generator=gen) * 3
+    params = [
+        SamplingParams(seed=1, temperature=0.9, repetition_penalty=1.3),
+        SamplingParams(seed=2, top_k=40, presence_penalty=0.5, frequency_penalty=0.7),
+        SamplingParams(seed=3, top_p=0.9, repetition_penalty=0.8, frequency_penalty=-0.4),
+    ]
+    rows = [[int(t) for t in torch.randint(0, 5000, (n,), generator=gen)] for n in (300, 0, 41)]
+    outs = [rows[2][:17], rows[0][:5], rows[1]]
+    forms = [
+        lambda r: r,
+        tuple,
+        lambda r: torch.tensor(r, dtype=torch.int64),
+        lambda r: array.array("q", r),
+        lambda r: array.array("i", r),
+    ]
+    results = []
+    for form in forms:
+        res = sample(
+            logits,
+            params,
+            [4, 5, 6],
+            prompt_token_ids=[form(r) for r in rows],
+            output_token_ids=[form(o) for o in outs],
+        )
+        results.append((res.token_ids, res.logprobs, res.processed_logprobs))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
