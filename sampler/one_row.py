@@ -7,11 +7,13 @@ laid out exactly as the general path lays them out, and the rest runs on Python 
 the same IEEE doubles: sequential float64 running sums (torch's CPU cumsum is sequential too),
 comparisons, searches and the canonical sort. tests/sampler/test_one_row.py compares both paths.
 
-The candidates are the tokens at or above the general path's threshold, a prefix of the canonical
-order; a top-p row whose candidates' mass falls short of the bound goes back to the general path,
-which widens them. Rows it does not take: top_k above the number of 64-token blocks (a histogram
-bound), more than MAX_MEMBERS candidates (Python loops would cost more than the general path's
-tensor ops), other devices (a CUDA cumsum is not sequential).
+The candidates are the tokens at or above a threshold, a prefix of the canonical order. Top-k and
+min-p rows use the general path's proven threshold; a top-p row without top-k guesses one, verifies
+that its candidates' mass reaches the bound, and else retries from the general path's token-level
+bound (which candidates are read never changes the draw, only whether they hold the kept set).
+Rows it leaves to the general path: top_k above the number of 64-token blocks (a histogram bound),
+more than MAX_MEMBERS candidates (Python loops would cost more than the general path's tensor ops),
+a top-p row whose retry falls short too, other devices (a CUDA cumsum is not sequential).
 """
 
 from __future__ import annotations
