@@ -76,7 +76,7 @@ class ModelRunner:
             return
         rows = _SampledRows(batch, keep)
         result = sample(
-            logits[rows.logit_rows],
+            _rows_of(logits, rows.logit_rows),
             [s.request.sampling for s in rows.seqs],
             rows.steps,
             prompt_token_ids=[s.penalty_ids()[0] for s in rows.seqs] if rows.penalties else None,
@@ -158,6 +158,14 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
                     ),
                 )
             )
+
+
+def _rows_of(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """logits[rows]; consecutive rows (one stream's decode row and its drafts) as a view, where indexing
+    with a list copies (tens of microseconds even for one row; the sampler never writes into its input)."""
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        return logits[rows[0] : rows[0] + len(rows)]
+    return logits[rows]
 
 
 def _uses_penalties(params) -> bool:

@@ -167,3 +167,16 @@ def test_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
         results.append((res.token_ids, res.logprobs, res.processed_logprobs))
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_the_logits_are_never_written():
+    """sample() reads its input only (the engine passes views of its logits), also when it sanitises a row."""
+    x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(1)) * 4
+    x[1, 7] = float("nan")
+    x[2, 9] = float("inf")
+    x[3] = float("-inf")
+    for rows in ([0], [1], [2], [3], [0, 1, 2, 3]):
+        before = x.clone()
+        view = x[rows[0] : rows[-1] + 1]
+        sample(view, [MIXED[i % len(MIXED)] for i in rows], [3] * len(rows), top_n=2)
+        assert torch.equal(x.nan_to_num(), before.nan_to_num()) and torch.equal(x.isnan(), before.isnan())
