@@ -23,6 +23,7 @@ class TextCodec:
     def __init__(self, tokenizer, eos_token_ids: Iterable[int] = ()):
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
+        self.windowed = _byte_level(tokenizer)
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
@@ -71,6 +72,15 @@ class TextCodec:
         return [self.token_text(t) for t in token_ids]
 
 
+def _byte_level(tokenizer) -> bool:
+    """Whether decoding is a plain byte concatenation read as UTF-8 (a byte-level BPE decoder): then the
+    text of ids[:a] + ids[a:] is the text of ids[:a] followed by that of ids[a:] whenever ids[:a] ends on a
+    whole character, and IncrementalText may decode a short window instead of everything."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return type(decoder).__name__ == "ByteLevel"
+
+
 class IncrementalText:
     """Turns a growing list of token ids into text deltas.
 
@@ -86,11 +96,17 @@ class IncrementalText:
         self.emitted = 0  # characters of the full text already handed out
         self.text = ""  # the full decoded text so far (stop string included, if found)
         self.stopped_at: int | None = None  # index where a stop string begins
+        # Windowed decoding (byte-level codecs): text = the text of token_ids[:read] (settled, ending on a
+        # whole character) + what token_ids[prefix:] adds to the text of token_ids[prefix:read]. A token
+        # then costs a decode of a few ids, not of the whole output (O(n) per token, O(n^2) per stream).
+        self._windowed = bool(getattr(codec, "windowed", False))
+        self._prefix = self._read = 0
+        self._settled = self._window_head = ""
 
     def add(self, token_id: int, check_stop: bool = True) -> str:
         """Append a token; return the newly settled text (maybe empty)."""
         self.token_ids.append(token_id)
-        self.text = self.codec.decode(self.token_ids)
+        self.text = self._decoded()
         if check_stop and self.stop:
             self.stopped_at = self._find_stop()
             if self.stopped_at is not None:
@@ -99,6 +115,17 @@ class IncrementalText:
         while stable > self.emitted and self.text[stable - 1] == REPLACEMENT_CHAR:
             stable -= 1  # may be completed by the next token
         return self._take(stable - self._stop_prefix_len(stable))
+
+    def _decoded(self) -> str:
+        """The text of all token ids so far."""
+        if not self._windowed:
+            return self.codec.decode(self.token_ids)
+        window = self.codec.decode(self.token_ids[self._prefix :])
+        text = self._settled + window[len(self._window_head) :]
+        if not window.endswith(REPLACEMENT_CHAR):  # ends on a whole character: the next window may start here
+            self._prefix, self._read = self._read, len(self.token_ids)
+            self._settled, self._window_head = text, window[len(self._window_head) :]
+        return text
 
     def finish(self) -> str:
         """The sequence ended: release everything held back (but never a stop string)."""
