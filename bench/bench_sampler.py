@@ -2,6 +2,10 @@
 
 Usage: python bench/bench_sampler.py [--quick] [--threads 2]
 
+A second table times the penalties over long histories (text-like ids, prompt and output of the
+same length): sample() given id lists, then given TokenHistory rows (what the engine keeps), each
+as a ratio to the same call without penalties.
+
 Logits come from a documented heavy-tailed generator (see `zipf_logits`), not from a model.
 Each cell is the median time of one sample() call over fresh logits, reported as ratios to one
 torch.softmax over the same logits and to the per-row reference, all measured in this run.
@@ -23,7 +27,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler import SamplingParams, TokenHistory, sample
+from seedstream.server.kernels import cpu_flags_line
 
 HISTORY = 128  # prompt tokens and as many generated tokens: a 256-token penalty history
 MIXES = {
@@ -114,6 +119,58 @@ def bench_cell(logits, mix, args, rng) -> dict:
     return dict(softmax=t_soft, sample=t_samp, reference=t_ref)
 
 
+def text_like_ids(n: int, vocab: int, rng: random.Random) -> list[int]:
+    """n ids with a heavy-tailed frequency (rank r drawn with weight ~ 1 / r), as in text: a few
+    hundred distinct ids per thousand tokens."""
+    perm = rng.sample(range(vocab), vocab)
+    return [perm[min(int(rng.paretovariate(0.7)) - 1, vocab - 1)] for _ in range(n)]
+
+
+def history_cell(logits, length: int, args, rng: random.Random) -> dict:
+    """Median seconds of sample() without penalties, with id lists, with TokenHistory rows."""
+    batch, vocab = logits[0].shape
+    params = [
+        SamplingParams(seed=i, top_k=50, top_p=0.9, repetition_penalty=1.1, frequency_penalty=0.2) for i in range(batch)
+    ]
+    plain = [SamplingParams(seed=i, top_k=50, top_p=0.9) for i in range(batch)]
+    steps = list(range(batch))
+    prompt = [text_like_ids(length // 2, vocab, rng) for _ in range(batch)]
+    output = [text_like_ids(length // 2, vocab, rng) for _ in range(batch)]
+    hist = [TokenHistory(p) for p in prompt]
+    for h, o in zip(hist, output):
+        h.extend(o)
+    times = time_calls(
+        [
+            lambda x: sample(x, plain, steps),
+            lambda x: sample(x, params, steps, prompt_token_ids=prompt, output_token_ids=output),
+            lambda x: sample(x, params, steps, histories=hist),
+        ],
+        logits,
+        args.repeats,
+    )
+    return dict(zip(("plain", "lists", "hist"), times), distinct=statistics.mean(len(h) for h in hist))
+
+
+def bench_histories(args, gen: torch.Generator, rng: random.Random) -> None:
+    """sample() with repetition and frequency penalties over long histories: id lists vs TokenHistory."""
+    print(
+        "\n| V | B | history (prompt + output) | distinct ids per row | no penalties ms | id lists ms | "
+        "TokenHistory ms | id lists / no penalties | TokenHistory / no penalties | lists / TokenHistory |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    vocab = 49152
+    for batch in (1, 32):
+        logits = [zipf_logits(batch, vocab, gen) for _ in range(args.variants)]
+        for length in (256, 2048, 8192):
+            c = history_cell(logits, length, args, rng)
+            print(
+                f"| {vocab} | {batch} | {length} | {c['distinct']:.0f} | {c['plain'] * 1e3:.2f} | "
+                f"{c['lists'] * 1e3:.2f} | {c['hist'] * 1e3:.2f} | {c['lists'] / c['plain']:.2f}× | "
+                f"{c['hist'] / c['plain']:.2f}× | {c['lists'] / c['hist']:.1f}× |",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="B in {1, 32}, fewer repeats")
@@ -124,7 +181,7 @@ def main() -> None:
     args.repeats, args.ref_repeats, args.variants = (7, 1, 3) if args.quick else (21, 3, 4)
     batches = (1, 32) if args.quick else (1, 8, 32, 128)
     gen, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, quick={args.quick}\n")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, quick={args.quick}; {cpu_flags_line()}\n")
     print("| V | B | mix | softmax ms | sample ms | × softmax | reference ms | faster than reference |")
     print("|---|---|---|---|---|---|---|---|")
     for vocab in (49152, 151936):
@@ -138,6 +195,7 @@ def main() -> None:
                     f"{c['reference'] / c['sample']:.0f}× |",
                     flush=True,
                 )
+    bench_histories(args, gen, rng)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ and yields the same bits as the plain definition above; tests compare both.
 """
 
 from .core import SampleResult, sample
+from .history import TokenHistory
 from .params import SamplingParamError, SamplingParams
 
 SAMPLER_VERSION = "1"  # bump whenever (seed, step, logits, params) could yield another token
 
-__all__ = ["SAMPLER_VERSION", "SampleResult", "SamplingParamError", "SamplingParams", "sample"]
+__all__ = ["SAMPLER_VERSION", "SampleResult", "SamplingParamError", "SamplingParams", "TokenHistory", "sample"]

@@ -10,6 +10,7 @@ import torch
 from . import one_row
 from .blocks import BLOCK, NEG_INF, Processed, first_argmax, prepare
 from .chunks import chunk_total, inverse_cdf
+from .history import TokenHistory
 from .params import SamplingParams
 from .penalties import edits
 from .rng import uniforms_for
@@ -59,21 +60,29 @@ def sample(
     output_token_ids: Sequence[Sequence[int]] | None = None,
     sample_indices: Sequence[int] | None = None,
     suppress_token_ids: Sequence[Sequence[int]] | None = None,
+    histories: Sequence[TokenHistory | None] | None = None,
     top_n: int = 0,
 ) -> SampleResult:
     """Sample one token per row of logits [B, V]; see the package docstring for the semantics.
 
     Id rows may be lists, tuples, int64 tensors or arrays; an int64 array (array.array("q")) is read
     without a Python loop, so a caller that keeps long histories as arrays pays little per step.
+    `histories` (a TokenHistory per row, kept up to date by the caller) gives the penalties the same
+    prompt and output in a form that costs no sort per step; it replaces prompt_token_ids and
+    output_token_ids.
     """
     batch, vocab = _check(logits, params, steps, sample_indices, top_n)
+    if histories is not None and (prompt_token_ids is not None or output_token_ids is not None):
+        raise ValueError("give histories or prompt_token_ids/output_token_ids, not both")
     dev = logits.device
     if batch == 0 or vocab == 0:
         return _empty(batch, min(top_n, vocab), dev)
     cfg = RowConfig.build(params, vocab, dev)
     u = _uniforms(params, steps, sample_indices, batch, dev)
     x, bm_raw, m_raw = prepare(logits)
-    proc = Processed(x, bm_raw, m_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids))
+    proc = Processed(
+        x, bm_raw, m_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids, histories)
+    )
     if proc.patch_map is not None and bool((proc.m == NEG_INF).any()):
         proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
     probs = torch.softmax(x, -1)  # [B, Vp] raw distribution

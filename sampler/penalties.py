@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import array
+import bisect
+import itertools
 from collections.abc import Sequence
 
 import torch
 
 from .blocks import FLOAT_MAX
+from .history import TokenHistory
 from .params import SamplingParams
 from .select import RADIX_MIN
 
@@ -72,18 +75,45 @@ def edits(
     prompt_ids: IdLists,
     output_ids: IdLists,
     suppress_ids: IdLists,
+    histories: Sequence[TokenHistory | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(flat index into x [M] int64, new value [M] float32) of every edited logit, or None.
+    """(flat index into x [M] int64, ascending, new value [M] float32) of every edited logit, or None.
 
     x is the padded float32 [B, Vp] matrix. Per token: repetition penalty (once), then
     s -= frequency * count + presence * (count > 0), then s += bias, then min(s, float32 max);
     suppressed tokens -> -inf.
-    Token ids outside [0, vocab) are ignored.
+    Token ids outside [0, vocab) are ignored. `histories` (one TokenHistory per row, or None for a
+    row without) replaces prompt_ids and output_ids and gives the same edits.
     """
+    if histories is not None:
+        return _history_edits(x, vocab, params, histories, suppress_ids)
     toks, segs, biases = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
     if not len(toks):
         return None
     dev, width = x.device, x.shape[1]
+    keys, kind, b = _flat_edits(toks, segs, biases, vocab, width, dev)
+    if keys.numel() == 0:
+        return None
+    uniq, inv = _unique(keys, x.shape[0] * width)
+    m = uniq.numel()
+
+    def per_slot(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(m, dtype=v.dtype, device=dev).index_add_(0, inv, v)
+
+    rep, cnt = per_slot(kind & REP) > 0, per_slot(((kind & OUT) > 0).float())
+    return uniq, _new_values(x, uniq, rep, cnt, per_slot(b), per_slot(kind & SUP) > 0, params, width)
+
+
+def _flat_edits(
+    toks: array.array[int],
+    segs: list[tuple[int, int, float, int]],
+    biases: array.array[float],
+    vocab: int,
+    width: int,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(flat key row * width + id [N] int64, kind [N] int64, bias [N] float32) of the gathered edits
+    whose id is in [0, vocab), in gathering order."""
     tok = torch.frombuffer(toks, dtype=torch.int64).clone().to(dev)
     seg = torch.tensor(segs, dtype=torch.float64, device=dev)  # [S, 4]
 
@@ -96,11 +126,93 @@ def edits(
     b = torch.zeros(tok.numel(), dtype=torch.float64, device=dev)
     if len(biases):  # one scatter: the BIAS edits, in gathering order, take their biases
         b[kind == BIAS] = torch.frombuffer(biases, dtype=torch.float64).clone().to(dev)
-    kind, b = kind[ok], b.float()[ok]
-    if keys.numel() == 0:
-        return None
-    uniq, inv = _unique(keys, x.shape[0] * width)
-    return uniq, _new_values(x, uniq, inv, kind, b, params, width)
+    return keys, kind[ok], b.float()[ok]
+
+
+def _history_edits(
+    x: torch.Tensor,
+    vocab: int,
+    params: Sequence[SamplingParams],
+    histories: Sequence[TokenHistory | None],
+    suppress_ids: IdLists,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """edits() from TokenHistory rows: their ids are distinct and ascending, so the penalty edits
+    need no sort; only the bias and suppression edits, usually few, are merged in.
+
+    Every history edit takes the repetition penalty: a row without one has repetition_penalty 1,
+    and s * 1 and s / 1 are s, bit for bit.
+    """
+    if len(histories) != len(params):
+        raise ValueError(f"histories has {len(histories)} entries for B={len(params)}")
+    dev, width = x.device, x.shape[1]
+    hkeys, hcnt = _history_keys(params, histories, vocab, width, dev)
+    toks, esegs, biases = _gather_edits(params, None, None, suppress_ids)  # bias and suppression only
+    ekeys, ekind, eb = _flat_edits(toks, esegs, biases, vocab, width, dev) if len(toks) else (None, None, None)
+    if ekeys is None or ekeys.numel() == 0:
+        if hkeys.numel() == 0:
+            return None
+        return hkeys, _new_values(x, hkeys, None, hcnt, None, None, params, width)
+    assert ekind is not None and eb is not None, "set with ekeys"
+    uniq, hslot, eslot = _merge(hkeys, ekeys, x.shape[0] * width)
+    m = uniq.numel()
+    rep = torch.zeros(m, dtype=torch.bool, device=dev).index_fill_(0, hslot, True)
+    cnt = torch.zeros(m, dtype=torch.float32, device=dev).index_put_((hslot,), hcnt)
+    b = torch.zeros(m, dtype=torch.float32, device=dev).index_add_(0, eslot, eb)
+    sup = torch.zeros(m, dtype=torch.int64, device=dev).index_add_(0, eslot, ekind & SUP) > 0
+    return uniq, _new_values(x, uniq, rep, cnt, b, sup, params, width)
+
+
+def _history_keys(
+    params: Sequence[SamplingParams],
+    histories: Sequence[TokenHistory | None],
+    vocab: int,
+    width: int,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat keys row * width + id [N] ascending, output count [N] float32) of the history edits:
+    every id in [0, vocab) of a repetition-penalised row, the output ids of a counted row."""
+    ids, counts = array.array("q"), array.array("q")
+    offsets: list[int] = []  # row * width of each row read
+    lengths: list[int] = []  # how many ids it gave
+    for r, (p, h) in enumerate(zip(params, histories)):
+        counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        if h is None or not (counted or p.repetition_penalty != 1.0):
+            continue
+        start = len(ids)
+        lo, hi = bisect.bisect_left(h.ids, 0), bisect.bisect_left(h.ids, vocab)  # ids ascending
+        if p.repetition_penalty != 1.0:
+            ids.extend(h.ids[lo:hi])
+            counts.extend(h.counts[lo:hi])
+        else:  # the output's ids only
+            ids.extend(itertools.compress(h.ids[lo:hi], h.counts[lo:hi]))
+            counts.extend(c for c in h.counts[lo:hi] if c)
+        offsets.append(r * width)
+        lengths.append(len(ids) - start)
+    if not ids:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return empty, empty.float()
+    tok = torch.frombuffer(ids, dtype=torch.int64).clone()  # a copy: the row offsets are added in place
+    if any(offsets):
+        tok += torch.repeat_interleave(torch.tensor(offsets), torch.tensor(lengths))
+    cnt = torch.frombuffer(counts, dtype=torch.int64).to(torch.float32)
+    return tok.to(dev), cnt.to(dev)
+
+
+def _merge(h: torch.Tensor, e: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted union of h and e, slot in it of each h, slot of each e); h ascending and distinct."""
+    eu, einv = _unique(e, sentinel)
+    n = h.numel()
+    pos = torch.searchsorted(h, eu)  # [U] first h >= eu
+    found = pos < n
+    found[found.clone()] = h[pos[found]] == eu[found]
+    new = eu[~found]  # [K] ids not in h
+    hslot = torch.arange(n, device=h.device) + torch.searchsorted(new, h)
+    nslot = torch.arange(new.numel(), device=h.device) + torch.searchsorted(h, new)
+    uniq = torch.empty(n + new.numel(), dtype=h.dtype, device=h.device)
+    uniq[hslot], uniq[nslot] = h, new
+    euslot = torch.empty_like(eu)
+    euslot[found], euslot[~found] = hslot[pos[found]], nslot
+    return uniq, hslot, euslot[einv]
 
 
 def _unique(keys: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,24 +234,23 @@ def _row_param(params: Sequence[SamplingParams], name: str, rows: torch.Tensor) 
 def _new_values(
     x: torch.Tensor,
     uniq: torch.Tensor,
-    inv: torch.Tensor,
-    kind: torch.Tensor,
-    b: torch.Tensor,
+    rep: torch.Tensor | None,
+    cnt: torch.Tensor,
+    b: torch.Tensor | None,
+    sup: torch.Tensor | None,
     params: Sequence[SamplingParams],
     width: int,
 ) -> torch.Tensor:
-    """float32 [M] edited values of the unique positions `uniq`; inv maps each edit to its slot."""
-    m = uniq.numel()
+    """float32 [M] edited values of the positions `uniq`, given per position: repetition-penalised
+    [M] bool (None: all), output count [M] float32, summed bias [M] float32 (None: none),
+    suppressed [M] bool (None: none)."""
     rows = uniq // width
     val = x.view(-1)[uniq]  # [M]
-
-    def per_slot(v: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(m, dtype=v.dtype, device=x.device).index_add_(0, inv, v)
-
     pen = _row_param(params, "repetition_penalty", rows)
-    val = torch.where(per_slot(kind & REP) > 0, torch.where(val < 0, val * pen, val / pen), val)
-    cnt = per_slot(((kind & OUT) > 0).float())
+    penalised = torch.where(val < 0, val * pen, val / pen)
+    val = penalised if rep is None else torch.where(rep, penalised, val)
     val = val - _row_param(params, "frequency_penalty", rows) * cnt
     val = val - _row_param(params, "presence_penalty", rows) * (cnt > 0).float()
-    val = (val + per_slot(b)).clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
-    return val.masked_fill(per_slot(kind & SUP) > 0, float("-inf"))
+    val = val + (0.0 if b is None else b)  # adding 0 also makes -0.0 +0.0, as the list path's zero bias does
+    val = val.clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
+    return val if sup is None else val.masked_fill(sup, float("-inf"))

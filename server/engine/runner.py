@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from seedstream.sampler import sample
+from seedstream.sampler import TokenHistory, sample
 
 from .model import Segment
 from .prefix_cache import PrefixCache
@@ -79,8 +79,7 @@ class ModelRunner:
             _rows_of(logits, rows.logit_rows),
             [s.request.sampling for s in rows.seqs],
             rows.steps,
-            prompt_token_ids=[s.penalty_ids()[0] for s in rows.seqs] if rows.penalties else None,
-            output_token_ids=rows.outputs if rows.penalties else None,
+            histories=rows.histories if rows.penalties else None,
             sample_indices=[s.request.sample_index for s in rows.seqs],
             suppress_token_ids=[s.stop.suppressed_ids(step) for s, step in zip(rows.seqs, rows.steps)],
             top_n=max(s.request.top_logprobs for s in rows.seqs),
@@ -117,7 +116,7 @@ class _SampledRows:
         self.logit_rows: list[int] = []
         self.seqs: list = []
         self.steps: list[int] = []
-        self.outputs: list[Sequence[int]] = []  # output tokens before each row's step (for penalties)
+        self.histories: list[TokenHistory] = []  # prompt and output before each row's step (for penalties)
         self.penalties = any(_uses_penalties(batch.sampled[i].request.sampling) for i in keep)
         for i in keep:
             seq, draft = batch.sampled[i], batch.drafts[i]
@@ -126,7 +125,8 @@ class _SampledRows:
                 self.seqs.append(seq)
                 self.steps.append(len(seq.output_ids) + j)
                 if self.penalties:
-                    self.outputs.append(seq.output_ids + draft[:j] if j else seq.penalty_ids()[1])
+                    history = seq.penalty_history()
+                    self.histories.append(history.with_output(draft[:j]) if j else history)
 
 
 def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:

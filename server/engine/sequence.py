@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import array
 import asyncio
 import enum
 import time
 from collections.abc import Sequence
+
+from seedstream.sampler import TokenHistory
 
 from .kv_cache import SequenceKVCache
 from .prefix_cache import BLOCK_TOKENS, chain_hashes
@@ -52,7 +53,9 @@ class EngineSequence:
         self.cached_tokens = 0  # prefill positions copied from the prefix cache
         self._block_hashes: list[bytes] | None = None
         self.output_ids: list[int] = []
-        self._penalty_arrays: tuple[array.array[int], list[int], array.array[int]] | None = None
+        self._penalty_history: tuple[list[int], int, TokenHistory] | None = (
+            None  # (output list, its length seen, history)
+        )
         self.cache = cache
         self.loop = loop
         self.outbox: asyncio.Queue = asyncio.Queue()
@@ -110,16 +113,17 @@ class EngineSequence:
         first = len(self.prompt) - 1
         return range(max(start, first), min(end, first + len(self.resume_ids)))
 
-    def penalty_ids(self) -> tuple[array.array[int], array.array[int]]:
-        """(prompt, output so far) as int64 arrays for the sampler's penalties, built once and then extended:
-        a long history is not converted from Python lists every step (array to array is a copy)."""
-        cached = self._penalty_arrays
-        if cached is None or cached[1] is not self.output_ids or len(cached[2]) > len(self.output_ids):
-            prompt = cached[0] if cached is not None else array.array("q", self.prompt)
-            cached = self._penalty_arrays = (prompt, self.output_ids, array.array("q"))
-        prompt, _, out = cached
-        out.extend(self.output_ids[len(out) :])
-        return prompt, out
+    def penalty_history(self) -> TokenHistory:
+        """The prompt and the output so far as the sampler's penalties read them, built once and then
+        updated token by token (a long history is not re-sorted every step); rebuilt when the output
+        list is replaced, as a resumed stream's checked tokens replace it."""
+        cached = self._penalty_history
+        if cached is None or cached[0] is not self.output_ids or cached[1] > len(self.output_ids):
+            cached = (self.output_ids, 0, TokenHistory(self.prompt))
+        source, seen, history = cached
+        history.extend(source[seen:])
+        self._penalty_history = (source, len(source), history)
+        return history
 
     def start_after_resume(self) -> str | None:
         """The checked resumed tokens become the output so far; None, or why the stream could not go on."""
