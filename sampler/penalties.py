@@ -226,9 +226,10 @@ def _unique(keys: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tens
     return uniq[:-1], inv[:n]
 
 
-def _row_param(params: Sequence[SamplingParams], name: str, rows: torch.Tensor) -> torch.Tensor:
-    vals = torch.tensor([getattr(p, name) for p in params], dtype=torch.float32, device=rows.device)
-    return vals[rows]
+def _row_params(params: Sequence[SamplingParams], rows: torch.Tensor) -> torch.Tensor:
+    """float32 [M, 3] (repetition, frequency, presence penalty) of the row of each position."""
+    vals = [(p.repetition_penalty, p.frequency_penalty, p.presence_penalty) for p in params]
+    return torch.tensor(vals, dtype=torch.float32, device=rows.device)[rows]
 
 
 def _new_values(
@@ -246,11 +247,11 @@ def _new_values(
     suppressed [M] bool (None: none)."""
     rows = uniq // width
     val = x.view(-1)[uniq]  # [M]
-    pen = _row_param(params, "repetition_penalty", rows)
+    pen, freq, presence = _row_params(params, rows).unbind(1)  # [M] each
     penalised = torch.where(val < 0, val * pen, val / pen)
     val = penalised if rep is None else torch.where(rep, penalised, val)
-    val = val - _row_param(params, "frequency_penalty", rows) * cnt
-    val = val - _row_param(params, "presence_penalty", rows) * (cnt > 0).float()
+    val = val - freq * cnt
+    val = val - presence * (cnt > 0).float()
     val = val + (0.0 if b is None else b)  # adding 0 also makes -0.0 +0.0, as the list path's zero bias does
     val = val.clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
     return val if sup is None else val.masked_fill(sup, float("-inf"))
