@@ -74,7 +74,7 @@ class Processed:
     def _apply(self, idx: torch.Tensor, val: torch.Tensor) -> None:
         """Store edited blocks; idx [M] sorted flat positions into x, val [M] their new values."""
         ublocks, inv = torch.unique_consecutive(idx >> BLOCK_SHIFT, return_inverse=True)  # [P]
-        patches = self.xb.reshape(-1, BLOCK)[ublocks].clone()  # [P, 64]
+        patches = self.block_rows(ublocks)  # [P, 64] a copy
         patches[inv, idx % BLOCK] = val
         self.patches = patches
         self.patch_map = torch.full(self.bm_raw.shape, -1, dtype=torch.int64, device=idx.device)
@@ -89,9 +89,14 @@ class Processed:
         self.bm[rows] = self.bm_raw[rows]
         self.m = self.bm.amax(-1)
 
+    def block_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Raw values [T, 64] of the blocks at flat block indices [T] (row * nb + block): a new tensor.
+        index_select, because advanced indexing of [B, nb, 64] by (rows, blocks) is several times slower."""
+        return self.xb.view(-1, BLOCK).index_select(0, flat)
+
     def blocks(self, rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Processed values [T, 64] of blocks [T] of batch rows [T]."""
-        out = self.xb[rows, blocks]  # [T, 64]
+        out = self.block_rows(rows * self.xb.shape[1] + blocks)  # [T, 64]
         if self.patch_map is not None and self.patches is not None:  # set together by _apply
             pi = self.patch_map[rows, blocks]  # [T]
             hit = pi >= 0

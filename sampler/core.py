@@ -87,7 +87,8 @@ def sample(
         proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
     probs = torch.softmax(x, -1)  # [B, Vp] raw distribution
     all_rows = torch.arange(batch, device=dev)
-    arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.xb[all_rows, b])
+    nb = bm_raw.shape[1]
+    arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.block_rows(all_rows * nb + b))
     arg = arg_raw if proc.patch_map is None else first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
     out = _Out(arg)
     lse = m_raw - probs.gather(1, arg_raw[:, None])[:, 0].log()  # [B] logsumexp of the raw row
@@ -167,5 +168,6 @@ def _top_alternatives(
             torch.zeros((batch, 0), dtype=torch.float32, device=dev),
         )
     theta = kth_threshold(bm_raw, bm_raw.amax(-1), torch.full((batch,), top_n, device=dev))
-    cand = extract(lambda r, b: proc.xb[r, b], bm_raw, theta)
+    nb = bm_raw.shape[1]
+    cand = extract(lambda r, b: proc.block_rows(r * nb + b), bm_raw, theta)
     return cand.token[:, :top_n], cand.vals[:, :top_n] - lse[:, None]

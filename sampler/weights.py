@@ -60,7 +60,7 @@ class Weights:
         row, blk = row[keep], blk[keep]
         if row.numel() == 0:
             return
-        s, x = patches[patch_map[row, blk]], proc.xb[row, blk]  # [F, 64]
+        s, x = patches.index_select(0, patch_map[row, blk]), proc.block_rows(row * patch_map.shape[1] + blk)  # [F, 64]
         self.fixed = torch.where(s != x, torch.exp(s - lse[row, None]), probs_b[row, blk])
         self.fix_map = torch.full(proc.bm.shape, -1, dtype=torch.int64, device=row.device)
         self.fix_map[row, blk] = torch.arange(row.numel(), device=row.device)
