@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -11,8 +12,10 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from seedstream.sampler import SAMPLER_VERSION
+from seedstream.server.phases import phase
 
 from .admission import FairQueue
+from .arch import canonical_state_dict
 from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .kv_cache import kv_tag
@@ -49,6 +52,8 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = ModelConfig.from_hf(weights.config)
+        # both forward paths read the weights under canonical names, every option folded in (arch.py)
+        weights = dataclasses.replace(weights, state_dict=canonical_state_dict(self.model_config, weights.state_dict))
         self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
         # Prefill equals decode bit for bit on both paths: the chunk size and the scheduling are not part of it.
         forward_tag = getattr(self.model, "version_tag", None) or torch_path_tag(self.model)
@@ -58,6 +63,7 @@ class Engine:
         self.info = ModelInfo(
             model_id=weights.model_id,
             model_sha256=weights.content_sha256,
+            model_identity=weights.model_identity,
             dtype=str(self.dtype).removeprefix("torch."),
             device=self.device.type,
             vocab_size=self.model_config.vocab_size,
@@ -309,7 +315,8 @@ def load_engine(config: EngineConfig | None = None, progress: ProgressFn | None 
         torch.set_num_threads(config.num_threads)
     started = time.monotonic()
     weights = load_weights(config.model, progress)
-    engine = Engine(weights, config)
+    with phase("building the forward pass (packing weights, compiling kernels)", progress):
+        engine = Engine(weights, config)
     (progress or log.info)(f"engine ready in {time.monotonic() - started:.1f}s")
     return engine
 

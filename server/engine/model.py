@@ -22,57 +22,20 @@ and scaled-dot-product attention changes its reduction with the query count. So:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .arch import ModelConfig, RopeSpec
 from .kv_cache import SequenceKVCache
+
+__all__ = ["ModelConfig", "DecoderModel", "Segment", "invariant_linear", "pad_rows", "describe"]
 
 ROW_TILE = 16  # GEMM rows go in tiles of this many, one matrix each (see tests/engine/test_gemm_invariance.py)
 KEY_BLOCK = 128  # attention reduces keys in blocks of this many absolute positions (divides GROW_BLOCK)
 QUERY_TILE = 4  # attention computes queries in tiles of this many absolute positions (divides KEY_BLOCK)
 TILE_GROUP = 8  # query tiles per batched attention call: bounds memory, changes no bits
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    max_context: int
-    attention_bias: bool = False
-    tie_word_embeddings: bool = False
-
-    @classmethod
-    def from_hf(cls, cfg: dict) -> ModelConfig:
-        if cfg.get("model_type") not in ("llama", "mistral", "qwen2"):
-            raise ValueError(f"unsupported model_type {cfg.get('model_type')!r}: llama, mistral, qwen2")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"unsupported rope_type {rope.get('rope_type')!r}: only default RoPE")
-        heads = cfg["num_attention_heads"]
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-            max_context=cfg.get("max_position_embeddings", 2048),
-            attention_bias=cfg.get("attention_bias", cfg.get("model_type") == "qwen2"),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        )
 
 
 @dataclasses.dataclass
@@ -109,20 +72,33 @@ def pad_rows(x: torch.Tensor, tile: int = ROW_TILE) -> torch.Tensor:
 
 
 class Layer:
-    """Weights of one decoder layer, with q/k/v and gate/up fused into single GEMMs."""
+    """Weights of one decoder layer (canonical names, arch.canonical_state_dict), q/k/v and gate/up fused."""
 
     def __init__(self, sd: dict[str, torch.Tensor], prefix: str, cfg: ModelConfig):
-        a = prefix + "self_attn."
+        a, m = prefix + "self_attn.", prefix + "mlp."
         self.qkv = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
-        self.qkv_bias = None
-        if cfg.attention_bias:
-            self.qkv_bias = torch.cat([sd[a + "q_proj.bias"], sd[a + "k_proj.bias"], sd[a + "v_proj.bias"]])
+        self.qkv_bias = _cat_bias(sd, [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"], cfg.attention_bias)
         self.o = sd[a + "o_proj.weight"]
-        m = prefix + "mlp."
+        self.o_bias = _cat_bias(sd, [a + "o_proj.bias"], cfg.attention_out_bias)
         self.gate_up = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]])
+        self.gate_up_bias = _cat_bias(sd, [m + "gate_proj.bias", m + "up_proj.bias"], cfg.mlp_bias)
         self.down = sd[m + "down_proj.weight"]
+        self.down_bias = _cat_bias(sd, [m + "down_proj.bias"], cfg.mlp_bias)
         self.norm_in = sd[prefix + "input_layernorm.weight"]
         self.norm_post = sd[prefix + "post_attention_layernorm.weight"]
+        self.q_norm = sd.get(a + "q_norm.weight") if cfg.qk_norm else None  # [D]
+        self.k_norm = sd.get(a + "k_norm.weight") if cfg.qk_norm else None
+        self.attn_out_norm = sd.get(prefix + "attn_output_norm.weight") if cfg.sandwich_norms else None  # [H]
+        self.mlp_out_norm = sd.get(prefix + "mlp_output_norm.weight") if cfg.sandwich_norms else None
+
+
+def _cat_bias(sd: dict[str, torch.Tensor], names: list[str], present: bool) -> torch.Tensor | None:
+    return torch.cat([sd[n] for n in names]) if present else None
+
+
+def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap), elementwise (Gemma 2's attention and final logits)."""
+    return torch.tanh(x / cap) * cap
 
 
 class DecoderModel:
@@ -149,11 +125,18 @@ class DecoderModel:
         self.lm_head = self.embed if cfg.tie_word_embeddings else sd["lm_head.weight"]  # [V, H]
         self.norm_final = sd["model.norm.weight"]
         self.layers = [Layer(sd, f"model.layers.{i}.", cfg) for i in range(cfg.num_layers)]
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
-        angles = torch.outer(torch.arange(cfg.max_context, dtype=torch.float64), inv_freq)  # [P, D/2]
-        angles = torch.cat([angles, angles], dim=-1)  # [P, D]
-        self.cos = angles.cos().to(device=device, dtype=dtype)
-        self.sin = angles.sin().to(device=device, dtype=dtype)
+        self.rope = [self._rope_table(spec) for spec in cfg.ropes]  # per RopeSpec: cos, sin [P, R]
+        self.embed_scale = torch.tensor(cfg.embed_scale, dtype=dtype, device=device)
+
+    def _rope_table(self, spec: RopeSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [P, rotary_dim] in the rotate-half layout, computed in float64, times attention_scaling."""
+        inv_freq = torch.tensor(spec.inv_freq, dtype=torch.float64)
+        angles = torch.outer(torch.arange(self.cfg.max_context, dtype=torch.float64), inv_freq)  # [P, R/2]
+        angles = torch.cat([angles, angles], dim=-1)  # [P, R]
+        cos, sin = angles.cos(), angles.sin()
+        if spec.attention_scaling != 1.0:
+            cos, sin = cos * spec.attention_scaling, sin * spec.attention_scaling
+        return cos.to(device=self.device, dtype=self.dtype), sin.to(device=self.device, dtype=self.dtype)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: [T, K] -> [T, N] on the padded-row path, one code path for prefill and decode rows."""
@@ -171,10 +154,13 @@ class DecoderModel:
         return weight * xf.to(x.dtype)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x: [T, heads, D]; cos/sin: [T, 1, D]
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        # x: [T, heads, D]; cos/sin: [T, 1, R], R <= D: the first R dims of each head rotate (rotate-half)
+        rot = cos.shape[-1]
+        part = x[..., :rot]
+        half = rot // 2
+        rotated = torch.cat([-part[..., half:], part[..., :half]], dim=-1)
+        out = part * cos + rotated * sin
+        return out if rot == x.shape[-1] else torch.cat([out, x[..., rot:]], dim=-1)
 
     def _attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, segments: Sequence[Segment]
@@ -189,13 +175,16 @@ class DecoderModel:
             for lo in range(0, n, TILE_GROUP * QUERY_TILE):  # groups only bound memory
                 hi = min(n, lo + TILE_GROUP * QUERY_TILE)
                 out[row + lo : row + hi] = self._attention_segment(
-                    q[row + lo : row + hi], seg.cache, layer, seg.start + lo
+                    q[row + lo : row + hi], seg.cache, layer, seg.start + lo, self.cfg.layers[layer].window
                 )
             row += n
         return out
 
-    def _attention_segment(self, q: torch.Tensor, cache: SequenceKVCache, layer: int, start: int) -> torch.Tensor:
+    def _attention_segment(
+        self, q: torch.Tensor, cache: SequenceKVCache, layer: int, start: int, window: int = 0
+    ) -> torch.Tensor:
         """Causal attention of queries at positions start.. over `cache`. q: [n, Hq, D] -> [n, Hq*D].
+        With a window W, a query at p sees keys p-W+1 .. p (the others are masked like future keys).
 
         Each query's bits depend only on itself and the keys/values before it:
         * the query sits at row (position % QUERY_TILE) of the tile of its absolute position, the
@@ -215,7 +204,7 @@ class DecoderModel:
         blocks = (last * qt) // KEY_BLOCK + 1  # key blocks the last tile needs (all tiles' needs are <=)
         offset = start - first * qt
         qpad = q.new_zeros(tiles * qt, hq, d, dtype=torch.float32)
-        qpad[offset : offset + n] = q.float() * (1.0 / math.sqrt(d))
+        qpad[offset : offset + n] = q.float() * c.scale
         # [tiles, QT, Hkv, G, D] -> [tiles, Hkv, QT*G, D]: the G query heads of a KV head share its keys.
         qtile = qpad.view(tiles, qt, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(tiles, hkv, qt * g, d)
         keys = cache.keys[layer, :, : blocks * KEY_BLOCK].float()  # capacity is a multiple of KEY_BLOCK
@@ -227,13 +216,18 @@ class DecoderModel:
         kb = kblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
         vb = vblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
         scores = torch.bmm(qb, kb.transpose(1, 2)).view(*shape, qt, g, KEY_BLOCK)
+        if c.attn_softcap:
+            scores = _softcap(scores, c.attn_softcap)
         qpos = (
             torch.arange(first, last + 1, device=q.device)[:, None] * qt + torch.arange(qt, device=q.device)[None, :]
         )  # [tiles, QT] nominal query positions
         kpos = torch.arange(blocks * KEY_BLOCK, device=q.device).view(blocks, KEY_BLOCK)
-        allowed = kpos[None, :, None, None, None, :] <= qpos[:, None, None, :, None, None]
+        kp, qp = kpos[None, :, None, None, None, :], qpos[:, None, None, :, None, None]
+        allowed = kp <= qp
+        if window:
+            allowed &= kp > qp - window
         scores = torch.where(allowed, scores, float("-inf"))
-        peak = scores.amax(dim=(1, 5), keepdim=True)  # every row sees key 0: finite
+        peak = scores.amax(dim=(1, 5), keepdim=True)  # every row sees its own key: finite
         probs = torch.exp(scores - peak)  # masked keys: exactly 0
         sums = probs.sum(dim=-1)  # [tiles, B, Hkv, QT, G]
         weighted = torch.bmm(probs.view(-1, qt * g, KEY_BLOCK), vb).view(*shape, qt, g, d)
@@ -259,25 +253,47 @@ class DecoderModel:
         float32. `decode_rows` (the first rows: one decode token each) is informational: decode and
         prefill rows share one code path, so a token's bits do not depend on how it was scheduled."""
         c = self.cfg
-        t = token_ids.shape[0]
         hidden = F.embedding(token_ids, self.embed)  # [T, H]
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
-        q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        if c.embed_scale != 1.0:
+            hidden = hidden * self.embed_scale
+        tables = [(cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for cos, sin in self.rope]  # [T, 1, R]
         for i, layer in enumerate(self.layers):
-            x = self._rms_norm(hidden, layer.norm_in)
-            qkv = self._linear(x, layer.qkv, layer.qkv_bias)  # [T, Hq*D + 2*Hkv*D]
-            q = self._rope(qkv[:, :q_width].view(t, c.num_heads, c.head_dim), cos, sin)
-            k = self._rope(qkv[:, q_width : q_width + kv_width].view(t, c.num_kv_heads, c.head_dim), cos, sin)
-            v = qkv[:, q_width + kv_width :].view(t, c.num_kv_heads, c.head_dim)
-            attn = self._attention(q, k, v, i, segments)  # [T, Hq*D]
-            hidden = hidden + self._linear(attn, layer.o)
-            x = self._rms_norm(hidden, layer.norm_post)
-            gate, up = self._linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + self._linear(F.silu(gate) * up, layer.down)
+            hidden = self._layer(hidden, layer, i, tables, segments)
         if logit_rows.numel() == 0:
             return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
         last = self._rms_norm(hidden[logit_rows], self.norm_final)  # [R, H]
-        return self._linear(last, self.lm_head).float()  # [R, V]
+        logits = self._linear(last, self.lm_head).float()  # [R, V]
+        if c.final_softcap:
+            # columns padded to a multiple of 64: every element's vectorised tanh lane is the same in any batch
+            pad = -c.vocab_size % 64
+            logits = _softcap(F.pad(logits, (0, pad)), c.final_softcap)[:, : c.vocab_size]
+        return logits
+
+    def _layer(self, hidden: torch.Tensor, layer: Layer, i: int, tables: list, segments: Sequence[Segment]):
+        """One decoder layer over packed rows: hidden [T, H] -> [T, H]."""
+        c, t = self.cfg, hidden.shape[0]
+        q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        x = self._rms_norm(hidden, layer.norm_in)
+        qkv = self._linear(x, layer.qkv, layer.qkv_bias)  # [T, Hq*D + 2*Hkv*D]
+        q = qkv[:, :q_width].view(t, c.num_heads, c.head_dim)
+        k = qkv[:, q_width : q_width + kv_width].view(t, c.num_kv_heads, c.head_dim)
+        v = qkv[:, q_width + kv_width :].view(t, c.num_kv_heads, c.head_dim)
+        if layer.q_norm is not None:
+            q, k = self._rms_norm(q, layer.q_norm), self._rms_norm(k, layer.k_norm)
+        rope = c.layers[i].rope
+        if rope >= 0:
+            q, k = self._rope(q, *tables[rope]), self._rope(k, *tables[rope])
+        out = self._linear(self._attention(q, k, v, i, segments), layer.o, layer.o_bias)  # [T, H]
+        if layer.attn_out_norm is not None:
+            out = self._rms_norm(out, layer.attn_out_norm)
+        hidden = hidden + out
+        x = self._rms_norm(hidden, layer.norm_post)
+        gate, up = self._linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+        act = F.silu(gate) if c.activation == "silu" else F.gelu(gate, approximate="tanh")
+        out = self._linear(act * up, layer.down, layer.down_bias)
+        if layer.mlp_out_norm is not None:
+            out = self._rms_norm(out, layer.mlp_out_norm)
+        return hidden + out
 
 
 def describe(cfg: ModelConfig) -> str:
