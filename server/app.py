@@ -252,9 +252,17 @@ def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
 
 
 async def _heartbeat(started: float) -> None:
+    """Every 5 s while loading: which phase is running and for how long (a first start's kernel compile or
+    conversion takes minutes, and must not read as a hang)."""
+    from seedstream.server.phases import current
+
     while True:
         await asyncio.sleep(5.0)
-        log.info("loading: still loading the model (%.0fs)", time.monotonic() - started)
+        running = current()
+        if running is None:
+            log.info("loading: still loading the model (%.0fs)", time.monotonic() - started)
+        else:
+            log.info("loading: still %s (%.0fs; %.0fs since start)", running[0], running[1], time.monotonic() - started)
 
 
 async def _serve(opts: ServeOptions) -> int:
@@ -327,9 +335,10 @@ async def _serve(opts: ServeOptions) -> int:
     await server.set_engine(engine)
     info = engine.info
     log.info(
-        "ready in %.1fs: serving %s (sha256 %s, %s on %s) at %s:%d",
+        "ready in %.1fs: serving %s (identity %s, weights sha256 %s, %s on %s) at %s:%d",
         time.monotonic() - started,
         info.model_id,
+        info.model_identity[:12],
         info.model_sha256[:12],
         info.dtype,
         info.device,

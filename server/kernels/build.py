@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from seedstream.server.phases import phase
+
 log = logging.getLogger("seedstream.kernels")
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
@@ -106,7 +108,8 @@ def build_library(isa: str, cache_dir: Path) -> Path:
     os.close(fd)
     cmd = [cxx, *flags, "-o", tmp, *[str(SOURCE_DIR / s) for s in SOURCES]]
     log.info("building kernels (%s): %s", isa, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    with phase(f"compiling kernels ({isa}, first start only)", log.info):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"kernel build failed ({isa}):\n{proc.stderr[-4000:]}")
