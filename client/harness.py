@@ -196,7 +196,8 @@ class _Receipts:
     def _build(self, receipt: Receipt) -> None:
         # Score receipts carry no sampler version (no sampling involved); generation receipts do.
         build = {
-            name: getattr(receipt, name) for name in ("model_id", "model_sha256", "dtype", "device", "engine_version")
+            name: getattr(receipt, name)
+            for name in ("model_id", "model_sha256", "model_identity", "dtype", "device", "engine_version")
         }
         self.builds.setdefault(_canonical(build), build)
         if receipt.sampler_version:
@@ -456,7 +457,9 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
 
     @property
     def tokenizer_name(self) -> str:
-        return f"seedstream:{self.info.model_sha256}"
+        # lm-eval keys its cache of chat-templated requests on this: the identity covers the tokenizer and
+        # template (an older server reports none, and its weights' hash is the best there is).
+        return f"seedstream:{self.info.model_identity or self.info.model_sha256}"
 
     def __del__(self) -> None:
         if getattr(self, "_own_client", False):

@@ -84,10 +84,14 @@ class Receipt:
     input_sha256: str
     digest: str
     weight_format: str = ""
+    # Weights, config, generation config, tokenizer and chat template ("" from a server before receipt_version 2).
+    model_identity: str = ""
+    receipt_version: int = 0  # 2: with model_identity; 1 or 0 (an older server): without
 
     # The fields the digest covers (model_id is a name, not content).
     DETERMINING = (
         "model_sha256",
+        "model_identity",
         "dtype",
         "weight_format",
         "device",
@@ -97,6 +101,7 @@ class Receipt:
         "sample_index",
         "sampling",
         "input_sha256",
+        "receipt_version",
     )
 
     @classmethod
@@ -114,6 +119,8 @@ class Receipt:
             input_sha256=m.input_sha256,
             digest=m.digest,
             weight_format=m.weight_format,
+            model_identity=m.model_identity,
+            receipt_version=m.receipt_version,
         )
 
     def differences(self, other: Receipt) -> list[str]:
@@ -395,6 +402,8 @@ class ModelInfo:
     speculative_tokens: int = 0
     speculative_draft_tokens: int = 0
     speculative_accepted_tokens: int = 0
+    # Weights, config, generation config, tokenizer and chat template (hex SHA-256); "" from an older server.
+    model_identity: str = ""
 
     @classmethod
     def from_pb(cls, m: pb.GetModelInfoResponse) -> ModelInfo:

@@ -62,7 +62,9 @@ class EngineConfig:
 
     model: str | None = setting(
         None,
-        "local transformers model folder (safetensors/bin) or `.gguf` file; model types llama, mistral, qwen2",
+        "a transformers model folder (safetensors or .bin, sharded or not), a `.gguf` file, a folder holding one "
+        "`.gguf`, or a Hugging Face hub id (`org/name`, or `org/name/file.gguf`) found in the local HF cache "
+        "(`HF_HOME`) or downloaded unless `HF_HUB_OFFLINE=1`",
         shown="embedded SmolLM2-135M-Instruct",
     )
     device: str = setting("auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda` or `cuda:N`")

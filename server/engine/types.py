@@ -125,3 +125,5 @@ class ModelInfo:
     engine_version: str
     sampler_version: str
     weight_format: str = "float32"  # f32, q8_0 or q4_1 on the kernels; the torch dtype's name on the torch path
+    # Hex SHA-256 over the weights, config, generation config, tokenizer and chat template (engine/identity.py).
+    model_identity: str = ""

@@ -125,7 +125,15 @@ class HttpFront:
             "max_model_len": info.max_context,
             **{
                 k: getattr(info, k)
-                for k in ("model_sha256", "dtype", "device", "engine_version", "sampler_version", "vocab_size")
+                for k in (
+                    "model_sha256",
+                    "model_identity",
+                    "dtype",
+                    "device",
+                    "engine_version",
+                    "sampler_version",
+                    "vocab_size",
+                )
             },
         }
         return web.json_response({"object": "list", "data": [card]})

@@ -21,8 +21,12 @@ FINISH = {
 
 
 def system_fingerprint(info: ModelInfo) -> str:
-    """The build part of the receipt: what must match for a seed to replay (OpenAI's field for it)."""
-    return f"ss-{info.model_sha256[:16]}-{info.dtype}-{info.device}-e{info.engine_version}-s{info.sampler_version}"
+    """The build part of the receipt: what must match for a seed to replay (OpenAI's field for it).
+
+    The model is named by its identity (weights, config, tokenizer, chat template), not the weights' hash:
+    two servers with the same weights and another template give other tokens and must not share a fingerprint.
+    """
+    return f"ss-{info.model_identity[:16]}-{info.dtype}-{info.device}-e{info.engine_version}-s{info.sampler_version}"
 
 
 def receipt_json(info: ModelInfo, request: GenerationRequest) -> dict:

@@ -24,6 +24,7 @@ from seedstream.v1.protocol import (
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
     MAX_TOP_LOGPROBS,
+    RECEIPT_VERSION,
 )
 
 from . import limits
@@ -146,16 +147,12 @@ def receipt(info: ModelInfo, request: GenerationRequest) -> pb.ReproducibilityRe
         ignore_eos=request.ignore_eos,
     )
     out = pb.ReproducibilityReceipt(
-        model_sha256=info.model_sha256,
-        dtype=info.dtype,
-        device=info.device,
-        engine_version=info.engine_version,
+        **_build(info),
         sampler_version=info.sampler_version,
         seed=s.seed,
         sample_index=request.sample_index,
         sampling=effective,
         input_sha256=input_sha256(request.prompt_token_ids),
-        weight_format=info.weight_format,
     )
     return _signed(out, info)
 
@@ -166,15 +163,21 @@ def score_receipt(info: ModelInfo, scored: Sequence[Sequence[int]]) -> pb.Reprod
     for part in scored:
         flat.append(len(part))
         flat.extend(part)
-    out = pb.ReproducibilityReceipt(
+    out = pb.ReproducibilityReceipt(**_build(info), input_sha256=input_sha256(flat))
+    return _signed(out, info)
+
+
+def _build(info: ModelInfo) -> dict:
+    """The receipt fields that name the model build (every receipt has them; the digest covers them)."""
+    return dict(
+        receipt_version=RECEIPT_VERSION,
         model_sha256=info.model_sha256,
+        model_identity=info.model_identity,
         dtype=info.dtype,
         device=info.device,
         engine_version=info.engine_version,
-        input_sha256=input_sha256(flat),
         weight_format=info.weight_format,
     )
-    return _signed(out, info)
 
 
 def _signed(out: pb.ReproducibilityReceipt, info: ModelInfo) -> pb.ReproducibilityReceipt:
@@ -335,6 +338,7 @@ def model_info(
     msg = pb.GetModelInfoResponse(
         model_id=info.model_id,
         model_sha256=info.model_sha256,
+        model_identity=info.model_identity,
         dtype=info.dtype,
         device=info.device,
         vocab_size=info.vocab_size,

@@ -30,8 +30,9 @@ def test_identical_setups_match(clients, server):
     assert receipts_match(first.receipt, streamed)
     info = server.state.engine.info
     r = first.receipt
-    assert (r.model_sha256, r.dtype, r.device, r.engine_version, r.sampler_version) == (
+    assert (r.model_sha256, r.model_identity, r.dtype, r.device, r.engine_version, r.sampler_version) == (
         info.model_sha256,
+        info.model_identity,
         info.dtype,
         info.device,
         info.engine_version,
@@ -59,11 +60,12 @@ def test_dtype_and_model_differences_are_visible(clients):
     tiny = clients["tiny"].generate(PROMPT, **REQUEST).receipt
     # bfloat16 runs on the torch path: another dtype, weight format and forward pass
     assert not receipts_match(fp32, bf16) and fp32.differences(bf16) == ["dtype", "weight_format", "engine_version"]
-    assert not receipts_match(fp32, tiny) and fp32.differences(tiny) == ["model_sha256"]
+    # another model: other weights, so another weights hash and another identity
+    assert not receipts_match(fp32, tiny) and fp32.differences(tiny) == ["model_sha256", "model_identity"]
     assert fp32.digest != bf16.digest != tiny.digest
     scores = {name: c.score(PAIRS).receipt for name, c in clients.items()}
     assert scores["fp32"].differences(scores["bf16"]) == ["dtype", "weight_format", "engine_version"]
-    assert scores["fp32"].differences(scores["tiny"]) == ["model_sha256"]
+    assert scores["fp32"].differences(scores["tiny"]) == ["model_sha256", "model_identity"]
     # Same build, same request: still matching after a fresh connection.
     with Client(clients["bf16"].target) as again:
         assert receipts_match(bf16, again.generate(PROMPT, **REQUEST).receipt)

@@ -29,7 +29,7 @@ def test_completion_unary_and_stream_are_the_same(oai, server):
     assert choice.text and choice.finish_reason in ("length", "stop")
     assert extra(unary, "seed") == 11
     info = server.state.engine.info
-    assert unary.system_fingerprint.startswith("ss-" + info.model_sha256[:16])
+    assert unary.system_fingerprint.startswith("ss-" + info.model_identity[:16])
     assert unary.usage.completion_tokens == len(extra(choice, "token_ids"))
     chunks = list(oai.completions.create(model="seedstream", prompt=PROMPT, seed=11, stream=True, **SAMPLING))
     assert "".join(c.choices[0].text for c in chunks) == choice.text

@@ -22,6 +22,10 @@ DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
+# ReproducibilityReceipt.receipt_version that this server writes. 1 was the receipt without model_identity
+# (whose model_sha256 covers the weights alone); 2 adds model_identity, and the digest covers both fields.
+RECEIPT_VERSION = 2
+
 # Per-request list limits (GenerateRequest's comments state them; GetModelInfo reports the first three).
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
