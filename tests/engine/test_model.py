@@ -72,22 +72,35 @@ def test_logits_match_transformers(model, weights):
     torch.testing.assert_close(step[0], ref_next, atol=2e-4, rtol=0)
 
 
+def _prefill_packed(model, prompts):
+    """Fresh caches holding `prompts`, all prefilled in one packed step (their contents are only company
+    for the row under test: how they were computed does not matter)."""
+    caches = [model.new_cache() for _ in prompts]
+    tokens = [t for p in prompts for t in p]
+    positions = [i for p in prompts for i in range(len(p))]
+    segments = [Segment(c, 0, len(p)) for c, p in zip(caches, prompts)]
+    model.forward(_tensor(model, tokens), _tensor(model, positions), segments, torch.zeros(0, dtype=torch.long))
+    return caches
+
+
 def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, device):
     model = models(device)
     rng = random.Random(0)
     target_prompt = [rng.randrange(100, 40000) for _ in range(37)]
-    _, solo_cache = _prefill(model, target_prompt)
+    _, target = _prefill(model, target_prompt)
+    solo_cache = model.new_cache()
+    solo_cache.copy_from(target)
     solo = model.forward(_tensor(model, [7]), _tensor(model, [37]), [Segment(solo_cache, 37, 1)], _tensor(model, [0]))[
         0
     ]
+    lengths = [rng.randrange(1, 80) for _ in range(63)]
+    company = list(
+        zip(_prefill_packed(model, [[rng.randrange(100, 40000) for _ in range(n)] for n in lengths]), lengths)
+    )
     for batch_size, position in [(2, 0), (5, 4), (17, 8), (64, 63), (64, 0)]:
-        _, cache = _prefill(model, target_prompt)
-        others = []
-        for _ in range(batch_size - 1):
-            n = rng.randrange(1, 80)
-            _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(n)])
-            others.append((c, n))
-        rows = [(c, n) for c, n in others]
+        cache = model.new_cache()
+        cache.copy_from(target)
+        rows = rng.sample(company, batch_size - 1)  # each decodes token 7 at its next position, as before
         rows.insert(position, (cache, 37))
         segments = [Segment(c, n, 1) for c, n in rows]
         logits = model.forward(
