@@ -1,0 +1,146 @@
+"""scripts/write_gguf.py and scripts/kquants.py: blocks gguf.quants reads back close, GGUF files transformers reads back exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import arch_models
+import gguf
+import numpy as np
+import pytest
+import torch
+import write_gguf
+from tiny_tokenizer import save_tiny_tokenizer
+
+# Relative RMS error bound per type on Gaussian rows (measured, with a margin: docs/gguf.md has the numbers).
+REL_RMS_BOUND = {
+    "f16": 1e-3,
+    "bf16": 5e-3,
+    "q8_0": 0.008,
+    "q4_0": 0.10,
+    "q4_1": 0.09,
+    "q5_0": 0.05,
+    "q5_1": 0.045,
+    "q2_k": 0.40,
+    "q3_k": 0.18,
+    "q4_k": 0.09,
+    "q5_k": 0.045,
+    "q6_k": 0.022,
+}
+
+# name -> config overrides under which transformers' GGUF loader rebuilds the same model: it reads no
+# head_dim for qwen2/qwen3/phi3 (so it must be hidden / heads, or Qwen3's default 128), no bias flag, no
+# partial rotary, no Gemma query_pre_attn_scalar / soft caps / layer types (so these keep its defaults),
+# and reads a Mistral as the Llama it is (so no window).
+ROUND_TRIP = {
+    "llama": {},
+    "mistral-window": {"sliding_window": None},
+    "qwen2-window": {"head_dim": 16, "use_sliding_window": False, "layer_types": None},
+    "qwen3": {"head_dim": 128, "attention_bias": False},
+    "phi3-partial-rotary": {
+        "head_dim": 16,
+        "partial_rotary_factor": 1.0,
+        "rope_parameters": None,
+        "sliding_window": None,
+    },
+    "gemma2": {"query_pre_attn_scalar": 256, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+    "gemma3": {"query_pre_attn_scalar": 256, "layer_types": None, "rope_parameters": None},
+}
+# Every row a whole number of 256-value super-blocks, so no matrix falls back from a K-type.
+K_SHAPES = dict(vocab_size=256, hidden_size=256, intermediate_size=512, head_dim=64)
+
+
+def _rows(seed: int = 0) -> np.ndarray:
+    """Gaussian rows with the awkward cases: an outlier, an all-positive row, an all-negative row, zeros."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((64, 512)).astype(np.float32) * 0.02
+    x[1, 7] = 0.5
+    x[2] = np.abs(x[2])
+    x[3] = -np.abs(x[3])
+    x[4] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("kind", list(REL_RMS_BOUND))
+def test_blocks_dequantise_close_to_the_input(kind):
+    x = _rows()
+    stored = write_gguf.encode(x, kind)
+    qtype = gguf.GGMLQuantizationType[kind.upper()]
+    block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    assert stored.nbytes == x.size // block * nbytes
+    y = gguf.quants.dequantize(stored, qtype)
+    assert y.shape == x.shape
+    rel = np.sqrt(np.mean((y - x) ** 2) / np.mean(x**2))
+    assert rel < REL_RMS_BOUND[kind], rel
+    assert np.all(y[4] == 0.0)  # a zero block stays zero
+    # per row too, so that a scrambled sub-block or a wrong sign somewhere cannot hide in the mean
+    row_rel = np.sqrt(np.mean((y - x) ** 2, axis=1) / np.maximum(np.mean(x**2, axis=1), 1e-30))
+    assert np.all(row_rel[np.arange(64) != 4] < 2.5 * REL_RMS_BOUND[kind]), row_rel.max()
+
+
+def _folder(tmp_path_factory, name: str, **overrides):
+    """(transformers model, its save_pretrained folder with the tiny tokenizer) of arch_models' `name`."""
+    model = arch_models.build_hf_model(name, **overrides)
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(str(path))
+    save_tiny_tokenizer(path)
+    return model, path
+
+
+def _load_gguf(path, file_name: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), gguf_file=file_name, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
+
+
+def _as_stored(model, written: list[tuple[str, str, str]]):
+    """`model` with each weight replaced by what the file holds, decoded: the block types' dequantised
+    values (rows quantise alone, so llama.cpp's q/k row permutation commutes with this), Gemma's norms
+    as (1 + w) - 1 in float32."""
+    ref = copy.deepcopy(model)
+    params = dict(ref.named_parameters())
+    gemma = model.config.model_type.startswith("gemma")
+    with torch.no_grad():
+        for hf, _, kind in written:
+            if hf not in params:
+                continue  # rope_freqs and other extras have no HF parameter
+            w = params[hf].detach().numpy()
+            if kind != "f32":
+                w = write_gguf.decode(write_gguf.encode(w, kind), kind).reshape(w.shape)
+            elif gemma and hf.endswith("norm.weight"):
+                w = (w + np.float32(1.0)) - np.float32(1.0)
+            params[hf].copy_(torch.from_numpy(np.ascontiguousarray(w)))
+    return ref
+
+
+def _check_reader(path, written, cfg) -> None:
+    """gguf.GGUFReader reads the file: every tensor, in the type it was written, dequantisable, and the keys
+    llama.cpp needs."""
+    reader = gguf.GGUFReader(str(path))
+    kinds = {t.name: t.tensor_type.name.lower() for t in reader.tensors}
+    assert kinds == {name: kind for _, name, kind in written}
+    for t in reader.tensors:
+        assert gguf.quants.dequantize(t.data, t.tensor_type).size == int(np.prod(t.shape))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    for key in ("context_length", "embedding_length", "block_count", "attention.head_count", "vocab_size"):
+        assert f"{arch}.{key}" in reader.fields, key
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == cfg.vocab_size
+
+
+def _max_logprob_diff(a, b, vocab: int) -> float:
+    ids = arch_models.prompt(24, vocab)
+    return float((arch_models.hf_logprobs(a, ids) - arch_models.hf_logprobs(b, ids)).abs().max())
+
+
+@pytest.mark.parametrize("name", list(ROUND_TRIP))
+def test_f32_and_q8_0_files_load_in_transformers_as_the_same_model(tmp_path_factory, name):
+    model, path = _folder(tmp_path_factory, name, **ROUND_TRIP[name])
+    for kind in ("f32", "q8_0"):
+        written = write_gguf.write_gguf(path, path / f"model-{kind}.gguf", kind)
+        _check_reader(path / f"model-{kind}.gguf", written, model.config)
+        loaded = _load_gguf(path, f"model-{kind}.gguf")
+        reference = model if kind == "f32" else _as_stored(model, written)
+        assert _max_logprob_diff(loaded, reference, model.config.vocab_size) <= 1e-4, kind
