@@ -251,18 +251,18 @@ def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
     return future
 
 
-async def _heartbeat(started: float) -> None:
-    """Every 5 s while loading: which phase is running and for how long (a first start's kernel compile or
+async def _heartbeat(started: float, every: float = 5.0) -> None:
+    """Every `every` s while loading: which phase is running and for how long (a first start's kernel compile or
     conversion takes minutes, and must not read as a hang)."""
     from seedstream.server.phases import current
 
     while True:
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(every)
         running = current()
         if running is None:
             log.info("loading: still loading the model (%.0fs)", time.monotonic() - started)
         else:
-            log.info("loading: still %s (%.0fs; %.0fs since start)", running[0], running[1], time.monotonic() - started)
+            log.info("loading: still %s: %.0fs (%.0fs since start)", running[0], running[1], time.monotonic() - started)
 
 
 async def _serve(opts: ServeOptions) -> int:

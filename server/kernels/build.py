@@ -108,7 +108,7 @@ def build_library(isa: str, cache_dir: Path) -> Path:
     os.close(fd)
     cmd = [cxx, *flags, "-o", tmp, *[str(SOURCE_DIR / s) for s in SOURCES]]
     log.info("building kernels (%s): %s", isa, " ".join(cmd))
-    with phase(f"compiling kernels ({isa}, first start only)", log.info):
+    with phase(f"compiling kernels for {isa} (first start only)", log.info):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         os.unlink(tmp)

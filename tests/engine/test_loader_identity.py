@@ -6,10 +6,13 @@ HF_HUB_OFFLINE=1. Every test points SEEDSTREAM_CACHE at its own temporary folder
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -255,6 +258,26 @@ def test_loading_reports_each_phase_with_its_time(llama, cache):
         "loading cached weights",
     ]
     assert "converting weights" in seen_running and phases.current() is None
+
+
+def test_the_start_up_heartbeat_names_the_running_phase(caplog):
+    from seedstream.server.app import _heartbeat
+
+    async def beat_during(name: str | None) -> None:
+        ticker = asyncio.ensure_future(_heartbeat(time.monotonic(), every=0.01))
+        if name is None:
+            await asyncio.sleep(0.05)
+        else:
+            with phases.phase(name, quiet):
+                await asyncio.sleep(0.05)
+        ticker.cancel()
+
+    with caplog.at_level(logging.INFO, logger="seedstream.server"):
+        asyncio.run(beat_during("compiling kernels for avx2"))
+        asyncio.run(beat_during(None))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("loading: still compiling kernels for avx2: ") for line in lines)
+    assert any(line.startswith("loading: still loading the model (") for line in lines)  # between phases
 
 
 # --------------------------------------------------------------------------- where a model comes from
