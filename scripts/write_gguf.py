@@ -319,7 +319,14 @@ def add_tokenizer(w, tok: dict) -> None:
         w.add_chat_template(tok["chat_template"])
 
 
-_FTYPE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "mixed": "GUESSED"}
+# --type -> general.file_type (llama.cpp's LlamaFileType); a single K-type is llama.cpp's "_S" variant
+_FTYPE = {
+    "f32": "ALL_F32",
+    "q3_k": "MOSTLY_Q3_K_S",
+    "q4_k": "MOSTLY_Q4_K_S",
+    "q5_k": "MOSTLY_Q5_K_S",
+    "mixed": "GUESSED",
+}
 
 
 def write_gguf(model_dir: Path, out: Path, file_type: str = "f32") -> list[tuple[str, str, str]]:

@@ -144,3 +144,83 @@ def test_f32_and_q8_0_files_load_in_transformers_as_the_same_model(tmp_path_fact
         loaded = _load_gguf(path, f"model-{kind}.gguf")
         reference = model if kind == "f32" else _as_stored(model, written)
         assert _max_logprob_diff(loaded, reference, model.config.vocab_size) <= 1e-4, kind
+
+
+@pytest.fixture(scope="module")
+def k_llama(tmp_path_factory):
+    """An untied Llama whose every matrix row is whole K-type super-blocks (K_SHAPES)."""
+    return _folder(tmp_path_factory, "llama", tie_word_embeddings=False, **K_SHAPES)
+
+
+def _k_folder(tmp_path_factory, name: str):
+    return _folder(tmp_path_factory, name, **{**ROUND_TRIP[name], **K_SHAPES})
+
+
+@pytest.mark.parametrize("kind", [k for k in write_gguf.FILE_TYPES if k not in ("f32", "q8_0")])
+def test_every_type_loads_in_transformers_as_the_stored_model(k_llama, kind):
+    model, path = k_llama
+    written = write_gguf.write_gguf(path, path / f"model-{kind}.gguf", kind)
+    _check_reader(path / f"model-{kind}.gguf", written, model.config)
+    matrices = {k for _, name, k in written if not name.endswith("norm.weight")}
+    if kind in write_gguf.SINGLE_TYPES:
+        assert matrices == {kind}  # no fallback: K_SHAPES rows are whole blocks of every type
+    loaded = _load_gguf(path, f"model-{kind}.gguf")
+    assert _max_logprob_diff(loaded, _as_stored(model, written), model.config.vocab_size) <= 1e-4
+
+
+def test_q4_k_m_mixes_as_llama_cpp_does_roughly(k_llama):
+    model, path = k_llama
+    kinds = {name: k for _, name, k in write_gguf.write_gguf(path, path / "mix.gguf", "q4_k_m")}
+    assert kinds["output.weight"] == "q6_k" and kinds["blk.0.attn_q.weight"] == "q4_k"
+    # llama.cpp's use_more_bits over 3 layers picks the last (7 * 3 // 8 = 2) for Q6_K
+    assert [kinds[f"blk.{i}.ffn_down.weight"] for i in range(3)] == ["q4_k", "q4_k", "q6_k"]
+    assert [kinds[f"blk.{i}.attn_v.weight"] for i in range(3)] == ["q4_k", "q4_k", "q6_k"]
+    assert kinds["blk.0.attn_norm.weight"] == "f32"
+
+
+@pytest.mark.parametrize("name", ["qwen2-window", "gemma3"])
+def test_k_mix_files_of_other_architectures_load_in_transformers(tmp_path_factory, name):
+    model, path = _k_folder(tmp_path_factory, name)
+    for kind in ("q4_k_m", "mixed"):
+        written = write_gguf.write_gguf(path, path / f"model-{kind}.gguf", kind)
+        loaded = _load_gguf(path, f"model-{kind}.gguf")
+        assert _max_logprob_diff(loaded, _as_stored(model, written), model.config.vocab_size) <= 1e-4, kind
+
+
+def test_rows_that_are_not_whole_blocks_fall_back_to_f16():
+    assert write_gguf.choose_type("q4_k", "blk.0.attn_q.weight", (64, 64)) == "f16"
+    assert write_gguf.choose_type("q4_0", "blk.0.attn_q.weight", (64, 64)) == "q4_0"
+    assert write_gguf.choose_type("q4_0", "blk.0.attn_q.weight", (64, 48)) == "f16"
+    assert write_gguf.choose_type("q8_0", "blk.0.attn_norm.weight", (64,)) == "f32"
+
+
+def test_the_file_s_tokenizer_is_the_folder_s(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    _, path = _folder(tmp_path_factory, "llama")
+    alone = tmp_path_factory.mktemp("gguf-alone")  # beside tokenizer.json, transformers would read that one
+    write_gguf.write_gguf(path, alone / "model.gguf", "f32")
+    folder = AutoTokenizer.from_pretrained(str(path))
+    from_file = AutoTokenizer.from_pretrained(str(alone), gguf_file="model.gguf")
+    text = "Hello there, the cat sat on the mat. 123 {x: 'y'}\n"
+    assert from_file(text)["input_ids"] == folder(text)["input_ids"]
+    assert (from_file.bos_token_id, from_file.eos_token_id) == (1, 2)
+    chat = [{"role": "user", "content": "hi"}]
+    assert from_file.apply_chat_template(chat, tokenize=False) == folder.apply_chat_template(chat, tokenize=False)
+
+
+def test_what_has_no_gguf_form_is_refused(tmp_path_factory):
+    _, path = _folder(tmp_path_factory, "llama-rope-dynamic")
+    with pytest.raises(ValueError, match="dynamic"):
+        write_gguf.write_gguf(path, path / "model.gguf", "f32")
+    _, path = _folder(tmp_path_factory, "smollm3-nope")
+    with pytest.raises(ValueError, match="smollm3"):
+        write_gguf.write_gguf(path, path / "model.gguf", "f32")
+
+
+def test_cli_adds_the_tiny_tokenizer_and_writes(tmp_path, capsys):
+    path = arch_models.save_model_dir("qwen3", tmp_path / "qwen3")
+    assert write_gguf.main([str(path), str(tmp_path / "q.gguf"), "--type", "q5_1", "--tiny-tokenizer"]) == 0
+    assert (path / "tokenizer.json").exists()
+    assert "q.gguf" in capsys.readouterr().out
+    assert {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors} == {"F32", "Q5_1"}
