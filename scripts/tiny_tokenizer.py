@@ -4,8 +4,7 @@ The tiny random-weight test models have vocabularies of about 250, fewer than th
 specials that a lossless byte-level BPE needs. So ids 0..2 are <pad>, <s> and </s> (the ids of
 tests/engine/arch_models.py's BASE), then the byte tokens, then a few merges of common letter pairs. Where
 the vocabulary is too small for all 256 bytes and eight merges, the rarest bytes are left out (control bytes
-first, then bytes >= 0x80, high to low); text with a left-out byte encodes to <unk>-free pieces of the rest,
-the byte itself dropped. With vocab_size >= 267 every byte is kept, and the merges fill the rest.
+first, then bytes >= 0x80, high to low); a left-out byte is dropped from the text it is in (no <unk>). With vocab_size >= 267 every byte is kept, and the merges fill the rest.
 """
 
 from __future__ import annotations
