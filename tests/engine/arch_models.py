@@ -100,6 +100,25 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "smollm3-nope": ("smollm3", {"no_rope_layers": [1, 0, 1], "tie_word_embeddings": True}),
 }
 
+# name -> config overrides under which transformers' GGUF loader rebuilds the same model: it reads no
+# head_dim for qwen2/qwen3/phi3 (so it must be hidden / heads, or Qwen3's default 128), no bias flag, no
+# partial rotary, no Gemma query_pre_attn_scalar / soft caps / layer types (so these keep its defaults),
+# and reads a Mistral as the Llama it is (so no window).
+GGUF_ROUND_TRIP = {
+    "llama": {},
+    "mistral-window": {"sliding_window": None},
+    "qwen2-window": {"head_dim": 16, "use_sliding_window": False, "layer_types": None},
+    "qwen3": {"head_dim": 128, "attention_bias": False},
+    "phi3-partial-rotary": {
+        "head_dim": 16,
+        "partial_rotary_factor": 1.0,
+        "rope_parameters": None,
+        "sliding_window": None,
+    },
+    "gemma2": {"query_pre_attn_scalar": 256, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+    "gemma3": {"query_pre_attn_scalar": 256, "layer_types": None, "rope_parameters": None},
+}
+
 
 def hf_config(name: str, **overrides):
     from transformers import AutoConfig

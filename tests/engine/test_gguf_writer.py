@@ -28,24 +28,6 @@ REL_RMS_BOUND = {
     "q6_k": 0.022,
 }
 
-# name -> config overrides under which transformers' GGUF loader rebuilds the same model: it reads no
-# head_dim for qwen2/qwen3/phi3 (so it must be hidden / heads, or Qwen3's default 128), no bias flag, no
-# partial rotary, no Gemma query_pre_attn_scalar / soft caps / layer types (so these keep its defaults),
-# and reads a Mistral as the Llama it is (so no window).
-ROUND_TRIP = {
-    "llama": {},
-    "mistral-window": {"sliding_window": None},
-    "qwen2-window": {"head_dim": 16, "use_sliding_window": False, "layer_types": None},
-    "qwen3": {"head_dim": 128, "attention_bias": False},
-    "phi3-partial-rotary": {
-        "head_dim": 16,
-        "partial_rotary_factor": 1.0,
-        "rope_parameters": None,
-        "sliding_window": None,
-    },
-    "gemma2": {"query_pre_attn_scalar": 256, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
-    "gemma3": {"query_pre_attn_scalar": 256, "layer_types": None, "rope_parameters": None},
-}
 # Every row a whole number of 256-value super-blocks, so no matrix falls back from a K-type.
 K_SHAPES = dict(vocab_size=256, hidden_size=256, intermediate_size=512, head_dim=64)
 
@@ -135,9 +117,9 @@ def _max_logprob_diff(a, b, vocab: int) -> float:
     return float((arch_models.hf_logprobs(a, ids) - arch_models.hf_logprobs(b, ids)).abs().max())
 
 
-@pytest.mark.parametrize("name", list(ROUND_TRIP))
+@pytest.mark.parametrize("name", list(arch_models.GGUF_ROUND_TRIP))
 def test_f32_and_q8_0_files_load_in_transformers_as_the_same_model(tmp_path_factory, name):
-    model, path = _folder(tmp_path_factory, name, **ROUND_TRIP[name])
+    model, path = _folder(tmp_path_factory, name, **arch_models.GGUF_ROUND_TRIP[name])
     for kind in ("f32", "q8_0"):
         written = write_gguf.write_gguf(path, path / f"model-{kind}.gguf", kind)
         _check_reader(path / f"model-{kind}.gguf", written, model.config)
@@ -153,7 +135,7 @@ def k_llama(tmp_path_factory):
 
 
 def _k_folder(tmp_path_factory, name: str):
-    return _folder(tmp_path_factory, name, **{**ROUND_TRIP[name], **K_SHAPES})
+    return _folder(tmp_path_factory, name, **{**arch_models.GGUF_ROUND_TRIP[name], **K_SHAPES})
 
 
 @pytest.mark.parametrize("kind", [k for k in write_gguf.FILE_TYPES if k not in ("f32", "q8_0")])
