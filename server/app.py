@@ -54,6 +54,8 @@ class SeedstreamServer:
         metrics=None,
         http_port: int | None = None,
         http_ssl=None,
+        http_limits=None,
+        receipt_signer=None,
     ):
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
@@ -66,6 +68,7 @@ class SeedstreamServer:
         self.state = ServiceState(
             None, ServiceOptions(default_max_new_tokens, package_version(), self.security.request_limits)
         )
+        self.state.options.signer = receipt_signer  # a rpc.signing.ReceiptSigner: receipts are signed
         self._pending_engine = engine
         self.metrics = metrics  # a ServiceMetrics, or None: no metrics
         if metrics is not None:
@@ -76,6 +79,7 @@ class SeedstreamServer:
         self.port: int | None = None
         self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
         self.http_ssl = http_ssl  # an ssl.SSLContext: the HTTP front serves HTTPS
+        self.http_limits = http_limits  # an http.gate.HttpLimits; None: the flags' defaults
         self.http = None
 
     @property
@@ -120,7 +124,12 @@ class SeedstreamServer:
             from seedstream.server.http.front import HttpFront
 
             self.http = HttpFront(
-                self.state, self.host, self.http_port, api_keys=self.security.api_keys, ssl_context=self.http_ssl
+                self.state,
+                self.host,
+                self.http_port,
+                api_keys=self.security.api_keys,
+                ssl_context=self.http_ssl,
+                limits=self.http_limits,
             )
             await self.http.start()
         if self._pending_engine is not None:
@@ -210,6 +219,23 @@ def _credentials(opts: ServeOptions) -> grpc.ServerCredentials | None:
     return server_credentials(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
 
 
+def _receipt_signer(path: str | None):
+    from seedstream.server.rpc.signing import load_signer
+
+    signer = load_signer(path)
+    if signer is not None:
+        log.info("receipts are signed: Ed25519 public key %s", signer.public_key)
+    return signer
+
+
+def _http_limits(opts: ServeOptions):
+    if opts.http_port is None:
+        return None
+    from seedstream.server.http.gate import HttpLimits
+
+    return HttpLimits.from_options(opts)
+
+
 def _metrics(opts: ServeOptions):
     if opts.metrics_port is None:
         return None
@@ -285,6 +311,8 @@ async def _serve(opts: ServeOptions) -> int:
             metrics=_metrics(opts),
             http_port=opts.http_port,
             http_ssl=http_ssl_context(opts.http_tls_cert, opts.http_tls_key, opts.http_port),
+            http_limits=_http_limits(opts),
+            receipt_signer=_receipt_signer(opts.receipt_signing_key),
         )
         await server.start()
         _serve_metrics(server.metrics, opts)

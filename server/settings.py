@@ -236,6 +236,14 @@ class ServeOptions:
         metavar="PEM",
         shown="none",
     )
+    receipt_signing_key: str | None = _security(
+        None,
+        "sign every receipt with this Ed25519 private key (PEM, PKCS#8, unencrypted): the signature binds the "
+        "receipt's digest to the output's token ids (and scores); `GetModelInfo` publishes the public key and "
+        "`seedstream verify --public-key` checks transcripts offline. Off by default",
+        metavar="PEM",
+        shown="none",
+    )
     reflection: bool = _security(
         True, "do not serve gRPC server reflection", flag="--no-reflection", shown="reflection on"
     )
@@ -261,6 +269,22 @@ class ServeOptions:
         shown="never",
     )
     max_streams_per_connection: int = _security(128, "most concurrent calls on one HTTP/2 connection")
+    http_max_connections: int = _security(
+        512, "most open connections to the HTTP front; more are answered 503 and closed at once"
+    )
+    http_max_connections_per_client: int = _security(
+        64, "most open HTTP connections from one client address (behind a proxy: the proxy's)"
+    )
+    http_header_timeout: float = _security(
+        10.0, "seconds an HTTP client may take to send a request's headers (and TLS handshake); then it is closed"
+    )
+    http_body_timeout: float = _security(30.0, "seconds an HTTP client may take to send a request's body; then 408")
+    http_max_body_bytes: int = _security(
+        4 * 2**20, "largest HTTP request body in bytes; beyond it 413", shown="4 MiB"
+    )
+    http_stall_timeout: float = _security(
+        30.0, "an HTTP event stream whose client has read nothing for this many seconds is dropped (logged, counted)"
+    )
 
     metrics_port: int | None = _observability(
         None, "serve Prometheus metrics at `http://HOST:PORT/metrics`; 0 picks a free port (logged)", shown="off"

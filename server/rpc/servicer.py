@@ -16,6 +16,7 @@ from seedstream.server.engine.rolling import rolling_pairs, score_rolling
 from seedstream.server.engine.samples import generate_samples
 from seedstream.server.engine.scoring import MAX_PAIRS, prepare_pairs, score_pairs
 from seedstream.server.engine.types import ParamError
+from seedstream.v1 import signing
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
@@ -23,6 +24,7 @@ from . import convert, limits
 from .errors import Unavailable
 from .guard import Call, guard_stream, guard_unary
 from .limits import RequestLimits
+from .signing import ReceiptSigner
 
 log = logging.getLogger("seedstream.server")
 
@@ -36,6 +38,7 @@ class ServiceOptions:
     default_max_new_tokens: int = 256  # used when a request leaves max_new_tokens unset
     server_version: str = "unknown"
     limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
+    signer: ReceiptSigner | None = None  # --receipt-signing-key: receipts carry a signature
 
 
 class ServiceState:
@@ -151,7 +154,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                 accs[j].add(chunk)
         call.fields["completion_tokens"] = sum(a.completion_tokens for a in accs)
         call.fields["finish"] = ",".join(a.finish_reason.value if a.finish_reason else "none" for a in accs)
-        return convert.samples_response([a.response(convert.receipt(engine.info, a.request)) for a in accs])
+        return convert.samples_response([a.response(self._receipt(engine, a.request, a.token_ids)) for a in accs])
 
     @guard_stream("GenerateStream")
     async def GenerateStream(self, request, context, call):
@@ -163,6 +166,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         held: list | None = [] if requests[0].request.prompt_logprobs else None
         finishes: dict[int, str] = {}
         done_tokens: dict[int, int] = {}
+        sent: dict[int, list[int]] = {j: [] for j in range(len(requests))}  # each sample's tokens, for its signature
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
             async for j, chunk in chunks:
                 call.tokens_arrived(j, len(chunk.token_ids))
@@ -172,7 +176,8 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                     finishes[j] = chunk.finish_reason.value
                 last = chunk.finish_reason is not None
                 req = requests[j].request
-                message = convert.stream_message(chunk, req, convert.receipt(engine.info, req) if last else None)
+                sent[j].extend(chunk.token_ids)
+                message = convert.stream_message(chunk, req, self._receipt(engine, req, sent[j]) if last else None)
                 if held is not None and j != 0:
                     held.append(message)
                     continue
@@ -202,9 +207,12 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         call.fields["tokens"] = sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared)
         scores = await score_pairs(engine, prepared, call.request_id, call.client)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
-        return pb.ScoreResponse(
+        response = pb.ScoreResponse(
             results=[convert.score_result_pb(s) for s in scores], receipt=convert.score_receipt(engine.info, scored)
         )
+        if self.state.options.signer is not None:
+            self.state.options.signer.sign(response.receipt, signing.output_sha256_score(response.results))
+        return response
 
     def _rolling(self, engine, request: pb.ScoreRollingRequest, max_length: int):
         """The text's token ids and its windows, checked."""
@@ -229,7 +237,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         ids, windows = await _off_loop(request, self._rolling, engine, request, max_length)
         call.fields["tokens"] = len(ids)
         result = await score_rolling(engine, windows, call.request_id, call.client)
-        return pb.ScoreRollingResponse(
+        response = pb.ScoreRollingResponse(
             token_ids=ids,
             logprobs=result.logprobs,
             logprob=math.fsum(result.logprobs),
@@ -239,6 +247,11 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
             cached_tokens=result.cached_tokens,
         )
+        if self.state.options.signer is not None:
+            r = response
+            output = signing.output_sha256_rolling(r.token_ids, r.logprobs, r.greedy_token_ids, r.num_windows)
+            self.state.options.signer.sign(r.receipt, output)
+        return response
 
     def _tokenize(self, engine, request: pb.TokenizeRequest):
         max_chars, max_tokens = self._caps(engine)
@@ -269,7 +282,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         engine = self.state.ready_engine()
         config = engine.config
         max_chars, max_tokens = self._caps(engine)
-        return convert.model_info(
+        info = convert.model_info(
             engine.info,
             server_version=self.state.options.server_version,
             has_chat_template=engine.text.has_chat_template,
@@ -283,6 +296,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             prefix_cache=getattr(engine, "prefix_cache", None),
             speculation=engine.speculation() if hasattr(engine, "speculation") else None,
         )
+        if self.state.options.signer is not None:
+            info.receipt_public_key = self.state.options.signer.public_key
+        return info
+
+    def _receipt(self, engine, request, tokens: Sequence[int]) -> pb.ReproducibilityReceipt:
+        """A completion's receipt, signed over the whole stream's tokens when the server signs."""
+        out = convert.receipt(engine.info, request)
+        if self.state.options.signer is not None:
+            self.state.options.signer.sign_tokens(out, request.resume_token_ids, tokens)
+        return out
 
 
 def _render_chat(engine, messages: list[dict[str, str]]) -> list[int]:

@@ -155,7 +155,7 @@ class EffectiveSampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., logit_bias: _Optional[_Mapping[int, float]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class ReproducibilityReceipt(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "model_identity", "receipt_version", "dtype", "device", "engine_version", "sampler_version", "seed", "sample_index", "sampling", "input_sha256", "weight_format", "digest")
+    __slots__ = ("model_id", "model_sha256", "model_identity", "receipt_version", "dtype", "device", "engine_version", "sampler_version", "seed", "sample_index", "sampling", "input_sha256", "weight_format", "digest", "signature")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDENTITY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class ReproducibilityReceipt(_message.Message):
     INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     model_identity: str
@@ -184,7 +185,20 @@ class ReproducibilityReceipt(_message.Message):
     input_sha256: str
     weight_format: str
     digest: str
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_identity: _Optional[str] = ..., receipt_version: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., seed: _Optional[int] = ..., sample_index: _Optional[int] = ..., sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., input_sha256: _Optional[str] = ..., weight_format: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    signature: ReceiptSignature
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_identity: _Optional[str] = ..., receipt_version: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., seed: _Optional[int] = ..., sample_index: _Optional[int] = ..., sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., input_sha256: _Optional[str] = ..., weight_format: _Optional[str] = ..., digest: _Optional[str] = ..., signature: _Optional[_Union[ReceiptSignature, _Mapping]] = ...) -> None: ...
+
+class ReceiptSignature(_message.Message):
+    __slots__ = ("algorithm", "public_key", "output_sha256", "signature")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    public_key: str
+    output_sha256: str
+    signature: bytes
+    def __init__(self, algorithm: _Optional[str] = ..., public_key: _Optional[str] = ..., output_sha256: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "token_ids", "logprobs", "top_logprobs", "seed", "finish_reason", "prompt_tokens", "completion_tokens", "request_id", "sample_index", "receipt", "prompt_token_ids", "prompt_logprobs", "samples", "cached_tokens")
@@ -275,7 +289,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "model_sha256", "model_identity", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds", "max_stop_strings", "max_stop_string_chars", "max_top_logprobs", "prefix_cache_bytes", "prefix_cache_budget_bytes", "prefix_cache_hit_tokens", "prefix_cache_miss_tokens", "prefix_cache_block_tokens", "speculative_tokens", "speculative_draft_tokens", "speculative_accepted_tokens")
+    __slots__ = ("model_id", "model_sha256", "model_identity", "dtype", "device", "vocab_size", "max_context", "eos_token_ids", "engine_version", "sampler_version", "server_version", "has_chat_template", "max_new_tokens_limit", "default_max_new_tokens", "max_batch_size", "max_queue", "weight_format", "max_input_chars", "max_input_tokens", "max_deadline_seconds", "max_stop_strings", "max_stop_string_chars", "max_top_logprobs", "prefix_cache_bytes", "prefix_cache_budget_bytes", "prefix_cache_hit_tokens", "prefix_cache_miss_tokens", "prefix_cache_block_tokens", "speculative_tokens", "speculative_draft_tokens", "speculative_accepted_tokens", "receipt_public_key")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_IDENTITY_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +321,7 @@ class GetModelInfoResponse(_message.Message):
     SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_sha256: str
     model_identity: str
@@ -338,7 +353,8 @@ class GetModelInfoResponse(_message.Message):
     speculative_tokens: int
     speculative_draft_tokens: int
     speculative_accepted_tokens: int
-    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_identity: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_chars: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., prefix_cache_budget_bytes: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ..., prefix_cache_miss_tokens: _Optional[int] = ..., prefix_cache_block_tokens: _Optional[int] = ..., speculative_tokens: _Optional[int] = ..., speculative_draft_tokens: _Optional[int] = ..., speculative_accepted_tokens: _Optional[int] = ...) -> None: ...
+    receipt_public_key: str
+    def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., model_identity: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., engine_version: _Optional[str] = ..., sampler_version: _Optional[str] = ..., server_version: _Optional[str] = ..., has_chat_template: _Optional[bool] = ..., max_new_tokens_limit: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., weight_format: _Optional[str] = ..., max_input_chars: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_deadline_seconds: _Optional[float] = ..., max_stop_strings: _Optional[int] = ..., max_stop_string_chars: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., prefix_cache_bytes: _Optional[int] = ..., prefix_cache_budget_bytes: _Optional[int] = ..., prefix_cache_hit_tokens: _Optional[int] = ..., prefix_cache_miss_tokens: _Optional[int] = ..., prefix_cache_block_tokens: _Optional[int] = ..., speculative_tokens: _Optional[int] = ..., speculative_draft_tokens: _Optional[int] = ..., speculative_accepted_tokens: _Optional[int] = ..., receipt_public_key: _Optional[str] = ...) -> None: ...
 
 class TextPair(_message.Message):
     __slots__ = ("context", "continuation")
