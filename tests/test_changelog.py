@@ -79,7 +79,10 @@ def test_every_engine_version_is_in_the_changelog():
     tiles = (_value(n, "server/engine") for n in ("ROW_TILE", "QUERY_TILE", "KEY_BLOCK"))
     torch_tag = "tile{}.attn{}x{}".format(*tiles)
     kernel_tags = [
-        KernelModel.version_tag.fget(types.SimpleNamespace(weight_format=fmt, kv_dtype=kv, activations=act))
+        KernelModel.version_tag.fget(
+            types.SimpleNamespace(weight_format=fmt, kv_dtype=kv, activations=act, uses_tanh=tanh)
+        )
+        for tanh in (False, True)  # a model with GELU-tanh or soft caps (Gemma) names the kernels' tanh
         for fmt in PRECISION
         for kv in (torch.float32, torch.bfloat16)  # --kv-cache-dtype
         for act in (("float32", "int8") if fmt != "f32" else ("float32",))  # --activations (int8: quantised weights)

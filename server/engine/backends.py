@@ -6,12 +6,12 @@ import logging
 
 import torch
 
-from seedstream.server.kernels import load_kernels
+from seedstream.server.kernels import Kernels, load_kernels
 from seedstream.server.kernels.packing import PACK_LAYOUT, PackedMatrix, load_packed, save_packed
 
 from .config import DTYPES, EngineConfig
 from .gguf_tensors import read_stored_matrices
-from .kernel_model import KernelModel, pack_model_weights, resolve_weight_format
+from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
 from .loader import LoadedWeights, cache_root
 from .model import DecoderModel, ModelConfig
 
@@ -26,8 +26,7 @@ def build_model(
 ) -> tuple[Model, str]:
     """The model for this config, and its weight format (f32/q8_0/q4_1, or the torch dtype's name)."""
     if _wants_kernels(config, device, dtype):
-        threads = config.num_threads or _TORCH_THREADS
-        kernels = load_kernels(threads, cache_root() / "kernels")
+        kernels, why_not = _kernels_for(cfg, config)
         if kernels is not None:
             model = _kernel_model(weights, config, cfg, kernels, kv_dtype(config, torch.float32))
             # torch then only runs the sampler's small ops: one intra-op thread. Its fork-joins across the
@@ -44,14 +43,26 @@ def build_model(
             return model, model.weight_format
         if config.backend == "kernels" or config.weights not in ("auto", "f32") or config.activations != "float32":
             raise RuntimeError(
-                f"backend=kernels/weights={config.weights}/activations={config.activations} asked for, but the "
-                "kernels could not be "
-                "built (see the warning above); use --backend torch"
+                f"backend=kernels/weights={config.weights}/activations={config.activations} asked for, but "
+                f"{why_not}; use --backend torch"
             )
+        log.warning("%s: serving on the torch path", why_not)
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
     log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
     model = DecoderModel(cfg, weights.state_dict, device, dtype, kv_dtype=kv_dtype(config, dtype))
     return model, str(dtype).removeprefix("torch.")
+
+
+def _kernels_for(cfg: ModelConfig, config: EngineConfig) -> tuple[Kernels | None, str]:
+    """The kernels for this model, or None and why not: they could not be built, or they cannot serve
+    its shapes (checked before any packing, by ssk_forward's own check)."""
+    kernels = load_kernels(config.num_threads or _TORCH_THREADS, cache_root() / "kernels")
+    if kernels is None:
+        return None, "the kernels could not be built (see the warning above)"
+    problem = kernel_shape_problem(cfg, kernels)
+    if problem:
+        return None, f"the C++ kernels cannot serve this model ({problem})"
+    return kernels, ""
 
 
 def kv_dtype(config: EngineConfig, compute: torch.dtype) -> torch.dtype:
@@ -85,7 +96,7 @@ def _kernel_model(
 def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> tuple[dict[str, PackedMatrix], str]:
     """The model's matrices packed for the kernels, and the resolved format: from this process's memo,
     else the disk cache, else packed now (from the GGUF's stored blocks where precise enough) and cached."""
-    key = f"packed-v{PACK_LAYOUT}-{weights.content_sha256[:32]}-{requested}"
+    key = f"packed-v{PACK_LAYOUT}-{weights.model_identity[:32]}-{requested}"  # what is packed follows the config too
     if key in _packed_in_process:
         return _packed_in_process[key]
     path = cache_root() / f"{key}.safetensors"

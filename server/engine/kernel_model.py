@@ -11,15 +11,15 @@ import array
 import collections
 import ctypes
 import functools
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, ModelDesc, StepDesc
-from seedstream.server.kernels.lib import LayerDesc
+from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, Matrix, ModelDesc, StepDesc
+from seedstream.server.kernels.lib import ACTIVATION_FN_CODES, LayerDesc, RopeDesc
 from seedstream.server.kernels.packing import (
+    NR,
     PRECISION,
     PackedMatrix,
     for_int8_activations,
@@ -32,11 +32,14 @@ from seedstream.server.kernels.packing import (
 )
 from seedstream.server.settings import WEIGHT_FORMATS  # "auto" and the formats, most precise first
 
+from . import arch
+from .arch import ModelConfig, RopeSpec
 from .gguf_tensors import StoredTensor
 from .kv_cache import SequenceKVCache, kv_tag
-from .model import ModelConfig, Segment
+from .model import Segment
 
 ATTN_BLOCK = 32  # keys per attention block, at absolute positions (part of engine_version)
+TANH_VERSION = 1  # of simd.h's v_tanh: bump when its arithmetic changes (engine_version of models that use it)
 
 
 def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> str:
@@ -49,9 +52,17 @@ def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> st
     return counts.most_common(1)[0][0] if counts else "f32"
 
 
-def _pack_stored(parts: list[StoredTensor], bias: np.ndarray | None) -> PackedMatrix:
+def _pad_rows(rows: np.ndarray) -> np.ndarray:
+    """rows [N, ...] with zero rows appended up to a multiple of NR (a zero row is a zero block in every
+    format: scale, minimum and quants 0)."""
+    pad = -rows.shape[0] % NR
+    return np.concatenate([rows, np.zeros((pad, *rows.shape[1:]), rows.dtype)]) if pad else rows
+
+
+def _pack_stored(parts: list[StoredTensor], bias: np.ndarray | None, pad: bool) -> PackedMatrix:
     fmt = parts[0].format
     rows = np.concatenate([p.rows for p in parts])
+    rows = _pad_rows(rows) if pad else rows
     if fmt == "f32":
         return pack_f32(rows.astype(np.float32), bias)
     if fmt == "q8_0":
@@ -65,7 +76,8 @@ class _Packer:
     def __init__(self, fmt: str, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor]):
         self.fmt, self.sd, self.stored = fmt, state_dict, stored
 
-    def __call__(self, names: list[str], bias_names: list[str] | None = None) -> PackedMatrix:
+    def __call__(self, names: list[str], bias_names: list[str] | None = None, pad: bool = False) -> PackedMatrix:
+        """names' matrices stacked (and their biases); pad: rows up to a multiple of NR (the vocabulary)."""
         bias = None
         if bias_names:
             bias = torch.cat([self.sd[n].float() for n in bias_names]).numpy()
@@ -75,43 +87,35 @@ class _Packer:
             and len({p.format for p in parts}) == 1
             and PRECISION.index(parts[0].format) <= PRECISION.index(self.fmt)
         ):
-            return _pack_stored(parts, bias)
+            return _pack_stored(parts, bias, pad)
         w = torch.cat([self.sd[n].float() for n in names]).numpy()
-        return pack_from_float(w, self.fmt, bias)
+        return pack_from_float(_pad_rows(w) if pad else w, self.fmt, bias)
 
 
-def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    return _rope_tables(cfg.head_dim, cfg.rope_theta, cfg.max_context)
-
-
-@functools.lru_cache(maxsize=4)
-def _rope_tables(head_dim: int, theta: float, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [max_context, D] in the rotate-half layout, from Python's float64 libm (the same on every
-    CPU, unlike vectorised transcendental kernels), rounded once to float32. Read-only once built."""
-    half = head_dim // 2
-    inv_freq = [1.0 / (theta ** (2 * i / head_dim)) for i in range(half)]
-    angles = np.array([[p * f for f in inv_freq] for p in range(max_context)], dtype=np.float64)
-    cos = np.vectorize(math.cos)(angles) if angles.size else angles
-    sin = np.vectorize(math.sin)(angles) if angles.size else angles
-    cos, sin = np.concatenate([cos, cos], 1), np.concatenate([sin, sin], 1)
-    return torch.from_numpy(cos.astype(np.float32)), torch.from_numpy(sin.astype(np.float32))
+@functools.lru_cache(maxsize=8)
+def rope_tables(spec: RopeSpec, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [max_context, rotary_dim] float32 of arch.rope_tables (the same on every CPU). Read-only."""
+    cos, sin = arch.rope_tables(spec, max_context)
+    return torch.from_numpy(cos), torch.from_numpy(sin)
 
 
 def pack_model_weights(
     cfg: ModelConfig, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor], fmt: str
 ) -> dict[str, PackedMatrix]:
-    """Every matrix of the model packed as `fmt` (resolved, not 'auto'), q/k/v and gate/up fused."""
+    """Every matrix of the model packed as `fmt` (resolved, not 'auto'), q/k/v and gate/up fused, with their
+    biases; the embedding and lm_head rows padded with zero rows to a multiple of NR."""
     pack = _Packer(fmt, state_dict, stored)
-    out = {"embed": pack(["model.embed_tokens.weight"])}
+    out = {"embed": pack(["model.embed_tokens.weight"], pad=True)}
     if not cfg.tie_word_embeddings:
-        out["lm_head"] = pack(["lm_head.weight"])
+        out["lm_head"] = pack(["lm_head.weight"], pad=True)
     for i in range(cfg.num_layers):
         a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        bias = [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"] if cfg.attention_bias else None
-        out[f"{i}.qkv"] = pack([a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], bias)
-        out[f"{i}.o"] = pack([a + "o_proj.weight"])
-        out[f"{i}.gate_up"] = pack([m + "gate_proj.weight", m + "up_proj.weight"])
-        out[f"{i}.down"] = pack([m + "down_proj.weight"])
+        qkv_bias = [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"] if cfg.attention_bias else None
+        out[f"{i}.qkv"] = pack([a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"], qkv_bias)
+        out[f"{i}.o"] = pack([a + "o_proj.weight"], [a + "o_proj.bias"] if cfg.attention_out_bias else None)
+        gate_up_bias = [m + "gate_proj.bias", m + "up_proj.bias"] if cfg.mlp_bias else None
+        out[f"{i}.gate_up"] = pack([m + "gate_proj.weight", m + "up_proj.weight"], gate_up_bias)
+        out[f"{i}.down"] = pack([m + "down_proj.weight"], [m + "down_proj.bias"] if cfg.mlp_bias else None)
     return out
 
 
@@ -124,6 +128,84 @@ DRAFT_ROW_COST = {"float32": 0.35, "int8": 0.15}
 def _address(a: array.array[int]) -> int | None:
     """Where an array's items start (None for an empty one: the C side reads no item of it)."""
     return a.buffer_info()[0] if len(a) else None
+
+
+def _layer_desc(
+    cfg: ModelConfig, i: int, sd: dict[str, torch.Tensor], packed: dict[str, PackedMatrix], keep: list
+) -> LayerDesc:
+    """Layer i's C description; the norm vectors it points at are appended to keep."""
+    p = f"model.layers.{i}."
+
+    def vec(name: str, present: bool = True) -> int | None:
+        if not present:
+            return None
+        t = sd[p + name].float().contiguous()
+        keep.append(t)
+        return t.data_ptr()
+
+    mats = [packed[f"{i}.{name}"].desc() for name in ("qkv", "o", "gate_up", "down")]
+    qk, sandwich = cfg.qk_norm, cfg.sandwich_norms
+    return LayerDesc(
+        *mats,
+        vec("input_layernorm.weight"),
+        vec("post_attention_layernorm.weight"),
+        vec("self_attn.q_norm.weight", qk),
+        vec("self_attn.k_norm.weight", qk),
+        vec("attn_output_norm.weight", sandwich),
+        vec("mlp_output_norm.weight", sandwich),
+        cfg.layers[i].window,
+        cfg.layers[i].rope,
+    )
+
+
+def _model_desc(cfg: ModelConfig, layers, ropes, embed=None, lm_head=None, norm_final=None) -> ModelDesc:
+    """The C description of cfg; without matrices (null) it serves ssk_check_model's shape check."""
+    return ModelDesc(
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+        cfg.max_context,
+        cfg.rms_norm_eps,
+        ATTN_BLOCK,
+        cfg.scale,
+        cfg.attn_softcap,
+        cfg.final_softcap,
+        cfg.embed_scale,
+        ACTIVATION_FN_CODES[cfg.activation],
+        len(cfg.ropes),
+        ropes,
+        embed or Matrix(),
+        lm_head or Matrix(),
+        norm_final,
+        layers,
+    )
+
+
+def _rope_descs(cfg: ModelConfig, keep: list, tables: bool = True) -> ctypes.Array:
+    ropes = (RopeDesc * max(1, len(cfg.ropes)))()
+    for i, spec in enumerate(cfg.ropes):
+        cos, sin = rope_tables(spec, cfg.max_context) if tables else (None, None)
+        keep += [cos, sin]
+        ropes[i] = RopeDesc(_ptr(cos), _ptr(sin), spec.rotary_dim)
+    return ropes
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def kernel_shape_problem(cfg: ModelConfig, kernels: Kernels) -> str | None:
+    """Why the kernels cannot serve cfg's shapes or options (ssk_forward's own check), or None: asked before
+    any weight is packed."""
+    keep: list = []
+    layers = (LayerDesc * cfg.num_layers)()
+    for i, spec in enumerate(cfg.layers):
+        layers[i].window, layers[i].rope = spec.window, spec.rope
+    return kernels.check_model(_model_desc(cfg, layers, _rope_descs(cfg, keep, tables=False)), with_weights=False)
 
 
 class KernelModel:
@@ -139,6 +221,8 @@ class KernelModel:
         kv_dtype: torch.dtype = torch.float32,
         activations: str = "float32",
     ):
+        """state_dict: canonical names (arch.canonical_state_dict). ValueError when the kernels cannot serve
+        this model (the message says which dimension or option)."""
         if kv_dtype not in KV_DTYPE_CODES:
             raise ValueError(
                 f"kv_cache_dtype={str(kv_dtype).removeprefix('torch.')}: the kernels cache float32 or bfloat16"
@@ -150,6 +234,8 @@ class KernelModel:
         elif activations != "float32":
             raise ValueError(f"activations={activations!r}: allowed float32, int8")
         self.cfg, self.kernels, self.weight_format = cfg, kernels, weight_format
+        # the kernels' own tanh (simd.h v_tanh) computes these: its version is part of their engine_version
+        self.uses_tanh = bool(cfg.activation == "gelu_tanh" or cfg.attn_softcap or cfg.final_softcap)
         self.activations = activations
         self.draft_row_cost = DRAFT_ROW_COST[activations]
         self.device, self.dtype, self.kv_dtype = torch.device("cpu"), torch.float32, kv_dtype
@@ -158,35 +244,14 @@ class KernelModel:
         keep: list = list(packed.values())  # everything the C structs point at stays alive here
         layers = (LayerDesc * cfg.num_layers)()
         for i in range(cfg.num_layers):
-            p = f"model.layers.{i}."
-            mats = [packed[f"{i}.{name}"] for name in ("qkv", "o", "gate_up", "down")]
-            norms = [
-                state_dict[p + "input_layernorm.weight"].float().contiguous(),
-                state_dict[p + "post_attention_layernorm.weight"].float().contiguous(),
-            ]
-            keep += norms
-            layers[i] = LayerDesc(*[x.desc() for x in mats], norms[0].data_ptr(), norms[1].data_ptr())
+            layers[i] = _layer_desc(cfg, i, state_dict, packed, keep)
         self.norm_final = state_dict["model.norm.weight"].float().contiguous()
-        self.cos, self.sin = rope_tables(cfg)
-        self._keep = keep + [layers]
-        self.desc = ModelDesc(
-            cfg.num_layers,
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.vocab_size,
-            cfg.max_context,
-            cfg.rms_norm_eps,
-            ATTN_BLOCK,
-            self.cos.data_ptr(),
-            self.sin.data_ptr(),
-            self.embed.desc(),
-            self.lm_head.desc(),
-            self.norm_final.data_ptr(),
-            layers,
-        )
+        ropes = _rope_descs(cfg, keep)
+        self._keep = keep + [layers, ropes]
+        self.desc = _model_desc(cfg, layers, ropes, self.embed.desc(), self.lm_head.desc(), self.norm_final.data_ptr())
+        problem = kernels.check_model(self.desc)
+        if problem:
+            raise ValueError(f"the C++ kernels cannot serve this model: {problem}")
         self.weight_bytes = sum(x.nbytes for x in packed.values())
 
     @property
@@ -194,7 +259,8 @@ class KernelModel:
         """What determines this model's bits, for engine_version (not the instruction set: all agree)."""
         kv = kv_tag(self.kv_dtype, torch.float32)  # float32 keys and values: no tag (as before)
         act = ".a8" if self.activations == "int8" else ""  # float32 activations: no tag (as before)
-        return f"ssk{KERNEL_VERSION}.{self.weight_format}{act}.attn{ATTN_BLOCK}{kv}"
+        tanh = f".tanh{TANH_VERSION}" if self.uses_tanh else ""  # only models with GELU-tanh or soft caps
+        return f"ssk{KERNEL_VERSION}.{self.weight_format}{act}.attn{ATTN_BLOCK}{kv}{tanh}"
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
@@ -249,11 +315,12 @@ class KernelModel:
     ) -> torch.Tensor:
         """Run packed rows (segments in row order). -> logits [R, V] float32 for `logit_rows`.
         decode_rows is accepted for interface parity: every row takes the same path here."""
-        logits = torch.empty(logit_rows.shape[0], self.cfg.vocab_size, dtype=torch.float32)
+        vocab, padded = self.cfg.vocab_size, self.lm_head.n  # the lm_head's rows padded to a multiple of NR
+        logits = torch.empty(logit_rows.shape[0], padded, dtype=torch.float32)
         if token_ids.shape[0] == 0:
-            return logits
+            return logits[:, :vocab].contiguous()
         step, _alive = self.step_desc(token_ids, positions, segments, logit_rows, logits)
         self.kernels.forward(self.desc, step)
         for seg in segments:
             seg.cache.length = seg.start + seg.length
-        return logits
+        return logits if padded == vocab else logits[:, :vocab].contiguous()

@@ -13,16 +13,21 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
 ACTIVATION_CODES = {"float32": 0, "int8": 1}  # ssk_matrix.act: what the GEMM multiplies the weights with
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype
+ACTIVATION_FN_CODES = {"silu": 0, "gelu_tanh": 1}  # ssk_model.activation: the MLP's function of the gate
 
 _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
 
 
 class Matrix(ctypes.Structure):
     _fields_ = [("format", _i32), ("n", _i32), ("k", _i32), ("act", _i32), ("data", _ptr), ("bias", _ptr)]
+
+
+class RopeDesc(ctypes.Structure):
+    _fields_ = [("cos", _ptr), ("sin", _ptr), ("rotary_dim", _i32)]
 
 
 class LayerDesc(ctypes.Structure):
@@ -33,6 +38,12 @@ class LayerDesc(ctypes.Structure):
         ("down", Matrix),
         ("norm_in", _ptr),
         ("norm_post", _ptr),
+        ("q_norm", _ptr),  # null: no qk-norm
+        ("k_norm", _ptr),
+        ("attn_out_norm", _ptr),  # null: no sandwich norms
+        ("mlp_out_norm", _ptr),
+        ("window", _i32),  # 0: full causal attention
+        ("rope", _i32),  # index into ModelDesc.ropes, -1: none
     ]
 
 
@@ -48,8 +59,13 @@ class ModelDesc(ctypes.Structure):
         ("max_context", _i32),
         ("eps", ctypes.c_float),
         ("attn_block", _i32),
-        ("rope_cos", _ptr),
-        ("rope_sin", _ptr),
+        ("attn_scale", ctypes.c_float),
+        ("attn_softcap", ctypes.c_float),
+        ("final_softcap", ctypes.c_float),
+        ("embed_scale", ctypes.c_float),
+        ("activation", _i32),  # ACTIVATION_FN_CODES
+        ("n_ropes", _i32),
+        ("ropes", ctypes.POINTER(RopeDesc)),
         ("embed", Matrix),
         ("lm_head", Matrix),
         ("norm_final", _ptr),
@@ -97,6 +113,7 @@ class Kernels:
             ("ssk_attention", [_ptr, ctypes.POINTER(ModelDesc), ctypes.POINTER(StepDesc), _i32, _ptr, _ptr]),
             ("ssk_dequant_row", [ctypes.POINTER(Matrix), _i32, _ptr]),
             ("ssk_to_bf16", [_ptr, _i32, _ptr]),
+            ("ssk_check_model", [ctypes.POINTER(ModelDesc), _i32, ctypes.c_char_p, _i32]),
         ):
             getattr(lib, name).restype = _i32
             getattr(lib, name).argtypes = args
@@ -112,10 +129,18 @@ class Kernels:
         if ctx:
             self._lib.ssk_destroy(ctx)
 
+    def check_model(self, model: ModelDesc, with_weights: bool = True) -> str | None:
+        """None if the kernels can run `model` (ssk_forward's own check), else why not. Without weights
+        only the shapes and options are checked (the matrices may be null)."""
+        why = ctypes.create_string_buffer(256)
+        if self._lib.ssk_check_model(ctypes.byref(model), int(with_weights), why, len(why)) == 0:
+            return None
+        return why.value.decode() or "unsupported model"
+
     def forward(self, model: ModelDesc, step: StepDesc) -> None:
         rc = self._lib.ssk_forward(self._ctx, ctypes.byref(model), ctypes.byref(step))
         if rc != 0:
-            raise RuntimeError(f"ssk_forward failed ({rc}): unsupported model shape")
+            raise RuntimeError(f"ssk_forward failed ({rc}): {self.check_model(model) or 'bad step'}")
 
     def gemm(self, matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] float32 -> [M, N], computed as the forward computes it."""

@@ -1,5 +1,5 @@
 """Attention kernel: a row's bits depend only on its own sequence's keys and position, with float32 or
-bfloat16 keys and values."""
+bfloat16 keys and values, with or without a sliding window and a soft cap on the scores."""
 
 import ctypes
 
@@ -9,18 +9,23 @@ import torch
 import torch.nn.functional as F
 
 from seedstream.server.kernels import KV_DTYPE_CODES, ModelDesc, StepDesc, available_isas
+from seedstream.server.kernels.lib import LayerDesc
 
 HEADS, KV_HEADS, D, BLOCK = 9, 3, 64, 32
 KV_DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _model_desc() -> ModelDesc:
+def _model_desc(window: int = 0, softcap: float = 0.0) -> ModelDesc:
     m = ModelDesc()
     m.n_layers, m.n_heads, m.n_kv_heads, m.head_dim, m.attn_block = 1, HEADS, KV_HEADS, D, BLOCK
+    m.attn_scale, m.attn_softcap = D**-0.5, softcap
+    m._layers = (LayerDesc * 1)()  # kept alive by the desc
+    m._layers[0].window = window
+    m.layers = m._layers
     return m
 
 
-def _attend(kernels, seqs, rows):
+def _attend(kernels, seqs, rows, window=0, softcap=0.0):
     """seqs: list of (keys, values) [1, Hkv, cap, D]; rows: list of (seq index, position, q [Hq, D])."""
     keys = (ctypes.c_void_p * len(seqs))(*[k.data_ptr() for k, _ in seqs])
     values = (ctypes.c_void_p * len(seqs))(*[v.data_ptr() for _, v in seqs])
@@ -42,7 +47,7 @@ def _attend(kernels, seqs, rows):
         None,
     )
     q = torch.stack([q for _, _, q in rows])
-    return kernels.attention(_model_desc(), step, 0, q).view(len(rows), HEADS, D)
+    return kernels.attention(_model_desc(window, softcap), step, 0, q).view(len(rows), HEADS, D)
 
 
 def _sequence(gen: torch.Generator, length: int, dtype=torch.float32):
@@ -97,15 +102,38 @@ def test_matches_sdpa(kernels_for, length, dtype):
     assert (got.double() - want).abs().max() < 2e-6
 
 
+@pytest.mark.parametrize("window,softcap", [(1, 0.0), (20, 0.0), (32, 0.0), (45, 3.0), (0, 2.0)])
+def test_a_window_and_a_soft_cap_match_the_masked_reference(kernels_for, window, softcap):
+    """Key j is attended from position p iff p - window < j <= p; scores s -> cap * tanh(s / cap) first."""
+    gen = torch.Generator().manual_seed(window)
+    k, v = _sequence(gen, 150, torch.float32)
+    positions = (0, 19, 31, 32, 33, 63, 64, 100, 149)
+    rows = [(0, p, torch.randn(HEADS, D, generator=gen)) for p in positions]
+    got = _attend(kernels_for(), [(k, v)], rows, window, softcap)
+    keys = k[0].double().repeat_interleave(HEADS // KV_HEADS, 0)  # [Hq, cap, D]
+    values = v[0].double().repeat_interleave(HEADS // KV_HEADS, 0)
+    for out, (_, p, q) in zip(got, rows):
+        scores = torch.einsum("hd,hjd->hj", q.double(), keys[:, : p + 1]) * D**-0.5
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        if window:
+            scores[:, : max(0, p - window + 1)] = float("-inf")
+        want = torch.einsum("hj,hjd->hd", scores.softmax(-1), values[:, : p + 1])
+        assert (out.double() - want).abs().max() < 2e-6, f"position {p}"
+    for i, row in enumerate(rows):  # one row alone: the same bits as in the step
+        assert torch.equal(_attend(kernels_for(threads=1), [(k, v)], [row], window, softcap)[0], got[i])
+
+
 @pytest.mark.parametrize("dtype", KV_DTYPES)
 def test_every_instruction_set_gives_the_same_bits(kernels_for, dtype):
     gen = torch.Generator().manual_seed(2)
     seqs = [_sequence(gen, n, dtype) for n in (70, 300, 5)]
     rows = [(s, p, torch.randn(HEADS, D, generator=gen)) for s, p in ((0, 69), (1, 0), (1, 150), (1, 299), (2, 4))]
-    results = {isa: _attend(kernels_for(isa), seqs, rows) for isa in available_isas()}
-    first = next(iter(results.values()))
-    for isa, out in results.items():
-        assert torch.equal(out, first), f"{isa} differs"
+    for window, softcap in ((0, 0.0), (40, 2.5)):
+        results = {isa: _attend(kernels_for(isa), seqs, rows, window, softcap) for isa in available_isas()}
+        first = next(iter(results.values()))
+        for isa, out in results.items():
+            assert torch.equal(out, first), f"{isa} differs (window {window}, soft cap {softcap})"
 
 
 def test_keys_and_values_round_to_bfloat16_as_torch_does(kernels_for):

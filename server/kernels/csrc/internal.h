@@ -50,8 +50,11 @@ inline int quant_offset(int act, int j, int lane) {
 void dequant_row(const ssk_matrix& w, int row, float* out);
 
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
-void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin);
+void rope_heads(float* x, int n_heads, int head_dim, int rotary_dim, const float* cos, const float* sin);
 void silu_mul_row(const float* gate, const float* up, int k, float* out);
+void gelu_tanh_mul_row(const float* gate, const float* up, int k, float* out);
+// x[i] = cap * tanh(x[i] / cap) for i < k (a multiple of 16)
+void softcap_row(float* x, int k, float cap);
 // out[i] = x[i] rounded to bfloat16 (nearest, ties to even; NaN stays NaN): a bfloat16 KV cache's entries.
 void to_bf16(const float* x, int n, uint16_t* out);
 
@@ -63,10 +66,12 @@ struct AttnGroup {
   const void* keys;     // [capacity, D] of this row's sequence, layer and kv head: float32, or bfloat16 (kv_bf16)
   const void* values;   // [capacity, D], the same type
   bool kv_bf16;
-  int position;         // attends to keys 0..position
+  int position;         // attends to keys first_key..position
+  int first_key;        // 0, or position - window + 1 with a sliding window
   int n_heads;          // 1..MAX_GROUP, consecutive query heads
   float* out;           // [n_heads, D]
 };
-void attention_group(const AttnGroup& r, int head_dim, int block, float scale);
+// scale multiplies q.k; softcap (0: none) caps the scaled score, cap * tanh(score / cap).
+void attention_group(const AttnGroup& r, int head_dim, int block, float scale, float softcap);
 // The most query heads of a GQA group of `group` that one work item takes: a divisor, at most MAX_GROUP.
 int attention_heads_per_item(int group);

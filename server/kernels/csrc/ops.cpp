@@ -1,4 +1,4 @@
-// Row-wise operations: RMSNorm, RoPE, SiLU-and-multiply, activation quantisation, row dequantisation.
+// Row-wise operations: RMSNorm, RoPE, SiLU/GELU-and-multiply, soft-capping, activation quantisation, row dequantisation.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,9 +15,10 @@ void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* o
   for (int c = 0; c < k; c += 16) v_store(out + c, v_mul(v_load(weight + c), v_mul(v_load(x + c), inv)));
 }
 
-void rope_heads(float* x, int n_heads, int head_dim, const float* cos, const float* sin) {
-  // rotate-half RoPE (the Hugging Face Llama layout): out = x*cos + rotate_half(x)*sin
-  const int half = head_dim / 2;
+void rope_heads(float* x, int n_heads, int head_dim, int rotary_dim, const float* cos, const float* sin) {
+  // rotate-half RoPE (the Hugging Face Llama layout) on the first rotary_dim dims of each head:
+  // out = x*cos + rotate_half(x)*sin; dims from rotary_dim on pass through
+  const int half = rotary_dim / 2;
   for (int h = 0; h < n_heads; ++h) {
     float* v = x + (size_t)h * head_dim;
     for (int d = 0; d < half; ++d) {
@@ -35,6 +36,23 @@ void silu_mul_row(const float* gate, const float* up, int k, float* out) {
     const V16 silu = v_div(g, v_add(one, v_exp(v_sub(zero, g))));
     v_store(out + c, v_mul(silu, v_load(up + c)));
   }
+}
+
+void gelu_tanh_mul_row(const float* gate, const float* up, int k, float* out) {
+  // torch's gelu(approximate="tanh") term by term: 0.5*g * (1 + tanh(beta * (g + kappa * g*g*g)))
+  const V16 one = v_set1(1.0f), half = v_set1(0.5f);
+  const V16 beta = v_set1(0.7978845608028654f), kappa = v_set1(0.044715f);  // sqrt(2/pi)
+  for (int c = 0; c < k; c += 16) {
+    const V16 g = v_load(gate + c);
+    const V16 inner = v_mul(beta, v_add(g, v_mul(kappa, v_mul(v_mul(g, g), g))));
+    const V16 gelu = v_mul(v_mul(half, g), v_add(one, v_tanh(inner)));
+    v_store(out + c, v_mul(gelu, v_load(up + c)));
+  }
+}
+
+void softcap_row(float* x, int k, float cap) {
+  const V16 c = v_set1(cap);
+  for (int i = 0; i < k; i += 16) v_store(x + i, v_mul(v_tanh(v_div(v_load(x + i), c)), c));
 }
 
 void block_sums(const float* x, int k, float* s) {

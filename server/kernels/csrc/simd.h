@@ -224,23 +224,43 @@ static inline V16 v_hsum16(const V16* part) {
 
 static inline V16 v_zero() { return v_set1(0.0f); }
 
+// Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2, and (e^r - 1) / r by a degree-5 Taylor polynomial: the
+// shared start of v_exp and v_tanh (e^r = fma(poly, r, 1), e^r - 1 = poly * r).
+static inline V16 v_exp_reduce(V16 x, V16* n, V16* r) {
+  *n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+  *r = v_fma(*n, v_set1(-0.693359375f), x);
+  *r = v_fma(*n, v_set1(2.12194440e-4f), *r);
+  V16 p = v_set1(1.0f / 720.0f);
+  p = v_fma(p, *r, v_set1(1.0f / 120.0f));
+  p = v_fma(p, *r, v_set1(1.0f / 24.0f));
+  p = v_fma(p, *r, v_set1(1.0f / 6.0f));
+  p = v_fma(p, *r, v_set1(0.5f));
+  return v_fma(p, *r, v_set1(1.0f));
+}
+
 // exp(x), the same bits on every build. x above 88 is clamped to 88; x below -87 gives 0.
-// Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2, then a degree-6 Taylor polynomial (rel. err ~3e-8).
+// v_exp_reduce, then e^r = degree-6 polynomial (rel. err ~3e-8), times 2^n.
 static inline V16 v_exp(V16 x) {
   x = v_min(x, v_set1(88.0f));
-  V16 n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
-  V16 r = v_fma(n, v_set1(-0.693359375f), x);
-  r = v_fma(n, v_set1(2.12194440e-4f), r);
-  V16 p = v_set1(1.0f / 720.0f);
-  p = v_fma(p, r, v_set1(1.0f / 120.0f));
-  p = v_fma(p, r, v_set1(1.0f / 24.0f));
-  p = v_fma(p, r, v_set1(1.0f / 6.0f));
-  p = v_fma(p, r, v_set1(0.5f));
-  p = v_fma(p, r, v_set1(1.0f));
-  p = v_fma(p, r, v_set1(1.0f));
+  V16 n, r;
+  const V16 p = v_fma(v_exp_reduce(x, &n, &r), r, v_set1(1.0f));
   V16 low = v_set1(-87.0f);
   V16 safe_n = v_select_lt(x, low, v_zero(), n);  // keep the exponent trick in range for masked lanes
   return v_select_lt(x, low, v_zero(), v_mul(p, v_pow2(safe_n)));
 }
 
 static inline float s_exp(float x) { return v_first(v_exp(v_set1(x))); }
+
+// tanh(x), the same bits on every build. |x| is clamped to 20 (tanh rounds to 1 from 9.1 on), then
+// t = expm1(-2|x|) = fma(2^n, e^r - 1, 2^n - 1) by v_exp_reduce (e^r - 1 without adding 1 first, so small
+// |x| keep their relative accuracy); tanh|x| = -t / (2 + t), with x's sign.
+static inline V16 v_tanh(V16 x) {
+  const V16 zero = v_zero();
+  const V16 ax = v_min(v_max(x, v_sub(zero, x)), v_set1(20.0f));
+  V16 n, r;
+  const V16 em1_r = v_mul(v_exp_reduce(v_mul(ax, v_set1(-2.0f)), &n, &r), r);
+  const V16 s = v_pow2(n);  // n in [-58, 0]
+  const V16 t = v_fma(s, em1_r, v_sub(s, v_set1(1.0f)));
+  const V16 th = v_div(v_sub(zero, t), v_add(v_set1(2.0f), t));
+  return v_select_lt(x, zero, v_sub(zero, th), th);
+}

@@ -3,13 +3,14 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SSK_ABI_VERSION 3
+#define SSK_ABI_VERSION 4
 
 extern "C" {
 
 enum { SSK_F32 = 0, SSK_Q8_0 = 1, SSK_Q4_1 = 2 };
 enum { SSK_KV_F32 = 0, SSK_KV_BF16 = 1 };  // element type of the KV caches of a step
 enum { SSK_ACT_F32 = 0, SSK_ACT_I8 = 1 };  // what a GEMM multiplies the weights with (ssk_matrix.act)
+enum { SSK_SILU = 0, SSK_GELU_TANH = 1 };  // the MLP's activation of the gate (ssk_model.activation)
 
 // A weight matrix [n, k] (n output columns, k inputs) packed by server/engine/packing.py into tiles of
 // SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout). With act
@@ -24,23 +25,42 @@ struct ssk_matrix {
   const float* bias;   // [n] or null
 };
 
+// Rotary embedding tables of one kind of layer: the first rotary_dim dims of each head rotate (rotate-half
+// layout within them), the others pass through.
+struct ssk_rope {
+  const float* cos;    // [max_context, rotary_dim]
+  const float* sin;    // [max_context, rotary_dim]
+  int32_t rotary_dim;  // even, 2..head_dim
+};
+
 struct ssk_layer {
   ssk_matrix qkv;      // [Hq*D + 2*Hkv*D, H]
   ssk_matrix o;        // [H, Hq*D]
   ssk_matrix gate_up;  // [2*I, H]
   ssk_matrix down;     // [H, I]
   const float* norm_in;    // [H]
-  const float* norm_post;  // [H]
+  const float* norm_post;  // [H], before the MLP
+  const float* q_norm;     // [D] RMSNorm of each query head before RoPE, or null
+  const float* k_norm;     // [D] the same for each key head, or null
+  const float* attn_out_norm;  // [H] RMSNorm of the attention output before its residual add, or null
+  const float* mlp_out_norm;   // [H] the same for the MLP output, or null
+  int32_t window;      // 0: full causal; W: a query at p attends keys p-W+1 .. p
+  int32_t rope;        // index into ssk_model.ropes, or -1: no RoPE on this layer
 };
 
 struct ssk_model {
   int32_t n_layers, hidden, inter, n_heads, n_kv_heads, head_dim, vocab, max_context;
   float eps;
   int32_t attn_block;      // keys per attention block, at absolute positions
-  const float* rope_cos;   // [max_context, head_dim]
-  const float* rope_sin;   // [max_context, head_dim]
-  ssk_matrix embed;        // [vocab, hidden], rows looked up by token id
-  ssk_matrix lm_head;      // [vocab, hidden]
+  float attn_scale;        // scores = q.k * attn_scale
+  float attn_softcap;      // scores -> cap * tanh(scores / cap) before masking; 0: none
+  float final_softcap;     // logits -> cap * tanh(logits / cap); 0: none
+  float embed_scale;       // the embedding row times this (1: none)
+  int32_t activation;      // SSK_SILU or SSK_GELU_TANH
+  int32_t n_ropes;
+  const ssk_rope* ropes;   // [n_ropes]
+  ssk_matrix embed;        // [vocab rounded up to SSK_NR, hidden], rows looked up by token id (< vocab)
+  ssk_matrix lm_head;      // [vocab rounded up to SSK_NR, hidden]; the padding rows are zero
   const float* norm_final; // [hidden]
   const ssk_layer* layers; // [n_layers]
 };
@@ -57,7 +77,7 @@ struct ssk_step {
   void* const* seg_values;     // [n_segments]
   const int32_t* seg_capacity; // [n_segments]
   const int32_t* logit_rows;   // [n_logit_rows] row indices
-  float* logits;               // [n_logit_rows, vocab] out
+  float* logits;               // [n_logit_rows, lm_head.n] out (columns from vocab on are padding)
 };
 
 int32_t ssk_abi_version(void);
@@ -65,6 +85,9 @@ const char* ssk_isa(void);
 void* ssk_create(int32_t n_threads);
 void ssk_destroy(void* ctx);
 int32_t ssk_threads(void* ctx);
+// 0 if the kernels can run this model, else -1 with the reason in why (NUL-terminated, at most why_len
+// bytes). with_weights 0 checks the shapes and options alone (before any packing); 1 also the matrices.
+int32_t ssk_check_model(const ssk_model* model, int32_t with_weights, char* why, int32_t why_len);
 // Full forward of one step. Returns 0 or a negative error code.
 int32_t ssk_forward(void* ctx, const ssk_model* model, const ssk_step* step);
 // y[m, n] = x[m, :] . W[n, :] (+ bias), x quantised per row as the forward does. For tests.
