@@ -25,6 +25,7 @@ from ._common import (
 from ._resume import ResumePolicy, StreamResume
 from ._retry import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY, OverloadAttempts, OverloadRetry
 from .errors import SeedstreamError, UnavailableError, from_rpc_error
+from .transcript import Record, StreamRecorder, Transcript, TranscriptArg, as_transcript
 from .types import GenerateChunk, HealthStatus
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ClientCore:
         max_attempts: int = 1,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_base_delay: float = DEFAULT_RETRY_BASE_DELAY,
+        transcript: TranscriptArg = None,
     ):
         """Settings of a client (Client opens its channel here; AsyncClient on first use, in its event loop).
 
@@ -85,6 +87,9 @@ class ClientCore:
             jitter, at most 8 s, within the call's timeout); so is a call a proxy answered 502/503/504 (its
             replica died: gRPC's own retries count that call as answered). A stream is sent again only
             while it has yielded nothing. Other codes are never retried this way.
+        transcript: a Transcript, or a file path: every completion and score this client receives is
+            appended to it as one JSON line (docs/transcripts.md) that `seedstream verify` replays; each
+            call also takes transcript= (None: not this call).
         """
         channel_target, from_list = balancing.channel_target(target)
         self.target: str = channel_target or _requests.default_target()
@@ -96,6 +101,8 @@ class ClientCore:
         self._options = _requests.channel_options(options) + balancing.channel_options(
             load_balancing, max_attempts, from_list
         )
+        self.transcript = as_transcript(transcript)
+        self._identity: dict[str, str] | None = None  # GetModelInfo's build fields, fetched for the first record
         self._prepare_channel()
 
     def _prepare_channel(self) -> None:
@@ -115,6 +122,14 @@ class ClientCore:
         )
         stub = pb_grpc.TextGenerationStub(channel)  # type: ignore[no-untyped-call]  # generated without stubs
         return channel, stub, health
+
+    def _sink(self, transcript: TranscriptArg | _Unset) -> tuple[Transcript | None, bool]:
+        """Where this call's record goes (UNSET: the client's transcript), and whether the call owns it."""
+        if isinstance(transcript, _Unset):
+            return self.transcript, False
+        if transcript is None or isinstance(transcript, Transcript):
+            return transcript, False
+        return Transcript(transcript), True
 
     def _call_options(self, timeout: Timeout, metadata: Metadata) -> CallOptions:
         return {
@@ -188,6 +203,22 @@ class StreamCore:
         self._restart = restart
         self.resumes = 0
         self.retries = 0  # times the stream was sent again because the server's queue was full
+        self._recorder: StreamRecorder | None = None  # set with _record_to(): the stream goes to a transcript
+        self._record_sink: tuple[Transcript, bool] | None = None
+        self._identity: Any = None
+
+    def _record_to(self, request: pb.GenerateRequest, sink: tuple[Transcript | None, bool], identity: Any) -> None:
+        """Send this stream to a transcript; `identity` gives (or, async, awaits) the server's build fields."""
+        if sink[0] is not None:
+            self._recorder = StreamRecorder(request)
+            self._record_sink = (sink[0], sink[1])
+            self._identity = identity
+
+    def _finished_record(self) -> Record | None:
+        """The stream's record once every sample has finished (once), else None."""
+        if self._recorder is None or not self._recorder.done:
+            return None
+        return self._recorder.record()
 
     def _can_resume(self, exc: grpc.RpcError) -> bool:
         return not self._finished and self._resume is not None and self._resume.should_retry(exc)
@@ -225,6 +256,8 @@ class StreamCore:
         self._received = True
         if self._resume is not None:
             self._resume.seen(message)
+        if self._recorder is not None:
+            self._recorder.seen(message)
         chunk = GenerateChunk.from_pb(message)
         if chunk.finish_reason is not None:
             self._finished = True
@@ -249,3 +282,13 @@ def seed_from(initial_metadata: Sequence[tuple[str, Any]] | None) -> int | None:
         if key == "seedstream-seed":
             return int(value)
     return None
+
+
+def write_record(sink: tuple[Transcript | None, bool], record: Record, identity: dict[str, str]) -> None:
+    """Append a record to a call's transcript (and close it when the call opened it from a path)."""
+    transcript, owned = sink
+    if transcript is None:
+        return
+    transcript.write(record, identity)
+    if owned:
+        transcript.close()

@@ -12,9 +12,19 @@ from seedstream.v1 import textgen_pb2 as pb
 
 from . import _requests
 from ._common import HEALTH_REQUEST, UNSET, Metadata, _Unset, health_status
-from ._core import ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error, seed_from
+from ._core import (
+    ClientCore,
+    ServingWait,
+    StreamCore,
+    Timeout,
+    check_concurrency,
+    health_from_error,
+    seed_from,
+    write_record,
+)
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, from_rpc_error
+from .transcript import TranscriptArg, identity_of, record_for
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
 
 if TYPE_CHECKING:
@@ -48,7 +58,9 @@ class AsyncGenerateStream(StreamCore):
                         raise _StatusError(code, await self._call.details())
                     self._finished = True
                     raise StopAsyncIteration
-                return self._chunk(message)
+                chunk = self._chunk(message)
+                await self._write_record()
+                return chunk
             except asyncio.CancelledError:
                 self.cancel()
                 raise
@@ -64,6 +76,11 @@ class AsyncGenerateStream(StreamCore):
                     self._failed(exc)
                 with self._reopening():
                     self._call = await self._reopen(self._resume, exc)
+
+    async def _write_record(self) -> None:
+        record = self._finished_record()
+        if record is not None and self._record_sink is not None:
+            write_record(self._record_sink, record, await self._identity())
 
     async def seed(self) -> int | None:
         """The seed used, from the response headers (available before the first token)."""
@@ -128,17 +145,34 @@ class AsyncClient(ClientCore):
                     raise from_rpc_error(exc) from None
             await asyncio.sleep(wait)
 
+    async def _recorded(
+        self, rpc: str, request: Any, timeout: Timeout, metadata: Metadata, transcript: TranscriptArg | _Unset
+    ) -> Any:
+        """One unary call whose request and response go to the call's transcript (if any) as a record."""
+        response = await self._unary(rpc, request, timeout, metadata)
+        sink = self._sink(transcript)
+        if sink[0] is not None:
+            write_record(sink, record_for(rpc, request, response), await self._server_identity())
+        return response
+
+    async def _server_identity(self) -> dict[str, str]:
+        """The server's build fields for transcript records (GetModelInfo, asked once per client)."""
+        if self._identity is None:
+            self._identity = identity_of(await self._unary("GetModelInfo", pb.GetModelInfoRequest(), UNSET, None))
+        return self._identity
+
     async def generate(
         self,
         prompt: str | None = None,
         *,
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> GenerateResult:
         """Generate a whole completion (arguments as Client.generate)."""
         request = _requests.generate_request(prompt, **options)
-        return GenerateResult.from_pb(await self._unary("Generate", request, timeout, metadata))
+        return GenerateResult.from_pb(await self._recorded("Generate", request, timeout, metadata, transcript))
 
     def generate_stream(
         self,
@@ -147,6 +181,7 @@ class AsyncClient(ClientCore):
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
         resume: ResumePolicy | None | _Unset = UNSET,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> AsyncGenerateStream:
         """Stream a completion (arguments as Client.generate_stream); iterate with `async for`."""
@@ -169,7 +204,9 @@ class AsyncClient(ClientCore):
                 state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
             )
 
-        return AsyncGenerateStream(call, state, reopen, attempts, restart)
+        stream = AsyncGenerateStream(call, state, reopen, attempts, restart)
+        stream._record_to(request, self._sink(transcript), self._server_identity)
+        return stream
 
     async def generate_batch(
         self,
@@ -178,19 +215,24 @@ class AsyncClient(ClientCore):
         concurrency: int = 8,
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> list[GenerateResult]:
         """generate() for each prompt, `concurrency` at a time; results in order (as Client.generate_batch)."""
         check_concurrency(concurrency)
         gate = asyncio.Semaphore(concurrency)
+        sink, owned = self._sink(transcript)
 
         async def one(prompt: Any) -> GenerateResult:
+            item = {**options, **_requests.batch_item(prompt)}
             async with gate:
-                return await self.generate(
-                    timeout=timeout, metadata=metadata, **{**options, **_requests.batch_item(prompt)}
-                )
+                return await self.generate(timeout=timeout, metadata=metadata, transcript=sink, **item)
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+        try:
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+        finally:
+            if owned and sink is not None:
+                sink.close()
 
     async def score(
         self,
@@ -200,10 +242,11 @@ class AsyncClient(ClientCore):
         request_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
     ) -> ScoreResults:
         """Log-likelihood of (context, continuation) pairs (as Client.score)."""
         request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
-        return ScoreResults.from_pb(await self._unary("Score", request, timeout, metadata))
+        return ScoreResults.from_pb(await self._recorded("Score", request, timeout, metadata, transcript))
 
     async def score_rolling(
         self,
@@ -214,12 +257,13 @@ class AsyncClient(ClientCore):
         request_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
     ) -> RollingScore:
         """Rolling log-likelihood of a text (as Client.score_rolling)."""
         request = _requests.score_rolling_request(
             text, token_ids=token_ids, max_length=max_length, request_id=request_id
         )
-        return RollingScore.from_pb(await self._unary("ScoreRolling", request, timeout, metadata))
+        return RollingScore.from_pb(await self._recorded("ScoreRolling", request, timeout, metadata, transcript))
 
     async def tokenize(
         self,

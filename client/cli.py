@@ -5,6 +5,7 @@
     seedstream tokenize "text"                              show token ids
     seedstream info                                         show the served model
     seedstream health                                       exit 0 when the server is SERVING
+    seedstream verify run.jsonl --target HOST:PORT          replay a transcript; exit 0 when all is equal
 
 Client commands need only grpcio and protobuf; `serve` hands its arguments to
 the server's own command line (seedstream.server.cli), imported lazily, so
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_ERROR, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_OVERLOADED, EXIT_DEADLINE, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
+EXIT_CANNOT_VERIFY = 6  # verify: every record that could be checked was equal, but some need another model or build
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -165,8 +167,38 @@ def _add_generate(sub: _SubParsers) -> None:
     )
     o.add_argument("--request-id", default="", help="label for the server log")
     o.add_argument("--quiet", "-q", action="store_true", help="no summary line on stderr")
+    o.add_argument(
+        "--save",
+        metavar="FILE",
+        help="append the request and the result to this transcript (JSON Lines, docs/transcripts.md); "
+        "`seedstream verify FILE` replays it",
+    )
     _add_connection(p)
     p.set_defaults(func=_cmd_generate)
+
+
+def _add_verify(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a transcript: replay it on a server, and/or check its signatures offline",
+        formatter_class=_Formatter,
+        description=(
+            "Check every record of a transcript (docs/transcripts.md). Offline: each receipt's digest\n"
+            "must match its fields, and with --public-key each receipt must carry a valid signature by\n"
+            "that key over the record's token ids (and scores). Then, unless --offline (the default when\n"
+            "--public-key is given without --target), each request is replayed on the server and must give\n"
+            "the same token ids, logprob bits, text and receipt digest. A server with another model or\n"
+            "build answers 'cannot verify'. Exit 0: all equal; 1: a difference or an invalid record;\n"
+            "6: the rest was equal but some records cannot be verified on this server."
+        ),
+    )
+    p.add_argument("file", help="the transcript (JSON Lines)")
+    p.add_argument("--public-key", metavar="FILE", help="the server's Ed25519 public key (PEM, or 64 hex digits)")
+    p.add_argument("--offline", action="store_true", help="check digests and signatures only; contact no server")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N", help="replays in flight at once")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only records that are not equal")
+    _add_connection(p)
+    p.set_defaults(func=_cmd_verify)
 
 
 def _add_tokenize(sub: _SubParsers) -> None:
@@ -218,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenize(sub)
     _add_info(sub)
     _add_health(sub)
+    _add_verify(sub)
     return parser
 
 
@@ -254,6 +287,7 @@ def _client(args: argparse.Namespace) -> Client:
         metadata=metadata or None,
         api_key=_api_key(args),
         max_retries=args.max_retries,
+        transcript=getattr(args, "save", None),
     )
 
 
@@ -411,6 +445,44 @@ def _cmd_info(args: argparse.Namespace) -> int:
         width = max(len(k) for k in data)
         _write("".join(f"{k:<{width}}  {v}\n" for k, v in data.items()))
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from . import transcript, verify
+
+    if args.concurrency < 1:
+        raise SystemExit(f"error: --concurrency {args.concurrency}: must be >= 1")
+    key = None
+    if args.public_key:
+        from seedstream.v1 import signing
+
+        with open(args.public_key, "rb") as fh:
+            try:
+                key = signing.load_public_key_hex(fh.read())
+            except (ValueError, signing.SigningUnavailable) as exc:
+                raise SystemExit(f"error: --public-key {args.public_key}: {exc}")
+    try:
+        records = list(transcript.read_records(args.file))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}")
+    offline = args.offline or (key is not None and args.target is None)
+
+    def report(outcome: verify.Outcome) -> None:
+        if not (args.quiet and outcome.status in (verify.EQUAL, verify.VALID, verify.CONSISTENT)):
+            print(outcome, flush=True)
+
+    progress = verify.Progress(len(records))
+    if offline:
+        outcomes = verify.verify_records(records, None, key, report=report, progress=progress)
+    else:
+        with _client(args) as client:
+            outcomes = verify.verify_records(records, client, key, args.concurrency, report, progress)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    print(f"verify: {len(outcomes)} records: " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=sys.stderr)
+    code = verify.exit_code(outcomes)
+    return EXIT_CANNOT_VERIFY if code == 6 else code
 
 
 def _cmd_health(args: argparse.Namespace) -> int:

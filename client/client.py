@@ -13,9 +13,19 @@ from seedstream.v1 import textgen_pb2 as pb
 
 from . import _requests
 from ._common import HEALTH_REQUEST, UNSET, Metadata, _Unset, health_status
-from ._core import ClientCore, ServingWait, StreamCore, Timeout, check_concurrency, health_from_error, seed_from
+from ._core import (
+    ClientCore,
+    ServingWait,
+    StreamCore,
+    Timeout,
+    check_concurrency,
+    health_from_error,
+    seed_from,
+    write_record,
+)
 from ._resume import ResumePolicy, StreamResume
 from .errors import SeedstreamError, from_rpc_error
+from .transcript import TranscriptArg, identity_of, record_for
 from .types import GenerateChunk, GenerateResult, HealthStatus, ModelInfo, RollingScore, ScoreResults, TokenizeResult
 
 if TYPE_CHECKING:
@@ -42,7 +52,9 @@ class GenerateStream(StreamCore):
     def __next__(self) -> GenerateChunk:
         while True:
             try:
-                return self._chunk(next(self._call))
+                chunk = self._chunk(next(self._call))
+                self._write_record()
+                return chunk
             except StopIteration:
                 self._finished = True
                 raise
@@ -58,6 +70,11 @@ class GenerateStream(StreamCore):
                     self._failed(exc)
                 with self._reopening():
                     self._call = self._reopen(self._resume, exc)
+
+    def _write_record(self) -> None:
+        record = self._finished_record()
+        if record is not None and self._record_sink is not None:
+            write_record(self._record_sink, record, self._identity())
 
     @property
     def seed(self) -> int | None:
@@ -104,6 +121,23 @@ class Client(ClientCore):
                     raise from_rpc_error(exc) from None
             time.sleep(wait)
 
+    def _recorded(
+        self, rpc: str, request: Any, timeout: Any, metadata: Metadata, transcript: TranscriptArg | _Unset
+    ) -> Any:
+        """One unary call whose request and response go to the call's transcript (if any) as a record."""
+        response = self._unary(getattr(self._stub, rpc), request, timeout, metadata)
+        sink = self._sink(transcript)
+        if sink[0] is not None:
+            write_record(sink, record_for(rpc, request, response), self._server_identity())
+        return response
+
+    def _server_identity(self) -> dict[str, str]:
+        """The server's build fields for transcript records (GetModelInfo, asked once per client)."""
+        if self._identity is None:
+            info = self._unary(self._stub.GetModelInfo, pb.GetModelInfoRequest(), UNSET, None)
+            self._identity = identity_of(info)
+        return self._identity
+
     # --- calls
 
     def generate(
@@ -112,6 +146,7 @@ class Client(ClientCore):
         *,
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> GenerateResult:
         """Generate a whole completion.
@@ -119,9 +154,10 @@ class Client(ClientCore):
         Input: exactly one of `prompt` (text), `messages=[{"role": ..., "content": ...}, ...]`
         (chat template applied) or `prompt_token_ids=[...]`. Options (seed, temperature,
         max_new_tokens, stop, n, ...; left out = server default): see GenerateOptions.
+        transcript: where this call's record goes (default: the client's transcript; None: nowhere).
         """
         request = _requests.generate_request(prompt, **options)
-        return GenerateResult.from_pb(self._unary(self._stub.Generate, request, timeout, metadata))
+        return GenerateResult.from_pb(self._recorded("Generate", request, timeout, metadata, transcript))
 
     def generate_stream(
         self,
@@ -130,6 +166,7 @@ class Client(ClientCore):
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
         resume: ResumePolicy | None | _Unset = UNSET,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> GenerateStream:
         """Stream a completion as GenerateChunk deltas (same arguments as generate()). resume: a
@@ -156,7 +193,9 @@ class Client(ClientCore):
                 state.next_request(), timeout=state.remaining(), metadata=call_options["metadata"]
             )
 
-        return GenerateStream(call, state, reopen, attempts, restart)
+        stream = GenerateStream(call, state, reopen, attempts, restart)
+        stream._record_to(request, self._sink(transcript), self._server_identity)
+        return stream
 
     def generate_batch(
         self,
@@ -165,6 +204,7 @@ class Client(ClientCore):
         concurrency: int = 8,
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
         **options: Unpack[GenerateOptions],
     ) -> list[GenerateResult]:
         """generate() for each prompt, `concurrency` calls at a time; results in the order of `prompts`.
@@ -174,11 +214,17 @@ class Client(ClientCore):
         """
 
         def one(prompt: Any) -> GenerateResult:
-            return self.generate(timeout=timeout, metadata=metadata, **{**options, **_requests.batch_item(prompt)})
+            item = {**options, **_requests.batch_item(prompt)}
+            return self.generate(timeout=timeout, metadata=metadata, transcript=sink, **item)
 
         check_concurrency(concurrency)
-        with concurrent.futures.ThreadPoolExecutor(min(concurrency, max(1, len(prompts)))) as pool:
-            return list(pool.map(one, prompts))
+        sink, owned = self._sink(transcript)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(min(concurrency, max(1, len(prompts)))) as pool:
+                return list(pool.map(one, prompts))
+        finally:
+            if owned and sink is not None:
+                sink.close()
 
     def score(
         self,
@@ -188,6 +234,7 @@ class Client(ClientCore):
         request_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
     ) -> ScoreResults:
         """Log-likelihood of each (context, continuation) pair, both text or both token ids.
 
@@ -196,7 +243,7 @@ class Client(ClientCore):
         `.receipt` identifies the model build and the scored tokens.
         """
         request = _requests.score_request(pairs, truncate_context=truncate_context, request_id=request_id)
-        return ScoreResults.from_pb(self._unary(self._stub.Score, request, timeout, metadata))
+        return ScoreResults.from_pb(self._recorded("Score", request, timeout, metadata, transcript))
 
     def score_rolling(
         self,
@@ -207,6 +254,7 @@ class Client(ClientCore):
         request_id: str = "",
         timeout: Timeout = UNSET,
         metadata: Metadata = None,
+        transcript: TranscriptArg | _Unset = UNSET,
     ) -> RollingScore:
         """Log-likelihood of every token of `text` (or `token_ids`), in windows of at most
         `max_length` predicted tokens (default: the model's context - 1), as lm-eval's
@@ -214,7 +262,7 @@ class Client(ClientCore):
         request = _requests.score_rolling_request(
             text, token_ids=token_ids, max_length=max_length, request_id=request_id
         )
-        return RollingScore.from_pb(self._unary(self._stub.ScoreRolling, request, timeout, metadata))
+        return RollingScore.from_pb(self._recorded("ScoreRolling", request, timeout, metadata, transcript))
 
     def tokenize(
         self,

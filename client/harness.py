@@ -30,6 +30,9 @@ Model arguments (all optional):
                     `max_backoff` (default 30)
     secure          use TLS with the system roots (default false); root_certificates=PATH
                     for a private CA
+    transcript      append one transcript record per request to this file (JSON Lines,
+                    docs/transcripts.md; `seedstream verify FILE` replays it). score_batch then
+                    defaults to 1, so that each loglikelihood request is a Score call of its own
 
 Receipts: lm-eval writes `get_model_info()` into the results JSON under
 `config`; this backend puts a `seedstream` entry there with the server build
@@ -248,7 +251,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
         target: str | None = None,
         concurrency: int = 8,
         seed: int = 1234,
-        score_batch: int = 32,
+        score_batch: int | None = None,
         max_gen_toks: int = 256,
         max_length: int | None = None,
         timeout: float = 600.0,
@@ -257,6 +260,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
         max_backoff: float = 30.0,
         secure: bool = False,
         root_certificates: str | None = None,
+        transcript: str | None = None,
         client: Client | None = None,
         **unused: Any,
     ):
@@ -269,7 +273,8 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
             )
         self.concurrency = int(concurrency)
         self.base_seed = int(seed)
-        self.score_batch = int(score_batch)
+        # One Score call per loglikelihood request when recording: one transcript record per request.
+        self.score_batch = int(score_batch) if score_batch is not None else (1 if transcript else 32)
         self.max_gen_toks = int(max_gen_toks)
         self.timeout = float(timeout) if timeout is not None else None
         self.max_retries = int(max_retries)
@@ -287,6 +292,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
             secure=_as_bool(secure),
             root_certificates=root_certificates,
             max_retries=0,  # _retrying() below retries RESOURCE_EXHAUSTED with its own, longer backoff
+            transcript=transcript or None,
         )
         self.info = self._retrying(lambda: self.client.model_info())
         limit = self.info.max_context - 1  # a scored pair of max_length + 1 tokens must fit the context
