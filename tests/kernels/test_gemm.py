@@ -42,13 +42,18 @@ def test_matches_dequantise_then_float64_reference(kernels_for, fmt):
     assert np.abs(got - want).max() <= tolerance * scale
 
 
-def test_bias_is_added_per_column(kernels_for):
+@pytest.mark.parametrize("fmt,int8", [("f32", False), ("q8_0", False), ("q4_1", False), ("q8_0", True), ("q4_1", True)])
+def test_bias_is_added_per_column(kernels_for, fmt, int8):
+    """Every path (one row, a few, the interleaved many; float32 and int8 activations) adds the bias."""
     w = random_weights(192, 576, seed=3)
     bias = np.linspace(-1, 1, 192).astype(np.float32)
-    x = torch.randn(3, 576)
-    with_bias = kernels_for().gemm(packing.pack_from_float(w, "q8_0", bias).desc(), x)
-    without = kernels_for().gemm(packing.pack_from_float(w, "q8_0").desc(), x)
-    assert torch.equal(with_bias, without + torch.from_numpy(bias))
+    x = torch.randn(17, 576)
+    packed = [packing.pack_from_float(w, fmt, b) for b in (bias, None)]
+    if int8:
+        packed = [packing.for_int8_activations(m) for m in packed]
+    for m in (1, 3, 17):
+        with_bias, without = (kernels_for().gemm(p.desc(), x[:m]) for p in packed)
+        assert torch.equal(with_bias, without + torch.from_numpy(bias)), f"{m} rows"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -85,6 +85,19 @@ def test_matches_transformers_and_keeps_its_bits(built, name):
     _alone_equals_packed(model, got)
 
 
+@pytest.mark.parametrize(
+    "heads,kv_heads,head_dim", [(2, 1, 80), (8, 1, 16), (6, 2, 48), (12, 4, 96), (1, 1, 256)]
+)  # MQA, GQA at ratios 8, 3 and 3, and 1: every attention work-item grouping, five of the head sizes
+def test_head_counts_and_sizes_match_transformers(heads, kv_heads, head_dim):
+    shape = dict(num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, num_hidden_layers=1)
+    hf, cfg, sd = _build("qwen2-window", **shape)
+    model = _kernel_model(cfg, sd)
+    got = _prefill(model, PROMPT, len(PROMPT))
+    assert (got.log_softmax(-1) - arch_models.hf_logprobs(hf, PROMPT)).abs().max() <= 1e-4
+    assert torch.equal(_prefill(model, PROMPT, 1), got)
+    _alone_equals_packed(model, got)
+
+
 def _alone_equals_packed(model, alone):
     """PROMPT's logits beside 7 other sequences (some mid-decode, some prefilling) are those it has alone."""
     gen = torch.Generator().manual_seed(3)
