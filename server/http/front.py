@@ -23,20 +23,20 @@ from importlib import resources
 from aiohttp import web
 
 from seedstream.sampler import SamplingParams
+from seedstream.server import lograte
 from seedstream.server.engine.samples import generate_samples
 from seedstream.server.engine.types import GenerationRequest, ParamError
-from seedstream.server.rpc import convert
+from seedstream.server.rpc import convert, limits
 from seedstream.server.rpc.auth import ApiKeyInterceptor
 from seedstream.server.rpc.servicer import _maybe_threaded, _render_chat
-from seedstream.v1.protocol import DEFAULT_MAX_REQUEST_BYTES
 
-from .errors import ModelNotFound, status_for
-from .parse import ParsedRequest, parse_chat, parse_completion
+from .errors import BodyError, ModelNotFound, http_status, status_for
+from .gate import ConnectionGate, GatedSite, HttpLimits
+from .parse import ParsedRequest, json_int, parse_chat, parse_completion
 from .responses import Choice, Echo, system_fingerprint, usage
 
 log = logging.getLogger("seedstream.server.http")
 
-MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BYTES  # as the gRPC server's largest request
 MODEL_ALIAS = "seedstream"  # accepted as `model` besides the served model's id
 SEED_HEADER = "seedstream-seed"
 
@@ -44,8 +44,11 @@ SEED_HEADER = "seedstream-seed"
 class HttpFront:
     """The OpenAI-compatible HTTP server over a ServiceState (the engine and in-flight accounting)."""
 
-    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None, ssl_context=None):
+    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None, ssl_context=None, limits=None):
         self.state = state
+        self.limits: HttpLimits = limits or HttpLimits()
+        self.gate = ConnectionGate(self.limits)
+        self.dropped = 0  # event streams dropped because their client stopped reading
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -73,8 +76,17 @@ class HttpFront:
                 )
         return await handler(request)
 
+    @web.middleware
+    async def _request_done(self, request: web.Request, handler):
+        try:
+            return await handler(request)
+        finally:
+            self.gate.request_done(request.transport)  # the next request's headers get their own deadline
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._require_key])
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes, middlewares=[self._request_done, self._require_key]
+        )
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
@@ -87,7 +99,8 @@ class HttpFront:
         """Bind and serve on the running loop; returns the bound port."""
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.requested_port, ssl_context=self.ssl_context)
+        lograte.install()  # a flood of one error writes one line per interval
+        site = GatedSite(self._runner, self.host, self.requested_port, self.gate, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
@@ -150,10 +163,10 @@ class HttpFront:
         return await self._generate(request, chat=True)
 
     async def _generate(self, http: web.Request, chat: bool) -> web.StreamResponse:
-        call = _Call("chat" if chat else "completions")
+        call = _Call("chat" if chat else "completions", self.state.metrics)
         try:
             engine = self.state.ready_engine()
-            parsed = await _parse(http, chat)
+            parsed = _parse_body(await self._body(http), chat)
             call.names = parsed.names
             _check_model(engine, parsed.model)
             call.request_id = convert.check_request_id(
@@ -212,14 +225,21 @@ class HttpFront:
         response: web.StreamResponse | None = None
         started: set[int] = set()
 
-        async def send(parts: list, **extra) -> None:
+        async def write(data: bytes) -> None:
             nonlocal response
             if response is None:
                 response = web.StreamResponse(
                     headers={**header, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
                 )
                 await response.prepare(http)
-            await response.write(b"data: " + _dumps({**envelope, "choices": parts, **extra}).encode() + b"\n\n")
+            await response.write(data)
+
+        async def send(parts: list, **extra) -> None:
+            data = b"data: " + _dumps({**envelope, "choices": parts, **extra}).encode() + b"\n\n"
+            try:  # a write waits only while the client's buffers are full: it has stopped reading
+                await asyncio.wait_for(write(data), self.limits.stall_timeout)
+            except asyncio.TimeoutError:
+                raise _Stalled from None
 
         try:
             with self.state.track():
@@ -240,10 +260,16 @@ class HttpFront:
                         await send([choices[k].add(chunk)])
             if parsed.include_usage:
                 await send([], usage=usage(prompt_tokens, choices))
-            await response.write(b"data: [DONE]\n\n")
+            await write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):  # the client went away: the slots are freed
             call.log("cancelled")
             raise
+        except _Stalled:  # the engine's slots are already freed (aclosing); now the connection
+            self.dropped += 1
+            call.log("dropped", detail=f"client read nothing for {self.limits.stall_timeout:g}s")
+            if http.transport is not None:
+                http.transport.abort()
+            raise asyncio.CancelledError from None
         except Exception as exc:
             call.log("error", exc)
             if response is None:
@@ -253,9 +279,42 @@ class HttpFront:
         call.log("ok")
         return response
 
+    async def _body(self, http: web.Request):
+        """The decoded JSON body, within the front's limits: 415 unless JSON, 413 over the size cap, 408
+        past the body deadline; a big body is decoded off the loop."""
+        if http.content_type != "application/json":  # a browser's form or text/plain post cannot start work
+            raise BodyError(415, f"Content-Type must be application/json, got {http.content_type!r}")
+        cap = self.limits.max_body_bytes
+        too_large = f"allowed at most {cap} bytes (--http-max-body-bytes)"
+        if http.content_length is not None and http.content_length > cap:
+            raise BodyError(413, f"body of {http.content_length} bytes; {too_large}")
+        try:
+            raw = await asyncio.wait_for(http.read(), self.limits.body_timeout)
+        except asyncio.TimeoutError:
+            raise BodyError(408, f"the body did not arrive within {self.limits.body_timeout:g}s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyError(413, f"body over the limit; {too_large}") from None
+        return await _maybe_threaded(len(raw), decode_json, raw)
+
+    def _check_sizes(self, engine, parsed: ParsedRequest) -> None:
+        """gRPC's limits, before any tokenizing: samples within the queue, characters, token ids."""
+        caps, context, queue = self.state.options.limits, engine.info.max_context, engine.config.max_queue
+        inputs = 1 if parsed.chat else len(parsed.prompts)
+        limits.check_count("prompt", inputs, queue, "prompts")
+        if inputs * parsed.n > queue:  # every sample waits in the queue at first: more could never run
+            raise ParamError("n", f"{inputs} prompt(s) x n={parsed.n}; this server holds at most max_queue={queue}")
+        if parsed.chat:
+            field, chars = "messages", sum(len(m["role"]) + len(m["content"]) for m in parsed.messages)
+        else:
+            field, chars = "prompt", sum(len(p) for p in parsed.prompts if isinstance(p, str))
+        limits.check_chars(field, chars, caps.chars(context))
+        ids = sum(len(p) for p in parsed.prompts if not isinstance(p, str))
+        limits.check_tokens("prompt", ids, caps.tokens(context))
+
     async def _choices(self, engine, parsed: ParsedRequest, call) -> tuple[list[Choice], int]:
         """One Choice per (prompt, sample), validated, with the seed resolved; and the prompt tokens."""
         call.seed = parsed.seed if parsed.seed is not None else convert.draw_seed()
+        self._check_sizes(engine, parsed)
         if len(parsed.sampling.get("logit_bias", ())) > engine.info.vocab_size:
             raise ParamError("logit_bias", f"allowed at most vocab_size={engine.info.vocab_size} entries")
         try:
@@ -295,37 +354,58 @@ class HttpFront:
         return choices, prompt_tokens
 
 
+class _Stalled(Exception):
+    """An event stream's client stopped reading for longer than --http-stall-timeout."""
+
+
 class _Call:
     """Per-request facts for the one log line each request gets (as the gRPC side logs)."""
 
-    def __init__(self, route: str):
+    def __init__(self, route: str, metrics=None):
         self.route = route
+        self.metrics = metrics  # the server's ServiceMetrics, or None
         self.started = time.monotonic()
         self.request_id = ""
         self.seed: int | None = None
         self.prompt_tokens = 0
         self.names: dict[str, str] = {}
 
-    def log(self, status: str, exc: BaseException | None = None) -> None:
-        detail = f" error={type(exc).__name__}" if exc is not None else ""
+    def log(self, status: str, exc: BaseException | None = None, detail: str = "") -> None:
+        """The request's one line and, where the server exports metrics, its one count: code OK, CANCELLED,
+        DROPPED (an event stream whose client stopped reading) or the HTTP status of an error."""
+        elapsed = time.monotonic() - self.started
+        code = {"ok": "OK", "cancelled": "CANCELLED", "dropped": "DROPPED"}.get(status)
+        if code is None:
+            code = str(http_status(exc)) if exc is not None else "500"
+        extra = f" error={type(exc).__name__}" if exc is not None else ""
+        extra += f" ({detail})" if detail else ""
         log.info(
-            "http=%s id=%s seed=%s prompt_tokens=%d time=%.3fs status=%s%s",
+            "http=%s id=%s seed=%s prompt_tokens=%d time=%.3fs status=%s code=%s%s",
             self.route,
             self.request_id or "-",
             self.seed,
             self.prompt_tokens,
-            time.monotonic() - self.started,
+            elapsed,
             status,
-            detail,
+            code,
+            extra,
         )
+        if self.metrics is not None:
+            self.metrics.observe_request("http." + self.route, code, elapsed, {"prompt_tokens": self.prompt_tokens})
 
 
-async def _parse(http: web.Request, chat: bool) -> ParsedRequest:
-    try:
-        body = json.loads(await http.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ParamError("body", f"not valid JSON: {exc}") from None
+def _parse_body(body, chat: bool) -> ParsedRequest:
     return parse_chat(body) if chat else parse_completion(body)
+
+
+def decode_json(raw: bytes):
+    """The body's JSON; every way it can fail is a 400 on `body` (giant integers are left to their field)."""
+    try:
+        return json.loads(raw, parse_int=json_int)
+    except RecursionError:
+        raise ParamError("body", "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ParamError("body", f"not valid JSON: {exc}") from None
 
 
 def _check_model(engine, model: str | None) -> None:
@@ -334,10 +414,11 @@ def _check_model(engine, model: str | None) -> None:
 
 
 async def _prompt_ids(engine, source, chat: bool) -> list[int]:
+    """Token ids of one prompt; tokenizing always runs on a worker thread, never on the loop."""
     if chat:
-        return await _maybe_threaded(sum(len(m["content"]) for m in source), _render_chat, engine, source)
+        return await asyncio.to_thread(_render_chat, engine, source)
     if isinstance(source, str):
-        return await _maybe_threaded(len(source), engine.tokenize, source, True)
+        return await asyncio.to_thread(engine.tokenize, source, True)
     return source  # validation checks its length
 
 
@@ -347,4 +428,7 @@ def _dumps(obj) -> str:
 
 def _error(exc: BaseException, names: dict | None = None) -> web.Response:
     status, body = status_for(exc, names)
-    return web.json_response(body, status=status)
+    response = web.json_response(body, status=status)
+    if isinstance(exc, BodyError):
+        response.force_close()  # the rest of the body may still be on the wire
+    return response

@@ -7,7 +7,10 @@ import math
 from typing import Any
 
 from seedstream.server.engine.types import ParamError
-from seedstream.v1.protocol import MAX_TOP_LOGPROBS
+from seedstream.server.rpc.limits import MAX_CHAT_MESSAGES, check_count
+from seedstream.v1.protocol import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS
+
+MAX_INT_DIGITS = 40  # longer JSON integers are parsed as HugeInt and refused by the field that holds one
 
 # Accepted and ignored: they change nothing about the tokens.
 _IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls"}
@@ -87,6 +90,31 @@ class ParsedRequest:
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # our field -> the request's parameter
 
 
+class HugeInt:
+    """A JSON integer of more than MAX_INT_DIGITS digits: never converted (Python refuses 4,300+ digits
+    with a ValueError that names no field, and smaller giants are out of every range anyway)."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def json_int(text: str) -> int | HugeInt:
+    """json.loads' parse_int: bounded integers only."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else HugeInt(text)
+
+
+def check_text(field: str, text: str) -> str:
+    """`text` if it is valid Unicode; a lone surrogate (JSON allows "\\ud800") cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParamError(field, f"contains a lone surrogate at character {exc.start}: not valid Unicode text") from None
+    return text
+
+
 def parse_completion(body: Any) -> ParsedRequest:
     out = _parse_common(body, _COMPLETIONS, chat=False)
     if "prompt" not in body or body["prompt"] is None:
@@ -144,6 +172,8 @@ def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ParamError("model", "must be a string")
+    if model is not None:
+        check_text("model", model)
     out.model = model
     out.seed = _integer(body, "seed")
     for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
@@ -179,12 +209,12 @@ def _parse_common(body: Any, allowed: set[str], chat: bool) -> ParsedRequest:
 
 def _prompts(value: Any) -> list[Prompt]:
     if isinstance(value, str):
-        return [value]
+        return [check_text("prompt", value)]
     if isinstance(value, list) and value:
         if all(_is_int(x) for x in value):
             return [list(value)]
         if all(isinstance(x, str) for x in value):
-            return list(value)
+            return [check_text(f"prompt[{i}]", x) for i, x in enumerate(value)]
         if all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in value):
             return [list(x) for x in value]
     raise ParamError("prompt", "must be a string, a non-empty list of token ids, or a non-empty list of either")
@@ -193,6 +223,7 @@ def _prompts(value: Any) -> list[Prompt]:
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise ParamError("messages", "is required: a non-empty list of {role, content} objects")
+    check_count("messages", len(value), MAX_CHAT_MESSAGES, "messages")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
@@ -212,13 +243,16 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise ParamError(f"messages[{i}].content", "must be a string or a list of text parts")
         if m.get("tool_calls") or m.get("function_call"):
             raise ParamError(f"messages[{i}]", "tool and function calls are not supported")
-        out.append({"role": role, "content": content})
+        out.append(
+            {"role": check_text(f"messages[{i}].role", role), "content": check_text(f"messages[{i}].content", content)}
+        )
     return out
 
 
 def _logit_bias(value: Any) -> dict[int, float]:
     if not isinstance(value, dict):
         raise ParamError("logit_bias", "must be an object mapping token ids to biases in [-100, 100]")
+    check_count("logit_bias", len(value), MAX_LOGIT_BIAS)
     out = {}
     for key, bias in value.items():
         try:
@@ -235,9 +269,10 @@ def _stop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
+        return (check_text("stop", value),)
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return tuple(value)
+        check_count("stop", len(value), MAX_STOP_STRINGS, "strings")
+        return tuple(check_text("stop", s) for s in value)
     raise ParamError("stop", "must be a string or a list of strings")
 
 
@@ -249,6 +284,8 @@ def _integer(body: dict, key: str, name: str | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return None
+    if isinstance(value, HugeInt):
+        raise ParamError(name or key, f"{value!r} is out of range")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not _is_int(value):
@@ -278,6 +315,7 @@ def _int_list(body: dict, key: str) -> list[int]:
         return []
     if not isinstance(value, list) or not all(_is_int(x) for x in value):
         raise ParamError(key, "must be a list of token ids")
+    check_count(key, len(value), MAX_STOP_TOKEN_IDS)
     return value
 
 

@@ -7,7 +7,9 @@ read from the engine when Prometheus scrapes. Each server owns its registry, so
 several servers in one process (tests) never share counters.
 
     seedstream_requests_total{rpc,code}                   requests ended, by RPC and gRPC status code
-                                                          (calls refused by the API-key check included)
+                                                          (calls refused by the API-key check included;
+                                                          HTTP routes as rpc "http.chat" with the HTTP status)
+    seedstream_requests_ended_total{rpc,outcome}          the same ends as ok, error, cancel, deadline, dropped
     seedstream_prompt_tokens_total{rpc}                   prompt tokens of generations; tokens scored by Score*
                                                           (requests ended OK, CANCELLED or DEADLINE_EXCEEDED)
     seedstream_completion_tokens_total{rpc}               tokens generated
@@ -40,11 +42,16 @@ PROMPT_TOKEN_FIELD = {
     "GenerateStream": "prompt_tokens",
     "Score": "tokens",
     "ScoreRolling": "tokens",
+    "http.completions": "prompt_tokens",
+    "http.chat": "prompt_tokens",
 }
 
 
 # Requests that end with these codes reached the engine; others (invalid, overloaded) computed nothing.
-COMPUTED_CODES = frozenset({"OK", "CANCELLED", "DEADLINE_EXCEEDED"})
+COMPUTED_CODES = frozenset({"OK", "CANCELLED", "DEADLINE_EXCEEDED", "DROPPED"})
+# How a call ended, whatever its code: DROPPED is a stream whose client stopped reading (ended by the
+# server at --max-deadline, or on HTTP after --http-stall-timeout); any other code is an error.
+OUTCOMES = {"OK": "ok", "CANCELLED": "cancel", "DEADLINE_EXCEEDED": "deadline", "DROPPED": "dropped"}
 
 
 class ServiceMetrics:
@@ -61,6 +68,12 @@ class ServiceMetrics:
             "Prompt tokens of generations (once per request, whatever n) and tokens "
             "scored by Score/ScoreRolling, of requests that reached the engine",
             ["rpc"],
+            registry=r,
+        )
+        self.ended = Counter(
+            "seedstream_requests_ended",
+            "Requests ended, by RPC and outcome: ok, error, cancel, deadline, dropped (a client that stopped reading)",
+            ["rpc", "outcome"],
             registry=r,
         )
         self.completion_tokens = Counter("seedstream_completion_tokens", "Tokens generated", ["rpc"], registry=r)
@@ -135,6 +148,7 @@ class ServiceMetrics:
     def observe_request(self, rpc: str, code: str, seconds: float, fields: dict) -> None:
         """One ended request: its status code (a grpc.StatusCode name), latency and token counts."""
         self.requests.labels(rpc, code).inc()
+        self.ended.labels(rpc, OUTCOMES.get(code, "error")).inc()
         self.duration.labels(rpc).observe(seconds)
         prompt = fields.get(PROMPT_TOKEN_FIELD.get(rpc, ""), 0)
         if prompt and code in COMPUTED_CODES:
@@ -146,6 +160,7 @@ class ServiceMetrics:
     def observe_rejected(self, rpc: str, code: str) -> None:
         """A call an interceptor refused before any handler ran (e.g. UNAUTHENTICATED): counted only."""
         self.requests.labels(rpc, code).inc()
+        self.ended.labels(rpc, OUTCOMES.get(code, "error")).inc()
 
     # --- exposition
 
