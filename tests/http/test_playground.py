@@ -76,3 +76,25 @@ def test_playground_streams_replays_identically_and_draws_new_seeds(page, url, o
     assert seed.isdigit() and seed != "42"
     assert json.loads(page.inner_text("#receipt"))["seed"] == seed
     assert outside == [], f"the page fetched from elsewhere: {outside}"
+
+
+def test_playground_sends_the_api_key_it_is_given(page, http_loop, engine):
+    from http_helpers import base_url, start
+
+    from seedstream.server.rpc.hardening import Security
+
+    key = "playground-test-key-0123456789"
+    keyed = start(http_loop, engine, security=Security(api_keys={key: "alice"}))
+    try:
+        page.goto(base_url(keyed) + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('not ready')")
+        page.fill("#api_key", key)
+        page.dispatch_event("#api_key", "change")
+        page.wait_for_selector("#model[data-ready='1']")
+        page.fill("#input", "Hi")
+        page.fill("#max_tokens", "2")
+        run_and_wait(page, "#generate")
+        assert page.inner_text("#output").strip()
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0  # kept in the page only
+    finally:
+        http_loop.run(keyed.shutdown(5.0, stop_engine=False))

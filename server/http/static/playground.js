@@ -7,9 +7,15 @@ const $ = (id) => document.getElementById(id);
 let last = null;        // the previous run: {body, seed, ids, digest}
 let controller = null;  // aborts the running request (closing the stream cancels it on the server)
 
+// The API key stays in this page's input field: never stored, sent only to this server as a Bearer header.
+function headers(extra) {
+  const key = $("api_key").value.trim();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : { ...extra };
+}
+
 async function loadModel() {
   try {
-    const reply = await fetch("/v1/models");
+    const reply = await fetch("/v1/models", { headers: headers({}) });
     const data = await reply.json();
     if (!reply.ok) throw new Error(data.error ? data.error.message : reply.statusText);
     const m = data.data[0];
@@ -50,7 +56,7 @@ async function run(body, seed, compareTo) {
   let receipt = null, finish = null, usedSeed = seedText;
   try {
     const path = body.messages ? "/v1/chat/completions" : "/v1/completions";
-    const reply = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
+    const reply = await fetch(path, { method: "POST", headers: headers({ "Content-Type": "application/json" }),
                                       body: withSeed(body, seedText), signal: controller.signal });
     if (!reply.ok) { const e = await reply.json(); throw new Error(e.error.message); }
     usedSeed = reply.headers.get("seedstream-seed") || usedSeed;
@@ -136,4 +142,5 @@ $("generate").addEventListener("click", () => run(requestBody(), $("seed").value
 $("replay").addEventListener("click", () => { if (last) run(last.body, last.seed, last); });
 $("new-seed").addEventListener("click", () => { $("seed").value = ""; run(requestBody(), "", null); });
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
+$("api_key").addEventListener("change", loadModel);
 loadModel();
