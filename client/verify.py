@@ -59,6 +59,8 @@ class Outcome:
 def label(record: Record) -> str:
     """A record named for a reader: the RPC and, for a completion, its seed."""
     request = record.get("request", {})
+    if "golden" in record:  # tests/golden: named records
+        return f"{record['golden'].get('name')}: {record.get('rpc')}"
     if record.get("kind") == "generate":
         n = request.get("n")
         return f"{record.get('rpc')} seed={request.get('seed')}" + (f" n={n}" if n else "")

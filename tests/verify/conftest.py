@@ -20,6 +20,12 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="session")
+def golden_summary() -> list[str]:
+    """The golden test's lines for the terminal summary."""
+    return SUMMARY
+
+
+@pytest.fixture(scope="session")
 def verify_loop():
     lt = LoopThread()
     yield lt
