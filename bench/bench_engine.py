@@ -40,20 +40,11 @@ def step_time(model, batch: int, context: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-class TransformersStep:
-    """A decode step of the transformers model on a static batch with a KV cache (the old fp32 MKL path)."""
+class TransformersStepOf:
+    """A decode step of a transformers model on a static batch with a KV cache (float32, MKL)."""
 
-    def __init__(self, weights):
-        import os
-
-        from transformers import AutoModelForCausalLM
-
-        from seedstream.server.engine.loader import default_model_path
-
-        path = default_model_path()
-        self.model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-        ).eval()
+    def __init__(self, model):
+        self.model = model
 
     @torch.inference_mode()
     def time(self, batch: int, context: int, repeats: int) -> float:
@@ -67,6 +58,24 @@ class TransformersStep:
             times.append(time.perf_counter() - start)
             cache = out.past_key_values
         return statistics.median(times)
+
+
+class TransformersStep(TransformersStepOf):
+    """TransformersStepOf the default model, as transformers reads its GGUF (the old fp32 MKL path)."""
+
+    def __init__(self, weights):
+        import os
+
+        from transformers import AutoModelForCausalLM
+
+        from seedstream.server.engine.loader import default_model_path
+
+        path = default_model_path()
+        super().__init__(
+            AutoModelForCausalLM.from_pretrained(
+                os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+            ).eval()
+        )
 
 
 def main() -> None:
@@ -111,7 +120,7 @@ def main() -> None:
                 model = models[name]
                 timed = (
                     model.time(batch, args.context, args.repeats)
-                    if isinstance(model, TransformersStep)
+                    if isinstance(model, TransformersStepOf)
                     else step_time(model, batch, args.context, args.repeats)
                 )
                 times[name].append(timed)
