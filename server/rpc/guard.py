@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -52,6 +53,7 @@ class Call:
         limits = [t for t in (remaining, server_limit) if t is not None]
         self.limit = min(limits) if limits else None  # seconds this call may run
         self.server_cut = server_limit is not None and (remaining is None or server_limit < remaining)
+        self.writing = False  # a stream is waiting for its client to take a message
 
     def tokens_arrived(self, sample: int, count: int) -> None:
         """`count` tokens of sample `sample` reached the handler (time to first token, inter-token)."""
@@ -67,8 +69,9 @@ class Call:
             self.metrics.observe_inter_token(self.rpc, (now - last) / count, count)
         self._last_token_at[sample] = now
 
-    def log_line(self, status: str) -> None:
-        """The request ended with `status` (a grpc.StatusCode name): one log line, and metrics."""
+    def log_line(self, status: str, outcome: str | None = None) -> None:
+        """The request ended with `status` (a grpc.StatusCode name): one log line, and metrics (`outcome`
+        overrides the one the status implies: `dropped` for a stream whose client stopped reading)."""
         elapsed = time.monotonic() - self.started
         parts = [f"rpc={self.rpc}", f"id={self.request_id or '-'}"]
         parts += [f"{k}={v}" for k, v in self.fields.items()]
@@ -89,7 +92,7 @@ class Call:
         }
         log.info(" ".join(parts), extra={"request": record})  # --log-format json writes `record` as is
         if self.metrics is not None:
-            self.metrics.observe_request(self.rpc, status, elapsed, self.fields)
+            self.metrics.observe_request(self.rpc, status, elapsed, self.fields, outcome)
 
     def remaining(self) -> float | None:
         return None if self.limit is None else self.started + self.limit - time.monotonic()
@@ -98,9 +101,16 @@ class Call:
         near = self.client_deadline is not None and time.monotonic() >= self.client_deadline - DEADLINE_SLACK_S
         return "DEADLINE_EXCEEDED" if near else "CANCELLED"
 
-    async def deadline_passed(self) -> None:
-        self.log_line("DEADLINE_EXCEEDED")
+    async def deadline_passed(self, dropped: bool = False) -> None:
+        """Time is up: DEADLINE_EXCEEDED; `dropped`: while waiting for the client to read (metrics: DROPPED)."""
+        if dropped:
+            self.fields["dropped"] = "client-not-reading"
+        self.log_line("DEADLINE_EXCEEDED", outcome="dropped" if dropped else None)
         which = "the server's maximum deadline (--max-deadline)" if self.server_cut else "the call's deadline"
+        if dropped:  # the status queues behind messages the client does not take: do not wait for it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{which} passed"), 1.0)
+            return
         await self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{which} of {self.limit:.1f}s passed")
 
     async def malformed(self, request: MalformedRequest) -> None:
@@ -169,7 +179,11 @@ def guard_unary(rpc: str):
 
 
 def guard_stream(rpc: str):
-    """Wrap a server-streaming handler `fn(self, request, context, call)` (an async generator)."""
+    """Wrap a server-streaming handler `fn(self, request, context, call)` (an async generator).
+
+    The wrapper writes the messages itself (`context.write`), so the call's deadline covers writing
+    them too: a client that stops reading blocks a write, and at the deadline the call is ended, its
+    sequences freed, and it is logged DEADLINE_EXCEEDED and counted as outcome `dropped`."""
 
     def deco(fn):
         @functools.wraps(fn)
@@ -181,18 +195,17 @@ def guard_stream(rpc: str):
             with self.state.track():
                 messages = fn(self, request, context, call)
                 try:
-                    while True:
-                        try:
-                            step = messages.__anext__()
-                            remaining = call.remaining()
-                            message = await (
-                                asyncio.wait_for(step, max(remaining, 0)) if remaining is not None else step
-                            )
-                        except StopAsyncIteration:
-                            break
-                        yield message
+                    remaining = call.remaining()
+                    pumping = _pump(messages, context, call)
+                    await (asyncio.wait_for(pumping, max(remaining, 0)) if remaining is not None else pumping)
                 except asyncio.TimeoutError as exc:
-                    await (call.deadline_passed() if _timed_out(call) else call.failed(exc))
+                    if not _timed_out(call):
+                        await call.failed(exc)
+                    elif call.writing:
+                        await messages.aclose()  # free the sequences first: ending the call may wait
+                        await call.deadline_passed(dropped=True)
+                    else:
+                        await call.deadline_passed()
                 except asyncio.CancelledError:
                     call.log_line(call.cancel_reason())
                     raise
@@ -208,3 +221,11 @@ def guard_stream(rpc: str):
         return wrapper
 
     return deco
+
+
+async def _pump(messages, context, call: Call) -> None:
+    """Write every message; `call.writing` says whether a write (not the engine) is what we wait for."""
+    async for message in messages:
+        call.writing = True
+        await context.write(message)
+        call.writing = False

@@ -145,10 +145,11 @@ class ServiceMetrics:
         for _ in range(tokens):
             child.observe(seconds_per_token)
 
-    def observe_request(self, rpc: str, code: str, seconds: float, fields: dict) -> None:
-        """One ended request: its status code (a grpc.StatusCode name), latency and token counts."""
+    def observe_request(self, rpc: str, code: str, seconds: float, fields: dict, outcome: str | None = None) -> None:
+        """One ended request: its status code (a grpc.StatusCode name), latency and token counts;
+        `outcome` where the code alone does not say it (a stream dropped at its deadline)."""
         self.requests.labels(rpc, code).inc()
-        self.ended.labels(rpc, OUTCOMES.get(code, "error")).inc()
+        self.ended.labels(rpc, outcome or OUTCOMES.get(code, "error")).inc()
         self.duration.labels(rpc).observe(seconds)
         prompt = fields.get(PROMPT_TOKEN_FIELD.get(rpc, ""), 0)
         if prompt and code in COMPUTED_CODES:
