@@ -279,9 +279,7 @@ class ServeOptions:
         10.0, "seconds an HTTP client may take to send a request's headers (and TLS handshake); then it is closed"
     )
     http_body_timeout: float = _security(30.0, "seconds an HTTP client may take to send a request's body; then 408")
-    http_max_body_bytes: int = _security(
-        4 * 2**20, "largest HTTP request body in bytes; beyond it 413", shown="4 MiB"
-    )
+    http_max_body_bytes: int = _security(4 * 2**20, "largest HTTP request body in bytes; beyond it 413", shown="4 MiB")
     http_stall_timeout: float = _security(
         30.0, "an HTTP event stream whose client has read nothing for this many seconds is dropped (logged, counted)"
     )
