@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from seedstream.server.kernels import Kernels, load_kernels
-from seedstream.server.kernels.packing import PACK_LAYOUT, PackedMatrix, load_packed, save_packed
+from seedstream.server.kernels.packing import PACK_LAYOUT, PRECISION, PackedMatrix, load_packed, save_packed
 
 from .config import DTYPES, EngineConfig
-from .gguf_tensors import read_stored_matrices
 from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
 from .loader import LoadedWeights, cache_root
 from .model import DecoderModel, ModelConfig
@@ -83,32 +84,41 @@ def _wants_kernels(config: EngineConfig, device: torch.device, dtype: torch.dtyp
     return True
 
 
-_packed_in_process: dict[str, tuple[dict[str, PackedMatrix], str]] = {}  # read-only, shared by engines
+Packed = tuple[dict[str, PackedMatrix], str, dict[str, torch.Tensor]]  # matrices, their format, the norms
+_packed_in_process: dict[str, Packed] = {}  # read-only, shared by engines
 
 
 def _kernel_model(
     weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels, kv: torch.dtype
 ) -> KernelModel:
-    packed, fmt = packed_weights(weights, cfg, config.weights)
-    return KernelModel(cfg, weights.state_dict, packed, fmt, kernels, kv, config.activations)
+    packed, fmt, norms = packed_weights(weights, cfg, config.weights)
+    return KernelModel(cfg, norms, packed, fmt, kernels, kv, config.activations)
 
 
-def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> tuple[dict[str, PackedMatrix], str]:
-    """The model's matrices packed for the kernels, and the resolved format: from this process's memo,
-    else the disk cache, else packed now (from the GGUF's stored blocks where precise enough) and cached."""
+def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
+    """Everything the kernel model reads: the matrices packed (biases included), their resolved format and
+    the norm vectors. From this process's memo, else the disk cache (a warm start reads nothing else),
+    else packed now (from the stored blocks the packer keeps, else dequantised one matrix at a time)."""
     key = f"packed-v{PACK_LAYOUT}-{weights.model_identity[:32]}-{requested}"  # what is packed follows the config too
     if key in _packed_in_process:
         return _packed_in_process[key]
-    path = cache_root() / f"{key}.safetensors"
-    if path.exists():
-        result = load_packed(path)
+    path, norms_path = cache_root() / f"{key}.safetensors", cache_root() / f"{key}.norms.safetensors"
+    if path.exists() and norms_path.exists():
+        result = (*load_packed(path), load_file(str(norms_path)))
     else:
-        stored = {}
-        if weights.source_path.is_file() and weights.source_path.suffix == ".gguf":
-            stored = read_stored_matrices(weights.source_path, cfg.num_heads, cfg.num_kv_heads)
-        fmt = resolve_weight_format(requested, stored)
-        result = pack_model_weights(cfg, weights.state_dict, stored, fmt), fmt
+        state = weights.state_dict
+        kept = {n: t for n, t in ((n, weights.stored[n]) for n in weights.stored) if t.format in PRECISION}
+        fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
+        norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
+        result = pack_model_weights(cfg, state, kept, fmt), fmt, norms
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_packed(path, *result)
+        save_packed(path, *result[:2])
+        _save_atomically(norms, norms_path)  # after the matrices: its presence says both are whole
     _packed_in_process[key] = result
     return result
+
+
+def _save_atomically(tensors: dict[str, torch.Tensor], path) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -15,7 +14,6 @@ from seedstream.sampler import SAMPLER_VERSION
 from seedstream.server.phases import phase
 
 from .admission import FairQueue
-from .arch import canonical_state_dict
 from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
 from .kv_cache import kv_tag
@@ -52,8 +50,7 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_config = ModelConfig.from_hf(weights.config)
-        # both forward paths read the weights under canonical names, every option folded in (arch.py)
-        weights = dataclasses.replace(weights, state_dict=canonical_state_dict(self.model_config, weights.state_dict))
+        # the loader gives the weights under canonical names, every option folded in (arch.py), read lazily
         self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
         # Prefill equals decode bit for bit on both paths: the chunk size and the scheduling are not part of it.
         forward_tag = getattr(self.model, "version_tag", None) or torch_path_tag(self.model)

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from seedstream.server.phases import phase
 
+from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
 from .identity import model_digests, model_files
 from .sources import default_model_path, resolve_model
 
 log = logging.getLogger("seedstream.engine")
 
 # Bump when the cached layout or its key changes. 2: keyed on the model identity (was the weights' bytes).
-CACHE_FORMAT = "2"
+# 3: canonical names (arch.canonical_state_dict); a GGUF's entry holds no weights (they are read from the file).
+CACHE_FORMAT = "3"
 
 ProgressFn = Callable[[str], None]
 
@@ -40,7 +43,8 @@ __all__ = [
 
 @dataclasses.dataclass
 class LoadedWeights:
-    """Everything read from disk: config, fp32/bf16 state dict, tokenizer."""
+    """Everything read from disk: config, tokenizer, and the weights, read lazily (a warm kernel start
+    reads none of them: the packed-weights cache holds all it needs)."""
 
     model_id: str
     source_path: Path  # the .gguf file or the model folder
@@ -49,9 +53,12 @@ class LoadedWeights:
     # converted-model cache, and every cache derived from the weights, must be keyed on.
     model_identity: str
     config: dict
-    state_dict: dict[str, torch.Tensor]
+    # canonical names (arch.canonical_state_dict), float32; each read (or dequantised) at its access
+    state_dict: Mapping[str, torch.Tensor]
     tokenizer: object  # a transformers fast tokenizer
     generation_eos: tuple[int, ...]
+    # the matrices as the file stores them (a GGUF's blocks, viewing its mmap); empty for a converted folder
+    stored: Mapping[str, StoredTensor] = dataclasses.field(default_factory=dict)
 
 
 def cache_root() -> Path:
@@ -80,26 +87,56 @@ def check_supported(path: Path) -> None:
 
 
 def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> None:
-    """Load through transformers (dequantising GGUF) and save safetensors + tokenizer to `out`."""
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """A model folder: load through transformers and save its canonical float32 state + tokenizer to `out`."""
+    from transformers import AutoModelForCausalLM
+
+    from .arch import ModelConfig, canonical_state_dict
+
+    progress(f"converting {path} (first start only; cached in {out})")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer, config, eos = _metadata(path, model.generation_config)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = canonical_state_dict(ModelConfig.from_hf(config), state)
+    _write_entry(out, tokenizer, config, eos, path, state)
+
+
+def _convert_gguf(path: Path, out: Path, progress: ProgressFn) -> None:
+    """A GGUF: only its config, EOS ids and tokenizer go to `out`; the weights are read from the file itself."""
+    progress(f"reading the config and tokenizer of {path} (first start only; cached in {out})")
+    tokenizer, config, eos = _metadata(path, None)
+    _write_entry(out, tokenizer, config, eos, path, None)
+
+
+def _metadata(path: Path, generation) -> tuple[object, dict, tuple[int, ...]]:
+    """(tokenizer, config dict, EOS ids) as transformers reads them (for a GGUF: from its metadata). The
+    generation config as from_pretrained finds it: a generation_config.json beside, else from the config."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     folder, kwargs = _transformers_args(path)
-    progress(f"converting {path} (first start only; cached in {out})")
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    config = AutoConfig.from_pretrained(folder, **kwargs).to_dict()
+    hf_config = AutoConfig.from_pretrained(folder, **kwargs)
+    if generation is None:
+        try:
+            generation = GenerationConfig.from_pretrained(folder, **kwargs)
+        except OSError:
+            generation = GenerationConfig.from_model_config(hf_config)
+    config = hf_config.to_dict()
     config.pop("quantization_config", None)
-    eos = _eos_ids(model.generation_config.eos_token_id, config.get("eos_token_id"), tokenizer)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)  # shared storage; rebuilt from the embedding on load
+    return tokenizer, config, _eos_ids(generation.eos_token_id, config.get("eos_token_id"), tokenizer)
+
+
+def _write_entry(out: Path, tokenizer, config: dict, eos, path: Path, state: dict | None) -> None:
+    """Write the cache entry atomically: a temporary folder renamed (a concurrent converter may win)."""
+    from safetensors.torch import save_file
+
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        save_file(state, str(tmp / "model.safetensors"))
+        if state is not None:
+            save_file(state, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "seedstream.json").write_text(json.dumps({"config": config, "eos": list(eos), "source": str(path)}))
+        meta = {"config": config, "eos": list(eos), "source": str(path), "gguf": state is None}
+        (tmp / "seedstream.json").write_text(json.dumps(meta))
         with contextlib.suppress(OSError):  # atomic; fails when a concurrent converter won the race
             os.rename(tmp, out)
     finally:
@@ -126,8 +163,9 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
     heartbeat. The cache entry is keyed on the model identity, so an edited config, tokenizer or template
     is converted afresh, and two folders with the same weights never share an entry.
     """
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
+
+    from .arch import ModelConfig
 
     report = progress or (lambda msg: log.info(msg))
     started = time.monotonic()
@@ -137,16 +175,20 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
         report(f"hashing {source.path}")
         digests = model_digests(model_files(source.path), cache_root() / "hashes")
     cached = cache_root() / f"v{CACHE_FORMAT}-{digests.model_identity[:32]}"
+    gguf = source.path.is_file()
     if not (cached / "seedstream.json").exists():
         with phase("reading the model's config", report):
             check_supported(source.path)
         with phase("converting weights", report):
-            _convert_with_transformers(source.path, cached, report)
+            (_convert_gguf if gguf else _convert_with_transformers)(source.path, cached, report)
     with phase("loading cached weights", report):
-        report(f"loading cached weights from {cached}")
+        report(f"loading the config and tokenizer from {cached}")
         meta = json.loads((cached / "seedstream.json").read_text())
-        state = load_file(str(cached / "model.safetensors"))
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
+        if gguf:
+            state, stored = read_gguf(source.path, ModelConfig.from_hf(meta["config"]))
+        else:
+            state, stored = _lazy_safetensors(cached / "model.safetensors"), {}
     report(f"weights loaded in {time.monotonic() - started:.1f}s (model identity {digests.model_identity[:16]})")
     return LoadedWeights(
         model_id=source.model_id,
@@ -157,4 +199,17 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
         state_dict=state,
         tokenizer=tokenizer,
         generation_eos=tuple(meta["eos"]),
+        stored=stored,
     )
+
+
+def _lazy_safetensors(path: Path) -> LazyTensors:
+    """A safetensors file's tensors, each read at its access (a warm kernel start reads none)."""
+
+    def index():
+        from safetensors import safe_open
+
+        handle = safe_open(str(path), framework="pt")
+        return {name: functools.partial(handle.get_tensor, name) for name in handle.keys()}
+
+    return LazyTensors(index)
