@@ -8,7 +8,6 @@ row position, any prefill chunk or decode step, any thread count, and every x86 
 from __future__ import annotations
 
 import array
-import collections
 import ctypes
 import functools
 from collections.abc import Sequence
@@ -19,16 +18,14 @@ import torch
 from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, Matrix, ModelDesc, StepDesc
 from seedstream.server.kernels.lib import ACTIVATION_FN_CODES, LayerDesc, RopeDesc
 from seedstream.server.kernels.packing import (
+    BITS,
     NR,
     PRECISION,
+    STORED_FORMATS,
     PackedMatrix,
     for_int8_activations,
-    pack_f32,
     pack_from_float,
-    pack_q4_1,
-    pack_q8_0,
-    split_gguf_q4_1,
-    split_gguf_q8_0,
+    pack_stored,
 )
 from seedstream.server.settings import WEIGHT_FORMATS  # "auto" and the formats, most precise first
 
@@ -42,14 +39,27 @@ ATTN_BLOCK = 32  # keys per attention block, at absolute positions (part of engi
 TANH_VERSION = 1  # of simd.h's v_tanh: bump when its arithmetic changes (engine_version of models that use it)
 
 
+# The token embedding and the output head: llama.cpp's file types (Q4_1, Q4_K_M, ...) leave their type free,
+# so the name of a file's mix leaves them out too (they are packed as stored all the same).
+_EMBEDDING_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
+
+
 def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> str:
-    """'auto' is the file's own format (the most common among stored matrices), else f32."""
+    """'auto' is "as stored": the sorted set of the stored types of the layers' matrices ("q4_1" for the
+    default file, "q4_k,q6_k" for a Q4_K_M one; the embedding's and head's own type if there is no other;
+    "f32" with nothing stored). Anything else is a conversion, asked for by name. A stored type the kernels
+    cannot multiply in (IQ types, ...) is refused, naming the ones they can."""
     if requested not in WEIGHT_FORMATS:
         raise ValueError(f"weights={requested!r}: allowed {', '.join(WEIGHT_FORMATS)}")
+    unknown = sorted({t.format for t in stored.values()} - set(STORED_FORMATS))
+    if unknown:
+        raise ValueError(
+            f"weight type {', '.join(unknown)}: the kernels take {', '.join(STORED_FORMATS)} (or --backend torch)"
+        )
     if requested != "auto":
         return requested
-    counts = collections.Counter(t.format for t in stored.values())
-    return counts.most_common(1)[0][0] if counts else "f32"
+    layers = {t.format for n, t in stored.items() if n not in _EMBEDDING_NAMES}
+    return ",".join(sorted(layers or {t.format for t in stored.values()})) or "f32"
 
 
 def _pad_rows(rows: np.ndarray) -> np.ndarray:
@@ -60,14 +70,29 @@ def _pad_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _pack_stored(parts: list[StoredTensor], bias: np.ndarray | None, pad: bool) -> PackedMatrix:
-    fmt = parts[0].format
-    rows = np.concatenate([p.rows for p in parts])
-    rows = _pad_rows(rows) if pad else rows
-    if fmt == "f32":
-        return pack_f32(rows.astype(np.float32), bias)
-    if fmt == "q8_0":
-        return pack_q8_0(*split_gguf_q8_0(rows), bias=bias)
-    return pack_q4_1(*split_gguf_q4_1(rows), bias=bias)
+    """Stacked parts packed as stored: runs of one format are one matrix, a change of format starts the
+    next part of a chain (each multiplied in its own format); the bias is split along."""
+    runs: list[list[StoredTensor]] = []
+    for p in parts:
+        if runs and runs[-1][0].format == p.format:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    head, prev, row0 = None, None, 0
+    for run in runs:
+        rows = np.concatenate([p.rows for p in run])
+        rows = _pad_rows(rows) if pad else rows
+        n = rows.shape[0]
+        if n % NR:
+            raise ValueError(f"a {run[0].format} part of {n} rows: the parts of a chain must be multiples of {NR}")
+        m = pack_stored(run[0].format, rows, None if bias is None else bias[row0 : row0 + n])
+        row0 += n
+        if prev is None:
+            head = m
+        else:
+            prev.next = m
+        prev = m
+    return head
 
 
 class _Packer:
@@ -75,6 +100,13 @@ class _Packer:
 
     def __init__(self, fmt: str, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor]):
         self.fmt, self.sd, self.stored = fmt, state_dict, stored
+        # "as stored" (a resolved 'auto' naming stored types); else a conversion keeps what is as precise
+        self.as_stored = fmt not in PRECISION
+
+    def keeps(self, part: StoredTensor | None) -> bool:
+        if part is None or part.format not in BITS:
+            return False
+        return self.as_stored or BITS[part.format] >= BITS[self.fmt]
 
     def __call__(self, names: list[str], bias_names: list[str] | None = None, pad: bool = False) -> PackedMatrix:
         """names' matrices stacked (and their biases); pad: rows up to a multiple of NR (the vocabulary)."""
@@ -82,14 +114,10 @@ class _Packer:
         if bias_names:
             bias = torch.cat([self.sd[n].float() for n in bias_names]).numpy()
         parts = [self.stored.get(n) for n in names]
-        if (
-            all(parts)
-            and len({p.format for p in parts}) == 1
-            and PRECISION.index(parts[0].format) <= PRECISION.index(self.fmt)
-        ):
+        if all(self.keeps(p) for p in parts):
             return _pack_stored(parts, bias, pad)
         w = torch.cat([self.sd[n].float() for n in names]).numpy()
-        return pack_from_float(_pad_rows(w) if pad else w, self.fmt, bias)
+        return pack_from_float(_pad_rows(w) if pad else w, self.fmt if self.fmt in PRECISION else "f32", bias)
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,8 +256,9 @@ class KernelModel:
                 f"kv_cache_dtype={str(kv_dtype).removeprefix('torch.')}: the kernels cache float32 or bfloat16"
             )
         if activations == "int8":
-            if weight_format not in ("q8_0", "q4_1"):
-                raise ValueError(f"activations='int8' needs q8_0 or q4_1 weights; these are {weight_format}")
+            formats = sorted({f for m in packed.values() for f in m.formats} - {"q8_0", "q4_1"})
+            if formats:
+                raise ValueError(f"activations='int8' needs q8_0 or q4_1 weights; these include {', '.join(formats)}")
             packed = {name: for_int8_activations(m) for name, m in packed.items()}
         elif activations != "float32":
             raise ValueError(f"activations={activations!r}: allowed float32, int8")

@@ -22,7 +22,7 @@ log = logging.getLogger("seedstream.kernels")
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "gemm.cpp", "gemm_i8.cpp", "attention.cpp", "forward.cpp")
-HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h")
+HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h", "gemm_blocks.h")
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
 # is not: every build gives the same bits (tests/kernels/test_isa_identity.py).
 KERNEL_VERSION = "2"

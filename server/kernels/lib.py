@@ -13,8 +13,20 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 4
-FORMAT_CODES = {"f32": 0, "q8_0": 1, "q4_1": 2}
+ABI_VERSION = 5
+FORMAT_CODES = {
+    "f32": 0,
+    "q8_0": 1,
+    "q4_1": 2,
+    "q4_0": 3,
+    "q5_0": 4,
+    "q5_1": 5,
+    "q4_k": 6,
+    "q5_k": 7,
+    "q6_k": 8,
+    "f16": 9,
+    "bf16": 10,
+}
 ACTIVATION_CODES = {"float32": 0, "int8": 1}  # ssk_matrix.act: what the GEMM multiplies the weights with
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype
 ACTIVATION_FN_CODES = {"silu": 0, "gelu_tanh": 1}  # ssk_model.activation: the MLP's function of the gate
@@ -23,7 +35,19 @@ _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
 
 
 class Matrix(ctypes.Structure):
-    _fields_ = [("format", _i32), ("n", _i32), ("k", _i32), ("act", _i32), ("data", _ptr), ("bias", _ptr)]
+    pass
+
+
+# next: the following part of a fused matrix whose parts have different formats (ssk.h), or null
+Matrix._fields_ = [
+    ("format", _i32),
+    ("n", _i32),
+    ("k", _i32),
+    ("act", _i32),
+    ("data", _ptr),
+    ("bias", _ptr),
+    ("next", ctypes.POINTER(Matrix)),
+]
 
 
 class RopeDesc(ctypes.Structure):
@@ -146,7 +170,10 @@ class Kernels:
         """x [M, K] float32 -> [M, N], computed as the forward computes it."""
         x = x.contiguous()
         assert x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == matrix.k
-        y = torch.empty(x.shape[0], matrix.n, dtype=torch.float32)
+        n, part = 0, matrix
+        while part is not None:  # the columns of every part of a chain
+            n, part = n + part.n, (part.next.contents if part.next else None)
+        y = torch.empty(x.shape[0], n, dtype=torch.float32)
         if self._lib.ssk_gemm(self._ctx, ctypes.byref(matrix), x.shape[0], x.data_ptr(), y.data_ptr()) != 0:
             raise ValueError("ssk_gemm: bad matrix or row count")
         return y

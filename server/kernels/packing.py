@@ -6,6 +6,11 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
   q8_0  tile block (544 B) = float16 d[16], int8 q[32 k][16 lanes]
   q4_1  tile block (320 B) = float16 d[16], float16 m[16], uint8 q[16 k][16 lanes]
         (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
+  q4_0, q5_0, q5_1, q4_k, q5_k, q6_k: GGUF's blocks regrouped per 16 columns (csrc/gemm_blocks.h):
+        float16 d[16]; [float16 m or dmin [16]]; [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16]];
+        per 32 values: uint8 nib[16][16] (as q4_1), then P planes of uint32 bits[16] (bit j: bit 4+p of value j)
+  f16, bf16  tile = uint16 w[K][16] (widened exactly to float32 in registers)
+A fused matrix whose parts are stored in different formats is a chain of parts (PackedMatrix.next).
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
 float weights on load rounds its scales to float16 first, as llama.cpp does.
 
@@ -17,6 +22,7 @@ each 32-bit lane holds 4 consecutive quant bytes of one column (csrc/gemm_i8.cpp
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 
 import numpy as np
@@ -30,6 +36,30 @@ QK = 32  # values per block
 # Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
 # one asked for.
 PRECISION = ("f32", "q8_0", "q4_1")
+# Bits per weight of every format the kernels multiply in (a GGUF matrix in one of them is kept as stored).
+BITS = {
+    "f32": 32.0,
+    "f16": 16.0,
+    "bf16": 16.0,
+    "q8_0": 8.5,
+    "q6_k": 6.5625,
+    "q5_1": 6.0,
+    "q5_k": 5.5,
+    "q5_0": 5.5,
+    "q4_1": 5.0,
+    "q4_k": 4.5,
+    "q4_0": 4.5,
+}
+STORED_FORMATS = tuple(sorted(BITS))
+# Block formats of csrc/gemm_blocks.h: (values per block S, values per sub-block L, high-bit planes P, K-type)
+BLOCK_FORMATS = {
+    "q4_0": (32, 32, 0, False),
+    "q5_0": (32, 32, 1, False),
+    "q5_1": (32, 32, 1, False),
+    "q4_k": (256, 32, 0, True),
+    "q5_k": (256, 32, 1, True),
+    "q6_k": (256, 16, 2, True),
+}
 
 
 @dataclasses.dataclass
@@ -42,6 +72,7 @@ class PackedMatrix:
     data: torch.Tensor  # uint8, packed tiles
     bias: torch.Tensor | None = None  # float32 [n]
     activations: str = "float32"  # what the GEMM multiplies these weights with (ACTIVATION_CODES)
+    next: PackedMatrix | None = None  # the following output columns, in another format (a chain)
 
     def desc(self) -> Matrix:
         """The C struct; it holds a reference to this matrix, so the memory it points at stays alive."""
@@ -53,12 +84,31 @@ class PackedMatrix:
             self.data.data_ptr(),
             None if self.bias is None else self.bias.data_ptr(),
         )
+        if self.next is not None:
+            nxt = self.next.desc()
+            m.next = ctypes.pointer(nxt)
+            m.next_desc = nxt  # keeps the part (and what it points at) alive
         m.owner = self
         return m
 
+    def parts(self) -> list[PackedMatrix]:
+        out, p = [], self
+        while p is not None:
+            out.append(p)
+            p = p.next
+        return out
+
+    @property
+    def formats(self) -> list[str]:
+        return [p.format for p in self.parts()]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.n for p in self.parts())
+
     @property
     def nbytes(self) -> int:
-        return self.data.numel()
+        return sum(p.data.numel() for p in self.parts())
 
 
 def _check_shape(n: int, k: int) -> None:
@@ -110,6 +160,8 @@ def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
     """The same matrix with each tile block's quants regrouped for int8 activations (module docstring)."""
     if m.format not in _BLOCK_LAYOUT:
         raise ValueError(f"int8 activations need q8_0 or q4_1 weights, not {m.format}")
+    if m.next is not None:
+        m = dataclasses.replace(m, next=for_int8_activations(m.next))
     if m.activations == "int8":
         return m
     head, quants = _BLOCK_LAYOUT[m.format]
@@ -203,6 +255,108 @@ def pack_from_float(w: np.ndarray, fmt: str, bias: np.ndarray | None = None) -> 
     raise ValueError(f"weight format {fmt!r}: allowed {', '.join(PRECISION)}")
 
 
+def _f16_field(blocks: np.ndarray, at: int) -> np.ndarray:
+    """The float16 at byte `at` of every block [N, nb, bytes] -> [N, nb] float16."""
+    return np.ascontiguousarray(blocks[..., at : at + 2]).view(np.float16)[..., 0]
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """[..., 16] bytes -> [..., 32] values: the low nibbles, then the high ones (GGUF's 32-block order)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _bit_planes(qh: np.ndarray) -> np.ndarray:
+    """[..., 4] bytes of a little-endian uint32 -> [..., 32] its bits (value j: bit j), as uint8 0/1."""
+    return np.unpackbits(qh, axis=-1, bitorder="little")
+
+
+def _k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K's 12 scale bytes [..., 12] -> the eight 6-bit scales and mins [..., 8] (get_scale_min)."""
+    sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 0x0F) | ((s[..., 0:4] >> 6) << 4)], axis=-1)
+    mn = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)], axis=-1)
+    return sc, mn
+
+
+def unpack_gguf_blocks(rows: np.ndarray, fmt: str) -> dict[str, np.ndarray | None]:
+    """GGUF block bytes [N, bytes per row] of a BLOCK_FORMATS type -> d [N, nb] and m (the minimum, or
+    K-types' dmin) float16, K-types' sub-block sc [N, nb, S/L] and mn, and the raw unsigned quants q [N, K]."""
+    size = {"q4_0": 18, "q5_0": 22, "q5_1": 24, "q4_k": 144, "q5_k": 176, "q6_k": 210}[fmt]
+    n = rows.shape[0]
+    b = np.ascontiguousarray(rows, dtype=np.uint8).reshape(n, -1, size)
+    out: dict[str, np.ndarray | None] = {"m": None, "sc": None, "mn": None}
+    if fmt == "q4_0":
+        out.update(d=_f16_field(b, 0), q=_nibbles(b[..., 2:]))
+    elif fmt == "q5_0":
+        out.update(d=_f16_field(b, 0), q=_nibbles(b[..., 6:]) | (_bit_planes(b[..., 2:6]) << 4))
+    elif fmt == "q5_1":
+        out.update(d=_f16_field(b, 0), m=_f16_field(b, 2), q=_nibbles(b[..., 8:]) | (_bit_planes(b[..., 4:8]) << 4))
+    elif fmt in ("q4_k", "q5_k"):
+        sc, mn = _k_scales(b[..., 4:16])
+        qs = b[..., -128:].reshape(n, -1, 4, 32)  # 4 x 32 bytes: sub-blocks 2i (low nibbles) and 2i+1 (high)
+        q = np.stack([qs & 0x0F, qs >> 4], axis=3).reshape(n, -1, 8, 32)
+        if fmt == "q5_k":  # qh[l] bit s: bit 4 of value l of sub-block s
+            q = q | (((b[..., 16:48, None] >> np.arange(8, dtype=np.uint8)) & 1).transpose(0, 1, 3, 2) << 4)
+        out.update(d=_f16_field(b, 0), m=_f16_field(b, 2), sc=sc.astype(np.int8), mn=mn, q=q)
+    else:  # q6_k: ql[128], qh[64], int8 scales[16], d
+        ql = b[..., :128].reshape(n, -1, 2, 64)
+        ql = np.concatenate([ql & 0x0F, ql >> 4], axis=-1).reshape(n, -1, 2, 4, 32)
+        qh = (b[..., 128:192].reshape(n, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3
+        out.update(d=_f16_field(b, 208), sc=b[..., 192:208].view(np.int8), q=ql | (qh << 4))
+    out["q"] = np.ascontiguousarray(out["q"], dtype=np.uint8).reshape(n, -1)
+    return out
+
+
+def pack_blocks(fmt: str, d, m, sc, mn, q: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
+    """unpack_gguf_blocks' fields -> the tile layout of csrc/gemm_blocks.h (module docstring)."""
+    size, sub, planes, ktype = BLOCK_FORMATS[fmt]
+    n, k = q.shape
+    _check_shape(n, k)
+    if k % size:
+        raise ValueError(f"{fmt} matrix [{n}, {k}]: rows must be whole blocks of {size}")
+    t, nb = n // NR, k // size
+
+    def per_lane(a: np.ndarray, dtype) -> np.ndarray:  # [N, nb, ...] -> bytes [T, nb, ... x 16 lanes]
+        a = a.astype(dtype).reshape(t, NR, nb, -1).transpose(0, 2, 3, 1)
+        return _bytes(a.reshape(t, nb, -1))
+
+    head = [per_lane(d, np.float16)] + ([per_lane(m, np.float16)] if m is not None else [])
+    if ktype:
+        head += [per_lane(sc, np.int8)] + ([per_lane(mn, np.uint8)] if mn is not None else [])
+    qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
+    nib = (qt[..., :16, :] & 0x0F) | ((qt[..., 16:, :] & 0x0F) << 4)  # [T, nb, chunk, 16, lane]
+    chunk = [nib.reshape(t, nb, size // 32, 256)]
+    weights = (np.uint32(1) << np.arange(32, dtype=np.uint32))[:, None]
+    for p in range(planes):
+        bits = ((qt >> (4 + p)) & 1).astype(np.uint32)
+        chunk.append(_bytes((bits * weights).sum(axis=3, dtype=np.uint32)))  # [T, nb, chunk, 64]
+    chunks = np.concatenate(chunk, axis=-1).reshape(t, nb, -1)
+    blocks = np.concatenate([*head, chunks], axis=-1)  # [T, nb, block bytes]
+    return _packed(fmt, n, k, blocks.reshape(-1), bias)
+
+
+def pack_h16(bits: np.ndarray, fmt: str, bias: np.ndarray | None = None) -> PackedMatrix:
+    """float16 or bfloat16 weights [N, K] (their 16-bit patterns) -> uint16 tiles w[K][16]."""
+    n, k = bits.shape
+    _check_shape(n, k)
+    tiles = np.ascontiguousarray(bits.view(np.uint16).reshape(n // NR, NR, k).transpose(0, 2, 1))
+    return _packed(fmt, n, k, tiles.view(np.uint8).reshape(-1), bias)
+
+
+def pack_stored(fmt: str, rows: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
+    """A matrix as a GGUF file stores it (gguf_tensors.StoredTensor.rows) packed in its own format."""
+    if fmt == "f32":
+        return pack_f32(rows.astype(np.float32), bias)
+    if fmt in ("f16", "bf16"):
+        return pack_h16(rows, fmt, bias)
+    if fmt == "q8_0":
+        return pack_q8_0(*split_gguf_q8_0(rows), bias=bias)
+    if fmt == "q4_1":
+        return pack_q4_1(*split_gguf_q4_1(rows), bias=bias)
+    if fmt in BLOCK_FORMATS:
+        return pack_blocks(fmt, **unpack_gguf_blocks(rows, fmt), bias=bias)
+    raise ValueError(f"weight format {fmt!r}: the kernels take {', '.join(STORED_FORMATS)}")
+
+
 def save_packed(path, packed: dict[str, PackedMatrix], weight_format: str) -> None:
     """Write packed matrices to a safetensors file (atomically), with their formats as metadata."""
     import json
@@ -211,11 +365,13 @@ def save_packed(path, packed: dict[str, PackedMatrix], weight_format: str) -> No
     from safetensors.torch import save_file
 
     tensors, meta = {}, {}
-    for name, m in packed.items():
-        tensors[name] = m.data
-        if m.bias is not None:
-            tensors[name + ".bias"] = m.bias
-        meta[name] = [m.format, m.n, m.k]
+    for base, chain in packed.items():
+        for i, m in enumerate(chain.parts()):  # a chain's parts: name, name#1, name#2, ...
+            name = f"{base}#{i}" if i else base
+            tensors[name] = m.data
+            if m.bias is not None:
+                tensors[name + ".bias"] = m.bias
+            meta[name] = [m.format, m.n, m.k]
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(tensors, tmp, metadata={"weight_format": weight_format, "matrices": json.dumps(meta)})
     os.replace(tmp, path)
@@ -230,10 +386,15 @@ def load_packed(path) -> tuple[dict[str, PackedMatrix], str]:
         meta = fh.metadata()
         shapes = json.loads(meta["matrices"])
         names = set(fh.keys())
-        packed = {
+        parts = {
             name: PackedMatrix(
                 fmt, n, k, fh.get_tensor(name), fh.get_tensor(name + ".bias") if name + ".bias" in names else None
             )
             for name, (fmt, n, k) in shapes.items()
         }
+    packed = {name: m for name, m in parts.items() if "#" not in name}
+    for name in sorted((n for n in parts if "#" in n), key=lambda n: int(n.rsplit("#", 1)[1]), reverse=True):
+        base, i = name.rsplit("#", 1)
+        prev = packed[base] if i == "1" else parts[f"{base}#{int(i) - 1}"]
+        prev.next = parts[name]
     return packed, meta["weight_format"]

@@ -24,10 +24,21 @@ T* grow(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
+bool valid_part(const ssk_matrix& w) {
+  int values = SSK_QK, bytes = 0;
+  block_geometry(w.format, &values, &bytes);
+  const bool known = w.format >= SSK_F32 && w.format <= SSK_BF16;
+  return w.data && w.n > 0 && w.n % SSK_NR == 0 && w.k > 0 && w.k % SSK_QK == 0 && w.k % 16 == 0 && known &&
+         w.k % (values ? values : SSK_QK) == 0 &&
+         (w.act == SSK_ACT_F32 || (w.act == SSK_ACT_I8 && (w.format == SSK_Q8_0 || w.format == SSK_Q4_1)));
+}
+
+// Every part valid, with the first part's k; at most 8 parts (q, k, v or gate, up, each maybe split).
 bool valid_matrix(const ssk_matrix& w) {
-  return w.data && w.n > 0 && w.n % SSK_NR == 0 && w.k > 0 && w.k % SSK_QK == 0 && w.k % 16 == 0 &&
-         (w.format == SSK_F32 || w.format == SSK_Q8_0 || w.format == SSK_Q4_1) &&
-         (w.act == SSK_ACT_F32 || (w.act == SSK_ACT_I8 && w.format != SSK_F32));
+  int parts = 0;
+  for (const ssk_matrix* p = &w; p; p = p->next)
+    if (!valid_part(*p) || p->k != w.k || ++parts > 8) return false;
+  return true;
 }
 
 // Run fn on each row, then make the row ready as input of w (its block sums, for Q4_1).
@@ -38,7 +49,7 @@ void rows_then_prepare(Pool& pool, int rows, const ssk_matrix& w, const float* x
     Pool::range(rows, t, n, &begin, &end);
     for (int64_t i = begin; i < end; ++i) {
       fn((int)i);
-      if (w.format == SSK_Q4_1) block_sums(x + (size_t)i * k, k, sums + (size_t)i * (k / SSK_QK));
+      if (chain_needs_sums(w)) block_sums(x + (size_t)i * k, k, sums + (size_t)i * (k / SSK_QK));
     }
   });
 }
@@ -147,7 +158,8 @@ bool valid_shapes(const ssk_model& md, char* why, int len) {
 
 bool matrix_is(const ssk_matrix& w, int n, int k, const char* name, int l, char* why, int len) {
   if (!valid_matrix(w)) return refuse(why, len, "layer %d: %s: not a packed matrix the kernels take", l, name);
-  if (w.n != n || w.k != k) return refuse(why, len, "layer %d: %s is [%d, %d], expected [%d, %d]", l, name, w.n, w.k, n, k);
+  if (matrix_rows(w) != n || w.k != k)
+    return refuse(why, len, "layer %d: %s is [%d, %d], expected [%d, %d]", l, name, matrix_rows(w), w.k, n, k);
   return true;
 }
 
@@ -157,6 +169,7 @@ bool valid_weights(const ssk_model& md, char* why, int len) {
   if (!md.layers || !md.norm_final) return refuse(why, len, "no layers or final norm");
   if (!matrix_is(md.embed, vocab_rows, H, "embed", -1, why, len)) return false;
   if (!matrix_is(md.lm_head, vocab_rows, H, "lm_head", -1, why, len)) return false;
+  if (md.embed.next || md.lm_head.next) return refuse(why, len, "the embedding and lm_head are one part each");
   for (int i = 0; i < md.n_ropes; ++i)
     if (!md.ropes[i].cos || !md.ropes[i].sin) return refuse(why, len, "rope %d has no tables", i);
   for (int l = 0; l < md.n_layers; ++l) {
@@ -218,7 +231,7 @@ void ssk_destroy(void* ctx) { delete static_cast<Ctx*>(ctx); }
 int32_t ssk_threads(void* ctx) { return static_cast<Ctx*>(ctx)->pool.size(); }
 
 int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out) {
-  if (!valid_matrix(*w) || row < 0 || row >= w->n) return -1;
+  if (!valid_matrix(*w) || w->next || row < 0 || row >= w->n) return -1;
   dequant_row(*w, row, out);
   return 0;
 }
@@ -235,7 +248,7 @@ int32_t ssk_gemm(void* vctx, const ssk_matrix* w, int32_t m, const float* x, flo
   const int nb = w->k / SSK_QK;
   float* sums = grow(c.sums, (size_t)m * nb);
   for (int i = 0; i < m; ++i) block_sums(x + (size_t)i * w->k, w->k, sums + (size_t)i * nb);
-  gemm(c.pool, *w, m, x, sums, y, w->n, grow(c.gemm_scratch, gemm_scratch_floats(m, w->k) + 1));
+  gemm(c.pool, *w, m, x, sums, y, matrix_rows(*w), grow(c.gemm_scratch, gemm_scratch_floats(m, w->k) + 1));
   return 0;
 }
 

@@ -13,13 +13,6 @@
 #include "internal.h"
 #include "simd.h"
 
-size_t tile_bytes(int format, int k) {
-  switch (format) {
-    case SSK_F32: return (size_t)k * SSK_NR * sizeof(float);
-    case SSK_Q8_0: return (size_t)(k / SSK_QK) * Q8_0_TILE_BLOCK;
-    default: return (size_t)(k / SSK_QK) * Q4_1_TILE_BLOCK;
-  }
-}
 
 // 16 packed quants (one per output column) as floats: exact conversions, so the same on every build.
 #if defined(SSK_AVX512)
@@ -61,6 +54,36 @@ static inline V16 q4_lanes(const uint8_t* p, int shift) {
   return r;
 }
 #endif
+
+#include "gemm_blocks.h"
+
+// Values and bytes of one tile block of a block format (gemm_blocks.h); 0 for the others.
+template <class F>
+static void geometry(int* values, int* bytes) { *values = F::S, *bytes = F::BLOCK; }
+void block_geometry(int format, int* values, int* bytes) {
+  *values = *bytes = 0;
+  switch (format) {
+    case SSK_Q4_0: return geometry<FmtQ4_0>(values, bytes);
+    case SSK_Q5_0: return geometry<FmtQ5_0>(values, bytes);
+    case SSK_Q5_1: return geometry<FmtQ5_1>(values, bytes);
+    case SSK_Q4_K: return geometry<FmtQ4_K>(values, bytes);
+    case SSK_Q5_K: return geometry<FmtQ5_K>(values, bytes);
+    case SSK_Q6_K: return geometry<FmtQ6_K>(values, bytes);
+  }
+}
+
+size_t tile_bytes(int format, int k) {
+  switch (format) {
+    case SSK_F32: return (size_t)k * SSK_NR * sizeof(float);
+    case SSK_F16:
+    case SSK_BF16: return (size_t)k * SSK_NR * sizeof(uint16_t);
+    case SSK_Q8_0: return (size_t)(k / SSK_QK) * Q8_0_TILE_BLOCK;
+    case SSK_Q4_1: return (size_t)(k / SSK_QK) * Q4_1_TILE_BLOCK;
+  }
+  int values, bytes;
+  block_geometry(format, &values, &bytes);
+  return (size_t)(k / values) * bytes;
+}
 
 // MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart); y points at (first row, first column),
 // row stride ldy. Several tiles at once only give the core more independent chains when rows are few;
@@ -198,7 +221,15 @@ static void run_big(const ssk_matrix& w, const uint8_t* tile, const float* xp, c
   switch (w.format) {
     case SSK_F32: big_f32<MR>(tile, xp, w.k, y, ldy); break;
     case SSK_Q8_0: big_q8_0<MR>(tile, xp, w.k, y, ldy); break;
-    default: big_q4_1<MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q4_1: big_q4_1<MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q4_0: big_blk<FmtQ4_0, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q5_0: big_blk<FmtQ5_0, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q5_1: big_blk<FmtQ5_1, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q4_K: big_blk<FmtQ4_K, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q5_K: big_blk<FmtQ5_K, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q6_K: big_blk<FmtQ6_K, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_F16: big_h16<false, MR>(tile, xp, w.k, y, ldy); break;
+    case SSK_BF16: big_h16<true, MR>(tile, xp, w.k, y, ldy); break;
   }
 }
 
@@ -228,7 +259,15 @@ static void run_tile(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, co
   switch (w.format) {
     case SSK_F32: tile_f32<MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
     case SSK_Q8_0: tile_q8_0<MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
-    default: tile_q4_1<MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q4_1: tile_q4_1<MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q4_0: tile_blk<FmtQ4_0, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q5_0: tile_blk<FmtQ5_0, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q5_1: tile_blk<FmtQ5_1, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q4_K: tile_blk<FmtQ4_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q5_K: tile_blk<FmtQ5_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q6_K: tile_blk<FmtQ6_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_F16: tile_h16<false, MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
+    case SSK_BF16: tile_h16<true, MR, NT>(tile, tbytes, x, w.k, y, ldy); break;
   }
 }
 
@@ -246,8 +285,8 @@ size_t gemm_scratch_floats(int m, int k) {
   return interleaved > ints ? interleaved : ints;
 }
 
-void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
-          float* scratch) {
+static void gemm_part(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
+                      float* scratch) {
   if (w.act == SSK_ACT_I8) return gemm_i8(pool, w, m, x, y, ldy, scratch);
   const int nb = w.k / SSK_QK;
   const size_t tbytes = tile_bytes(w.format, w.k);
@@ -292,5 +331,43 @@ void add_bias(const ssk_matrix& w, int n0, int tiles, int m, float* y, int ldy) 
   for (int c = n0; c < n0 + SSK_NR * tiles; c += SSK_NR) {
     const V16 bias = v_load(w.bias + c);
     for (int r = 0; r < m; ++r) v_store(y + (size_t)r * ldy + c, v_add(v_load(y + (size_t)r * ldy + c), bias));
+  }
+}
+
+void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
+          float* scratch) {
+  for (const ssk_matrix* p = &w; p; y += p->n, p = p->next) gemm_part(pool, *p, m, x, sums, y, ldy, scratch);
+}
+
+// Row `row` of a block-format matrix, dequantised: scale * (q - OFF) (+ min), the kernels' scale and minimum.
+template <class F>
+static void dequant_blk(const ssk_matrix& w, int row, float* out) {
+  const int lane = row % SSK_NR;
+  const uint8_t* base = w.data + (size_t)(row / SSK_NR) * tile_bytes(w.format, w.k);
+  for (int b = 0; b < w.k / F::S; ++b) {
+    const uint8_t* blk = base + (size_t)b * F::BLOCK;
+    for (int c = 0; c < F::CHUNKS; ++c) {
+      const uint8_t* nib = blk + F::QS + c * F::CHUNK;
+      const Planes pl = load_planes<F::P>(nib + 256);
+      for (int j = 0; j < 32; ++j) {
+        float q[16], scale[16], mn[16];
+        v_store(q, blk_lanes<F::P, F::OFF>(nib, pl, j));
+        v_store(scale, blk_scale<F>(blk, (32 * c + j) / F::L));
+        v_store(mn, F::HAS_MIN ? blk_min<F>(blk, (32 * c + j) / F::L) : v_zero());
+        const float v = scale[lane] * q[lane];
+        out[b * F::S + 32 * c + j] = F::HAS_MIN ? v + mn[lane] : v;
+      }
+    }
+  }
+}
+
+void dequant_row_blocks(const ssk_matrix& w, int row, float* out) {
+  switch (w.format) {
+    case SSK_Q4_0: return dequant_blk<FmtQ4_0>(w, row, out);
+    case SSK_Q5_0: return dequant_blk<FmtQ5_0>(w, row, out);
+    case SSK_Q5_1: return dequant_blk<FmtQ5_1>(w, row, out);
+    case SSK_Q4_K: return dequant_blk<FmtQ4_K>(w, row, out);
+    case SSK_Q5_K: return dequant_blk<FmtQ5_K>(w, row, out);
+    case SSK_Q6_K: return dequant_blk<FmtQ6_K>(w, row, out);
   }
 }

@@ -16,9 +16,26 @@ constexpr int Q4_1_QS = 64;          // byte offset of the quants in a q4_1 tile
 // widens to float32 exactly (v_load_f16), so the arithmetic is the same as with float32 scales.
 
 size_t tile_bytes(int format, int k);
+// Values and bytes of one tile block of the formats of gemm_blocks.h (Q4_0 ... Q6_K); 0 and 0 for others.
+void block_geometry(int format, int* values, int* bytes);
+// Whether a format's GEMM reads the block sums of its input (a minimum term).
+inline bool needs_sums(int format) {
+  return format == SSK_Q4_1 || format == SSK_Q5_1 || format == SSK_Q4_K || format == SSK_Q5_K;
+}
+inline bool chain_needs_sums(const ssk_matrix& w) {
+  for (const ssk_matrix* p = &w; p; p = p->next)
+    if (needs_sums(p->format)) return true;
+  return false;
+}
+// Output columns of a (chained) matrix.
+inline int matrix_rows(const ssk_matrix& w) {
+  int n = 0;
+  for (const ssk_matrix* p = &w; p; p = p->next) n += p->n;
+  return n;
+}
 // s[b] = x[32b] + x[32b+1] + ... + x[32b+31], added left to right (the Q4_1 minimum term's input).
 void block_sums(const float* x, int k, float* s);
-// y[m, n] = x[m, :] . W[n, :] (+ bias[n]); x [m, k] float32 with row stride k. sums: block_sums of each
+// y[m, n] = x[m, :] . W[n, :] (+ bias[n]) over every part of a chained matrix; x [m, k] float32 with row stride k. sums: block_sums of each
 // row (stride k/32), needed for Q4_1 only. scratch: gemm_scratch_floats(m, k) floats (the inputs of
 // large row counts are interleaved there).
 void gemm(Pool& pool, const ssk_matrix& w, int m, const float* x, const float* sums, float* y, int ldy,
@@ -48,6 +65,7 @@ inline int quant_offset(int act, int j, int lane) {
   return act == SSK_ACT_I8 ? (j / 4) * 64 + lane * 4 + j % 4 : 16 * j + lane;
 }
 void dequant_row(const ssk_matrix& w, int row, float* out);
+void dequant_row_blocks(const ssk_matrix& w, int row, float* out);  // the formats of gemm_blocks.h
 
 void rmsnorm_row(const float* x, const float* weight, int k, float eps, float* out);
 void rope_heads(float* x, int n_heads, int head_dim, int rotary_dim, const float* cos, const float* sin);

@@ -71,6 +71,16 @@ void dequant_row(const ssk_matrix& w, int row, float* out) {
     for (int k = 0; k < w.k; ++k) out[k] = t[(size_t)k * SSK_NR + lane];
     return;
   }
+  if (w.format == SSK_F16 || w.format == SSK_BF16) {
+    const uint16_t* t = (const uint16_t*)base;
+    for (int k = 0; k < w.k; ++k) {
+      float v[16];
+      v_store(v, w.format == SSK_F16 ? v_load_f16(t + (size_t)k * SSK_NR) : v_load_bf16(t + (size_t)k * SSK_NR));
+      out[k] = v[lane];
+    }
+    return;
+  }
+  if (w.format != SSK_Q8_0 && w.format != SSK_Q4_1) return dequant_row_blocks(w, row, out);
   for (int b = 0; b < nb; ++b) {
     if (w.format == SSK_Q8_0) {
       const uint8_t* blk = base + (size_t)b * Q8_0_TILE_BLOCK;
