@@ -6,7 +6,7 @@ import torch
 
 from seedstream.server.engine import EngineConfig, load_engine
 from seedstream.server.engine.backends import packed_weights
-from seedstream.server.engine.gguf_tensors import read_stored_matrices
+from seedstream.server.engine.gguf_tensors import read_gguf
 from seedstream.server.engine.kernel_model import KernelModel
 from seedstream.server.engine.loader import cache_root
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
@@ -105,7 +105,11 @@ def test_every_instruction_set_gives_the_same_bits(weights, cfg, fmt, kv_dtype, 
 
 @pytest.mark.slow
 def test_stored_gguf_blocks_are_the_weights_transformers_reads(weights, cfg):
-    stored = read_stored_matrices(weights.source_path, cfg.num_heads, cfg.num_kv_heads)
+    from transformers import AutoModelForCausalLM
+
+    path = weights.source_path
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+    _, stored = read_gguf(path, cfg)
     for name in (
         "model.layers.0.self_attn.q_proj.weight",
         "model.layers.0.self_attn.k_proj.weight",
@@ -115,7 +119,7 @@ def test_stored_gguf_blocks_are_the_weights_transformers_reads(weights, cfg):
         t = stored[name]
         split = packing.split_gguf_q4_1 if t.format == "q4_1" else packing.split_gguf_q8_0
         dequant = (packing.dequantize_q4_1 if t.format == "q4_1" else packing.dequantize_q8_0)(*split(t.rows))
-        assert np.array_equal(dequant, weights.state_dict[name].numpy()), name
+        assert np.array_equal(dequant, hf[name].numpy()), name
 
 
 @pytest.mark.slow
