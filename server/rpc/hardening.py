@@ -18,6 +18,7 @@ import grpc
 
 from .auth import ApiKeyInterceptor, load_keys
 from .limits import ConnectionLimits, RequestLimits
+from .tls import GRPC_FLAGS, HTTP_FLAGS, load_client_ca, load_pair
 
 log = logging.getLogger("seedstream.server")
 
@@ -45,12 +46,11 @@ def server_credentials(cert: str | None, key: str | None, client_ca: str | None)
         return None
     if not (cert and key):
         raise ValueError("--tls-cert and --tls-key go together")
-    with open(key, "rb") as k, open(cert, "rb") as c:
-        pair = (k.read(), c.read())
+    cert_pem, key_pem, _ = load_pair(cert, key, GRPC_FLAGS)  # grpc-core would say only "Failed to bind"
     if not client_ca:
-        return grpc.ssl_server_credentials([pair])
-    with open(client_ca, "rb") as ca:
-        return grpc.ssl_server_credentials([pair], root_certificates=ca.read(), require_client_auth=True)
+        return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    ca_pem = load_client_ca(client_ca)
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
 
 
 def http_ssl_context(cert: str | None, key: str | None, http_port: int | None) -> ssl.SSLContext | None:
@@ -62,9 +62,7 @@ def http_ssl_context(cert: str | None, key: str | None, http_port: int | None) -
         raise ValueError("--http-tls-cert and --http-tls-key go together")
     if http_port is None:
         raise ValueError("--http-tls-cert needs --http-port (the HTTP front is off)")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # a server's context: no client certificates
-    context.load_cert_chain(cert, key)
-    return context
+    return load_pair(cert, key, HTTP_FLAGS)[2]
 
 
 def is_loopback(host: str) -> bool:
