@@ -43,11 +43,11 @@ def main() -> None:
     kernels = load_kernels(args.threads, cache_root() / "kernels")
     models = {"fp32 torch path (reference)": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32)}
     for fmt in ("f32", "q4_1", "q8_0"):
-        packed, resolved = packed_weights(weights, cfg, fmt)
-        models[f"kernels {resolved}"] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels)
+        packed, resolved, norms = packed_weights(weights, cfg, fmt)
+        models[f"kernels {resolved}"] = KernelModel(cfg, norms, packed, resolved, kernels)
         if resolved != "f32":
             models[f"kernels {resolved} int8 activations"] = KernelModel(
-                cfg, weights.state_dict, packed, resolved, kernels, activations="int8"
+                cfg, norms, packed, resolved, kernels, activations="int8"
             )
     reference = [logits_of(models["fp32 torch path (reference)"], w) for w in parts]
     print(f"{len(ids)} tokens of this repository's docs in windows of {args.window}; {cpu_flags_line()}\n")

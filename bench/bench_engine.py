@@ -99,7 +99,7 @@ def main() -> None:
         "seedstream torch path": DecoderModel(cfg, weights.state_dict, torch.device("cpu"), torch.float32),
     }
     for fmt in args.formats.split(","):
-        packed, resolved = packed_weights(weights, cfg, fmt)
+        packed, resolved, norms = packed_weights(weights, cfg, fmt)
         for kv in args.kv_cache_dtypes.split(","):
             for act in args.activations.split(","):
                 if act == "int8" and resolved == "f32":
@@ -107,7 +107,7 @@ def main() -> None:
                 label = f"kernels {resolved}" + ("" if kv == "float32" else f" kv {kv}")
                 label += "" if act == "float32" else f" {act} act"
                 kv_dtype = getattr(torch, kv)
-                models[label] = KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype, act)
+                models[label] = KernelModel(cfg, norms, packed, resolved, kernels, kv_dtype, act)
     names = list(models)
     print(f"decode step, context {args.context}, {args.threads} threads, kernels {kernels.isa}; {cpu_flags_line()}")
     print("step time in ms, and (in brackets) its ratio to transformers; last column: best kernels tok/s\n")

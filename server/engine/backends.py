@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seedstream.server.kernels import Kernels, load_kernels
-from seedstream.server.kernels.packing import PACK_LAYOUT, PRECISION, PackedMatrix, load_packed, save_packed
+from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, PackedMatrix, load_packed, save_packed
 
 from .config import DTYPES, EngineConfig
 from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
@@ -17,6 +17,8 @@ from .loader import LoadedWeights, cache_root
 from .model import DecoderModel, ModelConfig
 
 log = logging.getLogger("seedstream.engine")
+
+DEQUANTISED_FORMATS = ("q2_k", "q3_k")  # GGUF types read, dequantised to float32 for the kernels
 
 Model = KernelModel | DecoderModel
 _TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any engine changed it
@@ -107,8 +109,10 @@ def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> 
         result = (*load_packed(path), load_file(str(norms_path)))
     else:
         state = weights.state_dict
-        kept = {n: t for n, t in ((n, weights.stored[n]) for n in weights.stored) if t.format in PRECISION}
+        kept = _kept_matrices(weights)
         fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
+        if requested == "auto" and len(kept) < len(weights.stored):  # some layers run on float32 copies
+            fmt = ",".join(sorted(set(fmt.split(",")) | {"f32"}))
         norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
         result = pack_model_weights(cfg, state, kept, fmt), fmt, norms
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,25 @@ def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> 
         _save_atomically(norms, norms_path)  # after the matrices: its presence says both are whole
     _packed_in_process[key] = result
     return result
+
+
+def _kept_matrices(weights: LoadedWeights) -> dict:
+    """The stored matrices the kernels multiply as they are; Q2_K and Q3_K ones are dequantised to float32
+    (a warning says so); any other type (IQ quants, ...) is refused, naming what the kernels take."""
+    stored = {n: weights.stored[n] for n in weights.stored}
+    types = {t.format for t in stored.values()}
+    refused = sorted(types - set(STORED_FORMATS) - set(DEQUANTISED_FORMATS))
+    if refused:
+        raise ValueError(
+            f"weight type {', '.join(refused)} in {weights.source_path}: the kernels take "
+            f"{', '.join(STORED_FORMATS)}, and {', '.join(DEQUANTISED_FORMATS)} as float32 copies"
+        )
+    if types & set(DEQUANTISED_FORMATS):
+        log.warning(
+            "%s matrices are served as float32 copies (not yet kept as stored)",
+            ", ".join(sorted(types & set(DEQUANTISED_FORMATS))),
+        )
+    return {n: t for n, t in stored.items() if t.format in STORED_FORMATS}
 
 
 def _save_atomically(tensors: dict[str, torch.Tensor], path) -> None:

@@ -26,8 +26,8 @@ def cfg(weights):
 def _model(weights, cfg, fmt="auto", isa=None, threads=2, kv_dtype=torch.float32, activations="float32"):
     kernels = load_kernels(threads, cache_root() / "kernels", isa)
     assert kernels is not None, "the kernels did not build"
-    packed, resolved = packed_weights(weights, cfg, fmt)
-    return KernelModel(cfg, weights.state_dict, packed, resolved, kernels, kv_dtype, activations)
+    packed, resolved, norms = packed_weights(weights, cfg, fmt)
+    return KernelModel(cfg, norms, packed, resolved, kernels, kv_dtype, activations)
 
 
 def _prompt(weights, n):

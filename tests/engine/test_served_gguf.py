@@ -45,13 +45,9 @@ def _transformers(path):
     return model.eval()
 
 
-@pytest.mark.parametrize(("kind", "backend"), CASES)
-def test_a_gguf_is_served_as_transformers_reads_it(written, kind, backend):
-    name, files = written
-    reference = _transformers(files[kind])
-    engine = load_engine(EngineConfig(model=str(files[kind]), backend=backend), progress=lambda msg: None)
-    if backend == "kernels" and kind == "q8_0":
-        assert engine.info.weight_format == "q8_0", "the file's own blocks, not a conversion"
+def check_against(engine, reference, label: str) -> None:
+    """The engine's greedy tokens equal transformers' argmax on `reference`, and its prompt and output
+    logprobs are within TOLERANCE of transformers'."""
     ids = prompt(40, reference.config.vocab_size, seed=7)
     request = GenerationRequest(
         tuple(ids),
@@ -61,8 +57,42 @@ def test_a_gguf_is_served_as_transformers_reads_it(written, kind, backend):
         prompt_logprobs=True,
     )
     (tokens, logprobs, prompt_logprobs), *_ = _serve(engine, [request])[0]
-    assert tokens == hf_greedy(reference, ids, GREEDY_TOKENS), f"{name} {kind}/{backend}: greedy tokens differ"
+    assert tokens == hf_greedy(reference, ids, GREEDY_TOKENS), f"{label}: greedy tokens differ"
     expected = hf_logprobs(reference, ids + tokens[:-1])
     chosen = expected[torch.arange(len(ids) + len(tokens) - 1), torch.tensor(ids[1:] + tokens)]
     diff = (torch.tensor(prompt_logprobs[1:] + logprobs) - chosen).abs().max().item()
-    assert diff <= TOLERANCE, f"{name} {kind}/{backend}: max |logprob difference| {diff:.2e}"
+    assert diff <= TOLERANCE, f"{label}: max |logprob difference| {diff:.2e}"
+
+
+@pytest.mark.parametrize(("kind", "backend"), CASES)
+def test_a_gguf_is_served_as_transformers_reads_it(written, kind, backend):
+    name, files = written
+    reference = _transformers(files[kind])
+    engine = load_engine(EngineConfig(model=str(files[kind]), backend=backend), progress=lambda msg: None)
+    if backend == "kernels" and kind == "q8_0":
+        assert engine.info.weight_format == "q8_0", "the file's own blocks, not a conversion"
+    check_against(engine, reference, f"{name} {kind}/{backend}")
+
+
+# K-types need rows of whole 256-value super-blocks
+K_SHAPES = dict(vocab_size=256, hidden_size=256, intermediate_size=512, head_dim=64, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize(("kind", "weight_format"), [("q4_k_m", "q4_k,q6_k"), ("mixed", None), ("q3_k", "f32")])
+def test_k_quant_files_are_served_as_stored(tmp_path, kind, weight_format):
+    """A Q4_K_M file runs on its own Q4_K and Q6_K blocks (weight_format names the mix); a file mixing every
+    type runs each matrix in its own; Q3_K matrices run on float32 copies and say so: all as transformers
+    reads the same file."""
+    folder = tmp_path / "llama"
+    build_hf_model("llama", **K_SHAPES).save_pretrained(str(folder))
+    save_tiny_tokenizer(folder)
+    out = tmp_path / kind / f"llama-{kind}.gguf"
+    out.parent.mkdir()
+    write_gguf.write_gguf(folder, out, kind)
+    reference = _transformers(out)
+    engine = load_engine(EngineConfig(model=str(out), backend="kernels"), progress=lambda msg: None)
+    if weight_format:
+        assert engine.info.weight_format == weight_format
+    else:
+        assert len(engine.info.weight_format.split(",")) >= 5, engine.info.weight_format
+    check_against(engine, reference, kind)
