@@ -355,7 +355,9 @@ async def _serve(opts: ServeOptions) -> int:
         return 0
     if loading.exception() is not None:
         exc = loading.exception()
-        expected = isinstance(exc, (FileNotFoundError, ValueError, ImportError))  # the message says it all
+        from seedstream.server.cachefs import CacheError
+
+        expected = isinstance(exc, (FileNotFoundError, ValueError, ImportError, CacheError))  # the message says it all
         log.error("model loading failed: %s: %s", type(exc).__name__, exc, exc_info=None if expected else exc)
         await server.shutdown(0)
         return 1

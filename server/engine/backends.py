@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from seedstream.server.kernels import Kernels, load_kernels
+from seedstream.server import cachefs
+from seedstream.server.kernels import Kernels, build_library, detect_isa, load_kernels
 from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, PackedMatrix, load_packed, save_packed
 
 from .config import DTYPES, EngineConfig
@@ -59,6 +61,13 @@ def build_model(
 def _kernels_for(cfg: ModelConfig, config: EngineConfig) -> tuple[Kernels | None, str]:
     """The kernels for this model, or None and why not: they could not be built, or they cannot serve
     its shapes (checked before any packing, by ssk_forward's own check)."""
+    if os.environ.get("SEEDSTREAM_KERNELS", "").lower() not in ("off", "0", "false", "no"):
+        try:  # a full disk ends the start; a missing compiler only falls back (load_kernels says why)
+            build_library(detect_isa(), cache_root() / "kernels")
+        except cachefs.CacheError:
+            raise
+        except Exception as exc:
+            return None, f"the kernels could not be built ({exc})"
     kernels = load_kernels(config.num_threads or _TORCH_THREADS, cache_root() / "kernels")
     if kernels is None:
         return None, "the kernels could not be built (see the warning above)"
@@ -99,27 +108,52 @@ def _kernel_model(
 
 def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     """Everything the kernel model reads: the matrices packed (biases included), their resolved format and
-    the norm vectors. From this process's memo, else the disk cache (a warm start reads nothing else),
-    else packed now (from the stored blocks the packer keeps, else dequantised one matrix at a time)."""
+    the norm vectors. From this process's memo, else the disk cache (a warm start reads nothing else; checked
+    against its manifest), else packed now (from the stored blocks the packer keeps, else dequantised one
+    matrix at a time)."""
     key = f"packed-v{PACK_LAYOUT}-{weights.model_identity[:32]}-{requested}"  # what is packed follows the config too
     if key in _packed_in_process:
         return _packed_in_process[key]
-    path, norms_path = cache_root() / f"{key}.safetensors", cache_root() / f"{key}.norms.safetensors"
-    if path.exists() and norms_path.exists():
-        result = (*load_packed(path), load_file(str(norms_path)))
-    else:
-        state = weights.state_dict
-        kept = _kept_matrices(weights)
-        fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
-        if requested == "auto" and len(kept) < len(weights.stored):  # some layers run on float32 copies
-            fmt = ",".join(sorted(set(fmt.split(",")) | {"f32"}))
-        norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
-        result = pack_model_weights(cfg, state, kept, fmt), fmt, norms
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_packed(path, *result[:2])
-        _save_atomically(norms, norms_path)  # after the matrices: its presence says both are whole
+    built: list[Packed] = []
+
+    def build(out: Path) -> None:
+        built.append(_pack(weights, cfg, requested))
+        save_packed(out / "matrices.safetensors", *built[0][:2])
+        save_file(built[0][2], str(out / "norms.safetensors"))
+
+    def load(entry: Path) -> Packed:
+        if built:  # just written and sealed: no need to read it back
+            return built[0]
+        cachefs.verify(entry)
+        with cachefs.reading(entry / "matrices.safetensors"):
+            packed, fmt = load_packed(entry / "matrices.safetensors")
+        with cachefs.reading(entry / "norms.safetensors"):
+            norms = load_file(str(entry / "norms.safetensors"))
+        return packed, fmt, norms
+
+    def needed() -> int:  # the packed bytes once packed; before, a guess from the source's size
+        if built:
+            return sum(m.nbytes for m in built[0][0].values()) + sum(t.nbytes for t in built[0][2].values())
+        return _source_bytes(weights) * (8 if requested == "f32" else 2)
+
+    result = cachefs.ensure(cache_root() / key, build, load, needed)
     _packed_in_process[key] = result
     return result
+
+
+def _source_bytes(weights: LoadedWeights) -> int:
+    path = weights.source_path
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+
+def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
+    state = weights.state_dict
+    kept = _kept_matrices(weights)
+    fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
+    if requested == "auto" and len(kept) < len(weights.stored):  # some layers run on float32 copies
+        fmt = ",".join(sorted(set(fmt.split(",")) | {"f32"}))
+    norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
+    return pack_model_weights(cfg, state, kept, fmt), fmt, norms
 
 
 def _kept_matrices(weights: LoadedWeights) -> dict:
@@ -139,9 +173,3 @@ def _kept_matrices(weights: LoadedWeights) -> dict:
             ", ".join(sorted(types & set(DEQUANTISED_FORMATS))),
         )
     return {n: t for n, t in stored.items() if t.format in STORED_FORMATS}
-
-
-def _save_atomically(tensors: dict[str, torch.Tensor], path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)

@@ -26,7 +26,6 @@ memoised under `<cache>/hashes/` keyed on the path, size, mtime and inode of eve
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,8 +33,9 @@ import logging
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
+
+from seedstream.server import cachefs
 
 IDENTITY_SCHEME = "seedstream/model-identity/v1"
 GGUF_FRAME_NAME = "model.gguf"
@@ -146,14 +146,30 @@ def _hash(files: ModelFiles) -> Digests:
 
 
 def _read_memo(memo: Path) -> Digests | None:
-    """The memoised digests, or None when absent or not two 64-hex-digit values (empty, truncated, garbage)."""
+    """The memoised digests, or None when absent or damaged (empty from a full disk, truncated, flipped bytes:
+    its check must match), which is logged: the files are then hashed again."""
     try:
-        data = json.loads(memo.read_text())
-        digests = Digests(data["model_sha256"], data["model_identity"])
-    except (OSError, ValueError, KeyError, TypeError):
+        text = memo.read_text()
+    except FileNotFoundError:
         return None
-    valid = all(isinstance(d, str) and _HEX64.fullmatch(d) for d in dataclasses.astuple(digests))
-    return digests if valid else None
+    except OSError as exc:
+        log.warning("hash memo %s cannot be read (%s); hashing the model files again", memo, exc)
+        return None
+    try:
+        data = json.loads(text)
+        digests = Digests(data["model_sha256"], data["model_identity"])
+        valid = all(isinstance(d, str) and _HEX64.fullmatch(d) for d in dataclasses.astuple(digests))
+        if not valid or data["check"] != _memo_check(digests):
+            raise ValueError("its digests do not match its check")
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("hash memo %s is damaged (%d bytes; %s); hashing the model files again", memo, len(text), exc)
+        return None
+    return digests
+
+
+def _memo_check(digests: Digests) -> str:
+    """A checksum of a memo's two digests: a flipped hex digit would still look like a digest."""
+    return hashlib.sha256(f"{digests.model_sha256}:{digests.model_identity}".encode()).hexdigest()[:16]
 
 
 def _write_memo(memo: Path, digests: Digests) -> None:
@@ -161,17 +177,8 @@ def _write_memo(memo: Path, digests: Digests) -> None:
 
     A memo that cannot be written costs only a re-hash at the next start, so it never fails the load.
     """
-    tmp = None
+    data = {**dataclasses.asdict(digests), "check": _memo_check(digests)}
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=memo.name, suffix=".tmp", dir=memo.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dataclasses.asdict(digests), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, memo)
+        cachefs.write_file(memo, json.dumps(data).encode())
     except OSError as exc:
         log.warning("could not memoise the model's digests in %s (%s); they are re-read at the next start", memo, exc)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

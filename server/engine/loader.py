@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
-import shutil
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from seedstream.server import cachefs
 from seedstream.server.phases import phase
 
 from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
-from .identity import model_digests, model_files
+from .identity import model_digests, model_files, weight_files
 from .sources import default_model_path, resolve_model
 
 log = logging.getLogger("seedstream.engine")
 
 # Bump when the cached layout or its key changes. 2: keyed on the model identity (was the weights' bytes).
 # 3: canonical names (arch.canonical_state_dict); a GGUF's entry holds no weights (they are read from the file).
-CACHE_FORMAT = "3"
+# 4: every entry is sealed with a manifest (seedstream.server.cachefs) and checked at each load.
+CACHE_FORMAT = "4"
+_GGUF_ENTRY_BYTES = 64 << 20  # an upper estimate of a GGUF entry (config and tokenizer), for a full disk's message
 
 ProgressFn = Callable[[str], None]
 
@@ -92,7 +94,6 @@ def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> N
 
     from .arch import ModelConfig, canonical_state_dict
 
-    progress(f"converting {path} (first start only; cached in {out})")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer, config, eos = _metadata(path, model.generation_config)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -102,7 +103,6 @@ def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> N
 
 def _convert_gguf(path: Path, out: Path, progress: ProgressFn) -> None:
     """A GGUF: only its config, EOS ids and tokenizer go to `out`; the weights are read from the file itself."""
-    progress(f"reading the config and tokenizer of {path} (first start only; cached in {out})")
     tokenizer, config, eos = _metadata(path, None)
     _write_entry(out, tokenizer, config, eos, path, None)
 
@@ -126,21 +126,14 @@ def _metadata(path: Path, generation) -> tuple[object, dict, tuple[int, ...]]:
 
 
 def _write_entry(out: Path, tokenizer, config: dict, eos, path: Path, state: dict | None) -> None:
-    """Write the cache entry atomically: a temporary folder renamed (a concurrent converter may win)."""
+    """Fill the entry's temp folder `out` (cachefs.new_entry seals and renames it)."""
     from safetensors.torch import save_file
 
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        if state is not None:
-            save_file(state, str(tmp / "model.safetensors"))
-        tokenizer.save_pretrained(str(tmp))
-        meta = {"config": config, "eos": list(eos), "source": str(path), "gguf": state is None}
-        (tmp / "seedstream.json").write_text(json.dumps(meta))
-        with contextlib.suppress(OSError):  # atomic; fails when a concurrent converter won the race
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; else a failed or losing attempt
+    if state is not None:
+        save_file(state, str(out / "model.safetensors"))
+    tokenizer.save_pretrained(str(out))
+    meta = {"config": config, "eos": list(eos), "source": str(path), "gguf": state is None}
+    (out / "seedstream.json").write_text(json.dumps(meta))
 
 
 def _eos_ids(*sources) -> tuple[int, ...]:
@@ -163,32 +156,25 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
     heartbeat. The cache entry is keyed on the model identity, so an edited config, tokenizer or template
     is converted afresh, and two folders with the same weights never share an entry.
     """
-    from transformers import AutoTokenizer
-
     from .arch import ModelConfig
 
     report = progress or (lambda msg: log.info(msg))
     started = time.monotonic()
     with phase("resolving the model", report):
         source = resolve_model(model)
+    sweep_cache()
     with phase("hashing the model files", report):
         report(f"hashing {source.path}")
         digests = model_digests(model_files(source.path), cache_root() / "hashes")
-    cached = cache_root() / f"v{CACHE_FORMAT}-{digests.model_identity[:32]}"
-    gguf = source.path.is_file()
-    if not (cached / "seedstream.json").exists():
-        with phase("reading the model's config", report):
-            check_supported(source.path)
-        with phase("converting weights", report):
-            (_convert_gguf if gguf else _convert_with_transformers)(source.path, cached, report)
-    with phase("loading cached weights", report):
-        report(f"loading the config and tokenizer from {cached}")
-        meta = json.loads((cached / "seedstream.json").read_text())
-        tokenizer = AutoTokenizer.from_pretrained(str(cached))
-        if gguf:
-            state, stored = read_gguf(source.path, ModelConfig.from_hf(meta["config"]))
-        else:
-            state, stored = _lazy_safetensors(cached / "model.safetensors"), {}
+    _check_identity(digests, source.path)
+    entry = cache_root() / f"v{CACHE_FORMAT}-{digests.model_identity[:32]}"
+    build = functools.partial(_convert, source.path, entry, report)
+    needed = functools.partial(_entry_bytes, source.path)
+    meta, tokenizer = cachefs.ensure(entry, build, functools.partial(_read_entry, report), needed)
+    if source.path.is_file():
+        state, stored = read_gguf(source.path, ModelConfig.from_hf(meta["config"]))
+    else:
+        state, stored = _lazy_safetensors(entry / "model.safetensors"), {}
     report(f"weights loaded in {time.monotonic() - started:.1f}s (model identity {digests.model_identity[:16]})")
     return LoadedWeights(
         model_id=source.model_id,
@@ -201,6 +187,55 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
         generation_eos=tuple(meta["eos"]),
         stored=stored,
     )
+
+
+def sweep_cache() -> None:
+    """Remove the temp files and folders of starts that no longer run (killed while converting or building)."""
+    root = cache_root()
+    for folder in (root, root / "hashes", root / "kernels"):
+        cachefs.sweep(folder)
+
+
+def _check_identity(digests, path: Path) -> None:
+    """Never serve under an empty or partial identity (it names the cache folders and every receipt)."""
+    for name, value in dataclasses.asdict(digests).items():
+        if not re.fullmatch("[0-9a-f]{64}", value or ""):
+            raise cachefs.CacheError(
+                f"the {name} of {path} came out as {value!r}, not 64 hex digits; refusing to serve under it. "
+                f"Remove {cache_root() / 'hashes'} and start again"
+            )
+
+
+def _convert(path: Path, entry: Path, report: ProgressFn, out: Path) -> None:
+    """Fill the temp folder `out` of the cache entry `entry` from the model at `path`."""
+    with phase("reading the model's config", report):
+        check_supported(path)
+    with phase("converting weights", report):
+        report(f"converting {path} into {entry} (first start only)")
+        (_convert_gguf if path.is_file() else _convert_with_transformers)(path, out, report)
+
+
+def _entry_bytes(path: Path) -> int:
+    """About what an entry takes: a GGUF's config and tokenizer; a folder's weights widened to float32."""
+    if path.is_file():
+        return _GGUF_ENTRY_BYTES
+    return 2 * sum(p.stat().st_size for p in weight_files(path)) + _GGUF_ENTRY_BYTES
+
+
+def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict, object]:
+    """(the entry's metadata, its tokenizer), after checking every file against the manifest."""
+    from transformers import AutoTokenizer
+
+    with phase("loading cached weights", report):
+        report(f"checking and loading the config and tokenizer from {entry}")
+        cachefs.verify(entry)
+        with cachefs.reading(entry / "seedstream.json"):
+            meta = json.loads((entry / "seedstream.json").read_text())
+            if not isinstance(meta["config"], dict) or not all(isinstance(i, int) for i in meta["eos"]):
+                raise ValueError("no config or EOS ids")
+        with cachefs.reading(entry / "tokenizer.json"):
+            tokenizer = AutoTokenizer.from_pretrained(str(entry))
+    return meta, tokenizer
 
 
 def _lazy_safetensors(path: Path) -> LazyTensors:

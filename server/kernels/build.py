@@ -3,19 +3,22 @@
 Why JIT with the system compiler rather than a prebuilt module in the wheel: the library is plain C++
 with a C ABI (no torch headers, so no tie to the torch version), it builds in seconds, and building on
 the machine lets one pure-Python wheel serve every x86 CPU. The build is keyed by a hash of the
-sources, the flags and the compiler version, and written atomically, so concurrent servers share it.
+sources, the flags and the compiler version, and is a cache entry (seedstream.server.cachefs): built once
+under a lock by concurrent servers, sealed with a manifest, checked and loaded before use.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from seedstream.server import cachefs
 from seedstream.server.phases import phase
 
 log = logging.getLogger("seedstream.kernels")
@@ -26,6 +29,8 @@ HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h", "gemm_blocks.
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
 # is not: every build gives the same bits (tests/kernels/test_isa_identity.py).
 KERNEL_VERSION = "2"
+LIBRARY = "libssk.so"  # inside its cache entry, libssk-<isa>-<hash of sources, flags, compiler>/
+LIBRARY_BYTES = 16 << 20  # an upper estimate, for a full disk's message
 
 # -ffp-contract=off: no multiply-add contraction the source did not ask for; no -ffast-math: no
 # reassociation. Together they keep every build's arithmetic exactly the one written.
@@ -90,31 +95,41 @@ def _compiler_id(cxx: str) -> str:
     return out.stdout.splitlines()[0] if out.stdout else cxx
 
 
-def build_library(isa: str, cache_dir: Path) -> Path:
-    """Compile (or find cached) the library for `isa`; return its path. Raises on failure."""
-    cxx = compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++, c++ or clang++) on PATH")
-    flags = COMMON_FLAGS + ISA_FLAGS[isa]
+def library_entry(isa: str, cache_dir: Path, cxx: str) -> Path:
+    """The cache entry (a folder: LIBRARY and its manifest) of the build for `isa` with compiler `cxx`."""
     digest = hashlib.sha256()
     for name in SOURCES + HEADERS:
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
-    digest.update(" ".join(flags).encode() + _compiler_id(cxx).encode())
-    target = cache_dir / f"libssk-{isa}-{digest.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
-    os.close(fd)
-    cmd = [cxx, *flags, "-o", tmp, *[str(SOURCE_DIR / s) for s in SOURCES]]
+    digest.update(" ".join(COMMON_FLAGS + ISA_FLAGS[isa]).encode() + _compiler_id(cxx).encode())
+    return cache_dir / f"libssk-{isa}-{digest.hexdigest()[:16]}"
+
+
+def build_library(isa: str, cache_dir: Path) -> Path:
+    """Compile (or find cached, checked against its manifest and loadable) the library for `isa`; return its
+    path. A damaged one is moved aside and rebuilt once. Raises on failure (CacheError for a full disk)."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++, c++ or clang++) on PATH")
+    entry = library_entry(isa, cache_dir, cxx)
+    return cachefs.ensure(entry, functools.partial(_compile, cxx, isa), _loadable, lambda: LIBRARY_BYTES)
+
+
+def _compile(cxx: str, isa: str, out: Path) -> None:
+    cmd = [cxx, *COMMON_FLAGS, *ISA_FLAGS[isa], "-o", str(out / LIBRARY), *[str(SOURCE_DIR / s) for s in SOURCES]]
     log.info("building kernels (%s): %s", isa, " ".join(cmd))
     with phase(f"compiling kernels for {isa} (first start only)", log.info):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"kernel build failed ({isa}):\n{proc.stderr[-4000:]}")
-    os.replace(tmp, target)  # atomic: a concurrent builder wrote the same bytes
-    return target
+    if proc.returncode != 0:  # the compiler's own words: a full disk reads "No space left on device" there
+        raise RuntimeError(f"kernel build failed ({isa}, into {out.parent}):\n{proc.stderr[-4000:]}")
+
+
+def _loadable(entry: Path) -> Path:
+    """The entry's library, once its bytes match the manifest and the dynamic loader takes it."""
+    cachefs.verify(entry)
+    path = entry / LIBRARY
+    with cachefs.reading(path):
+        ctypes.CDLL(str(path))
+    return path
 
 
 def cpu_flags_line() -> str:
