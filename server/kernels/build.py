@@ -27,7 +27,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "gemm.cpp", "gemm_i8.cpp", "attention.cpp", "forward.cpp")
 HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h", "gemm_blocks.h")
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
-# is not: every build gives the same bits (tests/kernels/test_isa_identity.py).
+# is not: every build gives the same bits (tests/kernels/test_gemm.py, tests/engine/test_kernel_model.py).
 KERNEL_VERSION = "2"
 LIBRARY = "libssk.so"  # inside its cache entry, libssk-<isa>-<hash of sources, flags, compiler>/
 LIBRARY_BYTES = 16 << 20  # an upper estimate, for a full disk's message

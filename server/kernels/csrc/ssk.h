@@ -16,7 +16,7 @@ enum { SSK_KV_F32 = 0, SSK_KV_BF16 = 1 };  // element type of the KV caches of a
 enum { SSK_ACT_F32 = 0, SSK_ACT_I8 = 1 };  // what a GEMM multiplies the weights with (ssk_matrix.act)
 enum { SSK_SILU = 0, SSK_GELU_TANH = 1 };  // the MLP's activation of the gate (ssk_model.activation)
 
-// A weight matrix [n, k] (n output columns, k inputs) packed by server/engine/packing.py into tiles of
+// A weight matrix [n, k] (n output columns, k inputs) packed by server/kernels/packing.py into tiles of
 // SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout). With act
 // SSK_ACT_I8 (q8_0 and q4_1 only) the quants of each tile block are laid out for integer dot products and
 // every input row is quantised to int8 per 32-block first (gemm_i8.cpp).
