@@ -1,5 +1,6 @@
 """The server's settings are defined once (server/settings.py): the flags, the environment lookup and the
-README's configuration table all come from them, and the docs name no setting that does not exist."""
+configuration table of docs/configuration.md all come from them, and the docs name no setting that does not
+exist."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_readme_table_is_the_settings():
+def test_configuration_table_is_the_settings():
     """Every setting, with its flag, env var, default and meaning, and no stale rows."""
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count(BEGIN) == 1 and readme.count(END) == 1, "the README lost its settings-table markers"
-    table = readme.split(BEGIN)[1].split(END)[0]
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page.count(BEGIN) == 1 and page.count(END) == 1, "docs/configuration.md lost its settings-table markers"
+    table = page.split(BEGIN)[1].split(END)[0]
     assert table == markdown_table(), (
-        "README.md's configuration table differs from server/settings.py: paste the output of "
+        "docs/configuration.md's table differs from server/settings.py: paste the output of "
         "`python -m seedstream.server.settings` between its markers"
     )
     for flag in all_flags():
