@@ -90,7 +90,7 @@ def test_replicas_behind_nginx(cluster):
         seed = SEEDS[i % len(SEEDS)]
         # gRPC's own retry covers calls refused before any response; a call nginx already answered with
         # 502 (its replica died mid-call) is committed, so the caller resends it once more: the same
-        # seeded request, hence the same tokens (README, Production).
+        # seeded request, hence the same tokens (docs/production.md, Several replicas).
         with Client(nginx.target, timeout=120, max_attempts=3) as client:
             for attempt in range(2):
                 try:
