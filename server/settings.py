@@ -3,7 +3,7 @@
 `EngineConfig` (what the engine takes) and `ServeOptions` (what `seedstream serve`
 adds around it) are dataclasses whose fields carry a `Setting` in their metadata.
 From those fields alone come the command line's flags and environment lookup
-(`seedstream.server.cli`) and the configuration table in the README
+(`seedstream.server.cli`) and the configuration table in docs/configuration.md
 (`markdown_table()`; a test keeps the two equal).
 
 A field `max_queue` is the flag `--max-queue` and the environment variable
@@ -365,7 +365,7 @@ def shown_default(flag: Flag) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table."""
+    """The configuration table of docs/configuration.md."""
     rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
     for f in all_flags():
         env = f"{f.env}=1" if f.type is bool else f.env
