@@ -71,6 +71,14 @@ class EngineConfig:
     dtype: str = setting("float32", "compute dtype; part of the reproducibility promise", choices=DTYPE_NAMES)
     max_batch_size: int = setting(64, "most sequences decoding at once")
     max_queue: int = setting(256, "most requests waiting for a slot; beyond it `RESOURCE_EXHAUSTED`")
+    # Without preemption, a bounded wait for a newcomer needs room kept free before it arrives.
+    reserved_slots: int | None = setting(
+        None,
+        "batch slots, and the same share of `--max-kv-tokens`, that a client already running sequences may not "
+        "take: kept for clients with nothing running, so while one client fills the batch (e.g. `n=64`) another "
+        "client's request is admitted at the next step; scheduling only, it changes no token",
+        shown="`--max-batch-size` / 16 (4 of 64)",
+    )
     max_queue_per_client: int | None = setting(
         None,
         "most waiting requests from one client (API key name, else peer address); waiting requests "
@@ -155,6 +163,8 @@ class EngineConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.reserved_slots is not None and not 0 <= self.reserved_slots < self.max_batch_size:
+            raise ValueError(f"reserved_slots={self.reserved_slots}: allowed [0, max_batch_size)")
         if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
             raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
         if self.backend not in BACKENDS:

@@ -8,7 +8,7 @@ tokens are the same whenever it runs, so fairness changes no token.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 
 class FairQueue:
@@ -33,15 +33,19 @@ class FairQueue:
         self._queues.setdefault(client, collections.deque()).append(seq)
         self._count += 1
 
-    def peek(self) -> object | None:
-        """The sequence admit would take next (the oldest of the client whose turn it is)."""
-        for queue in self._queues.values():
-            return queue[0]
+    def next_turn(self, skip: Collection[str] = ()) -> tuple[str, object] | None:
+        """(client, its oldest sequence) for the first client in the ring not in `skip`; None if none."""
+        for client, queue in self._queues.items():
+            if client not in skip:
+                return client, queue[0]
         return None
 
-    def pop(self):
-        """Take the next sequence and move its client to the back of the ring."""
-        client, queue = next(iter(self._queues.items()))
+    def pop(self, client: str | None = None):
+        """Take the oldest sequence of `client` (default: the client whose turn it is) and move that
+        client to the back of the ring; a skipped client keeps its place at the front."""
+        if client is None:
+            client = next(iter(self._queues))
+        queue = self._queues[client]
         seq = queue.popleft()
         self._count -= 1
         if queue:

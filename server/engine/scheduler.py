@@ -11,6 +11,7 @@ The engine calls the two halves apart, admit() under its queue lock and plan_ste
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
@@ -44,9 +45,13 @@ class StepBudget:
     max_context: int  # the model's context: no sequence reserves more
     speculative_tokens: int = 0  # most draft rows per decoding sequence (0: no speculation)
     draft_row_cost: float = 0.25  # one more row, as a fraction of a one-row step (the model's estimate)
+    # Slots and KV positions a client already running sequences may not take (kept for newcomers).
+    reserved_slots: int = 0
+    reserved_kv_tokens: int = 0
 
     @classmethod
     def from_config(cls, config, max_context: int, draft_row_cost: float) -> StepBudget:
+        slots = config.max_batch_size // 16 if config.reserved_slots is None else config.reserved_slots
         return cls(
             config.max_batch_size,
             config.max_kv_tokens,
@@ -55,6 +60,8 @@ class StepBudget:
             max_context,
             config.speculative_tokens,
             draft_row_cost,
+            slots,
+            config.max_kv_tokens * slots // config.max_batch_size,  # the same share of the KV budget
         )
 
 
@@ -138,15 +145,39 @@ def kv_tokens(seq: EngineSequence, max_context: int) -> int:
 
 def admit(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget) -> None:
     """Move waiting sequences into free slots within the KV-cache budget: round-robin over clients,
-    oldest first within a client."""
+    oldest first within a client.
+
+    A client already holding a slot may not take the budget's reserve (reserved_slots and
+    reserved_kv_tokens): with no preemption, that kept room is what lets a newcomer's request start at
+    the next step while one client fills the batch (n samples are n sequences of one client). Such a
+    client is passed over, keeping its turn, and the next client is tried.
+    """
     waiting.remove_if(lambda s: s.cancelled)
     reserved = sum(kv_tokens(s, budget.max_context) for s in running)
-    while waiting and len(running) < budget.max_batch_size:
-        need = kv_tokens(waiting.peek(), budget.max_context)
+    holding = collections.Counter(s.request.client for s in running)
+    passed_over: set[str] = set()
+    while len(running) < budget.max_batch_size:
+        turn = waiting.next_turn(passed_over)
+        if turn is None:
+            break
+        client, seq = turn
+        need = kv_tokens(seq, budget.max_context)
+        if budget.reserved_slots and holding[client] and not _within_share(len(running) + 1, reserved + need, budget):
+            passed_over.add(client)  # the reserve is for clients with nothing running; no reserve: in turn
+            continue
         if running and reserved + need > budget.max_kv_tokens:
             break  # in turn: the next request waits for room rather than being overtaken
         reserved += need
-        running.append(waiting.pop())
+        running.append(waiting.pop(client))
+        holding[client] += 1
+
+
+def _within_share(slots: int, kv: int, budget: StepBudget) -> bool:
+    """Whether `slots` sequences reserving `kv` positions leave the newcomers' reserve free."""
+    return (
+        slots <= budget.max_batch_size - budget.reserved_slots
+        and kv <= budget.max_kv_tokens - budget.reserved_kv_tokens
+    )
 
 
 def plan_step(
