@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -133,7 +134,8 @@ def _with_client(handler, name: str):
         async for message in inner(request, context):
             yield message
 
-    return _rebuild(handler, unary, stream)
+    # A guarded stream (guard.guard_stream) is a coroutine that writes with context.write: await it as it is.
+    return _rebuild(handler, unary, stream if inspect.isasyncgenfunction(inner) else unary)
 
 
 _MAKERS = {
