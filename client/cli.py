@@ -6,6 +6,7 @@
     seedstream info                                         show the served model
     seedstream health                                       exit 0 when the server is SERVING
     seedstream verify run.jsonl --target HOST:PORT          replay a transcript; exit 0 when all is equal
+    seedstream cache verify | clear                         check or empty the server's cache
 
 Client commands need only grpcio and protobuf; `serve` hands its arguments to
 the server's own command line (seedstream.server.cli), imported lazily, so
@@ -236,6 +237,19 @@ def _add_health(sub: _SubParsers) -> None:
     p.set_defaults(func=_cmd_health)
 
 
+def _add_cache(sub: _SubParsers) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="check (verify) or empty (clear) the server's cache of converted models, packed weights and kernels",
+        description="verify: check every cache entry against its manifest (exit 1 if any is damaged; the next "
+        "start rebuilds it). clear: remove everything in the cache. Needs the server extra.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("action", choices=("verify", "clear"))
+    p.add_argument("--cache-dir", help="the cache folder [SEEDSTREAM_CACHE; default ~/.cache/seedstream]")
+    p.set_defaults(func=_cmd_cache)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seedstream",
@@ -251,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_health(sub)
     _add_verify(sub)
+    _add_cache(sub)
     return parser
 
 
@@ -264,6 +279,18 @@ def _serve(argv: Sequence[str]) -> int:
         print(f"error: the server is not installed ({exc}); pip install 'seedstream[server]'", file=sys.stderr)
         return EXIT_ERROR
     return serve_main(argv)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    try:
+        from pathlib import Path
+
+        from seedstream.server import cachefs
+    except ImportError as exc:
+        print(f"error: the server is not installed ({exc}); pip install 'seedstream[server]'", file=sys.stderr)
+        return EXIT_ERROR
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else cachefs.cache_root()
+    return cachefs.verify_cache(root) if args.action == "verify" else cachefs.clear_cache(root)
 
 
 def _client(args: argparse.Namespace) -> Client:

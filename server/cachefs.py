@@ -204,11 +204,14 @@ def ensure(entry: Path, build: Callable[[Path], None], load: Callable[[Path], T]
             with locked(entry):
                 if _inode(entry) == found:  # not already replaced by a concurrent start
                     aside = move_aside(entry)
-                    log.warning("cache: %s is %s; moved the entry aside to %s and rebuilding it", exc.file, exc.why, aside)
+                    log.warning(
+                        "cache: %s is %s; moved the entry aside to %s and rebuilding it", exc.file, exc.why, aside
+                    )
     raise AssertionError("unreachable")
 
 
 def build_entry(entry: Path, build: Callable[[Path], None], needed: Callable[[], int]) -> None:
+    log.info("cache: building %s", entry)
     with new_entry(entry, needed) as tmp:
         build(tmp)
 
@@ -284,3 +287,67 @@ def disk_full_message(folder: Path, needed: int, cause: BaseException) -> str:
         f"{lines[0].strip()[:300]}). Free space there, or point SEEDSTREAM_CACHE at a volume with room; "
         "nothing half-written was left"
     )
+
+
+def cache_root() -> Path:
+    """$SEEDSTREAM_CACHE, else $XDG_CACHE_HOME/seedstream, else ~/.cache/seedstream."""
+    root = os.environ.get("SEEDSTREAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seedstream"
+    )
+    return Path(root)
+
+
+def cache_entries(root: Path) -> list[Path]:
+    """The sealed (or damaged) entries under `root` and `root/kernels`: folders that are not temp, aside or locks."""
+    found = []
+    for folder in (root, root / "kernels"):
+        if folder.is_dir():
+            found += [
+                p
+                for p in sorted(folder.iterdir())
+                if p.is_dir()
+                and not p.name.startswith(".")
+                and p.name not in ("kernels", "hashes")
+                and not _TMP.search(p.name)
+                and ".bad-" not in p.name
+            ]
+    return found
+
+
+def verify_cache(root: Path, out=print) -> int:
+    """`seedstream cache verify`: check every entry against its manifest; 0 when all are whole, else 1."""
+    damaged = 0
+    for entry in cache_entries(root):
+        if not (entry / MANIFEST).exists():  # sealing writes it before the rename: an older version's entry
+            out(f"unused   {entry} (no manifest: written by an older seedstream; `seedstream cache clear` removes it)")
+            continue
+        try:
+            verify(entry)
+            out(f"ok       {entry}")
+        except DamagedEntry as exc:
+            damaged += 1
+            out(f"DAMAGED  {entry}: {exc.file}: {exc.why}")
+    for leftover in sorted(p for f in (root, root / "kernels", root / "hashes") if f.is_dir() for p in f.iterdir()):
+        if ".bad-" in leftover.name or _TMP.search(leftover.name):
+            out(f"leftover {leftover} (moved aside or a temp file; `seedstream cache clear` removes it)")
+    if damaged:
+        out(f"{damaged} damaged: the next start moves each aside and rebuilds it, or run `seedstream cache clear`")
+    return 1 if damaged else 0
+
+
+def clear_cache(root: Path, out=print) -> int:
+    """`seedstream cache clear`: remove everything under `root` (every model is converted again at its next
+    start); refused while a server builds an entry there."""
+    if not root.is_dir():
+        out(f"{root}: no cache")
+        return 0
+    with _flock(root / TMP_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+        if not free:
+            out(f"{root}: a server is writing to this cache now; try again once it has started")
+            return 1
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+        for path in root.iterdir():
+            if path.name != TMP_LOCK:
+                _remove(path)
+    out(f"removed {root}'s contents ({size / 1e6:.0f} MB)")
+    return 0

@@ -149,20 +149,20 @@ def _read_memo(memo: Path) -> Digests | None:
     """The memoised digests, or None when absent or damaged (empty from a full disk, truncated, flipped bytes:
     its check must match), which is logged: the files are then hashed again."""
     try:
-        text = memo.read_text()
+        raw = memo.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         log.warning("hash memo %s cannot be read (%s); hashing the model files again", memo, exc)
         return None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode())
         digests = Digests(data["model_sha256"], data["model_identity"])
         valid = all(isinstance(d, str) and _HEX64.fullmatch(d) for d in dataclasses.astuple(digests))
         if not valid or data["check"] != _memo_check(digests):
             raise ValueError("its digests do not match its check")
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("hash memo %s is damaged (%d bytes; %s); hashing the model files again", memo, len(text), exc)
+        log.warning("hash memo %s is damaged (%d bytes; %s); hashing the model files again", memo, len(raw), exc)
         return None
     return digests
 

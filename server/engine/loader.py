@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from seedstream.server import cachefs
+from seedstream.server.cachefs import cache_root
 from seedstream.server.phases import phase
 
 from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
@@ -61,13 +61,6 @@ class LoadedWeights:
     generation_eos: tuple[int, ...]
     # the matrices as the file stores them (a GGUF's blocks, viewing its mmap); empty for a converted folder
     stored: Mapping[str, StoredTensor] = dataclasses.field(default_factory=dict)
-
-
-def cache_root() -> Path:
-    root = os.environ.get("SEEDSTREAM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seedstream"
-    )
-    return Path(root)
 
 
 def _transformers_args(path: Path) -> tuple[Path, dict]:
