@@ -60,6 +60,18 @@ def bf16_server(eval_loop):
     eval_loop.run(srv.shutdown(5.0))
 
 
+@pytest.fixture(scope="module")
+def other_settings_server(eval_loop):
+    """The default model with other batch, chunk and thread settings: the same build, so the same bits."""
+    import torch
+
+    threads = torch.get_num_threads()  # num_threads is process-wide: given back afterwards
+    srv = _serve(eval_loop, max_batch_size=3, prefill_chunk=32, max_step_tokens=64, num_threads=1)
+    yield srv
+    eval_loop.run(srv.shutdown(5.0))
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama with the default model's tokenizer (deterministic weights)."""
