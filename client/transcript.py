@@ -240,6 +240,7 @@ class Transcript:
         with self._lock:
             if self._file is None:
                 assert self.path is not None
+                self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. beside lm-eval's output, not yet made
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  # closed by close()
             self._file.write(line)
             self._file.flush()
