@@ -190,7 +190,8 @@ def _add_verify(sub: _SubParsers) -> None:
             "--public-key is given without --target), each request is replayed on the server and must give\n"
             "the same token ids, logprob bits, text and receipt digest. A server with another model or\n"
             "build answers 'cannot verify'. Exit 0: all equal; 1: a difference or an invalid record;\n"
-            "6: the rest was equal but some records cannot be verified on this server."
+            "6: the rest was equal but some records cannot be verified on this server. Records taken\n"
+            "through the OpenAI-compatible front replay there: --target http://HOST:PORT."
         ),
     )
     p.add_argument("file", help="the transcript (JSON Lines)")
@@ -476,6 +477,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import transcript, verify
+    from .http_transcript import HttpTarget
 
     if args.concurrency < 1:
         raise SystemExit(f"error: --concurrency {args.concurrency}: must be >= 1")
@@ -501,6 +503,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     progress = verify.Progress(len(records))
     if offline:
         outcomes = verify.verify_records(records, None, key, report=report, progress=progress)
+    elif (args.target or "").startswith(("http://", "https://")):  # records taken through the HTTP front
+        target = HttpTarget(args.target, api_key=_api_key(args), timeout=args.timeout)
+        outcomes = verify.verify_records(records, target, key, args.concurrency, report, progress)
     else:
         with _client(args) as client:
             outcomes = verify.verify_records(records, client, key, args.concurrency, report, progress)

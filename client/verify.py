@@ -15,6 +15,8 @@ from seedstream.v1 import signing
 from seedstream.v1 import textgen_pb2 as pb
 
 from ._common import UNSET
+from .http_transcript import KIND as HTTP
+from .http_transcript import HttpTarget
 from .transcript import (
     Record,
     StreamRecorder,
@@ -61,7 +63,7 @@ def label(record: Record) -> str:
     request = record.get("request", {})
     if "golden" in record:  # tests/golden: named records
         return f"{record['golden'].get('name')}: {record.get('rpc')}"
-    if record.get("kind") == "generate":
+    if record.get("kind") in ("generate", HTTP):
         n = request.get("n")
         return f"{record.get('rpc')} seed={request.get('seed')}" + (f" n={n}" if n else "")
     return str(record.get("rpc"))
@@ -77,7 +79,12 @@ def _floats(bits: Sequence[str]) -> list[float]:
 def _signed_outputs(record: Record) -> Iterator[tuple[str, dict[str, Any], str, int | None]]:
     """(where, receipt JSON, output_sha256 of what the record holds, expected sample index) per receipt."""
     kind, request = record["kind"], record["request"]
-    if kind == "generate":
+    if kind == HTTP:  # one choice per (prompt, sample): sample index (index mod n) from the request's
+        n, first = int(request.get("n") or 1), int(request.get("sample_index") or 0)
+        for out in record["outputs"]:
+            tokens = signing.output_sha256_tokens(out["token_ids"])
+            yield f"choice {out['index']}", out.get("receipt", {}), tokens, first + out["index"] % n
+    elif kind == "generate":
         held = [int(t) for t in request.get("resume_token_ids", [])]
         first = int(request.get("sample_index", 0))
         for j, out in enumerate(record["outputs"]):
@@ -173,16 +180,25 @@ def identity_gap(record: Record, server: dict[str, str]) -> str | None:
             f"server serves {server.get('model_id', '?')} ({server.get('model_identity', '')[:12]})"
         )
     fields = [f for f in BUILD_FIELDS if f != "model_identity"]
-    if record.get("kind") != "generate":
+    if record.get("kind") not in ("generate", HTTP):
         fields.remove("sampler_version")  # scores do not sample
-    for name in fields:
-        if mine.get(name, "") != server.get(name, ""):
+    for name in fields:  # a field the server does not report (an older HTTP front) is left to the receipt digest
+        if name in server and mine.get(name, "") != server.get(name, ""):
             return f"{name} {mine.get(name, '')!r}, server serves {server.get(name, '')!r}"
     return None
 
 
 def replay(client: Any, record: Record) -> Record:
-    """Send the record's request again (through a Client) and record the answer the same way."""
+    """Send the record's request again (through a Client, or an HttpTarget for an HTTP record) and record
+    the answer the same way."""
+    if (record.get("kind") == HTTP) != isinstance(client, HttpTarget):
+        raise ValueError(
+            "an HTTP record replays with --target http://HOST:PORT (the HTTP front)"
+            if record.get("kind") == HTTP
+            else "a gRPC record replays with --target HOST:PORT (the gRPC port), not over HTTP"
+        )
+    if isinstance(client, HttpTarget):
+        return client.replay(record)
     rpc = record["rpc"]
     request = json_format.ParseDict(record["request"], REQUESTS[rpc]())
     if rpc != "GenerateStream":
@@ -229,9 +245,8 @@ def first_difference(recorded: Record, replayed: Record) -> str | None:
         return f"{len(ra)} outputs recorded, the server returned {len(rb)}"
     kind = recorded["kind"]
     for j, (a, b) in enumerate(zip(ra, rb)):
-        where = (
-            f"sample {a.get('sample_index', j)}: " if kind == "generate" else (f"pair {j}: " if kind == "score" else "")
-        )
+        where = {"generate": f"sample {a.get('sample_index', j)}: ", "score": f"pair {j}: "}.get(kind, "")
+        where = f"choice {a.get('index', j)}: " if kind == HTTP else where
         found = _output_difference(where, a, b)
         if found:
             return found
@@ -299,7 +314,9 @@ def verify_records(
 ) -> list[Outcome]:
     """Every record's outcome, reported in file order; replays run `concurrency` at a time."""
     server = None
-    if client is not None:
+    if isinstance(client, HttpTarget):
+        server = client.identity()
+    elif client is not None:
         server = identity_of(client._unary(client._stub.GetModelInfo, pb.GetModelInfoRequest(), UNSET, None))
     counts: dict[str, int] = {}
     outcomes = []

@@ -145,6 +145,7 @@ class HttpFront:
                     "device",
                     "engine_version",
                     "sampler_version",
+                    "weight_format",  # the rest of the build a replay needs (seedstream verify over HTTP)
                     "vocab_size",
                 )
             },
