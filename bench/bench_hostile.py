@@ -359,8 +359,8 @@ def main() -> None:
     finally:
         server.close()
     settings = f"serve {args.server_args}" if args.server_args else "default limits"
-    print(f"\n{args.threads} threads, {settings}, canary: median of {args.canaries}, deadline {args.deadline:g} s; ")
-    print(f"{cpu_flags_line()}\n")
+    head = f"{args.threads} threads, {settings}, canary: median of {args.canaries}, deadline {args.deadline:g} s"
+    print(f"\n{head}; {cpu_flags_line()}\n")
     print("| load | gRPC canary | HTTP canary | RSS growth, peak | RSS growth, after |")
     print("|---|---|---|---|---|")
     for name, grpc_s, http_s, peak, after in rows:
