@@ -44,6 +44,17 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && command -v 
         || echo "note: could not install nginx; tests/e2e/test_nginx.py will skip" >&2
 fi
 
+# tests/engine/test_llamacpp_interop.py runs llama.cpp as node-llama-cpp's prebuilt CPU binary (bench/llamacpp).
+# Best effort and bounded: only the linux-x64 binary (85 MB, about 45 s from an empty npm cache), not the
+# CUDA/Vulkan ones; without it that test skips with the reason. Never fails the run.
+if command -v npm >/dev/null 2>&1 && [ "$(uname -sm)" = "Linux x86_64" ] \
+        && [ ! -d bench/llamacpp/node_modules/@node-llama-cpp/linux-x64 ] && [ -z "${SEEDSTREAM_NO_LLAMACPP:-}" ]; then
+    NLC=$(node -p "require('./bench/llamacpp/package.json').dependencies['node-llama-cpp']" 2>/dev/null || true)
+    { (cd bench/llamacpp && timeout 120 npm install --ignore-scripts --no-audit --no-fund --no-save --omit=optional \
+        "node-llama-cpp@$NLC" "@node-llama-cpp/linux-x64@$NLC") >/dev/null 2>&1; } \
+        || { rm -rf bench/llamacpp/node_modules; echo "note: could not install node-llama-cpp; tests/engine/test_llamacpp_interop.py will skip" >&2; }
+fi
+
 python scripts/gen_proto.py --check
 [ -n "${SEEDSTREAM_SKIP_LINT:-}" ] || bash scripts/lint.sh
 python -m pytest -q -p no:cacheprovider --durations=15 "$@"
