@@ -1,0 +1,311 @@
+"""llama.cpp's llama-server and seedstream on the same GGUF files (issue 22): tok/s, ratio, idle RSS, time to SERVING.
+
+A random-weight model with Llama-3.2-1B's shape (vocab 128256, hidden 2048, intermediate 8192, 16 layers,
+32 heads, 8 KV heads, head_dim 64, tied embeddings; plain rope, theta 500000) is written as F16 by
+scripts/write_gguf.py into a temporary folder, then turned into each type by llama.cpp's own llama-quantize
+(real llama.cpp K-quant files), or, with `--writer`, written in each type by write_gguf.py itself.
+
+Both servers run on one loopback port each, 2 threads, and get the same requests from one OpenAI client:
+`/v1/completions` with token-id prompts, temperature 0, exactly `--new-tokens` tokens (EOS ignored), N
+requests started together. tok/s is the aggregate over the N streams (best of `--repeats`). Idle RSS is read
+from /proc after the server is ready and before any request; time to SERVING is from process start to
+llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a cold start, with an empty cache).
+
+    python bench/bench_formats.py --llama-bin /work/llamacpp-build/llama.cpp/build/bin
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench_anchors import Skipped, cpu_summary, server_errors, wait_serving
+from bench_e2e import free_port
+from bench_models import SHAPES
+
+ROOT = Path(__file__).resolve().parent.parent
+# bench_models.py's Llama-3.2-1B with plain rope (no llama3 scaling: same cost per token) and a short context
+SHAPE = {
+    **SHAPES["Llama-3.2-1B"][1],
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+# write_gguf.py's --type -> llama-quantize's type name
+QUANTIZE_NAMES = {
+    "q4_k_m": "Q4_K_M",
+    "q5_k_m": "Q5_K_M",
+    "q6_k": "Q6_K",
+    "q4_0": "Q4_0",
+    "q5_0": "Q5_0",
+    "q8_0": "Q8_0",
+}
+PROMPT_TOKENS = 32
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+# ---------------------------------------------------------------- the files
+
+
+def write_model_dir(folder: Path) -> Path:
+    """The random-weight Llama-3.2-1B-shaped model as a save_pretrained folder (bf16 on disk: half the bytes)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from tiny_tokenizer import save_tiny_tokenizer
+
+    cfg = AutoConfig.for_model("llama", **SHAPE)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(str(folder))
+    del model
+    save_tiny_tokenizer(folder, vocab_size=512)  # write_gguf pads the vocabulary with unused tokens
+    return folder
+
+
+def make_files(args, work: Path) -> dict[str, Path]:
+    """{type: .gguf path}, each file alone in its folder."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import write_gguf
+
+    folder = work / "llama-1b"
+    if not (folder / "config.json").exists():  # a kept --workdir is reused: writing 1.2B weights takes minutes
+        write_model_dir(folder)
+    files = {kind: _alone(work, kind) for kind in args.types}
+    if args.writer:
+        for kind, path in files.items():
+            if not path.exists():
+                print(f"writing {kind} with write_gguf.py ...", file=sys.stderr, flush=True)
+                write_gguf.write_gguf(folder, path, kind)
+        return files
+    f16 = work / "llama-1b-f16.gguf"
+    if not f16.exists():
+        print("writing f16 with write_gguf.py ...", file=sys.stderr, flush=True)
+        write_gguf.write_gguf(folder, f16, "f16")
+    for kind in args.types:
+        if files[kind].exists():
+            continue
+        cmd = [str(args.llama_bin / "llama-quantize"), str(f16), str(files[kind]), QUANTIZE_NAMES[kind], "2"]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return files
+
+
+def _alone(work: Path, kind: str) -> Path:
+    (work / kind).mkdir(exist_ok=True)
+    return work / kind / f"llama-1b-{kind}.gguf"
+
+
+# ---------------------------------------------------------------- the servers
+
+
+def start_llama_server(args, path: Path, port: int) -> subprocess.Popen:
+    ctx = max(args.streams) * (PROMPT_TOKENS + args.new_tokens + 16)
+    cmd = [str(args.llama_bin / "llama-server"), "-m", str(path), "-t", str(args.threads), "-tb", str(args.threads)]
+    cmd += ["-np", str(max(args.streams)), "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port)]
+    log = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    server.error_log = log
+    return server
+
+
+def wait_llama_ready(server: subprocess.Popen, port: int, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise Skipped(f"llama-server exited with {server.returncode}: {server_errors(server)[-300:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise Skipped(f"llama-server not ready after {timeout:.0f}s")
+
+
+def start_seedstream(args, path: Path, http_port: int, grpc_port: int, cache: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "seedstream.server", "--model", str(path), "--host", "127.0.0.1"]
+    cmd += ["--port", str(grpc_port), "--http-port", str(http_port), "--threads", str(args.threads)]
+    cmd += ["--log-level", "WARNING"]
+    log = tempfile.TemporaryFile(mode="w+")
+    env = {**os.environ, "SEEDSTREAM_CACHE": str(cache)}
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+    server.error_log = log
+    return server
+
+
+# ---------------------------------------------------------------- the client
+
+
+async def race(base_url: str, prompts: list[list[int]], new_tokens: int) -> float:
+    """N completions started together through one OpenAI client: aggregate generated tok/s. The model name is
+    seedstream's alias; llama-server serves its one model under any name."""
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=3600) as client:
+
+        async def one(ids: list[int]) -> int:
+            r = await client.completions.create(
+                model="seedstream", prompt=ids, max_tokens=new_tokens, temperature=0.0, extra_body={"ignore_eos": True}
+            )
+            if r.usage.completion_tokens != new_tokens:
+                raise RuntimeError(f"{r.usage.completion_tokens} tokens, expected {new_tokens}")
+            return new_tokens
+
+        start = time.perf_counter()
+        total = sum(await asyncio.gather(*(one(ids) for ids in prompts)))
+        return total / (time.perf_counter() - start)
+
+
+def measure(args, base_url: str, prompts: list[list[int]]) -> dict[int, float]:
+    asyncio.run(race(base_url, prompts[:1], 2))  # warm-up
+    return {
+        n: max(asyncio.run(race(base_url, prompts[:n], args.new_tokens)) for _ in range(args.repeats))
+        for n in args.streams
+    }
+
+
+def run_llama(args, path: Path, prompts) -> dict:
+    port = free_port()
+    started = time.perf_counter()
+    server = start_llama_server(args, path, port)
+    try:
+        wait_llama_ready(server, port)
+        ready = time.perf_counter() - started
+        idle = rss_mib(server.pid)
+        return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{port}/v1", prompts))
+    finally:
+        _stop(server)
+
+
+def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
+    http, grpc_port = free_port(), free_port()
+    started = time.perf_counter()
+    server = start_seedstream(args, path, http, grpc_port, cache)
+    try:
+        asyncio.run(wait_serving(server, f"127.0.0.1:{grpc_port}", timeout=1800))
+        ready = time.perf_counter() - started
+        idle = rss_mib(server.pid)
+        return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{http}/v1", prompts))
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_report(args, files: dict[str, Path], results: dict, llama_version: str) -> None:
+    print(f"\n{cpu_summary(args.threads)}")
+    source = "write_gguf.py" if args.writer else "llama-quantize from write_gguf.py's F16"
+    print(
+        f"Llama-3.2-1B-shaped random weights, files by {source}; {PROMPT_TOKENS}-token prompts, "
+        f"{args.new_tokens} new tokens per stream, temperature 0, best of {args.repeats}; llama.cpp: {llama_version}\n"
+    )
+    print(
+        "| type | file MB | streams | llama.cpp tok/s | seedstream tok/s | ratio | llama.cpp idle RSS MB "
+        "| seedstream idle RSS MB | RSS bound (file + 300) | llama.cpp ready s | seedstream SERVING s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, path in files.items():
+        size = path.stat().st_size / 2**20
+        lc, ss = results[kind].get("llama.cpp"), results[kind].get("seedstream")
+        for n in args.streams:
+            a = lc["tok_s"][n] if lc else None
+            b = ss["tok_s"][n] if ss else None
+            print(
+                f"| {kind} | {size:.0f} | {n} | {_f(a)} | {_f(b)} | {_ratio(b, a)} | {_f(lc and lc['rss'], 0)} "
+                f"| {_f(ss and ss['rss'], 0)} | {size + 300:.0f} | {_f(lc and lc['ready_s'])} | {_f(ss and ss['ready_s'])} |"
+            )
+    for kind in files:
+        for system, why in results[kind].get("skipped", {}).items():
+            print(f"skipped {kind} {system}: {why}")
+
+
+def _f(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(a, b) -> str:
+    return "—" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def llama_version(args) -> str:
+    out = subprocess.run([str(args.llama_bin / "llama-server"), "--version"], capture_output=True, text=True)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "version" in line or "built" in line]
+    return "; ".join(lines) or "unknown version"
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--llama-bin",
+        type=Path,
+        default=os.environ.get("LLAMA_CPP_BIN"),
+        help="folder with llama-server and llama-quantize (native build; see /work/shared/KERNELS.md)",
+    )
+    ap.add_argument("--types", default="q4_k_m,q6_k,q4_0,q8_0")
+    ap.add_argument("--streams", default="1,8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--writer", action="store_true", help="write every type with write_gguf.py, not llama-quantize")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")
+    args = ap.parse_args()
+    if args.llama_bin is None:
+        ap.error("--llama-bin (or LLAMA_CPP_BIN) is required: a folder with llama-server and llama-quantize")
+    args.types = args.types.split(",")
+    args.streams = [int(s) for s in args.streams.split(",")]
+    return args
+
+
+def run_type(args, path: Path, prompts, cache: Path) -> dict:
+    out: dict = {"skipped": {}}
+    for name, fn, extra in (("llama.cpp", run_llama, ()), ("seedstream", run_seedstream, (cache,))):
+        print(f"measuring {name} on {path.name} ...", file=sys.stderr, flush=True)
+        try:
+            out[name] = fn(args, path, prompts, *extra)
+        except Exception as exc:  # one system failing must not cost the other's numbers
+            out["skipped"][name] = f"{type(exc).__name__}: {exc}"
+            print(f"  skipped: {out['skipped'][name]}", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    import random
+
+    args = parse_args()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 512) for _ in range(PROMPT_TOKENS)] for _ in range(max(args.streams))]
+    with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        files = make_files(args, work)
+        results = {kind: run_type(args, path, prompts, work / f"cache-{kind}") for kind, path in files.items()}
+        print_report(args, files, results, llama_version(args))
+
+
+if __name__ == "__main__":
+    main()
