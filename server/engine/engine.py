@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
 import threading
 import time
@@ -314,8 +316,21 @@ def load_engine(config: EngineConfig | None = None, progress: ProgressFn | None 
     weights = load_weights(config.model, progress)
     with phase("building the forward pass (packing weights, compiling kernels)", progress):
         engine = Engine(weights, config)
+    # The weights as read (a GGUF's memory map, a conversion's tensors) are garbage once packed; their
+    # reference cycles would otherwise hold that memory until some later collection.
+    del weights
+    gc.collect()
+    _trim_heap()
     (progress or log.info)(f"engine ready in {time.monotonic() - started:.1f}s")
     return engine
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc keeps them after a cold start's packing)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
 
 
 def torch_path_tag(model) -> str:

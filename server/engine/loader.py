@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -200,12 +203,75 @@ def _check_identity(digests, path: Path) -> None:
 
 
 def _convert(path: Path, entry: Path, report: ProgressFn, out: Path) -> None:
-    """Fill the temp folder `out` of the cache entry `entry` from the model at `path`."""
-    with phase("reading the model's config", report):
-        check_supported(path)
-    with phase("converting weights", report):
-        report(f"converting {path} into {entry} (first start only)")
-        (_convert_gguf if path.is_file() else _convert_with_transformers)(path, out, report)
+    """Fill the temp folder `out` of the cache entry `entry` from the model at `path`.
+
+    A model of CHILD_CONVERSION_BYTES or more is read in a child process: transformers' reading (a GGUF's
+    tokenizer built from its metadata, a folder's float32 model) leaves hundreds of MB in the heap that the
+    server would otherwise keep for good. Small models (the tests' tiny ones) convert here, where it is cheaper
+    than starting an interpreter. Either way the entry's files are the same."""
+    with _converter(_model_bytes(path)) as run:
+        with phase("reading the model's config", report):
+            run(check_supported, path)
+        with phase("converting weights", report):
+            report(f"converting {path} into {entry} (first start only)")
+            run(_convert_files, path, out)
+
+
+CHILD_CONVERSION_BYTES = 64 * 2**20
+
+
+def _model_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in weight_files(path))
+
+
+@contextlib.contextmanager
+def _converter(size: int):
+    """A way to run a conversion step: in this process, or in a child interpreter (`python -m` this module:
+    a fresh process that imports nothing of its parent's main script, unlike multiprocessing's spawn)."""
+    if size < CHILD_CONVERSION_BYTES:
+        yield lambda fn, *args: fn(*args)
+    else:
+        yield _in_child
+
+
+def _in_child(fn: Callable, *paths: Path) -> None:
+    """fn(*paths) in a child interpreter; its exception is raised here, as the same kind where it matters
+    (UnsupportedModel, OSError with its errno: a full disk is reported as such)."""
+    from .arch import UnsupportedModel
+
+    cmd = [sys.executable, "-m", __name__, fn.__name__, *map(str, paths)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode == 0:
+        return
+    lines = done.stdout.strip().splitlines()
+    failure = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+    if failure is None:
+        raise RuntimeError(f"converting {paths[0]} in a child process failed: {done.stderr.strip()[-2000:]}")
+    if failure["kind"] == "UnsupportedModel":
+        raise UnsupportedModel(failure["message"])
+    if failure["kind"] == "OSError":
+        raise OSError(failure["errno"], failure["message"], failure["filename"])
+    raise RuntimeError(failure["message"])
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m seedstream.server.engine.loader STEP PATH...`: run one conversion step; a failure is one
+    JSON line on stdout (kind, message, errno, filename) and exit status 1."""
+    step = {"check_supported": check_supported, "_convert_files": _convert_files}[argv[0]]
+    try:
+        step(*map(Path, argv[1:]))
+    except Exception as exc:  # reported to the parent, which raises it
+        kind = "UnsupportedModel" if type(exc).__name__ == "UnsupportedModel" else type(exc).__name__
+        kind = "OSError" if isinstance(exc, OSError) else kind
+        detail = {"errno": getattr(exc, "errno", None), "filename": getattr(exc, "filename", None)}
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(json.dumps({"kind": kind, "message": message, **detail}))
+        return 1
+    return 0
+
+
+def _convert_files(path: Path, out: Path) -> None:
+    (_convert_gguf if path.is_file() else _convert_with_transformers)(path, out, lambda msg: None)
 
 
 def _entry_bytes(path: Path) -> int:
@@ -241,3 +307,7 @@ def _lazy_safetensors(path: Path) -> LazyTensors:
         return {name: functools.partial(handle.get_tensor, name) for name in handle.keys()}
 
     return LazyTensors(index)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
