@@ -154,7 +154,7 @@ def admit(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget)
     """
     waiting.remove_if(lambda s: s.cancelled)
     reserved = sum(kv_tokens(s, budget.max_context) for s in running)
-    holding = collections.Counter(s.request.client for s in running)
+    holding = collections.Counter(s.client for s in running)  # a score has no request, but a client
     passed_over: set[str] = set()
     while len(running) < budget.max_batch_size:
         turn = waiting.next_turn(passed_over)
@@ -168,7 +168,9 @@ def admit(running: list[EngineSequence], waiting: FairQueue, budget: StepBudget)
         if running and reserved + need > budget.max_kv_tokens:
             break  # in turn: the next request waits for room rather than being overtaken
         reserved += need
-        running.append(waiting.pop(client))
+        seq = waiting.pop(client)
+        seq.client = client
+        running.append(seq)
         holding[client] += 1
 
 

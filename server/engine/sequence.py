@@ -42,6 +42,7 @@ class EngineSequence:
     ):
         self.kind = kind
         self.request = request
+        self.client = request.client if request is not None else ""  # whose it is (admission sets it too)
         self.stop = stop
         self.codec = codec
         self.prompt = list(prompt)
