@@ -273,25 +273,31 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def _serve(argv: Sequence[str]) -> int:
+def _server_part(name: str) -> Any:
+    """A module of the server, imported only for the commands that run it (the client installs without it),
+    or None after saying how to install it."""
+    import importlib
+
     try:
-        from seedstream.server.cli import main as serve_main
+        return importlib.import_module(f"seedstream.server.{name}")
     except ImportError as exc:
         print(f"error: the server is not installed ({exc}); pip install 'seedstream[server]'", file=sys.stderr)
-        return EXIT_ERROR
-    return serve_main(argv)
+        return None
+
+
+def _serve(argv: Sequence[str]) -> int:
+    server_cli = _server_part("cli")
+    return EXIT_ERROR if server_cli is None else int(server_cli.main(argv))
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    try:
-        from pathlib import Path
+    from pathlib import Path
 
-        from seedstream.server import cachefs
-    except ImportError as exc:
-        print(f"error: the server is not installed ({exc}); pip install 'seedstream[server]'", file=sys.stderr)
+    cachefs = _server_part("cachefs")
+    if cachefs is None:
         return EXIT_ERROR
     root = Path(args.cache_dir).expanduser() if args.cache_dir else cachefs.cache_root()
-    return cachefs.verify_cache(root) if args.action == "verify" else cachefs.clear_cache(root)
+    return int(cachefs.verify_cache(root) if args.action == "verify" else cachefs.clear_cache(root))
 
 
 def _client(args: argparse.Namespace) -> Client:
