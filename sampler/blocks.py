@@ -28,17 +28,17 @@ def prepare(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     vocab = x.shape[1]
     pad = n_blocks(vocab) * BLOCK - vocab
     x = F.pad(x, (0, pad), value=NEG_INF) if pad else x.contiguous()
-    bm = x.view(x.shape[0], -1, BLOCK).amax(-1)  # [B, nb]; NaN propagates
-    top = bm.amax(-1)  # [B]
-    finite = math.isfinite(top.item()) if top.numel() == 1 else bool(torch.isfinite(top).all())
+    block_max = x.view(x.shape[0], -1, BLOCK).amax(-1)  # [B, nb]; NaN propagates
+    row_max = block_max.amax(-1)  # [B]
+    finite = math.isfinite(row_max.item()) if row_max.numel() == 1 else bool(torch.isfinite(row_max).all())
     if not finite:
-        x, bm = _sanitise(x, bm, ~torch.isfinite(top), vocab, logits)
-        top = bm.amax(-1)
-    return x, bm, top
+        x, block_max = _sanitise(x, block_max, ~torch.isfinite(row_max), vocab, logits)
+        row_max = block_max.amax(-1)
+    return x, block_max, row_max
 
 
 def _sanitise(
-    x: torch.Tensor, bm: torch.Tensor, bad: torch.Tensor, vocab: int, logits: torch.Tensor
+    x: torch.Tensor, block_max: torch.Tensor, bad: torch.Tensor, vocab: int, logits: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.clone() if x.data_ptr() == logits.data_ptr() else x
     rows = bad.nonzero()[:, 0]
@@ -46,85 +46,85 @@ def _sanitise(
     empty = r.amax(-1) == NEG_INF  # [n]
     r[empty] = 0.0
     x[rows, :vocab] = r
-    bm[rows] = x[rows].view(rows.numel(), -1, BLOCK).amax(-1)
-    return x, bm
+    block_max[rows] = x[rows].view(rows.numel(), -1, BLOCK).amax(-1)
+    return x, block_max
 
 
-class Processed:
+class ProcessedLogits:
     """Processed logits s = x with sparse edits, kept as x plus patched copies of the edited blocks."""
 
     def __init__(
         self,
         x: torch.Tensor,
-        bm_raw: torch.Tensor,
-        m_raw: torch.Tensor,
+        raw_block_max: torch.Tensor,
+        raw_max: torch.Tensor,
         edits: tuple[torch.Tensor, torch.Tensor] | None,
     ):
         self.x = x  # [B, Vp] raw (sanitised, padded)
-        self.bm_raw = bm_raw  # [B, nb]
-        self.xb = x.view(x.shape[0], -1, BLOCK)  # [B, nb, 64]
+        self.raw_block_max = raw_block_max  # [B, nb]
+        self.raw_blocks = x.view(x.shape[0], -1, BLOCK)  # [B, nb, 64]
         self.patch_map: torch.Tensor | None = None  # [B, nb] index into patches or -1
         self.patches: torch.Tensor | None = None  # [P, 64] processed values of edited blocks
-        self.bm = bm_raw
-        self.m = m_raw  # [B] processed row maximum (bm_raw.amax(-1) until edits change it)
+        self.block_max = raw_block_max
+        self.row_max = raw_max  # [B] processed row maximum (raw_block_max.amax(-1) until edits change it)
         if edits is not None:
             self._apply(*edits)
-            self.m = self.bm.amax(-1)
+            self.row_max = self.block_max.amax(-1)
 
-    def _apply(self, idx: torch.Tensor, val: torch.Tensor) -> None:
-        """Store edited blocks; idx [M] sorted flat positions into x, val [M] their new values."""
-        ublocks, inv = torch.unique_consecutive(idx >> BLOCK_SHIFT, return_inverse=True)  # [P]
-        patches = self.block_rows(ublocks)  # [P, 64] a copy
-        patches[inv, idx % BLOCK] = val
+    def _apply(self, positions: torch.Tensor, values: torch.Tensor) -> None:
+        """Store edited blocks; positions [M] sorted flat positions into x, values [M] their new values."""
+        edited_blocks, patch_of_edit = torch.unique_consecutive(positions >> BLOCK_SHIFT, return_inverse=True)  # [P]
+        patches = self.block_rows(edited_blocks)  # [P, 64] a copy
+        patches[patch_of_edit, positions % BLOCK] = values
         self.patches = patches
-        self.patch_map = torch.full(self.bm_raw.shape, -1, dtype=torch.int64, device=idx.device)
-        self.patch_map.view(-1)[ublocks] = torch.arange(ublocks.numel(), device=idx.device)
-        self.bm = self.bm_raw.clone()
-        self.bm.view(-1)[ublocks] = patches.amax(-1)
+        self.patch_map = torch.full(self.raw_block_max.shape, -1, dtype=torch.int64, device=positions.device)
+        self.patch_map.view(-1)[edited_blocks] = torch.arange(edited_blocks.numel(), device=positions.device)
+        self.block_max = self.raw_block_max.clone()
+        self.block_max.view(-1)[edited_blocks] = patches.amax(-1)
 
     def drop_edits(self, rows: torch.Tensor) -> None:
         """Forget the edits of `rows` (used when they would mask every token)."""
         assert self.patch_map is not None, "drop_edits without edits"
         self.patch_map[rows] = -1
-        self.bm[rows] = self.bm_raw[rows]
-        self.m = self.bm.amax(-1)
+        self.block_max[rows] = self.raw_block_max[rows]
+        self.row_max = self.block_max.amax(-1)
 
     def block_rows(self, flat: torch.Tensor) -> torch.Tensor:
         """Raw values [T, 64] of the blocks at flat block indices [T] (row * nb + block): a new tensor.
         index_select, because advanced indexing of [B, nb, 64] by (rows, blocks) is several times slower."""
-        return self.xb.view(-1, BLOCK).index_select(0, flat)
+        return self.raw_blocks.view(-1, BLOCK).index_select(0, flat)
 
     def blocks(self, rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Processed values [T, 64] of blocks [T] of batch rows [T]."""
-        out = self.block_rows(rows * self.xb.shape[1] + blocks)  # [T, 64]
+        out = self.block_rows(rows * self.raw_blocks.shape[1] + blocks)  # [T, 64]
         if self.patch_map is not None and self.patches is not None:  # set together by _apply
-            pi = self.patch_map[rows, blocks]  # [T]
-            hit = pi >= 0
+            patch_index = self.patch_map[rows, blocks]  # [T]
+            hit = patch_index >= 0
             if bool(hit.any()):
-                out[hit] = self.patches[pi[hit]]
+                out[hit] = self.patches[patch_index[hit]]
         return out
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Processed values [n, Vp] of whole rows (a copy)."""
         out = self.x.index_select(0, rows)  # [n, Vp]
         if self.patch_map is not None and self.patches is not None:  # set together by _apply
-            pi = self.patch_map[rows]  # [n, nb]
-            hit = pi >= 0
+            patch_index = self.patch_map[rows]  # [n, nb]
+            hit = patch_index >= 0
             if bool(hit.any()):
-                out.view(rows.numel(), -1, BLOCK)[hit] = self.patches[pi[hit]]
+                out.view(rows.numel(), -1, BLOCK)[hit] = self.patches[patch_index[hit]]
         return out
 
 
 def first_argmax(
-    bm: torch.Tensor, top: torch.Tensor, get_blocks: Callable[[torch.Tensor], torch.Tensor]
+    block_max: torch.Tensor, row_max: torch.Tensor, get_blocks: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
-    """Lowest token id holding the row maximum; bm [n, nb] block maxima, top [n] row maxima."""
-    if bm.shape[0] == 1 and bm.device.type == "cpu":  # one row: Python's list.index, fewer tensor ops
-        m = top.item()
-        block = bm[0].tolist().index(m)  # float equality, as ==: -0.0 equals 0.0
-        offset = get_blocks(torch.tensor([block]))[0].tolist().index(m)
+    """Lowest token id holding the row maximum; block_max [n, nb] block maxima, row_max [n] row maxima."""
+    if block_max.shape[0] == 1 and block_max.device.type == "cpu":  # one row: Python's list.index, fewer tensor ops
+        maximum = row_max.item()
+        block = block_max[0].tolist().index(maximum)  # float equality, as ==: -0.0 equals 0.0
+        offset = get_blocks(torch.tensor([block]))[0].tolist().index(maximum)
         return torch.tensor([block * BLOCK + offset])
-    b = (bm == top[:, None]).to(torch.int8).argmax(-1)  # [n] first block holding the max
-    vals = get_blocks(b)  # [n, 64]
-    j = (vals == top[:, None]).to(torch.int8).argmax(-1)  # [n]
-    return b * BLOCK + j
+    first_block = (block_max == row_max[:, None]).to(torch.int8).argmax(-1)  # [n] first block holding the max
+    values = get_blocks(first_block)  # [n, 64]
+    j = (values == row_max[:, None]).to(torch.int8).argmax(-1)  # [n]
+    return first_block * BLOCK + j

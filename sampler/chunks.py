@@ -28,10 +28,10 @@ def inverse_cdf(
     total = cum[:, -1]
     t = _below(u * total, total)  # [n] float64
     c = torch.searchsorted(cum, t[:, None], right=True)  # [n, 1] first running sum > t
-    prev = F.pad(cum, (1, 0)).gather(1, c)[:, 0]  # running sum before chunk c
+    before = F.pad(cum, (1, 0)).gather(1, c)[:, 0]  # running sum before chunk c
     w = chunk(c[:, 0])  # [n, 64]
-    cw = w.double().cumsum(-1)  # [n, 64]
-    j = torch.searchsorted(cw, _below(t - prev, cw[:, -1])[:, None], right=True)  # [n, 1]
+    token_running = w.double().cumsum(-1)  # [n, 64]
+    j = torch.searchsorted(token_running, _below(t - before, token_running[:, -1])[:, None], right=True)  # [n, 1]
     return c[:, 0], j[:, 0], w.gather(1, j)[:, 0], total
 
 

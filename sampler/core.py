@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import one_row
-from .blocks import BLOCK, NEG_INF, Processed, first_argmax, prepare
+from .blocks import BLOCK, NEG_INF, ProcessedLogits, first_argmax, prepare
 from .chunks import chunk_total, inverse_cdf
 from .history import TokenHistory
 from .params import SamplingParams
@@ -33,22 +33,22 @@ class SampleResult:
     top_logprobs: torch.Tensor  # float32 [B, top_n]
 
 
-class _Out:
+class DrawnTokens:
     """Per-row results being filled in by the row groups."""
 
     def __init__(self, tokens: torch.Tensor):
         self.tokens = tokens.clone()  # int64 [B]
-        self.plp = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        self.processed_logprobs = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
 
-    def put(self, rows: torch.Tensor, tokens: torch.Tensor, w_tok: torch.Tensor, total: torch.Tensor) -> None:
+    def put(self, rows: torch.Tensor, tokens: torch.Tensor, token_weight: torch.Tensor, total: torch.Tensor) -> None:
         self.tokens[rows] = tokens
-        self.plp[rows] = (w_tok.to(torch.float64).log() - total.log()).to(torch.float32)
+        self.processed_logprobs[rows] = (token_weight.to(torch.float64).log() - total.log()).to(torch.float32)
 
-    def put_one(self, token: int, w_tok: float, total: float) -> None:
-        """put() for the only row: w_tok a float32 value, total a float64 one (the same ops on [1] tensors)."""
+    def put_one(self, token: int, token_weight: float, total: float) -> None:
+        """put() for the only row: token_weight a float32 value, total a float64 one (the same ops on [1] tensors)."""
         self.tokens = torch.tensor([token])
-        w, z = torch.tensor([w_tok], dtype=torch.float64), torch.tensor([total], dtype=torch.float64)
-        self.plp = (w.log() - z.log()).to(torch.float32)
+        w, z = torch.tensor([token_weight], dtype=torch.float64), torch.tensor([total], dtype=torch.float64)
+        self.processed_logprobs = (w.log() - z.log()).to(torch.float32)
 
 
 def sample(
@@ -74,38 +74,56 @@ def sample(
     batch, vocab = _check(logits, params, steps, sample_indices, top_n)
     if histories is not None and (prompt_token_ids is not None or output_token_ids is not None):
         raise ValueError("give histories or prompt_token_ids/output_token_ids, not both")
-    dev = logits.device
+    device = logits.device
     if batch == 0 or vocab == 0:
-        return _empty(batch, min(top_n, vocab), dev)
-    cfg = RowConfig.build(params, vocab, dev)
-    u = _uniforms(params, steps, sample_indices, batch, dev)
-    x, bm_raw, m_raw = prepare(logits)
-    proc = Processed(
-        x, bm_raw, m_raw, edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids, histories)
+        return _empty(batch, min(top_n, vocab), device)
+    config = RowConfig.build(params, vocab, device)
+    u = _uniforms(params, steps, sample_indices, batch, device)
+    x, raw_block_max, raw_max = prepare(logits)
+    processed = ProcessedLogits(
+        x,
+        raw_block_max,
+        raw_max,
+        edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids, histories),
     )
-    if proc.patch_map is not None and bool((proc.m == NEG_INF).any()):
-        proc.drop_edits((proc.m == NEG_INF).nonzero()[:, 0])
+    if processed.patch_map is not None and bool((processed.row_max == NEG_INF).any()):
+        processed.drop_edits((processed.row_max == NEG_INF).nonzero()[:, 0])
     probs = torch.softmax(x, -1)  # [B, Vp] raw distribution
-    all_rows = torch.arange(batch, device=dev)
-    nb = bm_raw.shape[1]
-    arg_raw = first_argmax(bm_raw, m_raw, lambda b: proc.block_rows(all_rows * nb + b))
-    arg = arg_raw if proc.patch_map is None else first_argmax(proc.bm, proc.m, lambda b: proc.blocks(all_rows, b))
-    out = _Out(arg)
-    lse = m_raw - probs.gather(1, arg_raw[:, None])[:, 0].log()  # [B] logsumexp of the raw row
-    wts = Weights(proc, cfg, probs, m_raw, lse)
-    total = None if wts.sums is None else chunk_total(wts.sums)  # [B] float64 full-row mass
-    if cfg.support:
-        assert wts.sums is not None, "support rows are full rows"  # Weights fills sums when any row is full
-        rows = torch.tensor(cfg.support, device=dev)
-        c, j, w_tok, mass = inverse_cdf(wts.sums[rows], u[rows], lambda cc: wts.chunk(rows, cc))
-        out.put(rows, c * BLOCK + j, w_tok, mass)
-    if cfg.trunc and not (batch == 1 and one_row.draw(proc, cfg, wts, params[0], vocab, total, float(u[0]), out)):
-        rows = torch.tensor(cfg.trunc, device=dev)
-        tot = None if total is None else total[rows]
-        sample_truncated(proc, cfg, wts, rows, thresholds(proc, cfg, wts, rows, arg, tot), tot, u, out)
+    all_rows = torch.arange(batch, device=device)
+    nb = raw_block_max.shape[1]
+    raw_argmax = first_argmax(raw_block_max, raw_max, lambda b: processed.block_rows(all_rows * nb + b))
+    argmax = (
+        raw_argmax
+        if processed.patch_map is None
+        else first_argmax(processed.block_max, processed.row_max, lambda b: processed.blocks(all_rows, b))
+    )
+    out = DrawnTokens(argmax)
+    lse = raw_max - probs.gather(1, raw_argmax[:, None])[:, 0].log()  # [B] logsumexp of the raw row
+    weights = Weights(processed, config, probs, raw_max, lse)
+    total = None if weights.sums is None else chunk_total(weights.sums)  # [B] float64 full-row mass
+    if config.support:
+        assert weights.sums is not None, "support rows are full rows"  # Weights fills sums when any row is full
+        rows = torch.tensor(config.support, device=device)
+        c, j, token_weight, mass = inverse_cdf(weights.sums[rows], u[rows], lambda cc: weights.chunk(rows, cc))
+        out.put(rows, c * BLOCK + j, token_weight, mass)
+    if config.trunc and not (
+        batch == 1 and one_row.draw(processed, config, weights, params[0], vocab, total, float(u[0]), out)
+    ):
+        rows = torch.tensor(config.trunc, device=device)
+        trunc_total = None if total is None else total[rows]
+        sample_truncated(
+            processed,
+            config,
+            weights,
+            rows,
+            thresholds(processed, config, weights, rows, argmax, trunc_total),
+            trunc_total,
+            u,
+            out,
+        )
     logprobs = x.gather(1, out.tokens[:, None])[:, 0] - lse
-    top_ids, top_lps = _top_alternatives(proc, bm_raw, lse, min(top_n, vocab))
-    return SampleResult(out.tokens, logprobs, out.plp, top_ids, top_lps)
+    top_token_ids, top_logprobs = _top_alternatives(processed, raw_block_max, lse, min(top_n, vocab))
+    return SampleResult(out.tokens, logprobs, out.processed_logprobs, top_token_ids, top_logprobs)
 
 
 def _check(
@@ -134,19 +152,19 @@ def _uniforms(
     steps: Sequence[int] | torch.Tensor,
     sample_indices: Sequence[int] | None,
     batch: int,
-    dev: torch.device,
+    device: torch.device,
 ) -> torch.Tensor:
     step_list = steps.tolist() if isinstance(steps, torch.Tensor) else list(steps)
-    idx = [0] * batch if sample_indices is None else list(sample_indices)
-    return uniforms_for([p.seed for p in params], idx, step_list, dev)
+    indices = [0] * batch if sample_indices is None else list(sample_indices)
+    return uniforms_for([p.seed for p in params], indices, step_list, device)
 
 
-def _empty(batch: int, top_n: int, dev: torch.device) -> SampleResult:
+def _empty(batch: int, top_n: int, device: torch.device) -> SampleResult:
     if batch:
         raise ValueError("logits must have at least one token per row")
 
     def z(dtype: torch.dtype, *shape: int) -> torch.Tensor:
-        return torch.zeros(shape, dtype=dtype, device=dev)
+        return torch.zeros(shape, dtype=dtype, device=device)
 
     return SampleResult(
         z(torch.int64, 0),
@@ -158,16 +176,16 @@ def _empty(batch: int, top_n: int, dev: torch.device) -> SampleResult:
 
 
 def _top_alternatives(
-    proc: Processed, bm_raw: torch.Tensor, lse: torch.Tensor, top_n: int
+    processed: ProcessedLogits, raw_block_max: torch.Tensor, lse: torch.Tensor, top_n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = bm_raw.shape[0]
-    dev = bm_raw.device
+    batch = raw_block_max.shape[0]
+    device = raw_block_max.device
     if top_n == 0:
         return (
-            torch.zeros((batch, 0), dtype=torch.int64, device=dev),
-            torch.zeros((batch, 0), dtype=torch.float32, device=dev),
+            torch.zeros((batch, 0), dtype=torch.int64, device=device),
+            torch.zeros((batch, 0), dtype=torch.float32, device=device),
         )
-    theta = kth_threshold(bm_raw, bm_raw.amax(-1), torch.full((batch,), top_n, device=dev))
-    nb = bm_raw.shape[1]
-    cand = extract(lambda r, b: proc.block_rows(r * nb + b), bm_raw, theta)
-    return cand.token[:, :top_n], cand.vals[:, :top_n] - lse[:, None]
+    theta = kth_threshold(raw_block_max, raw_block_max.amax(-1), torch.full((batch,), top_n, device=device))
+    nb = raw_block_max.shape[1]
+    candidates = extract(lambda r, b: processed.block_rows(r * nb + b), raw_block_max, theta)
+    return candidates.token[:, :top_n], candidates.value[:, :top_n] - lse[:, None]

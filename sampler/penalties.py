@@ -32,7 +32,7 @@ def _bias_arrays(p: SamplingParams) -> tuple[array.array[int], array.array[float
     request passes the same one every step), so a large bias costs no Python loop per step."""
     cached = p.__dict__.get("_bias_arrays")
     if cached is None:
-        cached = (array.array("q", [t for t, _ in p.logit_bias]), array.array("d", [b for _, b in p.logit_bias]))
+        cached = (array.array("q", [t for t, _ in p.logit_bias]), array.array("d", [bias for _, bias in p.logit_bias]))
         object.__setattr__(p, "_bias_arrays", cached)  # a cache, not a field: equality and hash ignore it
     return cached
 
@@ -42,30 +42,30 @@ def _gather_edits(
 ) -> tuple[array.array[int], list[tuple[int, int, float, int]], array.array[float]]:
     """Token ids (array), segments [(row, kind, 0, length)] and the biases of the BIAS edits in order
     (array); marshalling only."""
-    toks = array.array("q")
+    token_ids = array.array("q")
     biases = array.array("d")
-    segs: list[tuple[int, int, float, int]] = []
+    segments: list[tuple[int, int, float, int]] = []
 
     def add(r: int, ids: Sequence[int] | torch.Tensor, kind: int) -> None:
         ids = _ids(ids)
-        toks.extend(ids)
-        segs.append((r, kind, 0.0, len(ids)))
+        token_ids.extend(ids)
+        segments.append((r, kind, 0.0, len(ids)))
 
     for r, p in enumerate(params):
         counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-        rep = REP if p.repetition_penalty != 1.0 else 0
-        if rep and prompt_ids is not None:
+        repeated = REP if p.repetition_penalty != 1.0 else 0
+        if repeated and prompt_ids is not None:
             add(r, prompt_ids[r], REP)
-        if output_ids is not None and (counted or rep):
-            add(r, output_ids[r], rep | (OUT if counted else 0))
+        if output_ids is not None and (counted or repeated):
+            add(r, output_ids[r], repeated | (OUT if counted else 0))
         if p.logit_bias:
             ids, values = _bias_arrays(p)
-            toks.extend(ids)
+            token_ids.extend(ids)
             biases.extend(values)
-            segs.append((r, BIAS, 0.0, len(ids)))
+            segments.append((r, BIAS, 0.0, len(ids)))
         if suppress_ids is not None and len(suppress_ids[r]):
             add(r, suppress_ids[r], SUP)
-    return toks, segs, biases
+    return token_ids, segments, biases
 
 
 def edits(
@@ -87,46 +87,48 @@ def edits(
     """
     if histories is not None:
         return _history_edits(x, vocab, params, histories, suppress_ids)
-    toks, segs, biases = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
-    if not len(toks):
+    token_ids, segments, biases = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
+    if not len(token_ids):
         return None
-    dev, width = x.device, x.shape[1]
-    keys, kind, b = _flat_edits(toks, segs, biases, vocab, width, dev)
+    device, width = x.device, x.shape[1]
+    keys, kind, bias = _flat_edits(token_ids, segments, biases, vocab, width, device)
     if keys.numel() == 0:
         return None
-    uniq, inv = _unique(keys, x.shape[0] * width)
-    m = uniq.numel()
+    unique_keys, slot_of_key = _unique(keys, x.shape[0] * width)
+    n_slots = unique_keys.numel()
 
     def per_slot(v: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(m, dtype=v.dtype, device=dev).index_add_(0, inv, v)
+        return torch.zeros(n_slots, dtype=v.dtype, device=device).index_add_(0, slot_of_key, v)
 
-    rep, cnt = per_slot(kind & REP) > 0, per_slot(((kind & OUT) > 0).float())
-    return uniq, _new_values(x, uniq, rep, cnt, per_slot(b), per_slot(kind & SUP) > 0, params, width)
+    repeated, counts = per_slot(kind & REP) > 0, per_slot(((kind & OUT) > 0).float())
+    return unique_keys, _new_values(
+        x, unique_keys, repeated, counts, per_slot(bias), per_slot(kind & SUP) > 0, params, width
+    )
 
 
 def _flat_edits(
-    toks: array.array[int],
-    segs: list[tuple[int, int, float, int]],
+    token_ids: array.array[int],
+    segments: list[tuple[int, int, float, int]],
     biases: array.array[float],
     vocab: int,
     width: int,
-    dev: torch.device,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(flat key row * width + id [N] int64, kind [N] int64, bias [N] float32) of the gathered edits
     whose id is in [0, vocab), in gathering order."""
-    tok = torch.frombuffer(toks, dtype=torch.int64).clone().to(dev)
-    seg = torch.tensor(segs, dtype=torch.float64, device=dev)  # [S, 4]
+    tokens = torch.frombuffer(token_ids, dtype=torch.int64).clone().to(device)
+    segment_table = torch.tensor(segments, dtype=torch.float64, device=device)  # [S, 4]
 
     def per_edit(col: int) -> torch.Tensor:
-        return torch.repeat_interleave(seg[:, col], seg[:, 3].long())
+        return torch.repeat_interleave(segment_table[:, col], segment_table[:, 3].long())
 
-    ok = (tok >= 0) & (tok < vocab)
-    keys = (per_edit(0).long() * width + tok)[ok]
+    ok = (tokens >= 0) & (tokens < vocab)
+    keys = (per_edit(0).long() * width + tokens)[ok]
     kind = per_edit(1).long()
-    b = torch.zeros(tok.numel(), dtype=torch.float64, device=dev)
+    bias = torch.zeros(tokens.numel(), dtype=torch.float64, device=device)
     if len(biases):  # one scatter: the BIAS edits, in gathering order, take their biases
-        b[kind == BIAS] = torch.frombuffer(biases, dtype=torch.float64).clone().to(dev)
-    return keys, kind[ok], b.float()[ok]
+        bias[kind == BIAS] = torch.frombuffer(biases, dtype=torch.float64).clone().to(device)
+    return keys, kind[ok], bias.float()[ok]
 
 
 def _history_edits(
@@ -144,22 +146,24 @@ def _history_edits(
     """
     if len(histories) != len(params):
         raise ValueError(f"histories has {len(histories)} entries for B={len(params)}")
-    dev, width = x.device, x.shape[1]
-    hkeys, hcnt = _history_keys(params, histories, vocab, width, dev)
-    toks, esegs, biases = _gather_edits(params, None, None, suppress_ids)  # bias and suppression only
-    ekeys, ekind, eb = _flat_edits(toks, esegs, biases, vocab, width, dev) if len(toks) else (None, None, None)
-    if ekeys is None or ekeys.numel() == 0:
-        if hkeys.numel() == 0:
+    device, width = x.device, x.shape[1]
+    history_flat_keys, history_counts = _history_keys(params, histories, vocab, width, device)
+    token_ids, extra_segments, biases = _gather_edits(params, None, None, suppress_ids)  # bias and suppression only
+    extra_keys, extra_kinds, extra_bias = (
+        _flat_edits(token_ids, extra_segments, biases, vocab, width, device) if len(token_ids) else (None, None, None)
+    )
+    if extra_keys is None or extra_keys.numel() == 0:
+        if history_flat_keys.numel() == 0:
             return None
-        return hkeys, _new_values(x, hkeys, None, hcnt, None, None, params, width)
-    assert ekind is not None and eb is not None, "set with ekeys"
-    uniq, hslot, eslot = _merge(hkeys, ekeys, x.shape[0] * width)
-    m = uniq.numel()
-    rep = torch.zeros(m, dtype=torch.bool, device=dev).index_fill_(0, hslot, True)
-    cnt = torch.zeros(m, dtype=torch.float32, device=dev).index_put_((hslot,), hcnt)
-    b = torch.zeros(m, dtype=torch.float32, device=dev).index_add_(0, eslot, eb)
-    sup = torch.zeros(m, dtype=torch.int64, device=dev).index_add_(0, eslot, ekind & SUP) > 0
-    return uniq, _new_values(x, uniq, rep, cnt, b, sup, params, width)
+        return history_flat_keys, _new_values(x, history_flat_keys, None, history_counts, None, None, params, width)
+    assert extra_kinds is not None and extra_bias is not None, "set with extra_keys"
+    unique_keys, history_slot, extra_slot = _merge(history_flat_keys, extra_keys, x.shape[0] * width)
+    n_slots = unique_keys.numel()
+    repeated = torch.zeros(n_slots, dtype=torch.bool, device=device).index_fill_(0, history_slot, True)
+    counts = torch.zeros(n_slots, dtype=torch.float32, device=device).index_put_((history_slot,), history_counts)
+    bias = torch.zeros(n_slots, dtype=torch.float32, device=device).index_add_(0, extra_slot, extra_bias)
+    suppressed = torch.zeros(n_slots, dtype=torch.int64, device=device).index_add_(0, extra_slot, extra_kinds & SUP) > 0
+    return unique_keys, _new_values(x, unique_keys, repeated, counts, bias, suppressed, params, width)
 
 
 def _history_keys(
@@ -167,7 +171,7 @@ def _history_keys(
     histories: Sequence[TokenHistory | None],
     vocab: int,
     width: int,
-    dev: torch.device,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(flat keys row * width + id [N] ascending, output count [N] float32) of the history edits:
     every id in [0, vocab) of a repetition-penalised row, the output ids of a counted row."""
@@ -189,69 +193,71 @@ def _history_keys(
         offsets.append(r * width)
         lengths.append(len(ids) - start)
     if not ids:
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
         return empty, empty.float()
-    tok = torch.frombuffer(ids, dtype=torch.int64).clone()  # a copy: the row offsets are added in place
+    tokens = torch.frombuffer(ids, dtype=torch.int64).clone()  # a copy: the row offsets are added in place
     if any(offsets):
-        tok += torch.repeat_interleave(torch.tensor(offsets), torch.tensor(lengths))
-    cnt = torch.frombuffer(counts, dtype=torch.int64).to(torch.float32)
-    return tok.to(dev), cnt.to(dev)
+        tokens += torch.repeat_interleave(torch.tensor(offsets), torch.tensor(lengths))
+    output_counts = torch.frombuffer(counts, dtype=torch.int64).to(torch.float32)
+    return tokens.to(device), output_counts.to(device)
 
 
 def _merge(h: torch.Tensor, e: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted union of h and e, slot in it of each h, slot of each e); h ascending and distinct."""
-    eu, einv = _unique(e, sentinel)
+    unique_extra, extra_inverse = _unique(e, sentinel)
     n = h.numel()
-    pos = torch.searchsorted(h, eu)  # [U] first h >= eu
+    pos = torch.searchsorted(h, unique_extra)  # [U] first h >= eu
     found = pos < n
-    found[found.clone()] = h[pos[found]] == eu[found]
-    new = eu[~found]  # [K] ids not in h
-    hslot = torch.arange(n, device=h.device) + torch.searchsorted(new, h)
-    nslot = torch.arange(new.numel(), device=h.device) + torch.searchsorted(h, new)
-    uniq = torch.empty(n + new.numel(), dtype=h.dtype, device=h.device)
-    uniq[hslot], uniq[nslot] = h, new
-    euslot = torch.empty_like(eu)
-    euslot[found], euslot[~found] = hslot[pos[found]], nslot
-    return uniq, hslot, euslot[einv]
+    found[found.clone()] = h[pos[found]] == unique_extra[found]
+    new = unique_extra[~found]  # [K] ids not in h
+    history_slot = torch.arange(n, device=h.device) + torch.searchsorted(new, h)
+    new_slot = torch.arange(new.numel(), device=h.device) + torch.searchsorted(h, new)
+    unique_keys = torch.empty(n + new.numel(), dtype=h.dtype, device=h.device)
+    unique_keys[history_slot], unique_keys[new_slot] = h, new
+    extra_slot = torch.empty_like(unique_extra)
+    extra_slot[found], extra_slot[~found] = history_slot[pos[found]], new_slot
+    return unique_keys, history_slot, extra_slot[extra_inverse]
 
 
 def _unique(keys: torch.Tensor, sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.unique(keys, return_inverse=True), padded onto torch's radix sort when that is faster."""
     n = keys.numel()
     if n * 8 < RADIX_MIN or n >= RADIX_MIN:
-        uniq, inv = torch.unique(keys, return_inverse=True)
-        return uniq, inv
+        unique_keys, slot_of_key = torch.unique(keys, return_inverse=True)
+        return unique_keys, slot_of_key
     pad = torch.full((RADIX_MIN - n,), sentinel, dtype=keys.dtype, device=keys.device)
-    uniq, inv = torch.unique(torch.cat([keys, pad]), return_inverse=True)
-    return uniq[:-1], inv[:n]
+    unique_keys, slot_of_key = torch.unique(torch.cat([keys, pad]), return_inverse=True)
+    return unique_keys[:-1], slot_of_key[:n]
 
 
 def _row_params(params: Sequence[SamplingParams], rows: torch.Tensor) -> torch.Tensor:
     """float32 [M, 3] (repetition, frequency, presence penalty) of the row of each position."""
-    vals = [(p.repetition_penalty, p.frequency_penalty, p.presence_penalty) for p in params]
-    return torch.tensor(vals, dtype=torch.float32, device=rows.device)[rows]
+    values = [(p.repetition_penalty, p.frequency_penalty, p.presence_penalty) for p in params]
+    return torch.tensor(values, dtype=torch.float32, device=rows.device)[rows]
 
 
 def _new_values(
     x: torch.Tensor,
-    uniq: torch.Tensor,
-    rep: torch.Tensor | None,
-    cnt: torch.Tensor,
-    b: torch.Tensor | None,
-    sup: torch.Tensor | None,
+    unique_keys: torch.Tensor,
+    repeated: torch.Tensor | None,
+    counts: torch.Tensor,
+    bias: torch.Tensor | None,
+    suppressed: torch.Tensor | None,
     params: Sequence[SamplingParams],
     width: int,
 ) -> torch.Tensor:
     """float32 [M] edited values of the positions `uniq`, given per position: repetition-penalised
     [M] bool (None: all), output count [M] float32, summed bias [M] float32 (None: none),
     suppressed [M] bool (None: none)."""
-    rows = uniq // width
-    val = x.view(-1)[uniq]  # [M]
-    pen, freq, presence = _row_params(params, rows).unbind(1)  # [M] each
-    penalised = torch.where(val < 0, val * pen, val / pen)
-    val = penalised if rep is None else torch.where(rep, penalised, val)
-    val = val - freq * cnt
-    val = val - presence * (cnt > 0).float()
-    val = val + (0.0 if b is None else b)  # adding 0 also makes -0.0 +0.0, as the list path's zero bias does
-    val = val.clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
-    return val if sup is None else val.masked_fill(sup, float("-inf"))
+    rows = unique_keys // width
+    values = x.view(-1)[unique_keys]  # [M]
+    repetition, frequency, presence = _row_params(params, rows).unbind(1)  # [M] each
+    penalised = torch.where(values < 0, values * repetition, values / repetition)
+    values = penalised if repeated is None else torch.where(repeated, penalised, values)
+    values = values - frequency * counts
+    values = values - presence * (counts > 0).float()
+    values = values + (
+        0.0 if bias is None else bias
+    )  # adding 0 also makes -0.0 +0.0, as the list path's zero bias does
+    values = values.clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
+    return values if suppressed is None else values.masked_fill(suppressed, float("-inf"))

@@ -66,53 +66,62 @@ class RowConfig:
 
 
 def block_threshold(
-    bm: torch.Tensor, m: torch.Tensor, step: torch.Tensor, mass: torch.Tensor, target: torch.Tensor, bins: int = 256
+    block_max: torch.Tensor,
+    row_max: torch.Tensor,
+    step: torch.Tensor,
+    mass: torch.Tensor,
+    target: torch.Tensor,
+    bins: int = 256,
 ) -> torch.Tensor:
     """float64 [n]: a theta such that the blocks with maximum >= theta carry mass >= target.
 
-    Blocks are binned by (m - block max) / step (no sort); theta is the lower edge of the first
+    Blocks are binned by (row_max - block max) / step (no sort); theta is the lower edge of the first
     bin where the cumulative mass (mass [n, nb] per block) reaches target [n], widened for the
     float32 rounding of the binning; -inf when only the last, open-ended bin reaches it.
     """
-    b = ((m[:, None] - bm) / step.float()[:, None]).floor_().clamp_(0, bins - 1).long()  # [n, nb]
-    hist = torch.zeros((bm.shape[0], bins), dtype=torch.float64, device=bm.device)
-    first = (hist.scatter_add_(1, b, mass.double()).cumsum(1) < target[:, None]).sum(1)  # [n]
-    edge = m.double() - (first + 1) * step.double() * (1 + 1e-6)
+    bin_of_block = (
+        ((row_max[:, None] - block_max) / step.float()[:, None]).floor_().clamp_(0, bins - 1).long()
+    )  # [n, nb]
+    histogram = torch.zeros((block_max.shape[0], bins), dtype=torch.float64, device=block_max.device)
+    first = (histogram.scatter_add_(1, bin_of_block, mass.double()).cumsum(1) < target[:, None]).sum(1)  # [n]
+    edge = row_max.double() - (first + 1) * step.double() * (1 + 1e-6)
     return torch.where(first < bins - 1, edge, NEG_INF)
 
 
-def kth_threshold(bm: torch.Tensor, m: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def kth_threshold(block_max: torch.Tensor, row_max: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """float64 [n]: theta with at least k tokens >= theta (k blocks reach it); -inf where k is 0.
 
     For k <= nb it is the k-th largest block maximum: k blocks each hold a token at or above it,
     and it stays tight when the row's maximum stands far above the rest (a confident model),
     where a histogram of fixed-width bins would give -inf and make every token a candidate.
     """
-    nb = bm.shape[1]
+    nb = block_max.shape[1]
     k_blocks = k.clamp(1, nb)
-    top = bm.topk(int(k_blocks.max()), dim=-1, sorted=True).values  # [n, kmax] descending
-    th = top.gather(1, (k_blocks - 1)[:, None])[:, 0].double()
+    top = block_max.topk(int(k_blocks.max()), dim=-1, sorted=True).values  # [n, kmax] descending
+    theta = top.gather(1, (k_blocks - 1)[:, None])[:, 0].double()
     if bool((k > nb).any()):  # more tokens than blocks: fall back on the histogram bound
-        step = torch.full_like(m, 1.0 / 16)
-        th = torch.where(k > nb, block_threshold(bm, m, step, torch.ones_like(bm), k.double()), th)
-    return torch.where(k > 0, th, NEG_INF)
+        step = torch.full_like(row_max, 1.0 / 16)
+        theta = torch.where(
+            k > nb, block_threshold(block_max, row_max, step, torch.ones_like(block_max), k.double()), theta
+        )
+    return torch.where(k > 0, theta, NEG_INF)
 
 
-def min_p_threshold(m: torch.Tensor, temp: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """float64 [n]: a value below which exp((s - m) / T) < min_p surely holds (-inf when off).
+def min_p_threshold(row_max: torch.Tensor, temperature: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """float64 [n]: a value below which exp((s - row_max) / T) < min_p surely holds (-inf when off).
 
-    The margin covers float32 rounding of (s - m) / T and of exp, and float64 rounding of m.
+    The margin covers float32 rounding of (s - row_max) / T and of exp, and float64 rounding of row_max.
     """
-    m64, t64, p64 = m.double(), temp.double(), min_p.double()
-    log_p = torch.log(p64.clamp(min=1e-300))
-    slack = t64 * 1e-4 * (1.0 + log_p.abs()) + m64.abs() * 2.0**-45
-    return torch.where(p64 > 0, m64 + t64 * log_p - slack, NEG_INF)
+    max64, temperature64, min_p64 = row_max.double(), temperature.double(), min_p.double()
+    log_p = torch.log(min_p64.clamp(min=1e-300))
+    slack = temperature64 * 1e-4 * (1.0 + log_p.abs()) + max64.abs() * 2.0**-45
+    return torch.where(min_p64 > 0, max64 + temperature64 * log_p - slack, NEG_INF)
 
 
 def top_p_threshold(
-    bm: torch.Tensor,
-    m: torch.Tensor,
-    temp: torch.Tensor,
+    block_max: torch.Tensor,
+    row_max: torch.Tensor,
+    temperature: torch.Tensor,
     w_max: torch.Tensor,
     sums: torch.Tensor,
     top_p: torch.Tensor,
@@ -120,13 +129,13 @@ def top_p_threshold(
 ) -> torch.Tensor:
     """float64 [n]: a guess of the top-p boundary value from block statistics (verified later).
 
-    Each block holds a token of weight about exp((block max - m) / T) * w_max: their mass above
+    Each block holds a token of weight about exp((block max - row_max) / T) * w_max: their mass above
     a value (about) bounds the mass above it from below, a sure guess when it reaches the target.
     Heavy tails need more than one token per block: then guess 1.5 T below the value where the
     whole blocks' mass (sums [n, nb], an upper bound) reaches it.
     """
     target = top_p * total
-    est = torch.exp((bm - m[:, None]) / temp[:, None]) * w_max[:, None]  # [n, nb]
-    low = block_threshold(bm, m, temp / 8, est, target * (1 + 1e-3))
-    high = block_threshold(bm, m, temp / 8, sums, target)
-    return torch.maximum(low, high - 1.5 * temp.double())
+    estimate = torch.exp((block_max - row_max[:, None]) / temperature[:, None]) * w_max[:, None]  # [n, nb]
+    low = block_threshold(block_max, row_max, temperature / 8, estimate, target * (1 + 1e-3))
+    high = block_threshold(block_max, row_max, temperature / 8, sums, target)
+    return torch.maximum(low, high - 1.5 * temperature.double())

@@ -6,92 +6,112 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .blocks import BLOCK, NEG_INF, Processed
+from .blocks import BLOCK, NEG_INF, ProcessedLogits
 from .chunks import chunk_total, inverse_cdf
 from .rows import RowConfig, block_threshold, kth_threshold, min_p_threshold, top_p_threshold
 from .select import Candidates, extract
 from .weights import Weights
 
 if TYPE_CHECKING:
-    from .core import _Out  # core imports this module
+    from .core import DrawnTokens  # core imports this module
 
 
 def thresholds(
-    proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, arg: torch.Tensor, total: torch.Tensor | None
+    processed: ProcessedLogits,
+    config: RowConfig,
+    weights: Weights,
+    rows: torch.Tensor,
+    argmax: torch.Tensor,
+    total: torch.Tensor | None,
 ) -> torch.Tensor:
     """float64 [n]: every kept token of rows [n] is >= theta (top-p rows without top-k: a guess).
 
     total [n] float64: full-vocabulary mass of full rows (None when there are none).
     """
-    top_k, top_p, min_p, full = cfg.top_k[rows], cfg.top_p[rows], cfg.min_p[rows], cfg.full[rows]
-    bm, m, temp = proc.bm[rows], proc.m[rows], cfg.temperature[rows]
+    top_k, top_p, min_p, full = config.top_k[rows], config.top_p[rows], config.min_p[rows], config.full[rows]
+    block_max, row_max, temperature = processed.block_max[rows], processed.row_max[rows], config.temperature[rows]
     theta = (
-        kth_threshold(bm, m, top_k)
+        kth_threshold(block_max, row_max, top_k)
         if bool((top_k > 0).any())
-        else torch.full(m.shape, NEG_INF, dtype=torch.float64, device=m.device)
+        else torch.full(row_max.shape, NEG_INF, dtype=torch.float64, device=row_max.device)
     )
     if bool((min_p > 0).any()):
-        theta = torch.where((top_k > 0) & (top_p < 1), theta, torch.maximum(theta, min_p_threshold(m, temp, min_p)))
+        theta = torch.where(
+            (top_k > 0) & (top_p < 1), theta, torch.maximum(theta, min_p_threshold(row_max, temperature, min_p))
+        )
     if total is not None and bool(full.any()):
-        assert wts.sums is not None, "full rows have chunk sums"
+        assert weights.sums is not None, "full rows have chunk sums"
         f = full.nonzero()[:, 0]
-        w_max = wts.tokens(rows[f], arg[rows[f]][:, None], m[f][:, None])[:, 0]  # s(argmax) = m
-        theta[f] = top_p_threshold(bm[f], m[f], temp[f], w_max, wts.sums[rows[f]], top_p[f], total[f])
+        w_max = weights.tokens(rows[f], argmax[rows[f]][:, None], row_max[f][:, None])[:, 0]  # s(argmax) = row_max
+        theta[f] = top_p_threshold(
+            block_max[f], row_max[f], temperature[f], w_max, weights.sums[rows[f]], top_p[f], total[f]
+        )
     return theta
 
 
 def sample_truncated(
-    proc: Processed,
-    cfg: RowConfig,
-    wts: Weights,
+    processed: ProcessedLogits,
+    config: RowConfig,
+    weights: Weights,
     rows: torch.Tensor,
     theta: torch.Tensor,
     total: torch.Tensor | None,
     u: torch.Tensor,
-    out: _Out,
+    out: DrawnTokens,
 ) -> None:
     """Draw rows [n] in groups of similar candidate counts, so that no row pads the others."""
-    blocks = (proc.bm[rows] >= theta[:, None]).sum(1)  # [n] candidate blocks per row
+    blocks = (processed.block_max[rows] >= theta[:, None]).sum(1)  # [n] candidate blocks per row
     big = blocks > max(64, 4 * int(blocks.median()))
     if bool(big.any()) and not bool(big.all()):
         for part in (~big, big):
-            sel = part.nonzero()[:, 0]
-            _draw(proc, cfg, wts, rows[sel], theta[sel], None if total is None else total[sel], u, out)
+            selected = part.nonzero()[:, 0]
+            _draw(
+                processed,
+                config,
+                weights,
+                rows[selected],
+                theta[selected],
+                None if total is None else total[selected],
+                u,
+                out,
+            )
     else:
-        _draw(proc, cfg, wts, rows, theta, total, u, out)
+        _draw(processed, config, weights, rows, theta, total, u, out)
 
 
 def _draw(
-    proc: Processed,
-    cfg: RowConfig,
-    wts: Weights,
+    processed: ProcessedLogits,
+    config: RowConfig,
+    weights: Weights,
     rows: torch.Tensor,
     theta: torch.Tensor,
     total: torch.Tensor | None,
     u: torch.Tensor,
-    out: _Out,
+    out: DrawnTokens,
     token_bound: bool = False,
 ) -> None:
     """Draw rows [n]; rows whose kept set may leave the candidates retry from a token-level bound
     (token_bound: theta already is one), then with every token."""
-    cand = extract(lambda r, b: proc.blocks(rows[r], b), proc.bm[rows], theta)
-    w = wts.tokens(rows, cand.token, cand.vals)  # [n, C]
-    kept, ok = _kept(cand, w, cfg, rows, total, theta)
-    wk = cand.scatter(w * kept)  # [T, 64] kept weights in id order
-    c, j, w_tok, mass = inverse_cdf(cand.per_row(wk.sum(-1)), u[rows], lambda cc: wk[cand.start + cc])
-    out.put(rows, cand.block[cand.start + c] * BLOCK + j, w_tok, mass)
+    candidates = extract(lambda r, b: processed.blocks(rows[r], b), processed.block_max[rows], theta)
+    w = weights.tokens(rows, candidates.token, candidates.value)  # [n, C]
+    kept, ok = _kept(candidates, w, config, rows, total, theta)
+    kept_weights = candidates.scatter(w * kept)  # [T, 64] kept weights in id order
+    c, j, token_weight, mass = inverse_cdf(
+        candidates.per_row(kept_weights.sum(-1)), u[rows], lambda cc: kept_weights[candidates.start + cc]
+    )
+    out.put(rows, candidates.block[candidates.start + c] * BLOCK + j, token_weight, mass)
     if not bool(ok.all()):
         bad = (~ok).nonzero()[:, 0]
         bad_total = None if total is None else total[bad]  # rows that fail are full rows: it is set
         if token_bound or bad_total is None:
             retry = torch.full((bad.numel(),), NEG_INF, dtype=torch.float64, device=rows.device)
         else:
-            retry = _token_threshold(proc, cfg, wts, rows[bad], bad_total)
-        _draw(proc, cfg, wts, rows[bad], retry, bad_total, u, out, token_bound=True)
+            retry = _token_threshold(processed, config, weights, rows[bad], bad_total)
+        _draw(processed, config, weights, rows[bad], retry, bad_total, u, out, token_bound=True)
 
 
 def _token_threshold(
-    proc: Processed, cfg: RowConfig, wts: Weights, rows: torch.Tensor, total: torch.Tensor
+    processed: ProcessedLogits, config: RowConfig, weights: Weights, rows: torch.Tensor, total: torch.Tensor
 ) -> torch.Tensor:
     """float64 [n]: a top-p bound from every token's own weight, for rows whose block-level guess failed.
 
@@ -99,30 +119,30 @@ def _token_threshold(
     tokens themselves gives a bound a bin wide instead of reading and sorting the whole vocabulary.
     If it too falls short, the next retry takes every token (theta = -inf).
     """
-    s = proc.rows(rows)  # [n, Vp]
-    tok = torch.arange(s.shape[1], device=s.device).expand(rows.numel(), -1)
-    w = wts.tokens(rows, tok, s)  # [n, Vp]
-    temp = cfg.temperature[rows]
-    target = cfg.top_p[rows] * total * (1 + 1e-6)
-    return block_threshold(s, proc.m[rows], temp / 8, w, target)
+    s = processed.rows(rows)  # [n, Vp]
+    tokens = torch.arange(s.shape[1], device=s.device).expand(rows.numel(), -1)
+    w = weights.tokens(rows, tokens, s)  # [n, Vp]
+    temperature = config.temperature[rows]
+    target = config.top_p[rows] * total * (1 + 1e-6)
+    return block_threshold(s, processed.row_max[rows], temperature / 8, w, target)
 
 
 def _kept(
-    cand: Candidates,
+    candidates: Candidates,
     w: torch.Tensor,
-    cfg: RowConfig,
+    config: RowConfig,
     rows: torch.Tensor,
     total: torch.Tensor | None,
     theta: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept bool [n, C] in canonical order, ok bool [n]): top-k, top-p, then min-p."""
-    top_k, top_p, min_p = cfg.top_k[rows], cfg.top_p[rows], cfg.min_p[rows]
-    kth = cand.vals.gather(1, (torch.minimum(top_k, cand.count) - 1).clamp(min=0)[:, None])
-    kept = cand.valid & ((cand.vals >= kth) | (top_k == 0)[:, None])  # ties at the k-th all kept
+    top_k, top_p, min_p = config.top_k[rows], config.top_p[rows], config.min_p[rows]
+    kth = candidates.value.gather(1, (torch.minimum(top_k, candidates.count) - 1).clamp(min=0)[:, None])
+    kept = candidates.valid & ((candidates.value >= kth) | (top_k == 0)[:, None])  # ties at the k-th all kept
     ok = torch.ones_like(top_p, dtype=torch.bool)
     if bool((top_p < 1).any()):
-        own = chunk_total(cand.per_row(cand.scatter(w * kept).sum(-1)))
-        total = own if total is None else torch.where(cfg.full[rows], total, own)
+        own = chunk_total(candidates.per_row(candidates.scatter(w * kept).sum(-1)))
+        total = own if total is None else torch.where(config.full[rows], total, own)
         kept, ok = _top_p(w, kept, top_p, top_k, total, theta)
     if bool((min_p > 0).any()):
         kept = kept & (w >= (min_p * w[:, 0])[:, None])  # w[:, 0]: the most likely token

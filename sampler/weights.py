@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import BLOCK, BLOCK_SHIFT, Processed
+from .blocks import BLOCK, BLOCK_SHIFT, ProcessedLogits
 from .rows import RowConfig
 
 P_REUSE_DROP = 16.0  # how far edits may lower a row's maximum and still reuse the raw softmax
@@ -21,97 +21,105 @@ class Weights:
     """
 
     def __init__(
-        self, proc: Processed, cfg: RowConfig, probs: torch.Tensor, m_raw: torch.Tensor, lse: torch.Tensor
+        self,
+        processed: ProcessedLogits,
+        config: RowConfig,
+        probs: torch.Tensor,
+        raw_max: torch.Tensor,
+        lse: torch.Tensor,
     ) -> None:
-        batch, nb = proc.bm.shape
-        dev = probs.device
-        self.proc, self.cfg = proc, cfg
+        batch, nb = processed.block_max.shape
+        device = probs.device
+        self.processed, self.config = processed, config
         self.sources: list[tuple[torch.Tensor, torch.Tensor]] = []  # (bool mask [B], weights [N, Vp])
         self.index: torch.Tensor | None = None  # [B] row of each full row in its source
         self.sums: torch.Tensor | None = None  # [B, nb] chunk sums of full rows
         self.fix_map: torch.Tensor | None = None  # [B, nb] index into fixed or -1
         self.fixed: torch.Tensor | None = None  # [F, 64] weights of edited blocks of P rows
-        if not bool(cfg.full.any()):
+        if not bool(config.full.any()):
             return
-        drop = m_raw - proc.m  # [B] how far the edits lowered the maximum
-        plain = cfg.full & (cfg.temperature == 1) & (drop >= 0) & (drop <= P_REUSE_DROP)
-        self.index = torch.arange(batch, device=dev)
-        self.sums = torch.zeros((batch, nb), dtype=torch.float32, device=dev)
+        drop = raw_max - processed.row_max  # [B] how far the edits lowered the maximum
+        plain = config.full & (config.temperature == 1) & (drop >= 0) & (drop <= P_REUSE_DROP)
+        self.index = torch.arange(batch, device=device)
+        self.sums = torch.zeros((batch, nb), dtype=torch.float32, device=device)
         rows = plain.nonzero()[:, 0]
         if rows.numel():
             self.sums[rows] = _chunk_sums(probs.view(batch, nb, BLOCK), rows)
             self.sources.append((plain, probs))
-            if proc.patch_map is not None:
+            if processed.patch_map is not None:
                 self._fix_edited(probs.view(batch, nb, BLOCK), plain, lse)
-        rows = (cfg.full & ~plain).nonzero()[:, 0]
+        rows = (config.full & ~plain).nonzero()[:, 0]
         if rows.numel():
-            own = _own_softmax(proc, cfg, rows)  # [n, Vp]
-            self.index[rows] = torch.arange(rows.numel(), device=dev)
+            own = _own_softmax(processed, config, rows)  # [n, Vp]
+            self.index[rows] = torch.arange(rows.numel(), device=device)
             self.sums[rows] = own.view(rows.numel(), nb, BLOCK).sum(-1)
-            self.sources.append((cfg.full & ~plain, own))
+            self.sources.append((config.full & ~plain, own))
 
-    def _fix_edited(self, probs_b: torch.Tensor, plain: torch.Tensor, lse: torch.Tensor) -> None:
+    def _fix_edited(self, prob_blocks: torch.Tensor, plain: torch.Tensor, lse: torch.Tensor) -> None:
         """Weights exp(s - lse) at the edited tokens of P rows, block by block."""
-        proc = self.proc
-        patch_map, patches, sums = proc.patch_map, proc.patches, self.sums
+        processed = self.processed
+        patch_map, patches, sums = processed.patch_map, processed.patches, self.sums
         assert patch_map is not None and patches is not None and sums is not None, "called only on edited full rows"
         row, blk = (patch_map >= 0).nonzero(as_tuple=True)  # [F0] edited blocks
         keep = plain[row]
         row, blk = row[keep], blk[keep]
         if row.numel() == 0:
             return
-        s, x = patches.index_select(0, patch_map[row, blk]), proc.block_rows(row * patch_map.shape[1] + blk)  # [F, 64]
-        self.fixed = torch.where(s != x, torch.exp(s - lse[row, None]), probs_b[row, blk])
-        self.fix_map = torch.full(proc.bm.shape, -1, dtype=torch.int64, device=row.device)
+        s, x = (
+            patches.index_select(0, patch_map[row, blk]),
+            processed.block_rows(row * patch_map.shape[1] + blk),
+        )  # [F, 64]
+        self.fixed = torch.where(s != x, torch.exp(s - lse[row, None]), prob_blocks[row, blk])
+        self.fix_map = torch.full(processed.block_max.shape, -1, dtype=torch.int64, device=row.device)
         self.fix_map[row, blk] = torch.arange(row.numel(), device=row.device)
         sums[row, blk] = self.fixed.sum(-1)
 
-    def tokens(self, rows: torch.Tensor, tokens: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        """float32 [n, K] weights of tokens [n, K] of batch rows [n]; vals [n, K] their s values."""
-        m, temp = self.proc.m[rows], self.cfg.temperature[rows]
-        out = torch.exp((vals - m[:, None]) / temp[:, None])
-        for mask, src in self.sources:
-            sel = mask[rows]
-            if bool(sel.any()):
+    def tokens(self, rows: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """float32 [n, K] weights of tokens [n, K] of batch rows [n]; values [n, K] their s values."""
+        row_max, temperature = self.processed.row_max[rows], self.config.temperature[rows]
+        out = torch.exp((values - row_max[:, None]) / temperature[:, None])
+        for mask, source in self.sources:
+            selected = mask[rows]
+            if bool(selected.any()):
                 assert self.index is not None, "sources come with an index"
-                out[sel] = src[self.index[rows[sel]][:, None], tokens[sel]]
+                out[selected] = source[self.index[rows[selected]][:, None], tokens[selected]]
         if self.fix_map is not None and self.fixed is not None:  # set together by _fix_edited
-            fi = self.fix_map[rows[:, None], tokens >> BLOCK_SHIFT]  # [n, K]
-            hit = fi >= 0
+            fixed_index = self.fix_map[rows[:, None], tokens >> BLOCK_SHIFT]  # [n, K]
+            hit = fixed_index >= 0
             if bool(hit.any()):
-                out[hit] = self.fixed[fi[hit], (tokens & (BLOCK - 1))[hit]]
+                out[hit] = self.fixed[fixed_index[hit], (tokens & (BLOCK - 1))[hit]]
         return out
 
     def chunk(self, rows: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """float32 [n, 64] weights of block blocks[i] of full row rows[i]."""
-        tok = blocks[:, None] * BLOCK + torch.arange(BLOCK, device=rows.device)
+        tokens = blocks[:, None] * BLOCK + torch.arange(BLOCK, device=rows.device)
         if self.fix_map is None:
-            for mask, src in self.sources:
+            for mask, source in self.sources:
                 if bool(mask[rows].all()):
                     assert self.index is not None, "sources come with an index"
-                    return src[self.index[rows][:, None], tok]
-        return self.tokens(rows, tok, self.proc.blocks(rows, blocks))
+                    return source[self.index[rows][:, None], tokens]
+        return self.tokens(rows, tokens, self.processed.blocks(rows, blocks))
 
 
-def _chunk_sums(wb: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+def _chunk_sums(weight_blocks: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """float32 [n, nb]: 64-token sums of rows src [n] of wb [N, nb, 64]."""
-    if src.numel() * 2 >= wb.shape[0]:
-        return wb.sum(-1)[src]
-    return wb.index_select(0, src).sum(-1)
+    if source.numel() * 2 >= weight_blocks.shape[0]:
+        return weight_blocks.sum(-1)[source]
+    return weight_blocks.index_select(0, source).sum(-1)
 
 
-def _own_softmax(proc: Processed, cfg: RowConfig, rows: torch.Tensor) -> torch.Tensor:
+def _own_softmax(processed: ProcessedLogits, config: RowConfig, rows: torch.Tensor) -> torch.Tensor:
     """softmax(s / T) [n, Vp] of rows [n] (the softmax runs in place on s / T)."""
-    t, m = cfg.temperature[rows], proc.m[rows]
-    overflow = ~torch.isfinite(m / t)
-    if rows.numel() == proc.x.shape[0] and proc.patch_map is None and not bool(overflow.any()):
-        s = torch.div(proc.x, t[:, None])  # every row: no gather copy (never all temperature 1 here)
+    temperature, row_max = config.temperature[rows], processed.row_max[rows]
+    overflow = ~torch.isfinite(row_max / temperature)
+    if rows.numel() == processed.x.shape[0] and processed.patch_map is None and not bool(overflow.any()):
+        s = torch.div(processed.x, temperature[:, None])  # every row: no gather copy (never all temperature 1 here)
     else:
-        s = proc.rows(rows)
+        s = processed.rows(rows)
         if bool(overflow.any()):
-            s[overflow] -= m[overflow, None]  # keeps s / T finite; same distribution
-        if not bool((t == 1).all()):
-            s.div_(t[:, None])
+            s[overflow] -= row_max[overflow, None]  # keeps s / T finite; same distribution
+        if not bool((temperature == 1).all()):
+            s.div_(temperature[:, None])
     if s.device.type != "cpu":
         return torch.softmax(s, -1)
     out: torch.Tensor = torch.ops.aten._softmax.out(s, -1, False, out=s)  # in place: the CPU kernel reads a row first

@@ -104,10 +104,18 @@ def _top_p_rows(monkeypatch, token_bound_too_high: bool):
 
     monkeypatch.setattr(one_row, "draw", one)
     monkeypatch.setattr(truncate_mod, "_draw", general)
-    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high: falls short
-    monkeypatch.setattr(one_row, "_top_p_guess", lambda proc, *a: proc.m.double())  # the lone rows' guess too
+    monkeypatch.setattr(
+        truncate_mod, "top_p_threshold", lambda block_max, row_max, *a: row_max.double()
+    )  # too high: falls short
+    monkeypatch.setattr(
+        one_row, "_top_p_guess", lambda processed, *a: processed.row_max.double()
+    )  # the lone rows' guess too
     if token_bound_too_high:
-        monkeypatch.setattr(one_row, "_token_threshold", lambda proc, cfg, wts, rows, total: proc.m[rows].double())
+        monkeypatch.setattr(
+            one_row,
+            "_token_threshold",
+            lambda processed, config, weights, rows, total: processed.row_max[rows].double(),
+        )
     x = zipf_rows(4, 4096, seed=8)
     params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(4)]
     extra = dict(

@@ -67,32 +67,42 @@ def run(logits, params, steps, extra, order, top_n=5):
     """
     pick = lambda seqs: [seqs[i] for i in order]  # noqa: E731
     mass, full_mass = (torch.full((len(order),), float("nan"), dtype=torch.float64) for _ in range(2))
-    real_put, real_put_one, real_kept, real_one = core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw
+    real_put, real_put_one, real_kept, real_one = (
+        core.DrawnTokens.put,
+        core.DrawnTokens.put_one,
+        truncate_mod._kept,
+        one_row.draw,
+    )
 
-    def put(self, rows, tokens, w_tok, total):
+    def put(self, rows, tokens, token_weight, total):
         mass[rows] = total
-        real_put(self, rows, tokens, w_tok, total)
+        real_put(self, rows, tokens, token_weight, total)
 
-    def put_one(self, token, w_tok, total):  # a lone row's draw
+    def put_one(self, token, token_weight, total):  # a lone row's draw
         mass[0] = total
-        real_put_one(self, token, w_tok, total)
+        real_put_one(self, token, token_weight, total)
 
-    def kept(cand, w, cfg, rows, total, theta):
+    def kept(candidates, w, config, rows, total, theta):
         if total is not None:
-            full_mass[rows] = torch.where(cfg.full[rows], total, float("nan"))
-        return real_kept(cand, w, cfg, rows, total, theta)
+            full_mass[rows] = torch.where(config.full[rows], total, float("nan"))
+        return real_kept(candidates, w, config, rows, total, theta)
 
-    def one(proc, cfg, wts, p, vocab, total, u, out):  # a lone row's draw (sampler/one_row.py)
-        drawn = real_one(proc, cfg, wts, p, vocab, total, u, out)
+    def one(processed, config, weights, p, vocab, total, u, out):  # a lone row's draw (sampler/one_row.py)
+        drawn = real_one(processed, config, weights, p, vocab, total, u, out)
         if drawn and total is not None:
-            full_mass[0] = torch.where(cfg.full[0], total[0], float("nan"))
+            full_mass[0] = torch.where(config.full[0], total[0], float("nan"))
         return drawn
 
-    core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw = put, put_one, kept, one
+    core.DrawnTokens.put, core.DrawnTokens.put_one, truncate_mod._kept, one_row.draw = put, put_one, kept, one
     try:
         res = sample(logits[order], pick(params), pick(steps), top_n=top_n, **{k: pick(v) for k, v in extra.items()})
     finally:
-        core._Out.put, core._Out.put_one, truncate_mod._kept, one_row.draw = real_put, real_put_one, real_kept, real_one
+        core.DrawnTokens.put, core.DrawnTokens.put_one, truncate_mod._kept, one_row.draw = (
+            real_put,
+            real_put_one,
+            real_kept,
+            real_one,
+        )
     return (res.token_ids, res.logprobs, res.processed_logprobs, res.top_token_ids, res.top_logprobs, mass, full_mass)
 
 
@@ -239,13 +249,13 @@ def test_fallbacks_match_reference(monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(truncate_mod, "_token_threshold", counting)
-    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high
+    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda block_max, row_max, *a: row_max.double())  # too high
     for case in cases:
         assert_matches_reference(*case)
     assert calls["n"] > 0  # retries happened (a lone row's draw hands a failed guess to the general path)
-    everything = lambda bm, *a: torch.full((bm.shape[0],), float("-inf"), dtype=torch.float64)  # noqa: E731
+    everything = lambda block_max, *a: torch.full((block_max.shape[0],), float("-inf"), dtype=torch.float64)  # noqa: E731
     monkeypatch.setattr(truncate_mod, "kth_threshold", everything)
-    monkeypatch.setattr(truncate_mod, "min_p_threshold", lambda m, *a: everything(m[:, None]))
+    monkeypatch.setattr(truncate_mod, "min_p_threshold", lambda row_max, *a: everything(row_max[:, None]))
     monkeypatch.setattr(truncate_mod, "top_p_threshold", everything)
     for case in cases:
         assert_matches_reference(*case)
@@ -254,15 +264,17 @@ def test_fallbacks_match_reference(monkeypatch):
 def test_kth_threshold_is_the_kth_block_maximum_even_on_peaked_rows():
     """At least k tokens reach theta, and theta stays tight when one token towers over the row."""
     g = torch.Generator().manual_seed(5)
-    bm = torch.randn(4, 768, generator=g)
-    bm[0, 3] += 40.0  # peaked: a fixed-width histogram below the maximum would give -inf
+    block_max = torch.randn(4, 768, generator=g)
+    block_max[0, 3] += 40.0  # peaked: a fixed-width histogram below the maximum would give -inf
     k = torch.tensor([50, 1, 768, 0])
-    theta = kth_threshold(bm, bm.amax(-1), k)
+    theta = kth_threshold(block_max, block_max.amax(-1), k)
     for row in range(3):
-        assert float(theta[row]) == float(bm[row].sort(descending=True).values[int(k[row]) - 1])
+        assert float(theta[row]) == float(block_max[row].sort(descending=True).values[int(k[row]) - 1])
     assert theta[3] == float("-inf")
-    many = kth_threshold(bm[:1, :10], bm[:1, :10].amax(-1), torch.tensor([100]))  # k above the block count
-    assert int((bm[0, :10] >= many[0]).sum()) == 10
+    many = kth_threshold(
+        block_max[:1, :10], block_max[:1, :10].amax(-1), torch.tensor([100])
+    )  # k above the block count
+    assert int((block_max[0, :10] >= many[0]).sum()) == 10
 
 
 def test_failed_top_p_guess_retries_with_a_token_level_bound(monkeypatch):
@@ -270,12 +282,14 @@ def test_failed_top_p_guess_retries_with_a_token_level_bound(monkeypatch):
     thetas = []
     real = truncate_mod._draw
 
-    def recording(proc, cfg, wts, rows, theta, *rest, **kw):
+    def recording(processed, config, weights, rows, theta, *rest, **kw):
         thetas.append(theta.clone())
-        return real(proc, cfg, wts, rows, theta, *rest, **kw)
+        return real(processed, config, weights, rows, theta, *rest, **kw)
 
     monkeypatch.setattr(truncate_mod, "_draw", recording)
-    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # always too high
+    monkeypatch.setattr(
+        truncate_mod, "top_p_threshold", lambda block_max, row_max, *a: row_max.double()
+    )  # always too high
     x = zipf_rows(8, 4096, seed=3)
     params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(8)]
     extra = dict(
@@ -291,13 +305,17 @@ def test_a_failed_token_level_bound_falls_back_on_every_token(monkeypatch):
     thetas = []
     real = truncate_mod._draw
 
-    def recording(proc, cfg, wts, rows, theta, *rest, **kw):
+    def recording(processed, config, weights, rows, theta, *rest, **kw):
         thetas.append(theta.clone())
-        return real(proc, cfg, wts, rows, theta, *rest, **kw)
+        return real(processed, config, weights, rows, theta, *rest, **kw)
 
     monkeypatch.setattr(truncate_mod, "_draw", recording)
-    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda bm, m, *a: m.double())  # too high
-    monkeypatch.setattr(truncate_mod, "_token_threshold", lambda proc, cfg, wts, rows, total: proc.m[rows].double())
+    monkeypatch.setattr(truncate_mod, "top_p_threshold", lambda block_max, row_max, *a: row_max.double())  # too high
+    monkeypatch.setattr(
+        truncate_mod,
+        "_token_threshold",
+        lambda processed, config, weights, rows, total: processed.row_max[rows].double(),
+    )
     x = zipf_rows(4, 4096, seed=5)
     params = [SamplingParams(seed=i, temperature=0.7, top_p=0.9) for i in range(4)]
     extra = dict(
