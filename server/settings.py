@@ -30,6 +30,18 @@ WEIGHT_FORMATS = ("auto", "f32", "q8_0", "q4_1")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
 ACTIVATIONS = ("float32", "int8")
 MAX_SPECULATIVE_TOKENS = 16
+# Owned here, because --help quotes them and this module imports neither torch nor grpc; the engine and the
+# service import them from here.
+NGRAM_MAX = 3  # speculation: longest tail looked up (engine/speculation.py)
+NGRAM_MIN = 2  # shortest: a single token repeats too often by chance to be worth its rows
+MAX_SPECULATING_SEQUENCES = 4  # more decoding sequences than this: no drafts (the step is no longer memory-bound)
+RESERVED_SLOTS_SHARE = 16  # --reserved-slots unset: max_batch_size // this (engine/scheduler.py)
+CHARS_PER_CONTEXT_TOKEN = 32  # --max-input-chars unset: this x max_context
+TOKENS_PER_CONTEXT = 16  # --max-input-tokens unset: this x max_context
+CONNECTION_AGE_GRACE_S = 30.0  # time calls get to finish after --max-connection-age (rpc/limits.py)
+# The default model's KV bytes per position in float32: keys and values x 30 layers x 3 KV heads x 64 dims x 4.
+DEFAULT_MODEL_KV_BYTES = 2 * 30 * 3 * 64 * 4
+_MAX_BATCH_SIZE, _MAX_KV_TOKENS, _HTTP_MAX_BODY_BYTES = 64, 262144, 4 * 2**20
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -69,7 +81,7 @@ class EngineConfig:
     )
     device: str = setting("auto", "`auto` (cuda when available, else cpu), `cpu`, `cuda` or `cuda:N`")
     dtype: str = setting("float32", "compute dtype; part of the reproducibility promise", choices=DTYPE_NAMES)
-    max_batch_size: int = setting(64, "most sequences decoding at once")
+    max_batch_size: int = setting(_MAX_BATCH_SIZE, "most sequences decoding at once")
     max_queue: int = setting(256, "most requests waiting for a slot; beyond it `RESOURCE_EXHAUSTED`")
     # Without preemption, a bounded wait for a newcomer needs room kept free before it arrives.
     reserved_slots: int | None = setting(
@@ -77,7 +89,7 @@ class EngineConfig:
         "batch slots, and the same share of `--max-kv-tokens`, that a client already running sequences may not "
         "take: kept for clients with nothing running, so while one client fills the batch (e.g. `n=64`) another "
         "client's request is admitted at the next step; scheduling only, it changes no token",
-        shown="`--max-batch-size` / 16 (4 of 64)",
+        shown=f"`--max-batch-size` / {RESERVED_SLOTS_SHARE} ({_MAX_BATCH_SIZE // RESERVED_SLOTS_SHARE} of {_MAX_BATCH_SIZE})",
     )
     max_queue_per_client: int | None = setting(
         None,
@@ -88,11 +100,12 @@ class EngineConfig:
     )
     # Each running sequence counts at its most, so admission never has to preempt.
     max_kv_tokens: int = setting(
-        262144,
+        _MAX_KV_TOKENS,
         "KV-cache budget in token positions over all running sequences, each counted as prompt + "
         "`max_new_tokens` (capped at the context); a request beyond it waits in the queue instead of risking "
-        "the server's memory (about 45 KiB per position for the default model in fp32, so 11 GiB at most; half that with `--kv-cache-dtype bfloat16`); "
-        "one request is always admitted",
+        f"the server's memory (about {DEFAULT_MODEL_KV_BYTES // 1024} KiB per position for the default model in "
+        f"fp32, so {DEFAULT_MODEL_KV_BYTES * _MAX_KV_TOKENS // 2**30} GiB at most; half that with "
+        "`--kv-cache-dtype bfloat16`); one request is always admitted",
     )
     prefill_chunk: int = setting(
         256, "prompt tokens per prefill chunk; a tuning knob: prefill equals decode bit for bit, so it changes no token"
@@ -103,16 +116,18 @@ class EngineConfig:
     prefix_cache_mib: float = setting(
         1024.0,
         "prefix cache budget in MiB (0 = off): prompt KV kept in blocks, reused exactly, LRU-evicted; "
-        "changes no token (about 45 KiB per position for the default model in fp32, half with `--kv-cache-dtype bfloat16`)",
+        f"changes no token (about {DEFAULT_MODEL_KV_BYTES // 1024} KiB per position for the default model in fp32, "
+        "half with `--kv-cache-dtype bfloat16`)",
     )
     # Not in engine_version: speculation changes no token.
     speculative_tokens: int = setting(
         0,
-        "exact speculative decoding (0 = off, allowed 0..16): each step, a decoding sequence drafts up to this many "
-        "tokens from an earlier occurrence of its last 2-3 tokens (prompt lookup) and keeps them while its seeded "
-        "sampler draws exactly them, so tokens, logprobs and receipts are those of decoding one token per step; "
-        "pays on text that repeats its prompt or itself (code edits, extraction, summaries) while at most 4 "
-        "sequences decode, costs a few percent on text that does not",
+        f"exact speculative decoding (0 = off, allowed 0..{MAX_SPECULATIVE_TOKENS}): each step, a decoding sequence "
+        f"drafts up to this many tokens from an earlier occurrence of its last {NGRAM_MIN}-{NGRAM_MAX} tokens "
+        "(prompt lookup) and keeps them while its seeded sampler draws exactly them, so tokens, logprobs and "
+        "receipts are those of decoding one token per step; pays on text that repeats its prompt or itself (code "
+        f"edits, extraction, summaries) while at most {MAX_SPECULATING_SEQUENCES} sequences decode, costs a few "
+        "percent on text that does not",
     )
     num_threads: int | None = setting(
         None, "threads of the kernels and of torch's intra-op pool", flag="--threads", shown="torch's default"
@@ -128,7 +143,8 @@ class EngineConfig:
     weights: str = setting(
         "auto",
         "weight format of the kernels: `auto` = the file's own (a GGUF's quantisation, else `f32`), or "
-        "`f32`, `q8_0`, `q4_1` (stored blocks are kept when at least as precise, else quantised on load); in "
+        f"{', '.join(f'`{w}`' for w in WEIGHT_FORMATS[1:])} (stored blocks are kept when at least as precise, "
+        "else quantised on load); in "
         "`engine_version`, the receipt and `GetModelInfo` as `weight_format`",
         choices=WEIGHT_FORMATS,
     )
@@ -151,8 +167,7 @@ class EngineConfig:
     )
 
     def __post_init__(self):
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype={self.dtype!r}: allowed {', '.join(DTYPE_NAMES)}")
+        check_choices(self)
         for name in (
             "max_batch_size",
             "max_queue",
@@ -167,14 +182,6 @@ class EngineConfig:
             raise ValueError(f"reserved_slots={self.reserved_slots}: allowed [0, max_batch_size)")
         if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
             raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r}: allowed {', '.join(BACKENDS)}")
-        if self.weights not in WEIGHT_FORMATS:
-            raise ValueError(f"weights={self.weights!r}: allowed {', '.join(WEIGHT_FORMATS)}")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r}: allowed {', '.join(KV_CACHE_DTYPES)}")
-        if self.activations not in ACTIVATIONS:
-            raise ValueError(f"activations={self.activations!r}: allowed {', '.join(ACTIVATIONS)}")
         if self.activations == "int8" and (self.backend == "torch" or self.weights == "f32"):
             raise ValueError("activations='int8' needs the kernels with q8_0 or q4_1 weights (backend and weights)")
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
@@ -189,6 +196,15 @@ class EngineConfig:
             raise ValueError(f"prefix_cache_mib={self.prefix_cache_mib}: must be >= 0 (0 turns the cache off)")
         if self.max_step_tokens < self.prefill_chunk:
             raise ValueError(f"max_step_tokens={self.max_step_tokens}: must be >= prefill_chunk={self.prefill_chunk}")
+
+
+def check_choices(settings: Any) -> None:
+    """Each field whose `Setting` has choices holds one of them (ValueError naming the field if not)."""
+    for field in dataclasses.fields(settings):
+        info = field.metadata.get("setting")
+        value = getattr(settings, field.name)
+        if info is not None and info.choices is not None and value not in info.choices:
+            raise ValueError(f"{field.name}={value!r}: allowed {', '.join(info.choices)}")
 
 
 def _server(default: Any, help: str, **options) -> Any:
@@ -264,10 +280,12 @@ class ServeOptions:
         shown="off",
     )
     max_input_chars: int | None = _security(
-        None, "most text characters in one request, checked before tokenizing", shown="32 × context"
+        None,
+        "most text characters in one request, checked before tokenizing",
+        shown=f"{CHARS_PER_CONTEXT_TOKEN} × context",
     )
     max_input_tokens: int | None = _security(
-        None, "most tokens in one Score, ScoreRolling or Tokenize request", shown="16 × context"
+        None, "most tokens in one Score, ScoreRolling or Tokenize request", shown=f"{TOKENS_PER_CONTEXT} × context"
     )
     max_deadline: float = _security(600.0, "seconds any call may run, whatever the client's deadline; 0 = no limit")
     keepalive_time: float = _security(60.0, "seconds between keepalive pings on an idle connection")
@@ -275,7 +293,8 @@ class ServeOptions:
     max_connection_idle: float = _security(300.0, "close connections without calls after this many seconds; 0 = never")
     max_connection_age: float | None = _security(
         None,
-        "gracefully close connections older than this many seconds (30 s grace; spreads clients over replicas)",
+        f"gracefully close connections older than this many seconds ({CONNECTION_AGE_GRACE_S:g} s grace; spreads "
+        "clients over replicas)",
         shown="never",
     )
     max_streams_per_connection: int = _security(128, "most concurrent calls on one HTTP/2 connection")
@@ -289,7 +308,11 @@ class ServeOptions:
         10.0, "seconds an HTTP client may take to send a request's headers (and TLS handshake); then it is closed"
     )
     http_body_timeout: float = _security(30.0, "seconds an HTTP client may take to send a request's body; then 408")
-    http_max_body_bytes: int = _security(4 * 2**20, "largest HTTP request body in bytes; beyond it 413", shown="4 MiB")
+    http_max_body_bytes: int = _security(
+        _HTTP_MAX_BODY_BYTES,
+        "largest HTTP request body in bytes; beyond it 413",
+        shown=f"{_HTTP_MAX_BODY_BYTES // 2**20} MiB",
+    )
     http_stall_timeout: float = _security(
         30.0, "an HTTP event stream whose client has read nothing for this many seconds is dropped (logged, counted)"
     )
@@ -304,6 +327,9 @@ class ServeOptions:
         "token counts, ttft_s, time_s and status",
         choices=LOG_FORMATS,
     )
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 # --------------------------------------------------------------------------- reading the settings

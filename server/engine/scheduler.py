@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from seedstream.server.settings import RESERVED_SLOTS_SHARE
+
 from .admission import FairQueue
 from .prefix_cache import BLOCK_TOKENS
 from .sequence import EngineSequence, SequenceKind
@@ -51,7 +53,9 @@ class StepBudget:
 
     @classmethod
     def from_config(cls, config, max_context: int, draft_row_cost: float) -> StepBudget:
-        slots = config.max_batch_size // 16 if config.reserved_slots is None else config.reserved_slots
+        slots = (
+            config.max_batch_size // RESERVED_SLOTS_SHARE if config.reserved_slots is None else config.reserved_slots
+        )
         return cls(
             config.max_batch_size,
             config.max_kv_tokens,

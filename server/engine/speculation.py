@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-NGRAM_MAX = 3  # longest tail looked up: a longer match predicts better
-NGRAM_MIN = 2  # shortest: a single token repeats too often by chance to be worth its rows
-MAX_SPECULATING_SEQUENCES = 4  # more decoding sequences than this: no drafts (the step is no longer memory-bound)
+# NGRAM_MAX, NGRAM_MIN: the longest and shortest tails looked up; MAX_SPECULATING_SEQUENCES: more decoding
+# sequences than this draft nothing (the scheduler's rule). In settings, whose --speculative-tokens help quotes them.
+from seedstream.server.settings import MAX_SPECULATING_SEQUENCES as MAX_SPECULATING_SEQUENCES
+from seedstream.server.settings import NGRAM_MAX, NGRAM_MIN
+
 HIT_RATE_PRIOR = 0.5  # a new sequence's chance that a proposed token is right
 HIT_RATE_STEP = 0.1  # weight of each scored token in the running estimate (about the last 10 count)
 

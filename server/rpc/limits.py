@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 from seedstream.server.engine.types import ParamError
+# the defaults of --max-input-chars and --max-input-tokens: these x max_context
+from seedstream.server.settings import CHARS_PER_CONTEXT_TOKEN, CONNECTION_AGE_GRACE_S, TOKENS_PER_CONTEXT
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
 
-CHARS_PER_CONTEXT_TOKEN = 32  # default --max-input-chars = 32 x max_context
-TOKENS_PER_CONTEXT = 16  # default --max-input-tokens = 16 x max_context
 MAX_CHAT_MESSAGES = 4096
 
 
@@ -26,7 +26,7 @@ class ConnectionLimits:
     min_client_ping_interval: float = 10.0  # clients pinging more often than this get GOAWAY
     max_connection_idle: float = _Flags.max_connection_idle  # close connections without calls for this long
     max_connection_age: float | None = _Flags.max_connection_age  # close (gracefully) connections older than this
-    max_connection_age_grace: float = 30.0  # time calls get to finish after max_connection_age
+    max_connection_age_grace: float = CONNECTION_AGE_GRACE_S  # time calls get to finish after max_connection_age
     max_streams_per_connection: int = _Flags.max_streams_per_connection  # concurrent calls on one connection
 
     def grpc_options(self) -> list[tuple[str, int]]:

@@ -84,3 +84,11 @@ def test_bad_values_keep_their_messages(clean_env, capsys):
     assert "argument --dtype: invalid choice: 'float64'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^max_step_tokens=8: must be >= prefill_chunk=256$"):
         EngineConfig(**options_from_args(build_parser().parse_args(["--max-step-tokens", "8"])).engine)
+
+
+@pytest.mark.parametrize("flag", [f for f in all_flags() if f.setting.choices], ids=lambda f: f.flag)
+def test_a_setting_outside_its_choices_is_refused_by_name(flag):
+    """The one choices check covers every setting that has choices, in both dataclasses."""
+    assert flag.default in flag.setting.choices
+    with pytest.raises(ValueError, match=rf"^{flag.name}='nonsense': allowed {', '.join(flag.setting.choices)}$"):
+        flag.owner(**{flag.name: "nonsense"})
