@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from seedstream.server.engine.types import ParamError
+
 # the defaults of --max-input-chars and --max-input-tokens: these x max_context
 from seedstream.server.settings import CHARS_PER_CONTEXT_TOKEN, CONNECTION_AGE_GRACE_S, TOKENS_PER_CONTEXT
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
