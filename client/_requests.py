@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from seedstream.v1 import textgen_pb2 as pb
-from seedstream.v1.protocol import DEFAULT_PORT, MAX_MESSAGE_BYTES, package_version
+from seedstream.v1.protocol import DEFAULT_PORT, MAX_MESSAGE_BYTES, OPTIONAL_GENERATE_FIELDS, package_version
 
 from ._common import Metadata
 from .errors import InvalidArgumentError
@@ -15,21 +15,6 @@ from .options import GENERATE_OPTION_NAMES, GenerateOptions, Message
 
 if TYPE_CHECKING:
     from .options import Unpack
-
-# GenerateOptions that map 1:1 onto `optional` request fields; None = server default.
-OPTIONAL_FIELDS = (
-    "seed",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "max_new_tokens",
-    "min_new_tokens",
-    "n",
-)
 
 
 def default_target() -> str:
@@ -110,7 +95,7 @@ def generate_request(prompt: str | None = None, **options: Unpack[GenerateOption
     else:
         _extend(req.prompt_token_ids.ids, "prompt_token_ids", list(cast(Sequence[int], prompt_token_ids)))
         req.prompt_token_ids.SetInParent()  # an empty list still selects this input (the server rejects it clearly)
-    for name in OPTIONAL_FIELDS:
+    for name in OPTIONAL_GENERATE_FIELDS:  # GenerateOptions of the same names; None: the server's default
         if values.get(name) is not None:
             _set(req, name, values[name])
     logit_bias = values.get("logit_bias")

@@ -43,10 +43,18 @@ threshold proven from block maxima (top-p: a guess that is verified, else every 
 and yields the same bits as the plain definition above; tests compare both.
 """
 
-from .core import SampleResult, sample
+from .core import MAX_TOP_N, SampleResult, sample
 from .history import TokenHistory
 from .params import SamplingParamError, SamplingParams
 
 SAMPLER_VERSION = "1"  # bump whenever (seed, step, logits, params) could yield another token
 
-__all__ = ["SAMPLER_VERSION", "SampleResult", "SamplingParamError", "SamplingParams", "TokenHistory", "sample"]
+__all__ = [
+    "MAX_TOP_N",
+    "SAMPLER_VERSION",
+    "SampleResult",
+    "SamplingParamError",
+    "SamplingParams",
+    "TokenHistory",
+    "sample",
+]

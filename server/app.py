@@ -58,7 +58,7 @@ class SeedstreamServer:
         receipt_signer=None,
     ):
         from seedstream.server.rpc.hardening import Security
-        from seedstream.server.rpc.servicer import ServiceOptions, ServiceState
+        from seedstream.server.service.state import ServiceOptions, ServiceState
 
         self.host = host
         self.requested_port = port
@@ -68,7 +68,7 @@ class SeedstreamServer:
         self.state = ServiceState(
             None, ServiceOptions(default_max_new_tokens, package_version(), self.security.request_limits)
         )
-        self.state.options.signer = receipt_signer  # a rpc.signing.ReceiptSigner: receipts are signed
+        self.state.options.signer = receipt_signer  # a service.receipts.ReceiptSigner: receipts are signed
         self._pending_engine = engine
         self.metrics = metrics  # a ServiceMetrics, or None: no metrics
         if metrics is not None:
@@ -220,7 +220,7 @@ def _credentials(opts: ServeOptions) -> grpc.ServerCredentials | None:
 
 
 def _receipt_signer(path: str | None):
-    from seedstream.server.rpc.signing import load_signer
+    from seedstream.server.service.receipts import load_signer
 
     signer = load_signer(path)
     if signer is not None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from seedstream.sampler import SamplingParamError
+from seedstream.sampler import MAX_TOP_N, SamplingParamError
 from seedstream.v1.protocol import (
     MAX_LOGIT_BIAS,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
-    MAX_TOP_LOGPROBS,
 )
 
 from .config import EngineConfig
@@ -107,8 +106,8 @@ def _check_request(req: GenerationRequest, info: ModelInfo, config: EngineConfig
         raise ParamError(
             "min_new_tokens", f"{req.min_new_tokens} out of range: allowed [0, max_new_tokens={req.max_new_tokens}]"
         )
-    if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise ParamError("top_logprobs", f"{req.top_logprobs} out of range: allowed [0, {MAX_TOP_LOGPROBS}]")
+    if not 0 <= req.top_logprobs <= MAX_TOP_N:
+        raise ParamError("top_logprobs", f"{req.top_logprobs} out of range: allowed [0, {MAX_TOP_N}]")
     if req.logprobs_mode not in LOGPROBS_MODES:
         raise ParamError("logprobs_mode", f"{req.logprobs_mode!r}: allowed {', '.join(LOGPROBS_MODES)}")
     if req.sample_index < 0:

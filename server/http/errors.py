@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from seedstream.server.engine.types import EngineError, NotReady, Overloaded, ParamError
-from seedstream.server.rpc.errors import Unavailable
+from seedstream.server.service.errors import EngineError, NotReady, Overloaded, ParamError, Unavailable
 
 log = logging.getLogger("seedstream.server.http")
 

@@ -6,8 +6,9 @@ loop the way `uvicorn.Server.serve()` does; it cancels a handler whose client di
 (`handler_cancellation=True`), which is how a dropped SSE stream frees its engine slot, exactly like
 a cancelled gRPC call; and it is one well-kept dependency (already pulled in by lm-eval's stack).
 
-Thin by design, like server/rpc: JSON -> engine requests (parse.py), engine call, JSON back
-(responses.py); every error becomes an OpenAI error object in errors.py.
+Thin by design, like its sibling server/rpc: JSON -> engine requests (parse.py, prepare.py), engine call,
+JSON back (responses.py); every error becomes an OpenAI error object in errors.py. What both fronts share
+(state, limits, chat rendering, seeds, request ids, receipts, API keys) is the service layer's (server/service/).
 """
 
 from __future__ import annotations
@@ -17,27 +18,24 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from importlib import resources
 
 from aiohttp import web
 
-from seedstream.sampler import SamplingParams
 from seedstream.server import lograte
 from seedstream.server.engine.samples import generate_samples
-from seedstream.server.engine.types import GenerationRequest, ParamError
-from seedstream.server.rpc import convert, limits
-from seedstream.server.rpc.auth import ApiKeyInterceptor
-from seedstream.server.rpc.servicer import _maybe_threaded, _render_chat
+from seedstream.server.service.inputs import request_id
+from seedstream.server.service.keys import ApiKeys
+from seedstream.server.service.state import maybe_threaded
 
-from .errors import BodyError, ModelNotFound, http_status, status_for
+from .errors import BodyError, http_status, status_for
 from .gate import ConnectionGate, GatedSite, HttpLimits
-from .parse import ParsedRequest, json_int, parse_chat, parse_completion
-from .responses import Choice, Echo, system_fingerprint, usage
+from .parse import ParsedRequest, decode_json, parse_chat, parse_completion
+from .prepare import check_model, prepare_choices
+from .responses import Choice, system_fingerprint, usage
 
 log = logging.getLogger("seedstream.server.http")
 
-MODEL_ALIAS = "seedstream"  # accepted as `model` besides the served model's id
 SEED_HEADER = "seedstream-seed"
 
 
@@ -56,12 +54,12 @@ class HttpFront:
         self._runner: web.AppRunner | None = None
         # The gRPC server's API keys guard /v1/* here too (the same constant-time check); the page,
         # its static files and /health stay open, as gRPC health does.
-        self._auth = ApiKeyInterceptor(api_keys) if api_keys else None
+        self._keys = ApiKeys(api_keys) if api_keys else None
 
     @web.middleware
     async def _require_key(self, request: web.Request, handler):
-        if self._auth is not None and request.path.startswith("/v1/"):
-            if self._auth.client_of([("authorization", request.headers.get("Authorization", ""))]) is None:
+        if self._keys is not None and request.path.startswith("/v1/"):
+            if self._keys.client_of(request.headers.get("Authorization", "")) is None:
                 log.warning("http %s status=401 (missing or unknown API key)", request.path)
                 return web.json_response(
                     {
@@ -169,11 +167,9 @@ class HttpFront:
             engine = self.state.ready_engine()
             parsed = _parse_body(await self._body(http), chat)
             call.names = parsed.names
-            _check_model(engine, parsed.model)
-            call.request_id = convert.check_request_id(
-                http.headers.get("x-request-id", "")[: convert.MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex[:16]
-            )
-            choices, prompt_tokens = await self._choices(engine, parsed, call)
+            check_model(engine, parsed.model)
+            call.request_id = request_id(header=http.headers.get("x-request-id", ""))
+            choices = await prepare_choices(self.state, engine, parsed, call)
         except Exception as exc:
             call.log("error", exc)
             return _error(exc, call.names)
@@ -188,7 +184,7 @@ class HttpFront:
         }
         requests = [c.valid for c in choices]
         if parsed.stream:
-            return await self._stream(http, engine, parsed, choices, prompt_tokens, envelope, header, call)
+            return await self._stream(http, engine, parsed, choices, call.prompt_tokens, envelope, header, call)
         try:
             with self.state.track():
                 async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
@@ -204,7 +200,7 @@ class HttpFront:
         body = {
             **envelope,
             "choices": [c.whole() for c in choices],
-            "usage": usage(prompt_tokens, choices),
+            "usage": usage(call.prompt_tokens, choices),
             "receipt": choices[0].receipt,
         }
         return web.json_response(body, headers=header, dumps=_dumps)
@@ -295,64 +291,7 @@ class HttpFront:
             raise BodyError(408, f"the body did not arrive within {self.limits.body_timeout:g}s") from None
         except web.HTTPRequestEntityTooLarge:
             raise BodyError(413, f"body over the limit; {too_large}") from None
-        return await _maybe_threaded(len(raw), decode_json, raw)
-
-    def _check_sizes(self, engine, parsed: ParsedRequest) -> None:
-        """gRPC's limits, before any tokenizing: samples within the queue, characters, token ids."""
-        caps, context, queue = self.state.options.limits, engine.info.max_context, engine.config.max_queue
-        inputs = 1 if parsed.chat else len(parsed.prompts)
-        limits.check_count("prompt", inputs, queue, "prompts")
-        if inputs * parsed.n > queue:  # every sample waits in the queue at first: more could never run
-            raise ParamError("n", f"{inputs} prompt(s) x n={parsed.n}; this server holds at most max_queue={queue}")
-        if parsed.chat:
-            field, chars = "messages", sum(len(m["role"]) + len(m["content"]) for m in parsed.messages)
-        else:
-            field, chars = "prompt", sum(len(p) for p in parsed.prompts if isinstance(p, str))
-        limits.check_chars(field, chars, caps.chars(context))
-        ids = sum(len(p) for p in parsed.prompts if not isinstance(p, str))
-        limits.check_tokens("prompt", ids, caps.tokens(context))
-
-    async def _choices(self, engine, parsed: ParsedRequest, call) -> tuple[list[Choice], int]:
-        """One Choice per (prompt, sample), validated, with the seed resolved; and the prompt tokens."""
-        call.seed = parsed.seed if parsed.seed is not None else convert.draw_seed()
-        self._check_sizes(engine, parsed)
-        if len(parsed.sampling.get("logit_bias", ())) > engine.info.vocab_size:
-            raise ParamError("logit_bias", f"allowed at most vocab_size={engine.info.vocab_size} entries")
-        try:
-            sampling = SamplingParams(seed=call.seed, **parsed.sampling)
-        except (TypeError, ValueError) as exc:
-            raise ParamError("logit_bias", str(exc)) from None
-        inputs = [parsed.messages] if parsed.chat else parsed.prompts
-        choices: list[Choice] = []
-        prompt_tokens = 0
-        for i, source in enumerate(inputs):
-            ids = await _prompt_ids(engine, source, parsed.chat)
-            prompt_tokens += len(ids)
-            base = GenerationRequest(
-                prompt_token_ids=tuple(ids),
-                sampling=sampling,
-                max_new_tokens=parsed.max_new_tokens
-                if parsed.max_new_tokens is not None
-                else self.state.options.default_max_new_tokens,
-                min_new_tokens=parsed.min_new_tokens,
-                stop=parsed.stop,
-                stop_token_ids=parsed.stop_token_ids,
-                ignore_eos=parsed.ignore_eos,
-                top_logprobs=parsed.top_logprobs,
-                sample_index=parsed.sample_index,
-                prompt_logprobs=parsed.echo and parsed.logprobs,
-                request_id=call.request_id,
-            )
-            samples = engine.validate(base, parsed.n, echo_every_sample=True)  # every echoed choice
-            echo = None
-            if parsed.echo:
-                echo = Echo(source if isinstance(source, str) else engine.decode(ids), ids)
-            for j, valid in enumerate(samples):
-                choices.append(
-                    Choice(i * parsed.n + j, valid, engine, chat=parsed.chat, logprobs=parsed.logprobs, echo=echo)
-                )
-        call.prompt_tokens = prompt_tokens
-        return choices, prompt_tokens
+        return await maybe_threaded(len(raw), decode_json, raw)
 
 
 class _Stalled(Exception):
@@ -397,30 +336,6 @@ class _Call:
 
 def _parse_body(body, chat: bool) -> ParsedRequest:
     return parse_chat(body) if chat else parse_completion(body)
-
-
-def decode_json(raw: bytes):
-    """The body's JSON; every way it can fail is a 400 on `body` (giant integers are left to their field)."""
-    try:
-        return json.loads(raw, parse_int=json_int)
-    except RecursionError:
-        raise ParamError("body", "JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ParamError("body", f"not valid JSON: {exc}") from None
-
-
-def _check_model(engine, model: str | None) -> None:
-    if model is not None and model not in (engine.info.model_id, MODEL_ALIAS):
-        raise ModelNotFound(f"model {model!r} is not served here: use {engine.info.model_id!r} (or {MODEL_ALIAS!r})")
-
-
-async def _prompt_ids(engine, source, chat: bool) -> list[int]:
-    """Token ids of one prompt; tokenizing always runs on a worker thread, never on the loop."""
-    if chat:
-        return await asyncio.to_thread(_render_chat, engine, source)
-    if isinstance(source, str):
-        return await asyncio.to_thread(engine.tokenize, source, True)
-    return source  # validation checks its length
 
 
 def _dumps(obj) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
-from seedstream.server.engine.types import ParamError
-from seedstream.server.rpc.limits import MAX_CHAT_MESSAGES, check_count
-from seedstream.v1.protocol import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS
+from seedstream.sampler import MAX_TOP_N
+from seedstream.server.service.errors import ParamError
+from seedstream.server.service.inputs import MAX_CHAT_MESSAGES, check_count
+from seedstream.v1.protocol import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS
 
 MAX_INT_DIGITS = 40  # longer JSON integers are parsed as HugeInt and refused by the field that holds one
 
@@ -106,6 +108,16 @@ def json_int(text: str) -> int | HugeInt:
     return int(text) if len(text) <= MAX_INT_DIGITS else HugeInt(text)
 
 
+def decode_json(raw: bytes):
+    """The body's JSON; every way it can fail is a 400 on `body` (giant integers are left to their field)."""
+    try:
+        return json.loads(raw, parse_int=json_int)
+    except RecursionError:
+        raise ParamError("body", "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ParamError("body", f"not valid JSON: {exc}") from None
+
+
 def check_text(field: str, text: str) -> str:
     """`text` if it is valid Unicode; a lone surrogate (JSON allows "\\ud800") cannot be tokenized."""
     try:
@@ -123,7 +135,7 @@ def parse_completion(body: Any) -> ParsedRequest:
     out.echo = bool(_boolean(body, "echo"))
     logprobs = _integer(body, "logprobs")
     if logprobs is not None:
-        _check_range("logprobs", logprobs, 0, MAX_TOP_LOGPROBS)
+        _check_range("logprobs", logprobs, 0, MAX_TOP_N)
         out.logprobs, out.top_logprobs = True, logprobs
     best_of = _integer(body, "best_of")
     if best_of is not None and best_of != out.n:
@@ -141,7 +153,7 @@ def parse_chat(body: Any) -> ParsedRequest:
     if top is not None:
         if not out.logprobs:
             raise ParamError("top_logprobs", "needs logprobs: true")
-        _check_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)
+        _check_range("top_logprobs", top, 0, MAX_TOP_N)
         out.top_logprobs = top
     format_ = body.get("response_format")
     if format_ is not None and (not isinstance(format_, dict) or format_.get("type") != "text"):

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 
 from seedstream.server.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo, TopLogprob
 from seedstream.server.engine.validation import ValidRequest
-from seedstream.server.rpc import convert
+from seedstream.server.service.receipts import receipt
 
 FINISH = {
     FinishReason.LENGTH: "length",
@@ -30,9 +30,9 @@ def system_fingerprint(info: ModelInfo) -> str:
 
 
 def receipt_json(info: ModelInfo, request: GenerationRequest) -> dict:
-    """The gRPC receipt (same fields, same digest) in the proto's JSON form (uint64 as strings)."""
+    """The gRPC receipt (same fields, same digest) in the proto's JSON form (uint64 as strings); unsigned."""
     return json_format.MessageToDict(
-        convert.receipt(info, request), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        receipt(info, request), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
 
 

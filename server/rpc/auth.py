@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import hmac
 import inspect
 import logging
 import os
 from collections.abc import Callable, Mapping
 
 import grpc
+
+from seedstream.server.service.keys import ApiKeys
 
 log = logging.getLogger("seedstream.server")
 
@@ -70,23 +71,16 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: Mapping[str, str], on_denied: Callable[[str, str], None] | None = None):
         if not keys:
             raise ValueError("ApiKeyInterceptor needs at least one key")
-        self._keys = [(key.encode(), name) for key, name in keys.items()]
+        self._keys = ApiKeys(keys)
         self._on_denied = on_denied  # on_denied(rpc, "UNAUTHENTICATED") for each refused call (metrics)
 
     def client_of(self, metadata) -> str | None:
-        """The client's name if its bearer token is a known key. Every key is compared, in constant
-        time, whatever matched, so timing reveals neither a key nor which one matched."""
-        token = b""
+        """The client's name if the (last) `authorization` entry is a bearer token of a known key."""
+        authorization: str | bytes = ""
         for k, v in metadata or ():
             if k == "authorization":
-                value = v if isinstance(v, bytes) else v.encode("utf-8", "replace")
-                scheme, _, rest = value.partition(b" ")
-                token = rest.strip() if scheme.lower() == b"bearer" else b""
-        found = None
-        for key, name in self._keys:
-            if hmac.compare_digest(key, token) and found is None:
-                found = name
-        return found if token else None
+                authorization = v
+        return self._keys.client_of(authorization)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import secrets
-import struct
 from collections.abc import Sequence
 
-from seedstream.sampler import SamplingParams
+from seedstream.sampler import MAX_TOP_N, SamplingParams
 from seedstream.server.engine.types import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
     ModelInfo,
-    ParamError,
     TopLogprob,
 )
+from seedstream.server.service.errors import ParamError
+from seedstream.server.service.inputs import MAX_CHAT_MESSAGES, check_count
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1.protocol import (
     MAX_LOGIT_BIAS,
     MAX_STOP_STRING_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
-    MAX_TOP_LOGPROBS,
-    RECEIPT_VERSION,
+    OPTIONAL_SAMPLING_FIELDS,
 )
 
-from . import limits
-
-# Proto field name == SamplingParams field name for every optional sampling parameter.
-OPTIONAL_SAMPLING_FIELDS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-)
-MAX_REQUEST_ID_CHARS = 128
 UINT32_LIMIT = 2**32
-
-
-def draw_seed() -> int:
-    """A fresh seed in [0, 2^64) for a request that gave none."""
-    return secrets.randbits(64)
 
 
 def chat_messages(msgs: pb.ChatMessages) -> list[dict[str, str]]:
@@ -60,6 +39,12 @@ def chat_messages(msgs: pb.ChatMessages) -> list[dict[str, str]]:
     return out
 
 
+def chat_chars(messages: pb.ChatMessages) -> int:
+    """Characters of a ChatMessages proto (roles and contents), after checking the message count."""
+    check_count("messages", len(messages.messages), MAX_CHAT_MESSAGES, "messages")
+    return sum(len(m.role) + len(m.content) for m in messages.messages)
+
+
 def check_wire_counts(req: pb.GenerateRequest) -> None:
     """Ranges the proto's 64-bit integers allow but the contract does not, and list sizes, checked
     before anything is copied (uint64 on the wire: an oversized value is rejected, never truncated).
@@ -68,9 +53,9 @@ def check_wire_counts(req: pb.GenerateRequest) -> None:
         value = getattr(req, field)
         if value >= UINT32_LIMIT:
             raise ParamError(field, f"{value} out of range: allowed [0, 2^32)")
-    limits.check_count("logit_bias", len(req.logit_bias), MAX_LOGIT_BIAS)
-    limits.check_count("stop_token_ids", len(req.stop_token_ids), MAX_STOP_TOKEN_IDS)
-    limits.check_count("stop", len(req.stop), MAX_STOP_STRINGS, "strings")
+    check_count("logit_bias", len(req.logit_bias), MAX_LOGIT_BIAS)
+    check_count("stop_token_ids", len(req.stop_token_ids), MAX_STOP_TOKEN_IDS)
+    check_count("stop", len(req.stop), MAX_STOP_STRINGS, "strings")
 
 
 def sampling_params(req: pb.GenerateRequest, seed: int) -> SamplingParams:
@@ -110,86 +95,6 @@ def generation_request(
 
 def num_samples(req: pb.GenerateRequest) -> int:
     return req.n if req.HasField("n") else 1
-
-
-def check_request_id(request_id: str) -> str:
-    """The id goes into the log: printable characters only (no newline can forge a log line)."""
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise ParamError("request_id", f"{len(request_id)} characters; allowed at most {MAX_REQUEST_ID_CHARS}")
-    if not request_id.isprintable():
-        bad = next(c for c in request_id if not c.isprintable())
-        raise ParamError(
-            "request_id", f"contains the control character U+{ord(bad):04X}: allowed printable characters only"
-        )
-    return request_id
-
-
-def input_sha256(token_ids: Sequence[int]) -> str:
-    return hashlib.sha256(struct.pack(f"<{len(token_ids)}I", *token_ids)).hexdigest()
-
-
-def receipt(info: ModelInfo, request: GenerationRequest) -> pb.ReproducibilityReceipt:
-    """What determines this request's tokens, with a digest over all of it but the model's name."""
-    s = request.sampling
-    effective = pb.EffectiveSampling(
-        temperature=s.temperature,
-        top_k=s.top_k,
-        top_p=s.top_p,
-        min_p=s.min_p,
-        repetition_penalty=s.repetition_penalty,
-        presence_penalty=s.presence_penalty,
-        frequency_penalty=s.frequency_penalty,
-        logit_bias={int(k): float(v) for k, v in _bias_items(s.logit_bias)},
-        max_new_tokens=request.max_new_tokens,
-        min_new_tokens=request.min_new_tokens,
-        stop=list(request.stop),
-        stop_token_ids=list(request.stop_token_ids),
-        ignore_eos=request.ignore_eos,
-    )
-    out = pb.ReproducibilityReceipt(
-        **_build(info),
-        sampler_version=info.sampler_version,
-        seed=s.seed,
-        sample_index=request.sample_index,
-        sampling=effective,
-        input_sha256=input_sha256(request.prompt_token_ids),
-    )
-    return _signed(out, info)
-
-
-def score_receipt(info: ModelInfo, scored: Sequence[Sequence[int]]) -> pb.ReproducibilityReceipt:
-    """A scoring receipt: the model build and the scored token ids (each part length-prefixed); no sampling."""
-    flat: list[int] = []
-    for part in scored:
-        flat.append(len(part))
-        flat.extend(part)
-    out = pb.ReproducibilityReceipt(**_build(info), input_sha256=input_sha256(flat))
-    return _signed(out, info)
-
-
-def _build(info: ModelInfo) -> dict:
-    """The receipt fields that name the model build (every receipt has them; the digest covers them)."""
-    return dict(
-        receipt_version=RECEIPT_VERSION,
-        model_sha256=info.model_sha256,
-        model_identity=info.model_identity,
-        dtype=info.dtype,
-        device=info.device,
-        engine_version=info.engine_version,
-        weight_format=info.weight_format,
-    )
-
-
-def _signed(out: pb.ReproducibilityReceipt, info: ModelInfo) -> pb.ReproducibilityReceipt:
-    """Fill in the digest over every determining field, then the model's name (which is not one)."""
-    out.digest = hashlib.sha256(out.SerializeToString(deterministic=True)).hexdigest()
-    out.model_id = info.model_id
-    return out
-
-
-def _bias_items(bias) -> list[tuple[int, float]]:
-    items = bias.items() if hasattr(bias, "items") else bias
-    return sorted((int(k), float(v)) for k, v in items)
 
 
 def top_logprobs_pb(rows: Sequence[Sequence[TopLogprob]]) -> list[pb.TopLogprobs]:
@@ -358,7 +263,7 @@ def model_info(
         max_deadline_seconds=max_deadline,
         max_stop_strings=MAX_STOP_STRINGS,
         max_stop_string_chars=MAX_STOP_STRING_CHARS,
-        max_top_logprobs=MAX_TOP_LOGPROBS,
+        max_top_logprobs=MAX_TOP_N,
     )
     if prefix_cache is not None:  # the engine's PrefixCache
         stats = prefix_cache.stats

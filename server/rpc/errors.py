@@ -4,6 +4,9 @@ Every handler of the service runs inside `guard_unary` / `guard_stream`; any
 exception that escapes a handler is turned into a status here, so a request
 can fail but can never take the server down.
 
+The errors are the service layer's (server/service/errors.py); server/http/errors.py maps the same
+ones to HTTP statuses.
+
     ParamError (engine or conversion)      -> INVALID_ARGUMENT  "<field>: <what and the allowed range>",
                                               with the field as a google.rpc.BadRequest FieldViolation
     Overloaded (admission queue full)      -> RESOURCE_EXHAUSTED
@@ -24,13 +27,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from seedstream.server.engine.types import EngineError, NotReady, Overloaded, ParamError
+from seedstream.server.service.errors import EngineError, NotReady, Overloaded, ParamError, Unavailable
 
 log = logging.getLogger("seedstream.server")
-
-
-class Unavailable(Exception):
-    """The service cannot take requests right now (model loading, shutting down)."""
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping
 
 import grpc
 
+from seedstream.server.service.inputs import RequestLimits
+
 from .auth import ApiKeyInterceptor, load_keys
-from .limits import ConnectionLimits, RequestLimits
+from .limits import ConnectionLimits
 from .tls import GRPC_FLAGS, HTTP_FLAGS, load_client_ca, load_pair
 
 log = logging.getLogger("seedstream.server")

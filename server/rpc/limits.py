@@ -1,21 +1,15 @@
-"""Connection and request limits: gRPC server options, size caps checked before any work, the maximum deadline.
+"""gRPC connection limits: the HTTP/2 server options.
 
-Size caps default to multiples of the model's context, so they scale with the
-model: a prompt can never use more than `max_context` tokens, and no token of
-the default tokenizers spans anywhere near 32 characters of ordinary text.
+The request limits both fronts check (characters, tokens, counts, the maximum deadline) are the service
+layer's: server/service/inputs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from seedstream.server.engine.types import ParamError
-
-# the defaults of --max-input-chars and --max-input-tokens: these x max_context
-from seedstream.server.settings import CHARS_PER_CONTEXT_TOKEN, CONNECTION_AGE_GRACE_S, TOKENS_PER_CONTEXT
+from seedstream.server.settings import CONNECTION_AGE_GRACE_S
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
-
-MAX_CHAT_MESSAGES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,39 +39,3 @@ class ConnectionLimits:
             options.append(("grpc.max_connection_age_ms", ms(self.max_connection_age)))
             options.append(("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace)))
         return [(k, v) for k, v in options if v > 0]
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestLimits:
-    """Caps on one request's size and duration (None: derived from the model's context)."""
-
-    max_input_chars: int | None = _Flags.max_input_chars  # text characters in one request, checked before tokenizing
-    max_input_tokens: int | None = _Flags.max_input_tokens  # tokens in one Score, ScoreRolling or Tokenize request
-    max_deadline: float | None = _Flags.max_deadline  # seconds any call may take; None or 0 = no server limit
-
-    def chars(self, context: int) -> int:
-        return self.max_input_chars or CHARS_PER_CONTEXT_TOKEN * context
-
-    def tokens(self, context: int) -> int:
-        return self.max_input_tokens or TOKENS_PER_CONTEXT * context
-
-
-def check_count(field: str, count: int, limit: int, what: str = "entries") -> None:
-    if count > limit:
-        raise ParamError(field, f"{count} {what}; allowed at most {limit}")
-
-
-def check_chars(field: str, count: int, limit: int) -> None:
-    if count > limit:
-        raise ParamError(field, f"{count} characters; allowed at most {limit} (--max-input-chars)")
-
-
-def check_tokens(field: str, count: int, limit: int) -> None:
-    if count > limit:
-        raise ParamError(field, f"{count} tokens; allowed at most {limit} (--max-input-tokens)")
-
-
-def chat_chars(messages) -> int:
-    """Characters of a ChatMessages proto (roles and contents), after checking the message count."""
-    check_count("messages", len(messages.messages), MAX_CHAT_MESSAGES, "messages")
-    return sum(len(m.role) + len(m.content) for m in messages.messages)

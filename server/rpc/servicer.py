@@ -1,13 +1,10 @@
-"""The TextGeneration servicer: proto in, engine call, proto out. Thin by design."""
+"""The TextGeneration servicer: proto in, engine call, proto out. Thin by design: what the HTTP front
+needs too (state, limits, chat, seeds, request ids, receipts) is the service layer's (server/service/)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
-import logging
 import math
-import uuid
 from collections.abc import Sequence
 
 import grpc
@@ -15,69 +12,17 @@ import grpc
 from seedstream.server.engine.rolling import rolling_pairs, score_rolling
 from seedstream.server.engine.samples import generate_samples
 from seedstream.server.engine.scoring import MAX_PAIRS, prepare_pairs, score_pairs
-from seedstream.server.engine.types import ParamError
+from seedstream.server.service import inputs
+from seedstream.server.service.errors import ParamError
+from seedstream.server.service.inputs import check_chars, check_count, check_tokens, render_chat
+from seedstream.server.service.receipts import completion_receipt, score_receipt
+from seedstream.server.service.state import ServiceState, maybe_threaded
 from seedstream.v1 import signing
 from seedstream.v1 import textgen_pb2 as pb
 from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 
-from . import convert, limits
-from .errors import Unavailable
+from . import convert
 from .guard import Call, guard_stream, guard_unary
-from .limits import RequestLimits
-from .signing import ReceiptSigner
-
-log = logging.getLogger("seedstream.server")
-
-# Requests bigger than this many bytes are tokenized, rendered and windowed on a worker thread so
-# the event loop keeps streaming other requests meanwhile.
-_THREAD_REQUEST_BYTES = 8192
-
-
-@dataclasses.dataclass
-class ServiceOptions:
-    default_max_new_tokens: int = 256  # used when a request leaves max_new_tokens unset
-    server_version: str = "unknown"
-    limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
-    signer: ReceiptSigner | None = None  # --receipt-signing-key: receipts carry a signature
-
-
-class ServiceState:
-    """What the handlers need: the engine once loaded, and whether we are draining."""
-
-    def __init__(self, engine=None, options: ServiceOptions | None = None):
-        self.engine = engine
-        self.options = options or ServiceOptions()
-        self.draining = False
-        self.in_flight = 0
-        self.metrics = None  # a metrics.ServiceMetrics when the server exports metrics
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def ready_engine(self):
-        if self.draining:
-            raise Unavailable("the server is shutting down")
-        if self.engine is None:
-            raise Unavailable("the model is still loading")
-        return self.engine
-
-    @contextlib.contextmanager
-    def track(self):
-        self.in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if `timeout` seconds passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
@@ -93,30 +38,21 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 
     # --- helpers (plain functions of the request: they may run on a worker thread)
 
-    def _caps(self, engine) -> tuple[int, int]:
-        """(characters, tokens) one request may carry."""
-        caps, context = self.state.options.limits, engine.info.max_context
-        return caps.chars(context), caps.tokens(context)
-
     def _prompt_ids(self, engine, req) -> Sequence[int]:
         which = req.WhichOneof("input")
         if which is None:
             raise ParamError("input", "set one of prompt, messages or prompt_token_ids")
-        max_chars, _ = self._caps(engine)
+        max_chars, _ = self.state.input_caps(engine)
         if which == "prompt_token_ids":
             return req.prompt_token_ids.ids  # copied once, into the request; validation checks its length
         if which == "prompt":
-            limits.check_chars("prompt", len(req.prompt), max_chars)
+            check_chars("prompt", len(req.prompt), max_chars)
             return engine.tokenize(req.prompt, True)
-        limits.check_chars("messages", limits.chat_chars(req.messages), max_chars)
-        return _render_chat(engine, convert.chat_messages(req.messages))
+        check_chars("messages", convert.chat_chars(req.messages), max_chars)
+        return render_chat(engine, convert.chat_messages(req.messages))
 
     def _request_id(self, req, context, call: Call) -> None:
-        call.request_id = convert.check_request_id(
-            req.request_id
-            or _metadata_value(context, "x-request-id")[: convert.MAX_REQUEST_ID_CHARS]
-            or uuid.uuid4().hex[:16]
-        )
+        call.request_id = inputs.request_id(req.request_id, _metadata_value(context, "x-request-id"))
 
     def _prepare(self, engine, req: pb.GenerateRequest, call: Call, seed: int):
         """One validated engine request per sample (n of them), checked before any header is sent."""
@@ -135,7 +71,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     async def _generation(self, req: pb.GenerateRequest, context, call: Call):
         engine = self.state.ready_engine()
         self._request_id(req, context, call)
-        seed = req.seed if req.HasField("seed") else convert.draw_seed()
+        seed = req.seed if req.HasField("seed") else inputs.draw_seed()
         call.fields["seed"] = seed
         requests = await _off_loop(req, self._prepare, engine, req, call, seed)
         if len(requests) > 1:
@@ -189,13 +125,13 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         call.fields["finish"] = ",".join(finishes[j] for j in sorted(finishes))
 
     def _score_pairs(self, engine, request: pb.ScoreRequest):
-        max_chars, max_tokens = self._caps(engine)
-        limits.check_count("pairs", len(request.pairs), MAX_PAIRS, "pairs")
+        max_chars, max_tokens = self.state.input_caps(engine)
+        check_count("pairs", len(request.pairs), MAX_PAIRS, "pairs")
         pairs = convert.score_pairs_in(request)
-        limits.check_chars("pairs", sum(len(c) + len(x) for c, x in pairs if isinstance(c, str)), max_chars)
-        limits.check_tokens("pairs", sum(len(c) + len(x) for c, x in pairs if not isinstance(c, str)), max_tokens)
+        check_chars("pairs", sum(len(c) + len(x) for c, x in pairs if isinstance(c, str)), max_chars)
+        check_tokens("pairs", sum(len(c) + len(x) for c, x in pairs if not isinstance(c, str)), max_tokens)
         prepared = prepare_pairs(engine, pairs, request.truncate_context)
-        limits.check_tokens("pairs", sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared), max_tokens)
+        check_tokens("pairs", sum(len(p.context_ids) + len(p.continuation_ids) for p in prepared), max_tokens)
         return prepared
 
     @guard_unary("Score")
@@ -208,7 +144,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         scores = await score_pairs(engine, prepared, call.request_id, call.client)
         scored = [ids for p in prepared for ids in (p.context_ids, p.continuation_ids)]
         response = pb.ScoreResponse(
-            results=[convert.score_result_pb(s) for s in scores], receipt=convert.score_receipt(engine.info, scored)
+            results=[convert.score_result_pb(s) for s in scores], receipt=score_receipt(engine.info, scored)
         )
         if self.state.options.signer is not None:
             self.state.options.signer.sign(response.receipt, signing.output_sha256_score(response.results))
@@ -216,16 +152,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
 
     def _rolling(self, engine, request: pb.ScoreRollingRequest, max_length: int):
         """The text's token ids and its windows, checked."""
-        max_chars, max_tokens = self._caps(engine)
+        max_chars, max_tokens = self.state.input_caps(engine)
         which = request.WhichOneof("input")
         if which is None:
             raise ParamError("input", "set one of text or token_ids")
         if which == "text":
-            limits.check_chars("text", len(request.text), max_chars)
+            check_chars("text", len(request.text), max_chars)
             ids = engine.tokenize(request.text)
-            limits.check_tokens("text", len(ids), max_tokens)
+            check_tokens("text", len(ids), max_tokens)
         else:
-            limits.check_tokens("token_ids", len(request.token_ids.ids), max_tokens)
+            check_tokens("token_ids", len(request.token_ids.ids), max_tokens)
             ids = list(request.token_ids.ids)
         return ids, rolling_pairs(engine, ids, max_length)
 
@@ -244,7 +180,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             greedy_token_ids=result.greedy_ids,
             num_windows=result.num_windows,
             max_length=max_length,
-            receipt=convert.score_receipt(engine.info, [ids, [max_length]]),
+            receipt=score_receipt(engine.info, [ids, [max_length]]),
             cached_tokens=result.cached_tokens,
         )
         if self.state.options.signer is not None:
@@ -254,20 +190,20 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return response
 
     def _tokenize(self, engine, request: pb.TokenizeRequest):
-        max_chars, max_tokens = self._caps(engine)
+        max_chars, max_tokens = self.state.input_caps(engine)
         which = request.WhichOneof("input")
         if which is None:
             raise ParamError("input", "set one of text or messages")
         if which == "text":
-            limits.check_chars("text", len(request.text), max_chars)
+            check_chars("text", len(request.text), max_chars)
             special = request.add_special_tokens if request.HasField("add_special_tokens") else True
             ids = engine.tokenize(request.text, special)
         else:
             if request.HasField("add_special_tokens"):
                 raise ParamError("add_special_tokens", "applies to text only; chat rendering decides special tokens")
-            limits.check_chars("messages", limits.chat_chars(request.messages), max_chars)
-            ids = _render_chat(engine, convert.chat_messages(request.messages))
-        limits.check_tokens(which, len(ids), max_tokens)
+            check_chars("messages", convert.chat_chars(request.messages), max_chars)
+            ids = render_chat(engine, convert.chat_messages(request.messages))
+        check_tokens(which, len(ids), max_tokens)
         return ids, _token_texts(engine, ids)
 
     @guard_unary("Tokenize")
@@ -281,7 +217,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     async def GetModelInfo(self, request, context, call):
         engine = self.state.ready_engine()
         config = engine.config
-        max_chars, max_tokens = self._caps(engine)
+        max_chars, max_tokens = self.state.input_caps(engine)
         info = convert.model_info(
             engine.info,
             server_version=self.state.options.server_version,
@@ -301,20 +237,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return info
 
     def _receipt(self, engine, request, tokens: Sequence[int]) -> pb.ReproducibilityReceipt:
-        """A completion's receipt, signed over the whole stream's tokens when the server signs."""
-        out = convert.receipt(engine.info, request)
-        if self.state.options.signer is not None:
-            self.state.options.signer.sign_tokens(out, request.resume_token_ids, tokens)
-        return out
-
-
-def _render_chat(engine, messages: list[dict[str, str]]) -> list[int]:
-    try:
-        return engine.render_chat(messages)
-    except ParamError:
-        raise
-    except Exception as exc:  # template errors (unknown role, bad ordering) are the caller's to fix
-        raise ParamError("messages", f"the model's chat template rejected the messages: {exc}") from None
+        return completion_receipt(engine.info, request, tokens, self.state.options.signer)
 
 
 def _token_texts(engine, ids: list[int]) -> list[str]:
@@ -322,14 +245,6 @@ def _token_texts(engine, ids: list[int]) -> list[str]:
     return engine.text.token_texts(ids)
 
 
-async def _maybe_threaded(size: int, fn, *args):
-    """fn(*args) on a worker thread when `size` (bytes or characters of input) is big enough for its CPU
-    work to stall the loop; inline otherwise (a thread hop costs more than small work)."""
-    if size > _THREAD_REQUEST_BYTES:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
-
-
 async def _off_loop(request, fn, *args):
-    """_maybe_threaded, sized by the request's encoded bytes."""
-    return await _maybe_threaded(request.ByteSize(), fn, *args)
+    """maybe_threaded, sized by the request's encoded bytes."""
+    return await maybe_threaded(request.ByteSize(), fn, *args)

@@ -6,27 +6,15 @@ import re
 from pathlib import Path
 
 from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1.protocol import OPTIONAL_GENERATE_FIELDS
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "seedstream" / "v1" / "textgen.proto"
-
-SAMPLING = (
-    "seed",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "max_new_tokens",
-    "min_new_tokens",
-)
 
 
 def test_unset_differs_from_zero():
     empty = pb.GenerateRequest(prompt="x")
-    zeros = pb.GenerateRequest(prompt="x", **{name: 0 for name in SAMPLING})
-    for name in SAMPLING:
+    zeros = pb.GenerateRequest(prompt="x", **{name: 0 for name in OPTIONAL_GENERATE_FIELDS})
+    for name in OPTIONAL_GENERATE_FIELDS:
         assert not empty.HasField(name)
         assert zeros.HasField(name)
 

@@ -53,3 +53,14 @@ def test_generated_modules_import_under_the_namespace():
     }
     assert hasattr(textgen_pb2_grpc, "TextGenerationStub")
     assert (ROOT / "proto" / "seedstream" / "v1" / "textgen_pb2.pyi").exists()
+
+
+def test_optional_fields_are_the_protos():
+    """seedstream.v1.protocol's list of GenerateRequest's `optional` fields, which the client sets and the
+    server reads, is the proto's: a proto3 `optional` field is the one member of a synthetic oneof `_<name>`."""
+    from seedstream.v1 import protocol, textgen_pb2
+
+    fields = textgen_pb2.GenerateRequest.DESCRIPTOR.fields
+    optional = [f.name for f in fields if f.containing_oneof is not None and f.containing_oneof.name == "_" + f.name]
+    assert sorted(protocol.OPTIONAL_GENERATE_FIELDS) == sorted(optional)
+    assert set(protocol.OPTIONAL_SAMPLING_FIELDS) < set(optional)

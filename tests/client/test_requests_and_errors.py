@@ -25,23 +25,13 @@ from seedstream.client._requests import generate_request, tokenize_request
 from seedstream.client.errors import STATUS_DETAILS_KEY, from_rpc_error
 from seedstream.client.types import EffectiveSampling
 from seedstream.v1 import textgen_pb2 as pb
+from seedstream.v1.protocol import OPTIONAL_GENERATE_FIELDS
 
 
 def test_unset_keywords_stay_unset():
     req = generate_request("hi")
     assert req.WhichOneof("input") == "prompt"
-    for name in (
-        "seed",
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "repetition_penalty",
-        "presence_penalty",
-        "frequency_penalty",
-        "max_new_tokens",
-        "min_new_tokens",
-    ):
+    for name in OPTIONAL_GENERATE_FIELDS:
         assert not req.HasField(name), name
 
 

@@ -27,6 +27,7 @@ from seedstream.server.engine.loader import default_model_path, load_weights
 from seedstream.server.engine.sources import hub_patterns, resolve_model
 from seedstream.server.engine.types import GenerationRequest
 from seedstream.server.rpc import convert
+from seedstream.server.service import receipts
 from seedstream.v1.protocol import RECEIPT_VERSION
 
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
@@ -210,14 +211,14 @@ def _info(identity: str) -> ModelInfo:
 
 def test_the_receipt_digest_covers_the_identity_and_version():
     request = GenerationRequest((1, 2, 3), SamplingParams(seed=7))
-    one, other = convert.receipt(_info("b" * 64), request), convert.receipt(_info("c" * 64), request)
+    one, other = receipts.receipt(_info("b" * 64), request), receipts.receipt(_info("c" * 64), request)
     assert one.receipt_version == RECEIPT_VERSION == 2 and one.model_identity == "b" * 64
     assert one.digest != other.digest
     unversioned = type(one)()
     unversioned.CopyFrom(one)
     unversioned.receipt_version, unversioned.digest, unversioned.model_id = 1, "", ""
     assert hashlib.sha256(unversioned.SerializeToString(deterministic=True)).hexdigest() != one.digest
-    scored = convert.score_receipt(_info("b" * 64), [[1, 2]])
+    scored = receipts.score_receipt(_info("b" * 64), [[1, 2]])
     assert scored.model_identity == "b" * 64 and scored.receipt_version == 2
     info = convert.model_info(
         _info("b" * 64),

@@ -192,7 +192,7 @@ def test_n_beyond_the_queue_is_invalid_argument(small_server, small_engine):
 def capped(loop_thread, engine):
     """A server with small caps on the shared engine: 2000 characters, 300 tokens."""
     from seedstream.server.rpc.hardening import Security
-    from seedstream.server.rpc.limits import RequestLimits
+    from seedstream.server.service.inputs import RequestLimits
 
     srv = start_server(loop_thread, engine, security=Security(request_limits=RequestLimits(2000, 300)))
     with grpc.insecure_channel(srv.address) as channel:

@@ -16,7 +16,8 @@ LONG = dict(prompt="Write a very long story about a dragon.", max_new_tokens=300
 @pytest.fixture(scope="module")
 def short_deadline(loop_thread, engine):
     from seedstream.server.rpc.hardening import Security
-    from seedstream.server.rpc.limits import ConnectionLimits, RequestLimits
+    from seedstream.server.rpc.limits import ConnectionLimits
+    from seedstream.server.service.inputs import RequestLimits
 
     security = Security(
         request_limits=RequestLimits(max_deadline=1.5),

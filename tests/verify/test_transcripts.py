@@ -49,7 +49,7 @@ async def _async_calls(address: str, path) -> None:
 @pytest.fixture(scope="module")
 def transcripts(serve, keys, tmp_path_factory):
     """Records taken on a first (signing) server, which is then stopped: (python file, CLI file)."""
-    from seedstream.server.rpc.signing import ReceiptSigner
+    from seedstream.server.service.receipts import ReceiptSigner
 
     folder = tmp_path_factory.mktemp("transcripts")
     py, cli_file = folder / "client.jsonl", folder / "cli.jsonl"

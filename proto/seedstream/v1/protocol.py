@@ -26,12 +26,26 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # (whose model_sha256 covers the weights alone); 2 adds model_identity, and the digest covers both fields.
 RECEIPT_VERSION = 2
 
-# Per-request list limits (GenerateRequest's comments state them; GetModelInfo reports the first three).
+# Per-request list limits (GenerateRequest's comments state them; GetModelInfo reports the first two, and
+# max_top_logprobs: the sampler's MAX_TOP_N, the most alternatives it ranks, which the client never needs).
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
-MAX_TOP_LOGPROBS = 20
 MAX_STOP_TOKEN_IDS = 1024
 MAX_LOGIT_BIAS = 1024  # entries per request (OpenAI allows 300); each costs sampler work every step
+
+# GenerateRequest's proto3 `optional` fields (absent differs from zero: absent means the server's default).
+# The sampling ones are named as SamplingParams names them; tests/client/test_proto_drift.py checks the
+# whole list against the proto's descriptor.
+OPTIONAL_SAMPLING_FIELDS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
+OPTIONAL_GENERATE_FIELDS = ("seed", *OPTIONAL_SAMPLING_FIELDS, "max_new_tokens", "min_new_tokens", "n")
 
 
 class FinishReason(str, enum.Enum):
