@@ -4,9 +4,16 @@ deadline on each request's headers, enforced below aiohttp on the raw protocol.
 Why below aiohttp: aiohttp has no header timeout and no connection cap, so a client trickling headers
 over 1,000 connections holds as many file descriptors for as long as it likes, and once the process runs
 out of them every new connection, gRPC's included, fails. The gate wraps each connection's protocol: a
-connection over a cap is answered `503` and closed before aiohttp sees a byte, and one whose headers do not
-end within `header_timeout` seconds (from its first byte, or from the end of the previous response on a
-kept-alive connection) is closed. Bodies have their own deadline where the handler reads them (front.py).
+connection over the per-address cap is answered `503` and closed before aiohttp sees a byte, and one whose
+headers do not end within `header_timeout` seconds (from its first byte, or from the end of the previous
+response on a kept-alive connection) is closed. Bodies have their own deadline where the handler reads them
+(front.py).
+
+At the overall cap a newcomer is not refused while some open connection is still waiting for its request
+headers: the one that has waited longest is closed to make room. A slowloris from many addresses, each under
+the per-address cap, would otherwise fill the overall cap and shut every other client out for as long as it
+likes; this way it only evicts itself, and a newcomer is refused (`503`) only when every open connection is
+being served.
 """
 
 from __future__ import annotations
@@ -52,7 +59,10 @@ class ConnectionGate:
         self.by_client: collections.Counter[str] = collections.Counter()
         self.refused = 0  # connections closed at once for a cap
         self.timed_out = 0  # connections closed for slow headers
+        self.evicted = 0  # connections waiting for headers, closed at the overall cap to admit a newcomer
         self.by_transport: dict = {}  # transport -> GatedProtocol, for the middleware
+        # Admitted connections waiting for request headers, the longest-waiting first (dicts keep order).
+        self.waiting: dict[GatedProtocol, None] = {}
 
     def request_done(self, transport) -> None:
         """A response on `transport` is written: its next request's headers get a deadline of their own."""
@@ -61,6 +71,8 @@ class ConnectionGate:
             protocol.request_done()
 
     def admit(self, client: str) -> bool:
+        if self.open >= self.limits.max_connections and self.by_client[client] < self.limits.max_connections_per_client:
+            self._evict_longest_waiting(client)
         if self.open >= self.limits.max_connections or self.by_client[client] >= self.limits.max_connections_per_client:
             self.refused += 1
             log.warning(
@@ -75,6 +87,22 @@ class ConnectionGate:
         self.open += 1
         self.by_client[client] += 1
         return True
+
+    def _evict_longest_waiting(self, newcomer: str) -> None:
+        """Close the connection that has waited longest for its request headers, if any, to make room."""
+        if not self.waiting:
+            return
+        victim = next(iter(self.waiting))
+        self.evicted += 1
+        log.warning(
+            "http connection from %s closed: %d connections open (max %d), it had sent no complete request "
+            "headers for the longest, and %s is waiting to connect",
+            victim.client,
+            self.open,
+            self.limits.max_connections,
+            newcomer,
+        )
+        victim.close_now()  # released here: its connection_lost comes later, on the next loop turn
 
     def release(self, client: str) -> None:
         self.open -= 1
@@ -98,6 +126,7 @@ class GatedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, to find an end of headers split over two reads
         self.in_request = False  # headers complete; the response is not finished yet
+        self.counted = False  # holds a place in the gate's counts (admitted, not yet released)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -108,19 +137,36 @@ class GatedProtocol(asyncio.Protocol):
             transport.close()
             return
         self.admitted = True
+        self.counted = True
         self.gate.by_transport[transport] = self  # the middleware finds us through request.transport
         self.inner.connection_made(transport)
         self._arm()
 
     def _arm(self) -> None:
+        """Wait for request headers: a deadline, and a place at the end of the gate's waiting line."""
         self._cancel_timer()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.gate.limits.header_timeout, self._headers_too_slow)
+        self.gate.waiting[self] = None
 
     def _cancel_timer(self) -> None:
+        self.gate.waiting.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _release(self) -> None:
+        """Give back this connection's place in the gate's counts (once)."""
+        self._cancel_timer()
+        if self.counted:
+            self.counted = False
+            self.gate.release(self.client)
+
+    def close_now(self) -> None:
+        """Evicted: the place is free at once, and the transport is aborted."""
+        self._release()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _headers_too_slow(self) -> None:
         self._timer = None
@@ -156,10 +202,9 @@ class GatedProtocol(asyncio.Protocol):
         return self.inner.eof_received() if self.admitted else None
 
     def connection_lost(self, exc) -> None:
-        self._cancel_timer()
+        self._release()
         if self.admitted:
             self.admitted = False
-            self.gate.release(self.client)
             self.gate.by_transport.pop(self.transport, None)
             self.inner.connection_lost(exc)
 
