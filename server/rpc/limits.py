@@ -29,6 +29,10 @@ class ConnectionLimits:
         options = [
             ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            # grpc-core (1.85) arms its keepalive-timeout timer only where one is already armed, so an
+            # unanswered keepalive ping waits out the generic ping timeout instead (default 60 s): a frozen
+            # client held its slot for keepalive_time + 60 s. The same timeout for every ping fixes it.
+            ("grpc.http2.ping_timeout_ms", ms(self.keepalive_timeout)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval)),
             ("grpc.max_concurrent_streams", int(self.max_streams_per_connection)),
