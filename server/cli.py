@@ -44,7 +44,7 @@ def _help(flag: Flag) -> str:
     return f"{text} [{flag.env}]"
 
 
-def _add_flag(group, flag: Flag) -> None:
+def _add_flag(group: argparse._ArgumentGroup, flag: Flag) -> None:
     env = _env(flag.env)
     if flag.type is bool:
         default = (not flag.default) if env == "1" else flag.default

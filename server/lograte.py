@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 INTERVAL_S = 10.0
 # aiohttp's and asyncio's own error lines (accept failures, broken connections), and the front's.
@@ -21,12 +22,12 @@ NOISY_LOGGERS = ("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.access", "
 class RateLimitFilter(logging.Filter):
     """Passes the first WARNING-or-worse record of a kind per interval; INFO and below pass always."""
 
-    def __init__(self, interval: float = INTERVAL_S, clock=time.monotonic):
+    def __init__(self, interval: float = INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.interval = interval
         self.clock = clock
         self._lock = threading.Lock()
-        self._kinds: dict[tuple, list] = {}  # kind -> [window start, records suppressed in it]
+        self._kinds: dict[tuple[str, int, str], list[float]] = {}  # kind -> [window start, records suppressed in it]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
@@ -49,7 +50,7 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def install(names=NOISY_LOGGERS, interval: float = INTERVAL_S) -> None:
+def install(names: Iterable[str] = NOISY_LOGGERS, interval: float = INTERVAL_S) -> None:
     """Rate-limit the named loggers' own records (once per logger: a second call changes nothing)."""
     for name in names:
         logger = logging.getLogger(name)

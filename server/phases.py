@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("seedstream.server")
 
@@ -21,7 +21,7 @@ _running: list[tuple[str, float]] = []  # (name, monotonic start), outermost fir
 
 
 @contextlib.contextmanager
-def phase(name: str, report=None) -> Iterator[None]:
+def phase(name: str, report: Callable[[str], object] | None = None) -> Iterator[None]:
     """Mark `name` (a gerund phrase: "converting weights") as running; report its duration when it ends.
 
     `report` takes the finished message (default: log at INFO); a failure is reported too, so the log

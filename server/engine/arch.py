@@ -15,6 +15,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+# A transformers config dict (AutoConfig(...).to_dict()), or one of its rope parameter dicts: JSON values.
+HFConfig = dict[str, Any]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "smollm3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
@@ -73,7 +83,7 @@ class ModelConfig:
     ropes: tuple[RopeSpec, ...] = ()
     layers: tuple[LayerSpec, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.ropes:  # a config built by hand (tests): default RoPE on every layer
             rope = default_rope(self.rope_theta, self.head_dim)
             object.__setattr__(self, "ropes", (rope,))
@@ -85,7 +95,7 @@ class ModelConfig:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> ModelConfig:
+    def from_hf(cls, cfg: HFConfig) -> ModelConfig:
         return read_config(cfg)
 
 
@@ -94,11 +104,11 @@ def default_rope(theta: float, dim: int, rotary_dim: int | None = None) -> RopeS
     return RopeSpec(tuple(1.0 / (theta ** (i / rot)) for i in range(0, rot, 2)), 1.0, rot)
 
 
-def _unsupported(what: str, allowed) -> UnsupportedModel:
+def _unsupported(what: str, allowed: Iterable[str]) -> UnsupportedModel:
     return UnsupportedModel(f"unsupported {what}; supported: {', '.join(allowed)}")
 
 
-def read_config(cfg: dict) -> ModelConfig:
+def read_config(cfg: HFConfig) -> ModelConfig:
     """ModelConfig of a transformers config dict (AutoConfig(...).to_dict()), or UnsupportedModel."""
     mt = cfg.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
@@ -148,10 +158,11 @@ def read_config(cfg: dict) -> ModelConfig:
 
 
 def _float32(x: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", x))[0]
+    value: float = struct.unpack("<f", struct.pack("<f", x))[0]
+    return value
 
 
-def _layer_kinds(cfg: dict, mt: str) -> tuple[list[str], list[int]]:
+def _layer_kinds(cfg: HFConfig, mt: str) -> tuple[list[str], list[int]]:
     """Each layer's kind ("full_attention" / "sliding_attention") and its window (0: none)."""
     n = cfg["num_hidden_layers"]
     window = cfg.get("sliding_window") or 0
@@ -172,7 +183,7 @@ def _layer_kinds(cfg: dict, mt: str) -> tuple[list[str], list[int]]:
     return kinds, [window if k == "sliding_attention" else 0 for k in kinds]
 
 
-def _rope_params(cfg: dict, kind: str) -> dict:
+def _rope_params(cfg: HFConfig, kind: str) -> HFConfig:
     params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if kind in params and isinstance(params[kind], dict):  # nested by layer type (Gemma 3)
         params = params[kind]
@@ -183,7 +194,7 @@ def _rope_params(cfg: dict, kind: str) -> dict:
     return params
 
 
-def _ropes(cfg: dict, mt: str, head_dim: int, kinds: list[str]) -> tuple[tuple[RopeSpec, ...], dict, int]:
+def _ropes(cfg: HFConfig, mt: str, head_dim: int, kinds: list[str]) -> tuple[tuple[RopeSpec, ...], dict[str, int], int]:
     """The distinct RopeSpecs, each layer kind's index among them, and the context they serve."""
     specs: list[RopeSpec] = []
     index: dict[str, int] = {}
@@ -197,7 +208,7 @@ def _ropes(cfg: dict, mt: str, head_dim: int, kinds: list[str]) -> tuple[tuple[R
     return tuple(specs), index, max_context
 
 
-def rope_spec(p: dict, cfg: dict, mt: str, head_dim: int) -> tuple[RopeSpec, int]:
+def rope_spec(p: HFConfig, cfg: HFConfig, mt: str, head_dim: int) -> tuple[RopeSpec, int]:
     """One RopeSpec from standardised rope parameters, and the most positions it serves exactly as
     transformers does (float64 arithmetic, the formulas of transformers' modeling_rope_utils)."""
     kind = p.get("rope_type", p.get("type", "default"))
@@ -235,7 +246,7 @@ def rope_spec(p: dict, cfg: dict, mt: str, head_dim: int) -> tuple[RopeSpec, int
     return RopeSpec(tuple(inv), float(scaling), rot), limit
 
 
-def _llama3(inv: list[float], p: dict) -> list[float]:
+def _llama3(inv: list[float], p: HFConfig) -> list[float]:
     factor, low, high = float(p["factor"]), float(p["low_freq_factor"]), float(p["high_freq_factor"])
     old = float(p["original_max_position_embeddings"])
     low_wavelen, high_wavelen = old / low, old / high
@@ -250,7 +261,7 @@ def _llama3(inv: list[float], p: dict) -> list[float]:
     return out
 
 
-def _yarn(exps: list[float], base: float, dim: int, p: dict, cfg: dict) -> tuple[list[float], float]:
+def _yarn(exps: list[float], base: float, dim: int, p: HFConfig, cfg: HFConfig) -> tuple[list[float], float]:
     orig = float(p["original_max_position_embeddings"])
     factor = p.get("factor") or cfg["max_position_embeddings"] / orig
 
@@ -283,7 +294,7 @@ def _yarn(exps: list[float], base: float, dim: int, p: dict, cfg: dict) -> tuple
     return out, float(attention)
 
 
-def canonical_state_dict(cfg: ModelConfig, sd: dict) -> dict:
+def canonical_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights under the names both forward paths read, with every option folded in:
 
     - fused q/k/v (``qkv_proj``) and gate/up (``gate_up_proj``) split into the Llama names (Phi-3);
@@ -324,11 +335,11 @@ def _qkv_sizes(cfg: ModelConfig) -> list[int]:
     return [cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_kv_heads * d]
 
 
-def _split(sd: dict, fused: str, names: tuple[str, ...], sizes: list[int], prefix: str) -> None:
+def _split(sd: dict[str, torch.Tensor], fused: str, names: tuple[str, ...], sizes: list[int], prefix: str) -> None:
     for suffix in ("weight", "bias"):
         tensor = sd.pop(f"{fused}.{suffix}", None)
         if tensor is not None:
-            for name, part in zip(names, tensor.split(sizes)):
+            for name, part in zip(names, tensor.split(sizes)):  # type: ignore[no-untyped-call]  # torch: unannotated
                 sd[f"{prefix}{name}.{suffix}"] = part.contiguous()
 
 
@@ -354,7 +365,7 @@ def expected_tensors(cfg: ModelConfig) -> list[str]:
     return names
 
 
-def rope_tables(spec: RopeSpec, max_context: int):
+def rope_tables(spec: RopeSpec, max_context: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """cos/sin [max_context, rotary_dim] float32 in the rotate-half layout, times attention_scaling, from
     Python's float64 libm (the same on every CPU, unlike vectorised transcendental kernels), rounded once."""
     import numpy as np

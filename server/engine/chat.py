@@ -14,20 +14,37 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
+from typing import Any, NoReturn, Protocol
 
 from .types import ParamError
 
 
-def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+class Tokenizer(Protocol):
+    """What the engine calls on a transformers tokenizer (AutoTokenizer's result)."""
+
+    def __call__(
+        self, text: str, *, add_special_tokens: bool = ..., split_special_tokens: bool = ...
+    ) -> Mapping[str, Any]: ...  # a BatchEncoding: {"input_ids": [...], ...}
+
+    def decode(self, token_ids: list[int], *, skip_special_tokens: bool, clean_up_tokenization_spaces: bool) -> str: ...
+
+    def get_added_vocab(self) -> dict[str, int]: ...
+
+    def apply_chat_template(
+        self, conversation: list[dict[str, str]], *, add_generation_prompt: bool, tokenize: bool
+    ) -> Any: ...  # tokenize=False: the rendered str
+
+
+def render_chat_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the chat, rendered with add_generation_prompt=True; content never yields a control token."""
     text = _render(tokenizer, messages)
-    specials = tokenizer.get_added_vocab()  # {text: id}: every string the tokenizer matches before BPE
+    specials: dict[str, int] = tokenizer.get_added_vocab()  # {text: id}: every string matched before BPE
     pattern = _pattern(tuple(sorted(specials, key=len, reverse=True)))
     for i, m in enumerate(messages):
-        if pattern is not None and pattern.search(m["role"]):
-            raise ParamError(
-                f"messages[{i}].role", f"contains the special-token string {pattern.search(m['role']).group(0)!r}"
-            )
+        in_role = pattern.search(m["role"]) if pattern is not None else None
+        if in_role is not None:
+            raise ParamError(f"messages[{i}].role", f"contains the special-token string {in_role.group(0)!r}")
     if pattern is None or not any(pattern.search(m["content"]) for m in messages):
         return _encode(tokenizer, text, split_special=False)
     spans = _content_spans(tokenizer, messages, text, pattern)
@@ -48,26 +65,29 @@ def render_chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return ids
 
 
-def _render(tokenizer, messages) -> str:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def _render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> str:
+    text: str = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text
 
 
-def _encode(tokenizer, text: str, split_special: bool) -> list[int]:
+def _encode(tokenizer: Tokenizer, text: str, split_special: bool) -> list[int]:
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split_special)["input_ids"])
 
 
-_PATTERNS: dict[tuple[str, ...], re.Pattern | None] = {}
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str] | None] = {}
 
 
-def _pattern(specials: tuple[str, ...]) -> re.Pattern | None:
+def _pattern(specials: tuple[str, ...]) -> re.Pattern[str] | None:
     if specials not in _PATTERNS:
         _PATTERNS[specials] = re.compile("|".join(map(re.escape, specials))) if specials else None
     return _PATTERNS[specials]
 
 
-def _content_spans(tokenizer, messages, text: str, pattern: re.Pattern) -> list[tuple[int, int]]:
+def _content_spans(
+    tokenizer: Tokenizer, messages: list[dict[str, str]], text: str, pattern: re.Pattern[str]
+) -> list[tuple[int, int]]:
     """[start, end) of each message's content inside `text`.
 
     Renders the chat again with a unique marker in place of each content and
@@ -78,7 +98,9 @@ def _content_spans(tokenizer, messages, text: str, pattern: re.Pattern) -> list[
     nonce = secrets.token_hex(8)
     markers = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
     marked = _render(tokenizer, [{**m, "content": mk} for m, mk in zip(messages, markers)])
-    spans, pieces, pos, out_len = [], [], 0, 0
+    spans: list[tuple[int, int]] = []
+    pieces: list[str] = []
+    pos = out_len = 0
     for marker, message in zip(markers, messages):
         at = marked.find(marker, pos)
         if at < 0:
@@ -95,8 +117,8 @@ def _content_spans(tokenizer, messages, text: str, pattern: re.Pattern) -> list[
     return spans
 
 
-def _refuse(messages, pattern: re.Pattern):
-    i, found = next((i, pattern.search(m["content"])) for i, m in enumerate(messages) if pattern.search(m["content"]))
+def _refuse(messages: list[dict[str, str]], pattern: re.Pattern[str]) -> NoReturn:
+    i, found = next((i, f) for i, m in enumerate(messages) if (f := pattern.search(m["content"])) is not None)
     raise ParamError(
         f"messages[{i}].content",
         f"contains the special-token string {found.group(0)!r}, which this model's chat template does not let "

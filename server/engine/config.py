@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from seedstream.server.settings import DTYPE_NAMES, EngineConfig  # noqa: F401  (EngineConfig: re-exported)
+from seedstream.server.settings import DTYPE_NAMES
+from seedstream.server.settings import EngineConfig as EngineConfig  # re-exported
 
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def resolve_device(name: str) -> torch.device:

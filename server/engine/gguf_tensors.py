@@ -6,9 +6,18 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader, ReaderTensor
+
+    from .arch import ModelConfig
+
+_Value = TypeVar("_Value")
 
 # Every GGUF type whose blocks a StoredTensor can carry (the packer decides which it keeps as stored).
 GGUF_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
@@ -38,22 +47,26 @@ _PERMUTED_ARCHS = ("llama", "mistral")  # llama.cpp's converter interleaves q/k 
 @dataclasses.dataclass
 class StoredTensor:
     format: str  # a GGUF_TYPES name
-    rows: np.ndarray  # [N, bytes per row] uint8 for block types; [N, K] float32/float16/uint16 (bf16) for floats
+    rows: npt.NDArray[Any]  # [N, bytes per row] uint8 for block types; [N, K] float32/float16/uint16 (bf16) for floats
 
 
-class LazyTensors(Mapping):
+Weight = torch.Tensor | StoredTensor  # a canonical state dict's value: float, or a matrix as stored
+
+
+class LazyTensors(Mapping[str, _Value]):
     """name -> value, each value made by its thunk at every access (never kept: one matrix at a time). The
     index itself is built at the first use, so a start that never reads the weights never opens the file."""
 
-    def __init__(self, index: Callable[[], dict[str, Callable[[], object]]]):
-        self._make_index, self._index = index, None
+    def __init__(self, index: Callable[[], dict[str, Callable[[], _Value]]]):
+        self._make_index = index
+        self._index: dict[str, Callable[[], _Value]] | None = None
 
-    def _thunks(self) -> dict[str, Callable[[], object]]:
+    def _thunks(self) -> dict[str, Callable[[], _Value]]:
         if self._index is None:
             self._index = self._make_index()
         return self._index
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> _Value:
         return self._thunks()[name]()
 
     def __iter__(self) -> Iterator[str]:
@@ -73,12 +86,12 @@ def dequantize(t: StoredTensor) -> torch.Tensor:
     return torch.from_numpy(np.array(gguf.quants.dequantize(t.rows, kind), dtype=np.float32))  # a copy: writable
 
 
-def _field(reader, key: str):
+def _field(reader: GGUFReader, key: str) -> Any:
     field = reader.fields[key]
     return field.contents() if hasattr(field, "contents") else bytes(field.parts[-1]).decode()
 
 
-def _rows(t) -> tuple[str, np.ndarray]:
+def _rows(t: ReaderTensor) -> tuple[str, npt.NDArray[Any]]:
     """(format, [N, ...] rows) of a reader tensor: a view into the file's mmap."""
     fmt = t.tensor_type.name.lower()
     if fmt not in GGUF_TYPES:
@@ -91,12 +104,13 @@ def _rows(t) -> tuple[str, np.ndarray]:
     return fmt, data.reshape(int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1, -1)
 
 
-def _unpermute(rows: np.ndarray, heads: int) -> np.ndarray:
+def _unpermute(rows: npt.NDArray[Any], heads: int) -> npt.NDArray[Any]:
     """Undo llama.cpp's q/k row interleaving: HF row (h, t, i) is GGUF row (h, i, t). Rows only, so it
     works on quantised rows and on biases ([N, 1]) too."""
     half = rows.shape[0] // heads // 2
     order = np.arange(rows.shape[0]).reshape(heads, half, 2).transpose(0, 2, 1).reshape(-1)
-    return rows[order]
+    unpermuted: npt.NDArray[Any] = rows[order]
+    return unpermuted
 
 
 def _canonical_name(gguf_name: str) -> str | None:
@@ -109,7 +123,7 @@ def _canonical_name(gguf_name: str) -> str | None:
     return None
 
 
-def _vector(t, start: int, stop: int, heads: int) -> torch.Tensor:
+def _vector(t: ReaderTensor, start: int, stop: int, heads: int) -> torch.Tensor:
     """A 1-D tensor (norm, bias) as a small float32 copy; F32 keeps its exact bits."""
     fmt, rows = _rows(t)
     values = np.array(rows, dtype=np.float32) if fmt == "f32" else dequantize(StoredTensor(fmt, rows)).numpy()
@@ -117,20 +131,20 @@ def _vector(t, start: int, stop: int, heads: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(_unpermute(values, heads) if heads else values).reshape(-1))
 
 
-def _matrix(t, start: int, stop: int, heads: int) -> StoredTensor:
+def _matrix(t: ReaderTensor, start: int, stop: int, heads: int) -> StoredTensor:
     """Rows start:stop of a 2-D tensor as stored: a view into the mmap (a copy only where rows are un-permuted)."""
     fmt, rows = _rows(t)
     rows = rows[start:stop]
     return StoredTensor(fmt, _unpermute(rows, heads) if heads else rows)
 
 
-def _thunk(t, start: int, stop: int, heads: int = 0) -> tuple[bool, Callable[[], object]]:
+def _thunk(t: ReaderTensor, start: int, stop: int, heads: int = 0) -> tuple[bool, Callable[[], Weight]]:
     """(is a matrix, the thunk making its value)."""
     make = _vector if len(t.shape) == 1 else _matrix
     return len(t.shape) > 1, lambda: make(t, start, stop, heads)
 
 
-def _parts(t, cfg) -> list[tuple[str, int, int]]:
+def _parts(t: ReaderTensor, cfg: ModelConfig) -> list[tuple[str, int, int]]:
     """(canonical name, first row, end row) of each part of a tensor: Phi-3's fused q/k/v and gate/up split by rows."""
     base, _, suffix = t.name.rpartition(".")
     rows = int(t.shape[-1]) if len(t.shape) > 1 else int(t.shape[0])
@@ -148,7 +162,7 @@ def _parts(t, cfg) -> list[tuple[str, int, int]]:
     return [(name, 0, rows)]
 
 
-def _index(path: Path, cfg) -> dict[str, tuple[bool, Callable[[], object]]]:
+def _index(path: Path, cfg: ModelConfig) -> dict[str, tuple[bool, Callable[[], Weight]]]:
     """canonical name -> (is a matrix, thunk), for every tensor of the file (reading no tensor data yet)."""
     import gguf
 
@@ -156,7 +170,7 @@ def _index(path: Path, cfg) -> dict[str, tuple[bool, Callable[[], object]]]:
 
     reader = gguf.GGUFReader(str(path))
     permuted = _field(reader, "general.architecture") in _PERMUTED_ARCHS
-    out: dict[str, tuple[bool, Callable[[], object]]] = {}
+    out: dict[str, tuple[bool, Callable[[], Weight]]] = {}
     for t in reader.tensors:
         if t.name in _IGNORED:
             continue
@@ -178,7 +192,7 @@ def _index(path: Path, cfg) -> dict[str, tuple[bool, Callable[[], object]]]:
     return out
 
 
-def read_gguf(path: Path, cfg) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
+def read_gguf(path: Path, cfg: ModelConfig) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
     """(state, stored) of a GGUF file, under canonical names (arch.canonical_state_dict's, every option folded
     in): state gives every tensor as float32 (matrices dequantised at each access), stored every matrix as a
     StoredTensor (rows viewing the mmap). Gemma's norms are stored as 1 + w already: the canonical value.
@@ -186,18 +200,18 @@ def read_gguf(path: Path, cfg) -> tuple[Mapping[str, torch.Tensor], Mapping[str,
     index = functools.cache(lambda: _index(path, cfg))
     every = LazyTensors(lambda: {name: make for name, (_, make) in index().items()})
     matrices = LazyTensors(lambda: {name: make for name, (matrix, make) in index().items() if matrix})
-    return Dequantised(every), matrices
+    return Dequantised(every), cast("Mapping[str, StoredTensor]", matrices)  # a matrix's thunk is _matrix
 
 
-def as_float(t) -> torch.Tensor:
+def as_float(t: Weight) -> torch.Tensor:
     """A canonical state dict value as a float32 torch tensor (dequantised if stored)."""
     return dequantize(t) if isinstance(t, StoredTensor) else t
 
 
-class Dequantised(Mapping):
+class Dequantised(Mapping[str, torch.Tensor]):
     """A view of a state dict with every StoredTensor dequantised at access (one matrix at a time)."""
 
-    def __init__(self, state: Mapping):
+    def __init__(self, state: Mapping[str, Weight]):
         self.state = state
 
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -94,6 +94,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def model_files(source: Path) -> ModelFiles:
     """The files of the model at `source` (a .gguf file or a model folder with weights)."""
+    weights: tuple[tuple[str, Path], ...]
     if source.is_file():
         folder, weights = source.parent, ((GGUF_FRAME_NAME, source),)
     else:

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .scoring import PreparedPair, score_pairs
 from .types import ParamError, ScoreRequest
 from .validation import ValidScore
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 
 def rolling_windows(
@@ -52,7 +56,7 @@ class RollingResult:
         return float(sum(self.logprobs))
 
 
-def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[PreparedPair]:
+def rolling_pairs(engine: Engine, token_ids: Sequence[int], max_length: int) -> list[PreparedPair]:
     """The checked windows of `token_ids` as scoring pairs (plain CPU work: may run on a worker thread)."""
     limit = engine.info.max_context - 1
     if not 1 <= max_length <= limit:
@@ -70,7 +74,7 @@ def rolling_pairs(engine, token_ids: Sequence[int], max_length: int) -> list[Pre
 
 
 async def score_rolling(
-    engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = ""
+    engine: Engine, windows: Sequence[PreparedPair], request_id: str = "", client: str = ""
 ) -> RollingResult:
     """Score every window from rolling_pairs() through the engine's shared batch."""
     scores = await score_pairs(engine, windows, request_id, client)

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from .types import ParamError, ScoreRequest
 from .validation import ValidScore, validate_score
 
+if TYPE_CHECKING:
+    from .engine import Engine
+
 MAX_PAIRS = 1024
 MAX_IN_FLIGHT = 32  # pairs of one call in the engine at once: leaves queue room for other callers
 
-Side = str | Sequence[int]
+# (context, continuation): both text, or both token ids (a ScorePair message holds one or the other).
+ScorePair = tuple[str, str] | tuple[Sequence[int], Sequence[int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,23 +40,20 @@ class PairScore:
     cached_tokens: int = 0  # context positions taken from the prefix cache
 
 
-def prepare_pairs(engine, pairs: Sequence[tuple[Side, Side]], truncate_context: bool) -> list[PreparedPair]:
+def prepare_pairs(engine: Engine, pairs: Sequence[ScorePair], truncate_context: bool) -> list[PreparedPair]:
     """Token ids for every pair, checked before any is scored; errors name `pairs[i].<side>`."""
     if not 1 <= len(pairs) <= MAX_PAIRS:
         raise ParamError("pairs", f"{len(pairs)} pairs; allowed 1 to {MAX_PAIRS}")
-    return [
-        _prepare_one(engine, i, context, continuation, truncate_context)
-        for i, (context, continuation) in enumerate(pairs)
-    ]
+    return [_prepare_one(engine, i, pair, truncate_context) for i, pair in enumerate(pairs)]
 
 
-def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bool) -> PreparedPair:
-    if isinstance(context, str):
-        ctx, cont = engine.encode_pair(context, continuation)
+def _prepare_one(engine: Engine, i: int, pair: ScorePair, truncate: bool) -> PreparedPair:
+    if isinstance(pair[0], str):
+        ctx, cont = engine.encode_pair(*pair)
         if not cont:  # e.g. an empty continuation, or one that merges into the context's last token
             return PreparedPair(tuple(ctx), ())
     else:
-        ctx, cont = list(context), list(continuation)
+        ctx, cont = list(pair[0]), list(pair[1])
     limit = engine.info.max_context
     drop = len(ctx) + len(cont) - limit
     if truncate and drop > 0:
@@ -69,11 +71,13 @@ def _prepare_one(engine, i: int, context: Side, continuation: Side, truncate: bo
     return PreparedPair(tuple(ctx), tuple(cont), max(drop, 0) if truncate else 0, checked)
 
 
-async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "", client: str = "") -> list[PairScore]:
+async def score_pairs(
+    engine: Engine, pairs: Sequence[PreparedPair], request_id: str = "", client: str = ""
+) -> list[PairScore]:
     """Scores in order; pairs with an empty continuation score 0 without touching the model. The pairs
     come from prepare_pairs() or rolling_pairs(), checked there. At most
     MAX_IN_FLIGHT workers take pairs in turn, so a call with many pairs costs no more tasks than that."""
-    results: list = [None] * len(pairs)
+    results: list[PairScore | None] = [None] * len(pairs)
     todo = iter(range(len(pairs)))
 
     async def worker() -> None:
@@ -93,4 +97,4 @@ async def score_pairs(engine, pairs: Sequence[PreparedPair], request_id: str = "
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return results
+    return cast("list[PairScore]", results)  # every worker finished: each slot holds its pair's score

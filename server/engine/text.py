@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .chat import render_chat_ids
+from .chat import Tokenizer, render_chat_ids
 from .types import ParamError
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
@@ -20,7 +20,7 @@ TOKEN_TEXT = {"skip_special_tokens": False, "clean_up_tokenization_spaces": Fals
 class TextCodec:
     """The model's tokenizer behind the engine's rules for turning text into ids and back."""
 
-    def __init__(self, tokenizer, eos_token_ids: Iterable[int] = ()):
+    def __init__(self, tokenizer: Tokenizer, eos_token_ids: Iterable[int] = ()):
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
         self.windowed = _byte_level(tokenizer)
@@ -72,7 +72,7 @@ class TextCodec:
         return [self.token_text(t) for t in token_ids]
 
 
-def _byte_level(tokenizer) -> bool:
+def _byte_level(tokenizer: Tokenizer) -> bool:
     """Whether decoding is a plain byte concatenation read as UTF-8 (a byte-level BPE decoder): then the
     text of ids[:a] + ids[a:] is the text of ids[:a] followed by that of ids[a:] whenever ids[:a] ends on a
     whole character, and IncrementalText may decode a short window instead of everything."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from seedstream.sampler import SamplingParams
-from seedstream.v1.protocol import FinishReason  # the contract's reasons, shared with the client
+from seedstream.v1.protocol import FinishReason as FinishReason  # the contract's reasons, shared with the client
 
 
 class EngineError(Exception):

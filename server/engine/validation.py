@@ -4,6 +4,7 @@ and what passes comes out as a validated type, the only kind the engine runs."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
 from seedstream.sampler import MAX_TOP_N, SamplingParamError
 from seedstream.v1.protocol import (
@@ -18,6 +19,7 @@ from .resume import validate_resume
 from .types import GenerationRequest, ModelInfo, ParamError, ScoreRequest
 
 LOGPROBS_MODES = ("raw", "processed")
+_Valid = TypeVar("_Valid")
 MAX_SAMPLES = 64
 SAMPLE_INDEX_LIMIT = 2**32  # sample_index + n must not pass it (the proto field is uint32)
 
@@ -145,7 +147,7 @@ def validate_score(req: ScoreRequest, info: ModelInfo) -> ValidScore:
     return ValidScore(req)
 
 
-def require(valid, kind: type):
+def require(valid: object, kind: type[_Valid]) -> _Valid:
     """`valid` when it is a `kind` (ValidRequest or ValidScore), else TypeError: the engine runs nothing unchecked."""
     if not isinstance(valid, kind):
         raise TypeError(f"expected a {kind.__name__} (from the engine's validate methods), got {type(valid).__name__}")

@@ -10,9 +10,10 @@ INVALID_ARGUMENT and one WARNING line.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from seedstream.v1 import textgen_pb2 as pb
 
@@ -27,8 +28,8 @@ class MalformedRequest:
     reason: str
 
 
-def _safe_parser(message_class):
-    def parse(data: bytes):
+def _safe_parser(message_class: type[Message]) -> Callable[[bytes], Message | MalformedRequest]:
+    def parse(data: bytes) -> Message | MalformedRequest:
         try:
             return message_class.FromString(data)
         except (DecodeError, UnicodeDecodeError, ValueError) as exc:
@@ -37,9 +38,9 @@ def _safe_parser(message_class):
     return parse
 
 
-def add_text_generation_service(servicer, server) -> None:
+def add_text_generation_service(servicer: object, server: grpc.aio.Server) -> None:
     """What the generated add_TextGenerationServicer_to_server does, with the safe deserializers."""
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Message | MalformedRequest, Message]] = {}
     for method in SERVICE.methods:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)

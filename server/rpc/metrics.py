@@ -25,10 +25,18 @@ several servers in one process (tests) never share counters.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.core import Metric
+
+    from seedstream.server.engine.engine import Engine
 
 # Seconds. Requests span milliseconds (Tokenize) to minutes (long completions on CPU).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -109,13 +117,13 @@ class ServiceMetrics:
         )
         self.in_flight = Gauge("seedstream_requests_in_flight", "Requests being served now", registry=r)
         self.in_flight.set_function(in_flight)
-        self._engine = None
+        self._engine: Engine | None = None
         self._lock = threading.Lock()
         r.register(_EngineGauges(self))
 
     # --- the engine
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
         """Read `engine`'s gauges on scrape and time its steps (until detach)."""
         with self._lock:
             self.detach_locked()
@@ -145,7 +153,9 @@ class ServiceMetrics:
         for _ in range(tokens):
             child.observe(seconds_per_token)
 
-    def observe_request(self, rpc: str, code: str, seconds: float, fields: dict, outcome: str | None = None) -> None:
+    def observe_request(
+        self, rpc: str, code: str, seconds: float, fields: dict[str, Any], outcome: str | None = None
+    ) -> None:
         """One ended request: its status code (a grpc.StatusCode name), latency and token counts;
         `outcome` where the code alone does not say it (a stream dropped at its deadline)."""
         self.requests.labels(rpc, code).inc()
@@ -169,7 +179,7 @@ class ServiceMetrics:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
 
-    def serve_http(self, port: int, host: str = "127.0.0.1"):
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> WSGIServer:
         """Serve /metrics on host:port from a daemon thread; returns the HTTP server (`.server_port`)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
@@ -181,11 +191,11 @@ class _EngineGauges:
     def __init__(self, metrics: ServiceMetrics):
         self.metrics = metrics
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self):
-        engine: object | None = self.metrics._engine
+    def collect(self) -> Iterator[Metric]:
+        engine = self.metrics._engine
         if engine is None:
             return
         load = engine.load()

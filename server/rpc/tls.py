@@ -10,6 +10,10 @@ from __future__ import annotations
 import datetime
 import logging
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("seedstream.server")
 
@@ -34,7 +38,7 @@ def read_file(path: str, flag: str) -> bytes:
         raise TlsFileError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
-def parse_certificates(pem: bytes, flag: str, path: str) -> list:
+def parse_certificates(pem: bytes, flag: str, path: str) -> list[x509.Certificate]:
     """The certificates of a PEM chain (leaf first), or TlsFileError saying why there are none."""
     from cryptography import x509
 
@@ -65,7 +69,7 @@ def check_private_key(pem: bytes, flag: str, path: str) -> None:
         raise TlsFileError(f"{flag} {path}: {what}, not a usable private key ({exc})") from None
 
 
-def date_problems(certificates: list, now: datetime.datetime | None = None) -> list[str]:
+def date_problems(certificates: list[x509.Certificate], now: datetime.datetime | None = None) -> list[str]:
     """One line per certificate that is expired or not yet valid at `now` (UTC)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     problems = []
@@ -79,7 +83,7 @@ def date_problems(certificates: list, now: datetime.datetime | None = None) -> l
     return problems
 
 
-def _warn_dates(certificates: list, flag: str, path: str) -> None:
+def _warn_dates(certificates: list[x509.Certificate], flag: str, path: str) -> None:
     # A warning, not a refusal: a clock that is wrong, or a client that pins the key, can still work;
     # clients that check dates will fail their handshakes, so say it now, not in their logs.
     for problem in date_problems(certificates):
