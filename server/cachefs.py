@@ -188,10 +188,16 @@ def reading(path: Path) -> Iterator[None]:
 def ensure(entry: Path, build: Callable[[Path], None], load: Callable[[Path], T], needed: Callable[[], int]) -> T:
     """`load(entry)` (which calls verify first), building the entry when absent (`build(tmp)` fills a temp
     folder; `needed()` estimates its bytes for a full disk's message) and rebuilding it once when damaged."""
+    damaged: DamagedEntry | None = None
     for attempt in (1, 2):
         with locked(entry):
             if not entry.exists():
-                build_entry(entry, build, needed)
+                try:
+                    build_entry(entry, build, needed)
+                except Exception as exc:
+                    if damaged is None or isinstance(exc, CacheError):
+                        raise
+                    raise CacheError(_rebuild_failed(entry, damaged, exc)) from exc
         found = _inode(entry)
         try:
             return load(entry)
@@ -201,6 +207,7 @@ def ensure(entry: Path, build: Callable[[Path], None], load: Callable[[Path], T]
                     f"{exc.file} is damaged again after rebuilding {entry}: {exc.why}. Check the disk, then "
                     f"remove the cache (`seedstream cache clear`, or delete {entry.parent})"
                 ) from exc
+            damaged = exc
             with locked(entry):
                 if _inode(entry) == found:  # not already replaced by a concurrent start
                     aside = move_aside(entry)
@@ -208,6 +215,15 @@ def ensure(entry: Path, build: Callable[[Path], None], load: Callable[[Path], T]
                         "cache: %s is %s; moved the entry aside to %s and rebuilding it", exc.file, exc.why, aside
                     )
     raise AssertionError("unreachable")
+
+
+def _rebuild_failed(entry: Path, damaged: DamagedEntry, exc: Exception) -> str:
+    """The message of a start that found `entry` damaged and could not build it again."""
+    return (
+        f"{damaged.file} was damaged ({damaged.why}), and rebuilding {entry} failed: {type(exc).__name__}: {exc}. "
+        "The entry is built from its source: check that the model's files are whole and readable (for the "
+        "kernel library: that the C++ compiler, $CXX or g++, works), then start again"
+    )
 
 
 def build_entry(entry: Path, build: Callable[[Path], None], needed: Callable[[], int]) -> None:

@@ -9,6 +9,7 @@ stand-in compiler that copies the library built once (cached) by the real compil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,17 +44,21 @@ def tiny(tmp_path_factory) -> Path:
     return folder
 
 
+def _stand_in_compiler(folder: Path, name: str, body: str) -> Path:
+    """A 'compiler' script: `--version` says the same as every stand-in (so the library's cache entry is the
+    same one), anything else runs `body`."""
+    script = folder / name
+    script.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'copying stand-in 1'; exit 0; }}\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
 @pytest.fixture(scope="module")
 def fake_cxx(tmp_path_factory) -> Path:
     """A 'compiler' that writes the real library (built once into the user's cache) where -o says."""
     library = build_library(detect_isa(), cachefs.cache_root() / "kernels")
-    script = tmp_path_factory.mktemp("cxx") / "cxx"
-    script.write_text(
-        f"#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'copying stand-in 1'; exit 0; }}\n"
-        f'while [ "$1" != -o ]; do shift; done\nexec cp {library} "$2"\n'
-    )
-    script.chmod(0o755)
-    return script
+    body = f'while [ "$1" != -o ]; do shift; done\nexec cp {library} "$2"'
+    return _stand_in_compiler(tmp_path_factory.mktemp("cxx"), "cxx", body)
 
 
 @pytest.fixture
@@ -91,9 +96,9 @@ def _target(cache: Path, which: str) -> Path:
     return {
         "packed matrices": lambda: _one(cache, "packed-*/matrices.safetensors"),
         "packed norms": lambda: _one(cache, "packed-*/norms.safetensors"),
-        "config json": lambda: _one(cache, "v4-*/seedstream.json"),
-        "tokenizer": lambda: _one(cache, "v4-*/tokenizer.json"),
-        "converted weights": lambda: _one(cache, "v4-*/model.safetensors"),
+        "config json": lambda: _one(cache, "v5-*/seedstream.json"),
+        "tokenizer": lambda: _one(cache, "v5-*/tokenizer.json"),
+        "converted weights": lambda: _one(cache, "v5-*/model.safetensors"),
         "kernel library": lambda: _one(cache, "kernels/libssk-*/libssk.so"),
         "hash memo": lambda: _one(cache, "hashes/*.json"),
     }[which]()
@@ -216,11 +221,11 @@ def test_two_starts_on_one_empty_cache_build_each_entry_once(tiny, cache):
 def test_a_start_killed_while_converting_is_cleaned_up(tiny, cache):
     proc = _spawn(tiny, dict(os.environ))
     deadline = time.monotonic() + 120
-    while not list(cache.glob("v4-*.tmp*")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(cache.glob("v5-*.tmp*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert list(cache.glob("v4-*.tmp*")), "killed during the conversion, its temp folder left behind"
+    assert list(cache.glob("v5-*.tmp*")), "killed during the conversion, its temp folder left behind"
     after = start(tiny)
     assert not list(cache.rglob("*.tmp[0-9]*")), "the next start removed what the killed one left"
     shutil.rmtree(cache)
@@ -243,3 +248,63 @@ def test_a_full_disk_at_the_first_start_is_named_and_leaves_nothing_broken(tiny,
         assert start(tiny) == clean
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_start_killed_while_building_the_kernels_is_cleaned_up(tiny, cache, tmp_path):
+    # A compiler that notes its pid and hangs: the start is killed while the library is being built.
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    hanging = _stand_in_compiler(tmp_path, "hanging-cxx", f"touch {hung}/$$\nexec sleep 600")
+    proc = _spawn(tiny, {**os.environ, "CXX": str(hanging)})
+    deadline = time.monotonic() + 120
+    while not list(hung.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    for compiler in hung.iterdir():  # the compilers it started outlive it: end them too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(compiler.name), signal.SIGKILL)
+    assert list(hung.iterdir()), "the start never reached the kernel build"
+    assert list(cache.glob("kernels/libssk-*.tmp*")), "killed during the build, its temp folder left behind"
+    after = start(tiny)  # CXX is the working stand-in again
+    assert not list(cache.rglob("*.tmp[0-9]*")), "the next start removed what the killed one left"
+    assert cli_main(["cache", "verify"]) == 0
+    shutil.rmtree(cache)
+    assert after == start(tiny)
+
+
+def test_a_damaged_model_entry_whose_rebuild_fails_is_named(tiny, cache, tmp_path):
+    """The converted weights are damaged and the source they are rebuilt from is too (its header garbled,
+    size and time kept, so its hash memo still names the same entry): the start ends naming both and the fix."""
+    source = tmp_path / "model"
+    shutil.copytree(tiny, source)
+    load_engine(EngineConfig(model=str(source), backend="torch"), progress=lambda m: None)
+    victim = _target(cache, "converted weights")
+    _damage(victim, "flip")
+    weights = source / "model.safetensors"
+    stat = weights.stat()
+    with open(weights, "r+b") as fh:
+        fh.seek(8)  # past the header's length: its JSON
+        fh.write(b"x" * 32)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(cachefs.CacheError) as failed:
+        load_engine(EngineConfig(model=str(source), backend="torch"), progress=lambda m: None)
+    message = str(failed.value)
+    assert f"{victim} was damaged (its bytes differ" in message  # the file
+    assert f"rebuilding {victim.parent} failed: SafetensorError" in message  # the cause
+    assert "check that the model's files are whole and readable" in message  # the fix
+
+
+def test_a_damaged_kernel_library_whose_rebuild_fails_is_named(tiny, cache, monkeypatch, tmp_path):
+    start(tiny)
+    library = _target(cache, "kernel library")
+    _damage(library, "truncate")
+    failing = _stand_in_compiler(tmp_path, "failing-cxx", "echo 'cc1plus: fatal error: stand-in fails' >&2\nexit 1")
+    monkeypatch.setenv("CXX", str(failing))
+    with pytest.raises(cachefs.CacheError) as failed:
+        start(tiny)
+    message = str(failed.value)
+    assert f"{library} was damaged (" in message and "truncated" in message
+    assert "kernel build failed" in message and "stand-in fails" in message
+    assert "that the C++ compiler, $CXX or g++, works" in message
