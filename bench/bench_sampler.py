@@ -3,8 +3,9 @@
 Usage: python bench/bench_sampler.py [--quick] [--threads 2]
 
 A second table times the penalties over long histories (text-like ids, prompt and output of the
-same length): sample() given id lists, then given TokenHistory rows (what the engine keeps), each
-as a ratio to the same call without penalties.
+same length): sample() given TokenHistory rows (what the engine keeps), as a ratio to the same call
+without penalties. sample() no longer takes id lists, so the id-list column of the tables up to
+2026-11-29 in docs/benchmarks.md is gone.
 
 Logits come from a documented heavy-tailed generator (see `zipf_logits`), not from a model.
 Each cell is the median time of one sample() call over fresh logits, reported as ratios to one
@@ -59,9 +60,10 @@ def make_params(mix: str, batch: int, rng: random.Random) -> list[SamplingParams
 
 
 def make_histories(batch: int, vocab: int, rng: random.Random):
+    """(prompt id lists, output id lists, their TokenHistory rows) of HISTORY random ids each."""
     prompt = [[rng.randrange(vocab) for _ in range(HISTORY)] for _ in range(batch)]
     output = [[rng.randrange(vocab) for _ in range(HISTORY)] for _ in range(batch)]
-    return prompt, output
+    return prompt, output, [TokenHistory(p).with_output(o) for p, o in zip(prompt, output)]
 
 
 def reference_row(scores: torch.Tensor, p: SamplingParams, prompt, output, gen) -> int:
@@ -108,11 +110,11 @@ def time_calls(fns, inputs, repeats: int) -> list[float]:
 def bench_cell(logits, mix, args, rng) -> dict:
     batch, vocab = logits[0].shape
     params = make_params(mix, batch, rng)
-    prompt, output = make_histories(batch, vocab, rng)
+    prompt, output, histories = make_histories(batch, vocab, rng)
     steps = list(range(batch))
 
     def do_sample(x):
-        return sample(x, params, steps, prompt_token_ids=prompt, output_token_ids=output)
+        return sample(x, params, steps, histories=histories)
 
     t_soft, t_samp = time_calls([lambda x: torch.softmax(x, -1), do_sample], logits, args.repeats)
     (t_ref,) = time_calls([lambda x: run_reference(x, params, prompt, output)], logits, args.ref_repeats)
@@ -127,7 +129,7 @@ def text_like_ids(n: int, vocab: int, rng: random.Random) -> list[int]:
 
 
 def history_cell(logits, length: int, args, rng: random.Random) -> dict:
-    """Median seconds of sample() without penalties, with id lists, with TokenHistory rows."""
+    """Median seconds of sample() without penalties and with TokenHistory rows."""
     batch, vocab = logits[0].shape
     params = [
         SamplingParams(seed=i, top_k=50, top_p=0.9, repetition_penalty=1.1, frequency_penalty=0.2) for i in range(batch)
@@ -142,22 +144,21 @@ def history_cell(logits, length: int, args, rng: random.Random) -> dict:
     times = time_calls(
         [
             lambda x: sample(x, plain, steps),
-            lambda x: sample(x, params, steps, prompt_token_ids=prompt, output_token_ids=output),
             lambda x: sample(x, params, steps, histories=hist),
         ],
         logits,
         args.repeats,
     )
-    return dict(zip(("plain", "lists", "hist"), times), distinct=statistics.mean(len(h) for h in hist))
+    return dict(zip(("plain", "hist"), times), distinct=statistics.mean(len(h) for h in hist))
 
 
 def bench_histories(args, gen: torch.Generator, rng: random.Random) -> None:
-    """sample() with repetition and frequency penalties over long histories: id lists vs TokenHistory."""
+    """sample() with repetition and frequency penalties over long histories (TokenHistory rows)."""
     print(
-        "\n| V | B | history (prompt + output) | distinct ids per row | no penalties ms | id lists ms | "
-        "TokenHistory ms | id lists / no penalties | TokenHistory / no penalties | lists / TokenHistory |"
+        "\n| V | B | history (prompt + output) | distinct ids per row | no penalties ms | "
+        "TokenHistory ms | TokenHistory / no penalties |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     vocab = 49152
     for batch in (1, 32):
         logits = [zipf_logits(batch, vocab, gen) for _ in range(args.variants)]
@@ -165,8 +166,7 @@ def bench_histories(args, gen: torch.Generator, rng: random.Random) -> None:
             c = history_cell(logits, length, args, rng)
             print(
                 f"| {vocab} | {batch} | {length} | {c['distinct']:.0f} | {c['plain'] * 1e3:.2f} | "
-                f"{c['lists'] * 1e3:.2f} | {c['hist'] * 1e3:.2f} | {c['lists'] / c['plain']:.2f}× | "
-                f"{c['hist'] / c['plain']:.2f}× | {c['lists'] / c['hist']:.1f}× |",
+                f"{c['hist'] * 1e3:.2f} | {c['hist'] / c['plain']:.2f}× |",
                 flush=True,
             )
 

@@ -56,24 +56,19 @@ def sample(
     params: Sequence[SamplingParams],
     steps: Sequence[int] | torch.Tensor,
     *,
-    prompt_token_ids: Sequence[Sequence[int]] | None = None,
-    output_token_ids: Sequence[Sequence[int]] | None = None,
+    histories: Sequence[TokenHistory | None] | None = None,
     sample_indices: Sequence[int] | None = None,
     suppress_token_ids: Sequence[Sequence[int]] | None = None,
-    histories: Sequence[TokenHistory | None] | None = None,
     top_n: int = 0,
 ) -> SampleResult:
     """Sample one token per row of logits [B, V]; see the package docstring for the semantics.
 
-    Id rows may be lists, tuples, int64 tensors or arrays; an int64 array (array.array("q")) is read
-    without a Python loop, so a caller that keeps long histories as arrays pays little per step.
-    `histories` (a TokenHistory per row, kept up to date by the caller) gives the penalties the same
-    prompt and output in a form that costs no sort per step; it replaces prompt_token_ids and
-    output_token_ids.
+    histories: a TokenHistory per row (None for a row without), the prompt and the output so far that
+    the penalties read, kept up to date by the caller token by token, so a step sorts nothing; None
+    when no row has one. Suppressed id rows may be lists, tuples, int64 tensors or arrays (an int64
+    array.array("q") is read without a Python loop).
     """
     batch, vocab = _check(logits, params, steps, sample_indices, top_n)
-    if histories is not None and (prompt_token_ids is not None or output_token_ids is not None):
-        raise ValueError("give histories or prompt_token_ids/output_token_ids, not both")
     device = logits.device
     if batch == 0 or vocab == 0:
         return _empty(batch, min(top_n, vocab), device)
@@ -84,7 +79,7 @@ def sample(
         x,
         raw_block_max,
         raw_max,
-        edits(x, vocab, params, prompt_token_ids, output_token_ids, suppress_token_ids, histories),
+        edits(x, vocab, params, histories, suppress_token_ids),
     )
     if processed.patch_map is not None and bool((processed.row_max == NEG_INF).any()):
         processed.drop_edits((processed.row_max == NEG_INF).nonzero()[:, 0])

@@ -15,7 +15,7 @@ from .params import SamplingParams
 from .select import RADIX_MIN
 
 IdLists = Sequence[Sequence[int]] | None
-REP, OUT, BIAS, SUP = 1, 2, 4, 8  # edit kinds, as bit flags
+BIAS, SUP = 1, 2  # kinds of the edits besides the histories' (logit bias, suppression), as bit flags
 
 
 def _ids(seq: Sequence[int] | torch.Tensor) -> Sequence[int]:
@@ -37,34 +37,24 @@ def _bias_arrays(p: SamplingParams) -> tuple[array.array[int], array.array[float
     return cached
 
 
-def _gather_edits(
-    params: Sequence[SamplingParams], prompt_ids: IdLists, output_ids: IdLists, suppress_ids: IdLists
+def _gather_extra_edits(
+    params: Sequence[SamplingParams], suppress_ids: IdLists
 ) -> tuple[array.array[int], list[tuple[int, int, float, int]], array.array[float]]:
     """Token ids (array), segments [(row, kind, 0, length)] and the biases of the BIAS edits in order
-    (array); marshalling only."""
+    (array) of the logit bias and suppression edits; marshalling only."""
     token_ids = array.array("q")
     biases = array.array("d")
     segments: list[tuple[int, int, float, int]] = []
-
-    def add(r: int, ids: Sequence[int] | torch.Tensor, kind: int) -> None:
-        ids = _ids(ids)
-        token_ids.extend(ids)
-        segments.append((r, kind, 0.0, len(ids)))
-
     for r, p in enumerate(params):
-        counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-        repeated = REP if p.repetition_penalty != 1.0 else 0
-        if repeated and prompt_ids is not None:
-            add(r, prompt_ids[r], REP)
-        if output_ids is not None and (counted or repeated):
-            add(r, output_ids[r], repeated | (OUT if counted else 0))
         if p.logit_bias:
             ids, values = _bias_arrays(p)
             token_ids.extend(ids)
             biases.extend(values)
             segments.append((r, BIAS, 0.0, len(ids)))
         if suppress_ids is not None and len(suppress_ids[r]):
-            add(r, suppress_ids[r], SUP)
+            suppressed = _ids(suppress_ids[r])
+            token_ids.extend(suppressed)
+            segments.append((r, SUP, 0.0, len(suppressed)))
     return token_ids, segments, biases
 
 
@@ -72,38 +62,41 @@ def edits(
     x: torch.Tensor,
     vocab: int,
     params: Sequence[SamplingParams],
-    prompt_ids: IdLists,
-    output_ids: IdLists,
+    histories: Sequence[TokenHistory | None] | None,
     suppress_ids: IdLists,
-    histories: Sequence[TokenHistory | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(flat index into x [M] int64, ascending, new value [M] float32) of every edited logit, or None.
 
     x is the padded float32 [B, Vp] matrix. Per token: repetition penalty (once), then
     s -= frequency * count + presence * (count > 0), then s += bias, then min(s, float32 max);
-    suppressed tokens -> -inf.
-    Token ids outside [0, vocab) are ignored. `histories` (one TokenHistory per row, or None for a
-    row without) replaces prompt_ids and output_ids and gives the same edits.
+    suppressed tokens -> -inf. Token ids outside [0, vocab) are ignored.
+
+    histories: one TokenHistory per row (None for a row without; None for no row), the prompt and
+    output the penalties read. Their ids are distinct and ascending, so the penalty edits need no
+    sort; only the bias and suppression edits, usually few, are merged in. Every history edit takes
+    the repetition penalty: a row without one has repetition_penalty 1, and s * 1 and s / 1 are s,
+    bit for bit.
     """
-    if histories is not None:
-        return _history_edits(x, vocab, params, histories, suppress_ids)
-    token_ids, segments, biases = _gather_edits(params, prompt_ids, output_ids, suppress_ids)
-    if not len(token_ids):
-        return None
+    if histories is not None and len(histories) != len(params):
+        raise ValueError(f"histories has {len(histories)} entries for B={len(params)}")
     device, width = x.device, x.shape[1]
-    keys, kind, bias = _flat_edits(token_ids, segments, biases, vocab, width, device)
-    if keys.numel() == 0:
-        return None
-    unique_keys, slot_of_key = _unique(keys, x.shape[0] * width)
-    n_slots = unique_keys.numel()
-
-    def per_slot(v: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_slots, dtype=v.dtype, device=device).index_add_(0, slot_of_key, v)
-
-    repeated, counts = per_slot(kind & REP) > 0, per_slot(((kind & OUT) > 0).float())
-    return unique_keys, _new_values(
-        x, unique_keys, repeated, counts, per_slot(bias), per_slot(kind & SUP) > 0, params, width
+    history_keys, history_counts = _history_keys(params, histories, vocab, width, device)
+    token_ids, extra_segments, biases = _gather_extra_edits(params, suppress_ids)
+    extra_keys, extra_kinds, extra_bias = (
+        _flat_edits(token_ids, extra_segments, biases, vocab, width, device) if len(token_ids) else (None, None, None)
     )
+    if extra_keys is None or extra_keys.numel() == 0:
+        if history_keys.numel() == 0:
+            return None
+        return history_keys, _new_values(x, history_keys, None, history_counts, None, None, params, width)
+    assert extra_kinds is not None and extra_bias is not None, "set with extra_keys"
+    positions, history_slot, extra_slot = _merge(history_keys, extra_keys, x.shape[0] * width)
+    n_slots = positions.numel()
+    repeated = torch.zeros(n_slots, dtype=torch.bool, device=device).index_fill_(0, history_slot, True)
+    counts = torch.zeros(n_slots, dtype=torch.float32, device=device).index_put_((history_slot,), history_counts)
+    bias = torch.zeros(n_slots, dtype=torch.float32, device=device).index_add_(0, extra_slot, extra_bias)
+    suppressed = torch.zeros(n_slots, dtype=torch.int64, device=device).index_add_(0, extra_slot, extra_kinds & SUP) > 0
+    return positions, _new_values(x, positions, repeated, counts, bias, suppressed, params, width)
 
 
 def _flat_edits(
@@ -131,44 +124,9 @@ def _flat_edits(
     return keys, kind[ok], bias.float()[ok]
 
 
-def _history_edits(
-    x: torch.Tensor,
-    vocab: int,
-    params: Sequence[SamplingParams],
-    histories: Sequence[TokenHistory | None],
-    suppress_ids: IdLists,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """edits() from TokenHistory rows: their ids are distinct and ascending, so the penalty edits
-    need no sort; only the bias and suppression edits, usually few, are merged in.
-
-    Every history edit takes the repetition penalty: a row without one has repetition_penalty 1,
-    and s * 1 and s / 1 are s, bit for bit.
-    """
-    if len(histories) != len(params):
-        raise ValueError(f"histories has {len(histories)} entries for B={len(params)}")
-    device, width = x.device, x.shape[1]
-    history_flat_keys, history_counts = _history_keys(params, histories, vocab, width, device)
-    token_ids, extra_segments, biases = _gather_edits(params, None, None, suppress_ids)  # bias and suppression only
-    extra_keys, extra_kinds, extra_bias = (
-        _flat_edits(token_ids, extra_segments, biases, vocab, width, device) if len(token_ids) else (None, None, None)
-    )
-    if extra_keys is None or extra_keys.numel() == 0:
-        if history_flat_keys.numel() == 0:
-            return None
-        return history_flat_keys, _new_values(x, history_flat_keys, None, history_counts, None, None, params, width)
-    assert extra_kinds is not None and extra_bias is not None, "set with extra_keys"
-    unique_keys, history_slot, extra_slot = _merge(history_flat_keys, extra_keys, x.shape[0] * width)
-    n_slots = unique_keys.numel()
-    repeated = torch.zeros(n_slots, dtype=torch.bool, device=device).index_fill_(0, history_slot, True)
-    counts = torch.zeros(n_slots, dtype=torch.float32, device=device).index_put_((history_slot,), history_counts)
-    bias = torch.zeros(n_slots, dtype=torch.float32, device=device).index_add_(0, extra_slot, extra_bias)
-    suppressed = torch.zeros(n_slots, dtype=torch.int64, device=device).index_add_(0, extra_slot, extra_kinds & SUP) > 0
-    return unique_keys, _new_values(x, unique_keys, repeated, counts, bias, suppressed, params, width)
-
-
 def _history_keys(
     params: Sequence[SamplingParams],
-    histories: Sequence[TokenHistory | None],
+    histories: Sequence[TokenHistory | None] | None,
     vocab: int,
     width: int,
     device: torch.device,
@@ -178,7 +136,7 @@ def _history_keys(
     ids, counts = array.array("q"), array.array("q")
     offsets: list[int] = []  # row * width of each row read
     lengths: list[int] = []  # how many ids it gave
-    for r, (p, h) in enumerate(zip(params, histories)):
+    for r, (p, h) in enumerate(zip(params, histories or [None] * len(params))):
         counted = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
         if h is None or not (counted or p.repetition_penalty != 1.0):
             continue
@@ -206,16 +164,16 @@ def _merge(h: torch.Tensor, e: torch.Tensor, sentinel: int) -> tuple[torch.Tenso
     """(sorted union of h and e, slot in it of each h, slot of each e); h ascending and distinct."""
     unique_extra, extra_inverse = _unique(e, sentinel)
     n = h.numel()
-    pos = torch.searchsorted(h, unique_extra)  # [U] first h >= eu
-    found = pos < n
-    found[found.clone()] = h[pos[found]] == unique_extra[found]
+    first_at_or_above = torch.searchsorted(h, unique_extra)  # [U] first h >= each unique e
+    found = first_at_or_above < n
+    found[found.clone()] = h[first_at_or_above[found]] == unique_extra[found]
     new = unique_extra[~found]  # [K] ids not in h
     history_slot = torch.arange(n, device=h.device) + torch.searchsorted(new, h)
     new_slot = torch.arange(new.numel(), device=h.device) + torch.searchsorted(h, new)
     unique_keys = torch.empty(n + new.numel(), dtype=h.dtype, device=h.device)
     unique_keys[history_slot], unique_keys[new_slot] = h, new
     extra_slot = torch.empty_like(unique_extra)
-    extra_slot[found], extra_slot[~found] = history_slot[pos[found]], new_slot
+    extra_slot[found], extra_slot[~found] = history_slot[first_at_or_above[found]], new_slot
     return unique_keys, history_slot, extra_slot[extra_inverse]
 
 
@@ -238,7 +196,7 @@ def _row_params(params: Sequence[SamplingParams], rows: torch.Tensor) -> torch.T
 
 def _new_values(
     x: torch.Tensor,
-    unique_keys: torch.Tensor,
+    positions: torch.Tensor,
     repeated: torch.Tensor | None,
     counts: torch.Tensor,
     bias: torch.Tensor | None,
@@ -246,18 +204,17 @@ def _new_values(
     params: Sequence[SamplingParams],
     width: int,
 ) -> torch.Tensor:
-    """float32 [M] edited values of the positions `uniq`, given per position: repetition-penalised
+    """float32 [M] edited values of the flat positions [M] into x, given per position: repetition-penalised
     [M] bool (None: all), output count [M] float32, summed bias [M] float32 (None: none),
     suppressed [M] bool (None: none)."""
-    rows = unique_keys // width
-    values = x.view(-1)[unique_keys]  # [M]
+    rows = positions // width
+    values = x.view(-1)[positions]  # [M]
     repetition, frequency, presence = _row_params(params, rows).unbind(1)  # [M] each
     penalised = torch.where(values < 0, values * repetition, values / repetition)
     values = penalised if repeated is None else torch.where(repeated, penalised, values)
     values = values - frequency * counts
     values = values - presence * (counts > 0).float()
-    values = values + (
-        0.0 if bias is None else bias
-    )  # adding 0 also makes -0.0 +0.0, as the list path's zero bias does
+    # Adding 0 turns -0.0 into +0.0 as a zero bias does: an edit's bits do not depend on the batch holding a bias.
+    values = values + (0.0 if bias is None else bias)
     values = values.clamp(max=FLOAT_MAX)  # an overflow to +inf stays the largest value
     return values if suppressed is None else values.masked_fill(suppressed, float("-inf"))

@@ -137,13 +137,24 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
     """
     seqs = [seq for seq, _, _ in checks]
     steps = [i for _, _, i in checks]
-    penalties = any(_uses_penalties(seq.request.sampling) for seq in seqs)
+    histories: list[TokenHistory] | None = None
+    if any(_uses_penalties(seq.request.sampling) for seq in seqs):
+        # Row i reads the prompt and resume_ids[:i]: one history per sequence, grown along its checks
+        # (ascending i) and copied at each, so a long resumed stream is not re-sorted for every row.
+        grown: dict[int, tuple[int, TokenHistory]] = {}
+        histories = []
+        for seq, i in zip(seqs, steps):
+            seen, history = grown.get(id(seq), (0, None))
+            if history is None or seen > i:
+                seen, history = 0, TokenHistory(seq.prompt)
+            history = history.with_output(seq.resume_ids[seen:i])
+            grown[id(seq)] = (i, history)
+            histories.append(history)
     result = sample(
         logits[[row for _, row, _ in checks]],
         [seq.request.sampling for seq in seqs],
         steps,
-        prompt_token_ids=[seq.prompt for seq in seqs] if penalties else None,
-        output_token_ids=[seq.resume_ids[:i] for seq, i in zip(seqs, steps)] if penalties else None,
+        histories=histories,
         sample_indices=[seq.request.sample_index for seq in seqs],
         suppress_token_ids=[seq.stop.suppressed_ids(i) for seq, i in zip(seqs, steps)],
     )

@@ -1,4 +1,8 @@
-"""Slow references for the sampler tests: the documented semantics row by row, and transformers."""
+"""Slow references for the sampler tests: the documented semantics row by row, and transformers.
+
+The reference takes each row's prompt and output as plain id lists; sample() takes the TokenHistory a
+caller keeps of them (`sample_from_id_lists` builds those), so comparing the two also checks the histories.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from seedstream.sampler import SamplingParams
+from seedstream.sampler import SampleResult, SamplingParams, TokenHistory, sample
 from seedstream.sampler.rng import python_uniform
 
 BLOCK = 64
@@ -48,8 +52,12 @@ def edited(x: torch.Tensor, vocab: int, p: SamplingParams, prompt, output, suppr
         pp = torch.tensor(p.presence_penalty, dtype=torch.float32)
         for t, c in counts.items():
             s[t] = s[t] - fp * torch.tensor(float(c)) - pp * torch.tensor(1.0)
+    bias: dict[int, torch.Tensor] = {}  # a token's biases summed in float32 first (an id may repeat)
     for t, b in p.logit_bias:
-        s[t] = s[t] + torch.tensor(b, dtype=torch.float32)
+        if 0 <= t < vocab:
+            bias[t] = bias.get(t, torch.tensor(0.0)) + torch.tensor(b, dtype=torch.float32)
+    for t, b in bias.items():
+        s[t] = s[t] + b
     s = s.clamp(max=torch.finfo(torch.float32).max)
     for t in suppress or []:
         if 0 <= t < vocab:
@@ -172,3 +180,18 @@ def hf_distribution(row: torch.Tensor, p: SamplingParams, prompt=(), output=(), 
     if p.min_p > 0:
         scores = MinPLogitsWarper(p.min_p)(ids, scores)
     return torch.softmax(scores[0].double(), -1)
+
+
+def histories_of(prompt_token_ids, output_token_ids) -> list[TokenHistory] | None:
+    """The TokenHistory of each row's prompt and output id lists, as a caller keeps them; None for none."""
+    if prompt_token_ids is None and output_token_ids is None:
+        return None
+    rows = len(prompt_token_ids if prompt_token_ids is not None else output_token_ids)
+    prompts = prompt_token_ids if prompt_token_ids is not None else [()] * rows
+    outputs = output_token_ids if output_token_ids is not None else [()] * rows
+    return [TokenHistory(prompt).with_output(output) for prompt, output in zip(prompts, outputs, strict=True)]
+
+
+def sample_from_id_lists(logits, params, steps, prompt_token_ids=None, output_token_ids=None, **kw) -> SampleResult:
+    """sample() given the histories of these prompt and output id lists (the reference's form of them)."""
+    return sample(logits, params, steps, histories=histories_of(prompt_token_ids, output_token_ids), **kw)

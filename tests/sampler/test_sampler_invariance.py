@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 import torch
-from sampler_reference import reference_sample
+from sampler_reference import reference_sample, sample_from_id_lists
 
 import seedstream.sampler.core as core
 import seedstream.sampler.one_row as one_row
 import seedstream.sampler.truncate as truncate_mod
-from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler import SamplingParams
 from seedstream.sampler.rows import kth_threshold
 
 KINDS = [
@@ -95,7 +95,9 @@ def run(logits, params, steps, extra, order, top_n=5):
 
     core.DrawnTokens.put, core.DrawnTokens.put_one, truncate_mod._kept, one_row.draw = put, put_one, kept, one
     try:
-        res = sample(logits[order], pick(params), pick(steps), top_n=top_n, **{k: pick(v) for k, v in extra.items()})
+        res = sample_from_id_lists(
+            logits[order], pick(params), pick(steps), top_n=top_n, **{k: pick(v) for k, v in extra.items()}
+        )
     finally:
         core.DrawnTokens.put, core.DrawnTokens.put_one, truncate_mod._kept, one_row.draw = (
             real_put,
@@ -207,7 +209,7 @@ def random_case(rng: random.Random):
 
 
 def assert_matches_reference(x, params, steps, extra, top_n):
-    got = sample(x, params, steps, top_n=top_n, **extra)
+    got = sample_from_id_lists(x, params, steps, top_n=top_n, **extra)
     want = reference_sample(
         x,
         params,

@@ -12,7 +12,7 @@ import torch
 from sampler_reference import edited, hf_distribution, kept_set
 from scipy import stats
 
-from seedstream.sampler import SamplingParams, sample
+from seedstream.sampler import SamplingParams, TokenHistory, sample
 
 ALPHA = 1e-3
 DRAWS = 20000
@@ -29,7 +29,7 @@ def _logits(seed: int, scale: float = 2.5) -> torch.Tensor:
 def _draw(row: torch.Tensor, p: SamplingParams, n: int = DRAWS, hist: bool = False, sup=None):
     """n draws for one row: distinct seeds, steps and sample indices, one batched call."""
     params = [dataclasses.replace(p, seed=1000 + i) for i in range(n)]
-    kw = dict(prompt_token_ids=[PROMPT] * n, output_token_ids=[OUTPUT] * n) if hist else {}
+    kw = dict(histories=[TokenHistory(PROMPT).with_output(OUTPUT)] * n) if hist else {}
     res = sample(
         row.expand(n, -1).contiguous(),
         params,
@@ -156,8 +156,7 @@ def test_greedy_lowest_id_wins_ties_after_edits():
         row.expand(4, -1),
         params,
         [0] * 4,
-        prompt_token_ids=[[], [], [1], []],
-        output_token_ids=[[], [], [], []],
+        histories=[None, None, TokenHistory([1]), None],
         suppress_token_ids=[[], [], [], [1]],
     )
     assert res.token_ids.tolist() == [1, 1, 3, 3]
