@@ -14,6 +14,7 @@ from seedstream.server.kernels import Kernels, build_library, detect_isa, load_k
 from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, PackedMatrix, load_packed, save_packed
 
 from .config import DTYPES, EngineConfig
+from .forward import ForwardModel
 from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
 from .loader import LoadedWeights, cache_root
 from .model import DecoderModel, ModelConfig
@@ -22,13 +23,12 @@ log = logging.getLogger("seedstream.engine")
 
 DEQUANTISED_FORMATS = ("q2_k", "q3_k")  # GGUF types read, dequantised to float32 for the kernels
 
-Model = KernelModel | DecoderModel
 _TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any engine changed it
 
 
 def build_model(
     weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[Model, str]:
+) -> tuple[ForwardModel, str]:
     """The model for this config, and its weight format (f32/q8_0/q4_1, or the torch dtype's name)."""
     if _wants_kernels(config, device, dtype):
         kernels, why_not = _kernels_for(cfg, config)
@@ -54,8 +54,8 @@ def build_model(
         log.warning("%s: serving on the torch path", why_not)
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
     log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
-    model = DecoderModel(cfg, weights.state_dict, device, dtype, kv_dtype=kv_dtype(config, dtype))
-    return model, str(dtype).removeprefix("torch.")
+    torch_model = DecoderModel(cfg, weights.state_dict, device, dtype, kv_dtype=kv_dtype(config, dtype))
+    return torch_model, str(dtype).removeprefix("torch.")
 
 
 def _kernels_for(cfg: ModelConfig, config: EngineConfig) -> tuple[Kernels | None, str]:

@@ -16,15 +16,15 @@ from seedstream.sampler import SAMPLER_VERSION
 from seedstream.server.phases import phase
 
 from .admission import FairQueue
+from .apply import apply_step
 from .backends import build_model
 from .config import EngineConfig, resolve_device, resolve_dtype
-from .kv_cache import kv_tag
 from .loader import LoadedWeights, ProgressFn, load_weights
-from .model import KEY_BLOCK, QUERY_TILE, ROW_TILE, ModelConfig, describe
+from .model import ModelConfig, describe
 from .prefix_cache import PrefixCache
 from .runner import ModelRunner
 from .scheduler import StepBudget, admit, kv_tokens, plan_step
-from .sequence import EngineSequence, SequenceKind
+from .sequence import EngineSequence
 from .speculation import SpeculationStats
 from .text import TextCodec
 from .types import (
@@ -55,7 +55,7 @@ class Engine:
         # the loader gives the weights under canonical names, every option folded in (arch.py), read lazily
         self.model, weight_format = build_model(weights, config, self.model_config, self.device, self.dtype)
         # Prefill equals decode bit for bit on both paths: the chunk size and the scheduling are not part of it.
-        forward_tag = getattr(self.model, "version_tag", None) or torch_path_tag(self.model)
+        forward_tag = self.model.version_tag
         self.tokenizer = weights.tokenizer
         self.eos_token_ids = frozenset(weights.generation_eos)
         self.text = TextCodec(self.tokenizer, self.eos_token_ids)
@@ -82,6 +82,8 @@ class Engine:
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
         self.budget = StepBudget.from_config(config, self.info.max_context, self.model.draft_row_cost)
         self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
+        self.draft_tokens = 0  # tokens drafted by speculation so far
+        self.accepted_tokens = 0  # of those, the ones the seeded sampler drew too (kept)
         # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
         self.step_listeners: list[Callable[[float, int], None]] = []
         log.info(
@@ -178,7 +180,7 @@ class Engine:
 
     def speculation(self) -> SpeculationStats:
         """Speculative decoding's setting and its counts since start (read without the lock: two ints)."""
-        return SpeculationStats(self.config.speculative_tokens, self.runner.draft_tokens, self.runner.accepted_tokens)
+        return SpeculationStats(self.config.speculative_tokens, self.draft_tokens, self.accepted_tokens)
 
     @property
     def prefill_tokens(self) -> int:
@@ -290,19 +292,18 @@ class Engine:
         admit(self._running, self._waiting, self.budget)
 
     def _step(self) -> None:
+        """One step: the scheduler's plan, the runner's result, both applied to the sequences (step.py)."""
         started = time.perf_counter()
-        batch = plan_step(self._running, self.budget, self.prefix_cache)
-        if batch.runs:
-            self.runner.run(batch)
-        for seq in self._running:
-            if seq.kind is SequenceKind.SCORE and seq.prefill_done and not seq.finished:
-                seq.finish_scoring()
+        plan = plan_step(self._running, self.budget, self.prefix_cache)
+        result = self.runner.execute(plan)
+        self.accepted_tokens += apply_step(plan, result)
+        self.draft_tokens += plan.draft_tokens
         with self._lock:
             self._running = [s for s in self._running if not s.finished]
         elapsed = time.perf_counter() - started
         for listener in self.step_listeners:
             try:
-                listener(elapsed, len(batch.token_ids))
+                listener(elapsed, len(plan.token_ids))
             except Exception:  # an observer must never fail the batch
                 log.exception("step listener failed")
 
@@ -331,8 +332,3 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim this way
         pass
-
-
-def torch_path_tag(model) -> str:
-    """The torch path's part of engine_version: its tiles, and the KV cache's type where it is not the compute dtype."""
-    return f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}" + kv_tag(model.kv_dtype, model.dtype)

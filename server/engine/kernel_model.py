@@ -237,7 +237,7 @@ def kernel_shape_problem(cfg: ModelConfig, kernels: Kernels) -> str | None:
 
 
 class KernelModel:
-    """Same interface as DecoderModel (forward, new_cache), on packed weights and the C++ kernels."""
+    """A ForwardModel (forward.py), as DecoderModel is, on packed weights and the C++ kernels."""
 
     def __init__(
         self,
@@ -340,10 +340,8 @@ class KernelModel:
         positions: torch.Tensor,
         segments: Sequence[Segment],
         logit_rows: torch.Tensor,
-        decode_rows: int = 0,
     ) -> torch.Tensor:
-        """Run packed rows (segments in row order). -> logits [R, V] float32 for `logit_rows`.
-        decode_rows is accepted for interface parity: every row takes the same path here."""
+        """Run packed rows (segments in row order). -> logits [R, V] float32 for `logit_rows`."""
         vocab, padded = self.cfg.vocab_size, self.lm_head.n  # the lm_head's rows padded to a multiple of NR
         logits = torch.empty(logit_rows.shape[0], padded, dtype=torch.float32)
         if token_ids.shape[0] == 0:

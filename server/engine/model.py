@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import ModelConfig, RopeSpec
-from .kv_cache import SequenceKVCache
+from .kv_cache import SequenceKVCache, kv_tag
 
 __all__ = ["ModelConfig", "DecoderModel", "Segment", "invariant_linear", "pad_rows", "describe"]
 
@@ -144,6 +144,12 @@ class DecoderModel:
             return F.linear(x, weight, bias)
         return invariant_linear(pad_rows(x, self.row_tile), weight, bias, self.row_tile)[: x.shape[0]]
 
+    @property
+    def version_tag(self) -> str:
+        """engine_version's part for the torch path: its tiles, and the KV cache's type where it is not the
+        compute dtype."""
+        return f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}" + kv_tag(self.kv_dtype, self.dtype)
+
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
         return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.kv_dtype)
@@ -247,11 +253,10 @@ class DecoderModel:
         positions: torch.Tensor,
         segments: Sequence[Segment],
         logit_rows: torch.Tensor,
-        decode_rows: int = 0,
     ) -> torch.Tensor:
         """Run packed rows. token_ids/positions: [T]; logit_rows: [R] row indices, ascending -> logits [R, V]
-        float32. `decode_rows` (the first rows: one decode token each) is informational: decode and
-        prefill rows share one code path, so a token's bits do not depend on how it was scheduled."""
+        float32. Decode and prefill rows share one code path, so a token's bits do not depend on how it
+        was scheduled."""
         c = self.cfg
         hidden = F.embedding(token_ids, self.embed)  # [T, H]
         if c.embed_scale != 1.0:

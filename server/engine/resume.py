@@ -9,6 +9,8 @@ token; the first that does not is reported as INVALID_ARGUMENT on `resume_token_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .types import GenerationRequest, ParamError
 
 
@@ -40,3 +42,13 @@ def validate_resume(req: GenerationRequest, eos_ids: frozenset[int], vocab: int,
                 "resume_token_ids",
                 f"resume_token_ids[{i}] = {token} ends the stream; a finished stream cannot be resumed",
             )
+
+
+def resume_mismatch(resume_ids: Sequence[int], i: int, token: int) -> str | None:
+    """None when the seed gives `token` at resumed position i, as the caller holds; else what differs."""
+    if token == resume_ids[i]:
+        return None
+    return (
+        f"resume_token_ids[{i}] = {resume_ids[i]}, but this request's stream has {token} there "
+        "(same prompt, sampling settings, seed and sample_index are needed to resume)"
+    )

@@ -1,4 +1,7 @@
-"""The runner: one planned step through the model, then the scoring and sampling of its logits rows."""
+"""The runner: executes a StepPlan (KV copies, the forward pass, scoring and sampling) into a StepResult.
+
+It changes KV caches and its own counters, never a sequence's state: apply.apply_step does that.
+"""
 
 from __future__ import annotations
 
@@ -6,132 +9,142 @@ from collections.abc import Sequence
 
 import torch
 
-from seedstream.sampler import TokenHistory, sample
+from seedstream.sampler import SamplingParams, TokenHistory, sample
 
+from .forward import ForwardModel
 from .model import Segment
 from .prefix_cache import PrefixCache
-from .scheduler import StepBatch
-from .sequence import SequenceKind
-from .types import ParamError
+from .sequence import EngineSequence, SequenceKind
+from .step import Check, Sample, SampledTokens, Score, ScoredToken, StepPlan, StepResult
+from .types import GenerationRequest
 
 
 class ModelRunner:
-    """Runs StepBatches on the model; each sequence gets its rows' results (tokens, logprobs, KV)."""
+    """Runs StepPlans on the model and returns what each logits row gave."""
 
-    def __init__(self, model, device: torch.device, prefix_cache: PrefixCache):
+    def __init__(self, model: ForwardModel, device: torch.device, prefix_cache: PrefixCache):
         self.model = model
         self.device = device
         self.prefix_cache = prefix_cache
         self.prefill_tokens = 0  # prompt tokens computed so far (shared prefills count once)
-        self.draft_tokens = 0  # tokens drafted by speculation so far
-        self.accepted_tokens = 0  # of those, the ones the seeded sampler drew too (kept)
 
-    def run(self, batch: StepBatch) -> None:
-        """The forward pass over the batch's rows, then what each sequence asked of its logits rows."""
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Copy the planned prefix KV, run the forward pass over the plan's rows, then score and sample."""
+        for seq, start, end in plan.kv_copies:
+            self.prefix_cache.copy_into(seq.cache, seq.block_hashes(), start, end)
+            self.prefix_cache.count(end - start, 0)
+        if not plan.runs:
+            return StepResult()
         logits = self.model.forward(
-            torch.tensor(batch.token_ids, device=self.device),
-            torch.tensor(batch.positions, device=self.device),
-            [Segment(seq.cache, start, length) for seq, start, length in batch.runs],
-            torch.tensor(batch.logit_rows, device=self.device, dtype=torch.long),
-            batch.decode_rows,
+            torch.tensor(plan.token_ids, device=self.device),
+            torch.tensor(plan.positions, device=self.device),
+            [Segment(seq.cache, start, length) for seq, start, length in plan.runs],
+            torch.tensor(plan.logit_rows, device=self.device, dtype=torch.long),
         )
-        for donor, child in batch.forks:  # after the forward: the donor's cache holds the prompt
+        for donor, child in plan.forks:  # after the forward: the donor's cache holds the prompt
             child.cache.copy_from(donor.cache)
-        self.prefill_tokens += batch.prefill_tokens
-        for seq in batch.prefilled:
-            self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, seq.prefilled)
-        if batch.checks:
-            check_resumed(logits, batch.checks)
-        for seq in batch.sampled:
-            if seq.resume_ids and not seq.output_ids and not seq.finished:
-                problem = seq.start_after_resume()
-                if problem is not None:
-                    seq.fail(ParamError("resume_token_ids", problem))
-        if batch.scored:
-            self._score(logits, batch)
-        if batch.sampled:
-            self._sample_and_emit(logits, batch)
+        for seq, start, end in plan.prefills:
+            self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, end)
+            self.prefix_cache.count(0, end - start)
+        self.prefill_tokens += plan.prefill_tokens
+        checks = tuple(check_resumed(logits, plan.checks)) if plan.checks else ()
+        scores = _score(logits, plan.scores) if plan.scores else ()
+        samples = _sample(logits, plan.samples) if plan.samples else ()
+        for (seq, _, draft), tokens in zip(plan.samples, samples):
+            if draft:  # the rows after the first token that differs from the draft are stale
+                seq.cache.length = seq.num_tokens - 1 + _draft_rows_kept(draft, tokens.token_ids)
+        return StepResult(samples, scores, checks)
 
-    def _score(self, logits: torch.Tensor, batch: StepBatch) -> None:
-        rows = logits[batch.score_rows]  # [S, V]
-        logprobs = torch.log_softmax(rows, dim=-1)
-        targets = torch.tensor(batch.score_targets, device=rows.device)
-        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
-        # Echo with top_logprobs (the OpenAI completions form) also wants the prompt's top alternatives.
-        generations = [s for s in batch.scored if s.kind is SequenceKind.GENERATE]
-        top_n = max((s.request.top_logprobs for s in generations), default=0)
-        top = logprobs.topk(top_n, dim=-1) if top_n else None
-        for i, (seq, lp, g) in enumerate(zip(batch.scored, chosen, greedy)):
-            seq.prompt_logprobs.append(lp)
-            seq.prompt_greedy.append(g)
-            if top is not None and seq.kind is SequenceKind.GENERATE and seq.request.top_logprobs:
-                seq.prompt_top.append((top.indices[i].tolist(), top.values[i].tolist()))
 
-    def _sample_and_emit(self, logits: torch.Tensor, batch: StepBatch) -> None:
-        """Sample every sampled row, each at its own step; a drafted token is kept while the row
-        before it samples exactly that token, and the first row that samples another ends the run."""
-        keep = [i for i, s in enumerate(batch.sampled) if not s.finished]  # a failed resume check
-        if not keep:
-            return
-        rows = _SampledRows(batch, keep)
-        result = sample(
-            _rows_of(logits, rows.logit_rows),
-            [s.request.sampling for s in rows.seqs],
-            rows.steps,
-            histories=rows.histories if rows.penalties else None,
-            sample_indices=[s.request.sample_index for s in rows.seqs],
-            suppress_token_ids=[s.stop.suppressed_ids(step) for s, step in zip(rows.seqs, rows.steps)],
-            top_n=max(s.request.top_logprobs for s in rows.seqs),
+def _score(logits: torch.Tensor, scores: Sequence[Score]) -> tuple[ScoredToken, ...]:
+    """Each scored row's raw logprob of its target, its argmax, and top alternatives where asked."""
+    rows = logits[[row for _, row, _ in scores]]  # [S, V]
+    logprobs = torch.log_softmax(rows, dim=-1)
+    targets = torch.tensor([target for _, _, target in scores], device=rows.device)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    greedy = rows.argmax(dim=-1).tolist()  # first maximum: lowest token id on ties
+    # Echo with top_logprobs (the OpenAI completions form) also wants the prompt's top alternatives.
+    top_n = max((_top_logprobs(seq) for seq, _, _ in scores), default=0)
+    top = logprobs.topk(top_n, dim=-1) if top_n else None
+    out = []
+    for i, ((seq, _, _), lp, g) in enumerate(zip(scores, chosen, greedy)):
+        alternatives = None
+        if top is not None and _top_logprobs(seq):
+            alternatives = (tuple(top.indices[i].tolist()), tuple(top.values[i].tolist()))
+        out.append(ScoredToken(lp, g, alternatives))
+    return tuple(out)
+
+
+def _top_logprobs(seq: EngineSequence) -> int:
+    return seq.request.top_logprobs if seq.kind is SequenceKind.GENERATE and seq.request is not None else 0
+
+
+def _sample(logits: torch.Tensor, samples: Sequence[Sample]) -> tuple[SampledTokens, ...]:
+    """Sample every row of every Sample, each at its own step (a draft row at the step after the row before)."""
+    rows = _SampledRows(samples)
+    result = sample(
+        _rows_of(logits, rows.logit_rows),
+        [r.sampling for r in rows.requests],
+        rows.steps,
+        histories=rows.histories if rows.penalties else None,
+        sample_indices=[r.sample_index for r in rows.requests],
+        suppress_token_ids=rows.suppressed,
+        top_n=max(r.top_logprobs for r in rows.requests),
+    )
+    token_ids = result.token_ids.tolist()
+    logprobs = result.logprobs.tolist()
+    if any(r.logprobs_mode == "processed" for r in rows.requests):
+        processed = result.processed_logprobs.tolist()
+        modes = [r.logprobs_mode for r in rows.requests]
+        logprobs = [p if mode == "processed" else raw for mode, raw, p in zip(modes, logprobs, processed)]
+    top_ids = [tuple(ids) for ids in result.top_token_ids.tolist()]
+    top_lps = [tuple(lps) for lps in result.top_logprobs.tolist()]
+    out, r = [], 0
+    for _, _, draft in samples:
+        end = r + len(draft) + 1
+        out.append(
+            SampledTokens(tuple(token_ids[r:end]), tuple(logprobs[r:end]), tuple(top_ids[r:end]), tuple(top_lps[r:end]))
         )
-        token_ids = result.token_ids.tolist()
-        logprobs = result.logprobs.tolist()
-        if any(s.request.logprobs_mode == "processed" for s in rows.seqs):
-            processed = result.processed_logprobs.tolist()
-            logprobs = [
-                p if s.request.logprobs_mode == "processed" else r for s, r, p in zip(rows.seqs, logprobs, processed)
-            ]
-        top_ids = result.top_token_ids.tolist()
-        top_lps = result.top_logprobs.tolist()
-        r = 0
-        for i in keep:
-            seq, draft = batch.sampled[i], batch.drafts[i]
-            for j in range(len(draft) + 1):
-                token = token_ids[r + j]
-                seq.accept(token, logprobs[r + j], top_ids[r + j], top_lps[r + j])
-                if seq.finished or j == len(draft) or token != draft[j]:
-                    break
-            seq.observe_draft(token_ids[r : r + j + 1])
-            if draft:
-                self.draft_tokens += len(draft)
-                self.accepted_tokens += j + (j < len(draft) and token == draft[j])
-                seq.cache.length = seq.num_tokens - 1  # the rows after the last kept token are stale
-            r += len(draft) + 1
+        r = end
+    return tuple(out)
+
+
+def _draft_rows_kept(draft: Sequence[int], token_ids: Sequence[int]) -> int:
+    """Of a sample's 1 + len(draft) rows, how many hold KV of the stream: the decode row's, and each draft
+    row while the row before it sampled exactly its token."""
+    kept = 1
+    while kept <= len(draft) and token_ids[kept - 1] == draft[kept - 1]:
+        kept += 1
+    return kept
 
 
 class _SampledRows:
-    """The rows one sample() call draws, flattened: each kept sequence's decode row, then its draft rows."""
+    """The rows one sample() call draws, flattened: each Sample's decode row, then its draft rows."""
 
-    def __init__(self, batch: StepBatch, keep: Sequence[int]):
+    def __init__(self, samples: Sequence[Sample]):
         self.logit_rows: list[int] = []
-        self.seqs: list = []
+        self.requests: list[GenerationRequest] = []
         self.steps: list[int] = []
-        self.histories: list[TokenHistory] = []  # prompt and output before each row's step (for penalties)
-        self.penalties = any(_uses_penalties(batch.sampled[i].request.sampling) for i in keep)
-        for i in keep:
-            seq, draft = batch.sampled[i], batch.drafts[i]
+        self.suppressed: list[Sequence[int]] = []
+        self.histories: list[TokenHistory] = []  # prompt and stream before each row's step (for penalties)
+        self.penalties = any(seq.request and _uses_penalties(seq.request.sampling) for seq, _, _ in samples)
+        for seq, row, draft in samples:
+            request, stop = seq.request, seq.stop
+            assert request is not None and stop is not None  # only a generation samples
+            before = len(seq.stream_so_far())  # tokens before this step: the decode row samples step `before`
             for j in range(len(draft) + 1):
-                self.logit_rows.append(batch.sample_rows[i] + j)
-                self.seqs.append(seq)
-                self.steps.append(len(seq.output_ids) + j)
+                self.logit_rows.append(row + j)
+                self.requests.append(request)
+                self.steps.append(before + j)
+                self.suppressed.append(stop.suppressed_ids(before + j))
                 if self.penalties:
                     history = seq.penalty_history()
                     self.histories.append(history.with_output(draft[:j]) if j else history)
 
 
-def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
-    """Sample each checked row at its own step and fail a sequence at its first token that differs
-    (resume.py says why this holds a resumed stream to its seed).
+def check_resumed(logits: torch.Tensor, checks: Sequence[Check]) -> list[int]:
+    """Sample each checked row at its own step: the tokens the seed gives there, which apply.apply_step
+    compares with the held ones (resume.py says why this holds a resumed stream to its seed).
 
     checks: (sequence, row of `logits`, index i into its resume_ids), rows sampled as step i.
     """
@@ -158,17 +171,7 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[tuple]) -> None:
         sample_indices=[seq.request.sample_index for seq in seqs],
         suppress_token_ids=[seq.stop.suppressed_ids(i) for seq, i in zip(seqs, steps)],
     )
-    for seq, i, token in zip(seqs, steps, result.token_ids.tolist()):
-        if not seq.finished and token != seq.resume_ids[i]:
-            seq.fail(
-                ParamError(
-                    "resume_token_ids",
-                    (
-                        f"resume_token_ids[{i}] = {seq.resume_ids[i]}, but this request's stream has {token} there "
-                        "(same prompt, sampling settings, seed and sample_index are needed to resume)"
-                    ),
-                )
-            )
+    return list(result.token_ids.tolist())
 
 
 def _rows_of(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -179,5 +182,5 @@ def _rows_of(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
     return logits[rows]
 
 
-def _uses_penalties(params) -> bool:
+def _uses_penalties(params: SamplingParams) -> bool:
     return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0

@@ -7,6 +7,7 @@ prompt. None of it changes a token (prefill equals decode bit for bit, and the s
 randomness is keyed by seed, sample index and step), only when each row is computed.
 
 The engine calls the two halves apart, admit() under its queue lock and plan_step() outside it.
+plan_step() only decides: it returns a StepPlan (step.py) and changes no sequence and no tensor.
 """
 
 from __future__ import annotations
@@ -19,21 +20,20 @@ from typing import Protocol
 from seedstream.server.settings import RESERVED_SLOTS_SHARE
 
 from .admission import FairQueue
+from .config import EngineConfig
 from .prefix_cache import BLOCK_TOKENS
 from .sequence import EngineSequence, SequenceKind
 from .speculation import MAX_SPECULATING_SEQUENCES
+from .step import PlanBuilder, StepPlan
 
 
 class PrefixReuse(Protocol):
     """What the scheduler asks of the prefix cache (prefix_cache.PrefixCache)."""
 
-    enabled: bool
+    @property
+    def enabled(self) -> bool: ...
 
     def lookup(self, token_ids: Sequence[int], hashes: Sequence[bytes], start: int, limit: int) -> int: ...
-
-    def copy_into(self, cache, hashes: Sequence[bytes], start: int, end: int) -> None: ...
-
-    def count(self, hit: int, miss: int) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class StepBudget:
     reserved_kv_tokens: int = 0
 
     @classmethod
-    def from_config(cls, config, max_context: int, draft_row_cost: float) -> StepBudget:
+    def from_config(cls, config: EngineConfig, max_context: int, draft_row_cost: float) -> StepBudget:
         slots = (
             config.max_batch_size // RESERVED_SLOTS_SHARE if config.reserved_slots is None else config.reserved_slots
         )
@@ -69,73 +69,9 @@ class StepBudget:
         )
 
 
-@dataclasses.dataclass
-class StepBatch:
-    """Packed rows of one forward step, and which rows' logits are sampled or scored."""
-
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    positions: list[int] = dataclasses.field(default_factory=list)
-    # Consecutive rows of one sequence: (sequence, position of the first, row count).
-    runs: list[tuple[EngineSequence, int, int]] = dataclasses.field(default_factory=list)
-    logit_rows: list[int] = dataclasses.field(default_factory=list)  # packed row -> logits row
-    sampled: list[EngineSequence] = dataclasses.field(default_factory=list)
-    sample_rows: list[int] = dataclasses.field(default_factory=list)  # index into logits, per sampled seq
-    # Per sampled seq: the tokens drafted after its decode row (speculation.py); its logits rows are
-    # sample_rows[i] .. sample_rows[i] + len(drafts[i]), sampled at consecutive steps.
-    drafts: list[list[int]] = dataclasses.field(default_factory=list)
-    scored: list[EngineSequence] = dataclasses.field(default_factory=list)  # one entry per scored row
-    score_rows: list[int] = dataclasses.field(default_factory=list)
-    score_targets: list[int] = dataclasses.field(default_factory=list)
-    decode_rows: int = 0  # the first rows: each decoding sequence's last token, then its draft (informational)
-    forks: list[tuple[EngineSequence, EngineSequence]] = dataclasses.field(default_factory=list)  # (donor, child)
-    # Resumed tokens to check: (sequence, index into logits, index into its resume_ids).
-    checks: list[tuple[EngineSequence, int, int]] = dataclasses.field(default_factory=list)
-    prefilled: list[EngineSequence] = dataclasses.field(default_factory=list)  # sequences with a prefill chunk
-    prefill_tokens: int = 0  # prompt tokens computed this step
-
-    def add(
-        self,
-        seq: EngineSequence,
-        tokens: list[int],
-        start: int,
-        score: range = range(0),
-        sample: bool = False,
-        check: range = range(0),
-        draft: Sequence[int] = (),
-    ) -> None:
-        """Rows for `tokens` at positions start..; the last 1 + len(draft) of them are sampled when `sample`
-        (draft: the last tokens are a guess, checked by sampling the rows before them)."""
-        first_row = len(self.token_ids)
-        self.runs.append((seq, start, len(tokens)))
-        self.token_ids.extend(tokens)
-        self.positions.extend(range(start, start + len(tokens)))
-        for pos in score:
-            self.score_rows.append(len(self.logit_rows))
-            self.logit_rows.append(first_row + pos - start)
-            self.scored.append(seq)
-            self.score_targets.append(seq.prompt[pos + 1])
-        for pos in check:
-            self.checks.append((seq, len(self.logit_rows), pos - len(seq.prompt) + 1))
-            self.logit_rows.append(first_row + pos - start)
-        if sample:
-            self.sample_rows.append(len(self.logit_rows))
-            self.logit_rows.extend(range(len(self.token_ids) - 1 - len(draft), len(self.token_ids)))
-            self.sampled.append(seq)
-            self.drafts.append(list(draft))
-
-    def fork(self, donor: EngineSequence, child: EngineSequence) -> None:
-        """`child` has `donor`'s prompt: it takes the donor's cache after this step's forward and
-        samples its first token from the donor's last logits row (donor must be the last add())."""
-        self.forks.append((donor, child))
-        child.prefilled = len(child.prompt)
-        self.sample_rows.append(self.sample_rows[self.sampled.index(donor)])
-        self.sampled.append(child)
-        self.drafts.append([])
-
-
 def plan(
     running: list[EngineSequence], waiting: FairQueue, budget: StepBudget, prefix_cache: PrefixReuse | None = None
-) -> StepBatch:
+) -> StepPlan:
     """One step's decisions: admit() moves waiting sequences into `running`, then plan_step()."""
     admit(running, waiting, budget)
     return plan_step(running, budget, prefix_cache)
@@ -143,7 +79,7 @@ def plan(
 
 def kv_tokens(seq: EngineSequence, max_context: int) -> int:
     """KV positions `seq` may come to hold: its prompt plus every token it may generate."""
-    new = seq.request.max_new_tokens if seq.kind is SequenceKind.GENERATE else 0
+    new = seq.request.max_new_tokens if seq.request is not None else 0  # a score generates nothing
     return min(len(seq.prompt) + new, max_context)
 
 
@@ -188,71 +124,63 @@ def _within_share(slots: int, kv: int, budget: StepBudget) -> bool:
 
 def plan_step(
     running: Sequence[EngineSequence], budget: StepBudget, prefix_cache: PrefixReuse | None = None
-) -> StepBatch:
-    """Pick this step's rows: one per decoding sequence, then fixed prefill chunks within budget.
+) -> StepPlan:
+    """This step's plan: cancelled sequences finish, one row per decoding sequence (and its draft),
+    then fixed prefill chunks within budget. Changes no sequence (apply.apply_step does) and no tensor."""
+    live = [s for s in running if not s.finished]
+    plan = PlanBuilder(cancelled=[s for s in live if s.cancelled])  # `cancelled` is set by other threads
+    tokens_left = _plan_decodes(plan, [s for s in live if plan.is_live(s) and s.prefill_done], budget)
+    _plan_prefills(plan, [s for s in live if plan.is_live(s)], budget, tokens_left, prefix_cache)
+    return plan.plan()
 
-    A cancelled sequence is finished here (it posts its last chunk); prefill progress and reused
-    prefix KV are recorded on the sequences as they are planned.
-    """
-    batch = StepBatch()
+
+def _plan_decodes(plan: PlanBuilder, decoding: list[EngineSequence], budget: StepBudget) -> int:
+    """One row per decoding sequence, and its draft where speculation pays; returns the rows left."""
     tokens_left = budget.max_step_tokens
-    decoding = (
-        sum(1 for s in running if s.prefill_done and not s.cancelled and not s.finished)
-        if budget.speculative_tokens
-        else 0
-    )
-    speculate = 0 < decoding <= MAX_SPECULATING_SEQUENCES
-    bar = draft_threshold(budget.draft_row_cost, decoding)
-    for seq in running:
-        if seq.cancelled:
-            seq.finish_cancelled()
-        elif seq.prefill_done:
-            # Drafts only use rows the other decoding sequences do not need (each needs one).
-            limit = min(budget.speculative_tokens, tokens_left - decoding)
-            draft = seq.draft(limit, bar) if speculate else []
-            batch.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
-            tokens_left -= 1 + len(draft)
-            decoding -= 1
-    batch.decode_rows = len(batch.token_ids)
+    speculate = budget.speculative_tokens > 0 and len(decoding) <= MAX_SPECULATING_SEQUENCES
+    bar = draft_threshold(budget.draft_row_cost, len(decoding))
+    for i, seq in enumerate(decoding):
+        # Drafts only use rows the other decoding sequences do not need (each needs one).
+        limit = min(budget.speculative_tokens, tokens_left - (len(decoding) - i))
+        draft = seq.draft(limit, bar) if speculate else []
+        plan.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
+        tokens_left -= 1 + len(draft)
+    return tokens_left
+
+
+def _plan_prefills(
+    plan: PlanBuilder,
+    live: list[EngineSequence],
+    budget: StepBudget,
+    tokens_left: int,
+    prefix_cache: PrefixReuse | None,
+) -> None:
+    """Prefill chunks in order within `tokens_left` rows, reusing cached or same-prompt KV."""
     prefilling = {
-        s.prompt_key
-        for s in running
-        if s.kind is SequenceKind.GENERATE and 0 < s.prefilled < len(s.prefill_ids) and not s.finished
+        s.prompt_key for s in live if s.kind is SequenceKind.GENERATE and 0 < s.prefilled < len(s.prefill_ids)
     }
     computing: set[bytes] = set()  # prefix blocks this step computes
-    for seq in running:
-        if seq.finished or seq.prefill_done:
+    for seq in live:
+        start = plan.prefilled(seq)
+        if start >= len(seq.prefill_ids):
             continue
-        if seq.prefilled == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
+        if start == 0 and _can_fork(seq) and seq.prompt_key in prefilling:
             continue  # a sequence with (probably) this prompt is part way through: wait to fork it
-        if _reuse_prefix(seq, computing, prefix_cache):
+        if _reuse_prefix(plan, seq, computing, prefix_cache):
             continue  # another sequence computes this prefix now: take it from the cache next step
-        start = seq.prefilled
+        start = plan.prefilled(seq)
         # Chunks end at multiples of prefill_chunk: a tuning knob only (prefill equals decode).
         end = min(len(seq.prefill_ids), (start // budget.prefill_chunk + 1) * budget.prefill_chunk)
         if end - start > tokens_left:
             continue  # next step; the chunk itself is the same whenever it runs
         generates = seq.kind is SequenceKind.GENERATE
-        batch.add(
-            seq,
-            seq.prefill_ids[start:end],
-            start,
-            score=seq.score_positions(start, end),
-            sample=(end == len(seq.prefill_ids) and generates),
-            check=seq.resume_positions(start, end),
-        )
-        batch.prefilled.append(seq)
-        seq.prefilled = end
+        plan.prefill(seq, start, end, sample=end == len(seq.prefill_ids) and generates)
         tokens_left -= end - start
-        batch.prefill_tokens += end - start
-        if prefix_cache is not None:
-            prefix_cache.count(0, end - start)
         computing.update(seq.block_hashes()[start // BLOCK_TOKENS : end // BLOCK_TOKENS])
         if generates and end < len(seq.prefill_ids):
             prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
         elif generates:
-            _fork_same_prompt(seq, running, batch)
-    return batch
+            _fork_same_prompt(plan, seq, live)
 
 
 def draft_threshold(row_cost: float, decoding: int) -> float:
@@ -266,38 +194,34 @@ def draft_threshold(row_cost: float, decoding: int) -> float:
     return row_cost * b / (1 + row_cost * (b - 1))
 
 
-def _reuse_prefix(seq: EngineSequence, computing: set[bytes], cache: PrefixReuse | None) -> bool:
-    """Copy the longest cached prefix of `seq`'s prefill into its cache. True when its next block
-    is being computed this step by another sequence (it should wait one step and reuse it)."""
+def _reuse_prefix(plan: PlanBuilder, seq: EngineSequence, computing: set[bytes], cache: PrefixReuse | None) -> bool:
+    """Plan a copy of the longest cached prefix of `seq`'s prefill into its cache. True when its next
+    block is being computed this step by another sequence (it should wait one step and reuse it)."""
     if cache is None or not cache.enabled:
         return False
-    start, limit = seq.prefilled, seq.reuse_limit()
+    start, limit = plan.prefilled(seq), seq.reuse_limit()
     end = cache.lookup(seq.prefill_ids, seq.block_hashes(), start, limit)
     if end > start:
-        cache.copy_into(seq.cache, seq.block_hashes(), start, end)
-        cache.count(end - start, 0)
-        seq.cached_tokens += end - start
-        seq.prefilled = end
+        plan.copy(seq, start, end)
     nxt = end // BLOCK_TOKENS
     return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes()[nxt] in computing
 
 
-def _fork_same_prompt(donor: EngineSequence, running: Sequence[EngineSequence], batch: StepBatch) -> None:
+def _fork_same_prompt(plan: PlanBuilder, donor: EngineSequence, live: Sequence[EngineSequence]) -> None:
     """Sequences not started yet with exactly `donor`'s prompt share its prefill (e.g. n samples).
 
     The prefill is deterministic and batch-invariant, so the copied cache and the shared logits
     row are bit for bit what each sequence would have computed itself.
     """
-    for other in running:
+    for other in live:
         if (
             other is not donor
-            and other.prefilled == 0
-            and not other.finished
+            and plan.prefilled(other) == 0
             and _can_fork(other)
             and other.prompt_key == donor.prompt_key
             and other.prompt == donor.prompt
         ):
-            batch.fork(donor, other)
+            plan.fork(donor, other)
 
 
 def _can_fork(seq: EngineSequence) -> bool:

@@ -33,7 +33,7 @@ class EngineSequence:
         self,
         kind: SequenceKind,
         prompt: Sequence[int],
-        cache: SequenceKVCache | None,
+        cache: SequenceKVCache,
         loop: asyncio.AbstractEventLoop,
         request: GenerationRequest | None = None,
         score_from: int | None = None,
@@ -74,7 +74,7 @@ class EngineSequence:
     def generation(
         cls,
         request: GenerationRequest,
-        cache: SequenceKVCache | None,
+        cache: SequenceKVCache,
         loop: asyncio.AbstractEventLoop,
         codec: TextCodec,
         eos_token_ids: frozenset[int],
@@ -86,9 +86,7 @@ class EngineSequence:
         return cls(SequenceKind.GENERATE, request.prompt_token_ids, cache, loop, request, score_from, codec, stop)
 
     @classmethod
-    def scoring(
-        cls, request: ScoreRequest, cache: SequenceKVCache | None, loop: asyncio.AbstractEventLoop
-    ) -> EngineSequence:
+    def scoring(cls, request: ScoreRequest, cache: SequenceKVCache, loop: asyncio.AbstractEventLoop) -> EngineSequence:
         prompt = request.context_ids + request.continuation_ids
         return cls(SequenceKind.SCORE, prompt, cache, loop, score_from=len(request.context_ids))
 
@@ -114,13 +112,19 @@ class EngineSequence:
         first = len(self.prompt) - 1
         return range(max(start, first), min(end, first + len(self.resume_ids)))
 
+    def stream_so_far(self) -> list[int]:
+        """The stream's tokens before this step's sample: the output, or before a resumed stream's first
+        sample the resumed tokens (prefilled and checked, the output once apply.apply_step starts it)."""
+        return self.output_ids if self.output_ids or not self.resume_ids else self.resume_ids
+
     def penalty_history(self) -> TokenHistory:
-        """The prompt and the output so far as the sampler's penalties read them, built once and then
-        updated token by token (a long history is not re-sorted every step); rebuilt when the output
-        list is replaced, as a resumed stream's checked tokens replace it."""
+        """The prompt and the stream so far as the sampler's penalties read them, built once and then
+        updated token by token (a long history is not re-sorted every step); rebuilt when the stream's
+        list is replaced, as a resumed stream's output replaces its resumed tokens."""
+        stream = self.stream_so_far()
         cached = self._penalty_history
-        if cached is None or cached[0] is not self.output_ids or cached[1] > len(self.output_ids):
-            cached = (self.output_ids, 0, TokenHistory(self.prompt))
+        if cached is None or cached[0] is not stream or cached[1] > len(stream):
+            cached = (stream, 0, TokenHistory(self.prompt))
         source, seen, history = cached
         history.extend(source[seen:])
         self._penalty_history = (source, len(source), history)

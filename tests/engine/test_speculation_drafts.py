@@ -70,6 +70,10 @@ def test_a_sequence_whose_guesses_miss_stops_drafting_and_starts_again_when_they
     assert seq.draft(3, 0.35) == [102, 103, 104]
 
 
+def drafts(plan):
+    return [list(s.draft) for s in plan.samples]
+
+
 def decoding(output, prompt_len=6, max_new_tokens=16, first=100):
     seq = gen(prompt_len, first=first, max_new_tokens=max_new_tokens)
     seq.prefilled, seq.output_ids = len(seq.prompt), list(output)
@@ -78,41 +82,40 @@ def decoding(output, prompt_len=6, max_new_tokens=16, first=100):
 
 def test_draft_rows_follow_the_decode_row_and_are_all_sampled():
     seq = decoding([100, 101, 102, 103, 104, 100, 101])  # the output repeats the prompt's start
-    batch = plan_step([seq], SPEC)
-    assert runs(batch) == [(seq, 12, 4)]
-    assert batch.token_ids == [101, 102, 103, 104] and batch.positions == [12, 13, 14, 15]
-    assert batch.drafts == [[102, 103, 104]]
-    assert batch.sample_rows == [0] and batch.logit_rows == [0, 1, 2, 3]
+    plan = plan_step([seq], SPEC)
+    assert runs(plan) == [(seq, 12, 4)]
+    assert plan.token_ids == (101, 102, 103, 104) and plan.positions == (12, 13, 14, 15)
+    assert plan.samples == ((seq, 0, (102, 103, 104)),) and plan.logit_rows == (0, 1, 2, 3)
 
 
 def test_no_draft_past_max_new_tokens_or_the_context():
     seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=9)
-    assert plan_step([seq], SPEC).drafts == [[102]]  # 2 more tokens: the decode row's and one draft
+    assert drafts(plan_step([seq], SPEC)) == [[102]]  # 2 more tokens: the decode row's and one draft
     seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=8)
-    assert plan_step([seq], SPEC).drafts == [[]]
+    assert drafts(plan_step([seq], SPEC)) == [[]]
     seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=99)
     seq.stop.max_context = 15  # 13 tokens: the decode row's token and one draft reach 15
-    assert plan_step([seq], SPEC).drafts == [[102]]
+    assert drafts(plan_step([seq], SPEC)) == [[102]]
 
 
 def test_speculation_is_off_at_zero_and_above_the_sequence_limit():
     def repeating(i):
         return decoding([100 + 10 * i, 101 + 10 * i, 100 + 10 * i], prompt_len=2, first=100 + 10 * i)
 
-    assert plan_step([repeating(0)], BUDGET).drafts == [[]]
+    assert drafts(plan_step([repeating(0)], BUDGET)) == [[]]
     few = [repeating(i) for i in range(MAX_SPECULATING_SEQUENCES)]
-    assert all(d for d in plan_step(few, SPEC).drafts)
+    assert all(d for d in drafts(plan_step(few, SPEC)))
     many = [repeating(i) for i in range(MAX_SPECULATING_SEQUENCES + 1)]
-    assert plan_step(many, SPEC).drafts == [[]] * len(many)
+    assert drafts(plan_step(many, SPEC)) == [[]] * len(many)
 
 
 def test_drafts_leave_a_row_for_every_decoding_sequence():
     budget = dataclasses.replace(SPEC, max_step_tokens=4, prefill_chunk=4)
     a = decoding([100, 101, 102, 103, 104, 100, 101])
     b = decoding([200, 201, 200], prompt_len=2, first=200)
-    batch = plan_step([a, b], budget)
-    assert batch.drafts == [[102, 103], []] and len(batch.token_ids) == 4  # a: 4 rows - 1 - 1 for b = 2 drafts
-    assert batch.sample_rows == [0, 3] and batch.decode_rows == 4
+    plan = plan_step([a, b], budget)
+    assert drafts(plan) == [[102, 103], []] and len(plan.token_ids) == 4  # a: 4 rows - 1 - 1 for b = 2 drafts
+    assert [s.row for s in plan.samples] == [0, 3]
 
 
 def test_the_bar_for_a_draft_rises_with_the_sequences_sharing_the_step():
