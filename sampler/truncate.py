@@ -41,10 +41,18 @@ def thresholds(
         )
     if total is not None and bool(full.any()):
         assert weights.sums is not None, "full rows have chunk sums"
-        f = full.nonzero()[:, 0]
-        w_max = weights.tokens(rows[f], argmax[rows[f]][:, None], row_max[f][:, None])[:, 0]  # s(argmax) = row_max
-        theta[f] = top_p_threshold(
-            block_max[f], row_max[f], temperature[f], w_max, weights.sums[rows[f]], top_p[f], total[f]
+        full_rows = full.nonzero()[:, 0]  # [f] positions in rows
+        batch_rows = rows[full_rows]
+        # the weight of each full row's most likely token: s(argmax) = row_max
+        w_max = weights.tokens(batch_rows, argmax[batch_rows][:, None], row_max[full_rows][:, None])[:, 0]
+        theta[full_rows] = top_p_threshold(
+            block_max[full_rows],
+            row_max[full_rows],
+            temperature[full_rows],
+            w_max,
+            weights.sums[batch_rows],
+            top_p[full_rows],
+            total[full_rows],
         )
     return theta
 
