@@ -10,6 +10,7 @@ on earlier calls, or on torch's global RNG.
    (transformers/CTRL) once per token of prompt + output: s < 0 ? s * r : s / r; then
    s -= frequency_penalty * count + presence_penalty * (count > 0) over the generated tokens
    (OpenAI); then s += logit_bias; then s = min(s, float32 max). Ids outside [0, V) are ignored.
+   The prompt and output come as the row's TokenHistory (``histories=``), not as id lists.
    If the edits leave no finite value, they are dropped for that row.
 3. temperature == 0: greedy, the lowest token id holding max(s); processed_logprobs = 0.
 4. Otherwise TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and
