@@ -30,6 +30,20 @@ FORMAT_CODES = {
 ACTIVATION_CODES = {"float32": 0, "int8": 1}  # ssk_matrix.act: what the GEMM multiplies the weights with
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype
 ACTIVATION_FN_CODES = {"silu": 0, "gelu_tanh": 1}  # ssk_model.activation: the MLP's function of the gate
+# The packed tile geometry (csrc/internal.h), which packing.py lays weights out by.
+NR = 16  # output columns per tile
+QK = 32  # values per quantisation block
+Q8_0_TILE_BLOCK, Q8_0_QS = 544, 32  # bytes of a q8_0 tile block; its quants start after float16 d[16]
+Q4_1_TILE_BLOCK, Q4_1_QS = 320, 64  # the same for q4_1, after float16 d[16] and m[16]
+# By their names in csrc/internal.h: Kernels checks the library's values (ssk_tile_constant) at load.
+TILE_CONSTANTS = {
+    "SSK_NR": NR,
+    "SSK_QK": QK,
+    "Q8_0_TILE_BLOCK": Q8_0_TILE_BLOCK,
+    "Q8_0_QS": Q8_0_QS,
+    "Q4_1_TILE_BLOCK": Q4_1_TILE_BLOCK,
+    "Q4_1_QS": Q4_1_QS,
+}
 
 _i32, _ptr = ctypes.c_int32, ctypes.c_void_p
 
@@ -114,6 +128,35 @@ class StepDesc(ctypes.Structure):
     ]
 
 
+# The C structs that the classes above redeclare (ssk_<name>), checked against ssk_sizeof_<name> at load.
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "matrix": Matrix,
+    "rope": RopeDesc,
+    "layer": LayerDesc,
+    "model": ModelDesc,
+    "step": StepDesc,
+}
+
+
+def layout_mismatches(
+    lib: ctypes.CDLL, structs: dict[str, type[ctypes.Structure]] = STRUCTS, constants: dict[str, int] = TILE_CONSTANTS
+) -> list[str]:
+    """Where the library's struct sizes and tile constants differ from the declarations here (none: [])."""
+    found = []
+    for name, struct in structs.items():
+        sizeof = getattr(lib, f"ssk_sizeof_{name}")
+        sizeof.restype, sizeof.argtypes = _i32, []
+        if sizeof() != ctypes.sizeof(struct):
+            found.append(
+                f"sizeof(ssk_{name}) is {sizeof()} bytes, its ctypes {struct.__name__} {ctypes.sizeof(struct)}"
+            )
+    lib.ssk_tile_constant.restype, lib.ssk_tile_constant.argtypes = _i32, [ctypes.c_char_p]
+    for name, value in constants.items():
+        if (got := lib.ssk_tile_constant(name.encode())) != value:
+            found.append(f"{name} is {got} in the library (csrc/internal.h), {value} in server/kernels/lib.py")
+    return found
+
+
 def _ptr_of(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -145,6 +188,8 @@ class Kernels:
             raise RuntimeError(f"{path}: ABI {lib.ssk_abi_version()}, expected {ABI_VERSION}")
         if lib.ssk_isa().decode() != isa:
             raise RuntimeError(f"{path}: built for {lib.ssk_isa().decode()}, expected {isa}")
+        if mismatches := layout_mismatches(lib):
+            raise RuntimeError(f"{path} does not match server/kernels/lib.py: {'; '.join(mismatches)}")
         self._ctx = lib.ssk_create(threads)
         self.threads = lib.ssk_threads(self._ctx)
 

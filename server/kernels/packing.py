@@ -28,11 +28,20 @@ import dataclasses
 import numpy as np
 import torch
 
-from .lib import ACTIVATION_CODES, FORMAT_CODES, Matrix
+from .lib import (
+    ACTIVATION_CODES,
+    FORMAT_CODES,
+    NR,
+    Q4_1_QS,
+    Q4_1_TILE_BLOCK,
+    Q8_0_QS,
+    Q8_0_TILE_BLOCK,
+    QK,
+    Matrix,
+)
 
 PACK_LAYOUT = "3"  # bump when a tile layout changes (names the cached packed weights)
-NR = 16  # output columns per tile
-QK = 32  # values per block
+# NR (output columns per tile), QK (values per block) and the tile block sizes: lib.py, checked against the library.
 # Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
 # one asked for.
 PRECISION = ("f32", "q8_0", "q4_1")
@@ -153,7 +162,10 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
 
 
 # (bytes of scales, quant bytes) per tile block of the quantised formats
-_BLOCK_LAYOUT = {"q8_0": (32, 512), "q4_1": (64, 256)}
+_BLOCK_LAYOUT = {
+    "q8_0": (Q8_0_QS, Q8_0_TILE_BLOCK - Q8_0_QS),
+    "q4_1": (Q4_1_QS, Q4_1_TILE_BLOCK - Q4_1_QS),
+}
 
 
 def for_int8_activations(m: PackedMatrix) -> PackedMatrix:

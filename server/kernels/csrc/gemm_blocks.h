@@ -130,25 +130,23 @@ static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const f
       const int x0 = b * F::S + 32 * c;  // the chunk's first input
       Planes pl[NT];
       for (int t = 0; t < NT; ++t) pl[t] = load_planes<F::P>(tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK + 256);
-      V16 sq[MR][NT];
-      for (int j = 0; j < 32; ++j) {
-        if (j % F::L == 0)
-          for (int r = 0; r < MR; ++r)
-            for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
-        for (int t = 0; t < NT; ++t) {
-          const V16 q = blk_lanes<F::P, F::OFF>(tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK, pl[t], j);
-          for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j]), q, sq[r][t]);
-        }
-        if (j % F::L == F::L - 1) {
-          const int s = (32 * c + j) / F::L;
+      for (int j0 = 0; j0 < 32; j0 += F::L) {  // each sub-block of the chunk: an fma chain, then its scale
+        V16 sq[MR][NT];
+        for (int r = 0; r < MR; ++r)
+          for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
+        for (int j = j0; j < j0 + F::L; ++j)
           for (int t = 0; t < NT; ++t) {
-            const uint8_t* blk = tile + t * tbytes + (size_t)b * F::BLOCK;
-            const V16 scale = blk_scale<F>(blk, s);
-            for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(scale, sq[r][t], acc[r][t]);
-            if constexpr (F::HAS_MIN) {
-              const V16 mn = blk_min<F>(blk, s);
-              for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(mn, v_set1(sums[(size_t)r * nb + x0 / 32]), acc[r][t]);
-            }
+            const V16 q = blk_lanes<F::P, F::OFF>(tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK, pl[t], j);
+            for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j]), q, sq[r][t]);
+          }
+        const int s = (32 * c + j0) / F::L;
+        for (int t = 0; t < NT; ++t) {
+          const uint8_t* blk = tile + t * tbytes + (size_t)b * F::BLOCK;
+          const V16 scale = blk_scale<F>(blk, s);
+          for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(scale, sq[r][t], acc[r][t]);
+          if constexpr (F::HAS_MIN) {
+            const V16 mn = blk_min<F>(blk, s);
+            for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(mn, v_set1(sums[(size_t)r * nb + x0 / 32]), acc[r][t]);
           }
         }
       }
@@ -169,20 +167,19 @@ static void big_blk(const uint8_t* tile, const float* xp, const float* sums, int
       const int x0 = b * F::S + 32 * c;
       const uint8_t* nib = blk + F::QS + c * F::CHUNK;
       const Planes pl = load_planes<F::P>(nib + 256);
-      V16 sq[MR];
-      for (int j = 0; j < 32; ++j) {
-        if (j % F::L == 0)
-          for (int r = 0; r < MR; ++r) sq[r] = v_zero();
-        const V16 q = blk_lanes<F::P, F::OFF>(nib, pl, j);
-        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j) * MR + r]), q, sq[r]);
-        if (j % F::L == F::L - 1) {
-          const int s = (32 * c + j) / F::L;
-          const V16 scale = blk_scale<F>(blk, s);
-          for (int r = 0; r < MR; ++r) {
-            V16 a = v_fma(scale, sq[r], v_load(y + (size_t)r * ldy));
-            if constexpr (F::HAS_MIN) a = v_fma(blk_min<F>(blk, s), v_set1(sums[(size_t)r * nb + x0 / 32]), a);
-            v_store(y + (size_t)r * ldy, a);
-          }
+      for (int j0 = 0; j0 < 32; j0 += F::L) {  // each sub-block of the chunk
+        V16 sq[MR];
+        for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+        for (int j = j0; j < j0 + F::L; ++j) {
+          const V16 q = blk_lanes<F::P, F::OFF>(nib, pl, j);
+          for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j) * MR + r]), q, sq[r]);
+        }
+        const int s = (32 * c + j0) / F::L;
+        const V16 scale = blk_scale<F>(blk, s);
+        for (int r = 0; r < MR; ++r) {
+          V16 a = v_fma(scale, sq[r], v_load(y + (size_t)r * ldy));
+          if constexpr (F::HAS_MIN) a = v_fma(blk_min<F>(blk, s), v_set1(sums[(size_t)r * nb + x0 / 32]), a);
+          v_store(y + (size_t)r * ldy, a);
         }
       }
     }

@@ -106,4 +106,12 @@ int32_t ssk_attention(void* ctx, const ssk_model* model, const ssk_step* step, i
 int32_t ssk_dequant_row(const ssk_matrix* w, int32_t row, float* out);
 // out[i] = x[i] rounded to bfloat16 as a bfloat16 KV cache stores it. For tests.
 int32_t ssk_to_bf16(const float* x, int32_t n, uint16_t* out);
+// sizeof each struct above, and the value of a tile constant of internal.h by name ("SSK_NR", "Q8_0_TILE_BLOCK",
+// ...; -1 for an unknown name): lib.py checks its ctypes structs and packing.py's constants against them at load.
+int32_t ssk_sizeof_matrix(void);
+int32_t ssk_sizeof_rope(void);
+int32_t ssk_sizeof_layer(void);
+int32_t ssk_sizeof_model(void);
+int32_t ssk_sizeof_step(void);
+int32_t ssk_tile_constant(const char* name);
 }
