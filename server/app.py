@@ -25,12 +25,25 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from seedstream.v1.protocol import DEFAULT_MAX_REQUEST_BYTES, MAX_MESSAGE_BYTES, SERVICE_NAME, package_version
 
 from .settings import EngineConfig, ServeOptions
+
+if TYPE_CHECKING:
+    import ssl
+
+    from grpc_health.v1 import health
+
+    from seedstream.server.engine import Engine
+    from seedstream.server.http.front import HttpFront
+    from seedstream.server.http.gate import HttpLimits
+    from seedstream.server.rpc.hardening import Security
+    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.receipts import ReceiptSigner
 
 log = logging.getLogger("seedstream.server")
 
@@ -43,20 +56,20 @@ class SeedstreamServer:
 
     def __init__(
         self,
-        engine=None,
+        engine: Engine | None = None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         default_max_new_tokens: int = ServeOptions.default_max_new_tokens,
         credentials: grpc.ServerCredentials | None = None,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
-        security=None,
-        metrics=None,
+        security: Security | None = None,
+        metrics: ServiceMetrics | None = None,
         http_port: int | None = None,
-        http_ssl=None,
-        http_limits=None,
-        receipt_signer=None,
-    ):
+        http_ssl: ssl.SSLContext | None = None,
+        http_limits: HttpLimits | None = None,
+        receipt_signer: ReceiptSigner | None = None,
+    ) -> None:
         from seedstream.server.rpc.hardening import Security
         from seedstream.server.service.state import ServiceOptions, ServiceState
 
@@ -75,12 +88,12 @@ class SeedstreamServer:
             self.state.metrics = metrics
             metrics.in_flight.set_function(lambda: self.state.in_flight)
         self.server: grpc.aio.Server | None = None
-        self.health = None
+        self.health: health.aio.HealthServicer | None = None
         self.port: int | None = None
         self.http_port = http_port  # None: no HTTP front; 0: a free port (self.http.port once started)
         self.http_ssl = http_ssl  # an ssl.SSLContext: the HTTP front serves HTTPS
         self.http_limits = http_limits  # an http.gate.HttpLimits; None: the flags' defaults
-        self.http = None
+        self.http: HttpFront | None = None
 
     @property
     def address(self) -> str:
@@ -137,11 +150,12 @@ class SeedstreamServer:
             await self.set_engine(engine)
         return self.port
 
-    async def _set_health(self, status) -> None:
+    async def _set_health(self, status: Any) -> None:  # a HealthCheckResponse.ServingStatus
+        assert self.health is not None  # start() made it
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def set_engine(self, engine) -> None:
+    async def set_engine(self, engine: Engine) -> None:
         """Start the engine's step loop and begin serving with it."""
         from grpc_health.v1 import health_pb2
 
@@ -219,7 +233,7 @@ def _credentials(opts: ServeOptions) -> grpc.ServerCredentials | None:
     return server_credentials(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
 
 
-def _receipt_signer(path: str | None):
+def _receipt_signer(path: str | None) -> ReceiptSigner | None:
     from seedstream.server.service.receipts import load_signer
 
     signer = load_signer(path)
@@ -228,7 +242,7 @@ def _receipt_signer(path: str | None):
     return signer
 
 
-def _http_limits(opts: ServeOptions):
+def _http_limits(opts: ServeOptions) -> HttpLimits | None:
     if opts.http_port is None:
         return None
     from seedstream.server.http.gate import HttpLimits
@@ -236,7 +250,7 @@ def _http_limits(opts: ServeOptions):
     return HttpLimits.from_options(opts)
 
 
-def _metrics(opts: ServeOptions):
+def _metrics(opts: ServeOptions) -> ServiceMetrics | None:
     if opts.metrics_port is None:
         return None
     from seedstream.server.rpc.metrics import ServiceMetrics
@@ -244,25 +258,25 @@ def _metrics(opts: ServeOptions):
     return ServiceMetrics()
 
 
-def _serve_metrics(metrics, opts: ServeOptions) -> None:
-    if metrics is None:
+def _serve_metrics(metrics: ServiceMetrics | None, opts: ServeOptions) -> None:
+    if metrics is None or opts.metrics_port is None:
         return
     host = opts.metrics_host or opts.host
     http = metrics.serve_http(opts.metrics_port, host)
     log.info("metrics: Prometheus text format at http://%s:%d/metrics", host, http.server_port)
 
 
-def _load_in_thread(config, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+def _load_in_thread(config: EngineConfig, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Engine]:
     """load_engine on a daemon thread (so a signal during loading need not wait for it)."""
     from seedstream.server.engine import load_engine
 
-    future = loop.create_future()
+    future: asyncio.Future[Engine] = loop.create_future()
 
     def progress(message: str) -> None:
         log.info("loading: %s", message)
 
     def run() -> None:
-        def settle(value, failed: bool) -> None:
+        def settle(value: Any, failed: bool) -> None:  # the engine, or the exception
             if not future.done():
                 future.set_exception(value) if failed else future.set_result(value)
 
@@ -347,18 +361,21 @@ async def _serve(opts: ServeOptions) -> int:
     loading = _load_in_thread(config, loop)
     heartbeat = asyncio.ensure_future(_heartbeat(started))
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    either: set[asyncio.Future[Any]] = {loading, stopping}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     heartbeat.cancel()
     if not loading.done():
         log.info("stopped before the model finished loading")
         await server.shutdown(0)
         return 0
-    if loading.exception() is not None:
-        exc = loading.exception()
+    failure = loading.exception()
+    if failure is not None:
         from seedstream.server.cachefs import CacheError
 
-        expected = isinstance(exc, (FileNotFoundError, ValueError, ImportError, CacheError))  # the message says it all
-        log.error("model loading failed: %s: %s", type(exc).__name__, exc, exc_info=None if expected else exc)
+        expected = isinstance(failure, (FileNotFoundError, ValueError, ImportError, CacheError))  # message says all
+        log.error(
+            "model loading failed: %s: %s", type(failure).__name__, failure, exc_info=None if expected else failure
+        )
         await server.shutdown(0)
         return 1
     engine = loading.result()

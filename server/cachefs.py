@@ -104,7 +104,7 @@ def _flock(path: Path, how: int) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def locked(entry: Path):
+def locked(entry: Path) -> contextlib.AbstractContextManager[bool]:
     """Build `entry` alone: an exclusive flock on `.locks/<entry>.lock` beside it (the kernel releases it when
     the process dies)."""
     locks = entry.parent / ".locks"
@@ -330,7 +330,7 @@ def cache_entries(root: Path) -> list[Path]:
     return found
 
 
-def verify_cache(root: Path, out=print) -> int:
+def verify_cache(root: Path, out: Callable[[str], object] = print) -> int:
     """`seedstream cache verify`: check every entry against its manifest; 0 when all are whole, else 1."""
     damaged = 0
     for entry in cache_entries(root):
@@ -351,7 +351,7 @@ def verify_cache(root: Path, out=print) -> int:
     return 1 if damaged else 0
 
 
-def clear_cache(root: Path, out=print) -> int:
+def clear_cache(root: Path, out: Callable[[str], object] = print) -> int:
     """`seedstream cache clear`: remove everything under `root` (every model is converted again at its next
     start); refused while a server builds an entry there."""
     if not root.is_dir():

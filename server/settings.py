@@ -52,14 +52,14 @@ class Setting:
 
     help: str  # Markdown
     flag: str | None = None  # None: "--" + the field's name with dashes
-    choices: tuple | None = None
+    choices: tuple[str, ...] | None = None
     metavar: str | None = None  # None: the flag's name, upper-cased
     parse: Callable[[str], Any] | None = None  # None: the field's type
     shown: str | None = None  # the default as the docs say it (for None: what unset means)
     group: str = "engine"
 
 
-def setting(default: Any, help: str, **options) -> Any:
+def setting(default: Any, help: str, **options: Any) -> Any:
     """A dataclass field with its default and a `Setting` (see `Setting` for the options)."""
     return dataclasses.field(default=default, metadata={"setting": Setting(help, **options)})
 
@@ -166,7 +166,7 @@ class EngineConfig:
         choices=ACTIVATIONS,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choices(self)
         for name in (
             "max_batch_size",
@@ -207,15 +207,15 @@ def check_choices(settings: Any) -> None:
             raise ValueError(f"{field.name}={value!r}: allowed {', '.join(info.choices)}")
 
 
-def _server(default: Any, help: str, **options) -> Any:
+def _server(default: Any, help: str, **options: Any) -> Any:
     return setting(default, help, group="server", **options)
 
 
-def _security(default: Any, help: str, **options) -> Any:
+def _security(default: Any, help: str, **options: Any) -> Any:
     return setting(default, help, group="security and limits", **options)
 
 
-def _observability(default: Any, help: str, **options) -> Any:
+def _observability(default: Any, help: str, **options: Any) -> Any:
     return setting(default, help, group="observability", **options)
 
 
@@ -328,7 +328,7 @@ class ServeOptions:
         choices=LOG_FORMATS,
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choices(self)
 
 
@@ -359,10 +359,11 @@ class Flag:
         return self.setting.metavar or self.flag[2:].upper().replace("-", "_")
 
 
-def _value_type(hint) -> type:
+def _value_type(hint: Any) -> type:
     """int for `int` and `Optional[int]`, and so on."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    value_type: type = args[0] if args else hint
+    return value_type
 
 
 def flags_of(cls: type) -> Iterator[Flag]:

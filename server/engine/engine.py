@@ -8,7 +8,8 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import cast
 
 import torch
 
@@ -78,7 +79,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.failure: BaseException | None = None  # what killed the engine thread, if anything did
-        self._death_callbacks: list = []
+        self._death_callbacks: list[Callable[[BaseException], object]] = []
         self.prefix_cache = PrefixCache(int(config.prefix_cache_mib * 2**20))
         self.budget = StepBudget.from_config(config, self.info.max_context, self.model.draft_row_cost)
         self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
@@ -113,7 +114,7 @@ class Engine:
     def prefix_token_id(self) -> int:
         return self.text.prefix_token_id
 
-    def decode(self, token_ids) -> str:
+    def decode(self, token_ids: Iterable[int]) -> str:
         return self.text.decode(token_ids)
 
     def validate(
@@ -144,7 +145,7 @@ class Engine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
-    def on_death(self, callback) -> None:
+    def on_death(self, callback: Callable[[BaseException], object]) -> None:
         """Call `callback(exc)` (on the engine thread) if the engine thread dies of an exception."""
         self._death_callbacks.append(callback)
 
@@ -189,7 +190,7 @@ class Engine:
 
     # --- requests
 
-    async def generate(self, valid: ValidRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, valid: ValidRequest) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a validated request's chunks; closing the iterator early cancels the sequence."""
         request = require(valid, ValidRequest).request
         self._check_running()
@@ -202,8 +203,9 @@ class Engine:
             self.info.max_context,
         )
         async for item in self._follow(seq, request.client):
-            yield item
-            if item.finish_reason is not None:
+            chunk = cast(GenerationChunk, item)  # a generation posts chunks
+            yield chunk
+            if chunk.finish_reason is not None:
                 return
 
     async def score(self, valid: ValidScore) -> ScoreResult:
@@ -212,14 +214,14 @@ class Engine:
         self._check_running()
         seq = EngineSequence.scoring(request, self.model.new_cache(), asyncio.get_running_loop())
         async for result in self._follow(seq, request.client):
-            return result
+            return cast(ScoreResult, result)  # a score posts its one ScoreResult
         raise EngineError("scoring ended without a result")
 
     def _check_running(self) -> None:
         if not self.running:
             raise NotReady("the engine is not running")
 
-    async def _follow(self, seq: EngineSequence, client: str):
+    async def _follow(self, seq: EngineSequence, client: str) -> AsyncGenerator[GenerationChunk | ScoreResult, None]:
         """Queue `seq` and yield what the engine posts for it; cancel it if the caller leaves."""
         with self._lock:
             if self.failure is not None:

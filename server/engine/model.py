@@ -274,7 +274,14 @@ class DecoderModel:
             logits = _softcap(F.pad(logits, (0, pad)), c.final_softcap)[:, : c.vocab_size]
         return logits
 
-    def _layer(self, hidden: torch.Tensor, layer: Layer, i: int, tables: list, segments: Sequence[Segment]):
+    def _layer(
+        self,
+        hidden: torch.Tensor,
+        layer: Layer,
+        i: int,
+        tables: list[tuple[torch.Tensor, torch.Tensor]],  # each RoPE's (cos, sin) [T, 1, R]
+        segments: Sequence[Segment],
+    ) -> torch.Tensor:
         """One decoder layer over packed rows: hidden [T, H] -> [T, H]."""
         c, t = self.cfg, hidden.shape[0]
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -283,7 +290,7 @@ class DecoderModel:
         q = qkv[:, :q_width].view(t, c.num_heads, c.head_dim)
         k = qkv[:, q_width : q_width + kv_width].view(t, c.num_kv_heads, c.head_dim)
         v = qkv[:, q_width + kv_width :].view(t, c.num_kv_heads, c.head_dim)
-        if layer.q_norm is not None:
+        if layer.q_norm is not None and layer.k_norm is not None:  # both or neither (cfg.qk_norm)
             q, k = self._rms_norm(q, layer.q_norm), self._rms_norm(k, layer.k_norm)
         rope = c.layers[i].rope
         if rope >= 0:

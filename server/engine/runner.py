@@ -150,8 +150,9 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[Check]) -> list[int]:
     """
     seqs = [seq for seq, _, _ in checks]
     steps = [i for _, _, i in checks]
+    parts = [seq.generation_parts() for seq in seqs]  # (request, stop rules, codec): resumed streams generate
     histories: list[TokenHistory] | None = None
-    if any(_uses_penalties(seq.request.sampling) for seq in seqs):
+    if any(_uses_penalties(request.sampling) for request, _, _ in parts):
         # Row i reads the prompt and resume_ids[:i]: one history per sequence, grown along its checks
         # (ascending i) and copied at each, so a long resumed stream is not re-sorted for every row.
         grown: dict[int, tuple[int, TokenHistory]] = {}
@@ -165,11 +166,11 @@ def check_resumed(logits: torch.Tensor, checks: Sequence[Check]) -> list[int]:
             histories.append(history)
     result = sample(
         logits[[row for _, row, _ in checks]],
-        [seq.request.sampling for seq in seqs],
+        [request.sampling for request, _, _ in parts],
         steps,
         histories=histories,
-        sample_indices=[seq.request.sample_index for seq in seqs],
-        suppress_token_ids=[seq.stop.suppressed_ids(i) for seq, i in zip(seqs, steps)],
+        sample_indices=[request.sample_index for request, _, _ in parts],
+        suppress_token_ids=[stop.suppressed_ids(i) for (_, stop, _), i in zip(parts, steps)],
     )
     return list(result.token_ids.tolist())
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING
 
 from .types import GenerationChunk
 from .validation import ValidRequest
 
+if TYPE_CHECKING:
+    from .engine import Engine
 
-async def generate_samples(engine, requests: Sequence[ValidRequest]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+
+async def generate_samples(
+    engine: Engine, requests: Sequence[ValidRequest]
+) -> AsyncGenerator[tuple[int, GenerationChunk], None]:
     """Every sample's chunks as (j, chunk), interleaved as the engine produces them.
 
     `requests` are the samples Engine.validate() made. Each sample is an ordinary sequence, so its
@@ -22,27 +28,27 @@ async def generate_samples(engine, requests: Sequence[ValidRequest]) -> AsyncIte
             async for chunk in chunks:
                 yield 0, chunk
         return
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, GenerationChunk | Exception]] = asyncio.Queue()
 
     async def pump(j: int, req: ValidRequest) -> None:
         try:
             async with contextlib.aclosing(engine.generate(req)) as chunks:
                 async for chunk in chunks:
-                    queue.put_nowait((j, chunk, None))
+                    queue.put_nowait((j, chunk))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # hand it to the consumer, which cancels the rest
-            queue.put_nowait((j, None, exc))
+            queue.put_nowait((j, exc))
 
     tasks = [asyncio.create_task(pump(j, r)) for j, r in enumerate(requests)]
     unfinished = len(requests)
     try:
         while unfinished:
-            j, chunk, exc = await queue.get()
-            if exc is not None:
-                raise exc
-            yield j, chunk
-            if chunk.finish_reason is not None:
+            j, item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield j, item
+            if item.finish_reason is not None:
                 unfinished -= 1
     finally:
         for task in tasks:

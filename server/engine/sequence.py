@@ -16,6 +16,8 @@ from .stopping import StopCondition
 from .text import IncrementalText, TextCodec
 from .types import FinishReason, GenerationChunk, GenerationRequest, NotReady, ScoreRequest, ScoreResult, TopLogprob
 
+Posted = GenerationChunk | ScoreResult | BaseException  # what a sequence's caller reads from its outbox
+
 
 class SequenceKind(enum.Enum):
     GENERATE = "generate"  # samples tokens after its prompt and streams chunks
@@ -59,7 +61,7 @@ class EngineSequence:
         )
         self.cache = cache
         self.loop = loop
-        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.outbox: asyncio.Queue[Posted] = asyncio.Queue()
         self.prefilled = 0  # prompt tokens already in the cache
         self.score_from = score_from  # first prompt position whose logprob is wanted, or None
         self.prompt_logprobs: list[float] = []  # for positions score_from.. as they are computed
@@ -130,10 +132,16 @@ class EngineSequence:
         self._penalty_history = (source, len(source), history)
         return history
 
+    def generation_parts(self) -> tuple[GenerationRequest, StopCondition, TextCodec]:
+        """A generation's request, stop rules and codec (a score has none)."""
+        if self.request is None or self.stop is None or self.codec is None:
+            raise TypeError(f"a {self.kind.value} sequence has no generation request")
+        return self.request, self.stop, self.codec
+
     def start_after_resume(self) -> str | None:
         """The checked resumed tokens become the output so far; None, or why the stream could not go on."""
         self.output_ids = list(self.resume_ids)
-        i = self.stop.replay(self.resume_ids)
+        i = self.generation_parts()[1].replay(self.resume_ids)
         if i is not None:
             return f"resume_token_ids[{i}]: a stop string ends the stream there; a finished stream cannot be resumed"
         return None
@@ -159,7 +167,8 @@ class EngineSequence:
         """Up to `limit` tokens guessed from this sequence's own n-grams (speculation.py), each kept with a
         likelihood above `bar` (scheduler.draft_threshold), never more than the stream may still produce
         after the token its decode row samples."""
-        room = min(self.request.max_new_tokens - len(self.output_ids), self.stop.max_context - self.num_tokens) - 1
+        request, stop, _ = self.generation_parts()
+        room = min(request.max_new_tokens - len(self.output_ids), stop.max_context - self.num_tokens) - 1
         if self._drafter is None:
             self._drafter = NgramDrafter()
         known = len(self._drafter.tokens)
@@ -186,10 +195,10 @@ class EngineSequence:
 
     def accept(self, token_id: int, logprob: float, top_ids: list[int], top_lps: list[float]) -> None:
         """Append a sampled token, apply the stop conditions and emit a chunk."""
-        req = self.request
+        req, stop, codec = self.generation_parts()
         self.output_ids.append(token_id)
-        text, finish = self.stop.accept(token_id, len(self.output_ids), self.num_tokens)
-        top = [TopLogprob(t, self.codec.token_text(t), lp) for t, lp in zip(top_ids[: req.top_logprobs], top_lps)]
+        text, finish = stop.accept(token_id, len(self.output_ids), self.num_tokens)
+        top = [TopLogprob(t, codec.token_text(t), lp) for t, lp in zip(top_ids[: req.top_logprobs], top_lps)]
         chunk = GenerationChunk(
             token_ids=[token_id],
             text=text,
@@ -203,10 +212,12 @@ class EngineSequence:
         if req.prompt_logprobs and len(self.output_ids) == 1 and not self.resume_ids:
             chunk.prompt_logprobs = [None] + self.prompt_logprobs
             if req.top_logprobs:
-                chunk.prompt_top_logprobs = [None] + [
-                    [TopLogprob(t, self.codec.token_text(t), lp) for t, lp in zip(ids[: req.top_logprobs], lps)]
+                tops: list[list[TopLogprob] | None] = [None]  # the first prompt token has no alternatives
+                tops += [
+                    [TopLogprob(t, codec.token_text(t), lp) for t, lp in zip(ids[: req.top_logprobs], lps)]
                     for ids, lps in self.prompt_top
                 ]
+                chunk.prompt_top_logprobs = tops
         if finish is not None:
             self.finished = True
         self._post(chunk)
@@ -231,7 +242,7 @@ class EngineSequence:
         self.finished = True
         self._post(error)
 
-    def _post(self, item) -> None:
+    def _post(self, item: Posted) -> None:
         try:
             self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
         except RuntimeError:  # the caller's event loop is gone

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from seedstream.server.service.errors import EngineError, NotReady, Overloaded, ParamError, Unavailable
 
@@ -36,11 +37,11 @@ class BodyError(Exception):
         self.status = status
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def status_for(exc: BaseException, names: Mapping[str, str] | None = None) -> tuple[int, dict]:
+def status_for(exc: BaseException, names: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, OpenAI error object) for an exception raised while serving a request.
 
     `names` maps our field names to the request's parameter names (e.g. max_new_tokens -> max_tokens).
@@ -56,7 +57,7 @@ def http_status(exc: BaseException) -> int:
     return _classify(exc, None)[0]
 
 
-def _classify(exc: BaseException, names: Mapping[str, str] | None) -> tuple[int, dict]:
+def _classify(exc: BaseException, names: Mapping[str, str] | None) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, ParamError):
         field = exc.field
         param = (names or {}).get(field, field)

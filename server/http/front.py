@@ -18,9 +18,12 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from seedstream.server import lograte
 from seedstream.server.engine.samples import generate_samples
@@ -32,7 +35,13 @@ from .errors import BodyError, http_status, status_for
 from .gate import ConnectionGate, GatedSite, HttpLimits
 from .parse import ParsedRequest, decode_json, parse_chat, parse_completion
 from .prepare import check_model, prepare_choices
-from .responses import Choice, system_fingerprint, usage
+from .responses import Choice, Json, system_fingerprint, usage
+
+if TYPE_CHECKING:
+    import ssl
+
+    from seedstream.server.engine import Engine
+    from seedstream.server.service.state import ServiceState
 
 log = logging.getLogger("seedstream.server.http")
 
@@ -42,7 +51,15 @@ SEED_HEADER = "seedstream-seed"
 class HttpFront:
     """The OpenAI-compatible HTTP server over a ServiceState (the engine and in-flight accounting)."""
 
-    def __init__(self, state, host: str = "127.0.0.1", port: int = 0, api_keys=None, ssl_context=None, limits=None):
+    def __init__(
+        self,
+        state: ServiceState,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_keys: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self.state = state
         self.limits: HttpLimits = limits or HttpLimits()
         self.gate = ConnectionGate(self.limits)
@@ -57,7 +74,7 @@ class HttpFront:
         self._keys = ApiKeys(api_keys) if api_keys else None
 
     @web.middleware
-    async def _require_key(self, request: web.Request, handler):
+    async def _require_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._keys is not None and request.path.startswith("/v1/"):
             if self._keys.client_of(request.headers.get("Authorization", "")) is None:
                 log.warning("http %s status=401 (missing or unknown API key)", request.path)
@@ -75,7 +92,7 @@ class HttpFront:
         return await handler(request)
 
     @web.middleware
-    async def _request_done(self, request: web.Request, handler):
+    async def _request_done(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         finally:
@@ -207,14 +224,14 @@ class HttpFront:
 
     async def _stream(
         self,
-        http,
-        engine,
+        http: web.Request,
+        engine: Engine,
         parsed: ParsedRequest,
         choices: list[Choice],
         prompt_tokens: int,
-        envelope: dict,
-        header: dict,
-        call,
+        envelope: Json,
+        header: dict[str, str],
+        call: _Call,
     ) -> web.StreamResponse:
         """Server-sent events, one per engine chunk, then `data: [DONE]`. The response starts with the
         first chunk, so a full queue (429) or a bad request still gets its own status."""
@@ -231,7 +248,7 @@ class HttpFront:
                 await response.prepare(http)
             await response.write(data)
 
-        async def send(parts: list, **extra) -> None:
+        async def send(parts: list[Json], **extra: Any) -> None:
             data = b"data: " + _dumps({**envelope, "choices": parts, **extra}).encode() + b"\n\n"
             try:  # a write waits only while the client's buffers are full: it has stopped reading
                 await asyncio.wait_for(write(data), self.limits.stall_timeout)
@@ -274,9 +291,10 @@ class HttpFront:
             await response.write(b"data: " + _dumps(status_for(exc, call.names)[1]).encode() + b"\n\n")
             return response
         call.log("ok")
+        assert response is not None  # the [DONE] line was written
         return response
 
-    async def _body(self, http: web.Request):
+    async def _body(self, http: web.Request) -> Any:
         """The decoded JSON body, within the front's limits: 415 unless JSON, 413 over the size cap, 408
         past the body deadline; a big body is decoded off the loop."""
         if http.content_type != "application/json":  # a browser's form or text/plain post cannot start work
@@ -301,9 +319,9 @@ class _Stalled(Exception):
 class _Call:
     """Per-request facts for the one log line each request gets (as the gRPC side logs)."""
 
-    def __init__(self, route: str, metrics=None):
+    def __init__(self, route: str, metrics: Any = None) -> None:
         self.route = route
-        self.metrics = metrics  # the server's ServiceMetrics, or None
+        self.metrics = metrics  # the server's rpc.metrics.ServiceMetrics (not imported: a sibling), or None
         self.started = time.monotonic()
         self.request_id = ""
         self.seed: int | None = None
@@ -334,15 +352,15 @@ class _Call:
             self.metrics.observe_request("http." + self.route, code, elapsed, {"prompt_tokens": self.prompt_tokens})
 
 
-def _parse_body(body, chat: bool) -> ParsedRequest:
+def _parse_body(body: Any, chat: bool) -> ParsedRequest:
     return parse_chat(body) if chat else parse_completion(body)
 
 
-def _dumps(obj) -> str:
+def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def _error(exc: BaseException, names: dict | None = None) -> web.Response:
+def _error(exc: BaseException, names: dict[str, str] | None = None) -> web.Response:
     status, body = status_for(exc, names)
     response = web.json_response(body, status=status)
     if isinstance(exc, BodyError):

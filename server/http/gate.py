@@ -22,8 +22,13 @@ import asyncio
 import collections
 import dataclasses
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    import ssl
 
 from seedstream.server.settings import ServeOptions as _Flags
 
@@ -45,7 +50,7 @@ class HttpLimits:
     stall_timeout: float = _Flags.http_stall_timeout
 
     @classmethod
-    def from_options(cls, options) -> HttpLimits:
+    def from_options(cls, options: _Flags) -> HttpLimits:
         """From ServeOptions (its `http_*` fields)."""
         return cls(**{f.name: getattr(options, "http_" + f.name) for f in dataclasses.fields(cls)})
 
@@ -60,13 +65,13 @@ class ConnectionGate:
         self.refused = 0  # connections closed at once for a cap
         self.timed_out = 0  # connections closed for slow headers
         self.evicted = 0  # connections waiting for headers, closed at the overall cap to admit a newcomer
-        self.by_transport: dict = {}  # transport -> GatedProtocol, for the middleware
+        self.by_transport: dict[asyncio.BaseTransport, GatedProtocol] = {}  # for the middleware
         # Admitted connections waiting for request headers, the longest-waiting first (dicts keep order).
         self.waiting: dict[GatedProtocol, None] = {}
 
-    def request_done(self, transport) -> None:
+    def request_done(self, transport: asyncio.BaseTransport | None) -> None:
         """A response on `transport` is written: its next request's headers get a deadline of their own."""
-        protocol = self.by_transport.get(transport)
+        protocol = self.by_transport.get(transport) if transport is not None else None
         if protocol is not None:
             protocol.request_done()
 
@@ -110,26 +115,26 @@ class ConnectionGate:
         if self.by_client[client] <= 0:
             del self.by_client[client]
 
-    def factory(self, make_protocol):
+    def factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], GatedProtocol]:
         return lambda: GatedProtocol(self, make_protocol())
 
 
 class GatedProtocol(asyncio.Protocol):
     """aiohttp's protocol behind the gate: refused over a cap, closed when headers are too slow."""
 
-    def __init__(self, gate: ConnectionGate, inner):
+    def __init__(self, gate: ConnectionGate, inner: asyncio.Protocol) -> None:
         self.gate = gate
         self.inner = inner
         self.client = ""
         self.admitted = False
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, to find an end of headers split over two reads
         self.in_request = False  # headers complete; the response is not finished yet
         self.counted = False  # holds a place in the gate's counts (admitted, not yet released)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = self.transport = cast("asyncio.Transport", transport)  # a stream's: TCP or TLS
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else str(peer)
         if not self.gate.admit(self.client):
@@ -198,14 +203,15 @@ class GatedProtocol(asyncio.Protocol):
                 self._tail = seen[-3:]
         self.inner.data_received(data)
 
-    def eof_received(self):
+    def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.admitted else None
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._release()
         if self.admitted:
             self.admitted = False
-            self.gate.by_transport.pop(self.transport, None)
+            if self.transport is not None:  # set by connection_made, which admitted it
+                self.gate.by_transport.pop(self.transport, None)
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -220,7 +226,14 @@ class GatedProtocol(asyncio.Protocol):
 class GatedSite(web.TCPSite):
     """TCPSite whose connections pass through a ConnectionGate (aiohttp's own start, one factory changed)."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, gate: ConnectionGate, ssl_context=None):
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        gate: ConnectionGate,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context)
         self.gate = gate
 

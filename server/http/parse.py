@@ -108,7 +108,7 @@ def json_int(text: str) -> int | HugeInt:
     return int(text) if len(text) <= MAX_INT_DIGITS else HugeInt(text)
 
 
-def decode_json(raw: bytes):
+def decode_json(raw: bytes) -> Any:
     """The body's JSON; every way it can fail is a 400 on `body` (giant integers are left to their field)."""
     try:
         return json.loads(raw, parse_int=json_int)
@@ -292,7 +292,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _integer(body: dict, key: str, name: str | None = None) -> int | None:
+def _integer(body: dict[str, Any], key: str, name: str | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return None
@@ -305,7 +305,7 @@ def _integer(body: dict, key: str, name: str | None = None) -> int | None:
     return value
 
 
-def _number(body: dict, key: str) -> float | None:
+def _number(body: dict[str, Any], key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
@@ -314,14 +314,14 @@ def _number(body: dict, key: str) -> float | None:
     return float(value)
 
 
-def _boolean(body: dict, key: str, name: str | None = None) -> bool | None:
+def _boolean(body: dict[str, Any], key: str, name: str | None = None) -> bool | None:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
         raise ParamError(name or key, f"must be true or false, got {value!r}")
     return value
 
 
-def _int_list(body: dict, key: str) -> list[int]:
+def _int_list(body: dict[str, Any], key: str) -> list[int]:
     value = body.get(key)
     if value is None:
         return []

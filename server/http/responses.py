@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
 from seedstream.server.engine.types import FinishReason, GenerationChunk, GenerationRequest, ModelInfo, TopLogprob
 from seedstream.server.engine.validation import ValidRequest
 from seedstream.server.service.receipts import receipt
+
+if TYPE_CHECKING:
+    from seedstream.server.engine import Engine
+
+Json = dict[str, Any]  # a JSON object of a response
+# (token texts, logprobs, top alternatives) of a run of tokens; the first prompt token has no logprob
+Logprobs = tuple[list[str], list[float | None], list[list[TopLogprob] | None]]
 
 FINISH = {
     FinishReason.LENGTH: "length",
@@ -29,7 +37,7 @@ def system_fingerprint(info: ModelInfo) -> str:
     return f"ss-{info.model_identity[:16]}-{info.dtype}-{info.device}-e{info.engine_version}-s{info.sampler_version}"
 
 
-def receipt_json(info: ModelInfo, request: GenerationRequest) -> dict:
+def receipt_json(info: ModelInfo, request: GenerationRequest) -> Json:
     """The gRPC receipt (same fields, same digest) in the proto's JSON form (uint64 as strings); unsigned."""
     return json_format.MessageToDict(
         receipt(info, request), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -48,8 +56,8 @@ class Choice:
     """One choice (one prompt, one sample): turns its engine chunks into OpenAI deltas and the whole."""
 
     def __init__(
-        self, index: int, valid: ValidRequest, engine, *, chat: bool, logprobs: bool, echo: Echo | None = None
-    ):
+        self, index: int, valid: ValidRequest, engine: Engine, *, chat: bool, logprobs: bool, echo: Echo | None = None
+    ) -> None:
         self.index = index
         self.valid = valid  # what the engine runs
         self.request = valid.request
@@ -64,9 +72,9 @@ class Choice:
         self.lp_tokens: list[str] = []
         self.lp_values: list[float | None] = []
         self.lp_top: list[list[TopLogprob] | None] = []
-        self.receipt: dict | None = None
+        self.receipt: Json | None = None
 
-    def add(self, chunk: GenerationChunk) -> dict:
+    def add(self, chunk: GenerationChunk) -> Json:
         """Record a chunk; returns this choice's part of a stream chunk."""
         first = not self.text
         text = chunk.text
@@ -74,7 +82,7 @@ class Choice:
         if first and self.echo is not None:
             text = self.echo.text + text
             if self.want_logprobs and chunk.prompt_logprobs is not None:
-                p_tokens, p_values, p_top = self._prompt_logprobs(chunk)
+                p_tokens, p_values, p_top = self._prompt_logprobs(chunk, self.echo, chunk.prompt_logprobs)
                 tokens, values, top = p_tokens + tokens, p_values + values, p_top + top
         self.text.append(text)
         self.token_ids.extend(chunk.token_ids)
@@ -85,7 +93,7 @@ class Choice:
         if chunk.finish_reason is not None:
             self.finish = chunk.finish_reason
             self.receipt = receipt_json(self.engine.info, self.request)
-        part = {"index": self.index}
+        part: Json = {"index": self.index}
         if self.chat:
             part["delta"] = {"content": text} if text or chunk.finish_reason is None else {}
             part["logprobs"] = self._chat_logprobs(tokens, values, top) if self.want_logprobs else None
@@ -96,16 +104,16 @@ class Choice:
                 if self.want_logprobs
                 else None
             )
-        part["finish_reason"] = FINISH[self.finish] if chunk.finish_reason is not None else None
+        part["finish_reason"] = FINISH[chunk.finish_reason] if chunk.finish_reason is not None else None
         part["token_ids"] = list(chunk.token_ids)
         if self.receipt is not None:
             part["receipt"] = self.receipt
         return part
 
-    def whole(self) -> dict:
+    def whole(self) -> Json:
         """This choice in a unary response."""
         text = "".join(self.text)
-        out: dict = {"index": self.index}
+        out: Json = {"index": self.index}
         if self.chat:
             out["message"] = {"role": "assistant", "content": text}
             out["logprobs"] = (
@@ -128,19 +136,21 @@ class Choice:
     def _token_text(self, token_id: int) -> str:
         return self.engine.text.token_text(token_id)  # as the engine spells top alternatives
 
-    def _chunk_logprobs(self, chunk: GenerationChunk):
+    def _chunk_logprobs(self, chunk: GenerationChunk) -> Logprobs:
         if not self.want_logprobs:
             return [], [], []
         tops = chunk.top_logprobs or [[] for _ in chunk.token_ids]
         return [self._token_text(t) for t in chunk.token_ids], list(chunk.logprobs), list(tops)
 
-    def _prompt_logprobs(self, chunk: GenerationChunk):
-        ids = self.echo.token_ids
+    def _prompt_logprobs(self, chunk: GenerationChunk, echo: Echo, prompt_logprobs: Sequence[float | None]) -> Logprobs:
+        ids = echo.token_ids
         tops = chunk.prompt_top_logprobs or [None] + [[] for _ in ids[1:]]
-        return [self._token_text(t) for t in ids], list(chunk.prompt_logprobs), list(tops)
+        return [self._token_text(t) for t in ids], list(prompt_logprobs), list(tops)
 
     @staticmethod
-    def _completion_logprobs(tokens, values, top, offset: int) -> dict:
+    def _completion_logprobs(
+        tokens: list[str], values: list[float | None], top: list[list[TopLogprob] | None], offset: int
+    ) -> Json:
         offsets = []
         for t in tokens:
             offsets.append(offset)
@@ -153,8 +163,8 @@ class Choice:
         }
 
     @staticmethod
-    def _chat_logprobs(tokens, values, top) -> dict:
-        def entry(text: str, logprob: float) -> dict:
+    def _chat_logprobs(tokens: list[str], values: list[float | None], top: list[list[TopLogprob] | None]) -> Json:
+        def entry(text: str, logprob: float | None) -> Json:
             return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
         return {
@@ -165,6 +175,6 @@ class Choice:
         }
 
 
-def usage(prompt_tokens: int, choices: Sequence[Choice]) -> dict:
+def usage(prompt_tokens: int, choices: Sequence[Choice]) -> Json:
     completion = sum(c.completion_tokens for c in choices)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}

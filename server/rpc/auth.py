@@ -17,11 +17,20 @@ import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from seedstream.server.service.keys import ApiKeys
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    # Any RPC's handler and context: the interceptor never reads the messages. grpc-stubs types the handlers'
+    # behaviours as the sync API's functions; on grpc.aio they are coroutine and async generator functions.
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("seedstream.server")
 
@@ -74,7 +83,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self._keys = ApiKeys(keys)
         self._on_denied = on_denied  # on_denied(rpc, "UNAUTHENTICATED") for each refused call (metrics)
 
-    def client_of(self, metadata) -> str | None:
+    def client_of(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
         """The client's name if the (last) `authorization` entry is a bearer token of a known key."""
         authorization: str | bytes = ""
         for k, v in metadata or ():
@@ -82,7 +91,11 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 authorization = v
         return self._keys.client_of(authorization)
 
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
@@ -95,35 +108,39 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return _denied(handler, rpc)
 
 
-async def _deny(context) -> None:
+async def _deny(context: Context) -> None:
     await context.abort(
         grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key: send metadata 'authorization: Bearer <key>'"
     )
 
 
-def _denied(handler, rpc: str):
+def _denied(handler: Handler, rpc: str) -> Handler:
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED without running it."""
     log.warning("rpc=%s status=UNAUTHENTICATED (missing or unknown API key)", rpc)
 
-    async def unary(request, context):
+    async def unary(request: object, context: Context) -> None:
         await _deny(context)
 
-    async def stream(request, context):
+    async def stream(request: object, context: Context) -> AsyncIterator[None]:
         await _deny(context)
         yield  # pragma: no cover - abort raises first
 
     return _rebuild(handler, unary, stream)
 
 
-def _with_client(handler, name: str):
+def _with_client(handler: Handler, name: str) -> Handler:
     """`handler` with CLIENT_NAME set to the authenticated client's name for the call."""
-    inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    # The one behaviour the handler has: an async function of (request, aio context) on grpc.aio.
+    inner = cast(
+        "Callable[[Any, Context], Any]",
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream,
+    )
 
-    async def unary(request, context):
+    async def unary(request: Any, context: Context) -> Any:
         CLIENT_NAME.set(name)
         return await inner(request, context)
 
-    async def stream(request, context):
+    async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
         CLIENT_NAME.set(name)
         async for message in inner(request, context):
             yield message
@@ -140,7 +157,7 @@ _MAKERS = {
 }
 
 
-def _rebuild(handler, unary, stream):
+def _rebuild(handler: Handler, unary: Callable[[Any, Context], Any], stream: Callable[[Any, Context], Any]) -> Handler:
     """A handler with `handler`'s shape and (de)serializers whose behaviour is `unary` (one response) or
     `stream` (a response stream); the first argument is the request or the request iterator."""
     make = _MAKERS[(bool(handler.request_streaming), bool(handler.response_streaming))]

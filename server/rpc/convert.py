@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from seedstream.sampler import MAX_TOP_N, SamplingParams
 from seedstream.server.engine.types import (
@@ -23,6 +24,11 @@ from seedstream.v1.protocol import (
     MAX_STOP_TOKEN_IDS,
     OPTIONAL_SAMPLING_FIELDS,
 )
+
+if TYPE_CHECKING:
+    from seedstream.server.engine.prefix_cache import PrefixCache
+    from seedstream.server.engine.scoring import PairScore, ScorePair
+    from seedstream.server.engine.speculation import SpeculationStats
 
 UINT32_LIMIT = 2**32
 
@@ -115,7 +121,11 @@ def stream_message(
         logprobs=chunk.logprobs,
         top_logprobs=top_logprobs_pb(chunk.top_logprobs),
         seed=request.sampling.seed,
-        finish_reason=chunk.finish_reason.to_pb() if chunk.finish_reason else pb.FINISH_REASON_UNSPECIFIED,
+        finish_reason=(
+            cast("pb.FinishReason", chunk.finish_reason.to_pb())
+            if chunk.finish_reason
+            else pb.FINISH_REASON_UNSPECIFIED
+        ),
         prompt_tokens=len(request.prompt_token_ids),
         completion_tokens=chunk.completion_tokens,
         request_id=request.request_id,
@@ -132,7 +142,7 @@ def stream_message(
 
 def echoed_logprobs(prompt_logprobs: Sequence[float | None]) -> list[float]:
     """The engine gives None for the first prompt token (nothing predicts it); the proto omits it."""
-    return [float(x) for x in prompt_logprobs[1:]]
+    return [float(x) for x in cast("Sequence[float]", prompt_logprobs[1:])]  # only the first is None
 
 
 class UnaryAccumulator:
@@ -169,7 +179,7 @@ class UnaryAccumulator:
             logprobs=self.logprobs,
             top_logprobs=top_logprobs_pb(self.top),
             seed=req.sampling.seed,
-            finish_reason=(self.finish_reason or FinishReason.CANCELLED).to_pb(),
+            finish_reason=cast("pb.FinishReason", (self.finish_reason or FinishReason.CANCELLED).to_pb()),
             prompt_tokens=len(req.prompt_token_ids),
             completion_tokens=self.completion_tokens,
             request_id=req.request_id,
@@ -195,21 +205,21 @@ def samples_response(responses: Sequence[pb.GenerateResponse]) -> pb.GenerateRes
     return top
 
 
-def score_pairs_in(req: pb.ScoreRequest) -> list[tuple]:
+def score_pairs_in(req: pb.ScoreRequest) -> list[ScorePair]:
     """Each pair as (context, continuation): two strings, or two lists of token ids."""
-    pairs = []
+    pairs: list[ScorePair] = []
     for i, p in enumerate(req.pairs):
         which = p.WhichOneof("pair")
         if which is None:
             raise ParamError(f"pairs[{i}]", "set one of text or tokens")
-        side = p.text if which == "text" else p.tokens
-        pairs.append(
-            (side.context, side.continuation) if which == "text" else (list(side.context), list(side.continuation))
-        )
+        if which == "text":
+            pairs.append((p.text.context, p.text.continuation))
+        else:
+            pairs.append((list(p.tokens.context), list(p.tokens.continuation)))
     return pairs
 
 
-def score_result_pb(score) -> pb.ScoreResult:
+def score_result_pb(score: PairScore) -> pb.ScoreResult:
     """A PairScore (engine.scoring) as a ScoreResult message."""
     pair = score.pair
     return pb.ScoreResult(
@@ -237,8 +247,8 @@ def model_info(
     max_input_chars: int = 0,
     max_input_tokens: int = 0,
     max_deadline: float = 0.0,
-    prefix_cache=None,
-    speculation=None,
+    prefix_cache: PrefixCache | None = None,
+    speculation: SpeculationStats | None = None,
 ) -> pb.GetModelInfoResponse:
     msg = pb.GetModelInfoResponse(
         model_id=info.model_id,

@@ -21,6 +21,7 @@ stream is closed on the way out, which frees the sequence's slot.
 from __future__ import annotations
 
 import logging
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -45,7 +46,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: Exception, rpc: str, request_id: str = "") -> None:
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, rpc: str, request_id: str = ""
+) -> NoReturn:
     """Log `exc` as it deserves and end the call with the mapped status (raises AbortError)."""
     code, details = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
@@ -62,4 +65,7 @@ def field_violation(field: str, details: str) -> grpc.Status:
     )
     detail = any_pb2.Any()
     detail.Pack(bad_request)
-    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=details, details=[detail]))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=details, details=[detail])
+    )
+    return status

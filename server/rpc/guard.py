@@ -16,7 +16,8 @@ import contextlib
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -25,6 +26,23 @@ from seedstream.server.engine.types import ParamError
 from .auth import CLIENT_NAME
 from .decoding import MalformedRequest
 from .errors import abort_with, status_for
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from seedstream.server.service.state import ServiceState
+
+    from .metrics import ServiceMetrics
+
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Servicer(Protocol):
+    state: ServiceState
+
+
+_S = TypeVar("_S", bound=_Servicer)
+_Response = TypeVar("_Response")
 
 log = logging.getLogger("seedstream.server")
 
@@ -36,7 +54,9 @@ DEADLINE_SLACK_S = 0.25
 class Call:
     """Per-call facts: the one log line (and metrics) each request gets, the client's identity, the deadline."""
 
-    def __init__(self, rpc: str, context: grpc.aio.ServicerContext, max_deadline: float | None, metrics=None):
+    def __init__(
+        self, rpc: str, context: Context, max_deadline: float | None, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.rpc = rpc
         self.context = context
         self.metrics = metrics  # a metrics.ServiceMetrics, or None when the server exports none
@@ -113,7 +133,7 @@ class Call:
             return
         await self.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{which} of {self.limit:.1f}s passed")
 
-    async def malformed(self, request: MalformedRequest) -> None:
+    async def malformed(self, request: MalformedRequest) -> NoReturn:
         log.warning(
             "rpc=%s client=%s status=INVALID_ARGUMENT malformed request (%s): %s",
             self.rpc,
@@ -129,7 +149,7 @@ class Call:
             self.rpc,
         )
 
-    async def failed(self, exc: Exception) -> None:
+    async def failed(self, exc: Exception) -> NoReturn:
         self.log_line(status_for(exc)[0].name)
         await abort_with(self.context, exc, self.rpc, self.request_id)
 
@@ -147,12 +167,19 @@ def _timed_out(call: Call) -> bool:
     return remaining is not None and remaining <= 0
 
 
-def guard_unary(rpc: str):
+def guard_unary(
+    rpc: str,
+) -> Callable[
+    [Callable[[_S, Any, Context, Call], Awaitable[_Response]]],
+    Callable[[_S, Any, Context], Coroutine[Any, Any, _Response | None]],
+]:
     """Wrap a unary handler `fn(self, request, context, call)`."""
 
-    def deco(fn):
+    def deco(
+        fn: Callable[[_S, Any, Context, Call], Awaitable[_Response]],
+    ) -> Callable[[_S, Any, Context], Coroutine[Any, Any, _Response | None]]:
         @functools.wraps(fn)
-        async def wrapper(self, request, context):
+        async def wrapper(self: _S, request: Any, context: Context) -> _Response | None:
             call = Call(rpc, context, self.state.options.limits.max_deadline, self.state.metrics)
             if isinstance(request, MalformedRequest):
                 return await call.malformed(request)
@@ -172,22 +199,30 @@ def guard_unary(rpc: str):
                 else:
                     call.log_line("OK")
                     return response
+            return None  # not reached: every other path ends the call with a status (context.abort raises)
 
         return wrapper
 
     return deco
 
 
-def guard_stream(rpc: str):
+def guard_stream(
+    rpc: str,
+) -> Callable[
+    [Callable[[_S, Any, Context, Call], AsyncGenerator[_Response, None]]],
+    Callable[[_S, Any, Context], Coroutine[Any, Any, None]],
+]:
     """Wrap a server-streaming handler `fn(self, request, context, call)` (an async generator).
 
     The wrapper writes the messages itself (`context.write`), so the call's deadline covers writing
     them too: a client that stops reading blocks a write, and at the deadline the call is ended, its
     sequences freed, and it is logged DEADLINE_EXCEEDED and counted as outcome `dropped`."""
 
-    def deco(fn):
+    def deco(
+        fn: Callable[[_S, Any, Context, Call], AsyncGenerator[_Response, None]],
+    ) -> Callable[[_S, Any, Context], Coroutine[Any, Any, None]]:
         @functools.wraps(fn)
-        async def wrapper(self, request, context):
+        async def wrapper(self: _S, request: Any, context: Context) -> None:
             call = Call(rpc, context, self.state.options.limits.max_deadline, self.state.metrics)
             if isinstance(request, MalformedRequest):
                 await call.malformed(request)
@@ -223,7 +258,7 @@ def guard_stream(rpc: str):
     return deco
 
 
-async def _pump(messages, context, call: Call) -> None:
+async def _pump(messages: AsyncIterator[Any], context: Context, call: Call) -> None:
     """Write every message; `call.writing` says whether a write (not the engine) is what we wait for."""
     async for message in messages:
         call.writing = True

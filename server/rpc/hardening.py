@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -21,6 +22,11 @@ from seedstream.server.service.inputs import RequestLimits
 from .auth import ApiKeyInterceptor, load_keys
 from .limits import ConnectionLimits
 from .tls import GRPC_FLAGS, HTTP_FLAGS, load_client_ca, load_pair
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Limits = TypeVar("_Limits", bound="DataclassInstance")
 
 log = logging.getLogger("seedstream.server")
 
@@ -35,7 +41,7 @@ class Security:
     connection_limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
 
-    def interceptors(self, on_denied: Callable[[str, str], None] | None = None) -> list:
+    def interceptors(self, on_denied: Callable[[str, str], None] | None = None) -> list[grpc.aio.ServerInterceptor]:
         """The server interceptors; `on_denied(rpc, code)` is told of each call they refuse (metrics)."""
         return [ApiKeyInterceptor(self.api_keys, on_denied)] if self.api_keys else []
 
@@ -92,7 +98,7 @@ def check_exposure(
     log.warning(message)
 
 
-def security_from_options(options: Mapping, host: str, tls: bool) -> Security:
+def security_from_options(options: Mapping[str, Any], host: str, tls: bool) -> Security:
     """Security from ServeOptions' fields as a mapping (keys: api_key_file, reflection, insecure, and the
     fields of ConnectionLimits and RequestLimits; missing keys keep their defaults)."""
     keys = load_keys(options.get("api_key_file"))
@@ -107,6 +113,6 @@ def security_from_options(options: Mapping, host: str, tls: bool) -> Security:
     )
 
 
-def _fill(cls, options: Mapping):
+def _fill(cls: type[_Limits], options: Mapping[str, Any]) -> _Limits:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in options.items() if k in names and v is not None})

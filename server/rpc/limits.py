@@ -25,7 +25,9 @@ class ConnectionLimits:
     max_streams_per_connection: int = _Flags.max_streams_per_connection  # concurrent calls on one connection
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        def ms(seconds: float) -> int:
+            return int(seconds * 1000)
+
         options = [
             ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),

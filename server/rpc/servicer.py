@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-
-import grpc
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from seedstream.server.engine.rolling import rolling_pairs, score_rolling
 from seedstream.server.engine.samples import generate_samples
@@ -24,8 +23,19 @@ from seedstream.v1 import textgen_pb2_grpc as pb_grpc
 from . import convert
 from .guard import Call, guard_stream, guard_unary
 
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
-def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    from seedstream.server.engine import Engine, GenerationRequest
+    from seedstream.server.engine.scoring import PreparedPair
+    from seedstream.server.engine.validation import ValidRequest
+
+    from .guard import Context
+
+_Result = TypeVar("_Result")
+
+
+def _metadata_value(context: Context, key: str) -> str:
     for k, v in context.invocation_metadata() or ():
         if k == key:
             return v if isinstance(v, str) else v.decode("utf-8", "replace")
@@ -33,12 +43,12 @@ def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
 
 
 class TextGenerationServicer(pb_grpc.TextGenerationServicer):
-    def __init__(self, state: ServiceState):
+    def __init__(self, state: ServiceState) -> None:
         self.state = state
 
     # --- helpers (plain functions of the request: they may run on a worker thread)
 
-    def _prompt_ids(self, engine, req) -> Sequence[int]:
+    def _prompt_ids(self, engine: Engine, req: pb.GenerateRequest) -> Sequence[int]:
         which = req.WhichOneof("input")
         if which is None:
             raise ParamError("input", "set one of prompt, messages or prompt_token_ids")
@@ -51,10 +61,12 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         check_chars("messages", convert.chat_chars(req.messages), max_chars)
         return render_chat(engine, convert.chat_messages(req.messages))
 
-    def _request_id(self, req, context, call: Call) -> None:
+    def _request_id(
+        self, req: pb.GenerateRequest | pb.ScoreRequest | pb.ScoreRollingRequest, context: Context, call: Call
+    ) -> None:
         call.request_id = inputs.request_id(req.request_id, _metadata_value(context, "x-request-id"))
 
-    def _prepare(self, engine, req: pb.GenerateRequest, call: Call, seed: int):
+    def _prepare(self, engine: Engine, req: pb.GenerateRequest, call: Call, seed: int) -> tuple[ValidRequest, ...]:
         """One validated engine request per sample (n of them), checked before any header is sent."""
         convert.check_wire_counts(req)
         n = convert.num_samples(req)
@@ -68,7 +80,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         )
         return engine.validate(gen, n)
 
-    async def _generation(self, req: pb.GenerateRequest, context, call: Call):
+    async def _generation(
+        self, req: pb.GenerateRequest, context: Context, call: Call
+    ) -> tuple[Engine, tuple[ValidRequest, ...]]:
         engine = self.state.ready_engine()
         self._request_id(req, context, call)
         seed = req.seed if req.HasField("seed") else inputs.draw_seed()
@@ -81,7 +95,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
     # --- RPCs
 
     @guard_unary("Generate")
-    async def Generate(self, request, context, call):
+    async def Generate(self, request: pb.GenerateRequest, context: Context, call: Call) -> pb.GenerateResponse:
         engine, requests = await self._generation(request, context, call)
         accs = [convert.UnaryAccumulator(r.request) for r in requests]
         async with contextlib.aclosing(generate_samples(engine, requests)) as chunks:
@@ -93,13 +107,15 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return convert.samples_response([a.response(self._receipt(engine, a.request, a.token_ids)) for a in accs])
 
     @guard_stream("GenerateStream")
-    async def GenerateStream(self, request, context, call):
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: Context, call: Call
+    ) -> AsyncGenerator[pb.GenerateStreamResponse, None]:
         engine, requests = await self._generation(request, context, call)
         await context.send_initial_metadata(
             (("seedstream-seed", str(requests[0].request.sampling.seed)), ("seedstream-request-id", call.request_id))
         )
         # The prompt echo rides on sample 0's first chunk, which must be the stream's first message.
-        held: list | None = [] if requests[0].request.prompt_logprobs else None
+        held: list[pb.GenerateStreamResponse] | None = [] if requests[0].request.prompt_logprobs else None
         finishes: dict[int, str] = {}
         done_tokens: dict[int, int] = {}
         sent: dict[int, list[int]] = {j: [] for j in range(len(requests))}  # each sample's tokens, for its signature
@@ -124,7 +140,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
                     held = None
         call.fields["finish"] = ",".join(finishes[j] for j in sorted(finishes))
 
-    def _score_pairs(self, engine, request: pb.ScoreRequest):
+    def _score_pairs(self, engine: Engine, request: pb.ScoreRequest) -> list[PreparedPair]:
         max_chars, max_tokens = self.state.input_caps(engine)
         check_count("pairs", len(request.pairs), MAX_PAIRS, "pairs")
         pairs = convert.score_pairs_in(request)
@@ -135,7 +151,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return prepared
 
     @guard_unary("Score")
-    async def Score(self, request, context, call):
+    async def Score(self, request: pb.ScoreRequest, context: Context, call: Call) -> pb.ScoreResponse:
         engine = self.state.ready_engine()
         self._request_id(request, context, call)
         prepared = await _off_loop(request, self._score_pairs, engine, request)
@@ -150,7 +166,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             self.state.options.signer.sign(response.receipt, signing.output_sha256_score(response.results))
         return response
 
-    def _rolling(self, engine, request: pb.ScoreRollingRequest, max_length: int):
+    def _rolling(
+        self, engine: Engine, request: pb.ScoreRollingRequest, max_length: int
+    ) -> tuple[list[int], list[PreparedPair]]:
         """The text's token ids and its windows, checked."""
         max_chars, max_tokens = self.state.input_caps(engine)
         which = request.WhichOneof("input")
@@ -166,7 +184,9 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return ids, rolling_pairs(engine, ids, max_length)
 
     @guard_unary("ScoreRolling")
-    async def ScoreRolling(self, request, context, call):
+    async def ScoreRolling(
+        self, request: pb.ScoreRollingRequest, context: Context, call: Call
+    ) -> pb.ScoreRollingResponse:
         engine = self.state.ready_engine()
         self._request_id(request, context, call)
         max_length = request.max_length if request.HasField("max_length") else engine.info.max_context - 1
@@ -189,7 +209,7 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             self.state.options.signer.sign(r.receipt, output)
         return response
 
-    def _tokenize(self, engine, request: pb.TokenizeRequest):
+    def _tokenize(self, engine: Engine, request: pb.TokenizeRequest) -> tuple[list[int], list[str]]:
         max_chars, max_tokens = self.state.input_caps(engine)
         which = request.WhichOneof("input")
         if which is None:
@@ -207,14 +227,16 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
         return ids, _token_texts(engine, ids)
 
     @guard_unary("Tokenize")
-    async def Tokenize(self, request, context, call):
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context, call: Call) -> pb.TokenizeResponse:
         engine = self.state.ready_engine()
         ids, texts = await _off_loop(request, self._tokenize, engine, request)
         call.fields["tokens"] = len(ids)
         return pb.TokenizeResponse(token_ids=ids, tokens=texts)
 
     @guard_unary("GetModelInfo")
-    async def GetModelInfo(self, request, context, call):
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: Context, call: Call
+    ) -> pb.GetModelInfoResponse:
         engine = self.state.ready_engine()
         config = engine.config
         max_chars, max_tokens = self.state.input_caps(engine)
@@ -236,15 +258,15 @@ class TextGenerationServicer(pb_grpc.TextGenerationServicer):
             info.receipt_public_key = self.state.options.signer.public_key
         return info
 
-    def _receipt(self, engine, request, tokens: Sequence[int]) -> pb.ReproducibilityReceipt:
+    def _receipt(self, engine: Engine, request: GenerationRequest, tokens: Sequence[int]) -> pb.ReproducibilityReceipt:
         return completion_receipt(engine.info, request, tokens, self.state.options.signer)
 
 
-def _token_texts(engine, ids: list[int]) -> list[str]:
+def _token_texts(engine: Engine, ids: list[int]) -> list[str]:
     """Each token's text on its own, special tokens shown (unlike generated text, which omits them)."""
     return engine.text.token_texts(ids)
 
 
-async def _off_loop(request, fn, *args):
+async def _off_loop(request: Message, fn: Callable[..., _Result], *args: Any) -> _Result:
     """maybe_threaded, sized by the request's encoded bytes."""
     return await maybe_threaded(request.ByteSize(), fn, *args)

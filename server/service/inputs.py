@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 # the defaults of --max-input-chars and --max-input-tokens: these x max_context
 from seedstream.server.settings import CHARS_PER_CONTEXT_TOKEN, TOKENS_PER_CONTEXT
 from seedstream.server.settings import ServeOptions as _Flags  # the defaults of the `seedstream serve` flags
 
 from .errors import ParamError
+
+if TYPE_CHECKING:
+    from seedstream.server.engine import Engine
 
 MAX_CHAT_MESSAGES = 4096
 MAX_REQUEST_ID_CHARS = 128
@@ -45,11 +48,10 @@ def check_request_id(value: str) -> str:
     return value
 
 
-def render_chat(engine: Any, messages: list[dict[str, str]]) -> list[int]:
+def render_chat(engine: Engine, messages: list[dict[str, str]]) -> list[int]:
     """The chat's prompt token ids through the model's chat template; its complaints are the caller's."""
     try:
-        ids: list[int] = engine.render_chat(messages)
-        return ids
+        return engine.render_chat(messages)
     except ParamError:
         raise
     except Exception as exc:  # template errors (unknown role, bad ordering) are the caller's to fix

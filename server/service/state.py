@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import Unavailable
 from .inputs import RequestLimits
 from .receipts import ReceiptSigner
+
+if TYPE_CHECKING:
+    from seedstream.server.engine import Engine
 
 T = TypeVar("T")
 
@@ -31,7 +34,7 @@ class ServiceOptions:
 class ServiceState:
     """What the handlers need: the engine once loaded, and whether we are draining."""
 
-    def __init__(self, engine: Any = None, options: ServiceOptions | None = None):
+    def __init__(self, engine: Engine | None = None, options: ServiceOptions | None = None):
         self.engine = engine
         self.options = options or ServiceOptions()
         self.draining = False
@@ -40,14 +43,14 @@ class ServiceState:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def ready_engine(self) -> Any:
+    def ready_engine(self) -> Engine:
         if self.draining:
             raise Unavailable("the server is shutting down")
         if self.engine is None:
             raise Unavailable("the model is still loading")
         return self.engine
 
-    def input_caps(self, engine: Any) -> tuple[int, int]:
+    def input_caps(self, engine: Engine) -> tuple[int, int]:
         """(characters, tokens) one request may carry."""
         limits, context = self.options.limits, engine.info.max_context
         return limits.chars(context), limits.tokens(context)
