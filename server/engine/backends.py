@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +17,16 @@ from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, Packe
 from .config import DTYPES, EngineConfig
 from .forward import ForwardModel
 from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
-from .loader import LoadedWeights, cache_root
+from .loader import (
+    CACHE_FORMAT,
+    CHILD_CONVERSION_BYTES,
+    LoadedWeights,
+    cache_root,
+    child_main,
+    load_weights,
+    model_bytes,
+    run_in_child,
+)
 from .model import DecoderModel, ModelConfig
 
 log = logging.getLogger("seedstream.engine")
@@ -111,15 +121,20 @@ def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> 
     the norm vectors. From this process's memo, else the disk cache (a warm start reads nothing else; checked
     against its manifest), else packed now (from the stored blocks the packer keeps, else dequantised one
     matrix at a time)."""
-    key = f"packed-v{PACK_LAYOUT}-{weights.model_identity[:32]}-{requested}"  # what is packed follows the config too
+    # what is packed follows the source's reading (CACHE_FORMAT) and the config too
+    key = f"packed-v{PACK_LAYOUT}.{CACHE_FORMAT}-{weights.model_identity[:32]}-{requested}"
     if key in _packed_in_process:
         return _packed_in_process[key]
     built: list[Packed] = []
 
     def build(out: Path) -> None:
+        if model_bytes(weights.source_path) >= CHILD_CONVERSION_BYTES:
+            # Packed in a child interpreter, then read back as a warm start reads it: the packing's temporaries
+            # and a GGUF reader's metadata (tens of thousands of small objects) would stay in this heap.
+            run_in_child(_pack_into, weights.source_path, requested, out)
+            return
         built.append(_pack(weights, cfg, requested))
-        save_packed(out / "matrices.safetensors", *built[0][:2])
-        save_file(built[0][2], str(out / "norms.safetensors"))
+        _save(out, built[0])
 
     def load(entry: Path) -> Packed:
         if built:  # just written and sealed: no need to read it back
@@ -134,21 +149,27 @@ def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> 
     def needed() -> int:  # the packed bytes once packed; before, a guess from the source's size
         if built:
             return sum(m.nbytes for m in built[0][0].values()) + sum(t.nbytes for t in built[0][2].values())
-        return _source_bytes(weights) * (8 if requested == "f32" else 2)
+        return model_bytes(weights.source_path) * (8 if requested == "f32" else 2)
 
     result = cachefs.ensure(cache_root() / key, build, load, needed)
     _packed_in_process[key] = result
     return result
 
 
-def _source_bytes(weights: LoadedWeights) -> int:
-    path = weights.source_path
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.glob("*.safetensors"))
+def _save(out: Path, packed: Packed) -> None:
+    save_packed(out / "matrices.safetensors", packed[0], packed[1])
+    save_file(packed[2], str(out / "norms.safetensors"))
+
+
+def _pack_into(source: str, requested: str, out: str) -> None:
+    """Pack the model at `source` as `requested` into the entry's temp folder `out` (a child's step)."""
+    weights = load_weights(source, lambda msg: None)
+    _save(Path(out), _pack(weights, ModelConfig.from_hf(weights.config), requested))
 
 
 def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     state = weights.state_dict
-    kept = _kept_matrices(weights)
+    kept = _kept_matrices(weights, requested)
     fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
     if requested == "auto" and len(kept) < len(weights.stored):  # some layers run on float32 copies
         fmt = ",".join(sorted(set(fmt.split(",")) | {"f32"}))
@@ -156,9 +177,12 @@ def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     return pack_model_weights(cfg, state, kept, fmt), fmt, norms
 
 
-def _kept_matrices(weights: LoadedWeights) -> dict:
+def _kept_matrices(weights: LoadedWeights, requested: str) -> dict:
     """The stored matrices the kernels multiply as they are; Q2_K and Q3_K ones are dequantised to float32
-    (a warning says so); any other type (IQ quants, ...) is refused, naming what the kernels take."""
+    (a warning says so); any other type (IQ quants, ...) is refused, naming what the kernels take. A folder's
+    matrices are kept under 'auto' only: a format named is a conversion of every matrix (as it always was)."""
+    if requested != "auto" and not weights.source_path.is_file():
+        return {}
     stored = {n: weights.stored[n] for n in weights.stored}
     types = {t.format for t in stored.values()}
     refused = sorted(types - set(STORED_FORMATS) - set(DEQUANTISED_FORMATS))
@@ -173,3 +197,7 @@ def _kept_matrices(weights: LoadedWeights) -> dict:
             ", ".join(sorted(types & set(DEQUANTISED_FORMATS))),
         )
     return {n: t for n, t in stored.items() if t.format in STORED_FORMATS}
+
+
+if __name__ == "__main__":
+    sys.exit(child_main([_pack_into], sys.argv[1:]))

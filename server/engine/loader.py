@@ -20,6 +20,8 @@ from seedstream.server import cachefs
 from seedstream.server.cachefs import cache_root
 from seedstream.server.phases import phase
 
+from .arch import ModelConfig, UnsupportedModel, canonical_state_dict
+from .folder_tensors import canonical_tensors, read_folder, readable_as_stored
 from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
 from .identity import model_digests, model_files, weight_files
 from .sources import default_model_path, resolve_model
@@ -29,8 +31,10 @@ log = logging.getLogger("seedstream.engine")
 # Bump when the cached layout or its key changes. 2: keyed on the model identity (was the weights' bytes).
 # 3: canonical names (arch.canonical_state_dict); a GGUF's entry holds no weights (they are read from the file).
 # 4: every entry is sealed with a manifest (seedstream.server.cachefs) and checked at each load.
-CACHE_FORMAT = "4"
-_GGUF_ENTRY_BYTES = 64 << 20  # an upper estimate of a GGUF entry (config and tokenizer), for a full disk's message
+# 5: a safetensors folder's entry holds no weights either (read as stored from its files); it also names the
+#    packed-weights entries (backends.packed_weights).
+CACHE_FORMAT = "5"
+_METADATA_ENTRY_BYTES = 64 << 20  # an upper estimate of an entry without weights (config and tokenizer)
 
 ProgressFn = Callable[[str], None]
 
@@ -62,7 +66,8 @@ class LoadedWeights:
     state_dict: Mapping[str, torch.Tensor]
     tokenizer: object  # a transformers fast tokenizer
     generation_eos: tuple[int, ...]
-    # the matrices as the file stores them (a GGUF's blocks, viewing its mmap); empty for a converted folder
+    # the matrices as the files store them (a GGUF's blocks, a safetensors folder's float32/float16/bfloat16
+    # matrices, each viewing its file's map); empty for a folder converted through transformers
     stored: Mapping[str, StoredTensor] = dataclasses.field(default_factory=dict)
 
 
@@ -71,12 +76,11 @@ def _transformers_args(path: Path) -> tuple[Path, dict]:
     return (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
 
 
-def check_supported(path: Path) -> None:
+def check_supported(path: str | Path) -> None:
     """Refuse a model the engine cannot serve, from its config alone, before a conversion writes anything."""
     from transformers import AutoConfig
 
-    from .model import ModelConfig
-
+    path = Path(path)
     folder, kwargs = _transformers_args(path)
     try:
         ModelConfig.from_hf(AutoConfig.from_pretrained(folder, **kwargs).to_dict())
@@ -84,26 +88,44 @@ def check_supported(path: Path) -> None:
         raise ValueError(f"model {path}: {exc}") from exc
 
 
-def _convert_with_transformers(path: Path, out: Path, progress: ProgressFn) -> None:
-    """A model folder: load through transformers and save its canonical float32 state + tokenizer to `out`."""
-    from transformers import AutoModelForCausalLM
-
-    from .arch import ModelConfig, canonical_state_dict
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tokenizer, config, eos = _metadata(path, model.generation_config)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    state = canonical_state_dict(ModelConfig.from_hf(config), state)
+def _convert_folder(path: Path, out: Path) -> None:
+    """A model folder: its config, EOS ids and tokenizer go to `out`; its weights only when they cannot be read
+    as stored (folder_tensors.py): then loaded through transformers and saved as canonical float32 tensors."""
+    tokenizer, config, eos = _metadata(path)
+    cfg = ModelConfig.from_hf(config)
+    state = None if _reads_as_stored(path, cfg) else _transformers_state(path, cfg)
     _write_entry(out, tokenizer, config, eos, path, state)
 
 
-def _convert_gguf(path: Path, out: Path, progress: ProgressFn) -> None:
+def _reads_as_stored(folder: Path, cfg: ModelConfig) -> bool:
+    """Whether the folder's weights are served from its own files: safetensors of 16-bit weights under the
+    names transformers' state dict gives them (else transformers converts them)."""
+    files = weight_files(folder)
+    if not readable_as_stored(files):
+        return False
+    try:
+        canonical_tensors(files, cfg)
+    except UnsupportedModel as exc:  # names transformers would rename (or drop): its conversion reads them
+        log.info("%s: converting through transformers (%s)", folder, exc)
+        return False
+    return True
+
+
+def _transformers_state(path: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A folder's canonical float32 state as transformers loads it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return canonical_state_dict(cfg, {k: v.detach().contiguous() for k, v in model.state_dict().items()})
+
+
+def _convert_gguf(path: Path, out: Path) -> None:
     """A GGUF: only its config, EOS ids and tokenizer go to `out`; the weights are read from the file itself."""
-    tokenizer, config, eos = _metadata(path, None)
+    tokenizer, config, eos = _metadata(path)
     _write_entry(out, tokenizer, config, eos, path, None)
 
 
-def _metadata(path: Path, generation) -> tuple[object, dict, tuple[int, ...]]:
+def _metadata(path: Path) -> tuple[object, dict, tuple[int, ...]]:
     """(tokenizer, config dict, EOS ids) as transformers reads them (for a GGUF: from its metadata). The
     generation config as from_pretrained finds it: a generation_config.json beside, else from the config."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -111,11 +133,10 @@ def _metadata(path: Path, generation) -> tuple[object, dict, tuple[int, ...]]:
     folder, kwargs = _transformers_args(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     hf_config = AutoConfig.from_pretrained(folder, **kwargs)
-    if generation is None:
-        try:
-            generation = GenerationConfig.from_pretrained(folder, **kwargs)
-        except OSError:
-            generation = GenerationConfig.from_model_config(hf_config)
+    try:
+        generation = GenerationConfig.from_pretrained(folder, **kwargs)
+    except OSError:
+        generation = GenerationConfig.from_model_config(hf_config)
     config = hf_config.to_dict()
     config.pop("quantization_config", None)
     return tokenizer, config, _eos_ids(generation.eos_token_id, config.get("eos_token_id"), tokenizer)
@@ -128,7 +149,7 @@ def _write_entry(out: Path, tokenizer, config: dict, eos, path: Path, state: dic
     if state is not None:
         save_file(state, str(out / "model.safetensors"))
     tokenizer.save_pretrained(str(out))
-    meta = {"config": config, "eos": list(eos), "source": str(path), "gguf": state is None}
+    meta = {"config": config, "eos": list(eos), "source": str(path), "converted": state is not None}
     (out / "seedstream.json").write_text(json.dumps(meta))
 
 
@@ -152,8 +173,6 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
     heartbeat. The cache entry is keyed on the model identity, so an edited config, tokenizer or template
     is converted afresh, and two folders with the same weights never share an entry.
     """
-    from .arch import ModelConfig
-
     report = progress or (lambda msg: log.info(msg))
     started = time.monotonic()
     with phase("resolving the model", report):
@@ -167,10 +186,7 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
     build = functools.partial(_convert, source.path, entry, report)
     needed = functools.partial(_entry_bytes, source.path)
     meta, tokenizer = cachefs.ensure(entry, build, functools.partial(_read_entry, report), needed)
-    if source.path.is_file():
-        state, stored = read_gguf(source.path, ModelConfig.from_hf(meta["config"]))
-    else:
-        state, stored = _lazy_safetensors(entry / "model.safetensors"), {}
+    state, stored = _read_weights(source.path, entry, meta)
     report(f"weights loaded in {time.monotonic() - started:.1f}s (model identity {digests.model_identity[:16]})")
     return LoadedWeights(
         model_id=source.model_id,
@@ -183,6 +199,16 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
         generation_eos=tuple(meta["eos"]),
         stored=stored,
     )
+
+
+def _read_weights(path: Path, entry: Path, meta: dict) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
+    """(state, stored) of the model: a GGUF's or a folder's files read as stored, or a conversion's tensors."""
+    cfg = ModelConfig.from_hf(meta["config"])
+    if path.is_file():
+        return read_gguf(path, cfg)
+    if meta["converted"]:
+        return _lazy_safetensors(entry / "model.safetensors"), {}
+    return read_folder(weight_files(path), cfg)
 
 
 def sweep_cache() -> None:
@@ -209,7 +235,7 @@ def _convert(path: Path, entry: Path, report: ProgressFn, out: Path) -> None:
     tokenizer built from its metadata, a folder's float32 model) leaves hundreds of MB in the heap that the
     server would otherwise keep for good. Small models (the tests' tiny ones) convert here, where it is cheaper
     than starting an interpreter. Either way the entry's files are the same."""
-    with _converter(_model_bytes(path)) as run:
+    with _converter(model_bytes(path)) as run:
         with phase("reading the model's config", report):
             run(check_supported, path)
         with phase("converting weights", report):
@@ -220,7 +246,8 @@ def _convert(path: Path, entry: Path, report: ProgressFn, out: Path) -> None:
 CHILD_CONVERSION_BYTES = 64 * 2**20
 
 
-def _model_bytes(path: Path) -> int:
+def model_bytes(path: Path) -> int:
+    """The bytes of a model's weight files (a GGUF, or a folder's shards)."""
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in weight_files(path))
 
 
@@ -231,22 +258,22 @@ def _converter(size: int):
     if size < CHILD_CONVERSION_BYTES:
         yield lambda fn, *args: fn(*args)
     else:
-        yield _in_child
+        yield run_in_child
 
 
-def _in_child(fn: Callable, *paths: Path) -> None:
-    """fn(*paths) in a child interpreter; its exception is raised here, as the same kind where it matters
-    (UnsupportedModel, OSError with its errno: a full disk is reported as such)."""
-    from .arch import UnsupportedModel
-
-    cmd = [sys.executable, "-m", __name__, fn.__name__, *map(str, paths)]
+def run_in_child(fn: Callable[..., None], *args: str | Path) -> None:
+    """fn(*args) in a child interpreter (`python -m <fn's module> <fn's name> ARGS...`, which that module's
+    child_main runs; each argument as a string); its exception is raised here, as the same kind where it
+    matters (UnsupportedModel, OSError with its errno: a full disk is reported as such)."""
+    cmd = [sys.executable, "-m", fn.__module__, fn.__name__, *map(str, args)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode == 0:
         return
     lines = done.stdout.strip().splitlines()
     failure = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
     if failure is None:
-        raise RuntimeError(f"converting {paths[0]} in a child process failed: {done.stderr.strip()[-2000:]}")
+        what = f"{fn.__name__} {' '.join(map(str, args))}"
+        raise RuntimeError(f"{what} in a child process failed: {done.stderr.strip()[-2000:]}")
     if failure["kind"] == "UnsupportedModel":
         raise UnsupportedModel(failure["message"])
     if failure["kind"] == "OSError":
@@ -254,14 +281,14 @@ def _in_child(fn: Callable, *paths: Path) -> None:
     raise RuntimeError(failure["message"])
 
 
-def _child_main(argv: list[str]) -> int:
-    """`python -m seedstream.server.engine.loader STEP PATH...`: run one conversion step; a failure is one
+def child_main(steps: list[Callable[..., None]], argv: list[str]) -> int:
+    """`python -m <module> STEP ARGS...`: run the step of `steps` so named on ARGS (strings); a failure is one
     JSON line on stdout (kind, message, errno, filename) and exit status 1."""
-    step = {"check_supported": check_supported, "_convert_files": _convert_files}[argv[0]]
+    (step,) = [fn for fn in steps if fn.__name__ == argv[0]]
     try:
-        step(*map(Path, argv[1:]))
+        step(*argv[1:])
     except Exception as exc:  # reported to the parent, which raises it
-        kind = "UnsupportedModel" if type(exc).__name__ == "UnsupportedModel" else type(exc).__name__
+        kind = "UnsupportedModel" if isinstance(exc, UnsupportedModel) else type(exc).__name__
         kind = "OSError" if isinstance(exc, OSError) else kind
         detail = {"errno": getattr(exc, "errno", None), "filename": getattr(exc, "filename", None)}
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -270,15 +297,15 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
-def _convert_files(path: Path, out: Path) -> None:
-    (_convert_gguf if path.is_file() else _convert_with_transformers)(path, out, lambda msg: None)
+def _convert_files(path: str | Path, out: str | Path) -> None:
+    (_convert_gguf if Path(path).is_file() else _convert_folder)(Path(path), Path(out))
 
 
 def _entry_bytes(path: Path) -> int:
-    """About what an entry takes: a GGUF's config and tokenizer; a folder's weights widened to float32."""
-    if path.is_file():
-        return _GGUF_ENTRY_BYTES
-    return 2 * sum(p.stat().st_size for p in weight_files(path)) + _GGUF_ENTRY_BYTES
+    """About what an entry takes: the config and tokenizer; for a folder converted, its weights as float32 too."""
+    if path.is_file() or readable_as_stored(weight_files(path)):
+        return _METADATA_ENTRY_BYTES
+    return 2 * sum(p.stat().st_size for p in weight_files(path)) + _METADATA_ENTRY_BYTES
 
 
 def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict, object]:
@@ -310,4 +337,4 @@ def _lazy_safetensors(path: Path) -> LazyTensors:
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    sys.exit(child_main([check_supported, _convert_files], sys.argv[1:]))

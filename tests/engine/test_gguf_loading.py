@@ -120,19 +120,20 @@ _MEASURE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_the_default_models_server_stays_near_the_files_size(tmp_path):
-    """Idle RSS <= file + 300 MB (no KV is used yet) after a warm start, the issue's goal; the cache <= 1.2x the
-    file. A cold start reads the GGUF's tokenizer and config in a child process and trims the heap, yet
-    measured 379-446 MB (file 98 MB) depending on the environment: guarded at file + 400 MB."""
+    """Idle RSS <= file + 300 MB (no KV is used yet), the issue's goal, after a cold start and after a warm one;
+    the cache <= 1.2x the file. A cold start converts and packs in child processes and then reads the packed
+    weights as a warm start does: both measured 286 MB (file 98 MB; before, a cold start packing in the server
+    kept 375-446 MB)."""
     size = os.path.getsize(default_model_path())
     env = {**os.environ, "SEEDSTREAM_CACHE": str(tmp_path / "cache")}
     kernels = os.path.join(os.environ.get("SEEDSTREAM_CACHE") or os.path.expanduser("~/.cache/seedstream"), "kernels")
     if os.path.isdir(kernels):  # the compiled kernels: not what this test measures
         os.makedirs(tmp_path / "cache")
         os.symlink(kernels, tmp_path / "cache" / "kernels")
-    for start, bound in (("cold", 400e6), ("warm", 300e6)):
+    for start in ("cold", "warm"):
         out = subprocess.run([sys.executable, "-c", _MEASURE], env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         got = json.loads(out.stdout.strip().splitlines()[-1])
         assert got["format"] == "q4_1"
-        assert got["rss"] <= size + bound, f"{start} start: RSS {got['rss'] / 1e6:.0f} MB, file {size / 1e6:.0f} MB"
+        assert got["rss"] <= size + 300e6, f"{start} start: RSS {got['rss'] / 1e6:.0f} MB, file {size / 1e6:.0f} MB"
         assert got["disk"] <= 1.2 * size, f"cache {got['disk'] / 1e6:.0f} MB, file {size / 1e6:.0f} MB"
