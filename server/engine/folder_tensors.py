@@ -13,11 +13,15 @@ import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .gguf_tensors import LazyTensors, StoredTensor
+
+if TYPE_CHECKING:
+    from .arch import ModelConfig
 
 # safetensors dtype -> (numpy type of its bits, StoredTensor format, torch dtype); bf16's bits as int16 (numpy
 # has no bfloat16) and viewed as torch.bfloat16.
@@ -29,7 +33,7 @@ _DTYPES = {
 _FORMATS = {torch_type: fmt for _, fmt, torch_type in _DTYPES.values()}
 
 
-def _header(path: Path) -> tuple[dict, int]:
+def _header(path: Path) -> tuple[dict[str, Any], int]:
     """(tensor name -> {dtype, shape, data_offsets}, the offset where the data starts) of a safetensors file."""
     with open(path, "rb") as fh:
         (size,) = struct.unpack("<Q", fh.read(8))
@@ -62,7 +66,7 @@ def _file_tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def canonical_tensors(files: list[Path], cfg) -> dict[str, torch.Tensor]:
+def canonical_tensors(files: list[Path], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """The folder's tensors under canonical names (arch.canonical_state_dict, every option folded in), matrices
     as views of the files' maps in their stored dtype. UnsupportedModel when the names do not match cfg."""
     from .arch import canonical_state_dict
@@ -84,7 +88,7 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32, copy=True)  # a copy: never a view of the file's map (bf16/f16 widen exactly)
 
 
-def read_folder(files: list[Path], cfg) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
+def read_folder(files: list[Path], cfg: ModelConfig) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
     """(state, stored) of a safetensors folder's weight files, like gguf_tensors.read_gguf: state gives every
     tensor as float32 (a copy at each access), stored every matrix as a StoredTensor viewing the map.
     Nothing is read before the first access."""

@@ -11,8 +11,9 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -20,11 +21,15 @@ from seedstream.server import cachefs
 from seedstream.server.cachefs import cache_root
 from seedstream.server.phases import phase
 
-from .arch import ModelConfig, UnsupportedModel, canonical_state_dict
+from .arch import HFConfig, ModelConfig, UnsupportedModel, canonical_state_dict
+from .chat import Tokenizer
 from .folder_tensors import canonical_tensors, read_folder, readable_as_stored
 from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
-from .identity import model_digests, model_files, weight_files
+from .identity import Digests, model_digests, model_files, weight_files
 from .sources import default_model_path, resolve_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("seedstream.engine")
 
@@ -61,17 +66,17 @@ class LoadedWeights:
     # Weights, config, generation config, tokenizer and chat template (server/engine/identity.py): what the
     # converted-model cache, and every cache derived from the weights, must be keyed on.
     model_identity: str
-    config: dict
+    config: HFConfig
     # canonical names (arch.canonical_state_dict), float32; each read (or dequantised) at its access
     state_dict: Mapping[str, torch.Tensor]
-    tokenizer: object  # a transformers fast tokenizer
+    tokenizer: Tokenizer  # a transformers fast tokenizer
     generation_eos: tuple[int, ...]
     # the matrices as the files store them (a GGUF's blocks, a safetensors folder's float32/float16/bfloat16
     # matrices, each viewing its file's map); empty for a folder converted through transformers
     stored: Mapping[str, StoredTensor] = dataclasses.field(default_factory=dict)
 
 
-def _transformers_args(path: Path) -> tuple[Path, dict]:
+def _transformers_args(path: Path) -> tuple[Path, dict[str, Any]]:
     """(folder, kwargs) for transformers' from_pretrained: a GGUF is named by gguf_file inside its folder."""
     return (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
 
@@ -125,7 +130,7 @@ def _convert_gguf(path: Path, out: Path) -> None:
     _write_entry(out, tokenizer, config, eos, path, None)
 
 
-def _metadata(path: Path) -> tuple[object, dict, tuple[int, ...]]:
+def _metadata(path: Path) -> tuple[PreTrainedTokenizerBase, HFConfig, tuple[int, ...]]:
     """(tokenizer, config dict, EOS ids) as transformers reads them (for a GGUF: from its metadata). The
     generation config as from_pretrained finds it: a generation_config.json beside, else from the config."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -142,7 +147,14 @@ def _metadata(path: Path) -> tuple[object, dict, tuple[int, ...]]:
     return tokenizer, config, _eos_ids(generation.eos_token_id, config.get("eos_token_id"), tokenizer)
 
 
-def _write_entry(out: Path, tokenizer, config: dict, eos, path: Path, state: dict | None) -> None:
+def _write_entry(
+    out: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    config: HFConfig,
+    eos: tuple[int, ...],
+    path: Path,
+    state: dict[str, torch.Tensor] | None,
+) -> None:
     """Fill the entry's temp folder `out` (cachefs.new_entry seals and renames it)."""
     from safetensors.torch import save_file
 
@@ -153,7 +165,7 @@ def _write_entry(out: Path, tokenizer, config: dict, eos, path: Path, state: dic
     (out / "seedstream.json").write_text(json.dumps(meta))
 
 
-def _eos_ids(*sources) -> tuple[int, ...]:
+def _eos_ids(*sources: Any) -> tuple[int, ...]:
     ids: set[int] = set()
     for src in sources[:-1]:
         if isinstance(src, int):
@@ -201,7 +213,9 @@ def load_weights(model: str | None, progress: ProgressFn | None = None) -> Loade
     )
 
 
-def _read_weights(path: Path, entry: Path, meta: dict) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
+def _read_weights(
+    path: Path, entry: Path, meta: dict[str, Any]
+) -> tuple[Mapping[str, torch.Tensor], Mapping[str, StoredTensor]]:
     """(state, stored) of the model: a GGUF's or a folder's files read as stored, or a conversion's tensors."""
     cfg = ModelConfig.from_hf(meta["config"])
     if path.is_file():
@@ -218,7 +232,7 @@ def sweep_cache() -> None:
         cachefs.sweep(folder)
 
 
-def _check_identity(digests, path: Path) -> None:
+def _check_identity(digests: Digests, path: Path) -> None:
     """Never serve under an empty or partial identity (it names the cache folders and every receipt)."""
     for name, value in dataclasses.asdict(digests).items():
         if not re.fullmatch("[0-9a-f]{64}", value or ""):
@@ -252,7 +266,7 @@ def model_bytes(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _converter(size: int):
+def _converter(size: int) -> Iterator[Callable[..., None]]:
     """A way to run a conversion step: in this process, or in a child interpreter (`python -m` this module:
     a fresh process that imports nothing of its parent's main script, unlike multiprocessing's spawn)."""
     if size < CHILD_CONVERSION_BYTES:
@@ -308,7 +322,7 @@ def _entry_bytes(path: Path) -> int:
     return 2 * sum(p.stat().st_size for p in weight_files(path)) + _METADATA_ENTRY_BYTES
 
 
-def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict, object]:
+def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict[str, Any], Tokenizer]:
     """(the entry's metadata, its tokenizer), after checking every file against the manifest."""
     from transformers import AutoTokenizer
 
@@ -320,18 +334,20 @@ def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict, object]:
             if not isinstance(meta["config"], dict) or not all(isinstance(i, int) for i in meta["eos"]):
                 raise ValueError("no config or EOS ids")
         with cachefs.reading(entry / "tokenizer.json"):
-            tokenizer = AutoTokenizer.from_pretrained(str(entry))
+            # transformers types decode as str | list[str] (a batch); the engine decodes one id list at a time
+            tokenizer = cast("Tokenizer", AutoTokenizer.from_pretrained(str(entry)))
     return meta, tokenizer
 
 
-def _lazy_safetensors(path: Path) -> LazyTensors:
+def _lazy_safetensors(path: Path) -> LazyTensors[torch.Tensor]:
     """A safetensors file's tensors, each read at its access (a warm kernel start reads none)."""
 
-    def index():
+    def index() -> dict[str, Callable[[], torch.Tensor]]:
         from safetensors import safe_open
 
         handle = safe_open(str(path), framework="pt")
-        return {name: functools.partial(handle.get_tensor, name) for name in handle.keys()}
+        names = handle.keys()  # type: ignore[no-untyped-call]  # safetensors' stub leaves keys() unannotated
+        return {name: functools.partial(handle.get_tensor, name) for name in names}
 
     return LazyTensors(index)
 

@@ -22,7 +22,7 @@ and scaled-dot-product attention changes its reduction with the query count. So:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,7 @@ class DecoderModel:
     def __init__(
         self,
         cfg: ModelConfig,
-        state_dict: dict[str, torch.Tensor],
+        state_dict: Mapping[str, torch.Tensor],
         device: torch.device,
         dtype: torch.dtype,
         row_tile: int = ROW_TILE,
