@@ -31,8 +31,6 @@ from .model import DecoderModel, ModelConfig
 
 log = logging.getLogger("seedstream.engine")
 
-DEQUANTISED_FORMATS = ("q2_k", "q3_k")  # GGUF types read, dequantised to float32 for the kernels
-
 _TORCH_THREADS = torch.get_num_threads()  # torch's own default, before any engine changed it
 
 
@@ -171,30 +169,22 @@ def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     state = weights.state_dict
     kept = _kept_matrices(weights, requested)
     fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
-    if requested == "auto" and len(kept) < len(weights.stored):  # some layers run on float32 copies
-        fmt = ",".join(sorted(set(fmt.split(",")) | {"f32"}))
     norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
     return pack_model_weights(cfg, state, kept, fmt), fmt, norms
 
 
 def _kept_matrices(weights: LoadedWeights, requested: str) -> dict:
-    """The stored matrices the kernels multiply as they are; Q2_K and Q3_K ones are dequantised to float32
-    (a warning says so); any other type (IQ quants, ...) is refused, naming what the kernels take. A folder's
+    """The stored matrices the kernels multiply as they are (every GGUF type of STORED_FORMATS); any other type
+    (IQ quants, ...) is refused, naming what the kernels take. A folder's
     matrices are kept under 'auto' only: a format named is a conversion of every matrix (as it always was)."""
     if requested != "auto" and not weights.source_path.is_file():
         return {}
     stored = {n: weights.stored[n] for n in weights.stored}
     types = {t.format for t in stored.values()}
-    refused = sorted(types - set(STORED_FORMATS) - set(DEQUANTISED_FORMATS))
+    refused = sorted(types - set(STORED_FORMATS))
     if refused:
         raise ValueError(
-            f"weight type {', '.join(refused)} in {weights.source_path}: the kernels take "
-            f"{', '.join(STORED_FORMATS)}, and {', '.join(DEQUANTISED_FORMATS)} as float32 copies"
-        )
-    if types & set(DEQUANTISED_FORMATS):
-        log.warning(
-            "%s matrices are served as float32 copies (not yet kept as stored)",
-            ", ".join(sorted(types & set(DEQUANTISED_FORMATS))),
+            f"weight type {', '.join(refused)} in {weights.source_path}: the kernels take {', '.join(STORED_FORMATS)}"
         )
     return {n: t for n, t in stored.items() if t.format in STORED_FORMATS}
 

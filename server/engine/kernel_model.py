@@ -19,6 +19,7 @@ from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, M
 from seedstream.server.kernels.lib import ACTIVATION_FN_CODES, LayerDesc, RopeDesc
 from seedstream.server.kernels.packing import (
     BITS,
+    INT8_FORMATS,
     NR,
     PRECISION,
     STORED_FORMATS,
@@ -256,9 +257,11 @@ class KernelModel:
                 f"kv_cache_dtype={str(kv_dtype).removeprefix('torch.')}: the kernels cache float32 or bfloat16"
             )
         if activations == "int8":
-            formats = sorted({f for m in packed.values() for f in m.formats} - {"q8_0", "q4_1"})
+            formats = sorted({f for m in packed.values() for f in m.formats} - set(INT8_FORMATS))
             if formats:
-                raise ValueError(f"activations='int8' needs q8_0 or q4_1 weights; these include {', '.join(formats)}")
+                raise ValueError(
+                    f"activations='int8' needs q4_0, q8_0 or q4_1 weights; these include {', '.join(formats)}"
+                )
             packed = {name: for_int8_activations(m) for name, m in packed.items()}
         elif activations != "float32":
             raise ValueError(f"activations={activations!r}: allowed float32, int8")

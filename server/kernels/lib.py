@@ -13,7 +13,7 @@ from .build import build_library, detect_isa
 
 log = logging.getLogger("seedstream.kernels")
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 FORMAT_CODES = {
     "f32": 0,
     "q8_0": 1,
@@ -26,6 +26,8 @@ FORMAT_CODES = {
     "q6_k": 8,
     "f16": 9,
     "bf16": 10,
+    "q2_k": 11,
+    "q3_k": 12,
 }
 ACTIVATION_CODES = {"float32": 0, "int8": 1}  # ssk_matrix.act: what the GEMM multiplies the weights with
 KV_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # ssk_step.kv_dtype

@@ -6,9 +6,10 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
   q8_0  tile block (544 B) = float16 d[16], int8 q[32 k][16 lanes]
   q4_1  tile block (320 B) = float16 d[16], float16 m[16], uint8 q[16 k][16 lanes]
         (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
-  q4_0, q5_0, q5_1, q4_k, q5_k, q6_k: GGUF's blocks regrouped per 16 columns (csrc/gemm_blocks.h):
+  q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k: GGUF's blocks regrouped per 16 columns (csrc/gemm_blocks.h):
         float16 d[16]; [float16 m or dmin [16]]; [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16]];
-        per 32 values: uint8 nib[16][16] (as q4_1), then P planes of uint32 bits[16] (bit j: bit 4+p of value j)
+        per 32 values: the low LO bits, uint8 lo[32 LO / 8][16] (LO = 4: as q4_1; LO = 2: value j in row j % 8,
+        bits 2 (j // 8)), then the H high bits, uint8 hi[4 H][16] (value j in row j // (8 / H), bits H (j % (8 / H)))
   f16, bf16  tile = uint16 w[K][16] (widened exactly to float32 in registers)
 A fused matrix whose parts are stored in different formats is a chain of parts (PackedMatrix.next).
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
@@ -17,7 +18,7 @@ float weights on load rounds its scales to float16 first, as llama.cpp does.
 With int8 activations (for_int8_activations) a block keeps the same bytes, its quants regrouped so that
 each 32-bit lane holds 4 consecutive quant bytes of one column (csrc/gemm_i8.cpp):
   q8_0  int8 q[8 groups][16 lanes][4]   (byte j of group g: value 4g + j)
-  q4_1  uint8 q[4 groups][16 lanes][4]  (byte j of group g: values 4g + j and 16 + 4g + j)
+  q4_1, q4_0  uint8 q[4 groups][16 lanes][4]  (byte j of group g: values 4g + j and 16 + 4g + j)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .lib import (
     Matrix,
 )
 
-PACK_LAYOUT = "3"  # bump when a tile layout changes (names the cached packed weights)
+PACK_LAYOUT = "4"  # bump when a tile layout changes (names the cached packed weights)
 # NR (output columns per tile), QK (values per block) and the tile block sizes: lib.py, checked against the library.
 # Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
 # one asked for.
@@ -58,16 +59,21 @@ BITS = {
     "q4_1": 5.0,
     "q4_k": 4.5,
     "q4_0": 4.5,
+    "q3_k": 3.4375,
+    "q2_k": 2.625,
 }
 STORED_FORMATS = tuple(sorted(BITS))
-# Block formats of csrc/gemm_blocks.h: (values per block S, values per sub-block L, high-bit planes P, K-type)
+# Block formats of csrc/gemm_blocks.h: (values per block S, values per sub-block L, low bits LO, high bits H,
+# K-type)
 BLOCK_FORMATS = {
-    "q4_0": (32, 32, 0, False),
-    "q5_0": (32, 32, 1, False),
-    "q5_1": (32, 32, 1, False),
-    "q4_k": (256, 32, 0, True),
-    "q5_k": (256, 32, 1, True),
-    "q6_k": (256, 16, 2, True),
+    "q4_0": (32, 32, 4, 0, False),
+    "q5_0": (32, 32, 4, 1, False),
+    "q5_1": (32, 32, 4, 1, False),
+    "q2_k": (256, 16, 2, 0, True),
+    "q3_k": (256, 16, 2, 1, True),
+    "q4_k": (256, 32, 4, 0, True),
+    "q5_k": (256, 32, 4, 1, True),
+    "q6_k": (256, 16, 4, 2, True),
 }
 
 
@@ -165,13 +171,15 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
 _BLOCK_LAYOUT = {
     "q8_0": (Q8_0_QS, Q8_0_TILE_BLOCK - Q8_0_QS),
     "q4_1": (Q4_1_QS, Q4_1_TILE_BLOCK - Q4_1_QS),
+    "q4_0": (32, 256),  # csrc/gemm_blocks.h FmtQ4_0: float16 d[16], then q4_1's nibbles
 }
+INT8_FORMATS = tuple(_BLOCK_LAYOUT)  # the formats the int8-activation GEMM takes (csrc/gemm_i8.cpp)
 
 
 def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
     """The same matrix with each tile block's quants regrouped for int8 activations (module docstring)."""
     if m.format not in _BLOCK_LAYOUT:
-        raise ValueError(f"int8 activations need q8_0 or q4_1 weights, not {m.format}")
+        raise ValueError(f"int8 activations need q4_0, q8_0 or q4_1 weights, not {m.format}")
     if m.next is not None:
         m = dataclasses.replace(m, next=for_int8_activations(m.next))
     if m.activations == "int8":
@@ -289,10 +297,23 @@ def _k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+def _crumbs(qs: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K's 64 bytes [..., 64] -> the 256 two-bit values: value 128h + 32s + l is bits 2s of byte 32h + l."""
+    shifts = np.array([0, 2, 4, 6], np.uint8)[:, None]
+    return ((qs.reshape(*qs.shape[:-1], 2, 1, 32) >> shifts) & 3).reshape(*qs.shape[:-1], 256)
+
+
+def _q3_k_scales(s: np.ndarray) -> np.ndarray:
+    """Q3_K's 12 scale bytes [..., 12] -> the sixteen 6-bit scales minus 32, int8 (gguf.quants' order)."""
+    lo = (s[..., None, :8] >> np.array([0, 4], np.uint8)[:, None]).reshape(*s.shape[:-1], 16) & 0x0F
+    hi = (s[..., None, 8:] >> np.array([0, 2, 4, 6], np.uint8)[:, None]).reshape(*s.shape[:-1], 16) & 3
+    return ((lo | (hi << 4)).astype(np.int16) - 32).astype(np.int8)
+
+
 def unpack_gguf_blocks(rows: np.ndarray, fmt: str) -> dict[str, np.ndarray | None]:
     """GGUF block bytes [N, bytes per row] of a BLOCK_FORMATS type -> d [N, nb] and m (the minimum, or
     K-types' dmin) float16, K-types' sub-block sc [N, nb, S/L] and mn, and the raw unsigned quants q [N, K]."""
-    size = {"q4_0": 18, "q5_0": 22, "q5_1": 24, "q4_k": 144, "q5_k": 176, "q6_k": 210}[fmt]
+    size = {"q4_0": 18, "q5_0": 22, "q5_1": 24, "q2_k": 84, "q3_k": 110, "q4_k": 144, "q5_k": 176, "q6_k": 210}[fmt]
     n = rows.shape[0]
     b = np.ascontiguousarray(rows, dtype=np.uint8).reshape(n, -1, size)
     out: dict[str, np.ndarray | None] = {"m": None, "sc": None, "mn": None}
@@ -309,6 +330,13 @@ def unpack_gguf_blocks(rows: np.ndarray, fmt: str) -> dict[str, np.ndarray | Non
         if fmt == "q5_k":  # qh[l] bit s: bit 4 of value l of sub-block s
             q = q | (((b[..., 16:48, None] >> np.arange(8, dtype=np.uint8)) & 1).transpose(0, 1, 3, 2) << 4)
         out.update(d=_f16_field(b, 0), m=_f16_field(b, 2), sc=sc.astype(np.int8), mn=mn, q=q)
+    elif fmt == "q2_k":  # scales[16] (sc low nibble, mn high), qs[64], d, dmin
+        out.update(d=_f16_field(b, 80), m=_f16_field(b, 82), sc=(b[..., :16] & 0x0F).view(np.int8), mn=b[..., :16] >> 4)
+        out.update(q=_crumbs(b[..., 16:80]))
+    elif fmt == "q3_k":  # hmask[32], qs[64], scales[12] (16 six-bit, minus 32), d; q = low 2 bits | hmask bit << 2
+        hbit = (b[..., None, :32] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # [N, nb, 8, 32]: value 32i + l
+        q = _crumbs(b[..., 32:96]) | (hbit.reshape(n, -1, 256) << 2)
+        out.update(d=_f16_field(b, 108), sc=_q3_k_scales(b[..., 96:108]), q=q)
     else:  # q6_k: ql[128], qh[64], int8 scales[16], d
         ql = b[..., :128].reshape(n, -1, 2, 64)
         ql = np.concatenate([ql & 0x0F, ql >> 4], axis=-1).reshape(n, -1, 2, 4, 32)
@@ -318,9 +346,27 @@ def unpack_gguf_blocks(rows: np.ndarray, fmt: str) -> dict[str, np.ndarray | Non
     return out
 
 
+def _low_rows(v: np.ndarray, bits: int) -> np.ndarray:
+    """Values [..., 32, 16 lanes] of `bits` bits -> bytes [..., rows * 16]: value j in row j % rows, at bit
+    bits * (j // rows), rows = 4 * bits (for 4 bits q4_1's nibbles). See csrc/gemm_blocks.h."""
+    fields = 8 // bits
+    v = v.astype(np.uint8).reshape(*v.shape[:-2], fields, 32 // fields, NR)
+    out = sum(v[..., i, :, :] << np.uint8(bits * i) for i in range(fields))
+    return np.ascontiguousarray(out, dtype=np.uint8).reshape(*v.shape[:-3], -1)
+
+
+def _high_rows(v: np.ndarray, bits: int) -> np.ndarray:
+    """Values [..., 32, 16 lanes] of `bits` bits -> bytes [..., 4 * bits * 16]: value j in row j // (8 // bits),
+    at bit bits * (j % (8 // bits)). See csrc/gemm_blocks.h."""
+    fields = 8 // bits
+    v = v.astype(np.uint8).reshape(*v.shape[:-2], 32 // fields, fields, NR)
+    out = sum(v[..., :, i, :] << np.uint8(bits * i) for i in range(fields))
+    return np.ascontiguousarray(out, dtype=np.uint8).reshape(*v.shape[:-3], -1)
+
+
 def pack_blocks(fmt: str, d, m, sc, mn, q: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
     """unpack_gguf_blocks' fields -> the tile layout of csrc/gemm_blocks.h (module docstring)."""
-    size, sub, planes, ktype = BLOCK_FORMATS[fmt]
+    size, _, lo_bits, hi_bits, ktype = BLOCK_FORMATS[fmt]
     n, k = q.shape
     _check_shape(n, k)
     if k % size:
@@ -335,12 +381,9 @@ def pack_blocks(fmt: str, d, m, sc, mn, q: np.ndarray, bias: np.ndarray | None =
     if ktype:
         head += [per_lane(sc, np.int8)] + ([per_lane(mn, np.uint8)] if mn is not None else [])
     qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
-    nib = (qt[..., :16, :] & 0x0F) | ((qt[..., 16:, :] & 0x0F) << 4)  # [T, nb, chunk, 16, lane]
-    chunk = [nib.reshape(t, nb, size // 32, 256)]
-    weights = (np.uint32(1) << np.arange(32, dtype=np.uint32))[:, None]
-    for p in range(planes):
-        bits = ((qt >> (4 + p)) & 1).astype(np.uint32)
-        chunk.append(_bytes((bits * weights).sum(axis=3, dtype=np.uint32)))  # [T, nb, chunk, 64]
+    chunk = [_low_rows(qt & ((1 << lo_bits) - 1), lo_bits)]
+    if hi_bits:
+        chunk.append(_high_rows(qt >> lo_bits, hi_bits))
     chunks = np.concatenate(chunk, axis=-1).reshape(t, nb, -1)
     blocks = np.concatenate([*head, chunks], axis=-1)  # [T, nb, block bytes]
     return _packed(fmt, n, k, blocks.reshape(-1), bias)

@@ -102,8 +102,8 @@ def _prompt() -> list[int]:
     return prompt(24, SHAPE["vocab_size"], seed=3)
 
 
-def seedstream_greedy(path: Path) -> tuple[list[int], float]:
-    """Our greedy tokens on the kernels, and the smallest top-2 logit gap over the steps."""
+def seedstream_greedy(path: Path) -> tuple[list[int], float, str]:
+    """Our greedy tokens on the kernels, the smallest top-2 logit gap over the steps, and the weight format."""
     engine = load_engine(EngineConfig(model=str(path), backend="kernels"), progress=lambda msg: None)
     request = GenerationRequest(
         tuple(_prompt()),
@@ -124,13 +124,14 @@ def seedstream_greedy(path: Path) -> tuple[list[int], float]:
         finally:
             await engine.stop()
 
-    return asyncio.run(run())
+    return (*asyncio.run(run()), engine.info.weight_format)
 
 
 @pytest.mark.parametrize("kind", TYPES)
 def test_llamacpp_picks_our_greedy_tokens(files, llamacpp_tokens, kind):
     theirs, error = llamacpp_tokens[kind]
     assert error is None, f"llama.cpp could not run the {kind} file: {error}"
-    ours, gap = seedstream_greedy(files[kind])
+    ours, gap, weight_format = seedstream_greedy(files[kind])
+    assert weight_format == {"q4_k_m": "q4_k,q6_k"}.get(kind, kind), f"{kind} is not served as stored"
     assert gap >= MARGIN, f"{kind}: a top-2 gap of {gap:.3f} is too near a tie to compare; choose another SEED"
     assert theirs == ours, f"{kind}: llama.cpp {theirs} != seedstream {ours}"

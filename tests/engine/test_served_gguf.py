@@ -78,10 +78,12 @@ def test_a_gguf_is_served_as_transformers_reads_it(written, kind, backend):
 K_SHAPES = dict(vocab_size=256, hidden_size=256, intermediate_size=512, head_dim=64, num_hidden_layers=2)
 
 
-@pytest.mark.parametrize(("kind", "weight_format"), [("q4_k_m", "q4_k,q6_k"), ("mixed", None), ("q3_k", "f32")])
+@pytest.mark.parametrize(
+    ("kind", "weight_format"), [("q4_k_m", "q4_k,q6_k"), ("mixed", None), ("q3_k", "q3_k"), ("q2_k", "q2_k")]
+)
 def test_k_quant_files_are_served_as_stored(tmp_path, kind, weight_format):
     """A Q4_K_M file runs on its own Q4_K and Q6_K blocks (weight_format names the mix); a file mixing every
-    type runs each matrix in its own; Q3_K matrices run on float32 copies and say so: all as transformers
+    type runs each matrix in its own; Q3_K and Q2_K files run on their own blocks: all as transformers
     reads the same file."""
     folder = tmp_path / "llama"
     build_hf_model("llama", **K_SHAPES).save_pretrained(str(folder))

@@ -1,4 +1,4 @@
-"""GGUF block formats kept as stored (Q4_0 ... Q6_K, F16, BF16): packed from the file's own bytes, multiplied
+"""GGUF block formats kept as stored (Q4_0 ... Q6_K, Q2_K, Q3_K, F16, BF16): packed from the file's own bytes, multiplied
 by the kernels, checked against gguf's dequantisation in float64, for batch invariance and across builds."""
 
 import numpy as np
@@ -8,7 +8,7 @@ import write_gguf  # scripts/: the project's GGUF writer (and K-quantiser)
 
 from seedstream.server.kernels import available_isas, packing
 
-NEW_FORMATS = ("q4_0", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "f16", "bf16")
+NEW_FORMATS = ("q4_0", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f16", "bf16")
 ROWS = (1, 3, 8, 33)
 
 
@@ -48,7 +48,7 @@ def test_matches_gguf_dequantisation_in_float64(kernels_for, fmt):
 
 @pytest.mark.parametrize("fmt", NEW_FORMATS)
 def test_row_bits_do_not_depend_on_rows_position_threads_or_isa(kernels_for, fmt):
-    n, k = 64, 768 if fmt not in ("q4_k", "q5_k", "q6_k") else 1024
+    n, k = 64, 768 if fmt not in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k") else 1024
     rows, _ = stored(fmt, n, k, seed=5)
     matrix = packing.pack_stored(fmt, rows).desc()
     x = inputs(66, k, seed=2)
@@ -62,6 +62,23 @@ def test_row_bits_do_not_depend_on_rows_position_threads_or_isa(kernels_for, fmt
         other = kernels_for(isa=isa, threads=2)
         for m in (1, 3, 8, 33):
             assert torch.equal(other.gemm(matrix, x[:m]), full[:m]), f"{fmt} M={m}: {isa} differs"
+
+
+def test_int8_activations_take_q4_0_weights(kernels_for):
+    """Q4_0 with --activations int8: per block the integer dot product less 8 A (the sum of the row's int8
+    block), as the int8 scheme's float64 reference; a row's bits the same at any row count and on every build."""
+    from .test_gemm import int8_reference
+
+    rows, values = stored("q4_0", 64, 512, seed=9)
+    matrix = packing.for_int8_activations(packing.pack_stored("q4_0", rows)).desc()
+    x = inputs(33, 512, seed=4)
+    full = kernels_for().gemm(matrix, x)
+    want = int8_reference(x.numpy(), values, "f32")
+    assert np.abs(full.double().numpy() - want).max() <= 1e-5 * np.abs(want).max()
+    for m in (1, 2, 3, 8):
+        assert torch.equal(kernels_for(threads=1).gemm(matrix, x[:m]), full[:m]), f"M={m}: row count changed bits"
+    for isa in available_isas()[1:]:
+        assert torch.equal(kernels_for(isa=isa).gemm(matrix, x), full), f"{isa} differs"
 
 
 def test_a_chain_of_parts_in_different_formats_multiplies_each_in_its_own(kernels_for):
@@ -84,7 +101,7 @@ def test_saved_chains_load_back(tmp_path):
     assert torch.equal(back["m"].next.data, a.next.data)
 
 
-MIX = ("q4_k", "q6_k", "q5_k", "q4_0", "q5_0", "q5_1", "q8_0", "q4_1", "f16", "bf16", "f32")
+MIX = ("q4_k", "q6_k", "q5_k", "q4_0", "q5_0", "q5_1", "q8_0", "q4_1", "f16", "bf16", "f32", "q2_k", "q3_k")
 
 
 def _mixed_model():
@@ -139,7 +156,7 @@ def test_a_model_mixing_every_type_matches_transformers_on_the_dequantised_weigh
     for isa in available_isas()[1:]:
         other = KernelModel(cfg, sd, packed, fmt, kernels_for(isa=isa))
         assert torch.equal(_prefill(other, ids, 7), got), f"{isa} differs"
-    with pytest.raises(ValueError, match="activations='int8' needs q8_0 or q4_1 weights; these include bf16"):
+    with pytest.raises(ValueError, match="activations='int8' needs q4_0, q8_0 or q4_1 weights; these include bf16"):
         KernelModel(cfg, sd, packed, fmt, kernels_for(), activations="int8")
 
 
@@ -147,5 +164,5 @@ def test_unsupported_stored_types_are_refused_naming_the_supported_ones():
     from seedstream.server.engine.gguf_tensors import StoredTensor
     from seedstream.server.engine.kernel_model import resolve_weight_format
 
-    with pytest.raises(ValueError, match="weight type iq4_xs: the kernels take bf16, f16, f32, q4_0"):
+    with pytest.raises(ValueError, match="weight type iq4_xs: the kernels take bf16, f16, f32, q2_k, q3_k, q4_0"):
         resolve_weight_format("auto", {"w": StoredTensor("iq4_xs", np.zeros((16, 136), np.uint8))})

@@ -66,6 +66,8 @@ void block_geometry(int format, int* values, int* bytes) {
     case SSK_Q4_0: return geometry<FmtQ4_0>(values, bytes);
     case SSK_Q5_0: return geometry<FmtQ5_0>(values, bytes);
     case SSK_Q5_1: return geometry<FmtQ5_1>(values, bytes);
+    case SSK_Q2_K: return geometry<FmtQ2_K>(values, bytes);
+    case SSK_Q3_K: return geometry<FmtQ3_K>(values, bytes);
     case SSK_Q4_K: return geometry<FmtQ4_K>(values, bytes);
     case SSK_Q5_K: return geometry<FmtQ5_K>(values, bytes);
     case SSK_Q6_K: return geometry<FmtQ6_K>(values, bytes);
@@ -225,6 +227,8 @@ static void run_big(const ssk_matrix& w, const uint8_t* tile, const float* xp, c
     case SSK_Q4_0: big_blk<FmtQ4_0, MR>(tile, xp, sums, w.k, y, ldy); break;
     case SSK_Q5_0: big_blk<FmtQ5_0, MR>(tile, xp, sums, w.k, y, ldy); break;
     case SSK_Q5_1: big_blk<FmtQ5_1, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q2_K: big_blk<FmtQ2_K, MR>(tile, xp, sums, w.k, y, ldy); break;
+    case SSK_Q3_K: big_blk<FmtQ3_K, MR>(tile, xp, sums, w.k, y, ldy); break;
     case SSK_Q4_K: big_blk<FmtQ4_K, MR>(tile, xp, sums, w.k, y, ldy); break;
     case SSK_Q5_K: big_blk<FmtQ5_K, MR>(tile, xp, sums, w.k, y, ldy); break;
     case SSK_Q6_K: big_blk<FmtQ6_K, MR>(tile, xp, sums, w.k, y, ldy); break;
@@ -263,6 +267,8 @@ static void run_tile(const ssk_matrix& w, const uint8_t* tile, size_t tbytes, co
     case SSK_Q4_0: tile_blk<FmtQ4_0, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
     case SSK_Q5_0: tile_blk<FmtQ5_0, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
     case SSK_Q5_1: tile_blk<FmtQ5_1, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q2_K: tile_blk<FmtQ2_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
+    case SSK_Q3_K: tile_blk<FmtQ3_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
     case SSK_Q4_K: tile_blk<FmtQ4_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
     case SSK_Q5_K: tile_blk<FmtQ5_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
     case SSK_Q6_K: tile_blk<FmtQ6_K, MR, NT>(tile, tbytes, x, sums, w.k, y, ldy); break;
@@ -347,16 +353,16 @@ static void dequant_blk(const ssk_matrix& w, int row, float* out) {
   for (int b = 0; b < w.k / F::S; ++b) {
     const uint8_t* blk = base + (size_t)b * F::BLOCK;
     for (int c = 0; c < F::CHUNKS; ++c) {
-      const uint8_t* nib = blk + F::QS + c * F::CHUNK;
-      const Planes pl = load_planes<F::P>(nib + 256);
-      for (int j = 0; j < 32; ++j) {
+      const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
+      for_values<0, 32>([&](auto jc) {
+        const int j = jc;
         float q[16], scale[16], mn[16];
-        v_store(q, blk_lanes<F::P, F::OFF>(nib, pl, j));
+        v_store(q, blk_lanes<F>(chunk, jc));
         v_store(scale, blk_scale<F>(blk, (32 * c + j) / F::L));
         v_store(mn, F::HAS_MIN ? blk_min<F>(blk, (32 * c + j) / F::L) : v_zero());
         const float v = scale[lane] * q[lane];
         out[b * F::S + 32 * c + j] = F::HAS_MIN ? v + mn[lane] : v;
-      }
+      });
     }
   }
 }
@@ -366,6 +372,8 @@ void dequant_row_blocks(const ssk_matrix& w, int row, float* out) {
     case SSK_Q4_0: return dequant_blk<FmtQ4_0>(w, row, out);
     case SSK_Q5_0: return dequant_blk<FmtQ5_0>(w, row, out);
     case SSK_Q5_1: return dequant_blk<FmtQ5_1>(w, row, out);
+    case SSK_Q2_K: return dequant_blk<FmtQ2_K>(w, row, out);
+    case SSK_Q3_K: return dequant_blk<FmtQ3_K>(w, row, out);
     case SSK_Q4_K: return dequant_blk<FmtQ4_K>(w, row, out);
     case SSK_Q5_K: return dequant_blk<FmtQ5_K>(w, row, out);
     case SSK_Q6_K: return dequant_blk<FmtQ6_K>(w, row, out);

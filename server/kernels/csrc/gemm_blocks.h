@@ -1,103 +1,139 @@
-// GEMM kernels of the GGUF block formats beyond q8_0/q4_1 (Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and of 16-bit
-// float weights (F16, BF16), float32 activations. Included by gemm.cpp only (it uses its lane helpers).
+// GEMM kernels of the GGUF block formats beyond q8_0/q4_1 (Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and
+// of 16-bit float weights (F16, BF16), float32 activations. Included by gemm.cpp only (it uses its lane helpers).
 //
 // Every block format is one scheme: a tile block holds S values (32, or a 256-value K super-block) of 16
-// output columns; its integer quants q (4, 5 or 6 bits) are cut into sub-blocks of L values (32; 16 for Q6_K),
-// each with a scale and, for the asymmetric formats, a minimum term. Per output element, sub-blocks in order:
+// output columns; its integer quants q (2 to 6 bits) are cut into sub-blocks of L values (32; 16 for Q2_K,
+// Q3_K and Q6_K), each with a scale and, for the asymmetric formats, a minimum term. Per output element,
+// sub-blocks in order:
 //   sq  = fma-chain over the sub-block's values j of x[j] * (q[j] - OFF)   (q - OFF is an exact integer)
 //   acc = fma(scale, sq, acc)
-//   acc = fma(min, s[b], acc)       (Q5_1, Q4_K, Q5_K; s[b] the 32-block's sum of x, block_sums)
+//   acc = fma(min, s, acc)     (Q5_1, Q2_K, Q4_K, Q5_K; s the sub-block's sum of x added left to right:
+//                               block_sums' 32-block sum, or for Q2_K's 16-value sub-blocks the same here)
 // where scale = d (Q4_0, Q5_0, Q5_1) or d * sc (K-types: a float16 times an integer of at most 8 bits, exact in
-// float32), min = m (Q5_1) or -(dmin * mn) (Q4_K, Q5_K; exact). Lanes are output columns, so every build gives
-// the same bits. F16/BF16: acc = fma(x[k], w[n,k], acc) for k = 0, 1, ..., each weight widened exactly.
+// float32), min = m (Q5_1) or -(dmin * mn) (K types with a minimum; exact). Lanes are output columns, so every
+// build gives the same bits. F16/BF16: acc = fma(x[k], w[n,k], acc) for k = 0, 1, ..., each weight widened
+// exactly.
 //
 // Tile block layout (16 columns; server/kernels/packing.py writes it):
 //   float16 d[16]; [float16 m[16] (Q5_1) or dmin[16] (K, with a minimum)];
 //   [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16] with a minimum];
-//   per 32 values c: uint8 nib[16 j][16 lanes] (value j low nibble, value j+16 high nibble),
-//                    then P planes uint32 bits[16 lanes] (bit j: bit 4+p of value j)
+//   per 32 values: the low LO bits of each value, then its H high bits, as bytes [row][16 lanes]:
+//     LO = 4: uint8 lo[16][16], value j in row j & 15, bits 4 * (j >> 4) (as q4_1: j low nibble, j+16 high)
+//     LO = 2: uint8 lo[8][16], value j in row j & 7, bits 2 * (j >> 3)
+//     H > 0:  uint8 hi[4 H][16], value j in row j / (8 / H), bits H * (j % (8 / H))
+// so that the 16 lanes of one value are one 16-byte row: a 16-bit shift and a mask per part (x86 has no byte
+// shift, and the mask drops what a 16-bit shift carries across bytes), an or, then widened and converted.
 #pragma once
+#include <type_traits>
 
-template <int S_, int L_, int P_, int OFF_, bool MIN_, bool K_>
+template <int S_, int L_, int LO_, int H_, int OFF_, bool MIN_, bool K_>
 struct BlockFmt {
-  static constexpr int S = S_, L = L_, P = P_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
+  static constexpr int S = S_, L = L_, LO = LO_, H = H_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
   static constexpr bool HAS_MIN = MIN_, KTYPE = K_;
   static constexpr int SC = 32 + (MIN_ ? 32 : 0);                            // byte offset of sc
   static constexpr int MN = SC + (K_ ? NSUB * 16 : 0);                       // byte offset of mn
   static constexpr int QS = MN + (K_ && MIN_ ? NSUB * 16 : 0);              // byte offset of the quants
-  static constexpr int CHUNK = 256 + 64 * P_;                                // bytes per 32 values
+  static constexpr int HI = 64 * LO_;                                        // the high bits, in a chunk
+  static constexpr int CHUNK = 64 * (LO_ + H_);                              // bytes per 32 values
   static constexpr int BLOCK = QS + CHUNKS * CHUNK;
 };
-using FmtQ4_0 = BlockFmt<32, 32, 0, 8, false, false>;
-using FmtQ5_0 = BlockFmt<32, 32, 1, 16, false, false>;
-using FmtQ5_1 = BlockFmt<32, 32, 1, 0, true, false>;
-using FmtQ4_K = BlockFmt<256, 32, 0, 0, true, true>;
-using FmtQ5_K = BlockFmt<256, 32, 1, 0, true, true>;
-using FmtQ6_K = BlockFmt<256, 16, 2, 32, false, true>;
+using FmtQ4_0 = BlockFmt<32, 32, 4, 0, 8, false, false>;
+using FmtQ5_0 = BlockFmt<32, 32, 4, 1, 16, false, false>;
+using FmtQ5_1 = BlockFmt<32, 32, 4, 1, 0, true, false>;
+using FmtQ2_K = BlockFmt<256, 16, 2, 0, 0, true, true>;
+using FmtQ3_K = BlockFmt<256, 16, 2, 1, 4, false, true>;
+using FmtQ4_K = BlockFmt<256, 32, 4, 0, 0, true, true>;
+using FmtQ5_K = BlockFmt<256, 32, 4, 1, 0, true, true>;
+using FmtQ6_K = BlockFmt<256, 16, 4, 2, 32, false, true>;
 
-// The planes of one 32-value chunk for 16 lanes; bit j of plane p is moved to bit 4 + p of value j's lane.
-#if defined(SSK_AVX512)
-struct Planes { __m512i p[2]; };
-template <int P>
-static inline Planes load_planes(const uint8_t* at) {
-  Planes r;
-  for (int p = 0; p < P; ++p) r.p[p] = _mm512_loadu_si512((const void*)(at + 64 * p));
-  return r;
-}
-// 16 lanes of value j (0..31) of a chunk as floats: (nibble | high bits) - OFF, exact.
-template <int P, int OFF>
-static inline V16 blk_lanes(const uint8_t* nib, const Planes& pl, int j) {
-  __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(nib + 16 * (j & 15))));
-  v = j >= 16 ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0F));
-  for (int p = 0; p < P; ++p)
-    v = _mm512_or_si512(v, _mm512_and_si512(j >= 4 + p ? _mm512_srli_epi32(pl.p[p], j - 4 - p) : _mm512_slli_epi32(pl.p[p], 4 + p - j), _mm512_set1_epi32(16 << p)));
-  if (OFF) v = _mm512_sub_epi32(v, _mm512_set1_epi32(OFF));
-  return {_mm512_cvtepi32_ps(v)};
-}
-#elif defined(SSK_AVX2)
-struct Planes { __m256i p[2][2]; };
-template <int P>
-static inline Planes load_planes(const uint8_t* at) {
-  Planes r;
-  for (int p = 0; p < P; ++p)
-    for (int h = 0; h < 2; ++h)
-      r.p[p][h] = _mm256_loadu_si256((const __m256i*)(at + 64 * p + 32 * h));
-  return r;
-}
-template <int P, int OFF>
-static inline __m256 blk_8(const uint8_t* nib, const Planes& pl, int j, int h) {
-  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(nib + 16 * (j & 15) + 8 * h)));
-  v = j >= 16 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0F));
-  for (int p = 0; p < P; ++p)
-    v = _mm256_or_si256(v, _mm256_and_si256(j >= 4 + p ? _mm256_srli_epi32(pl.p[p][h], j - 4 - p) : _mm256_slli_epi32(pl.p[p][h], 4 + p - j), _mm256_set1_epi32(16 << p)));
-  if (OFF) v = _mm256_sub_epi32(v, _mm256_set1_epi32(OFF));
-  return _mm256_cvtepi32_ps(v);
-}
-template <int P, int OFF>
-static inline V16 blk_lanes(const uint8_t* nib, const Planes& pl, int j) {
-  return {blk_8<P, OFF>(nib, pl, j, 0), blk_8<P, OFF>(nib, pl, j, 1)};
+// Where value j of a chunk sits (the layout above): row and shift of its low bits, row and shift of its high.
+template <class F>
+struct ValueAt {
+  int lo_row, lo_shift, hi_row, hi_shift;
+  constexpr explicit ValueAt(int j)
+      : lo_row(F::LO == 4 ? j & 15 : j & 7), lo_shift(F::LO == 4 ? 4 * (j >> 4) : 2 * (j >> 3)),
+        hi_row(F::H ? j / (8 / F::H) : 0), hi_shift(F::H ? F::H * (j % (8 / F::H)) : 0) {}
+};
+
+// fn(j) for j = J0 .. J0 + N - 1. The SIMD builds pass std::integral_constant<int, j>: the value index is a
+// constant in each unrolled copy, so every shift is an immediate; the portable build a plain int (a loop).
+#if defined(SSK_AVX512) || defined(SSK_AVX2)
+template <int J0, int N, class Fn>
+static inline void for_values(Fn&& fn) {
+  if constexpr (N > 0) {
+    fn(std::integral_constant<int, J0>{});
+    for_values<J0 + 1, N - 1>(fn);
+  }
 }
 #else
-struct Planes { uint32_t p[2][16]; };
-template <int P>
-static inline Planes load_planes(const uint8_t* at) {
-  Planes r;
-  for (int p = 0; p < P; ++p)
-    for (int l = 0; l < 16; ++l) {
-      uint32_t bits;
-      std::memcpy(&bits, at + 64 * p + 4 * l, 4);
-      r.p[p][l] = bits;
-    }
-  return r;
+template <int J0, int N, class Fn>
+static inline void for_values(Fn&& fn) {
+  for (int j = J0; j < J0 + N; ++j) fn(j);
 }
-template <int P, int OFF>
-static inline V16 blk_lanes(const uint8_t* nib, const Planes& pl, int j) {
+#endif
+
+#if defined(SSK_AVX512) || defined(SSK_AVX2)
+template <int N>
+static inline __m128i shift16(__m128i v) {  // left by N, right by -N (16-bit lanes)
+  if constexpr (N > 0) return _mm_slli_epi16(v, N);
+  else if constexpr (N < 0) return _mm_srli_epi16(v, -N);
+  else return v;
+}
+// The 16 lanes of value J of the chunk at c: q - OFF as int8.
+template <class F, class J>
+static inline __m128i blk_bytes(const uint8_t* c) {
+  constexpr ValueAt<F> at(J::value);
+  const __m128i lo = _mm_loadu_si128((const __m128i*)(c + 16 * at.lo_row));
+  __m128i q = _mm_and_si128(shift16<-at.lo_shift>(lo), _mm_set1_epi8((1 << F::LO) - 1));
+  if constexpr (F::H > 0) {
+    const __m128i hi = _mm_loadu_si128((const __m128i*)(c + F::HI + 16 * at.hi_row));
+    q = _mm_or_si128(q, _mm_and_si128(shift16<F::LO - at.hi_shift>(hi), _mm_set1_epi8(((1 << F::H) - 1) << F::LO)));
+  }
+  if constexpr (F::OFF != 0) q = _mm_sub_epi8(q, _mm_set1_epi8(F::OFF));
+  return q;
+}
+#endif
+
+// 16 lanes of value j (0..31; a for_values index) of the chunk at c as floats: q - OFF, exact. Without high
+// bits, the low bits are widened straight from memory and cut in 32-bit lanes (as q4_1; measured faster).
+#if defined(SSK_AVX512)
+template <class F, class J>
+static inline V16 blk_lanes(const uint8_t* c, J) {
+  if constexpr (F::H == 0) {
+    constexpr ValueAt<F> at(J::value);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(c + 16 * at.lo_row)));
+    if constexpr (at.lo_shift != 0) v = _mm512_srli_epi32(v, at.lo_shift);
+    if constexpr (at.lo_shift + F::LO < 8) v = _mm512_and_si512(v, _mm512_set1_epi32((1 << F::LO) - 1));
+    if constexpr (F::OFF != 0) v = _mm512_sub_epi32(v, _mm512_set1_epi32(F::OFF));
+    return {_mm512_cvtepi32_ps(v)};
+  }
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(blk_bytes<F, J>(c)))};
+}
+#elif defined(SSK_AVX2)
+template <class F, class J>
+static inline __m256 blk_8(const uint8_t* c) {  // F::H == 0: lanes 0-7 at c
+  constexpr ValueAt<F> at(J::value);
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(c + 16 * at.lo_row)));
+  if constexpr (at.lo_shift != 0) v = _mm256_srli_epi32(v, at.lo_shift);
+  if constexpr (at.lo_shift + F::LO < 8) v = _mm256_and_si256(v, _mm256_set1_epi32((1 << F::LO) - 1));
+  if constexpr (F::OFF != 0) v = _mm256_sub_epi32(v, _mm256_set1_epi32(F::OFF));
+  return _mm256_cvtepi32_ps(v);
+}
+template <class F, class J>
+static inline V16 blk_lanes(const uint8_t* c, J) {
+  if constexpr (F::H == 0) return {blk_8<F, J>(c), blk_8<F, J>(c + 8)};
+  const __m128i q = blk_bytes<F, J>(c);
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q, q)))};
+}
+#else
+template <class F>
+static inline V16 blk_lanes(const uint8_t* c, int j) {
+  const ValueAt<F> at(j);
   V16 r;
   for (int l = 0; l < 16; ++l) {
-    const uint8_t byte = nib[16 * (j & 15) + l];
-    int32_t v = j >= 16 ? byte >> 4 : byte & 0x0F;
-    for (int p = 0; p < P; ++p) v |= (int32_t)(((pl.p[p][l] >> j) & 1u) << (4 + p));
-    r.v[l] = (float)(v - OFF);
+    int v = (c[16 * at.lo_row + l] >> at.lo_shift) & ((1 << F::LO) - 1);
+    if constexpr (F::H > 0) v |= ((c[F::HI + 16 * at.hi_row + l] >> at.hi_shift) & ((1 << F::H) - 1)) << F::LO;
+    r.v[l] = (float)(v - F::OFF);
   }
   return r;
 }
@@ -117,6 +153,14 @@ static inline V16 blk_min(const uint8_t* blk, int s) {
   return m;
 }
 
+// The sum of x over a 16-value sub-block (Q2_K's minimum term), added left to right as block_sums does;
+// x[i * stride] for i = 0..15.
+static inline float sum16(const float* x, int stride) {
+  float s = x[0];
+  for (int i = 1; i < 16; ++i) s += x[i * stride];
+  return s;
+}
+
 // The register kernel: MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart), as tile_q4_1.
 template <class F, int MR, int NT>
 static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const float* sums, int k, float* y,
@@ -128,28 +172,35 @@ static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const f
   for (int b = 0; b < k / F::S; ++b) {
     for (int c = 0; c < F::CHUNKS; ++c) {
       const int x0 = b * F::S + 32 * c;  // the chunk's first input
-      Planes pl[NT];
-      for (int t = 0; t < NT; ++t) pl[t] = load_planes<F::P>(tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK + 256);
-      for (int j0 = 0; j0 < 32; j0 += F::L) {  // each sub-block of the chunk: an fma chain, then its scale
-        V16 sq[MR][NT];
-        for (int r = 0; r < MR; ++r)
-          for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
-        for (int j = j0; j < j0 + F::L; ++j)
-          for (int t = 0; t < NT; ++t) {
-            const V16 q = blk_lanes<F::P, F::OFF>(tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK, pl[t], j);
-            for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j]), q, sq[r][t]);
-          }
-        const int s = (32 * c + j0) / F::L;
+      const uint8_t* chunk[NT];
+      for (int t = 0; t < NT; ++t) chunk[t] = tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK;
+      V16 sq[MR][NT];
+      for_values<0, 32>([&](auto jc) {
+        const int j = jc;
+        if (j % F::L == 0)
+          for (int r = 0; r < MR; ++r)
+            for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
         for (int t = 0; t < NT; ++t) {
-          const uint8_t* blk = tile + t * tbytes + (size_t)b * F::BLOCK;
-          const V16 scale = blk_scale<F>(blk, s);
-          for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(scale, sq[r][t], acc[r][t]);
-          if constexpr (F::HAS_MIN) {
-            const V16 mn = blk_min<F>(blk, s);
-            for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(mn, v_set1(sums[(size_t)r * nb + x0 / 32]), acc[r][t]);
+          const V16 q = blk_lanes<F>(chunk[t], jc);
+          for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j]), q, sq[r][t]);
+        }
+        if (j % F::L == F::L - 1) {
+          const int s = (32 * c + j) / F::L;
+          float xs[MR];  // the minimum term's sum of x
+          if constexpr (F::HAS_MIN)
+            for (int r = 0; r < MR; ++r)
+              xs[r] = F::L == 16 ? sum16(x + (size_t)r * k + x0 + j - 15, 1) : sums[(size_t)r * nb + x0 / 32];
+          for (int t = 0; t < NT; ++t) {
+            const uint8_t* blk = tile + t * tbytes + (size_t)b * F::BLOCK;
+            const V16 scale = blk_scale<F>(blk, s);
+            for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(scale, sq[r][t], acc[r][t]);
+            if constexpr (F::HAS_MIN) {
+              const V16 mn = blk_min<F>(blk, s);
+              for (int r = 0; r < MR; ++r) acc[r][t] = v_fma(mn, v_set1(xs[r]), acc[r][t]);
+            }
           }
         }
-      }
+      });
     }
   }
   for (int r = 0; r < MR; ++r)
@@ -165,23 +216,27 @@ static void big_blk(const uint8_t* tile, const float* xp, const float* sums, int
     const uint8_t* blk = tile + (size_t)b * F::BLOCK;
     for (int c = 0; c < F::CHUNKS; ++c) {
       const int x0 = b * F::S + 32 * c;
-      const uint8_t* nib = blk + F::QS + c * F::CHUNK;
-      const Planes pl = load_planes<F::P>(nib + 256);
-      for (int j0 = 0; j0 < 32; j0 += F::L) {  // each sub-block of the chunk
-        V16 sq[MR];
-        for (int r = 0; r < MR; ++r) sq[r] = v_zero();
-        for (int j = j0; j < j0 + F::L; ++j) {
-          const V16 q = blk_lanes<F::P, F::OFF>(nib, pl, j);
-          for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j) * MR + r]), q, sq[r]);
+      const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
+      V16 sq[MR];
+      for_values<0, 32>([&](auto jc) {
+        const int j = jc;
+        if (j % F::L == 0)
+          for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+        const V16 q = blk_lanes<F>(chunk, jc);
+        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j) * MR + r]), q, sq[r]);
+        if (j % F::L == F::L - 1) {
+          const int s = (32 * c + j) / F::L;
+          const V16 scale = blk_scale<F>(blk, s);
+          for (int r = 0; r < MR; ++r) {
+            V16 a = v_fma(scale, sq[r], v_load(y + (size_t)r * ldy));
+            if constexpr (F::HAS_MIN) {
+              const float xs = F::L == 16 ? sum16(xp + (size_t)(x0 + j - 15) * MR + r, MR) : sums[(size_t)r * nb + x0 / 32];
+              a = v_fma(blk_min<F>(blk, s), v_set1(xs), a);
+            }
+            v_store(y + (size_t)r * ldy, a);
+          }
         }
-        const int s = (32 * c + j0) / F::L;
-        const V16 scale = blk_scale<F>(blk, s);
-        for (int r = 0; r < MR; ++r) {
-          V16 a = v_fma(scale, sq[r], v_load(y + (size_t)r * ldy));
-          if constexpr (F::HAS_MIN) a = v_fma(blk_min<F>(blk, s), v_set1(sums[(size_t)r * nb + x0 / 32]), a);
-          v_store(y + (size_t)r * ldy, a);
-        }
-      }
+      });
     }
   }
 }

@@ -1,4 +1,4 @@
-// GEMM over q4_1 and q8_0 weights with int8 activations (act SSK_ACT_I8): integer dot products per
+// GEMM over q4_1, q4_0 and q8_0 weights with int8 activations (act SSK_ACT_I8): integer dot products per
 // 32-block, then float32 steps in a fixed order.
 //
 // Activations, per row and 32-value block b (IEEE operations only, so the same on every build):
@@ -9,6 +9,7 @@
 // Per output element (m, n), blocks in order, with I = sum_k q[n,k] * a[m,k] exact in int32:
 //   q4_1: acc = fma(d[n,b], float(I) * s[b], acc);  acc = fma(min[n,b], float(A[b]) * s[b], acc)
 //   q8_0: acc = fma(d[n,b], float(I) * s[b], acc)
+//   q4_0: acc = fma(d[n,b], float(I - 8 A[b]) * s[b], acc)   (q - 8 is the weight; I - 8 A exact in int32)
 // where A[b] is the block's sum of a: both terms see the same quantised input, so the output is the dot
 // product of the true weights d * q + min with it (with x's exact sum in the minimum term instead, the
 // rounding errors meet the uncentred d * q alone and the largest logit error doubles). The integer sums
@@ -16,7 +17,7 @@
 //
 // Tile block quants (the float layout's bytes, regrouped by server/kernels/packing.py): group g holds,
 // for each of the 16 output columns, 4 consecutive bytes (one 32-bit lane):
-//   q4_1: 4 groups; byte j of group g holds value 4g + j (low nibble) and value 16 + 4g + j (high nibble)
+//   q4_1, q4_0: 4 groups; byte j of group g holds value 4g + j (low nibble) and value 16 + 4g + j (high nibble)
 //   q8_0: 8 groups; byte j of group g holds value 4g + j
 // so one load and a mask give 16 columns x 4 values, multiplied with 4 activations broadcast to every lane.
 #include <cfloat>
@@ -87,6 +88,16 @@ struct I8Format<SSK_Q4_1> {
   static inline V16 finish(const uint8_t* blk, VI dot, float s, int32_t, float scaled_sum, V16 acc) {
     acc = v_fma(v_load_f16((const uint16_t*)blk), v_mul(vi_to_float(dot), v_set1(s)), acc);
     return v_fma(v_load_f16((const uint16_t*)blk + 16), v_set1(scaled_sum), acc);
+  }
+};
+// Q4_0's tile block (gemm_blocks.h FmtQ4_0): float16 d[16], then q4_1's quants; the unsigned nibbles' dot
+// product as q4_1's, less 8 A (float(I) and 8 A are integers below 2^24, so the float subtraction is exact).
+template <>
+struct I8Format<SSK_Q4_0> : I8Format<SSK_Q4_1> {
+  static constexpr int BLOCK = 32 + 256, QS = 32;
+  static inline V16 finish(const uint8_t* blk, VI dot, float s, int32_t a_sum, float, V16 acc) {
+    const V16 centred = v_sub(vi_to_float(dot), v_set1((float)(8 * a_sum)));
+    return v_fma(v_load_f16((const uint16_t*)blk), v_mul(centred, v_set1(s)), acc);
   }
 };
 template <>
@@ -180,5 +191,6 @@ static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, fl
 
 void gemm_i8(Pool& pool, const ssk_matrix& w, int m, const float* x, float* y, int ldy, float* scratch) {
   if (w.format == SSK_Q4_1) return gemm_int8<SSK_Q4_1>(pool, w, m, x, y, ldy, scratch);
+  if (w.format == SSK_Q4_0) return gemm_int8<SSK_Q4_0>(pool, w, m, x, y, ldy, scratch);
   gemm_int8<SSK_Q8_0>(pool, w, m, x, y, ldy, scratch);
 }

@@ -3,14 +3,14 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SSK_ABI_VERSION 5
+#define SSK_ABI_VERSION 6
 
 extern "C" {
 
 // Weight formats (ssk_matrix.format): GGUF's block types kept as stored, and 16-bit floats (gemm_blocks.h).
 enum {
   SSK_F32 = 0, SSK_Q8_0 = 1, SSK_Q4_1 = 2, SSK_Q4_0 = 3, SSK_Q5_0 = 4, SSK_Q5_1 = 5,
-  SSK_Q4_K = 6, SSK_Q5_K = 7, SSK_Q6_K = 8, SSK_F16 = 9, SSK_BF16 = 10
+  SSK_Q4_K = 6, SSK_Q5_K = 7, SSK_Q6_K = 8, SSK_F16 = 9, SSK_BF16 = 10, SSK_Q2_K = 11, SSK_Q3_K = 12
 };
 enum { SSK_KV_F32 = 0, SSK_KV_BF16 = 1 };  // element type of the KV caches of a step
 enum { SSK_ACT_F32 = 0, SSK_ACT_I8 = 1 };  // what a GEMM multiplies the weights with (ssk_matrix.act)
@@ -18,7 +18,7 @@ enum { SSK_SILU = 0, SSK_GELU_TANH = 1 };  // the MLP's activation of the gate (
 
 // A weight matrix [n, k] (n output columns, k inputs) packed by server/kernels/packing.py into tiles of
 // SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout). With act
-// SSK_ACT_I8 (q8_0 and q4_1 only) the quants of each tile block are laid out for integer dot products and
+// SSK_ACT_I8 (q8_0, q4_1 and q4_0 only) the quants of each tile block are laid out for integer dot products and
 // every input row is quantised to int8 per 32-block first (gemm_i8.cpp).
 // A fused matrix whose parts are stored in different formats (q/k/v of a Q4_K_M file) is a chain: next holds
 // the output columns after this part's n, with the same k; each part is multiplied in its own format.
