@@ -126,7 +126,9 @@ def plan_step(
     running: Sequence[EngineSequence], budget: StepBudget, prefix_cache: PrefixReuse | None = None
 ) -> StepPlan:
     """This step's plan: cancelled sequences finish, one row per decoding sequence (and its draft),
-    then fixed prefill chunks within budget. Changes no sequence (apply.apply_step does) and no tensor."""
+    then fixed prefill chunks within budget. Changes no sequence (apply.apply_step does) and no tensor,
+    but for the speculative drafter's memo (EngineSequence.draft: the sequence's n-grams indexed so far,
+    and the proposal that apply_step scores)."""
     live = [s for s in running if not s.finished]
     plan = PlanBuilder(cancelled=[s for s in live if s.cancelled])  # `cancelled` is set by other threads
     tokens_left = _plan_decodes(plan, [s for s in live if plan.is_live(s) and s.prefill_done], budget)
