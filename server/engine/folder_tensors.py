@@ -47,7 +47,10 @@ def readable_as_stored(files: list[Path]) -> bool:
     at most beside them (read from the headers only)."""
     if not files or any(f.suffix != ".safetensors" for f in files):
         return False
-    dtypes = {info["dtype"] for f in files for info in _header(f)[0].values()}
+    try:
+        dtypes = {info["dtype"] for f in files for info in _header(f)[0].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return False  # not a header read here: transformers' conversion reads it, or names what is wrong
     return dtypes <= set(_DTYPES) and bool(dtypes & {"F16", "BF16"})
 
 
