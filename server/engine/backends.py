@@ -16,6 +16,7 @@ from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, Packe
 
 from .config import DTYPES, EngineConfig
 from .forward import ForwardModel
+from .gguf_tensors import StoredTensor
 from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
 from .loader import (
     CACHE_FORMAT,
@@ -108,7 +109,7 @@ _packed_in_process: dict[str, Packed] = {}  # read-only, shared by engines
 
 
 def _kernel_model(
-    weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels, kv: torch.dtype
+    weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels: Kernels, kv: torch.dtype
 ) -> KernelModel:
     packed, fmt, norms = packed_weights(weights, cfg, config.weights)
     return KernelModel(cfg, norms, packed, fmt, kernels, kv, config.activations)
@@ -173,7 +174,7 @@ def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     return pack_model_weights(cfg, state, kept, fmt), fmt, norms
 
 
-def _kept_matrices(weights: LoadedWeights, requested: str) -> dict:
+def _kept_matrices(weights: LoadedWeights, requested: str) -> dict[str, StoredTensor]:
     """The stored matrices the kernels multiply as they are (every GGUF type of STORED_FORMATS); any other type
     (IQ quants, ...) is refused, naming what the kernels take. A folder's
     matrices are kept under 'auto' only: a format named is a conversion of every matrix (as it always was)."""

@@ -10,17 +10,16 @@ from __future__ import annotations
 import array
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from seedstream.server.kernels import KERNEL_VERSION, KV_DTYPE_CODES, Kernels, Matrix, ModelDesc, StepDesc
-from seedstream.server.kernels.lib import ACTIVATION_FN_CODES, LayerDesc, RopeDesc
+from seedstream.server.kernels.lib import ACTIVATION_FN_CODES, NR, LayerDesc, RopeDesc
 from seedstream.server.kernels.packing import (
     BITS,
     INT8_FORMATS,
-    NR,
     PRECISION,
     STORED_FORMATS,
     PackedMatrix,
@@ -93,13 +92,15 @@ def _pack_stored(parts: list[StoredTensor], bias: np.ndarray | None, pad: bool) 
         else:
             prev.next = m
         prev = m
+    if head is None:
+        raise ValueError("no matrix to pack")
     return head
 
 
 class _Packer:
     """Builds each (fused) matrix from the stored blocks when they are precise enough, else from floats."""
 
-    def __init__(self, fmt: str, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor]):
+    def __init__(self, fmt: str, state_dict: Mapping[str, torch.Tensor], stored: dict[str, StoredTensor]) -> None:
         self.fmt, self.sd, self.stored = fmt, state_dict, stored
         # "as stored" (a resolved 'auto' naming stored types); else a conversion keeps what is as precise
         self.as_stored = fmt not in PRECISION
@@ -115,8 +116,9 @@ class _Packer:
         if bias_names:
             bias = torch.cat([self.sd[n].float() for n in bias_names]).numpy()
         parts = [self.stored.get(n) for n in names]
-        if all(self.keeps(p) for p in parts):
-            return _pack_stored(parts, bias, pad)
+        kept = [p for p in parts if p is not None and self.keeps(p)]
+        if len(kept) == len(parts):
+            return _pack_stored(kept, bias, pad)
         w = torch.cat([self.sd[n].float() for n in names]).numpy()
         return pack_from_float(_pad_rows(w) if pad else w, self.fmt if self.fmt in PRECISION else "f32", bias)
 
@@ -129,7 +131,7 @@ def rope_tables(spec: RopeSpec, max_context: int) -> tuple[torch.Tensor, torch.T
 
 
 def pack_model_weights(
-    cfg: ModelConfig, state_dict: dict[str, torch.Tensor], stored: dict[str, StoredTensor], fmt: str
+    cfg: ModelConfig, state_dict: Mapping[str, torch.Tensor], stored: dict[str, StoredTensor], fmt: str
 ) -> dict[str, PackedMatrix]:
     """Every matrix of the model packed as `fmt` (resolved, not 'auto'), q/k/v and gate/up fused, with their
     biases; the embedding and lm_head rows padded with zero rows to a multiple of NR."""
@@ -160,7 +162,7 @@ def _address(a: array.array[int]) -> int | None:
 
 
 def _layer_desc(
-    cfg: ModelConfig, i: int, sd: dict[str, torch.Tensor], packed: dict[str, PackedMatrix], keep: list
+    cfg: ModelConfig, i: int, sd: Mapping[str, torch.Tensor], packed: dict[str, PackedMatrix], keep: list[object]
 ) -> LayerDesc:
     """Layer i's C description; the norm vectors it points at are appended to keep."""
     p = f"model.layers.{i}."
@@ -187,7 +189,14 @@ def _layer_desc(
     )
 
 
-def _model_desc(cfg: ModelConfig, layers, ropes, embed=None, lm_head=None, norm_final=None) -> ModelDesc:
+def _model_desc(
+    cfg: ModelConfig,
+    layers: ctypes.Array[LayerDesc],
+    ropes: ctypes.Array[RopeDesc],
+    embed: Matrix | None = None,
+    lm_head: Matrix | None = None,
+    norm_final: int | None = None,  # the final norm's data pointer
+) -> ModelDesc:
     """The C description of cfg; without matrices (null) it serves ssk_check_model's shape check."""
     return ModelDesc(
         cfg.num_layers,
@@ -214,7 +223,7 @@ def _model_desc(cfg: ModelConfig, layers, ropes, embed=None, lm_head=None, norm_
     )
 
 
-def _rope_descs(cfg: ModelConfig, keep: list, tables: bool = True) -> ctypes.Array:
+def _rope_descs(cfg: ModelConfig, keep: list[object], tables: bool = True) -> ctypes.Array[RopeDesc]:
     ropes = (RopeDesc * max(1, len(cfg.ropes)))()
     for i, spec in enumerate(cfg.ropes):
         cos, sin = rope_tables(spec, cfg.max_context) if tables else (None, None)
@@ -230,7 +239,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 def kernel_shape_problem(cfg: ModelConfig, kernels: Kernels) -> str | None:
     """Why the kernels cannot serve cfg's shapes or options (ssk_forward's own check), or None: asked before
     any weight is packed."""
-    keep: list = []
+    keep: list[object] = []
     layers = (LayerDesc * cfg.num_layers)()
     for i, spec in enumerate(cfg.layers):
         layers[i].window, layers[i].rope = spec.window, spec.rope
@@ -273,7 +282,7 @@ class KernelModel:
         self.device, self.dtype, self.kv_dtype = torch.device("cpu"), torch.float32, kv_dtype
         self.embed = packed["embed"]
         self.lm_head = packed.get("lm_head", self.embed)
-        keep: list = list(packed.values())  # everything the C structs point at stays alive here
+        keep: list[object] = list(packed.values())  # everything the C structs point at stays alive here
         layers = (LayerDesc * cfg.num_layers)()
         for i in range(cfg.num_layers):
             layers[i] = _layer_desc(cfg, i, state_dict, packed, keep)
@@ -305,7 +314,7 @@ class KernelModel:
         segments: Sequence[Segment],
         logit_rows: torch.Tensor,
         logits: torch.Tensor,
-    ) -> tuple[StepDesc, list]:
+    ) -> tuple[StepDesc, list[object]]:
         """The C description of one step, and the buffers it points at (keep them alive for the call)."""
         for seg in segments:
             seg.cache.reserve(seg.start + seg.length)

@@ -195,7 +195,7 @@ class Kernels:
         self._ctx = lib.ssk_create(threads)
         self.threads = lib.ssk_threads(self._ctx)
 
-    def __del__(self):
+    def __del__(self) -> None:
         ctx, self._ctx = getattr(self, "_ctx", None), None
         if ctx:
             self._lib.ssk_destroy(ctx)
@@ -217,7 +217,8 @@ class Kernels:
         """x [M, K] float32 -> [M, N], computed as the forward computes it."""
         x = x.contiguous()
         assert x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] == matrix.k
-        n, part = 0, matrix
+        n = 0
+        part: Matrix | None = matrix
         while part is not None:  # the columns of every part of a chain
             n, part = n + part.n, (part.next.contents if part.next else None)
         y = torch.empty(x.shape[0], n, dtype=torch.float32)

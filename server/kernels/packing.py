@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from .lib import (
     QK,
     Matrix,
 )
+
+if TYPE_CHECKING:
+    import os
 
 PACK_LAYOUT = "4"  # bump when a tile layout changes (names the cached packed weights)
 # NR (output columns per tile), QK (values per block) and the tile block sizes: lib.py, checked against the library.
@@ -107,7 +111,8 @@ class PackedMatrix:
         return m
 
     def parts(self) -> list[PackedMatrix]:
-        out, p = [], self
+        out: list[PackedMatrix] = []
+        p: PackedMatrix | None = self
         while p is not None:
             out.append(p)
             p = p.next
@@ -261,7 +266,8 @@ def dequantize_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def dequantize_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray) -> np.ndarray:
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # [N, nb, 32]
-    return (d[..., None] * q + m[..., None]).reshape(d.shape[0], -1)
+    values: np.ndarray = (d[..., None] * q + m[..., None]).reshape(d.shape[0], -1)
+    return values
 
 
 def pack_from_float(w: np.ndarray, fmt: str, bias: np.ndarray | None = None) -> PackedMatrix:
@@ -364,7 +370,15 @@ def _high_rows(v: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8).reshape(*v.shape[:-3], -1)
 
 
-def pack_blocks(fmt: str, d, m, sc, mn, q: np.ndarray, bias: np.ndarray | None = None) -> PackedMatrix:
+def pack_blocks(
+    fmt: str,
+    d: np.ndarray,
+    m: np.ndarray | None,
+    sc: np.ndarray | None,
+    mn: np.ndarray | None,
+    q: np.ndarray,
+    bias: np.ndarray | None = None,
+) -> PackedMatrix:
     """unpack_gguf_blocks' fields -> the tile layout of csrc/gemm_blocks.h (module docstring)."""
     size, _, lo_bits, hi_bits, ktype = BLOCK_FORMATS[fmt]
     n, k = q.shape
@@ -373,12 +387,13 @@ def pack_blocks(fmt: str, d, m, sc, mn, q: np.ndarray, bias: np.ndarray | None =
         raise ValueError(f"{fmt} matrix [{n}, {k}]: rows must be whole blocks of {size}")
     t, nb = n // NR, k // size
 
-    def per_lane(a: np.ndarray, dtype) -> np.ndarray:  # [N, nb, ...] -> bytes [T, nb, ... x 16 lanes]
+    def per_lane(a: np.ndarray, dtype: type[np.generic]) -> np.ndarray:  # [N, nb, ...] -> bytes [T, nb, ... x 16 lanes]
         a = a.astype(dtype).reshape(t, NR, nb, -1).transpose(0, 2, 3, 1)
         return _bytes(a.reshape(t, nb, -1))
 
     head = [per_lane(d, np.float16)] + ([per_lane(m, np.float16)] if m is not None else [])
     if ktype:
+        assert sc is not None  # a K-type's blocks carry sub-block scales
         head += [per_lane(sc, np.int8)] + ([per_lane(mn, np.uint8)] if mn is not None else [])
     qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
     chunk = [_low_rows(qt & ((1 << lo_bits) - 1), lo_bits)]
@@ -408,11 +423,12 @@ def pack_stored(fmt: str, rows: np.ndarray, bias: np.ndarray | None = None) -> P
     if fmt == "q4_1":
         return pack_q4_1(*split_gguf_q4_1(rows), bias=bias)
     if fmt in BLOCK_FORMATS:
-        return pack_blocks(fmt, **unpack_gguf_blocks(rows, fmt), bias=bias)
+        fields = unpack_gguf_blocks(rows, fmt)  # d and q always set; m, sc, mn where the format has them
+        return pack_blocks(fmt, **fields, bias=bias)  # type: ignore[arg-type]
     raise ValueError(f"weight format {fmt!r}: the kernels take {', '.join(STORED_FORMATS)}")
 
 
-def save_packed(path, packed: dict[str, PackedMatrix], weight_format: str) -> None:
+def save_packed(path: str | os.PathLike[str], packed: dict[str, PackedMatrix], weight_format: str) -> None:
     """Write packed matrices to a safetensors file (atomically), with their formats as metadata."""
     import json
     import os
@@ -432,7 +448,7 @@ def save_packed(path, packed: dict[str, PackedMatrix], weight_format: str) -> No
     os.replace(tmp, path)
 
 
-def load_packed(path) -> tuple[dict[str, PackedMatrix], str]:
+def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, PackedMatrix], str]:
     import json
 
     from safetensors import safe_open
