@@ -17,7 +17,13 @@ from seedstream.server.kernels.packing import PACK_LAYOUT, STORED_FORMATS, Packe
 from .config import DTYPES, EngineConfig
 from .forward import ForwardModel
 from .gguf_tensors import StoredTensor
-from .kernel_model import KernelModel, kernel_shape_problem, pack_model_weights, resolve_weight_format
+from .kernel_model import (
+    KernelModel,
+    kernel_shape_problem,
+    pack_model_weights,
+    packed_format_name,
+    resolve_weight_format,
+)
 from .loader import (
     CACHE_FORMAT,
     CHILD_CONVERSION_BYTES,
@@ -171,7 +177,8 @@ def _pack(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
     kept = _kept_matrices(weights, requested)
     fmt = resolve_weight_format(requested, kept)  # the matrices not kept are dequantised by the packer
     norms = {n: state[n].contiguous() for n in state if n.endswith("norm.weight")}
-    return pack_model_weights(cfg, state, kept, fmt), fmt, norms
+    packed = pack_model_weights(cfg, state, kept, fmt)
+    return packed, packed_format_name(requested, fmt, packed), norms
 
 
 def _kept_matrices(weights: LoadedWeights, requested: str) -> dict[str, StoredTensor]:

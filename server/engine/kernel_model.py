@@ -62,6 +62,24 @@ def resolve_weight_format(requested: str, stored: dict[str, StoredTensor]) -> st
     return ",".join(sorted(layers or {t.format for t in stored.values()})) or "f32"
 
 
+def packed_format_name(requested: str, resolved: str, packed: dict[str, PackedMatrix]) -> str:
+    """The weight_format a packing reports. 'auto' is its resolved stored mix. A named conversion keeps the
+    stored blocks that are at least as precise, so it names what the layers' matrices really are: the
+    format asked for when every one of them is in it, else their sorted mix ("f16" for an F16 file asked
+    for q8_0, whose blocks stay as stored: the same bits under the same name as 'auto')."""
+    if requested == "auto":
+        return resolved
+    formats: set[str] = set()
+    for name, head in packed.items():
+        if name in ("embed", "lm_head"):
+            continue
+        part: PackedMatrix | None = head
+        while part is not None:
+            formats.add(part.format)
+            part = part.next
+    return requested if formats <= {requested} else ",".join(sorted(formats))
+
+
 def _pad_rows(rows: np.ndarray) -> np.ndarray:
     """rows [N, ...] with zero rows appended up to a multiple of NR (a zero row is a zero block in every
     format: scale, minimum and quants 0)."""

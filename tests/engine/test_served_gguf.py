@@ -98,3 +98,19 @@ def test_k_quant_files_are_served_as_stored(tmp_path, kind, weight_format):
     else:
         assert len(engine.info.weight_format.split(",")) >= 5, engine.info.weight_format
     check_against(engine, reference, kind)
+
+
+@pytest.mark.parametrize(("weights", "weight_format"), [("q8_0", "q8_0"), ("q4_1", "q4_1,q6_k")])
+def test_a_named_conversion_reports_what_the_layers_are(tmp_path, weights, weight_format):
+    """--weights names a conversion that keeps the stored blocks at least as precise: a Q4_K_M file asked for
+    q8_0 converts every layer (q8_0); asked for q4_1, its Q6_K blocks stay as stored, and weight_format (so
+    engine_version and every receipt) says so instead of claiming q4_1."""
+    folder = tmp_path / "llama"
+    build_hf_model("llama", **K_SHAPES).save_pretrained(str(folder))
+    save_tiny_tokenizer(folder)
+    out = tmp_path / "q4_k_m" / "llama-q4_k_m.gguf"
+    out.parent.mkdir()
+    write_gguf.write_gguf(folder, out, "q4_k_m")
+    engine = load_engine(EngineConfig(model=str(out), backend="kernels", weights=weights), progress=lambda m: None)
+    assert engine.info.weight_format == weight_format
+    assert f".{weight_format}." in engine.info.engine_version
