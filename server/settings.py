@@ -142,9 +142,10 @@ class EngineConfig:
     )
     weights: str = setting(
         "auto",
-        "weight format of the kernels: `auto` = the file's own (a GGUF's quantisation, else `f32`), or "
-        f"{', '.join(f'`{w}`' for w in WEIGHT_FORMATS[1:])} (stored blocks are kept when at least as precise, "
-        "else quantised on load); in "
+        "weight format of the kernels: `auto` = as stored (a GGUF's types, e.g. `q4_1` or `q4_k,q6_k`; a bfloat16 "
+        "or float16 safetensors folder's `bf16` or `f16`, multiplied at 16 bits; else `f32`), or a conversion: "
+        f"{', '.join(f'`{w}`' for w in WEIGHT_FORMATS[1:])} (a GGUF's stored blocks are kept when at least as "
+        "precise, else quantised on load; a folder's matrices are all converted); in "
         "`engine_version`, the receipt and `GetModelInfo` as `weight_format`",
         choices=WEIGHT_FORMATS,
     )

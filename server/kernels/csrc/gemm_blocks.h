@@ -174,7 +174,7 @@ static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const f
       const int x0 = b * F::S + 32 * c;  // the chunk's first input
       const uint8_t* chunk[NT];
       for (int t = 0; t < NT; ++t) chunk[t] = tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK;
-      V16 sq[MR][NT];
+      V16 sq[MR][NT] = {};  // zeroed per sub-block below; initialised so no path reads it unset
       for_values<0, 32>([&](auto jc) {
         const int j = jc;
         if (j % F::L == 0)
