@@ -247,7 +247,9 @@ def guard_stream(
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
-                    await call.failed(exc)
+                    if not (call.writing and _connection_lost(context, exc)):
+                        await call.failed(exc)
+                    call.log_line("CANCELLED")  # the client went away while we wrote: not our error
                 else:
                     call.log_line("OK")
                 finally:
@@ -256,6 +258,13 @@ def guard_stream(
         return wrapper
 
     return deco
+
+
+def _connection_lost(context: Context, exc: Exception) -> bool:
+    """A write failed because the call is over on the wire: the client cancelled, or its connection was
+    closed (a keepalive ping it never answered). grpc-core then fails the send batch (its ExecuteBatchError)
+    before the handler sees a cancel, depending on timing."""
+    return context.cancelled() or type(exc).__module__.startswith("grpc._cython")
 
 
 async def _pump(messages: AsyncIterator[Any], context: Context, call: Call) -> None:
