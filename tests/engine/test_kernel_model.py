@@ -184,6 +184,7 @@ def test_greedy_chat_answer_with_bfloat16_keys_and_values(weights, cfg):
     assert weights.tokenizer.decode(out).startswith("The capital of France is Paris")
 
 
+@pytest.mark.slow  # loads the default model more than once (12-13 s)
 def test_kv_cache_dtype_is_part_of_engine_version():
     default = load_engine(EngineConfig(), progress=lambda m: None).info.engine_version
     bf16 = load_engine(EngineConfig(kv_cache_dtype="bfloat16"), progress=lambda m: None).info.engine_version
@@ -209,6 +210,7 @@ def test_activations_are_part_of_engine_version_and_need_quantised_kernel_weight
             EngineConfig(**bad)
 
 
+@pytest.mark.slow  # loads the default model more than once (12-13 s)
 def test_the_torch_path_is_kept_and_named_differently(monkeypatch):
     kernels = load_engine(EngineConfig(), progress=lambda m: None)
     torch_path = load_engine(EngineConfig(backend="torch"), progress=lambda m: None)

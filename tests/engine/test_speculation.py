@@ -87,7 +87,7 @@ def _streams(engine, size: tuple[int, int], *concurrency: int):
 @pytest.mark.parametrize(
     "config,size",
     [
-        ({}, (15, 64)),
+        pytest.param({}, (15, 64), marks=pytest.mark.slow),  # 15 s: 15 prompts x 64 tokens, twice
         pytest.param({"activations": "int8"}, (15, 64), marks=pytest.mark.slow),
         pytest.param({"backend": "torch"}, (3, 16), marks=pytest.mark.slow),  # ~15x slower per token: fewer
     ],
