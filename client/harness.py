@@ -47,17 +47,11 @@ Importing this module imports lm_eval; `seedstream.client` itself never does.
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
-import json
 import logging
-import random
 import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models first)
 from lm_eval.api.model import LM
@@ -65,181 +59,37 @@ from lm_eval.api.registry import register_model
 
 from seedstream.v1 import protocol
 
+from ._harness_pool import map_in_order, retrying
+from ._harness_receipts import RunReceipts
+from ._harness_requests import (
+    IGNORED_KWARGS,
+    SEED_POLICY,
+    as_bool,
+    derive_seed,
+    normalize_gen_kwargs,
+    request_key,
+    truncate_at_stops,
+)
 from .client import Client
-from .errors import InvalidArgumentError, OverloadedError, UnavailableError
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
 
-    from .types import GenerateResult, Receipt
+    from .types import GenerateResult
+
+__all__ = ["MODEL_NAME", "SEED_POLICY", "SeedstreamLM", "derive_seed", "main", "normalize_gen_kwargs", "request_key"]
 
 log = logging.getLogger("seedstream.harness")
 
 MODEL_NAME = "seedstream"
-SEED_POLICY = "seedstream-lm-eval/v1"  # changes whenever derive_seed() would give other seeds
 
 T = TypeVar("T")
 
 # A generate_until request as _generate_one takes it: (context, gen_kwargs, request key, sample index).
 _Job = tuple[str, dict[str, Any], str, int]
-
-# Generation kwargs that map onto GenerateRequest fields of the same meaning.
-_SAMPLING_KWARGS = {
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repetition_penalty": float,
-    "presence_penalty": float,
-    "frequency_penalty": float,
-}
-# Generation kwargs handled separately, or harmless to ignore (they do not change the tokens).
-_HANDLED_KWARGS = {
-    "until",
-    "max_gen_toks",
-    "max_new_tokens",
-    "max_tokens",
-    "max_completion_tokens",
-    "do_sample",
-    "temperature",
-    "seed",
-}
-_IGNORED_KWARGS = {
-    "num_beams",
-    "use_cache",
-    "return_dict_in_generate",
-    "output_scores",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-}
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _canonical(value: Any) -> str:
-    """A stable JSON text of generation kwargs (keys sorted; anything odd as its str)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def request_key(context: str, gen_kwargs: dict[str, Any]) -> str:
-    """Hex SHA-256 naming a generate_until request by its content."""
-    return hashlib.sha256(_canonical({"context": context, "gen_kwargs": gen_kwargs}).encode("utf-8")).hexdigest()
-
-
-def derive_seed(base_seed: int, context: str, gen_kwargs: dict[str, Any]) -> int:
-    """The seed of a request whose task gave none: a function of the base seed and the content only."""
-    material = f"{SEED_POLICY}\x00{int(base_seed)}\x00{request_key(context, gen_kwargs)}".encode("utf-8")
-    return int.from_bytes(hashlib.sha256(material).digest()[:8], "little")
-
-
-def normalize_gen_kwargs(gen_kwargs: dict[str, Any], default_max_gen_toks: int) -> dict[str, Any]:
-    """Generation kwargs as this backend uses them, following lm-eval's conventions.
-
-    - `until`: a string or list of stop strings (empty strings dropped);
-    - the token limit: max_gen_toks, else max_new_tokens, max_tokens, max_completion_tokens;
-    - `do_sample` false means greedy (temperature 0); without `do_sample`, a temperature > 0
-      means sampling; `do_sample` true without a temperature samples at temperature 1.0.
-    """
-    kwargs = dict(gen_kwargs or {})
-    until = kwargs.pop("until", None)
-    if until is None:
-        until = []
-    elif isinstance(until, str):
-        until = [until]
-    until = [u for u in until if isinstance(u, str) and u]
-    limit = None
-    for name in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"):
-        value = kwargs.pop(name, None)
-        if limit is None and value is not None:
-            limit = int(value)
-    do_sample = kwargs.pop("do_sample", None)
-    temperature = kwargs.pop("temperature", None)
-    if do_sample is None:
-        temperature = float(temperature or 0.0)
-    elif not _as_bool(do_sample):
-        temperature = 0.0
-    else:
-        temperature = 1.0 if temperature is None else float(temperature)
-    out: dict[str, Any] = {
-        "until": until,
-        "max_gen_toks": limit if limit is not None else int(default_max_gen_toks),
-        "temperature": temperature,
-    }
-    seed = kwargs.pop("seed", None)
-    if seed is not None:
-        out["seed"] = int(seed)
-    for name, cast in _SAMPLING_KWARGS.items():
-        if kwargs.get(name) is not None:
-            out[name] = cast(kwargs.pop(name))
-    out["_other"] = kwargs
-    return out
-
-
-def _truncate_at_stops(text: str, until: Sequence[str]) -> str:
-    for stop in until:
-        cut = text.find(stop)
-        if cut >= 0:
-            text = text[:cut]
-    return text
-
-
-class _Receipts:
-    """Receipts gathered during a run, thread-safe; summarised for lm-eval's results JSON."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.builds: dict[str, dict[str, str]] = {}
-        self.sampler_versions: set[str] = set()
-        self.generations: list[dict[str, Any]] = []
-        self.counts: Counter[str] = Counter()
-
-    def _build(self, receipt: Receipt) -> None:
-        # Score receipts carry no sampler version (no sampling involved); generation receipts do.
-        build = {
-            name: getattr(receipt, name)
-            for name in ("model_id", "model_sha256", "model_identity", "dtype", "device", "engine_version")
-        }
-        self.builds.setdefault(_canonical(build), build)
-        if receipt.sampler_version:
-            self.sampler_versions.add(receipt.sampler_version)
-
-    def add_generation(self, key: str, result: GenerateResult) -> None:
-        receipt = result.receipt
-        with self._lock:
-            self.counts["generate_until"] += 1
-            if receipt is None:
-                return
-            self._build(receipt)
-            self.generations.append(
-                {"request": key, "seed": receipt.seed, "sample_index": receipt.sample_index, "digest": receipt.digest}
-            )
-
-    def add_scores(self, kind: str, count: int, receipt: Receipt | None) -> None:
-        with self._lock:
-            self.counts[kind] += count
-            if receipt is not None:
-                self._build(receipt)
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            builds = [self.builds[k] for k in sorted(self.builds)]
-            generations = sorted(self.generations, key=lambda g: (g["request"], g["sample_index"], g["digest"]))
-            counts = dict(sorted(self.counts.items()))
-            samplers = sorted(self.sampler_versions)
-        determining = [{k: v for k, v in b.items() if k != "model_id"} for b in builds]
-        digest = hashlib.sha256(
-            _canonical({"builds": determining, "sampler_versions": samplers, "generations": generations}).encode()
-        ).hexdigest()
-        return {
-            "builds": builds,
-            "sampler_versions": samplers,
-            "requests": counts,
-            "generate_until": generations,
-            "receipts_digest": digest,
-        }
+# What lm-eval passes to every model and means nothing here.
+_LM_EVAL_ARGS = ("batch_size", "max_batch_size", "device")
 
 
 @register_model(MODEL_NAME)
@@ -265,12 +115,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
         **unused: Any,
     ):
         super().__init__()
-        # lm-eval passes batch_size / max_batch_size / device to every model; they mean nothing here.
-        unused = {k: v for k, v in unused.items() if k not in ("batch_size", "max_batch_size", "device")}
-        if unused:
-            raise ValueError(
-                f"seedstream: unknown model_args {sorted(unused)}; see `python -m seedstream.client.harness --help-model`"
-            )
+        _refuse_unknown(unused)
         self.concurrency = int(concurrency)
         self.base_seed = int(seed)
         # One Score call per loglikelihood request when recording: one transcript record per request.
@@ -280,21 +125,31 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
-        for name in ("concurrency", "score_batch", "max_gen_toks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"seedstream: {name}={getattr(self, name)}; allowed >= 1")
-        if not 0 <= self.base_seed < 2**64:
-            raise ValueError(f"seedstream: seed={self.base_seed}; allowed [0, 2**64)")
+        self._check_settings()
         self._own_client = client is None
         self.client = client or Client(
             target,
             timeout=self.timeout,
-            secure=_as_bool(secure),
+            secure=as_bool(secure),
             root_certificates=root_certificates,
             max_retries=0,  # _retrying() below retries RESOURCE_EXHAUSTED with its own, longer backoff
             transcript=transcript or None,
         )
         self.info = self._retrying(lambda: self.client.model_info())
+        self._set_server_limits(max_length)
+        self.receipts = RunReceipts()
+        self._warned: set[str] = set()
+        self._log_start()
+
+    def _check_settings(self) -> None:
+        for name in ("concurrency", "score_batch", "max_gen_toks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"seedstream: {name}={getattr(self, name)}; allowed >= 1")
+        if not 0 <= self.base_seed < 2**64:
+            raise ValueError(f"seedstream: seed={self.base_seed}; allowed [0, 2**64)")
+
+    def _set_server_limits(self, max_length: int | None) -> None:
+        """The scoring window and stop-string limits, from the server's model info."""
         limit = self.info.max_context - 1  # a scored pair of max_length + 1 tokens must fit the context
         self.max_length = min(int(max_length), limit) if max_length else limit
         if self.max_length < 2:
@@ -303,8 +158,8 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
         # too old to report them (0) has the limits this client was built with.
         self.max_stop_strings = getattr(self.info, "max_stop_strings", 0) or protocol.MAX_STOP_STRINGS
         self.max_stop_chars = getattr(self.info, "max_stop_string_chars", 0) or protocol.MAX_STOP_STRING_CHARS
-        self.receipts = _Receipts()
-        self._warned: set[str] = set()
+
+    def _log_start(self) -> None:
         log.info(
             "seedstream backend: %s, model %s (%s, %s/%s), concurrency %d, base seed %d",
             self.client.target,
@@ -319,46 +174,10 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
     # --- plumbing
 
     def _retrying(self, call: Callable[[], T]) -> T:
-        """`call()`, retried on UNAVAILABLE and RESOURCE_EXHAUSTED with exponential backoff and jitter."""
-        delay = self.backoff
-        for attempt in range(self.max_retries + 1):
-            try:
-                return call()
-            except (UnavailableError, OverloadedError) as exc:
-                if attempt >= self.max_retries:
-                    raise
-                wait = min(self.max_backoff, delay) * (0.5 + random.random() / 2)
-                log.warning(
-                    "seedstream: %s (%s); retry %d/%d in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    attempt + 1,
-                    self.max_retries,
-                    wait,
-                )
-                time.sleep(wait)
-                delay *= 2
-        raise AssertionError("unreachable")
+        return retrying(call, self.max_retries, self.backoff, self.max_backoff)
 
     def _map(self, fn: Callable[[Any], T], items: Sequence[Any], desc: str) -> list[T]:
-        """fn over items with `concurrency` calls in flight; results in the items' order."""
-        if not items:
-            return []
-        progress = _progress(len(items), desc)
-        results: list[Any] = [None] * len(items)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
-                    progress.update(1)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            finally:
-                progress.close()
-        return results
+        return map_in_order(fn, items, self.concurrency, desc)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -412,9 +231,31 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
 
     def _generate_one(self, job: _Job) -> str:
         context, gen_kwargs, key, sample_index = job
+        params, until = self._generate_params(context, gen_kwargs, sample_index)
+
+        def call() -> GenerateResult:
+            try:
+                return self.client.generate(context, **params)
+            except InvalidArgumentError as exc:
+                if exc.field != "prompt":
+                    raise
+            # The prompt does not fit: keep its last tokens, as lm-eval's HF backend does.
+            ids = self.client.tokenize(context).token_ids
+            keep = max(1, self.info.max_context - params["max_new_tokens"])
+            return self.client.generate(prompt_token_ids=list(ids[-keep:]), **params)
+
+        result = self._retrying(call)
+        self.receipts.add_generation(key, result)
+        return truncate_at_stops(result.text, until)
+
+    def _generate_params(
+        self, context: str, gen_kwargs: dict[str, Any], sample_index: int
+    ) -> tuple[dict[str, Any], list[str]]:
+        """`Client.generate`'s kwargs for a generate_until request, and all of its stop strings (the server
+        is sent those within its limits)."""
         kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         for name in kw.pop("_other"):
-            if name not in _IGNORED_KWARGS:
+            if name not in IGNORED_KWARGS:
                 self._warn_once(f"seedstream: generation kwarg {name!r} is not supported and is ignored")
         until = kw.pop("until")
         seed = kw.pop("seed", None)
@@ -431,21 +272,7 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
             stop=stops or None,
             **kw,
         )
-
-        def call() -> GenerateResult:
-            try:
-                return self.client.generate(context, **params)
-            except InvalidArgumentError as exc:
-                if exc.field != "prompt":
-                    raise
-            # The prompt does not fit: keep its last tokens, as lm-eval's HF backend does.
-            ids = self.client.tokenize(context).token_ids
-            keep = max(1, self.info.max_context - params["max_new_tokens"])
-            return self.client.generate(prompt_token_ids=list(ids[-keep:]), **params)
-
-        result = self._retrying(call)
-        self.receipts.add_generation(key, result)
-        return _truncate_at_stops(result.text, until)
+        return params, until
 
     # --- what lm-eval writes into the results JSON's `config`
 
@@ -475,30 +302,12 @@ class SeedstreamLM(LM):  # type: ignore[misc]  # lm-eval has no type information
                 pass
 
 
-class _Progress(Protocol):
-    """What _map uses of a tqdm progress bar."""
-
-    def update(self, n: int) -> object: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(total: int, desc: str) -> _Progress:
-    try:
-        from tqdm import tqdm
-
-        bar: _Progress = tqdm(total=total, desc=desc, disable=total < 2)
-        return bar
-    except ImportError:  # pragma: no cover - tqdm comes with lm-eval
-
-        class _Null:
-            def update(self, n: int) -> None:
-                pass
-
-            def close(self) -> None:
-                pass
-
-        return _Null()
+def _refuse_unknown(model_args: dict[str, Any]) -> None:
+    unknown = {k: v for k, v in model_args.items() if k not in _LM_EVAL_ARGS}
+    if unknown:
+        raise ValueError(
+            f"seedstream: unknown model_args {sorted(unknown)}; see `python -m seedstream.client.harness --help-model`"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

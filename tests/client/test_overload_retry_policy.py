@@ -68,12 +68,13 @@ def test_bad_settings_are_refused():
 
 def test_cli_passes_max_retries_to_the_client():
     from seedstream.client import cli
+    from seedstream.client._cli_args import client_from_args
 
     parser = cli.build_parser()
-    default = cli._client(parser.parse_args(["generate", "hi", "--target", "127.0.0.1:1"]))
-    none = cli._client(parser.parse_args(["info", "--target", "127.0.0.1:1", "--max-retries", "0"]))
+    default = client_from_args(parser.parse_args(["generate", "hi", "--target", "127.0.0.1:1"]))
+    none = client_from_args(parser.parse_args(["info", "--target", "127.0.0.1:1", "--max-retries", "0"]))
     assert (default.overload_retry.max_retries, none.overload_retry.max_retries) == (2, 0)
     default.close()
     none.close()
     with pytest.raises(SystemExit, match="--max-retries -1"):
-        cli._client(parser.parse_args(["info", "--max-retries", "-1"]))
+        client_from_args(parser.parse_args(["info", "--max-retries", "-1"]))
