@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from seedstream.server.http.front import HttpFront
     from seedstream.server.http.gate import HttpLimits
     from seedstream.server.rpc.hardening import Security
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
     from seedstream.server.service.receipts import ReceiptSigner
 
 log = logging.getLogger("seedstream.server")
@@ -253,7 +253,7 @@ def _http_limits(opts: ServeOptions) -> HttpLimits | None:
 def _metrics(opts: ServeOptions) -> ServiceMetrics | None:
     if opts.metrics_port is None:
         return None
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     return ServiceMetrics()
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import ssl
 
     from seedstream.server.engine import Engine
+    from seedstream.server.service.metrics import ServiceMetrics
     from seedstream.server.service.state import ServiceState
 
 log = logging.getLogger("seedstream.server.http")
@@ -319,9 +320,9 @@ class _Stalled(Exception):
 class _Call:
     """Per-request facts for the one log line each request gets (as the gRPC side logs)."""
 
-    def __init__(self, route: str, metrics: Any = None) -> None:
+    def __init__(self, route: str, metrics: ServiceMetrics | None = None) -> None:
         self.route = route
-        self.metrics = metrics  # the server's rpc.metrics.ServiceMetrics (not imported: a sibling), or None
+        self.metrics = metrics  # None when the server exports no metrics
         self.started = time.monotonic()
         self.request_id = ""
         self.seed: int | None = None

@@ -30,9 +30,8 @@ from .errors import abort_with, status_for
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from seedstream.server.service.metrics import ServiceMetrics
     from seedstream.server.service.state import ServiceState
-
-    from .metrics import ServiceMetrics
 
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 

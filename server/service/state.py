@@ -16,6 +16,8 @@ from .receipts import ReceiptSigner
 if TYPE_CHECKING:
     from seedstream.server.engine import Engine
 
+    from .metrics import ServiceMetrics
+
 T = TypeVar("T")
 
 # Requests bigger than this many bytes (or characters) are tokenized, rendered, windowed or decoded on a
@@ -39,7 +41,7 @@ class ServiceState:
         self.options = options or ServiceOptions()
         self.draining = False
         self.in_flight = 0
-        self.metrics: Any = None  # a rpc.metrics.ServiceMetrics when the server exports metrics
+        self.metrics: ServiceMetrics | None = None  # set when the server exports metrics
         self._idle = asyncio.Event()
         self._idle.set()
 

@@ -25,7 +25,7 @@ LIMITS = dict(
 @pytest.fixture(scope="module")
 def hostile(http_loop, engine):
     from seedstream.server.http.gate import HttpLimits
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     srv = start(http_loop, engine, http_limits=HttpLimits(**LIMITS), metrics=ServiceMetrics())
     yield srv

@@ -20,7 +20,7 @@ REQUEST = dict(prompt_token_ids=[504, 3575, 282], seed=9, temperature=0.8, max_n
 
 @pytest.fixture
 def replicas(loop_thread, engine):
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     servers = [start_server(loop_thread, engine, metrics=ServiceMetrics()) for _ in range(3)]
     yield servers

@@ -36,7 +36,7 @@ time.sleep(600)
 def keepalive_server(loop_thread, engine):
     from seedstream.server.rpc.hardening import Security
     from seedstream.server.rpc.limits import ConnectionLimits
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     limits = ConnectionLimits(keepalive_time=KEEPALIVE_S, keepalive_timeout=KEEPALIVE_S)
     srv = start_server(loop_thread, engine, security=Security(connection_limits=limits), metrics=ServiceMetrics())

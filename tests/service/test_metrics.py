@@ -26,7 +26,7 @@ PROMPT = [504, 3575, 282, 4649, 314]  # token ids: the prompt token count is kno
 @pytest.fixture(scope="module")
 def metered(loop_thread, engine):
     """A server with metrics on the shared engine, and the URL of its /metrics endpoint."""
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
     srv = start_server(loop_thread, engine, metrics=metrics)
@@ -145,7 +145,7 @@ def test_api_keys_name_the_request_and_refusals_are_counted(loop_thread, engine,
     API-key interceptor refuses count as UNAUTHENTICATED."""
     from seedstream.client.errors import UnauthenticatedError
     from seedstream.server.rpc.hardening import Security
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     key = "alice-key-0123456789abcdef"
     metrics = ServiceMetrics()

@@ -27,7 +27,7 @@ CASES = [
 def speculating(loop_thread):
     """A server whose engine drafts up to 6 tokens per step, with metrics."""
     from seedstream.server.engine import EngineConfig, load_engine
-    from seedstream.server.rpc.metrics import ServiceMetrics
+    from seedstream.server.service.metrics import ServiceMetrics
 
     engine = load_engine(EngineConfig(speculative_tokens=6))
     loop_thread.run(engine.start())

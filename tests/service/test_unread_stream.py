@@ -18,8 +18,8 @@ MAX_DEADLINE_S = 4.0
 @pytest.fixture(scope="module")
 def deadline_server(loop_thread, engine):
     from seedstream.server.rpc.hardening import Security
-    from seedstream.server.rpc.metrics import ServiceMetrics
     from seedstream.server.service.inputs import RequestLimits
+    from seedstream.server.service.metrics import ServiceMetrics
 
     security = Security(request_limits=RequestLimits(max_deadline=MAX_DEADLINE_S))
     srv = start_server(loop_thread, engine, security=security, metrics=ServiceMetrics())

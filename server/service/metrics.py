@@ -1,7 +1,8 @@
 """Prometheus metrics of one server: per-request counters and latencies, engine gauges and step times.
 
-The servicer reports each request once, when it ends (`observe_request`), and
-each batch of tokens as it arrives (`observe_tokens`); the engine reports its
+Both fronts (the gRPC servicer, the HTTP front) report each request once, when
+it ends (`observe_request`); the gRPC side also reports each batch of tokens as it
+arrives (`observe_first_token`, `observe_inter_token`); the engine reports its
 step times through `Engine.step_listeners`; queue, batch and KV-cache gauges are
 read from the engine when Prometheus scrapes. Each server owns its registry, so
 several servers in one process (tests) never share counters.
