@@ -365,19 +365,20 @@ def expected_tensors(cfg: ModelConfig) -> list[str]:
     return names
 
 
-def rope_tables(spec: RopeSpec, max_context: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """cos/sin [max_context, rotary_dim] float32 in the rotate-half layout, times attention_scaling, from
-    Python's float64 libm (the same on every CPU, unlike vectorised transcendental kernels), rounded once."""
+def rope_tables(spec: RopeSpec, stop: int, start: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """cos/sin [stop - start, rotary_dim] float32 for positions start..stop-1 in the rotate-half layout, times
+    attention_scaling, from Python's float64 libm (the same on every CPU, unlike vectorised transcendental
+    kernels), rounded once. Each row depends on its position only."""
     import numpy as np
 
     half = len(spec.inv_freq)
-    cos = np.empty((max_context, 2 * half), dtype=np.float64)
-    sin = np.empty((max_context, 2 * half), dtype=np.float64)
+    cos = np.empty((stop - start, 2 * half), dtype=np.float64)
+    sin = np.empty((stop - start, 2 * half), dtype=np.float64)
     s = spec.attention_scaling
-    for p in range(max_context):
+    for row, p in enumerate(range(start, stop)):
         angles = [p * f for f in spec.inv_freq]
         row_cos = [math.cos(a) * s for a in angles] if s != 1.0 else [math.cos(a) for a in angles]
         row_sin = [math.sin(a) * s for a in angles] if s != 1.0 else [math.sin(a) for a in angles]
-        cos[p, :half] = cos[p, half:] = row_cos
-        sin[p, :half] = sin[p, half:] = row_sin
+        cos[row, :half] = cos[row, half:] = row_cos
+        sin[row, :half] = sin[row, half:] = row_sin
     return cos.astype(np.float32), sin.astype(np.float32)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import ctypes
-import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -141,11 +140,25 @@ class _Packer:
         return pack_from_float(_pad_rows(w) if pad else w, self.fmt if self.fmt in PRECISION else "f32", bias)
 
 
-@functools.lru_cache(maxsize=8)
-def rope_tables(spec: RopeSpec, max_context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [max_context, rotary_dim] float32 of arch.rope_tables (the same on every CPU). Read-only."""
-    cos, sin = arch.rope_tables(spec, max_context)
-    return torch.from_numpy(cos), torch.from_numpy(sin)
+# Rope-table rows built at start; a step reaching past them grows the tables (doubling, up to the context).
+# Each row is computed on its own, so a grown table holds the same bits; a model with a 131072-token context
+# would otherwise hold 64 MiB of tables (head_dim 64) and spend seconds of Python math on them at start.
+ROPE_ROWS_AT_START = 8192
+
+
+_rope_cache: dict[RopeSpec, tuple[torch.Tensor, torch.Tensor]] = {}  # the longest tables built per spec
+
+
+def rope_tables(spec: RopeSpec, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [rows, rotary_dim] float32 of arch.rope_tables (the same on every CPU). Read-only: models
+    share them (the first rows of a longer table, or a longer table built from a shorter one's rows)."""
+    cos, sin = _rope_cache.get(spec, (torch.empty(0), torch.empty(0)))
+    if cos.shape[0] < rows:
+        more_cos, more_sin = arch.rope_tables(spec, rows, start=cos.shape[0])
+        cos = torch.cat([cos.reshape(-1, more_cos.shape[1]), torch.from_numpy(more_cos)])
+        sin = torch.cat([sin.reshape(-1, more_sin.shape[1]), torch.from_numpy(more_sin)])
+        _rope_cache[spec] = cos, sin
+    return cos[:rows], sin[:rows]
 
 
 def pack_model_weights(
@@ -214,6 +227,7 @@ def _model_desc(
     embed: Matrix | None = None,
     lm_head: Matrix | None = None,
     norm_final: int | None = None,  # the final norm's data pointer
+    rope_rows: int | None = None,  # rows in the rope tables (default: the whole context)
 ) -> ModelDesc:
     """The C description of cfg; without matrices (null) it serves ssk_check_model's shape check."""
     return ModelDesc(
@@ -224,7 +238,7 @@ def _model_desc(
         cfg.num_kv_heads,
         cfg.head_dim,
         cfg.vocab_size,
-        cfg.max_context,
+        cfg.max_context if rope_rows is None else rope_rows,
         cfg.rms_norm_eps,
         ATTN_BLOCK,
         cfg.scale,
@@ -241,10 +255,11 @@ def _model_desc(
     )
 
 
-def _rope_descs(cfg: ModelConfig, keep: list[object], tables: bool = True) -> ctypes.Array[RopeDesc]:
+def _rope_descs(cfg: ModelConfig, keep: list[object], rows: int = 0) -> ctypes.Array[RopeDesc]:
+    """Each rope's C description with tables of `rows` rows (0: null tables, for the shape check)."""
     ropes = (RopeDesc * max(1, len(cfg.ropes)))()
     for i, spec in enumerate(cfg.ropes):
-        cos, sin = rope_tables(spec, cfg.max_context) if tables else (None, None)
+        cos, sin = rope_tables(spec, rows) if rows else (None, None)
         keep += [cos, sin]
         ropes[i] = RopeDesc(_ptr(cos), _ptr(sin), spec.rotary_dim)
     return ropes
@@ -261,7 +276,7 @@ def kernel_shape_problem(cfg: ModelConfig, kernels: Kernels) -> str | None:
     layers = (LayerDesc * cfg.num_layers)()
     for i, spec in enumerate(cfg.layers):
         layers[i].window, layers[i].rope = spec.window, spec.rope
-    return kernels.check_model(_model_desc(cfg, layers, _rope_descs(cfg, keep, tables=False)), with_weights=False)
+    return kernels.check_model(_model_desc(cfg, layers, _rope_descs(cfg, keep)), with_weights=False)
 
 
 class KernelModel:
@@ -305,13 +320,27 @@ class KernelModel:
         for i in range(cfg.num_layers):
             layers[i] = _layer_desc(cfg, i, state_dict, packed, keep)
         self.norm_final = state_dict["model.norm.weight"].float().contiguous()
-        ropes = _rope_descs(cfg, keep)
-        self._keep = keep + [layers, ropes]
-        self.desc = _model_desc(cfg, layers, ropes, self.embed.desc(), self.lm_head.desc(), self.norm_final.data_ptr())
+        self._keep, self._layers = keep, layers
+        self.rope_rows = min(cfg.max_context, ROPE_ROWS_AT_START)
+        self.desc = self._describe()
         problem = kernels.check_model(self.desc)
         if problem:
             raise ValueError(f"the C++ kernels cannot serve this model: {problem}")
         self.weight_bytes = sum(x.nbytes for x in packed.values())
+
+    def _describe(self) -> ModelDesc:
+        """The C description, with rope tables of self.rope_rows rows (kept alive with it)."""
+        self._rope_keep: list[object] = []
+        ropes = _rope_descs(self.cfg, self._rope_keep, self.rope_rows)
+        self._rope_keep.append(ropes)
+        embed, lm_head, norm = self.embed.desc(), self.lm_head.desc(), self.norm_final.data_ptr()
+        return _model_desc(self.cfg, self._layers, ropes, embed, lm_head, norm, self.rope_rows)
+
+    def _reach(self, end: int) -> None:
+        """Grow the rope tables to cover positions below `end` (at most the context: the engine refuses more)."""
+        if end > self.rope_rows:
+            self.rope_rows = min(self.cfg.max_context, max(end, 2 * self.rope_rows))
+            self.desc = self._describe()
 
     @property
     def version_tag(self) -> str:
@@ -336,6 +365,7 @@ class KernelModel:
         """The C description of one step, and the buffers it points at (keep them alive for the call)."""
         for seg in segments:
             seg.cache.reserve(seg.start + seg.length)
+        self._reach(max((seg.start + seg.length for seg in segments), default=0))
         # int32 arrays through the array module: a few microseconds each, where torch conversions cost
         # tens (a one-stream step builds this every token)
         tok = array.array("i", token_ids.tolist())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from seedstream.server.engine import EngineConfig, load_engine
+from seedstream.server.engine import EngineConfig, arch, kernel_model, load_engine
 from seedstream.server.engine.backends import packed_weights
 from seedstream.server.engine.gguf_tensors import read_gguf
 from seedstream.server.engine.kernel_model import KernelModel
@@ -228,3 +228,27 @@ def test_no_compiler_means_no_kernels_not_a_crash(monkeypatch, tmp_path):
     assert load_kernels(1, tmp_path / "empty-cache") is None
     with pytest.raises(ValueError, match="needs backend=kernels"):
         EngineConfig(backend="torch", weights="q4_1")
+
+
+def test_rope_tables_grown_as_positions_reach_them_give_the_same_bits(weights, cfg, monkeypatch):
+    """A model starts with short rope tables and grows them as a sequence's positions pass their end: the
+    logits equal those of a model built with tables for the whole context."""
+    whole = _model(weights, cfg)
+    assert whole.rope_rows == min(cfg.max_context, kernel_model.ROPE_ROWS_AT_START)
+    monkeypatch.setattr(kernel_model, "ROPE_ROWS_AT_START", 8)
+    grown = _model(weights, cfg)
+    assert grown.rope_rows == 8
+    ids = _prompt(weights, 60)
+    want, _ = _run_chunked(whole, ids, 60)
+    got, _ = _run_chunked(grown, ids, 7)  # 8 -> 16 -> 32 -> 64 rows, a chunk at a time
+    assert grown.rope_rows == 64
+    assert torch.equal(got, want)
+
+
+def test_rope_tables_built_in_parts_equal_one_build():
+    spec = arch.default_rope(500000.0, 64)
+    cos, sin = arch.rope_tables(spec, 300)
+    head_cos, head_sin = arch.rope_tables(spec, 100)
+    tail_cos, tail_sin = arch.rope_tables(spec, 300, start=100)
+    assert np.array_equal(np.concatenate([head_cos, tail_cos]), cos)
+    assert np.array_equal(np.concatenate([head_sin, tail_sin]), sin)
