@@ -47,7 +47,7 @@ def transformers_tok_per_s(model, tokenizer, prompts: list[str], new_tokens: int
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():
@@ -59,6 +59,8 @@ def transformers_tok_per_s(model, tokenizer, prompts: list[str], new_tokens: int
             pad_token_id=tokenizer.pad_token_id,
             **SAMPLING,
         )
+    if out.is_cuda:  # the last step's kernels may still be running
+        torch.cuda.synchronize(out.device)
     elapsed = time.perf_counter() - start
     assert out.shape[1] - batch["input_ids"].shape[1] == new_tokens
     return len(prompts) * new_tokens / elapsed
