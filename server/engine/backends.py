@@ -68,8 +68,11 @@ def build_model(
             )
         log.warning("%s: serving on the torch path", why_not)
     torch.set_num_threads(config.num_threads or _TORCH_THREADS)  # a kernel engine before may have set 1
-    log.info("forward: torch path (%s, %s)", device.type, str(dtype).removeprefix("torch."))
     torch_model = DecoderModel(cfg, weights.state_dict, device, dtype, kv_dtype=kv_dtype(config, dtype))
+    # shapes: "tiles" on CPU; "fixed" on CUDA, where a call's shape picks the kernel (fixed_shapes.py)
+    log.info(
+        "forward: torch path (%s, %s, %s shapes)", device.type, str(dtype).removeprefix("torch."), torch_model.shapes
+    )
     return torch_model, str(dtype).removeprefix("torch.")
 
 

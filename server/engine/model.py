@@ -17,6 +17,9 @@ and scaled-dot-product attention changes its reduction with the query count. So:
   are combined left to right; a block after the query's own is never added
   (see _attention_segment);
 * everything else (embedding, RMSNorm, RoPE, SiLU) is row-wise.
+
+On CUDA a kernel's bits may also depend on a call's batch count and row count, so there the model runs the
+fixed-shape policy of fixed_shapes.py: the same products, in calls of one shape each (on CPU, the same bits).
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ import torch
 import torch.nn.functional as F
 
 from .arch import ModelConfig, RopeSpec
+from .fixed_shapes import (
+    GROUP_TILES,
+    AttentionPass,
+    AttentionShape,
+    configure_cuda_determinism,
+    fixed_attention,
+    grouped_linear,
+    per_group,
+    plan_attention,
+    policy_tag,
+    resolve_policy,
+    softcap,
+)
 from .kv_cache import SequenceKVCache, kv_tag
 
 __all__ = ["ModelConfig", "DecoderModel", "Segment", "invariant_linear", "pad_rows", "describe"]
@@ -96,11 +112,6 @@ def _cat_bias(sd: dict[str, torch.Tensor], names: list[str], present: bool) -> t
     return torch.cat([sd[n] for n in names]) if present else None
 
 
-def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
-    """cap * tanh(x / cap), elementwise (Gemma 2's attention and final logits)."""
-    return torch.tanh(x / cap) * cap
-
-
 class DecoderModel:
     """Llama-family forward over packed rows of many sequences, each with its own KV cache."""
 
@@ -112,9 +123,17 @@ class DecoderModel:
         dtype: torch.dtype,
         row_tile: int = ROW_TILE,
         kv_dtype: torch.dtype | None = None,
+        shapes: str = "auto",
     ):
         # row_tile=1 turns padding off: faster at tiny batches, NOT batch-invariant (benchmarks only).
         self.cfg, self.device, self.dtype, self.row_tile = cfg, device, dtype, row_tile
+        # shapes: "tiles" (this file's path), "fixed" (fixed_shapes.py, the same bits on CPU), "auto": by device
+        self.shapes = resolve_policy(shapes, device)
+        self.group_rows = row_tile * GROUP_TILES if self.shapes == "fixed" else 0  # rows per fixed-shape call
+        if self.shapes == "fixed" and row_tile != ROW_TILE:
+            raise ValueError(f"the fixed-shape policy needs row_tile={ROW_TILE}")
+        if device.type == "cuda":
+            configure_cuda_determinism()  # before any weight reaches the GPU (the cuBLAS workspace setting)
         # Keys and values are stored in kv_dtype (a rounding per element) and read back as float32.
         self.kv_dtype = kv_dtype or dtype
         # Speculation's price of one more row, as a fraction of a one-row step: rows are padded to a tile
@@ -142,13 +161,16 @@ class DecoderModel:
         """x: [T, K] -> [T, N] on the padded-row path, one code path for prefill and decode rows."""
         if self.row_tile == 1:  # benchmark baseline: plain F.linear, not invariant
             return F.linear(x, weight, bias)
+        if self.group_rows:
+            return grouped_linear(pad_rows(x, self.group_rows), weight, bias, self.row_tile)[: x.shape[0]]
         return invariant_linear(pad_rows(x, self.row_tile), weight, bias, self.row_tile)[: x.shape[0]]
 
     @property
     def version_tag(self) -> str:
         """engine_version's part for the torch path: its tiles, and the KV cache's type where it is not the
         compute dtype."""
-        return f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}" + kv_tag(self.kv_dtype, self.dtype)
+        fixed = policy_tag() if self.group_rows else ""
+        return f"tile{ROW_TILE}.attn{QUERY_TILE}x{KEY_BLOCK}{fixed}" + kv_tag(self.kv_dtype, self.dtype)
 
     def new_cache(self) -> SequenceKVCache:
         c = self.cfg
@@ -158,6 +180,12 @@ class DecoderModel:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)
         return weight * xf.to(x.dtype)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of rows x [T, ..., H]; under the fixed-shape policy one group of rows per call."""
+        if not self.group_rows:
+            return self._rms_norm(x, weight)
+        return per_group(x, self.group_rows, lambda rows: self._rms_norm(rows, weight))
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # x: [T, heads, D]; cos/sin: [T, 1, R], R <= D: the first R dims of each head rotate (rotate-half)
@@ -169,9 +197,24 @@ class DecoderModel:
         return out if rot == x.shape[-1] else torch.cat([out, x[..., rot:]], dim=-1)
 
     def _attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, segments: Sequence[Segment]
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: int,
+        segments: Sequence[Segment],
+        passes: list[AttentionPass] | None,
     ) -> torch.Tensor:
         """Per-sequence attention. q: [T, Hq, D], k/v: [T, Hkv, D] -> [T, Hq*D]."""
+        if passes is not None:  # the fixed-shape policy: every sequence's keys first, then one set of calls
+            row = 0
+            for seg in segments:
+                seg.cache.write(layer, seg.start, k[row : row + seg.length], v[row : row + seg.length])
+                row += seg.length
+            c = self.cfg
+            window = c.layers[layer].window
+            shape = AttentionShape(c.num_kv_heads, c.scale, c.attn_softcap, window, QUERY_TILE, KEY_BLOCK)
+            return fixed_attention(q, layer, passes, shape)
         out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
         row = 0
         for seg in segments:
@@ -223,7 +266,7 @@ class DecoderModel:
         vb = vblk[None].expand(*shape, KEY_BLOCK, d).contiguous().view(-1, KEY_BLOCK, d)
         scores = torch.bmm(qb, kb.transpose(1, 2)).view(*shape, qt, g, KEY_BLOCK)
         if c.attn_softcap:
-            scores = _softcap(scores, c.attn_softcap)
+            scores = softcap(scores, c.attn_softcap)
         qpos = (
             torch.arange(first, last + 1, device=q.device)[:, None] * qt + torch.arange(qt, device=q.device)[None, :]
         )  # [tiles, QT] nominal query positions
@@ -258,20 +301,27 @@ class DecoderModel:
         float32. Decode and prefill rows share one code path, so a token's bits do not depend on how it
         was scheduled."""
         c = self.cfg
+        passes = None
+        if self.group_rows:  # fixed shapes: rows padded to whole groups (padding rows attend to nothing)
+            token_ids, positions = pad_rows(token_ids, self.group_rows), pad_rows(positions, self.group_rows)
+            passes = plan_attention(segments, QUERY_TILE, KEY_BLOCK, self.device)
         hidden = F.embedding(token_ids, self.embed)  # [T, H]
         if c.embed_scale != 1.0:
             hidden = hidden * self.embed_scale
         tables = [(cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)) for cos, sin in self.rope]  # [T, 1, R]
         for i, layer in enumerate(self.layers):
-            hidden = self._layer(hidden, layer, i, tables, segments)
+            hidden = self._layer(hidden, layer, i, tables, segments, passes)
         if logit_rows.numel() == 0:
             return hidden.new_zeros((0, c.vocab_size), dtype=torch.float32)
-        last = self._rms_norm(hidden[logit_rows], self.norm_final)  # [R, H]
-        logits = self._linear(last, self.lm_head).float()  # [R, V]
+        last = hidden[logit_rows]  # [R, H]
+        if self.group_rows:
+            last = pad_rows(last, self.group_rows)
+        last = self._norm(last, self.norm_final)
+        logits = self._linear(last, self.lm_head)[: logit_rows.numel()].float()  # [R, V]
         if c.final_softcap:
             # columns padded to a multiple of 64: every element's vectorised tanh lane is the same in any batch
             pad = -c.vocab_size % 64
-            logits = _softcap(F.pad(logits, (0, pad)), c.final_softcap)[:, : c.vocab_size]
+            logits = softcap(F.pad(logits, (0, pad)), c.final_softcap)[:, : c.vocab_size]
         return logits
 
     def _layer(
@@ -281,30 +331,31 @@ class DecoderModel:
         i: int,
         tables: list[tuple[torch.Tensor, torch.Tensor]],  # each RoPE's (cos, sin) [T, 1, R]
         segments: Sequence[Segment],
+        passes: list[AttentionPass] | None,  # the fixed-shape policy's attention plan
     ) -> torch.Tensor:
         """One decoder layer over packed rows: hidden [T, H] -> [T, H]."""
         c, t = self.cfg, hidden.shape[0]
         q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        x = self._rms_norm(hidden, layer.norm_in)
+        x = self._norm(hidden, layer.norm_in)
         qkv = self._linear(x, layer.qkv, layer.qkv_bias)  # [T, Hq*D + 2*Hkv*D]
         q = qkv[:, :q_width].view(t, c.num_heads, c.head_dim)
         k = qkv[:, q_width : q_width + kv_width].view(t, c.num_kv_heads, c.head_dim)
         v = qkv[:, q_width + kv_width :].view(t, c.num_kv_heads, c.head_dim)
         if layer.q_norm is not None and layer.k_norm is not None:  # both or neither (cfg.qk_norm)
-            q, k = self._rms_norm(q, layer.q_norm), self._rms_norm(k, layer.k_norm)
+            q, k = self._norm(q, layer.q_norm), self._norm(k, layer.k_norm)
         rope = c.layers[i].rope
         if rope >= 0:
             q, k = self._rope(q, *tables[rope]), self._rope(k, *tables[rope])
-        out = self._linear(self._attention(q, k, v, i, segments), layer.o, layer.o_bias)  # [T, H]
+        out = self._linear(self._attention(q, k, v, i, segments, passes), layer.o, layer.o_bias)  # [T, H]
         if layer.attn_out_norm is not None:
-            out = self._rms_norm(out, layer.attn_out_norm)
+            out = self._norm(out, layer.attn_out_norm)
         hidden = hidden + out
-        x = self._rms_norm(hidden, layer.norm_post)
+        x = self._norm(hidden, layer.norm_post)
         gate, up = self._linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
         act = F.silu(gate) if c.activation == "silu" else F.gelu(gate, approximate="tanh")
         out = self._linear(act * up, layer.down, layer.down_bias)
         if layer.mlp_out_norm is not None:
-            out = self._rms_norm(out, layer.mlp_out_norm)
+            out = self._norm(out, layer.mlp_out_norm)
         return hidden + out
 
 
