@@ -1,7 +1,8 @@
 """Applying a step: a StepPlan and the runner's StepResult become each sequence's new state and chunks.
 
 The only place the step changes sequences: prefill progress, resumed streams checked and started,
-prompt logprobs, sampled tokens kept through the stop conditions, finished sequences posted.
+prompt logprobs, sampled tokens kept through the stop conditions, the speculative drafters (the new
+tokens indexed, the proposals scored), finished sequences posted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 from .resume import resume_mismatch
 from .sequence import SequenceKind
+from .speculation import drafted_kept
 from .step import Check, Sample, SampledTokens, Score, ScoredToken, StepPlan, StepResult
 from .types import ParamError
 
@@ -22,7 +24,7 @@ def apply_step(plan: StepPlan, result: StepResult) -> int:
     _check_resumed(plan.checks, result.checks)
     _start_resumed(plan.samples)
     _record_scores(plan.scores, result.scores)
-    kept = sum(_accept(sample, tokens) for sample, tokens in zip(plan.samples, result.samples, strict=True))
+    kept = _accept_samples(plan, result)
     for seq in {span.seq: None for span in plan.prefills}:  # a score's result is whole once its prefill is
         if seq.kind is SequenceKind.SCORE and seq.prefill_done and not seq.finished:
             seq.finish_scoring()
@@ -65,17 +67,28 @@ def _record_scores(scores: Sequence[Score], results: Sequence[ScoredToken]) -> N
             seq.prompt_top.append((list(scored.top[0]), list(scored.top[1])))
 
 
-def _accept(sample: Sample, tokens: SampledTokens) -> int:
+def _accept_samples(plan: StepPlan, result: StepResult) -> int:
+    """Each sample's tokens kept, and the proposals scored against them; returns the drafted tokens kept."""
+    proposals = {seq: proposal for seq, proposal in plan.proposals}
+    kept = 0
+    for sample, tokens in zip(plan.samples, result.samples, strict=True):
+        produced = _accept(sample, tokens)
+        kept += drafted_kept(sample.draft, produced)
+        if produced and sample.seq in proposals:
+            sample.seq.observe_draft(proposals[sample.seq], produced)
+    return kept
+
+
+def _accept(sample: Sample, tokens: SampledTokens) -> tuple[int, ...]:
     """Keep a sample's tokens: each drafted token is kept while the row before it sampled exactly that
-    token, and the first row that sampled another ends the run (that token is kept too). Returns the
-    drafted tokens kept."""
+    token, and the first row that sampled another ends the run (that token is kept too), as does a
+    stop condition. Returns the tokens kept."""
     seq, _, draft = sample
     if seq.finished:  # a resumed stream that failed its check
-        return 0
+        return ()
     for j in range(len(draft) + 1):
         token = tokens.token_ids[j]
         seq.accept(token, tokens.logprobs[j], list(tokens.top_ids[j]), list(tokens.top_logprobs[j]))
         if seq.finished or j == len(draft) or token != draft[j]:
             break
-    seq.observe_draft(tokens.token_ids[: j + 1])
-    return j + (j < len(draft) and token == draft[j])
+    return tokens.token_ids[: j + 1]

@@ -15,6 +15,7 @@ from .forward import ForwardModel
 from .model import Segment
 from .prefix_cache import PrefixCache
 from .sequence import EngineSequence, SequenceKind
+from .speculation import drafted_kept
 from .step import Check, Sample, SampledTokens, Score, ScoredToken, StepPlan, StepResult
 from .types import GenerationRequest
 
@@ -31,7 +32,7 @@ class ModelRunner:
     def execute(self, plan: StepPlan) -> StepResult:
         """Copy the planned prefix KV, run the forward pass over the plan's rows, then score and sample."""
         for seq, start, end in plan.kv_copies:
-            self.prefix_cache.copy_into(seq.cache, seq.block_hashes(), start, end)
+            self.prefix_cache.copy_into(seq.cache, seq.block_hashes, start, end)
             self.prefix_cache.count(end - start, 0)
         if not plan.runs:
             return StepResult()
@@ -44,7 +45,7 @@ class ModelRunner:
         for donor, child in plan.forks:  # after the forward: the donor's cache holds the prompt
             child.cache.copy_from(donor.cache)
         for seq, start, end in plan.prefills:
-            self.prefix_cache.store(seq.prefill_ids, seq.block_hashes(), seq.cache, end)
+            self.prefix_cache.store(seq.prefill_ids, seq.block_hashes, seq.cache, end)
             self.prefix_cache.count(0, end - start)
         self.prefill_tokens += plan.prefill_tokens
         checks = tuple(check_resumed(logits, plan.checks)) if plan.checks else ()
@@ -52,7 +53,8 @@ class ModelRunner:
         samples = _sample(logits, plan.samples) if plan.samples else ()
         for (seq, _, draft), tokens in zip(plan.samples, samples):
             if draft:  # the rows after the first token that differs from the draft are stale
-                seq.cache.length = seq.num_tokens - 1 + _draft_rows_kept(draft, tokens.token_ids)
+                # The positions before the decode row, the decode row, and each draft row whose token stands.
+                seq.cache.length = seq.num_tokens + drafted_kept(draft, tokens.token_ids)
         return StepResult(samples, scores, checks)
 
 
@@ -107,15 +109,6 @@ def _sample(logits: torch.Tensor, samples: Sequence[Sample]) -> tuple[SampledTok
         )
         r = end
     return tuple(out)
-
-
-def _draft_rows_kept(draft: Sequence[int], token_ids: Sequence[int]) -> int:
-    """Of a sample's 1 + len(draft) rows, how many hold KV of the stream: the decode row's, and each draft
-    row while the row before it sampled exactly its token."""
-    kept = 1
-    while kept <= len(draft) and token_ids[kept - 1] == draft[kept - 1]:
-        kept += 1
-    return kept
 
 
 class _SampledRows:

@@ -126,9 +126,8 @@ def plan_step(
     running: Sequence[EngineSequence], budget: StepBudget, prefix_cache: PrefixReuse | None = None
 ) -> StepPlan:
     """This step's plan: cancelled sequences finish, one row per decoding sequence (and its draft),
-    then fixed prefill chunks within budget. Changes no sequence (apply.apply_step does) and no tensor,
-    but for the speculative drafter's memo (EngineSequence.draft: the sequence's n-grams indexed so far,
-    and the proposal that apply_step scores)."""
+    then fixed prefill chunks within budget. Only reads: it changes no sequence, no drafter and no
+    tensor (apply.apply_step changes the sequences, their drafters included)."""
     live = [s for s in running if not s.finished]
     plan = PlanBuilder(cancelled=[s for s in live if s.cancelled])  # `cancelled` is set by other threads
     tokens_left = _plan_decodes(plan, [s for s in live if plan.is_live(s) and s.prefill_done], budget)
@@ -144,8 +143,8 @@ def _plan_decodes(plan: PlanBuilder, decoding: list[EngineSequence], budget: Ste
     for i, seq in enumerate(decoding):
         # Drafts only use rows the other decoding sequences do not need (each needs one).
         limit = min(budget.speculative_tokens, tokens_left - (len(decoding) - i))
-        draft = seq.draft(limit, bar) if speculate else []
-        plan.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
+        proposal, draft = seq.draft(limit, bar) if speculate else (None, [])
+        plan.decode(seq, draft, proposal)
         tokens_left -= 1 + len(draft)
     return tokens_left
 
@@ -178,7 +177,7 @@ def _plan_prefills(
         generates = seq.kind is SequenceKind.GENERATE
         plan.prefill(seq, start, end, sample=end == len(seq.prefill_ids) and generates)
         tokens_left -= end - start
-        computing.update(seq.block_hashes()[start // BLOCK_TOKENS : end // BLOCK_TOKENS])
+        computing.update(seq.block_hashes[start // BLOCK_TOKENS : end // BLOCK_TOKENS])
         if generates and end < len(seq.prefill_ids):
             prefilling.add(seq.prompt_key)  # later sequences with this prompt wait for it
         elif generates:
@@ -202,11 +201,11 @@ def _reuse_prefix(plan: PlanBuilder, seq: EngineSequence, computing: set[bytes],
     if cache is None or not cache.enabled:
         return False
     start, limit = plan.prefilled(seq), seq.reuse_limit()
-    end = cache.lookup(seq.prefill_ids, seq.block_hashes(), start, limit)
+    end = cache.lookup(seq.prefill_ids, seq.block_hashes, start, limit)
     if end > start:
         plan.copy(seq, start, end)
     nxt = end // BLOCK_TOKENS
-    return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes()[nxt] in computing
+    return end % BLOCK_TOKENS == 0 and (nxt + 1) * BLOCK_TOKENS <= limit and seq.block_hashes[nxt] in computing
 
 
 def _fork_same_prompt(plan: PlanBuilder, donor: EngineSequence, live: Sequence[EngineSequence]) -> None:

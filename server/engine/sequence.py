@@ -54,7 +54,8 @@ class EngineSequence:
         self.prefill_ids = self.prompt + self.resume_ids  # what the prefill computes
         self.prompt_key = hash(tuple(self.prefill_ids))  # to find other sequences with the same prompt
         self.cached_tokens = 0  # prefill positions copied from the prefix cache
-        self._block_hashes: list[bytes] | None = None
+        # The prefix cache's key of each whole block (prefix_cache.chain_hashes), fixed with the prompt.
+        self.block_hashes = chain_hashes(self.prefill_ids, len(self.prefill_ids) // BLOCK_TOKENS)
         self.output_ids: list[int] = []
         self._penalty_history: tuple[list[int], int, TokenHistory] | None = (
             None  # (output list, its length seen, history)
@@ -70,7 +71,7 @@ class EngineSequence:
         self.cancelled = False
         self.finished = False
         self.created = time.monotonic()
-        self._drafter: NgramDrafter | None = None  # built at the first draft (speculative decoding only)
+        self._drafter: NgramDrafter | None = None  # built at the first applied draft (speculative decoding only)
 
     @classmethod
     def generation(
@@ -91,11 +92,6 @@ class EngineSequence:
     def scoring(cls, request: ScoreRequest, cache: SequenceKVCache, loop: asyncio.AbstractEventLoop) -> EngineSequence:
         prompt = request.context_ids + request.continuation_ids
         return cls(SequenceKind.SCORE, prompt, cache, loop, score_from=len(request.context_ids))
-
-    def block_hashes(self) -> list[bytes]:
-        if self._block_hashes is None:
-            self._block_hashes = chain_hashes(self.prefill_ids, len(self.prefill_ids) // BLOCK_TOKENS)
-        return self._block_hashes
 
     def reuse_limit(self) -> int:
         """Prefill positions that may come from the prefix cache: every row whose logits are needed
@@ -163,27 +159,30 @@ class EngineSequence:
             )
         )
 
-    def draft(self, limit: int, bar: float) -> list[int]:
-        """Up to `limit` tokens guessed from this sequence's own n-grams (speculation.py), each kept with a
-        likelihood above `bar` (scheduler.draft_threshold), never more than the stream may still produce
-        after the token its decode row samples."""
+    def draft(self, limit: int, bar: float) -> tuple[list[int], list[int]]:
+        """(proposal, draft): up to `limit` tokens guessed from this sequence's own n-grams (speculation.py),
+        never more than the stream may still produce after the token its decode row samples, and the
+        first of them that are each kept with a likelihood above `bar` (scheduler.draft_threshold).
+        Only reads: observe_draft() records what the step gave."""
         request, stop, _ = self.generation_parts()
         room = min(request.max_new_tokens - len(self.output_ids), stop.max_context - self.num_tokens) - 1
+        drafter = self._drafter or NgramDrafter()  # none yet: an empty one, dropped (observe_draft builds one)
+        proposal = drafter.propose(min(limit, room), self._tokens_from(len(drafter.tokens)))
+        return proposal, proposal[: drafter.worth(len(proposal), bar)]
+
+    def observe_draft(self, proposal: Sequence[int], produced: Sequence[int]) -> None:
+        """A step that proposed `proposal` produced `produced`: its tokens join the n-gram index, and they
+        score the proposal (drafted or not)."""
         if self._drafter is None:
             self._drafter = NgramDrafter()
-        known = len(self._drafter.tokens)
-        if known < len(self.prompt):
-            self._drafter.extend(self.prompt[known:])
-            self._drafter.extend(self.output_ids)
-        else:
-            self._drafter.extend(self.output_ids[known - len(self.prompt) :])
-        proposal = self._drafter.draft(min(limit, room))
-        return proposal[: self._drafter.worth(bar)]
+        self._drafter.extend(self._tokens_from(len(self._drafter.tokens)))
+        self._drafter.observe(proposal, produced)
 
-    def observe_draft(self, produced: Sequence[int]) -> None:
-        """The tokens this step produced: they score the step's proposal (drafted or not)."""
-        if self._drafter is not None:
-            self._drafter.observe(produced)
+    def _tokens_from(self, start: int) -> list[int]:
+        """The prompt and the output so far, from position `start` on."""
+        if start < len(self.prompt):
+            return self.prompt[start:] + self.output_ids
+        return self.output_ids[start - len(self.prompt) :]
 
     @property
     def prefill_done(self) -> bool:

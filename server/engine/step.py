@@ -41,6 +41,14 @@ class Sample(NamedTuple):
     draft: tuple[int, ...]
 
 
+class Proposal(NamedTuple):
+    """The n-gram proposal a speculating sequence's draft was cut from (speculation.py): apply_step scores
+    all of it against the tokens the step produced, drafted or not."""
+
+    seq: EngineSequence
+    tokens: tuple[int, ...]
+
+
 class Score(NamedTuple):
     """A logits row whose log-probability of `target` (prompt token position + 1) is wanted."""
 
@@ -80,6 +88,7 @@ class StepPlan:
     prefills: tuple[Span, ...] = ()  # prefill chunks computed this step (stored to the prefix cache after)
     forks: tuple[Fork, ...] = ()
     cancelled: tuple[EngineSequence, ...] = ()  # finished as cancelled, with no rows
+    proposals: tuple[Proposal, ...] = ()  # one per decoding sequence while speculation is on
 
     @property
     def prefill_tokens(self) -> int:
@@ -131,6 +140,7 @@ class PlanBuilder:
         self.kv_copies: list[Span] = []
         self.prefills: list[Span] = []
         self.forks: list[Fork] = []
+        self.proposals: list[Proposal] = []
         self.cancelled = tuple(cancelled)
         self._skipped = set(cancelled)
         self._progress: dict[EngineSequence, int] = {}  # prefill positions after this step, where planned
@@ -168,6 +178,13 @@ class PlanBuilder:
             self.samples.append(Sample(seq, len(self.logit_rows), tuple(draft)))
             self.logit_rows.extend(range(len(self.token_ids) - 1 - len(draft), len(self.token_ids)))
 
+    def decode(self, seq: EngineSequence, draft: Sequence[int] = (), proposal: Sequence[int] | None = None) -> None:
+        """`seq`'s decode row (its last token) and a row per draft token, all sampled; `proposal` is what
+        the draft was cut from, where the sequence speculates this step."""
+        self.add(seq, [seq.output_ids[-1], *draft], seq.num_tokens - 1, sample=True, draft=draft)
+        if proposal is not None:
+            self.proposals.append(Proposal(seq, tuple(proposal)))
+
     def prefill(self, seq: EngineSequence, start: int, end: int, sample: bool) -> None:
         """Compute prefill positions [start, end) of `seq`, with the logits rows its request needs."""
         tokens = seq.prefill_ids[start:end]
@@ -200,4 +217,5 @@ class PlanBuilder:
             tuple(self.prefills),
             tuple(self.forks),
             self.cancelled,
+            tuple(self.proposals),
         )

@@ -1,11 +1,13 @@
 """Prompt-lookup drafts and the rows the scheduler gives them; no model (test_speculation.py runs one)."""
 
 import dataclasses
+import random
 
 from sched_helpers import BUDGET, gen, runs
 
 from seedstream.server.engine.scheduler import draft_threshold, plan_step
 from seedstream.server.engine.speculation import MAX_SPECULATING_SEQUENCES, NgramDrafter
+from seedstream.server.settings import NGRAM_MAX, NGRAM_MIN
 
 SPEC = dataclasses.replace(BUDGET, speculative_tokens=3, draft_row_cost=0.0)  # every proposed token is worth a row
 
@@ -17,57 +19,79 @@ def drafter(tokens):
 
 
 def test_a_draft_continues_the_latest_earlier_occurrence_of_the_tail():
-    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).draft(3) == [6, 7, 8]  # latest "2 3"
-    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).draft(1) == [6]
-    assert drafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3]).draft(2) == [4, 9]  # "1 2 3" beats the later "2 3"
+    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).propose(3) == [6, 7, 8]  # latest "2 3"
+    assert drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 6, 7, 8, 2, 3]).propose(1) == [6]
+    assert drafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3]).propose(2) == [4, 9]  # "1 2 3" beats the later "2 3"
 
 
 def test_no_draft_without_an_earlier_match_of_two_tokens():
-    assert drafter([1, 2, 3, 4]).draft(4) == []
-    assert drafter([5, 1, 6, 1]).draft(4) == []  # one repeated token is not enough
-    assert drafter([1, 2]).draft(4) == [] and drafter([]).draft(4) == []
-    assert drafter([1, 2, 9, 1, 2]).draft(0) == []
+    assert drafter([1, 2, 3, 4]).propose(4) == []
+    assert drafter([5, 1, 6, 1]).propose(4) == []  # one repeated token is not enough
+    assert drafter([1, 2]).propose(4) == [] and drafter([]).propose(4) == []
+    assert drafter([1, 2, 9, 1, 2]).propose(0) == []
 
 
 def test_the_tail_never_matches_itself_and_the_index_follows_new_tokens():
     d = drafter([7, 8, 9])
-    assert d.draft(4) == []
+    assert d.propose(4) == []
     d.extend([7, 8])
-    assert d.draft(4) == [9, 7, 8]  # the occurrence at 0 is followed by 9, 7, 8 (up to the tail)
+    assert d.propose(4) == [9, 7, 8]  # the occurrence at 0 is followed by 9, 7, 8 (up to the tail)
     d.extend([5])
-    assert d.draft(4) == []
+    assert d.propose(4) == []
     d.extend([7, 8])
-    assert d.draft(2) == [5, 7]  # the latest "7 8" is now the one followed by 5
+    assert d.propose(2) == [5, 7]  # the latest "7 8" is now the one followed by 5
 
 
 def test_a_run_of_one_token_drafts_more_of_it():
-    assert drafter([4, 4, 4, 4]).draft(3) == [4]  # the latest earlier "4 4 4" is followed by one 4
+    assert drafter([4, 4, 4, 4]).propose(3) == [4]  # the latest earlier "4 4 4" is followed by one 4
+
+
+def latest_occurrence_reference(tokens, limit):
+    """What a proposal is, by brute force: the tokens after the latest earlier occurrence of the longest tail."""
+    for n in range(min(NGRAM_MAX, len(tokens)), NGRAM_MIN - 1, -1):
+        for end in range(len(tokens) - 1, n - 1, -1):
+            if tokens[end - n : end] == tokens[len(tokens) - n :]:
+                return tokens[end : end + limit] if limit > 0 else []
+    return []
+
+
+def test_a_proposal_over_tokens_not_indexed_yet_equals_the_indexed_one_and_the_reference():
+    rng = random.Random(24)
+    for _ in range(400):
+        tokens = [rng.randrange(4) for _ in range(rng.randrange(12))]
+        split, limit = rng.randrange(len(tokens) + 1), rng.randrange(5)
+        d = drafter(tokens[:split])
+        before = (list(d.tokens), dict(d.index))
+        proposal = d.propose(limit, tokens[split:])
+        assert (d.tokens, d.index) == before, "proposing indexed the pending tokens"
+        assert proposal == drafter(tokens).propose(limit) == latest_occurrence_reference(tokens, limit), tokens
 
 
 def test_drafts_are_as_long_as_their_chance_of_being_kept_pays():
     d = drafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2])
-    assert d.draft(8) == [3, 4, 5, 6, 7, 8, 9, 1]
+    proposal = d.propose(8)
+    assert proposal == [3, 4, 5, 6, 7, 8, 9, 1]
     assert d.hit_rate == 0.5
-    assert d.worth(0.0) == 8 and d.worth(0.3) == 1 and d.worth(0.2) == 2 and d.worth(0.5) == 0
-    d.observe([3, 4, 5, 9])  # three right, then a miss: the estimate moves toward 3/4
-    assert 0.5 < d.hit_rate < 0.75 and d.proposal == []
-    d.extend([3, 4, 5, 9])
-    d.draft(4)
-    d.observe([7])  # nothing proposed after "5 9": no change
+    assert d.worth(8, 0.0) == 8 and d.worth(8, 0.3) == 1 and d.worth(8, 0.2) == 2 and d.worth(8, 0.5) == 0
+    d.observe(proposal, [3, 4, 5, 9])  # three right, then a miss: the estimate moves toward 3/4
     assert 0.5 < d.hit_rate < 0.75
+    rate = d.hit_rate
+    d.extend([3, 4, 5, 9])
+    proposal = d.propose(4)
+    d.observe(proposal, [7])  # nothing proposed after "5 9": no change
+    assert proposal == [] and d.hit_rate == rate
 
 
 def test_a_sequence_whose_guesses_miss_stops_drafting_and_starts_again_when_they_hit():
     seq = decoding([100, 101, 102, 103, 104, 100, 101], max_new_tokens=200)
-    assert seq.draft(3, 0.35) == [102]  # the prior (0.5) pays for one row at 0.35
+    proposal, draft = seq.draft(3, 0.35)
+    assert proposal == [102, 103, 104] and draft == [102]  # the prior (0.5) pays for one row at 0.35
     for _ in range(6):
-        seq.observe_draft([1])  # a miss: proposals are scored even when nothing was drafted
-        seq.draft(3, 0.35)
-    assert seq.draft(3, 0.35) == [] and seq._drafter.proposal == [102, 103, 104]
+        seq.observe_draft(proposal, [1])  # a miss: proposals are scored even when nothing was drafted
+    assert seq.draft(3, 0.35) == ([102, 103, 104], [])
     for _ in range(12):
-        seq.observe_draft([102, 103, 104])
-        seq.draft(3, 0.35)
-    assert seq.draft(3, 0.35) == [102, 103, 104]
+        seq.observe_draft(proposal, [102, 103, 104])
+    assert seq.draft(3, 0.35) == ([102, 103, 104], [102, 103, 104])
 
 
 def drafts(plan):

@@ -4,8 +4,12 @@ As vLLM's scheduler tests do: each step is admit, plan_step, a fake StepResult (
 sampled row "gave"), apply_step, then finished sequences leave, as the engine's step loop does.
 """
 
+import array
+import collections
 import dataclasses
+import enum
 
+import pytest
 from sched_helpers import BUDGET, FakePrefixCache, fake_result, gen, runs, sampled, score
 
 from seedstream.server.engine import FinishReason, ParamError, ScoreResult
@@ -32,6 +36,9 @@ class Steps:
         return plan
 
 
+SPEC = dataclasses.replace(BUDGET, speculative_tokens=3, draft_row_cost=0.0)  # every proposed token is drafted
+
+
 def posted_tokens(seq):
     return [chunk.token_ids for chunk in seq.loop.posted]
 
@@ -39,6 +46,33 @@ def posted_tokens(seq):
 def state(seq):
     """What a step may change on a sequence."""
     return (seq.prefilled, list(seq.output_ids), seq.cached_tokens, seq.finished, len(seq.loop.posted))
+
+
+def drafts(plan):
+    return [s.draft for s in plan.samples]
+
+
+def proposed(plan):
+    return [p.tokens for p in plan.proposals]
+
+
+def snapshot(value, _open=frozenset()):
+    """Everything reachable from `value` as plain data (objects as their fields), to compare before and after."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, enum.Enum)):
+        return value
+    if id(value) in _open:
+        return "<cycle>"
+    inner = _open | {id(value)}
+    if isinstance(value, (list, tuple, collections.deque, array.array)):
+        return [type(value).__name__, [snapshot(v, inner) for v in value]]
+    if isinstance(value, (set, frozenset)):
+        return [type(value).__name__, sorted(repr(snapshot(v, inner)) for v in value)]
+    if isinstance(value, dict):
+        return ["dict", [(snapshot(k, inner), snapshot(v, inner)) for k, v in value.items()]]
+    slots = [name for cls in type(value).__mro__ for name in getattr(cls, "__slots__", ())]
+    fields = {name: getattr(value, name) for name in slots if hasattr(value, name)}
+    fields.update(getattr(value, "__dict__", {}))
+    return [type(value).__name__, {name: snapshot(v, inner) for name, v in fields.items()}]
 
 
 def test_a_prompt_is_prefilled_in_chunks_then_decodes_to_its_length():
@@ -75,6 +109,52 @@ def test_planning_changes_no_sequence_and_applying_does():
         (20, [7], 0, False, 1),
         (0, [], 0, True, 1),
     ]
+
+
+def test_planning_twice_gives_equal_plans_and_changes_no_sequence_and_no_drafter():
+    drafting = gen(6, max_new_tokens=40)
+    steps = Steps(drafting, budget=SPEC)
+    steps.step({drafting: [100]})
+    steps.step({drafting: [101]})  # the output repeats the prompt's start: its drafter proposes what followed
+    fresh, prefilling, twin, cancelled = gen(5, first=300), gen(20, first=400), gen(20, first=400), gen(10, first=500)
+    fresh.prefilled, fresh.output_ids = 5, [300, 301]  # decoding, and never drafted: no drafter yet
+    cancelled.cancelled = True
+    seqs = [drafting, fresh, prefilling, twin, cancelled]
+    before = snapshot(seqs)
+    plan = plan_step(seqs, SPEC, FakePrefixCache(hit=16))
+    assert snapshot(seqs) == before
+    assert plan_step(seqs, SPEC, FakePrefixCache(hit=16)) == plan
+    assert snapshot(seqs) == before
+    assert [p.seq for p in plan.proposals] == [drafting, fresh] and sampled(plan) == [drafting, fresh, prefilling, twin]
+    assert proposed(plan) == drafts(plan)[:2] == [(102, 103, 104), (302, 303, 304)]
+    assert fresh._drafter is None and len(drafting._drafter.tokens) == 8
+    apply_step(plan, fake_result(plan, {drafting: [102, 103, 9, 9]}))
+    assert snapshot(seqs) != before  # what applying changes, the snapshot sees
+    assert drafting._drafter.tokens[8:] == [102, 103, 9] and drafting._drafter.hit_rate == pytest.approx(0.5355)
+    assert fresh._drafter.tokens == [300, 301, 302, 303, 304, 300, 301, 7] and fresh._drafter.hit_rate == 0.45
+
+
+def test_a_step_planned_but_never_applied_leaves_no_trace():
+    """As when the runner fails: the sequence and its drafter stay as they were, and the steps that follow
+    are those of a sequence that never had that plan."""
+    dropped, control = gen(6, max_new_tokens=40), gen(6, max_new_tokens=40)
+    both = [(Steps(dropped, budget=SPEC), dropped), (Steps(control, budget=SPEC), control)]
+
+    def step(tokens):
+        """One step of each; what the steps planned and kept."""
+        plans = [steps.step({seq: tokens}) for steps, seq in both]
+        return [(drafts(plan), proposed(plan), steps.kept) for plan, (steps, _) in zip(plans, both)]
+
+    step([100])
+    step([101])  # the output repeats the prompt's start: its drafter proposes what followed
+    before = snapshot(dropped)
+    assert plan_step([dropped], SPEC).proposals[0].tokens == (102, 103, 104)  # and never applied
+    assert snapshot(dropped) == before
+    assert step([102, 103, 7, 7]) == [([(102, 103, 104)], [(102, 103, 104)], 2)] * 2
+    assert step([100]) == [([()], [()], 0)] * 2
+    assert step([101]) == [([()], [()], 0)] * 2
+    assert step([102, 103, 7, 9]) == [([(102, 103, 7)], [(102, 103, 7)], 3)] * 2  # "100 101" was followed by these
+    assert snapshot(dropped._drafter) == snapshot(control._drafter) and dropped.output_ids == control.output_ids
 
 
 def test_a_cancelled_sequence_is_finished_by_the_plan_and_its_slot_goes_to_a_waiting_one():
