@@ -5,13 +5,16 @@ Random weights written in each GGUF type (scripts/write_gguf.encode), packed as 
 of 256) and a 2048 x 8192 matrix. Prints the CPU flags first. With --rounds R every cell is measured R times,
 the formats of a shape interleaved, and the median of the R bests is printed (a shared machine is noisy); --clock cpu times the process's CPU time
 instead of the wall clock (with --threads 1, the core's own time: steadier when other work shares the cores).
+--int8 times the formats int8 activations take both ways instead, interleaved, and prints GFLOP/s with float32
+and with int8 activations and their ratio, at M = 1 and 8, with the load average before and after.
 Usage: PYTHONPATH=scripts python bench/bench_kernel_formats.py [--threads 2] [--repeat 20] [--rounds 1]
-    [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu]
+    [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu] [--int8]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -67,6 +70,27 @@ def _shape_rows(kernels, name: str, n: int, k: int, formats: list[str], args) ->
         print(f"| {name} {n}x{k} | {f} | {mats[f].nbytes / (n * k):.3f} | " + " | ".join(cells) + " |", flush=True)
 
 
+def _int8_rows(kernels, name: str, n: int, k: int, formats: list[str], args) -> None:
+    """One row per format int8 activations take: float32- and int8-activation GFLOP/s and their ratio."""
+    fmts = [f for f in formats if f in packing.INT8_FORMATS and k % packing.BLOCK_FORMATS.get(f, (32,))[0] == 0]
+    descs = {}
+    for f in fmts:
+        m = _packed(f, n, k)
+        descs[f, "f32"], descs[f, "int8"] = m.desc(), packing.for_int8_activations(m).desc()
+    xs = {rows: torch.randn(rows, k) for rows in (1, 8)}
+    times: dict[tuple[str, str, int], list[float]] = {(f, a, r): [] for f, a in descs for r in xs}
+    for _ in range(args.rounds):
+        for (f, act), desc in descs.items():
+            for rows, x in xs.items():
+                times[f, act, rows].append(_best(kernels, desc, x, args.repeat, args.clock))
+    for f in fmts:
+        cells = []
+        for rows in xs:
+            t32, t8 = (statistics.median(times[f, a, rows]) for a in ("f32", "int8"))
+            cells += [f"{2 * rows * n * k / t32 / 1e9:.1f}", f"{2 * rows * n * k / t8 / 1e9:.1f}", f"{t32 / t8:.2f}"]
+        print(f"| {name} {n}x{k} | {f} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -75,6 +99,7 @@ def main() -> None:
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--int8", action="store_true", help="float32 against int8 activations, per format")
     args = ap.parse_args()
     clock_name, args.clock = args.clock, time.perf_counter if args.clock == "wall" else time.process_time
     kernels = load_kernels(args.threads, cache_root() / "kernels")
@@ -82,12 +107,21 @@ def main() -> None:
         cpu_flags_line(),
         f"; build {kernels.isa}, {args.threads} threads, median of {args.rounds} rounds, {clock_name} clock",
     )
-    print("| matrix | format | bytes/weight | M=1 GFLOP/s | M=1 GB/s | M=8 GFLOP/s | M=8 GB/s |")
-    print("|---|---|---|---|---|---|---|")
     formats, shapes = args.formats.split(","), args.shapes.split(",")
+    if args.int8:
+        print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print(
+            "| matrix | format | M=1 f32-act GFLOP/s | M=1 int8 GFLOP/s | M=1 int8 x | M=8 f32-act | M=8 int8 | M=8 int8 x |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+    else:
+        print("| matrix | format | bytes/weight | M=1 GFLOP/s | M=1 GB/s | M=8 GFLOP/s | M=8 GB/s |")
+        print("|---|---|---|---|---|---|---|")
     for name, n, k in SHAPES:
         if name in shapes:
-            _shape_rows(kernels, name, n, k, formats, args)
+            (_int8_rows if args.int8 else _shape_rows)(kernels, name, n, k, formats, args)
+    if args.int8:
+        print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

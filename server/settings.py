@@ -159,7 +159,8 @@ class EngineConfig:
     )
     activations: str = setting(
         "float32",
-        "what the kernels multiply `q8_0`/`q4_1` weights with: `float32`, or `int8` (each 32-value block of a "
+        "what the kernels multiply quantised weights with: `float32`, or `int8` (for q8_0, q4_0, q4_1, q5_0, "
+        "q5_1, q4_k, q5_k and q6_k weights; other formats are refused at start; each 32-value block of a "
         "GEMM input rounded to int8 with its own scale, as llama.cpp does, then integer dot products: decode "
         "steps about 1.5-2x faster at 8 or more streams; logits move by up to about 2 from float32's, greedy "
         "agreement about 95 %, perplexity unchanged); still the same bits for any batch, schedule, thread count "
@@ -184,7 +185,7 @@ class EngineConfig:
         if self.max_queue_per_client is not None and self.max_queue_per_client < 1:
             raise ValueError(f"max_queue_per_client={self.max_queue_per_client}: must be >= 1")
         if self.activations == "int8" and (self.backend == "torch" or self.weights == "f32"):
-            raise ValueError("activations='int8' needs the kernels with q8_0 or q4_1 weights (backend and weights)")
+            raise ValueError("activations='int8' needs the kernels with quantised weights (backend and weights)")
         if self.backend == "torch" and self.weights not in ("auto", "f32"):
             raise ValueError(
                 f"weights={self.weights!r} needs backend=kernels (the torch path computes in {self.dtype})"

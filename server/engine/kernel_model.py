@@ -302,7 +302,8 @@ class KernelModel:
             formats = sorted({f for m in packed.values() for f in m.formats} - set(INT8_FORMATS))
             if formats:
                 raise ValueError(
-                    f"activations='int8' needs q4_0, q8_0 or q4_1 weights; these include {', '.join(formats)}"
+                    f"activations='int8' needs weights in {', '.join(sorted(INT8_FORMATS))}; "
+                    f"these include {', '.join(formats)}"
                 )
             packed = {name: for_int8_activations(m) for name, m in packed.items()}
         elif activations != "float32":

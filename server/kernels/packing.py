@@ -19,6 +19,9 @@ With int8 activations (for_int8_activations) a block keeps the same bytes, its q
 each 32-bit lane holds 4 consecutive quant bytes of one column (csrc/gemm_i8.cpp):
   q8_0  int8 q[8 groups][16 lanes][4]   (byte j of group g: value 4g + j)
   q4_1, q4_0  uint8 q[4 groups][16 lanes][4]  (byte j of group g: values 4g + j and 16 + 4g + j)
+  q5_0, q5_1, q4_k, q5_k, q6_k  the scales as before; per 32 values the 4 low bits as q4_1's, then the high
+        bits: one (q5_*) uint8 hv[16 lanes][4] (byte j, bit g + 4u: value 16u + 4g + j), two (q6_k)
+        uint8 hv[2 u][16 lanes][4] (byte j, bits 2g and 2g + 1: value 16u + 4g + j)
 """
 
 from __future__ import annotations
@@ -178,22 +181,53 @@ _BLOCK_LAYOUT = {
     "q4_1": (Q4_1_QS, Q4_1_TILE_BLOCK - Q4_1_QS),
     "q4_0": (32, 256),  # csrc/gemm_blocks.h FmtQ4_0: float16 d[16], then q4_1's nibbles
 }
-INT8_FORMATS = tuple(_BLOCK_LAYOUT)  # the formats the int8-activation GEMM takes (csrc/gemm_i8.cpp)
+# Block formats of 4 low bits and high bits whose int8 layout adds the high bits' regrouping
+_HIGH_BIT_FORMATS = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+# the formats the int8-activation GEMM takes (csrc/gemm_i8.cpp); Q2_K, Q3_K and the float formats are refused
+INT8_FORMATS = (*_BLOCK_LAYOUT, *_HIGH_BIT_FORMATS)
 
 
 def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
     """The same matrix with each tile block's quants regrouped for int8 activations (module docstring)."""
-    if m.format not in _BLOCK_LAYOUT:
-        raise ValueError(f"int8 activations need q4_0, q8_0 or q4_1 weights, not {m.format}")
+    if m.format not in INT8_FORMATS:
+        raise ValueError(f"int8 activations need {', '.join(INT8_FORMATS)} weights, not {m.format}")
     if m.next is not None:
         m = dataclasses.replace(m, next=for_int8_activations(m.next))
     if m.activations == "int8":
         return m
+    if m.format in _HIGH_BIT_FORMATS:
+        return dataclasses.replace(m, data=torch.from_numpy(_int8_high_bit_blocks(m)), activations="int8")
     head, quants = _BLOCK_LAYOUT[m.format]
     blocks = m.data.numpy().reshape(-1, head + quants)  # [tiles * nb, block bytes]
     q = blocks[:, head:].reshape(-1, quants // 64, 4, NR)  # [blocks, group, byte j, lane]
     regrouped = np.concatenate([blocks[:, :head], q.transpose(0, 1, 3, 2).reshape(-1, quants)], axis=1)
     return dataclasses.replace(m, data=torch.from_numpy(regrouped.reshape(-1)), activations="int8")
+
+
+def _int8_high_bit_blocks(m: PackedMatrix) -> np.ndarray:
+    """A q5_0/q5_1/q4_k/q5_k/q6_k matrix's bytes in the int8 layout (module docstring; csrc/gemm_i8.cpp)."""
+    size, _, _, hi_bits, _ = BLOCK_FORMATS[m.format]
+    chunks, chunk = size // 32, 64 * (4 + hi_bits)
+    blocks = m.data.numpy().reshape((m.n // NR) * (m.k // size), -1)  # [tile blocks, bytes]
+    head = blocks.shape[1] - chunks * chunk  # the scales, kept
+    c = blocks[:, head:].reshape(-1, chunks, chunk)
+    nibbles = c[..., :256].reshape(-1, chunks, 4, 4, NR).transpose(0, 1, 2, 4, 3)  # [.., g, lane, j]: row 4g + j
+    if not hi_bits:  # q4_k: the nibbles alone
+        quants = nibbles.reshape(blocks.shape[0], -1)
+        return np.ascontiguousarray(np.concatenate([blocks[:, :head], quants], axis=1).reshape(-1))
+    fields = 8 // hi_bits
+    rows = (
+        c[..., 256:].reshape(-1, chunks, 32 // fields, 1, NR) >> (hi_bits * np.arange(fields, dtype=np.uint8))[:, None]
+    )
+    high = (rows & ((1 << hi_bits) - 1)).reshape(-1, chunks, 2, 4, 4, NR)  # [.., u, g, j, lane]: value 16u + 4g + j
+    if hi_bits == 1:  # bit g + 4u
+        shifts = (np.arange(4, dtype=np.uint8)[None, :] + np.array([[0], [4]], np.uint8))[..., None, None]
+        hv = (high << shifts).sum(axis=(2, 3), dtype=np.uint8)[:, :, None]  # [.., 1, j, lane]
+    else:  # [.., u, j, lane], bits 2g
+        hv = (high << (2 * np.arange(4, dtype=np.uint8))[:, None, None]).sum(axis=3, dtype=np.uint8)
+    parts = [nibbles.reshape(-1, chunks, 256), hv.transpose(0, 1, 2, 4, 3).reshape(-1, chunks, 64 * hi_bits)]
+    quants = np.concatenate(parts, axis=-1).reshape(blocks.shape[0], -1)
+    return np.ascontiguousarray(np.concatenate([blocks[:, :head], quants], axis=1).reshape(-1))
 
 
 def _half(scales: np.ndarray) -> np.ndarray:

@@ -168,7 +168,7 @@ def test_int8_layout_holds_the_same_weights(kernels_for, fmt):
         assert torch.equal(
             kernels_for().dequant_row(regrouped.desc(), row), kernels_for().dequant_row(plain.desc(), row)
         )
-    with pytest.raises(ValueError, match="q8_0 or q4_1"):
+    with pytest.raises(ValueError, match="int8 activations need q8_0, q4_1, q4_0, .*, not f32"):
         packing.for_int8_activations(packing.pack_from_float(w, "f32"))
 
 

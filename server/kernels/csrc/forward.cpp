@@ -30,8 +30,7 @@ bool valid_part(const ssk_matrix& w) {
   const bool known = w.format >= SSK_F32 && w.format <= SSK_Q3_K;
   return w.data && w.n > 0 && w.n % SSK_NR == 0 && w.k > 0 && w.k % SSK_QK == 0 && w.k % 16 == 0 && known &&
          w.k % (values ? values : SSK_QK) == 0 &&
-         (w.act == SSK_ACT_F32 ||
-          (w.act == SSK_ACT_I8 && (w.format == SSK_Q8_0 || w.format == SSK_Q4_1 || w.format == SSK_Q4_0)));
+         (w.act == SSK_ACT_F32 || (w.act == SSK_ACT_I8 && i8_takes(w.format)));
 }
 
 // Every part valid, with the first part's k; at most 8 parts (q, k, v or gate, up, each maybe split).

@@ -1,5 +1,5 @@
-// GEMM over q4_1, q4_0 and q8_0 weights with int8 activations (act SSK_ACT_I8): integer dot products per
-// 32-block, then float32 steps in a fixed order.
+// GEMM over q4_1, q4_0, q8_0, q5_0, q5_1, q4_k, q5_k and q6_k weights with int8 activations (act SSK_ACT_I8):
+// integer dot products per 32-block (or 16-value sub-block), then float32 steps in a fixed order.
 //
 // Activations, per row and 32-value block b (IEEE operations only, so the same on every build):
 //   amax = max |x| over the block; s[b] = amax / 127;
@@ -10,6 +10,13 @@
 //   q4_1: acc = fma(d[n,b], float(I) * s[b], acc);  acc = fma(min[n,b], float(A[b]) * s[b], acc)
 //   q8_0: acc = fma(d[n,b], float(I) * s[b], acc)
 //   q4_0: acc = fma(d[n,b], float(I - 8 A[b]) * s[b], acc)   (q - 8 is the weight; I - 8 A exact in int32)
+//   the other block formats of gemm_blocks.h (weight scale * (q - OFF) [+ min] per sub-block j), sub-blocks in
+//   order; for 32-value sub-blocks (q5_0, q5_1, q4_k, q5_k; j = b within a K super-block):
+//     acc = fma(scale[n,j], float(I - OFF A[b]) * s[b], acc);  [acc = fma(min[n,j], float(A[b]) * s[b], acc)]
+//   for q6_k's 16-value sub-blocks, two per 32-block, each with its own I and A over its 16 values:
+//     acc = fma(scale[n,j], float(I_j - 32 A_j) * s[b], acc)
+//   scale = d (q5_0, q5_1) or d * sc[j] (K types: exact in float32), min = m (q5_1) or -(dmin * mn[j]) (exact),
+//   OFF = 16 (q5_0), 32 (q6_k), else 0: the float path's scale and minimum of gemm_blocks.h.
 // where A[b] is the block's sum of a: both terms see the same quantised input, so the output is the dot
 // product of the true weights d * q + min with it (with x's exact sum in the minimum term instead, the
 // rounding errors meet the uncentred d * q alone and the largest logit error doubles). The integer sums
@@ -20,6 +27,10 @@
 //   q4_1, q4_0: 4 groups; byte j of group g holds value 4g + j (low nibble) and value 16 + 4g + j (high nibble)
 //   q8_0: 8 groups; byte j of group g holds value 4g + j
 // so one load and a mask give 16 columns x 4 values, multiplied with 4 activations broadcast to every lane.
+//   q5_0, q5_1, q4_k, q5_k, q6_k: per 32 values (a chunk), the 4 low bits as q4_1's 4 groups; then their high
+//   bits, one 32-bit lane per column: one bit (H = 1) hv[16 lanes][4], byte j bit g + 4u the high bit of value
+//   16u + 4g + j; two bits (q6_k) hv[u][16 lanes][4], byte j bits 2g, 2g+1 those of value 16u + 4g + j. A
+//   32-bit shift and a byte mask put them at bit 4 of the nibble's byte. The scales before the quants stay.
 #include <cfloat>
 #include <cmath>
 
@@ -35,17 +46,19 @@ constexpr int I8_MR_MAX = 4;
 #endif
 
 // Row inputs, quantised: a [m, k] int8, and per 32-block the scale s, the sum of a (q8_0's unbias on
-// AVX-512) and float(sum of a) * s (q4_1's minimum term).
+// AVX-512) and float(sum of a) * s (q4_1's minimum term); for q6_k the sums of a's 16-value halves.
 struct I8Rows {
   const int8_t* a;
   const float* s;
   const int32_t* a_sum;
   const float* scaled_sum;
+  const int32_t* half_sum;  // [m, 2 nb], or null
   int k, nb;
 };
 
-// x [k] -> a [k], s [k / 32], a_sum [k / 32] (the quantisation in the header comment).
-static void quantize_row_i8(const float* x, int k, int8_t* a, float* s, int32_t* a_sum, float* scaled_sum) {
+// x [k] -> a [k], s [k / 32], a_sum [k / 32], [half_sum [k / 16]] (the quantisation in the header comment).
+static void quantize_row_i8(const float* x, int k, int8_t* a, float* s, int32_t* a_sum, float* scaled_sum,
+                            int32_t* half_sum) {
   for (int b = 0; b < k / SSK_QK; ++b) {
     const V16 lo = v_load(x + b * SSK_QK), hi = v_load(x + b * SSK_QK + 16);
     const float amax = v_hmax(v_max(v_abs(lo), v_abs(hi)));
@@ -56,6 +69,7 @@ static void quantize_row_i8(const float* x, int k, int8_t* a, float* s, int32_t*
       s[b] = finite ? 0.0f : NAN;
       a_sum[b] = 0;
       scaled_sum[b] = s[b];  // 0, or NaN
+      if (half_sum) half_sum[2 * b] = half_sum[2 * b + 1] = 0;
       continue;
     }
     const V16 inv = v_set1(127.0f / amax), top = v_set1(127.0f), bottom = v_set1(-127.0f);
@@ -66,6 +80,10 @@ static void quantize_row_i8(const float* x, int k, int8_t* a, float* s, int32_t*
     s[b] = scale;
     a_sum[b] = (int32_t)v_hsum(v_add(qlo, qhi));  // integers, |sum| <= 4064: exact in any order
     scaled_sum[b] = (float)a_sum[b] * scale;
+    if (half_sum) {  // integers, exact
+      half_sum[2 * b] = (int32_t)v_hsum(qlo);
+      half_sum[2 * b + 1] = (int32_t)v_hsum(qhi);
+    }
   }
 }
 
@@ -115,11 +133,116 @@ struct I8Format<SSK_Q8_0> {
   }
 };
 
+// The block formats of gemm_blocks.h that int8 activations take (4 low bits and H high bits a value; the byte
+// offsets of gemm_blocks.h's BlockFmt, whose scale bytes the regrouping keeps).
+template <int S_, int L_, int H_, int OFF_, bool MIN_, bool K_>
+struct I8Blk {
+  static constexpr int S = S_, L = L_, H = H_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
+  static constexpr bool HAS_MIN = MIN_, KTYPE = K_;
+  static constexpr int SC = 32 + (MIN_ ? 32 : 0);                // byte offset of sc
+  static constexpr int MN = SC + (K_ ? NSUB * 16 : 0);           // byte offset of mn
+  static constexpr int QS = MN + (K_ && MIN_ ? NSUB * 16 : 0);  // byte offset of the quants
+  static constexpr int CHUNK = 64 * (4 + H_);                    // bytes per 32 values
+  static constexpr int BLOCK = QS + CHUNKS * CHUNK;
+  static_assert(L_ == 32 || !MIN_, "16-value sub-blocks with a minimum (Q2_K) are not taken");
+};
+// The I8Blk of a format code (void: not one of them). Q4_0's is for its dequantised row only: its GEMM is
+// I8Format<SSK_Q4_0>.
+template <int FMT> struct I8BlkOf { using type = void; };
+template <> struct I8BlkOf<SSK_Q4_0> { using type = I8Blk<32, 32, 0, 8, false, false>; };
+template <> struct I8BlkOf<SSK_Q5_0> { using type = I8Blk<32, 32, 1, 16, false, false>; };
+template <> struct I8BlkOf<SSK_Q5_1> { using type = I8Blk<32, 32, 1, 0, true, false>; };
+template <> struct I8BlkOf<SSK_Q4_K> { using type = I8Blk<256, 32, 0, 0, true, true>; };
+template <> struct I8BlkOf<SSK_Q5_K> { using type = I8Blk<256, 32, 1, 0, true, true>; };
+template <> struct I8BlkOf<SSK_Q6_K> { using type = I8Blk<256, 16, 2, 32, false, true>; };
+
+// Sub-block j's scale (d, or d * sc[j]) and minimum (m, or -(dmin * mn[j])), as gemm_blocks.h computes them.
+template <class F>
+static inline V16 i8_scale(const uint8_t* blk, int j) {
+  const V16 d = v_load_f16((const uint16_t*)blk);
+  if constexpr (F::KTYPE) return v_mul(d, v_from_i8((const int8_t*)blk + F::SC + 16 * j));
+  return d;
+}
+template <class F>
+static inline V16 i8_min(const uint8_t* blk, int j) {
+  const V16 m = v_load_f16((const uint16_t*)blk + 16);
+  if constexpr (F::KTYPE) return v_sub(v_zero(), v_mul(m, v_from_i8((const int8_t*)blk + F::MN + 16 * j)));
+  return m;
+}
+
+// Group G of a chunk: values 4G + j (into d0) and 16 + 4G + j (into d1: the second 16-value sub-block; d0 itself
+// for 32-value sub-blocks).
+template <class F, int G, int MR>
+static inline void blk_group(const uint8_t* c, VI hv0, VI hv1, const int8_t* ab, int k, VI* d0, VI* d1) {
+  const VI w = vi_load(c + 64 * G);
+  VI lo = vi_low_nibbles(w), hi = vi_high_nibbles(w);
+  if constexpr (F::H == 1) {  // bits G and G + 4 of each byte to bit 4
+    lo = vi_or(lo, vi_mask_bytes(vi_shift<4 - G>(hv0), 0x10));
+    hi = vi_or(hi, vi_mask_bytes(vi_shift<-G>(hv0), 0x10));
+  } else if constexpr (F::H == 2) {  // bits 2G, 2G + 1 to bits 4, 5
+    lo = vi_or(lo, vi_mask_bytes(vi_shift<4 - 2 * G>(hv0), 0x30));
+    hi = vi_or(hi, vi_mask_bytes(vi_shift<4 - 2 * G>(hv1), 0x30));
+  }
+  for (int r = 0; r < MR; ++r) {
+    d0[r] = vi_dot_u8(d0[r], lo, ab + (size_t)r * k + 4 * G);
+    d1[r] = vi_dot_u8(d1[r], hi, ab + (size_t)r * k + 16 + 4 * G);
+  }
+}
+template <class F, int MR>
+static inline void blk_dots(const uint8_t* c, const int8_t* ab, int k, VI* d0, VI* d1) {
+  const VI hv0 = F::H >= 1 ? vi_load(c + 256) : vi_zero(), hv1 = F::H == 2 ? vi_load(c + 320) : vi_zero();
+  blk_group<F, 0, MR>(c, hv0, hv1, ab, k, d0, d1);
+  blk_group<F, 1, MR>(c, hv0, hv1, ab, k, d0, d1);
+  blk_group<F, 2, MR>(c, hv0, hv1, ab, k, d0, d1);
+  blk_group<F, 3, MR>(c, hv0, hv1, ab, k, d0, d1);
+}
+
+// acc after sub-block j (I its sum of q * a, A its sum of a): fma(scale, float(I - OFF A) * s, acc), then the
+// minimum term.
+template <class F>
+static inline V16 blk_finish(const uint8_t* blk, int j, VI dot, float s, int32_t a_sum, float scaled_sum, V16 acc) {
+  if constexpr (F::OFF != 0) dot = vi_sub_i32(dot, F::OFF * a_sum);
+  acc = v_fma(i8_scale<F>(blk, j), v_mul(vi_to_float(dot), v_set1(s)), acc);
+  if constexpr (F::HAS_MIN) acc = v_fma(i8_min<F>(blk, j), v_set1(scaled_sum), acc);
+  return acc;
+}
+
+// tile_i8 for the formats of I8Blk: 32-block b is chunk b % CHUNKS of tile block b / CHUNKS.
+template <class F, int MR, int NT>
+static void tile_i8_blk(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, float* y, int ldy) {
+  V16 acc[NT][MR];
+  for (int t = 0; t < NT; ++t)
+    for (int r = 0; r < MR; ++r) acc[t][r] = v_zero();
+  for (int b = 0; b < in.nb; ++b) {
+    const int c = b % F::CHUNKS;
+    const int8_t* ab = in.a + (size_t)m0 * in.k + (size_t)b * SSK_QK;
+    for (int t = 0; t < NT; ++t) {
+      const uint8_t* blk = tile + t * tbytes + (size_t)(b / F::CHUNKS) * F::BLOCK;
+      const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
+      if constexpr (MR <= 2) ssk_prefetch(chunk, 2 * F::CHUNK, F::CHUNK);
+      VI d0[MR], d1[MR];
+      for (int r = 0; r < MR; ++r) d0[r] = d1[r] = vi_zero();
+      blk_dots<F, MR>(chunk, ab, in.k, d0, F::L == 32 ? d0 : d1);  // one sum for a 32-value sub-block
+      for (int r = 0; r < MR; ++r) {
+        const size_t rb = (size_t)(m0 + r) * in.nb + b;
+        if constexpr (F::L == 32) {
+          acc[t][r] = blk_finish<F>(blk, c, d0[r], in.s[rb], in.a_sum[rb], in.scaled_sum[rb], acc[t][r]);
+        } else {
+          acc[t][r] = blk_finish<F>(blk, 2 * c, d0[r], in.s[rb], in.half_sum[2 * rb], 0.0f, acc[t][r]);
+          acc[t][r] = blk_finish<F>(blk, 2 * c + 1, d1[r], in.s[rb], in.half_sum[2 * rb + 1], 0.0f, acc[t][r]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t)
+    for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[t][r]);
+}
+
 // MR rows (starting at row m0) of NT adjacent tiles (tbytes apart); y points at (row m0, first column).
 // Several tiles at once only give the core independent chains when rows are few; the arithmetic of every
 // element is the same whatever MR and NT are.
 template <int FMT, int MR, int NT>
-static void tile_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, float* y, int ldy) {
+static void tile_i8_q(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, float* y, int ldy) {
   using F = I8Format<FMT>;
   V16 acc[NT][MR];
   for (int t = 0; t < NT; ++t)
@@ -144,6 +267,12 @@ static void tile_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0
     for (int r = 0; r < MR; ++r) v_store(y + (size_t)r * ldy + SSK_NR * t, acc[t][r]);
 }
 
+template <int FMT, int MR, int NT>
+static void tile_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, float* y, int ldy) {
+  if constexpr (FMT == SSK_Q8_0 || FMT == SSK_Q4_1 || FMT == SSK_Q4_0) tile_i8_q<FMT, MR, NT>(tile, tbytes, in, m0, y, ldy);
+  else tile_i8_blk<typename I8BlkOf<FMT>::type, MR, NT>(tile, tbytes, in, m0, y, ldy);
+}
+
 template <int FMT, int MR>
 static void rows_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, int rows, float* y, int ldy) {
   if constexpr (MR > 1) {
@@ -152,7 +281,7 @@ static void rows_i8(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0
   tile_i8<FMT, MR, 1>(tile, tbytes, in, m0, y, ldy);
 }
 
-size_t i8_scratch_floats(int m, int k) { return (size_t)m * k / 4 + 3 * (size_t)m * (k / SSK_QK) + 16; }
+size_t i8_scratch_floats(int m, int k) { return (size_t)m * k / 4 + 5 * (size_t)m * (k / SSK_QK) + 16; }
 
 template <int FMT>
 static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, float* y, int ldy, float* scratch) {
@@ -161,15 +290,17 @@ static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, fl
   float* s = scratch;                                             // [m, nb]
   float* scaled_sum = s + (size_t)m * nb;                         // [m, nb]
   int32_t* a_sum = (int32_t*)(scaled_sum + (size_t)m * nb);       // [m, nb]
-  int8_t* a = (int8_t*)(a_sum + (size_t)m * nb);                  // [m, k]
+  int32_t* halves = a_sum + (size_t)m * nb;                       // [m, 2 nb]
+  int32_t* half_sum = FMT == SSK_Q6_K ? halves : nullptr;
+  int8_t* a = (int8_t*)(halves + 2 * (size_t)m * nb);             // [m, k]
   parallel(pool, [&](int t, int n) {
     int64_t begin, end;
     Pool::range(m, t, n, &begin, &end);
     for (int64_t i = begin; i < end; ++i)
       quantize_row_i8(x + (size_t)i * k, k, a + (size_t)i * k, s + (size_t)i * nb, a_sum + (size_t)i * nb,
-                      scaled_sum + (size_t)i * nb);
+                      scaled_sum + (size_t)i * nb, half_sum ? half_sum + 2 * (size_t)i * nb : nullptr);
   });
-  const I8Rows in{a, s, a_sum, scaled_sum, k, nb};
+  const I8Rows in{a, s, a_sum, scaled_sum, half_sum, k, nb};
   for_tiles(pool, w, m, y, ldy, [&](int64_t tile, int64_t left) {
     const uint8_t* tdata = w.data + (size_t)tile * tbytes;
     const int n0 = (int)tile * SSK_NR;
@@ -190,7 +321,58 @@ static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, fl
 }
 
 void gemm_i8(Pool& pool, const ssk_matrix& w, int m, const float* x, float* y, int ldy, float* scratch) {
-  if (w.format == SSK_Q4_1) return gemm_int8<SSK_Q4_1>(pool, w, m, x, y, ldy, scratch);
-  if (w.format == SSK_Q4_0) return gemm_int8<SSK_Q4_0>(pool, w, m, x, y, ldy, scratch);
-  gemm_int8<SSK_Q8_0>(pool, w, m, x, y, ldy, scratch);
+  switch (w.format) {
+    case SSK_Q4_1: return gemm_int8<SSK_Q4_1>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q4_0: return gemm_int8<SSK_Q4_0>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q5_0: return gemm_int8<SSK_Q5_0>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q5_1: return gemm_int8<SSK_Q5_1>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q4_K: return gemm_int8<SSK_Q4_K>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q5_K: return gemm_int8<SSK_Q5_K>(pool, w, m, x, y, ldy, scratch);
+    case SSK_Q6_K: return gemm_int8<SSK_Q6_K>(pool, w, m, x, y, ldy, scratch);
+    default: return gemm_int8<SSK_Q8_0>(pool, w, m, x, y, ldy, scratch);
+  }
+}
+
+bool i8_takes(int format) {
+  switch (format) {
+    case SSK_Q8_0: case SSK_Q4_1: case SSK_Q4_0: case SSK_Q5_0: case SSK_Q5_1: case SSK_Q4_K: case SSK_Q5_K:
+    case SSK_Q6_K: return true;
+    default: return false;
+  }
+}
+
+// Row `row` of a matrix of I8Blk's formats in the int8 layout, dequantised as dequant_row_blocks does the float
+// layout (scale * (q - OFF) [+ min]): the same values, so the embedding lookup does not change.
+template <class F>
+static void dequant_i8_blk(const ssk_matrix& w, int row, float* out) {
+  const int lane = row % SSK_NR;
+  const uint8_t* base = w.data + (size_t)(row / SSK_NR) * tile_bytes(w.format, w.k);
+  for (int b = 0; b < w.k / SSK_QK; ++b) {
+    const int c = b % F::CHUNKS;
+    const uint8_t* blk = base + (size_t)(b / F::CHUNKS) * F::BLOCK;
+    const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
+    for (int i = 0; i < SSK_QK; ++i) {
+      const int u = i / 16, g = (i % 16) / 4, j = i % 4, at = 4 * lane + j;
+      int q = (chunk[64 * g + at] >> (4 * u)) & 15;
+      if constexpr (F::H == 1) q |= ((chunk[256 + at] >> (g + 4 * u)) & 1) << 4;
+      if constexpr (F::H == 2) q |= ((chunk[256 + 64 * u + at] >> (2 * g)) & 3) << 4;
+      const int sub = (32 * c + i) / F::L;
+      float scale[16], mn[16];
+      v_store(scale, i8_scale<F>(blk, sub));
+      v_store(mn, F::HAS_MIN ? i8_min<F>(blk, sub) : v_zero());
+      const float v = scale[lane] * (float)(q - F::OFF);
+      out[b * SSK_QK + i] = F::HAS_MIN ? v + mn[lane] : v;
+    }
+  }
+}
+
+void dequant_row_i8(const ssk_matrix& w, int row, float* out) {
+  switch (w.format) {
+    case SSK_Q4_0: return dequant_i8_blk<I8BlkOf<SSK_Q4_0>::type>(w, row, out);
+    case SSK_Q5_0: return dequant_i8_blk<I8BlkOf<SSK_Q5_0>::type>(w, row, out);
+    case SSK_Q5_1: return dequant_i8_blk<I8BlkOf<SSK_Q5_1>::type>(w, row, out);
+    case SSK_Q4_K: return dequant_i8_blk<I8BlkOf<SSK_Q4_K>::type>(w, row, out);
+    case SSK_Q5_K: return dequant_i8_blk<I8BlkOf<SSK_Q5_K>::type>(w, row, out);
+    case SSK_Q6_K: return dequant_i8_blk<I8BlkOf<SSK_Q6_K>::type>(w, row, out);
+  }
 }

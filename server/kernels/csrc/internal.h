@@ -57,9 +57,12 @@ void for_tiles(Pool& pool, const ssk_matrix& w, int m, float* y, int ldy, TileFn
     }
   });
 }
-// q4_1 and q8_0 weights times int8-quantised activations (gemm_i8.cpp), called by gemm() for act SSK_ACT_I8.
+// Weights times int8-quantised activations (gemm_i8.cpp), called by gemm() for act SSK_ACT_I8, for the formats
+// i8_takes(); dequant_row_i8: a row of Q4_0 ... Q6_K in that layout (q8_0 and q4_1: quant_offset below).
 void gemm_i8(Pool& pool, const ssk_matrix& w, int m, const float* x, float* y, int ldy, float* scratch);
 size_t i8_scratch_floats(int m, int k);
+bool i8_takes(int format);
+void dequant_row_i8(const ssk_matrix& w, int row, float* out);
 // Byte offset of quant byte j (q4_1: 0..15, q8_0: 0..31) of column `lane` in a tile block's quants.
 inline int quant_offset(int act, int j, int lane) {
   return act == SSK_ACT_I8 ? (j / 4) * 64 + lane * 4 + j % 4 : 16 * j + lane;

@@ -80,7 +80,8 @@ void dequant_row(const ssk_matrix& w, int row, float* out) {
     }
     return;
   }
-  if (w.format != SSK_Q8_0 && w.format != SSK_Q4_1) return dequant_row_blocks(w, row, out);
+  if (w.format != SSK_Q8_0 && w.format != SSK_Q4_1)
+    return w.act == SSK_ACT_I8 ? dequant_row_i8(w, row, out) : dequant_row_blocks(w, row, out);
   for (int b = 0; b < nb; ++b) {
     if (w.format == SSK_Q8_0) {
       const uint8_t* blk = base + (size_t)b * Q8_0_TILE_BLOCK;

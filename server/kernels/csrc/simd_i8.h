@@ -7,6 +7,9 @@
 // 4-bit values or magnitudes <= 128). So every build, order and split gives the same lanes, and the
 // conversion to float is exact.
 //
+// Beyond 4 bits (Q5_*, Q6_K), a value's high bits are or-ed into its nibble byte: a 32-bit shift and a byte
+// mask (vi_shift, vi_mask_bytes) first move them to bits 4-5 of the same byte.
+//
 // For quantising the activations: |a|, "every lane finite", the largest lane (a maximum is exact in any
 // order), and integral floats in [-127, 127] stored as int8 (an exact conversion).
 #pragma once
@@ -34,6 +37,18 @@ static inline VI vi_dot_u8(VI acc, VI w, const int8_t* a) {
 static inline VI vi_q8_prepare(VI w) { return {_mm512_xor_si512(w.v, _mm512_set1_epi8((char)0x80))}; }
 static inline VI vi_dot_q8(VI acc, VI w_prepared, const int8_t* a) { return vi_dot_u8(acc, w_prepared, a); }
 static inline VI vi_q8_unbias(VI dot, int32_t a_sum) { return {_mm512_sub_epi32(dot.v, _mm512_set1_epi32(128 * a_sum))}; }
+static inline VI vi_or(VI a, VI b) { return {_mm512_or_si512(a.v, b.v)}; }
+static inline VI vi_mask_bytes(VI a, uint8_t m) { return {_mm512_and_si512(a.v, _mm512_set1_epi8((char)m))}; }
+template <int N>  // each 32-bit lane shifted left by N, right by -N
+static inline VI vi_shift(VI a) {
+  if constexpr (N > 0) return {_mm512_slli_epi32(a.v, N)};
+  else if constexpr (N < 0) return {_mm512_srli_epi32(a.v, -N)};
+  else return a;
+}
+static inline VI vi_sub_i32(VI a, int32_t b) { return {_mm512_sub_epi32(a.v, _mm512_set1_epi32(b))}; }
+static inline V16 v_from_i8(const int8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
+}
 static inline V16 v_abs(V16 a) { return {_mm512_abs_ps(a.v)}; }
 static inline bool v_all_finite(V16 a) {
   return _mm512_cmp_ps_mask(_mm512_abs_ps(a.v), _mm512_set1_ps(FLT_MAX), _CMP_LE_OQ) == 0xFFFF;
@@ -77,6 +92,25 @@ static inline VI vi_dot_q8(VI acc, VI w, const int8_t* a) {
           ssk_dot8(acc.hi, _mm256_abs_epi8(w.hi), _mm256_sign_epi8(b, w.hi))};
 }
 static inline VI vi_q8_unbias(VI dot, int32_t) { return dot; }
+static inline VI vi_or(VI a, VI b) { return {_mm256_or_si256(a.lo, b.lo), _mm256_or_si256(a.hi, b.hi)}; }
+static inline VI vi_mask_bytes(VI a, uint8_t m) {
+  const __m256i mm = _mm256_set1_epi8((char)m);
+  return {_mm256_and_si256(a.lo, mm), _mm256_and_si256(a.hi, mm)};
+}
+template <int N>
+static inline VI vi_shift(VI a) {
+  if constexpr (N > 0) return {_mm256_slli_epi32(a.lo, N), _mm256_slli_epi32(a.hi, N)};
+  else if constexpr (N < 0) return {_mm256_srli_epi32(a.lo, -N), _mm256_srli_epi32(a.hi, -N)};
+  else return a;
+}
+static inline VI vi_sub_i32(VI a, int32_t b) {
+  const __m256i bb = _mm256_set1_epi32(b);
+  return {_mm256_sub_epi32(a.lo, bb), _mm256_sub_epi32(a.hi, bb)};
+}
+static inline V16 v_from_i8(const int8_t* p) {
+  const __m128i q = _mm_loadu_si128((const __m128i*)p);
+  return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q, q)))};
+}
 static inline V16 v_abs(V16 a) {
   const __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   return {_mm256_and_ps(a.lo, m), _mm256_and_ps(a.hi, m)};
@@ -124,6 +158,22 @@ static inline VI vi_dot_q8(VI acc, VI w, const int8_t* a) {
   return acc;
 }
 static inline VI vi_q8_unbias(VI dot, int32_t) { return dot; }
+static inline VI vi_or(VI a, VI b) { for (int l = 0; l < 16; ++l) a.v[l] |= b.v[l]; return a; }
+static inline VI vi_mask_bytes(VI a, uint8_t m) {
+  for (int l = 0; l < 16; ++l) a.v[l] = (int32_t)((uint32_t)a.v[l] & (0x01010101u * m));
+  return a;
+}
+template <int N>
+static inline VI vi_shift(VI a) {
+  for (int l = 0; l < 16; ++l) {
+    const uint32_t u = (uint32_t)a.v[l];
+    if constexpr (N >= 0) a.v[l] = (int32_t)(u << N);
+    else a.v[l] = (int32_t)(u >> -N);
+  }
+  return a;
+}
+static inline VI vi_sub_i32(VI a, int32_t b) { for (int l = 0; l < 16; ++l) a.v[l] -= b; return a; }
+static inline V16 v_from_i8(const int8_t* p) { V16 r; for (int l = 0; l < 16; ++l) r.v[l] = (float)p[l]; return r; }
 static inline V16 v_abs(V16 a) { V16 r; for (int l = 0; l < 16; ++l) r.v[l] = std::fabs(a.v[l]); return r; }
 static inline bool v_all_finite(V16 a) {
   for (int l = 0; l < 16; ++l)

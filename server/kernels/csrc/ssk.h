@@ -18,7 +18,7 @@ enum { SSK_SILU = 0, SSK_GELU_TANH = 1 };  // the MLP's activation of the gate (
 
 // A weight matrix [n, k] (n output columns, k inputs) packed by server/kernels/packing.py into tiles of
 // SSK_NR output columns, block-interleaved (see gemm.cpp for each format's tile layout). With act
-// SSK_ACT_I8 (q8_0, q4_1 and q4_0 only) the quants of each tile block are laid out for integer dot products and
+// SSK_ACT_I8 (q8_0, q4_1, q4_0, q5_0, q5_1, q4_k, q5_k and q6_k) the quants of each tile block are laid out for integer dot products and
 // every input row is quantised to int8 per 32-block first (gemm_i8.cpp).
 // A fused matrix whose parts are stored in different formats (q/k/v of a Q4_K_M file) is a chain: next holds
 // the output columns after this part's n, with the same k; each part is multiplied in its own format.
