@@ -1,6 +1,8 @@
 """The runner: executes a StepPlan (KV copies, the forward pass, scoring and sampling) into a StepResult.
 
-It changes KV caches and its own counters, never a sequence's state: apply.apply_step does that.
+It changes KV caches (the sequences' and the prefix cache's), its own counters and the memo of each sampled
+sequence's penalty history (EngineSequence.penalty_history), never what a sequence holds: apply.apply_step
+changes that.
 """
 
 from __future__ import annotations

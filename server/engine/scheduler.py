@@ -126,8 +126,9 @@ def plan_step(
     running: Sequence[EngineSequence], budget: StepBudget, prefix_cache: PrefixReuse | None = None
 ) -> StepPlan:
     """This step's plan: cancelled sequences finish, one row per decoding sequence (and its draft),
-    then fixed prefill chunks within budget. Only reads: it changes no sequence, no drafter and no
-    tensor (apply.apply_step changes the sequences, their drafters included)."""
+    then fixed prefill chunks within budget. Changes no sequence, no drafter and no tensor
+    (apply.apply_step changes the sequences, their drafters included); the prefix cache's lookup only
+    marks the blocks it finds as recently used."""
     live = [s for s in running if not s.finished]
     plan = PlanBuilder(cancelled=[s for s in live if s.cancelled])  # `cancelled` is set by other threads
     tokens_left = _plan_decodes(plan, [s for s in live if plan.is_live(s) and s.prefill_done], budget)

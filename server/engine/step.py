@@ -1,9 +1,10 @@
 """A step as data: the plan the scheduler makes (StepPlan) and what the runner computes for it (StepResult).
 
 One step is three calls, as in vLLM v1 (SchedulerOutput, ModelRunnerOutput, update_from_output):
-scheduler.plan_step() decides the rows and changes no sequence and no tensor; runner.execute() copies
-KV, runs the forward pass and samples, changing only KV caches; apply.apply_step() changes the
-sequences (prefill progress, tokens, stop conditions, finishing) and posts what their callers get.
+scheduler.plan_step() decides the rows and changes no sequence (nor its drafter) and no tensor;
+runner.execute() copies KV, runs the forward pass and samples, changing only KV caches (and a memo of the
+penalties' token history); apply.apply_step() changes the sequences (prefill progress, tokens, stop
+conditions, speculative drafters, finishing) and posts what their callers get.
 """
 
 from __future__ import annotations
