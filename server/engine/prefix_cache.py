@@ -76,7 +76,7 @@ class PrefixCache:
 
     def lookup(self, token_ids: Sequence[int], hashes: Sequence[bytes], start: int, limit: int) -> int:
         """How many positions from `start` (a block boundary) on are cached, reading at most up to
-        `limit`; touches the blocks it finds."""
+        `limit`. Read-only: planning calls it, and copy_into marks the blocks used."""
         if not self.enabled or start % BLOCK_TOKENS:
             return start
         found: list[bytes] = []
@@ -85,22 +85,24 @@ class PrefixCache:
             if block is None or block.tokens != tuple(token_ids[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS]):
                 break
             found.append(hashes[i])
-        # Deepest first, so a prefix's first blocks are the most recent: eviction takes leaves first.
-        for h in reversed(found):
-            self._blocks.move_to_end(h)
         return start + len(found) * BLOCK_TOKENS
 
     def copy_into(self, cache: SequenceKVCache, hashes: Sequence[bytes], start: int, end: int) -> None:
-        """Write cached blocks for positions [start, end) (found by lookup) into `cache`."""
+        """Write cached blocks for positions [start, end) (found by lookup) into `cache`, and mark them used.
+        A step runs its copies before its stores, so no block found while planning is evicted before this."""
         if end <= start:
             return
         cache.reserve(end)
-        for i in range(start // BLOCK_TOKENS, end // BLOCK_TOKENS):
+        used = range(start // BLOCK_TOKENS, end // BLOCK_TOKENS)
+        for i in used:
             block = self._blocks[hashes[i]]
             lo = i * BLOCK_TOKENS
             cache.keys[:, :, lo : lo + BLOCK_TOKENS] = block.keys
             cache.values[:, :, lo : lo + BLOCK_TOKENS] = block.values
         cache.length = max(cache.length, end)
+        # Deepest first, so a prefix's first blocks are the most recent: eviction takes leaves first.
+        for i in reversed(used):
+            self._blocks.move_to_end(hashes[i])
 
     def store(self, token_ids: Sequence[int], hashes: Sequence[bytes], cache: SequenceKVCache, end: int) -> None:
         """Keep the whole blocks of positions [0, end) that `cache` holds and the cache lacks."""

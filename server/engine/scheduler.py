@@ -127,8 +127,8 @@ def plan_step(
 ) -> StepPlan:
     """This step's plan: cancelled sequences finish, one row per decoding sequence (and its draft),
     then fixed prefill chunks within budget. Changes no sequence, no drafter and no tensor
-    (apply.apply_step changes the sequences, their drafters included); the prefix cache's lookup only
-    marks the blocks it finds as recently used."""
+    (apply.apply_step changes the sequences, their drafters included), and nothing in the prefix cache
+    (its lookup only reads; the runner's copy marks the blocks used)."""
     live = [s for s in running if not s.finished]
     plan = PlanBuilder(cancelled=[s for s in live if s.cancelled])  # `cancelled` is set by other threads
     tokens_left = _plan_decodes(plan, [s for s in live if plan.is_live(s) and s.prefill_done], budget)
