@@ -1,45 +1,58 @@
-"""Engine fixtures: the real default model, loaded once per session; the devices the determinism tests run on."""
+"""Engine fixtures: the real default model, loaded once per session; the devices the determinism tests run on
+(tests/engine/device_cases.py), whose cuda cases take a tiny random-weight model built at test time."""
+
+import functools
 
 import pytest
-import torch
+from device_cases import DEVICES, case_device, save_tiny_llama
 
 from seedstream.server.engine import EngineConfig, load_engine
 from seedstream.server.engine.loader import load_weights
 
-# The determinism tests run once per device. "cuda" is skipped at collection, at no cost, where torch sees no
-# CUDA device (a CPU torch build, or no GPU); scripts/cuda_check.sh runs just these cases on a GPU machine.
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(
-                not torch.cuda.is_available(),
-                reason="no CUDA device (torch.cuda.is_available() is False); scripts/cuda_check.sh "
-                "runs these on a GPU machine",
-            ),
-        ],
-    ),
-]
+# scripts/cuda_check.sh runs just the cuda cases (-k cuda), on a GPU machine or, as a dry run, on the CPU.
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """The device a determinism test runs on: "cpu", and "cuda" where one is present."""
+    """The case a determinism test runs: "cpu" (the default model on the CPU) or "cuda" (the tiny model on
+    device_cases.CUDA_CASE_DEVICE). engine_factory(device=...) and case_model() map it to model and device."""
     return request.param
 
 
 @pytest.fixture(scope="session")
-def weights():
-    return load_weights(None, progress=lambda msg: None)
+def default_weights():
+    """A function giving the default model's weights, loaded at its first call (cuda cases never load them)."""
+    return functools.cache(lambda: load_weights(None, progress=lambda msg: None))
 
 
 @pytest.fixture(scope="session")
-def engine_factory():
-    """Build engines on the default model; each test starts and stops its own."""
+def weights(default_weights):
+    return default_weights()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A function giving device_cases.TINY_LLAMA's model folder, saved at its first call (cpu-only runs
+    never build it)."""
+    return functools.cache(lambda: save_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def case_weights(default_weights, tiny_model_dir):
+    """case -> the weights its tests run on: the default model's for "cpu", the tiny model's for "cuda"."""
+    tiny = functools.cache(lambda: load_weights(str(tiny_model_dir()), progress=lambda msg: None))
+    return lambda case: tiny() if case == "cuda" else default_weights()
+
+
+@pytest.fixture(scope="session")
+def engine_factory(tiny_model_dir):
+    """Build engines on the default model; each test starts and stops its own. device="cuda" builds the
+    cuda case instead: the tiny model on the torch path of device_cases.CUDA_CASE_DEVICE."""
 
     def make(**overrides):
+        if overrides.get("device") == "cuda":
+            tiny = {"model": str(tiny_model_dir()), "backend": "torch"}
+            overrides = {**tiny, **overrides, "device": case_device("cuda")}
         return load_engine(EngineConfig(**overrides), progress=lambda msg: None)
 
     return make

@@ -1,12 +1,23 @@
-"""Engine behaviour on the real default model: determinism under load, stopping, cancellation, admission."""
+"""Engine behaviour on the real default model (the cuda cases: device_cases.TINY_LLAMA): determinism under load,
+stopping, cancellation, admission."""
 
 import asyncio
 import random
 
 import pytest
+import torch
+from device_cases import case_device, skip_without_cuda
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import FinishReason, GenerationRequest, Overloaded, ParamError
+from seedstream.server.engine import (
+    EngineConfig,
+    FinishReason,
+    GenerationRequest,
+    Overloaded,
+    ParamError,
+    load_engine,
+)
+from seedstream.server.engine.loader import default_model_path
 
 run = asyncio.run
 
@@ -54,7 +65,7 @@ def _background(engine, rng, count):
     requests = []
     for _ in range(count):
         length = rng.choice([1, 3, 17, 90, 260, 300])
-        prompt = tuple(rng.randrange(200, 40000) for _ in range(length))
+        prompt = tuple(rng.randrange(200, min(40000, engine.info.vocab_size)) for _ in range(length))
         params = SamplingParams(
             temperature=rng.choice([0.0, 0.5, 1.0]),
             top_k=rng.choice([0, 10]),
@@ -92,7 +103,30 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(
     engine = engine_factory(
         dtype=dtype, kv_cache_dtype=kv_cache_dtype, activations=activations, prefill_chunk=prefill_chunk, device=device
     )
-    assert engine.device.type == device
+    assert engine.device.type == torch.device(case_device(device)).type
+    solo = _assert_same_tokens_alone_and_under_load(engine, background)
+    if dtype == "float32" and kv_cache_dtype == "auto" and activations == "float32":  # the chunk size changes no token
+        assert reference_streams.setdefault((device, dtype), solo) == solo
+
+
+@pytest.mark.slow  # the default model on the torch path (seconds on a GPU; a --device cpu dry run takes minutes)
+@pytest.mark.cuda
+@skip_without_cuda
+def test_default_model_on_cuda_same_tokens_alone_and_under_load():
+    """The optional cuda case on the real default model, where it is installed (the other cuda cases take the
+    tiny model; docs/gpu.md says how to send the default model's two halves to a GPU machine)."""
+    try:
+        default_model_path()
+    except FileNotFoundError as missing:
+        pytest.skip(f"the default model is not installed: {missing}")
+    engine = load_engine(EngineConfig(device=case_device("cuda"), backend="torch"), progress=lambda msg: None)
+    assert engine.device.type == torch.device(case_device("cuda")).type
+    _assert_same_tokens_alone_and_under_load(engine, 16)
+
+
+def _assert_same_tokens_alone_and_under_load(engine, background):
+    """The twelve targets' streams alone, then among `background` others joining and leaving: bit-identical
+    token ids, logprobs and text. Returns the solo streams."""
     rng = random.Random(1234)
 
     async def scenario():
@@ -115,8 +149,7 @@ def test_same_seed_same_tokens_alone_and_under_concurrent_load(
         assert a[2] == b[2]
     assert solo[0][0] == solo[6][0], "same request twice gives the same tokens"
     assert len({tuple(s[0]) for s in solo[1:6]}) == 5
-    if dtype == "float32" and kv_cache_dtype == "auto" and activations == "float32":  # the chunk size changes no token
-        assert reference_streams.setdefault((device, dtype), solo) == solo
+    return solo
 
 
 @pytest.fixture(scope="module")

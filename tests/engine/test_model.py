@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from device_cases import case_device
 
 from seedstream.server.engine.loader import default_model_path
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
@@ -13,16 +14,17 @@ pytestmark = pytest.mark.slow  # full forwards of the torch path per device, and
 
 
 @pytest.fixture(scope="module")
-def models(weights):
-    """The float32 model on a device, built once per module and device."""
+def models(case_weights):
+    """The float32 model of a device case (conftest.device), built once per module and case."""
     built = {}
 
-    def get(device):
-        if device not in built:
-            built[device] = DecoderModel(
-                ModelConfig.from_hf(weights.config), weights.state_dict, torch.device(device), torch.float32
+    def get(case):
+        if case not in built:
+            weights = case_weights(case)
+            built[case] = DecoderModel(
+                ModelConfig.from_hf(weights.config), weights.state_dict, torch.device(case_device(case)), torch.float32
             )
-        return built[device]
+        return built[case]
 
     return get
 
@@ -34,6 +36,11 @@ def model(models):
 
 def _tensor(model, values):
     return torch.tensor(values, device=model.device)
+
+
+def _token_ids(model, rng, count):
+    """`count` random token ids from 100 up to 40000, or the vocabulary's end on a smaller model."""
+    return [rng.randrange(100, min(40000, model.cfg.vocab_size)) for _ in range(count)]
 
 
 def _prefill(model, ids, chunk=None):
@@ -86,7 +93,7 @@ def _prefill_packed(model, prompts):
 def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, device):
     model = models(device)
     rng = random.Random(0)
-    target_prompt = [rng.randrange(100, 40000) for _ in range(37)]
+    target_prompt = _token_ids(model, rng, 37)
     _, target = _prefill(model, target_prompt)
     solo_cache = model.new_cache()
     solo_cache.copy_from(target)
@@ -94,9 +101,7 @@ def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, de
         0
     ]
     lengths = [rng.randrange(1, 80) for _ in range(63)]
-    company = list(
-        zip(_prefill_packed(model, [[rng.randrange(100, 40000) for _ in range(n)] for n in lengths]), lengths)
-    )
+    company = list(zip(_prefill_packed(model, [_token_ids(model, rng, n) for n in lengths]), lengths))
     for batch_size, position in [(2, 0), (5, 4), (17, 8), (64, 63), (64, 0)]:
         cache = model.new_cache()
         cache.copy_from(target)
@@ -115,7 +120,7 @@ def test_decode_logits_are_bit_identical_alone_and_packed_with_others(models, de
 def test_prefill_chunk_is_bit_identical_beside_decode_rows(models, device):
     model = models(device)
     rng = random.Random(1)
-    prompt = [rng.randrange(100, 40000) for _ in range(300)]
+    prompt = _token_ids(model, rng, 300)
     alone, _ = _prefill(model, prompt, chunk=256)
     cache = model.new_cache()
     _prefill_first = model.forward(
@@ -123,7 +128,7 @@ def test_prefill_chunk_is_bit_identical_beside_decode_rows(models, device):
     )
     others = []
     for _ in range(9):
-        _, c = _prefill(model, [rng.randrange(100, 40000) for _ in range(20)])
+        _, c = _prefill(model, _token_ids(model, rng, 20))
         others.append(Segment(c, 20, 1))
     tail = prompt[256:]
     segments = others[:4] + [Segment(cache, 256, len(tail))] + others[4:]

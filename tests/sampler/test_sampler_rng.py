@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from device_cases import CUDA_CASE_DEVICE, skip_without_cuda
 from scipy import stats
 
 from seedstream.sampler import SamplingParams, sample
@@ -40,12 +41,14 @@ def test_small_batches_hashed_in_python_match_the_torch_hash():
         assert torch.equal(uniforms_for(seeds[part], idx[part], steps[part], "cpu"), want[part])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
+@skip_without_cuda  # or a dry run on CUDA_CASE_DEVICE=cpu (scripts/cuda_check.sh --device cpu)
 def test_cuda_gives_the_same_bits():
     rng = random.Random(8)
     seeds = [rng.randrange(2**64) for _ in range(500)]
     idx, steps = [rng.randrange(8) for _ in seeds], [rng.randrange(4096) for _ in seeds]
-    assert torch.equal(_torch_uniforms(seeds, idx, steps, "cuda"), _torch_uniforms(seeds, idx, steps))
+    on_device = _torch_uniforms(seeds, idx, steps, CUDA_CASE_DEVICE)
+    assert torch.equal(on_device, _torch_uniforms(seeds, idx, steps))
 
 
 def test_uniform_and_keyed():
