@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from arch_models import build_hf_model, prompt, served_inputs
+from device_cases import case_device
 from torch.overrides import TorchFunctionMode
 
 from seedstream.server.engine import fixed_shapes
@@ -27,7 +28,7 @@ def _model(variant: str, shapes: str, device: str) -> DecoderModel:
     if variant not in _inputs:
         _inputs[variant] = served_inputs(build_hf_model(variant))
     cfg, state = _inputs[variant]
-    return DecoderModel(cfg, state, torch.device(device), torch.float32, shapes=shapes)
+    return DecoderModel(cfg, state, torch.device(case_device(device)), torch.float32, shapes=shapes)
 
 
 def _step(model: DecoderModel, segments: list[Segment], tokens: list[int]) -> torch.Tensor:
