@@ -33,6 +33,7 @@
 //   32-bit shift and a byte mask put them at bit 4 of the nibble's byte. The scales before the quants stay.
 #include <cfloat>
 #include <cmath>
+#include <type_traits>
 
 #include "internal.h"
 #include "simd_i8.h"
@@ -301,6 +302,8 @@ static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, fl
                       scaled_sum + (size_t)i * nb, half_sum ? half_sum + 2 * (size_t)i * nb : nullptr);
   });
   const I8Rows in{a, s, a_sum, scaled_sum, half_sum, k, nb};
+  // Formats with high bits expand them once per group of rows: on AVX2 take 4 rows at a time.
+  constexpr int MRX = I8_MR_MAX == 2 && !std::is_void_v<typename I8BlkOf<FMT>::type> && FMT != SSK_Q4_0 ? 4 : I8_MR_MAX;
   for_tiles(pool, w, m, y, ldy, [&](int64_t tile, int64_t left) {
     const uint8_t* tdata = w.data + (size_t)tile * tbytes;
     const int n0 = (int)tile * SSK_NR;
@@ -312,9 +315,9 @@ static void gemm_int8(Pool& pool, const ssk_matrix& w, int m, const float* x, fl
       tile_i8<FMT, 2, 2>(tdata, tbytes, in, 0, y + n0, ldy);
       return 2;
     }
-    for (int m0 = 0; m0 < m; m0 += I8_MR_MAX) {
-      const int rows = m - m0 < I8_MR_MAX ? m - m0 : I8_MR_MAX;
-      rows_i8<FMT, I8_MR_MAX>(tdata, tbytes, in, m0, rows, y + (size_t)m0 * ldy + n0, ldy);
+    for (int m0 = 0; m0 < m; m0 += MRX) {
+      const int rows = m - m0 < MRX ? m - m0 : MRX;
+      rows_i8<FMT, MRX>(tdata, tbytes, in, m0, rows, y + (size_t)m0 * ldy + n0, ldy);
     }
     return 1;
   });
