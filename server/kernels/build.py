@@ -30,14 +30,28 @@ SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = (
     "attention_f32.cpp",
     "attention_bf16.cpp",
-    "gemm.cpp",
+    "gemm_k4.cpp",
+    "gemm_q32.cpp",
+    "gemm_k2.cpp",
     "forward.cpp",
+    "gemm_plain.cpp",
     "gemm_i8.cpp",
+    "gemm.cpp",
     "ops.cpp",
     "attention.cpp",
     "layout.cpp",
 )
-HEADERS = ("ssk.h", "internal.h", "simd.h", "simd_i8.h", "pool.h", "gemm_blocks.h", "attention_kernels.h")
+HEADERS = (
+    "ssk.h",
+    "internal.h",
+    "simd.h",
+    "simd_i8.h",
+    "pool.h",
+    "gemm_formats.h",
+    "gemm_blocks.h",
+    "gemm_tiles.h",
+    "attention_kernels.h",
+)
 # Bump when the arithmetic of any kernel changes (it is part of engine_version). The instruction set
 # is not: every build gives the same bits (tests/kernels/test_gemm.py, tests/engine/test_kernel_model.py).
 KERNEL_VERSION = "2"

@@ -1,5 +1,6 @@
 // GEMM kernels of the GGUF block formats beyond q8_0/q4_1 (Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and
-// of 16-bit float weights (F16, BF16), float32 activations. Included by gemm.cpp only (it uses its lane helpers).
+// of 16-bit float weights (F16, BF16), float32 activations, and the lane helpers of every GEMM kernel. Included by
+// gemm_tiles.h.
 //
 // Every block format is one scheme: a tile block holds S values (32, or a 256-value K super-block) of 16
 // output columns; its integer quants q (2 to 6 bits) are cut into sub-blocks of L values (32; 16 for Q2_K,
@@ -26,25 +27,42 @@
 #pragma once
 #include <type_traits>
 
-template <int S_, int L_, int LO_, int H_, int OFF_, bool MIN_, bool K_>
-struct BlockFmt {
-  static constexpr int S = S_, L = L_, LO = LO_, H = H_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
-  static constexpr bool HAS_MIN = MIN_, KTYPE = K_;
-  static constexpr int SC = 32 + (MIN_ ? 32 : 0);                            // byte offset of sc
-  static constexpr int MN = SC + (K_ ? NSUB * 16 : 0);                       // byte offset of mn
-  static constexpr int QS = MN + (K_ && MIN_ ? NSUB * 16 : 0);              // byte offset of the quants
-  static constexpr int HI = 64 * LO_;                                        // the high bits, in a chunk
-  static constexpr int CHUNK = 64 * (LO_ + H_);                              // bytes per 32 values
-  static constexpr int BLOCK = QS + CHUNKS * CHUNK;
-};
-using FmtQ4_0 = BlockFmt<32, 32, 4, 0, 8, false, false>;
-using FmtQ5_0 = BlockFmt<32, 32, 4, 1, 16, false, false>;
-using FmtQ5_1 = BlockFmt<32, 32, 4, 1, 0, true, false>;
-using FmtQ2_K = BlockFmt<256, 16, 2, 0, 0, true, true>;
-using FmtQ3_K = BlockFmt<256, 16, 2, 1, 4, false, true>;
-using FmtQ4_K = BlockFmt<256, 32, 4, 0, 0, true, true>;
-using FmtQ5_K = BlockFmt<256, 32, 4, 1, 0, true, true>;
-using FmtQ6_K = BlockFmt<256, 16, 4, 2, 32, false, true>;
+#include "gemm_formats.h"
+
+// 16 packed quants (one per output column) as floats: exact conversions, so the same on every build.
+#if defined(SSK_AVX512)
+static inline V16 q8_lanes(const uint8_t* p) {
+  return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)))};
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) {
+  const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+  if (shift) idx = _mm512_srli_epi32(idx, 4);
+  return {_mm512_permutexvar_ps(idx, table)};  // uses the low 4 bits of each index
+}
+#elif defined(SSK_AVX2)
+static inline __m256 q8_8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+static inline V16 q8_lanes(const uint8_t* p) { return {q8_8(p), q8_8(p + 8)}; }
+static inline __m256 q4_8(const uint8_t* p, int shift) {
+  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p));
+  v = shift ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0F));
+  return _mm256_cvtepi32_ps(v);
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) { return {q4_8(p, shift), q4_8(p + 8, shift)}; }
+#else
+static inline V16 q8_lanes(const uint8_t* p) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) r.v[l] = (float)(int8_t)p[l];
+  return r;
+}
+static inline V16 q4_lanes(const uint8_t* p, int shift) {
+  V16 r;
+  for (int l = 0; l < 16; ++l) r.v[l] = (float)(shift ? p[l] >> 4 : p[l] & 0x0F);
+  return r;
+}
+#endif
 
 // Where value j of a chunk sits (the layout above): row and shift of its low bits, row and shift of its high.
 template <class F>
