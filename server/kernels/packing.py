@@ -179,7 +179,7 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
 _BLOCK_LAYOUT = {
     "q8_0": (Q8_0_QS, Q8_0_TILE_BLOCK - Q8_0_QS),
     "q4_1": (Q4_1_QS, Q4_1_TILE_BLOCK - Q4_1_QS),
-    "q4_0": (32, 256),  # csrc/gemm_blocks.h FmtQ4_0: float16 d[16], then q4_1's nibbles
+    "q4_0": (32, 256),  # csrc/gemm_formats.h FmtQ4_0 (layout: gemm_blocks.h): float16 d[16], then q4_1's nibbles
 }
 # Block formats of 4 low bits and high bits whose int8 layout adds the high bits' regrouping
 _HIGH_BIT_FORMATS = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
