@@ -8,9 +8,11 @@ scripts/write_gguf.py into a temporary folder, then turned into each type by lla
 Both servers run on one loopback port each, 2 threads, and get the same requests from one OpenAI client
 (bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
 `--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
-(best of `--repeats`). Idle RSS is read from /proc after the server is ready and before any request; time to
+(best of `--repeats`). RSS is read from /proc after the server is ready and before any request (idle), and after
+the requests (after: a warm seedstream maps its packed weights and pages them in as they are first read); time to
 SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
-cold start, with an empty cache).
+cold start, with an empty cache: kernels compiled and blocks packed, then a warm start on that cache, which
+serves the requests and whose idle RSS is reported).
 
     python bench/bench_formats.py --llama-bin /work/llamacpp-build/llama.cpp/build/bin
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,8 +126,11 @@ def _alone(work: Path, kind: str) -> Path:
 # ---------------------------------------------------------------- the servers
 
 
-def start_seedstream(args, path: Path, http_port: int, grpc_port: int, cache: Path) -> subprocess.Popen:
+def start_seedstream(
+    args, path: Path, http_port: int, grpc_port: int, cache: Path, activations: str = "float32"
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "seedstream.server", "--model", str(path), "--host", "127.0.0.1"]
+    cmd += ["--activations", activations]
     cmd += ["--port", str(grpc_port), "--http-port", str(http_port), "--threads", str(args.threads)]
     cmd += ["--log-level", "WARNING"]
     log = tempfile.TemporaryFile(mode="w+")
@@ -153,22 +159,47 @@ def run_llama(args, path: Path, prompts) -> dict:
         wait_llama_ready(server, port)
         ready = time.perf_counter() - started
         idle = rss_mib(server.pid)
-        return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{port}/v1", prompts))
+        tok_s = measure(args, f"http://127.0.0.1:{port}/v1", prompts)
+        return dict(ready_s=ready, rss=idle, rss_after=rss_mib(server.pid), tok_s=tok_s)
     finally:
         stop_server(server)
 
 
 def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
+    """A cold start (the cache emptied first: kernels compiled, blocks packed), stopped once SERVING; then a warm
+    start on that cache per --activations value, whose idle RSS, tok/s and RSS after the requests are reported."""
+    shutil.rmtree(cache, ignore_errors=True)
+    cold_s, _, server, _ = _start_seedstream_ready(args, path, cache, args.activations[0])
+    stop_server(server)
+    out: dict = {"ready_s": cold_s, "by_activations": {}, "skipped": {}}
+    for activations in args.activations:
+        try:
+            warm_s, idle, server, http = _start_seedstream_ready(args, path, cache, activations)
+        except Exception as exc:  # e.g. a format int8 activations refuse: the other values still count
+            out["skipped"][activations] = f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            tok_s = measure(args, f"http://127.0.0.1:{http}/v1", prompts)
+            run = dict(warm_s=warm_s, rss=idle, rss_after=rss_mib(server.pid), tok_s=tok_s)
+            out["by_activations"][activations] = run
+        finally:
+            stop_server(server)
+    return out
+
+
+def _start_seedstream_ready(
+    args, path: Path, cache: Path, activations: str
+) -> tuple[float, float, subprocess.Popen, int]:
+    """(seconds to SERVING, idle RSS MiB, the server, its HTTP port)."""
     http, grpc_port = free_port(), free_port()
     started = time.perf_counter()
-    server = start_seedstream(args, path, http, grpc_port, cache)
+    server = start_seedstream(args, path, http, grpc_port, cache, activations)
     try:
         asyncio.run(wait_serving(server, f"127.0.0.1:{grpc_port}", timeout=1800))
-        ready = time.perf_counter() - started
-        idle = rss_mib(server.pid)
-        return dict(ready_s=ready, rss=idle, tok_s=measure(args, f"http://127.0.0.1:{http}/v1", prompts))
-    finally:
+    except BaseException:
         stop_server(server)
+        raise
+    return time.perf_counter() - started, rss_mib(server.pid), server, http
 
 
 # ---------------------------------------------------------------- report
@@ -182,20 +213,25 @@ def print_report(args, files: dict[str, Path], results: dict, llama_version: str
         f"{args.new_tokens} new tokens per stream, temperature 0, best of {args.repeats}; llama.cpp: {llama_version}\n"
     )
     print(
-        "| type | file MB | streams | llama.cpp tok/s | seedstream tok/s | ratio | llama.cpp idle RSS MB "
-        "| seedstream idle RSS MB | RSS bound (file + 300) | llama.cpp ready s | seedstream SERVING s |"
+        "| type | file MB | streams | seedstream activations | llama.cpp tok/s | seedstream tok/s | ratio "
+        "| llama.cpp RSS MB idle / after | seedstream RSS MB idle / after | RSS bound (file + 300) "
+        "| llama.cpp ready s | seedstream SERVING s cold / warm |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, path in files.items():
         size = path.stat().st_size / 2**20
-        lc, ss = results[kind].get("llama.cpp"), results[kind].get("seedstream")
-        for n in args.streams:
-            a = lc["tok_s"][n] if lc else None
-            b = ss["tok_s"][n] if ss else None
-            print(
-                f"| {kind} | {size:.0f} | {n} | {_f(a)} | {_f(b)} | {_ratio(b, a)} | {_f(lc and lc['rss'], 0)} "
-                f"| {_f(ss and ss['rss'], 0)} | {size + 300:.0f} | {_f(lc and lc['ready_s'])} | {_f(ss and ss['ready_s'])} |"
-            )
+        lc, ss = results[kind].get("llama.cpp"), results[kind].get("seedstream") or {}
+        for activations, run in (ss.get("by_activations") or {"—": None}).items():
+            for n in args.streams:
+                a = lc["tok_s"][n] if lc else None
+                b = run["tok_s"][n] if run else None
+                print(
+                    f"| {kind} | {size:.0f} | {n} | {activations} | {_f(a)} | {_f(b)} | {_ratio(b, a)} "
+                    f"| {_pair(lc, 'rss', 'rss_after')} | {_pair(run, 'rss', 'rss_after')} | {size + 300:.0f} "
+                    f"| {_f(lc and lc['ready_s'])} | {_f(ss.get('ready_s'))} / {_f(run and run['warm_s'])} |"
+                )
+        for activations, why in ss.get("skipped", {}).items():
+            print(f"skipped {kind} seedstream --activations {activations}: {why}")
     for kind in files:
         for system, why in results[kind].get("skipped", {}).items():
             print(f"skipped {kind} {system}: {why}")
@@ -203,6 +239,10 @@ def print_report(args, files: dict[str, Path], results: dict, llama_version: str
 
 def _f(value, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _pair(run: dict | None, first: str, second: str) -> str:
+    return "—" if run is None else f"{run[first]:.0f} / {run[second]:.0f}"
 
 
 def _ratio(a, b) -> str:
@@ -222,6 +262,9 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--activations", default="float32", help="seedstream --activations values, comma-separated (e.g. float32,int8)"
+    )
     ap.add_argument("--writer", action="store_true", help="write every type with write_gguf.py, not llama-quantize")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the files here (default: a temporary folder)")
     args = ap.parse_args()
@@ -229,6 +272,7 @@ def parse_args():
         ap.error("--llama-bin (or LLAMA_CPP_BIN) is required: a folder with llama-server and llama-quantize")
     args.types = args.types.split(",")
     args.streams = [int(s) for s in args.streams.split(",")]
+    args.activations = args.activations.split(",")
     return args
 
 
