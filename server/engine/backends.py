@@ -120,15 +120,17 @@ _packed_in_process: dict[str, Packed] = {}  # read-only, shared by engines
 def _kernel_model(
     weights: LoadedWeights, config: EngineConfig, cfg: ModelConfig, kernels: Kernels, kv: torch.dtype
 ) -> KernelModel:
-    packed, fmt, norms = packed_weights(weights, cfg, config.weights)
+    # int8 activations regroup the blocks into new memory (packing.for_int8_activations): the float layout is
+    # not kept in the memo, so its mapped pages, read once to regroup, are unmapped with it.
+    packed, fmt, norms = packed_weights(weights, cfg, config.weights, memo=config.activations == "float32")
     return KernelModel(cfg, norms, packed, fmt, kernels, kv, config.activations)
 
 
-def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> Packed:
+def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str, memo: bool = True) -> Packed:
     """Everything the kernel model reads: the matrices packed (biases included), their resolved format and
     the norm vectors. From this process's memo, else the disk cache (a warm start reads nothing else; checked
     against its manifest), else packed now (from the stored blocks the packer keeps, else dequantised one
-    matrix at a time)."""
+    matrix at a time). `memo`: keep the result for the next engine of this process."""
     # what is packed follows the source's reading (CACHE_FORMAT) and the config too
     key = f"packed-v{PACK_LAYOUT}.{CACHE_FORMAT}-{weights.model_identity[:32]}-{requested}"
     if key in _packed_in_process:
@@ -160,7 +162,8 @@ def packed_weights(weights: LoadedWeights, cfg: ModelConfig, requested: str) -> 
         return model_bytes(weights.source_path) * (8 if requested == "f32" else 2)
 
     result = cachefs.ensure(cache_root() / key, build, load, needed)
-    _packed_in_process[key] = result
+    if memo:
+        _packed_in_process[key] = result
     return result
 
 

@@ -195,6 +195,8 @@ def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
         m = dataclasses.replace(m, next=for_int8_activations(m.next))
     if m.activations == "int8":
         return m
+    if m.bias is not None:  # its own copy: a view would keep the whole float layout's mapping alive
+        m = dataclasses.replace(m, bias=m.bias.clone())
     if m.format in _HIGH_BIT_FORMATS:
         return dataclasses.replace(m, data=torch.from_numpy(_int8_high_bit_blocks(m)), activations="int8")
     head, quants = _BLOCK_LAYOUT[m.format]

@@ -2,6 +2,8 @@
 against the int8 scheme's float64 reference on gguf's own dequantised values, a row's bits independent of the
 row count, position, threads and build, the embedding lookup unchanged, and a tiny model of each type."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,17 @@ def test_a_q4_k_m_file_is_served_with_int8_activations_and_a_q2_k_file_is_refuse
         load_engine(
             EngineConfig(model=str(files["q2_k"]), backend="kernels", activations="int8"), progress=lambda m: None
         )
+
+
+@pytest.mark.parametrize("fmt", ("q4_1", "q4_k"))
+def test_the_int8_layout_shares_no_memory_with_the_float_layout(fmt):
+    """The float layout is mapped from the cache and read once to regroup: nothing of the int8 matrix may point
+    into it (a bias view would keep the whole mapping, every page read, alive beside the copy)."""
+    rows, _ = stored(fmt, 32, 256, seed=8)
+    bias = torch.arange(32, dtype=torch.float32)
+    plain = dataclasses.replace(packing.pack_stored(fmt, rows), bias=bias)
+    regrouped = packing.for_int8_activations(plain)
+    assert torch.equal(regrouped.bias, bias)
+    plain_storages = {plain.data.untyped_storage().data_ptr(), bias.untyped_storage().data_ptr()}
+    for tensor in (regrouped.data, regrouped.bias):
+        assert tensor.untyped_storage().data_ptr() not in plain_storages
