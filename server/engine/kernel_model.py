@@ -152,13 +152,13 @@ _rope_cache: dict[RopeSpec, tuple[torch.Tensor, torch.Tensor]] = {}  # the longe
 def rope_tables(spec: RopeSpec, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [rows, rotary_dim] float32 of arch.rope_tables (the same on every CPU). Read-only: models
     share them (the first rows of a longer table, or a longer table built from a shorter one's rows)."""
-    cos, sin = _rope_cache.get(spec, (torch.empty(0), torch.empty(0)))
-    if cos.shape[0] < rows:
-        more_cos, more_sin = arch.rope_tables(spec, rows, start=cos.shape[0])
-        cos = torch.cat([cos.reshape(-1, more_cos.shape[1]), torch.from_numpy(more_cos)])
-        sin = torch.cat([sin.reshape(-1, more_sin.shape[1]), torch.from_numpy(more_sin)])
-        _rope_cache[spec] = cos, sin
-    return cos[:rows], sin[:rows]
+    have = _rope_cache.get(spec)
+    if have is None or have[0].shape[0] < rows:
+        start = 0 if have is None else have[0].shape[0]
+        more = [torch.from_numpy(t) for t in arch.rope_tables(spec, rows, start=start)]
+        have = (more[0], more[1]) if have is None else (torch.cat([have[0], more[0]]), torch.cat([have[1], more[1]]))
+        _rope_cache[spec] = have
+    return have[0][:rows], have[1][:rows]
 
 
 def pack_model_weights(
@@ -364,9 +364,11 @@ class KernelModel:
         logits: torch.Tensor,
     ) -> tuple[StepDesc, list[object]]:
         """The C description of one step, and the buffers it points at (keep them alive for the call)."""
+        end = 0  # the positions this step reaches
         for seg in segments:
             seg.cache.reserve(seg.start + seg.length)
-        self._reach(max((seg.start + seg.length for seg in segments), default=0))
+            end = max(end, seg.start + seg.length)
+        self._reach(end)
         # int32 arrays through the array module: a few microseconds each, where torch conversions cost
         # tens (a one-stream step builds this every token)
         tok = array.array("i", token_ids.tolist())
