@@ -47,12 +47,14 @@ def case_weights(default_weights, tiny_model_dir):
 @pytest.fixture(scope="session")
 def engine_factory(tiny_model_dir):
     """Build engines on the default model; each test starts and stops its own. device="cuda" builds the
-    cuda case instead: the tiny model on the torch path of device_cases.CUDA_CASE_DEVICE."""
+    cuda case instead: the tiny model on the torch path of device_cases.CUDA_CASE_DEVICE. tiny=True takes the
+    tiny model on the torch path of the device asked for."""
 
-    def make(**overrides):
+    def make(tiny=False, **overrides):
+        if tiny or overrides.get("device") == "cuda":
+            overrides = {"model": str(tiny_model_dir()), "backend": "torch", **overrides}
         if overrides.get("device") == "cuda":
-            tiny = {"model": str(tiny_model_dir()), "backend": "torch"}
-            overrides = {**tiny, **overrides, "device": case_device("cuda")}
+            overrides["device"] = case_device("cuda")
         return load_engine(EngineConfig(**overrides), progress=lambda msg: None)
 
     return make
