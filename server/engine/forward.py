@@ -30,6 +30,11 @@ class ForwardModel(Protocol):
 
     def new_cache(self) -> SequenceKVCache: ...
 
+    def release_scratch(self) -> None:
+        """Free what the steps so far keep for the next one (called when no sequence is running); the logits of
+        later steps are the same bits."""
+        ...
+
     def forward(
         self, token_ids: torch.Tensor, positions: torch.Tensor, segments: Sequence[Segment], logit_rows: torch.Tensor
     ) -> torch.Tensor:

@@ -57,5 +57,12 @@ class SequenceKVCache:
         self.keys, self.values = other.keys.clone(), other.values.clone()
         self.length = other.length
 
+    def release(self) -> None:
+        """Drop every position (the sequence has ended): its memory goes now, not when the last reference to the
+        sequence does."""
+        self.keys = torch.empty(self.shape, device=self.device, dtype=self.dtype)
+        self.values = torch.empty(self.shape, device=self.device, dtype=self.dtype)
+        self.length = 0
+
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()

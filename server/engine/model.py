@@ -176,6 +176,9 @@ class DecoderModel:
         c = self.cfg
         return SequenceKVCache(c.num_layers, c.num_kv_heads, c.head_dim, self.device, self.kv_dtype)
 
+    def release_scratch(self) -> None:
+        """Nothing to free: the torch path keeps no buffer between steps."""
+
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.rms_norm_eps)

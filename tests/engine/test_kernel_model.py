@@ -8,6 +8,7 @@ from seedstream.server.engine import EngineConfig, arch, kernel_model, load_engi
 from seedstream.server.engine.backends import packed_weights
 from seedstream.server.engine.gguf_tensors import read_gguf
 from seedstream.server.engine.kernel_model import KernelModel
+from seedstream.server.engine.kv_cache import SequenceKVCache
 from seedstream.server.engine.loader import cache_root
 from seedstream.server.engine.model import DecoderModel, ModelConfig, Segment
 from seedstream.server.kernels import available_isas, load_kernels, packing
@@ -252,3 +253,27 @@ def test_rope_tables_built_in_parts_equal_one_build():
     tail_cos, tail_sin = arch.rope_tables(spec, 300, start=100)
     assert np.array_equal(np.concatenate([head_cos, tail_cos]), cos)
     assert np.array_equal(np.concatenate([head_sin, tail_sin]), sin)
+
+
+def test_scratch_released_between_steps_changes_no_bit(weights, cfg):
+    """The engine frees the kernels' scratch when it goes idle: the logits computed after a release (a new
+    context and thread pool, the scratch regrown from nothing) equal those of a model that never released."""
+    kept, released = _model(weights, cfg), _model(weights, cfg)
+    ids = _prompt(weights, 40)
+    want, _ = _run_chunked(kept, ids, 40)
+    _run_chunked(released, ids, 40)  # grows the scratch to 40 rows
+    released.release_scratch()
+    got, _ = _run_chunked(released, ids, 8)  # regrown at 8 rows
+    released.release_scratch()
+    assert torch.equal(got, want)
+    assert torch.equal(_run_chunked(released, ids, 40)[0], want)
+
+
+def test_a_released_kv_cache_holds_nothing():
+    cache = SequenceKVCache(2, 1, 16, torch.device("cpu"), torch.float32)
+    cache.reserve(5)
+    assert cache.capacity == 128 and cache.nbytes() == 2 * 2 * 128 * 16 * 4
+    cache.release()
+    assert (cache.capacity, cache.length, cache.nbytes()) == (0, 0, 0)
+    cache.reserve(3)  # an ended sequence is never stepped again, but a released cache still works
+    assert cache.keys.shape == (2, 1, 128, 16)
