@@ -110,6 +110,14 @@ def tiny_server(eval_loop, tiny_model_dir):
     eval_loop.run(srv.shutdown(5.0))
 
 
+@pytest.fixture(scope="session")
+def lm_eval_tasks():
+    """lm-eval's index of the local tasks, built once for the in-process runs (lm_eval_runs.py)."""
+    from lm_eval_runs import task_index
+
+    return task_index()
+
+
 @pytest.fixture
 def client(server):
     from seedstream.client import Client

@@ -1,70 +1,39 @@
 """The real lm-eval CLI, through `python -m seedstream.client.harness`, against a real server on the
 default model, on the tiny local tasks in tests/eval/tasks (nothing downloaded).
 
-Three runs: concurrency 8 twice, and concurrency 1. Per-sample outputs, metrics and the receipts
-digest must be identical; the recorded seeds and scores must be what the client gives directly.
+Three runs: concurrency 8 twice, and concurrency 1: the first through the CLI, the other two through what
+that CLI calls (lm_eval_runs.run_in_process: the same requests, without rebuilding lm-eval's index of its
+built-in tasks for each). Per-sample outputs, metrics and the receipts digest must be identical; the recorded
+seeds and scores must be what the client gives directly.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lm_eval")
-pytestmark = pytest.mark.slow  # runs the lm-eval CLI several times
+pytestmark = pytest.mark.slow  # an lm-eval CLI run and two in-process runs
+
+from lm_eval_runs import run_cli, run_in_process  # noqa: E402
 
 from seedstream.client.harness import derive_seed  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-TASKS = "tests/eval/tasks"  # relative to ROOT, as the task YAMLs' data_files are
 BASE_SEED = 1234
 
 
-def run_lm_eval(target: str, out: Path, concurrency: int) -> tuple[dict, dict[str, list[dict]]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "seedstream.client.harness",
-        "--model",
-        "seedstream",
-        "--model_args",
-        f"target={target},concurrency={concurrency},seed={BASE_SEED},score_batch=4",
-        "--tasks",
-        "seedstream_tiny",
-        "--include_path",
-        TASKS,
-        "--log_samples",
-        "--output_path",
-        str(out),
-    ]
-    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"lm-eval failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    (results_file,) = out.rglob("results_*.json")
-    results = json.loads(results_file.read_text())
-    samples = {}
-    for path in out.rglob("samples_*.jsonl"):
-        task = re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", path.name).group(1)
-        samples[task] = sorted(
-            (json.loads(line) for line in path.read_text().splitlines()), key=lambda s: (s["doc_id"], s["filter"])
-        )
-    return results, samples
+def model_args(target: str, concurrency: int) -> str:
+    return f"target={target},concurrency={concurrency},seed={BASE_SEED},score_batch=4"
 
 
 @pytest.fixture(scope="module")
-def runs(server, tmp_path_factory):
+def runs(server, tmp_path_factory, lm_eval_tasks):
     out = tmp_path_factory.mktemp("lm-eval")
     return {
-        "a8": run_lm_eval(server.address, out / "a8", 8),
-        "b8": run_lm_eval(server.address, out / "b8", 8),
-        "c1": run_lm_eval(server.address, out / "c1", 1),
+        "a8": run_cli(out / "a8", model_args(server.address, 8), "seedstream_tiny"),
+        "b8": run_in_process(out / "b8", model_args(server.address, 8), ["seedstream_tiny"], lm_eval_tasks),
+        "c1": run_in_process(out / "c1", model_args(server.address, 1), ["seedstream_tiny"], lm_eval_tasks),
     }
 
 

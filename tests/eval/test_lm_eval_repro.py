@@ -15,8 +15,6 @@ concurrency 8 also sends 16 pairs per Score call, which the server scores as one
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,93 +24,41 @@ import pytest
 pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow  # an lm-eval CLI run (about 20 s here), three in-process runs, verify
 
+from lm_eval_runs import ENV, run_cli, run_in_process  # noqa: E402
+
 from seedstream.client import Client  # noqa: E402
 from seedstream.client import verify as v  # noqa: E402
 from seedstream.client.transcript import hex_logprob, read_records  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # name: (lm-eval --batch_size, backend concurrency, extra model args)
 RUNS = {"b1c1": (1, 1, ""), "b1c8": (1, 8, ""), "b16c1": (16, 1, ""), "b16c8": (16, 8, ",score_batch=16")}
 TASKS = ("seedstream_repro_gen", "seedstream_repro_mc")
 
 
-def lm_eval_command(target: str, transcript: Path, out: Path, batch_size: int, concurrency: int, extra: str):
-    """The documented command, with this run's batch size and concurrency."""
-    model_args = f"target={target},seed=1234,concurrency={concurrency},transcript={transcript}{extra}"
-    flags = f"--tasks seedstream_repro --include_path tests/eval/tasks --log_samples --batch_size {batch_size}"
-    harness = [sys.executable, "-m", "seedstream.client.harness", "--model", "seedstream"]
-    return [*harness, "--model_args", model_args, *flags.split(), "--output_path", str(out)]
+def model_args(target: str, transcript: Path, concurrency: int, extra: str) -> str:
+    """The documented command's model arguments, with this run's concurrency."""
+    return f"target={target},seed=1234,concurrency={concurrency},transcript={transcript}{extra}"
 
 
-def _read_run(folder: Path, transcript: Path) -> dict:
-    (results_file,) = folder.rglob("results_*.json")
-    samples = {}
-    for path in folder.rglob("samples_*.jsonl"):
-        task = re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", path.name).group(1)
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        samples[task] = sorted(rows, key=lambda s: (s["doc_id"], s["filter"]))
+def _run(folder: Path, target: str, batch_size: int, concurrency: int, extra: str, index=None) -> dict:
+    """The documented command itself in a process of its own (index None), or in this process."""
+    folder.mkdir()
+    transcript = folder / "eval.jsonl"
+    args = model_args(target, transcript, concurrency, extra)
+    if index is None:
+        results, samples = run_cli(folder / "results", args, "seedstream_repro", "--batch_size", str(batch_size))
+    else:
+        results, samples = run_in_process(folder / "results", args, ["seedstream_repro"], index, batch_size)
     records = [json.loads(line) for line in transcript.read_text().splitlines()]
-    return {
-        "results": json.loads(results_file.read_text()),
-        "samples": samples,
-        "transcript": transcript,
-        "records": records,
-    }
-
-
-def run_cli(target: str, folder: Path, batch_size: int, concurrency: int, extra: str) -> dict:
-    """The documented command itself, in a process of its own."""
-    folder.mkdir()
-    transcript = folder / "eval.jsonl"
-    cmd = lm_eval_command(target, transcript, folder / "results", batch_size, concurrency, extra)
-    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"lm-eval failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return _read_run(folder, transcript)
-
-
-def run_in_process(target: str, folder: Path, batch_size: int, concurrency: int, extra: str, tasks) -> dict:
-    """What the CLI does with the same arguments (lm_eval/_cli/run.py: simple_evaluate, then the tracker
-    writes results and samples), with a task index built once (the CLI's takes ~20 s to build here)."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
-
-    import seedstream.client.harness  # noqa: F401  (registers the model name)
-
-    folder.mkdir()
-    transcript = folder / "eval.jsonl"
-    tracker = EvaluationTracker(output_path=str(folder / "results"))
-    args = f"target={target},seed=1234,concurrency={concurrency},transcript={transcript}{extra}"
-    results = lm_eval.simple_evaluate(
-        model="seedstream",
-        model_args=args,
-        tasks=["seedstream_repro"],
-        batch_size=batch_size,
-        log_samples=True,
-        evaluation_tracker=tracker,
-        task_manager=tasks,
-    )
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for name in results["configs"]:
-        tracker.save_results_samples(task_name=name, samples=samples[name])
-    return _read_run(folder, transcript)
+    return {"results": results, "samples": samples, "transcript": transcript, "records": records}
 
 
 @pytest.fixture(scope="module")
-def runs(server, tmp_path_factory):
-    from lm_eval.tasks import TaskManager
-
+def runs(server, tmp_path_factory, lm_eval_tasks):
     base = tmp_path_factory.mktemp("lm-eval-repro")
-    out = {"b1c1": run_cli(server.address, base / "b1c1", *RUNS["b1c1"])}
-    old = Path.cwd()
-    os.chdir(ROOT)  # the task YAMLs name their data files relative to the repository root
-    try:
-        tasks = TaskManager(include_path=str(ROOT / "tests/eval/tasks"), include_defaults=False)
-        for name, spec in list(RUNS.items())[1:]:
-            out[name] = run_in_process(server.address, base / name, *spec, tasks)
-    finally:
-        os.chdir(old)
+    out = {"b1c1": _run(base / "b1c1", server.address, *RUNS["b1c1"])}
+    for name, spec in list(RUNS.items())[1:]:
+        out[name] = _run(base / name, server.address, *spec, index=lm_eval_tasks)
     return out
 
 

@@ -11,57 +11,32 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("lm_eval")
-pytestmark = pytest.mark.slow  # runs the lm-eval CLI against the HTTP front
+pytestmark = pytest.mark.slow  # three lm-eval runs against the HTTP front, one through the gRPC backend
 
-ROOT = Path(__file__).resolve().parents[2]
-TASKS = "tests/eval/tasks"  # relative to ROOT, as the task YAMLs' data_files are
+# tests/eval's helper: lm-eval's runs in this process, as its CLI makes them (the CLI itself is run by
+# tests/eval/test_lm_eval.py), without rebuilding lm-eval's index of its built-in tasks for each.
+from lm_eval_runs import run_in_process, task_index  # noqa: E402
+
 # Tasks whose requests both backends send identically: scoring, and the task that fixes its own seed.
 # (seedstream_tiny_gen samples with seeds the seedstream backend derives per request; lm-eval's API
 # models send one fixed seed, so those samples differ by design.)
-SHARED_TASKS = "seedstream_tiny_mc,seedstream_tiny_ppl,seedstream_tiny_gen_seeded"
-LIMIT = "4"  # documents per task: enough to compare, and the runs stay short
+SHARED_TASKS = ["seedstream_tiny_mc", "seedstream_tiny_ppl", "seedstream_tiny_gen_seeded"]
+LIMIT = 4  # documents per task: enough to compare, and the runs stay short
 
 
-def lm_eval(out: Path, *args: str, module: str = "lm_eval") -> tuple[dict, dict[str, list[dict]]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        module,
-        *args,
-        "--include_path",
-        TASKS,
-        "--limit",
-        LIMIT,
-        "--log_samples",
-        "--output_path",
-        str(out),
-    ]
-    env = {
-        **os.environ,
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OPENAI_API_KEY": "unused",
-    }
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"lm-eval failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    (results_file,) = out.rglob("results_*.json")
-    samples = {}
-    for path in out.rglob("samples_*.jsonl"):
-        task = re.match(r"samples_(.+)_\d{4}-\d\d-\d\dT", path.name).group(1)
-        samples[task] = sorted(
-            (json.loads(line) for line in path.read_text().splitlines()), key=lambda s: (s["doc_id"], s["filter"])
-        )
-    return json.loads(results_file.read_text()), samples
+@pytest.fixture(scope="module")
+def tasks():
+    return task_index()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    """lm-eval's API models read an API key; the server ignores it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +54,13 @@ def api_args(url: str, endpoint: str, tokenizer) -> str:
     )
 
 
-def test_local_completions_equals_the_seedstream_backend(server, url, tokenizer_dir, tmp_path):
-    ours, our_samples = lm_eval(
-        tmp_path / "grpc",
-        "--model",
-        "seedstream",
-        "--model_args",
-        f"target={server.address},seed=1234",
-        "--tasks",
-        SHARED_TASKS,
-        module="seedstream.client.harness",
+def test_local_completions_equals_the_seedstream_backend(server, url, tokenizer_dir, tasks, tmp_path):
+    ours, our_samples = run_in_process(
+        tmp_path / "grpc", f"target={server.address},seed=1234", SHARED_TASKS, tasks, limit=LIMIT
     )
-    api, api_samples = lm_eval(
-        tmp_path / "http",
-        "--model",
-        "local-completions",
-        "--model_args",
-        api_args(url, "completions", tokenizer_dir),
-        "--tasks",
-        SHARED_TASKS,
+    api_run = api_args(url, "completions", tokenizer_dir)
+    api, api_samples = run_in_process(
+        tmp_path / "http", api_run, SHARED_TASKS, tasks, model="local-completions", limit=LIMIT
     )
     mc, ppl = "seedstream_tiny_mc", "seedstream_tiny_ppl"
     for metric in ("acc,none", "acc_norm,none"):
@@ -120,24 +83,24 @@ def test_local_completions_equals_the_seedstream_backend(server, url, tokenizer_
         for s, t in zip(api_samples[gen], our_samples[gen])
         if s["filter"] == "first"
     ]
-    assert len(firsts) == int(LIMIT) and all(a == b for a, b in firsts), firsts
+    assert len(firsts) == LIMIT and all(a == b for a, b in firsts), firsts
 
 
-def test_local_chat_completions_equals_grpc_generate(server, url, tmp_path):
+def test_local_chat_completions_equals_grpc_generate(server, url, tasks, tmp_path):
     from seedstream.client import Client
 
-    _, samples = lm_eval(
+    chat = f"base_url={url}/v1/chat/completions,model=seedstream,num_concurrent=1,max_retries=1"
+    _, samples = run_in_process(
         tmp_path / "chat",
-        "--model",
-        "local-chat-completions",
-        "--model_args",
-        f"base_url={url}/v1/chat/completions,model=seedstream,num_concurrent=1,max_retries=1",
-        "--apply_chat_template",
-        "--tasks",
-        "seedstream_tiny_gen_seeded",
+        chat,
+        ["seedstream_tiny_gen_seeded"],
+        tasks,
+        model="local-chat-completions",
+        limit=LIMIT,
+        apply_chat_template=True,
     )
     firsts = [s for s in samples["seedstream_tiny_gen_seeded"] if s["filter"] == "first"]
-    assert len(firsts) == int(LIMIT)
+    assert len(firsts) == LIMIT
     with Client(server.address, timeout=300) as client:
         for s in firsts:
             context = s["arguments"]["gen_args_0"]["arg_0"]  # (the chat as JSON, gen_kwargs)
