@@ -43,6 +43,7 @@ from .validation import ValidRequest, ValidScore, require, validate_generation, 
 log = logging.getLogger("seedstream.engine")
 
 ENGINE_ALGORITHM = "3"  # bump when any change can alter a sequence's logits
+IDLE_RELEASE_S = 0.5  # with no sequence to run for this long, the engine gives back its steps' memory
 
 
 class Engine:
@@ -85,6 +86,7 @@ class Engine:
         self.runner = ModelRunner(self.model, self.device, self.prefix_cache)
         self.draft_tokens = 0  # tokens drafted by speculation so far
         self.accepted_tokens = 0  # of those, the ones the seeded sampler drew too (kept)
+        self.memory_releases = 0  # bursts after which the engine, idle, gave back its steps' memory
         # Called on the engine thread after each step with (seconds, token rows): metrics hook in here.
         self.step_listeners: list[Callable[[float, int], None]] = []
         log.info(
@@ -273,14 +275,20 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        stepped = False  # whether a step ran since the memory was last given back
         while True:
             with self._lock:
                 self._admit()
                 if self._stopping and not self._running and not self._waiting:
                     return
-                if not self._running:
-                    self._lock.wait(timeout=0.5)
-                    continue
+                idle = not self._running
+                woken = self._lock.wait(timeout=IDLE_RELEASE_S) if idle else True
+            if idle:
+                if stepped and not woken:  # nothing to run for IDLE_RELEASE_S: the burst is over
+                    self._release_memory()
+                    stepped = False
+                continue
+            stepped = True
             try:
                 self._step()
             except Exception as exc:  # never take the server down: fail this batch, keep serving
@@ -288,15 +296,14 @@ class Engine:
                 for seq in self._running:
                     seq.fail(EngineError(f"internal engine error: {exc}"))
                 self._running.clear()
-            if not self._running:  # the last sequence just ended: an idle server holds no step's memory
-                self._release_memory()
 
     def _release_memory(self) -> None:
         """Free the model's step scratch and give the heap's free pages back (the finished sequences' KV caches,
-        the steps' logits): after a burst of 8 streams on a 1B model about 110 MB. A few milliseconds, once per
-        burst; the next step allocates again what it uses."""
+        the steps' logits, what the RPC threads freed after the last chunk): after a burst of 8 streams on a 1B
+        model about 110 MB. A few milliseconds, once per burst; the next step allocates again what it uses."""
         self.model.release_scratch()
         _trim_heap()
+        self.memory_releases += 1
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots (scheduler.admit); called with the lock held."""

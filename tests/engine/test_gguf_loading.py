@@ -139,8 +139,8 @@ def test_the_default_models_server_stays_near_the_files_size(tmp_path):
         assert got["disk"] <= 1.2 * size, f"cache {got['disk'] / 1e6:.0f} MB, file {size / 1e6:.0f} MB"
 
 
-# A fresh process serves one request, then a burst of 8 together, and waits for the engine to go idle: RSS after
-# each, and the prefix cache's bytes (the KV the server keeps on purpose).
+# A fresh process serves one request, then a burst of 8 together, each time waiting for the engine, idle, to give
+# back its steps' memory: RSS after each, and the prefix cache's bytes (the KV the server keeps on purpose).
 _BURST = textwrap.dedent("""
     import asyncio, json
     from seedstream.sampler import SamplingParams
@@ -153,8 +153,9 @@ _BURST = textwrap.dedent("""
             ids = tuple(range(1000 + 40 * i, 1032 + 40 * i))
             req = GenerationRequest(ids, SamplingParams(temperature=0.0, seed=i), max_new_tokens=64, ignore_eos=True)
             return [t async for chunk in engine.generate(engine.validate(req)[0]) for t in chunk.token_ids]
+        released = engine.memory_releases
         await asyncio.gather(*(one(i) for i in range(n)))
-        while engine.load()["running"]:
+        while engine.memory_releases == released:  # the engine gives its steps' memory back once idle
             await asyncio.sleep(0.01)
         await engine.stop()
         engine._thread, engine._stopping = None, False  # started again by the next serve()
