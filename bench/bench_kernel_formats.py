@@ -7,8 +7,10 @@ the formats of a shape interleaved, and the median of the R bests is printed (a 
 instead of the wall clock (with --threads 1, the core's own time: steadier when other work shares the cores).
 --int8 times the formats int8 activations take both ways instead, interleaved, and prints GFLOP/s with float32
 and with int8 activations and their ratio, at M = 1 and 8, with the load average before and after.
+--rows sets the row counts (default 1,8); --against LIBSSK also times another build of the library (e.g. the
+cache entry of an older commit's sources), each cell on both in turn, and prints both GFLOP/s and the ratio.
 Usage: PYTHONPATH=scripts python bench/bench_kernel_formats.py [--threads 2] [--repeat 20] [--rounds 1]
-    [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu] [--int8]
+    [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu] [--int8] [--rows 1,8,64] [--against LIBSSK]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +27,7 @@ import write_gguf
 
 from seedstream.server.engine.loader import cache_root
 from seedstream.server.kernels import cpu_flags_line, load_kernels, packing
+from seedstream.server.kernels.lib import Kernels
 
 FORMATS = ("q4_1", "q8_0", "q4_0", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f16", "bf16", "f32")
 SHAPES = [("gate_up", 3072, 576), ("down", 576, 1536), ("lm_head", 49152, 576), ("big", 2048, 8192)]
@@ -48,7 +52,8 @@ def _best(kernels, matrix, x, repeat: int, clock) -> float:
 
 
 def _shape_rows(kernels, name: str, n: int, k: int, formats: list[str], args) -> None:
-    """Print one table row per format of this shape: medians over the rounds of the best-of-repeat times."""
+    """Print one table row per format of this shape: medians over the rounds of the best-of-repeat times. With
+    --against, each cell is timed on both libraries in turn and the row gives both GFLOP/s and their ratio."""
     fmts = [
         f
         for f in formats
@@ -56,17 +61,23 @@ def _shape_rows(kernels, name: str, n: int, k: int, formats: list[str], args) ->
     ]
     mats = {f: _packed(f, n, k) for f in fmts}
     descs = {f: m.desc() for f, m in mats.items()}
-    xs = {rows: torch.randn(rows, k) for rows in (1, 8)}
-    times: dict[tuple[str, int], list[float]] = {(f, r): [] for f in fmts for r in xs}
+    xs = {rows: torch.randn(rows, k) for rows in args.rows}
+    libs = {"new": kernels, **({"old": args.against} if args.against else {})}
+    times: dict[tuple[str, int, str], list[float]] = {(f, r, lib): [] for f in fmts for r in xs for lib in libs}
     for _ in range(args.rounds):
         for f in fmts:
             for rows, x in xs.items():
-                times[f, rows].append(_best(kernels, descs[f], x, args.repeat, args.clock))
+                for lib, kern in libs.items():
+                    times[f, rows, lib].append(_best(kern, descs[f], x, args.repeat, args.clock))
     for f in fmts:
         cells = []
         for rows in xs:
-            t = statistics.median(times[f, rows])
-            cells += [f"{2 * rows * n * k / t / 1e9:.1f}", f"{mats[f].nbytes / t / 1e9:.1f}"]
+            t = statistics.median(times[f, rows, "new"])
+            if args.against:
+                old = statistics.median(times[f, rows, "old"])
+                cells += [f"{2 * rows * n * k / old / 1e9:.1f}", f"{2 * rows * n * k / t / 1e9:.1f}", f"{old / t:.2f}"]
+            else:
+                cells += [f"{2 * rows * n * k / t / 1e9:.1f}", f"{mats[f].nbytes / t / 1e9:.1f}"]
         print(f"| {name} {n}x{k} | {f} | {mats[f].nbytes / (n * k):.3f} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -100,9 +111,14 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--int8", action="store_true", help="float32 against int8 activations, per format")
+    ap.add_argument("--rows", default="1,8", help="row counts M to time (without --int8)")
+    ap.add_argument("--against", metavar="LIBSSK", help="also time this library build (same ISA), interleaved")
     args = ap.parse_args()
     clock_name, args.clock = args.clock, time.perf_counter if args.clock == "wall" else time.process_time
+    args.rows = [int(r) for r in args.rows.split(",")]
     kernels = load_kernels(args.threads, cache_root() / "kernels")
+    if args.against:
+        args.against = Kernels(Path(args.against), kernels.isa, args.threads)
     print(
         cpu_flags_line(),
         f"; build {kernels.isa}, {args.threads} threads, median of {args.rounds} rounds, {clock_name} clock",
@@ -115,13 +131,18 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|")
     else:
-        print("| matrix | format | bytes/weight | M=1 GFLOP/s | M=1 GB/s | M=8 GFLOP/s | M=8 GB/s |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        cols = [
+            f"M={r} {c}"
+            for r in args.rows
+            for c in (("old GFLOP/s", "new GFLOP/s", "new x") if args.against else ("GFLOP/s", "GB/s"))
+        ]
+        print("| matrix | format | bytes/weight | " + " | ".join(cols) + " |")
+        print("|---|---|---|" + "---|" * len(cols))
     for name, n, k in SHAPES:
         if name in shapes:
             (_int8_rows if args.int8 else _shape_rows)(kernels, name, n, k, formats, args)
-    if args.int8:
-        print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
