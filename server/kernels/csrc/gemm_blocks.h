@@ -91,6 +91,14 @@ static inline void for_values(Fn&& fn) {
 #endif
 
 #if defined(SSK_AVX512) || defined(SSK_AVX2)
+// p, hidden from the compiler's value numbering: loads through it are not merged with earlier loads of the same
+// address (blk_pair: a high row read by two pairs would stay live between them), and what was stored before is
+// read back from memory.
+template <class T>
+static inline const T* opaque(const T* p) {
+  __asm__ volatile("" : "+r"(p));  // volatile: two of them with the same input are not merged either
+  return p;
+}
 template <int N>
 static inline __m128i shift16(__m128i v) {  // left by N, right by -N (16-bit lanes)
   if constexpr (N > 0) return _mm_slli_epi16(v, N);
@@ -157,6 +165,76 @@ static inline V16 blk_lanes(const uint8_t* c, int j) {
 }
 #endif
 
+// Values 2p and 2p + 1 of the chunk at c (p a for_values index; formats with high bits): blk_lanes of each. Both
+// sit in the same sub-block (L is even), their low bits in adjacent rows with one shift, their high bits in one row.
+struct V16x2 {
+  V16 a, b;
+};
+#if defined(SSK_AVX2)
+template <int N>
+static inline __m256i shift16x2(__m256i v) {  // shift16 on two rows
+  if constexpr (N > 0) return _mm256_slli_epi16(v, N);
+  else if constexpr (N < 0) return _mm256_srli_epi16(v, -N);
+  else return v;
+}
+static inline __m256 i8_8(const int8_t* p) {  // 8 int8 lanes as floats
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+// With high bits, both values at once in 32 byte lanes: the two low rows in one load, the high row in both halves,
+// shifted per half by a 32-bit variable shift (the mask keeps only the bits of the lane's own byte, as shift16).
+template <class F, class P>
+static inline V16x2 blk_pair(const uint8_t* c, P) {
+  static_assert(F::H > 0);
+  constexpr int j = 2 * P::value;
+  c = opaque(c);  // the high row is shared by two pairs: not merged either
+  constexpr ValueAt<F> at(j), at1(j + 1);
+  static_assert(at1.lo_row == at.lo_row + 1 && at1.lo_shift == at.lo_shift && at1.hi_row == at.hi_row);
+  constexpr int s0 = F::LO - at.hi_shift, s1 = F::LO - at1.hi_shift;  // left shift of each value's high bits
+  static_assert((s0 >= 0 && s1 >= 0) || (s0 <= 0 && s1 <= 0));
+  const __m256i lo = _mm256_loadu_si256((const __m256i*)(c + 16 * at.lo_row));
+  __m256i q = _mm256_and_si256(shift16x2<-at.lo_shift>(lo), _mm256_set1_epi8((1 << F::LO) - 1));
+  const __m256i hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(c + F::HI + 16 * at.hi_row)));
+  const __m256i h = s0 >= 0 && s1 >= 0 ? _mm256_sllv_epi32(hi, _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1))
+                                       : _mm256_srlv_epi32(hi, _mm256_setr_epi32(-s0, -s0, -s0, -s0, -s1, -s1, -s1, -s1));
+  q = _mm256_or_si256(q, _mm256_and_si256(h, _mm256_set1_epi8(((1 << F::H) - 1) << F::LO)));
+  if constexpr (F::OFF != 0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(F::OFF));
+  alignas(32) int8_t b[32];  // widened from memory: a sign-extending load per 8 lanes, no shuffles to reach them
+  _mm256_store_si256((__m256i*)b, q);
+  const int8_t* m = opaque(b);
+  return {{i8_8(m), i8_8(m + 8)}, {i8_8(m + 16), i8_8(m + 24)}};
+}
+#elif defined(SSK_AVX512)
+template <class F, class P>
+static inline V16x2 blk_pair(const uint8_t* c, P) {
+  return {blk_lanes<F>(c, std::integral_constant<int, 2 * P::value>{}),
+          blk_lanes<F>(c, std::integral_constant<int, 2 * P::value + 1>{})};
+}
+#else
+template <class F>
+static inline V16x2 blk_pair(const uint8_t* c, int p) {
+  return {blk_lanes<F>(c, 2 * p), blk_lanes<F>(c, 2 * p + 1)};
+}
+#endif
+
+// One step of the kernels' value loop: values P s .. P s + P - 1 of the chunk at c (s a for_values index), P = 2
+// for the formats with high bits (blk_pair), else 1 (their loads are already one per 8 lanes; two values' lanes
+// held at once would spill the interleaved kernel's sums).
+template <class F>
+constexpr int STEP = F::H > 0 ? 2 : 1;
+template <int P>
+struct StepLanes {
+  V16 v[P];
+};
+template <class F, class S>
+static inline StepLanes<STEP<F>> blk_step(const uint8_t* c, S s) {
+  if constexpr (STEP<F> == 2) {
+    const V16x2 q = blk_pair<F>(c, s);
+    return {{q.a, q.b}};
+  } else {
+    return {{blk_lanes<F>(c, s)}};
+  }
+}
+
 // Sub-block s's scale and minimum term (see the header comment) of tile block blk.
 template <class F>
 static inline V16 blk_scale(const uint8_t* blk, int s) {
@@ -193,14 +271,16 @@ static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const f
       const uint8_t* chunk[NT];
       for (int t = 0; t < NT; ++t) chunk[t] = tile + t * tbytes + (size_t)b * F::BLOCK + F::QS + c * F::CHUNK;
       V16 sq[MR][NT] = {};  // zeroed per sub-block below; initialised so no path reads it unset
-      for_values<0, 32>([&](auto jc) {
-        const int j = jc;
-        if (j % F::L == 0)
+      constexpr int P = STEP<F>;
+      for_values<0, 32 / P>([&](auto sc) {  // values j0 .. j, each tile's fma steps in order
+        const int j0 = P * sc, j = j0 + P - 1;
+        if (j0 % F::L == 0)
           for (int r = 0; r < MR; ++r)
             for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
         for (int t = 0; t < NT; ++t) {
-          const V16 q = blk_lanes<F>(chunk[t], jc);
-          for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j]), q, sq[r][t]);
+          const StepLanes<P> q = blk_step<F>(chunk[t], sc);
+          for (int i = 0; i < P; ++i)
+            for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j0 + i]), q.v[i], sq[r][t]);
         }
         if (j % F::L == F::L - 1) {
           const int s = (32 * c + j) / F::L;
@@ -236,12 +316,14 @@ static void big_blk(const uint8_t* tile, const float* xp, const float* sums, int
       const int x0 = b * F::S + 32 * c;
       const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
       V16 sq[MR];
-      for_values<0, 32>([&](auto jc) {
-        const int j = jc;
-        if (j % F::L == 0)
+      constexpr int P = STEP<F>;
+      for_values<0, 32 / P>([&](auto sc) {  // values j0 .. j
+        const int j0 = P * sc, j = j0 + P - 1;
+        if (j0 % F::L == 0)
           for (int r = 0; r < MR; ++r) sq[r] = v_zero();
-        const V16 q = blk_lanes<F>(chunk, jc);
-        for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j) * MR + r]), q, sq[r]);
+        const StepLanes<P> q = blk_step<F>(chunk, sc);
+        for (int i = 0; i < P; ++i)
+          for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xp[(size_t)(x0 + j0 + i) * MR + r]), q.v[i], sq[r]);
         if (j % F::L == F::L - 1) {
           const int s = (32 * c + j) / F::L;
           const V16 scale = blk_scale<F>(blk, s);
