@@ -9,7 +9,7 @@ Both servers run on one loopback port each, 2 threads, and get the same requests
 (bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
 `--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
 (best of `--repeats`). RSS is read from /proc after the server is ready and before any request (idle), and after
-the requests (after: a warm seedstream maps its packed weights and pages them in as they are first read); time to
+the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); time to
 SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
 cold start, with an empty cache: kernels compiled and blocks packed, then a warm start on that cache, which
 serves the requests and whose idle RSS is reported).
@@ -64,6 +64,9 @@ QUANTIZE_NAMES = {
 }
 PROMPT_TOKENS = 32
 GREEDY = {"temperature": 0.0}
+# RSS "after" is read this long after the last response: both servers idle (seedstream gives back its steps'
+# memory after 0.5 s idle, server/engine/engine.py IDLE_RELEASE_S), as the issue's bound is on an idle server.
+SETTLE_S = 2.0
 
 
 def rss_mib(pid: int) -> float:
@@ -160,6 +163,7 @@ def run_llama(args, path: Path, prompts) -> dict:
         ready = time.perf_counter() - started
         idle = rss_mib(server.pid)
         tok_s = measure(args, f"http://127.0.0.1:{port}/v1", prompts)
+        time.sleep(SETTLE_S)
         return dict(ready_s=ready, rss=idle, rss_after=rss_mib(server.pid), tok_s=tok_s)
     finally:
         stop_server(server)
@@ -180,6 +184,7 @@ def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
             continue
         try:
             tok_s = measure(args, f"http://127.0.0.1:{http}/v1", prompts)
+            time.sleep(SETTLE_S)
             run = dict(warm_s=warm_s, rss=idle, rss_after=rss_mib(server.pid), tok_s=tok_s)
             out["by_activations"][activations] = run
         finally:
