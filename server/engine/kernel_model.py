@@ -155,11 +155,12 @@ def rope_tables(spec: RopeSpec, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [rows, rotary_dim] float32 of arch.rope_tables (the same on every CPU). Read-only: models
     share them (the first rows of a longer table, or a longer table built from a shorter one's rows)."""
     have = _rope_cache.get(spec)
-    if have is None or have[0].shape[0] < rows:
-        start = 0 if have is None else have[0].shape[0]
-        more = [torch.from_numpy(t) for t in arch.rope_tables(spec, rows, start=start)]
-        have = (more[0], more[1]) if have is None else (torch.cat([have[0], more[0]]), torch.cat([have[1], more[1]]))
-        _rope_cache[spec] = have
+    start = 0 if have is None else len(have[0])
+    if have is None or start < rows:
+        cos, sin = (torch.from_numpy(t) for t in arch.rope_tables(spec, rows, start=start))
+        if have is not None:
+            cos, sin = torch.cat([have[0], cos]), torch.cat([have[1], sin])
+        have = _rope_cache[spec] = cos, sin
     return have[0][:rows], have[1][:rows]
 
 

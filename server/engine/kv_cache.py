@@ -20,12 +20,14 @@ class SequenceKVCache:
     traffic, so the tensors attention reads have the same shapes solo or under load.
     """
 
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int  # positions filled (for the last layer written)
+
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype):
         self.shape = (num_layers, num_kv_heads, 0, head_dim)
         self.device, self.dtype = device, dtype
-        self.keys = torch.empty(self.shape, device=device, dtype=dtype)
-        self.values = torch.empty(self.shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled (for the last layer written)
+        self.release()  # no positions yet
 
     @property
     def capacity(self) -> int:
