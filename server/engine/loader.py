@@ -26,6 +26,7 @@ from .chat import Tokenizer
 from .folder_tensors import canonical_tensors, read_folder, readable_as_stored
 from .gguf_tensors import LazyTensors, StoredTensor, read_gguf
 from .identity import Digests, model_digests, model_files, weight_files
+from .served_tokenizer import FACTS_FILE, load_served, write_served
 from .sources import default_model_path, resolve_model
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ log = logging.getLogger("seedstream.engine")
 # 4: every entry is sealed with a manifest (seedstream.server.cachefs) and checked at each load.
 # 5: a safetensors folder's entry holds no weights either (read as stored from its files); it also names the
 #    packed-weights entries (backends.packed_weights).
-CACHE_FORMAT = "5"
+# 6: an entry holds the served tokenizer (served_tokenizer.py): a warm start reads it without transformers.
+CACHE_FORMAT = "6"
 _METADATA_ENTRY_BYTES = 64 << 20  # an upper estimate of an entry without weights (config and tokenizer)
 
 ProgressFn = Callable[[str], None]
@@ -69,7 +71,7 @@ class LoadedWeights:
     config: HFConfig
     # canonical names (arch.canonical_state_dict), float32; each read (or dequantised) at its access
     state_dict: Mapping[str, torch.Tensor]
-    tokenizer: Tokenizer  # a transformers fast tokenizer
+    tokenizer: Tokenizer  # served_tokenizer.ServedTokenizer, or transformers' fast tokenizer where that is needed
     generation_eos: tuple[int, ...]
     # the matrices as the files store them (a GGUF's blocks, a safetensors folder's float32/float16/bfloat16
     # matrices, each viewing its file's map); empty for a folder converted through transformers
@@ -160,7 +162,7 @@ def _write_entry(
 
     if state is not None:
         save_file(state, str(out / "model.safetensors"))
-    tokenizer.save_pretrained(str(out))
+    write_served(out, tokenizer.save_pretrained(str(out)))
     meta = {"config": config, "eos": list(eos), "source": str(path), "converted": state is not None}
     (out / "seedstream.json").write_text(json.dumps(meta))
 
@@ -323,9 +325,8 @@ def _entry_bytes(path: Path) -> int:
 
 
 def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict[str, Any], Tokenizer]:
-    """(the entry's metadata, its tokenizer), after checking every file against the manifest."""
-    from transformers import AutoTokenizer
-
+    """(the entry's metadata, its tokenizer), after checking every file against the manifest: the served
+    tokenizer (served_tokenizer.py), transformers' own only where the conversion found it needed."""
     with phase("loading cached weights", report):
         report(f"checking and loading the config and tokenizer from {entry}")
         cachefs.verify(entry)
@@ -333,10 +334,17 @@ def _read_entry(report: ProgressFn, entry: Path) -> tuple[dict[str, Any], Tokeni
             meta = json.loads((entry / "seedstream.json").read_text())
             if not isinstance(meta["config"], dict) or not all(isinstance(i, int) for i in meta["eos"]):
                 raise ValueError("no config or EOS ids")
-        with cachefs.reading(entry / "tokenizer.json"):
-            # transformers types decode as str | list[str] (a batch); the engine decodes one id list at a time
-            tokenizer = cast("Tokenizer", AutoTokenizer.from_pretrained(str(entry)))
+        with cachefs.reading(entry / FACTS_FILE):
+            tokenizer = load_served(entry) or _transformers_tokenizer(entry)
     return meta, tokenizer
+
+
+def _transformers_tokenizer(entry: Path) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    with cachefs.reading(entry / "tokenizer.json"):
+        # transformers types decode as str | list[str] (a batch); the engine decodes one id list at a time
+        return cast("Tokenizer", AutoTokenizer.from_pretrained(str(entry)))
 
 
 def _lazy_safetensors(path: Path) -> LazyTensors[torch.Tensor]:

@@ -30,6 +30,7 @@ from seedstream.client.cli import main as cli_main
 from seedstream.sampler import SamplingParams
 from seedstream.server import cachefs
 from seedstream.server.engine import EngineConfig, GenerationRequest, backends, load_engine
+from seedstream.server.engine.loader import CACHE_FORMAT
 from seedstream.server.kernels import build_library, detect_isa
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,9 +97,10 @@ def _target(cache: Path, which: str) -> Path:
     return {
         "packed matrices": lambda: _one(cache, "packed-*/matrices.safetensors"),
         "packed norms": lambda: _one(cache, "packed-*/norms.safetensors"),
-        "config json": lambda: _one(cache, "v5-*/seedstream.json"),
-        "tokenizer": lambda: _one(cache, "v5-*/tokenizer.json"),
-        "converted weights": lambda: _one(cache, "v5-*/model.safetensors"),
+        "config json": lambda: _one(cache, f"v{CACHE_FORMAT}-*/seedstream.json"),
+        "tokenizer": lambda: _one(cache, f"v{CACHE_FORMAT}-*/tokenizer.json"),
+        "served tokenizer": lambda: _one(cache, f"v{CACHE_FORMAT}-*/served_tokenizer.json"),
+        "converted weights": lambda: _one(cache, f"v{CACHE_FORMAT}-*/model.safetensors"),
         "kernel library": lambda: _one(cache, "kernels/libssk-*/libssk.so"),
         "hash memo": lambda: _one(cache, "hashes/*.json"),
     }[which]()
@@ -121,7 +123,15 @@ def _damage(path: Path, how: str) -> None:
     os.replace(fresh, path)
 
 
-FILES = ["packed matrices", "packed norms", "config json", "tokenizer", "converted weights", "kernel library"]
+FILES = [
+    "packed matrices",
+    "packed norms",
+    "config json",
+    "tokenizer",
+    "served tokenizer",
+    "converted weights",
+    "kernel library",
+]
 CASES = [(f, how) for f in FILES for how in ("truncate", "flip")] + [
     ("config json", "garble"),
     ("hash memo", "empty"),
@@ -221,11 +231,11 @@ def test_two_starts_on_one_empty_cache_build_each_entry_once(tiny, cache):
 def test_a_start_killed_while_converting_is_cleaned_up(tiny, cache):
     proc = _spawn(tiny, dict(os.environ))
     deadline = time.monotonic() + 120
-    while not list(cache.glob("v5-*.tmp*")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list(cache.glob(f"v{CACHE_FORMAT}-*.tmp*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert list(cache.glob("v5-*.tmp*")), "killed during the conversion, its temp folder left behind"
+    assert list(cache.glob(f"v{CACHE_FORMAT}-*.tmp*")), "killed during the conversion, its temp folder left behind"
     after = start(tiny)
     assert not list(cache.rglob("*.tmp[0-9]*")), "the next start removed what the killed one left"
     shutil.rmtree(cache)
