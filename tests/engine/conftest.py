@@ -6,6 +6,7 @@ import functools
 import pytest
 from device_cases import DEVICES, case_device, save_tiny_llama
 
+from seedstream.server.cachefs import cache_root
 from seedstream.server.engine import EngineConfig, load_engine
 from seedstream.server.engine.loader import load_weights
 
@@ -58,3 +59,16 @@ def engine_factory(tiny_model_dir):
         return load_engine(EngineConfig(**overrides), progress=lambda msg: None)
 
     return make
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache for one test (SEEDSTREAM_CACHE), sharing the user cache's compiled kernels: compiling them
+    again (about a minute on 2 cores) is not what a loading test is about."""
+    kernels = cache_root() / "kernels"
+    kernels.mkdir(parents=True, exist_ok=True)
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "kernels").symlink_to(kernels)
+    monkeypatch.setenv("SEEDSTREAM_CACHE", str(root))
+    return root

@@ -33,10 +33,8 @@ def quiet(_msg: str) -> None:
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("SEEDSTREAM_CACHE", str(root))
-    return root
+def cache(fresh_cache):
+    return fresh_cache
 
 
 @pytest.fixture(scope="module")

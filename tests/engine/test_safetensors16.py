@@ -11,7 +11,6 @@ from test_served_architectures import _serve
 from tiny_tokenizer import save_tiny_tokenizer
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.cachefs import cache_root
 from seedstream.server.engine import EngineConfig, GenerationRequest, load_engine
 from seedstream.server.engine.arch import ModelConfig, canonical_state_dict
 from seedstream.server.engine.gguf_tensors import StoredTensor
@@ -26,15 +25,8 @@ def quiet(_msg: str) -> None:
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A fresh cache per test, sharing the user cache's compiled kernels (not what these tests are about)."""
-    kernels = cache_root() / "kernels"
-    kernels.mkdir(parents=True, exist_ok=True)
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "kernels").symlink_to(kernels)
-    monkeypatch.setenv("SEEDSTREAM_CACHE", str(root))
-    return root
+def cache(fresh_cache):
+    return fresh_cache
 
 
 def _folder(tmp_path, name: str, dtype: torch.dtype):
