@@ -32,9 +32,11 @@ from seedstream.server import cachefs
 from seedstream.server.engine import EngineConfig, GenerationRequest, backends, load_engine
 from seedstream.server.engine.loader import CACHE_FORMAT
 from seedstream.server.kernels import build_library, detect_isa
+from seedstream.server.kernels.packing import PACK_LAYOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = (5, 17, 42, 99, 3, 150, 7)
+USER_CACHE = cachefs.cache_root()  # read at import, before a test's `cache` points SEEDSTREAM_CACHE elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +175,25 @@ def test_a_library_that_will_not_load_is_rebuilt_once(tiny, cache, caplog):
 
 
 @pytest.mark.slow
-def test_flipped_bytes_in_the_default_models_packed_weights(cache):
-    """The fault of the issue: 256 KiB flipped inside the default model's packed file served garbage."""
-    clean = start(None)
+def test_flipped_bytes_in_the_default_models_packed_weights(cache, monkeypatch, caplog):
+    """The fault of the issue: 256 KiB flipped inside the default model's packed file served garbage. The clean
+    start runs on the user's cache (where the tests on the default model pack it once); its packed entry, copied
+    with its converted entry into this test's cache and damaged there, must be detected and rebuilt (one
+    packing here, no conversion)."""
+    with monkeypatch.context() as user:
+        user.setenv("SEEDSTREAM_CACHE", str(USER_CACHE))
+        clean = start(None)
+    name = f"packed-v{PACK_LAYOUT}.{CACHE_FORMAT}-{clean[1][:32]}-auto"
+    for entry in (f"v{CACHE_FORMAT}-{clean[1][:32]}", name):  # the config and tokenizer too: no conversion here
+        shutil.copytree(USER_CACHE / entry, cache / entry)
     victim = _target(cache, "packed matrices")
     with open(victim, "r+b") as fh:
         fh.seek(victim.stat().st_size // 2)
         fh.write(os.urandom(256 << 10))
-    assert start(None) == clean
+    with caplog.at_level(logging.WARNING):
+        assert start(None) == clean
+    assert str(victim) in caplog.text, "the log names the damaged file"
+    assert list(cache.glob(f"{name}.bad-*")), "the damaged entry is kept aside"
 
 
 def test_cache_verify_names_a_damaged_entry_and_clear_empties_the_cache(tiny, cache, capsys):
