@@ -7,8 +7,9 @@ the formats of a shape interleaved, and the median of the R bests is printed (a 
 instead of the wall clock (with --threads 1, the core's own time: steadier when other work shares the cores).
 --int8 times the formats int8 activations take both ways instead, interleaved, and prints GFLOP/s with float32
 and with int8 activations and their ratio, at M = 1 and 8, with the load average before and after.
---rows sets the row counts (default 1,8); --against LIBSSK also times another build of the library (e.g. the
-cache entry of an older commit's sources), each cell on both in turn, and prints both GFLOP/s and the ratio.
+--shapes picks the shapes (also 1b_attn and 1b_up: Llama-3.2-1B's 2048 x 2048 and 8192 x 2048, timed only when
+named); --rows sets the row counts (default 1,8); --against LIBSSK also times another build of the library (e.g.
+the cache entry of an older commit's sources), each cell on both in turn, and prints both GFLOP/s and the ratio.
 Usage: PYTHONPATH=scripts python bench/bench_kernel_formats.py [--threads 2] [--repeat 20] [--rounds 1]
     [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu] [--int8] [--rows 1,8,64] [--against LIBSSK]
 """
@@ -31,6 +32,8 @@ from seedstream.server.kernels.lib import Kernels
 
 FORMATS = ("q4_1", "q8_0", "q4_0", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f16", "bf16", "f32")
 SHAPES = [("gate_up", 3072, 576), ("down", 576, 1536), ("lm_head", 49152, 576), ("big", 2048, 8192)]
+# Llama-3.2-1B's other matrix shapes (its down projection is "big"), timed only when --shapes names them.
+EXTRA_SHAPES = [("1b_attn", 2048, 2048), ("1b_up", 8192, 2048)]
 
 
 def _packed(fmt: str, n: int, k: int) -> packing.PackedMatrix:
@@ -139,7 +142,7 @@ def main() -> None:
         ]
         print("| matrix | format | bytes/weight | " + " | ".join(cols) + " |")
         print("|---|---|---|" + "---|" * len(cols))
-    for name, n, k in SHAPES:
+    for name, n, k in SHAPES + EXTRA_SHAPES:
         if name in shapes:
             (_int8_rows if args.int8 else _shape_rows)(kernels, name, n, k, formats, args)
     print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

@@ -59,6 +59,23 @@ def test_row_bits_do_not_depend_on_rows_position_threads_or_isa(kernels_for, fmt
             assert torch.equal(other.gemm(matrix, x[:m]), full[:m]), f"{fmt} M={m}: {isa} differs"
 
 
+@pytest.mark.parametrize("fmt", ("q4_0", "q5_0", "q2_k", "q4_k", "q6_k"))
+def test_many_rows_of_several_tiles_keep_the_bits_of_one_row(kernels_for, fmt):
+    """The block formats' many-row kernel takes every group of rows of up to 4 tiles at once: row counts across its
+    group boundaries (6 rows a group on AVX2, 8 on the scalar build, 16 on AVX-512, the last group shorter) on 7
+    tiles (a group of 4, then 3) give each row the bits it has alone, on every build."""
+    n, k = 7 * 16, 512
+    rows, _ = stored(fmt, n, k, seed=11)
+    matrix = packing.pack_stored(fmt, rows).desc()
+    x = inputs(100, k, seed=4)
+    alone = torch.cat([kernels_for(threads=1).gemm(matrix, x[i : i + 1]) for i in range(100)])
+    for isa in available_isas():
+        for threads in (1, 2):
+            for m in (7, 12, 13, 17, 18, 40, 100):
+                got = kernels_for(isa=isa, threads=threads).gemm(matrix, x[:m])
+                assert torch.equal(got, alone[:m]), f"{fmt} M={m}, {isa}, {threads} threads: differs from alone"
+
+
 def rows_keep_their_bits(kernels_for, matrix, x: torch.Tensor, label: str) -> torch.Tensor:
     """The product of 66 rows x (2 threads); asserts that a row's bits do not change with the row count, its
     position or the thread count."""

@@ -341,6 +341,89 @@ static void big_blk(const uint8_t* tile, const float* xp, const float* sums, int
   }
 }
 
+// The many-row kernel: all the interleaved rows of one tile, chunk by chunk. Each chunk's 32 values x 16 lanes
+// are expanded once into float32 in an L1-resident scratch (2 KiB) with its sub-blocks' scales and minima, then
+// every group of MR_BIG rows (xp interleaved per group, its accumulators in y) runs an fma kernel over those
+// floats: big_blk expands a tile's weights once per group. Each element's steps are big_blk's, in its order.
+template <class F>
+struct ChunkFloats {
+  static constexpr int NS = 32 / F::L;  // sub-blocks in a chunk
+  alignas(64) float q[32 * SSK_NR];    // value j's lanes at q[16 j]
+  V16 scale[NS], mn[NS];
+};
+template <class F>
+static inline void expand_chunk(const uint8_t* blk, int c, ChunkFloats<F>& out) {
+  const uint8_t* chunk = blk + F::QS + c * F::CHUNK;
+  constexpr int P = STEP<F>;
+  for_values<0, 32 / P>([&](auto sc) {
+    const StepLanes<P> v = blk_step<F>(chunk, sc);
+    for (int i = 0; i < P; ++i) v_store(out.q + (P * sc + i) * SSK_NR, v.v[i]);
+  });
+  for (int s = 0; s < ChunkFloats<F>::NS; ++s) {
+    out.scale[s] = blk_scale<F>(blk, (32 * c) / F::L + s);
+    if constexpr (F::HAS_MIN) out.mn[s] = blk_min<F>(blk, (32 * c) / F::L + s);
+  }
+}
+// MR rows of one chunk: xc = the group's interleaved inputs of the chunk (xc[j * MR + r]); sums: the group's
+// block sums at the chunk's 32-block (stride nb).
+template <class F, int MR>
+static void chunk_rows(const ChunkFloats<F>& w, const float* xc, const float* sums, int nb, float* y, int ldy) {
+  for (int s = 0; s < ChunkFloats<F>::NS; ++s) {
+    V16 sq[MR];
+    for (int r = 0; r < MR; ++r) sq[r] = v_zero();
+    for (int j = s * F::L; j < (s + 1) * F::L; ++j) {
+      const V16 q = v_load(w.q + j * SSK_NR);
+      for (int r = 0; r < MR; ++r) sq[r] = v_fma(v_set1(xc[j * MR + r]), q, sq[r]);
+    }
+    for (int r = 0; r < MR; ++r) {
+      V16 a = v_fma(w.scale[s], sq[r], v_load(y + (size_t)r * ldy));
+      if constexpr (F::HAS_MIN) {
+        const float xs = F::L == 16 ? sum16(xc + s * 16 * MR + r, MR) : sums[(size_t)r * nb];
+        a = v_fma(w.mn[s], v_set1(xs), a);
+      }
+      v_store(y + (size_t)r * ldy, a);
+    }
+  }
+}
+// rows in (MR_BIG / 2, MR_BIG]: chunk_rows for exactly that many
+template <class F, int MR>
+static void chunk_group(const ChunkFloats<F>& w, const float* xc, const float* sums, int nb, int rows, float* y,
+                        int ldy) {
+  if constexpr (MR > MR_BIG / 2 + 1) {
+    if (rows < MR) return chunk_group<F, MR - 1>(w, xc, sums, nb, rows, y, ldy);
+  }
+  chunk_rows<F, MR>(w, xc, sums, nb, y, ldy);
+}
+// The first big_rows rows (groups of MR_BIG, the last one possibly shorter, interleaved in xp) of `tiles` adjacent
+// tiles (at most MANY_TILES, tbytes apart): each group's inputs of a chunk are read from L1 by every tile after the
+// first, and the next group's are fetched meanwhile.
+constexpr int MANY_TILES = 4;
+template <class F>
+static void many_blk(const uint8_t* tile, size_t tbytes, int tiles, const float* xp, const float* sums, int k,
+                     int big_rows, float* y, int ldy) {
+  const int nb = k / SSK_QK;
+  for (int r = 0; r < big_rows; ++r)
+    for (int t = 0; t < tiles; ++t) v_store(y + (size_t)r * ldy + SSK_NR * t, v_zero());
+  const auto group_x = [&](int m0, int x0) {  // the chunk's inputs of the group from row m0
+    return xp + (size_t)m0 * k + (size_t)x0 * (big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG);
+  };
+  ChunkFloats<F> w[MANY_TILES];
+  for (int b = 0; b < k / F::S; ++b) {
+    for (int c = 0; c < F::CHUNKS; ++c) {
+      const int x0 = b * F::S + 32 * c;
+      for (int t = 0; t < tiles; ++t) expand_chunk<F>(tile + t * tbytes + (size_t)b * F::BLOCK, c, w[t]);
+      for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
+        const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
+        if (m0 + MR_BIG < big_rows) ssk_prefetch((const uint8_t*)group_x(m0 + MR_BIG, x0), 0, 32 * MR_BIG * 4);
+        const float* xc = group_x(m0, x0);
+        const float* gs = sums ? sums + (size_t)m0 * nb + x0 / 32 : nullptr;
+        for (int t = 0; t < tiles; ++t)
+          chunk_group<F, MR_BIG>(w[t], xc, gs, nb, rows, y + (size_t)m0 * ldy + SSK_NR * t, ldy);
+      }
+    }
+  }
+}
+
 // 16-bit float weights: tile = uint16 w[K][16], widened exactly (float16 or bfloat16).
 template <bool BF>
 static inline V16 h16_lanes(const uint8_t* tile, int kk) {

@@ -136,8 +136,10 @@ static void big_q4_1(const uint8_t* tile, const float* xp, const float* sums, in
 }
 
 // The kernel families: one format's register kernel tile<MR, NT> (MR rows of NT tiles) and interleaved kernel
-// big<MR>, with one signature (sums: the block sums of x, read by the formats with a minimum term only).
+// big<MR>, with one signature (sums: the block sums of x, read by the formats with a minimum term only); MANY:
+// whether it also has a many-row kernel many(), which takes all the interleaved rows of a tile at once.
 struct F32Kernels {
+  static constexpr bool MANY = false;
   template <int MR, int NT>
   static void tile(const uint8_t* t, size_t tbytes, const float* x, const float*, int k, float* y, int ldy) {
     tile_f32<MR, NT>(t, tbytes, x, k, y, ldy);
@@ -148,6 +150,7 @@ struct F32Kernels {
   }
 };
 struct Q8_0Kernels {
+  static constexpr bool MANY = false;
   template <int MR, int NT>
   static void tile(const uint8_t* t, size_t tbytes, const float* x, const float*, int k, float* y, int ldy) {
     tile_q8_0<MR, NT>(t, tbytes, x, k, y, ldy);
@@ -158,6 +161,7 @@ struct Q8_0Kernels {
   }
 };
 struct Q4_1Kernels {
+  static constexpr bool MANY = false;
   template <int MR, int NT>
   static void tile(const uint8_t* t, size_t tbytes, const float* x, const float* sums, int k, float* y, int ldy) {
     tile_q4_1<MR, NT>(t, tbytes, x, sums, k, y, ldy);
@@ -169,6 +173,7 @@ struct Q4_1Kernels {
 };
 template <bool BF>
 struct H16Kernels {
+  static constexpr bool MANY = false;
   template <int MR, int NT>
   static void tile(const uint8_t* t, size_t tbytes, const float* x, const float*, int k, float* y, int ldy) {
     tile_h16<BF, MR, NT>(t, tbytes, x, k, y, ldy);
@@ -180,6 +185,7 @@ struct H16Kernels {
 };
 template <class F>
 struct BlockKernels {
+  static constexpr bool MANY = true;
   template <int MR, int NT>
   static void tile(const uint8_t* t, size_t tbytes, const float* x, const float* sums, int k, float* y, int ldy) {
     tile_blk<F, MR, NT>(t, tbytes, x, sums, k, y, ldy);
@@ -187,6 +193,10 @@ struct BlockKernels {
   template <int MR>
   static void big(const uint8_t* t, const float* xp, const float* sums, int k, float* y, int ldy) {
     big_blk<F, MR>(t, xp, sums, k, y, ldy);
+  }
+  static void many(const uint8_t* t, size_t tbytes, int tiles, const float* xp, const float* sums, int k,
+                   int big_rows, float* y, int ldy) {
+    many_blk<F>(t, tbytes, tiles, xp, sums, k, big_rows, y, ldy);
   }
 };
 
@@ -197,6 +207,27 @@ static void run_big_rows(const uint8_t* tile, const float* xp, const float* sums
     if (rows < MR) return run_big_rows<K, MR - 1>(tile, xp, sums, k, rows, y, ldy);
   }
   K::template big<MR>(tile, xp, sums, k, y, ldy);
+}
+
+// The first big_rows rows (interleaved in xp per group of MR_BIG) of one tile, or of up to MANY_TILES tiles (of
+// `left`) by the family's many-row kernel where it has one and there are several groups; returns the tiles done.
+template <class K>
+static int run_big(const uint8_t* tile, size_t tbytes, int64_t left, const float* xp, const float* sums, int k,
+                   int big_rows, float* y, int ldy) {
+  if constexpr (K::MANY) {
+    if (big_rows > MR_BIG) {
+      const int tiles = left < MANY_TILES ? (int)left : MANY_TILES;
+      K::many(tile, tbytes, tiles, xp, sums, k, big_rows, y, ldy);
+      return tiles;
+    }
+  }
+  const int nb = k / SSK_QK;
+  for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
+    const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
+    run_big_rows<K, MR_BIG>(tile, xp + (size_t)m0 * k, sums ? sums + (size_t)m0 * nb : nullptr, k, rows,
+                            y + (size_t)m0 * ldy, ldy);
+  }
+  return 1;
 }
 
 // rows in [1, MR]: the register kernel for exactly that many rows, one tile
@@ -225,17 +256,15 @@ void GemmFormat<K>::run(Pool& pool, const ssk_matrix& w, int m, int big_rows, co
       K::template tile<2, 2>(tdata, tbytes, x, sums, w.k, y + n0, ldy);
       return 2;
     }
-    for (int m0 = 0; m0 < big_rows; m0 += MR_BIG) {
-      const int rows = big_rows - m0 < MR_BIG ? big_rows - m0 : MR_BIG;
-      run_big_rows<K, MR_BIG>(tdata, xp + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, w.k, rows,
-                              y + (size_t)m0 * ldy + n0, ldy);
+    const int tiles = run_big<K>(tdata, tbytes, left, xp, sums, w.k, big_rows, y + n0, ldy);
+    for (int t = 0; t < tiles; ++t) {
+      for (int m0 = big_rows; m0 < m; m0 += MR_MAX) {
+        const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
+        run_rows<K, MR_MAX>(tdata + t * tbytes, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr,
+                            w.k, rows, y + (size_t)m0 * ldy + n0 + SSK_NR * t, ldy);
+      }
     }
-    for (int m0 = big_rows; m0 < m; m0 += MR_MAX) {
-      const int rows = m - m0 < MR_MAX ? m - m0 : MR_MAX;
-      run_rows<K, MR_MAX>(tdata, tbytes, x + (size_t)m0 * w.k, sums ? sums + (size_t)m0 * nb : nullptr, w.k, rows,
-                          y + (size_t)m0 * ldy + n0, ldy);
-    }
-    return 1;
+    return tiles;
   });
 }
 
