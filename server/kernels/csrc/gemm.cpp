@@ -7,7 +7,8 @@
 //   q8_0: per 32-block b in order: sq = fma-chain over k of x[k] * q[n,k]; acc = fma(d[n,b], sq, acc)
 //   q4_1: the same, then acc = fma(m[n,b], s[b], acc) with s[b] the block's sum of x (block_sums)
 // Activations stay float32: quantising them to 8 bits (llama.cpp's Q8_1) changed the default model's
-// answers (docs/kernels.md). Weights are expanded to float in registers, never in memory.
+// answers (docs/kernels.md). Weights are expanded to float in registers, except that the many-row kernel of the
+// block formats (gemm_blocks.h) expands one chunk of a few tiles at a time into a small L1-resident scratch.
 //
 // This unit dispatches on the format; the kernels and their tile loop (gemm_tiles.h) are instantiated per
 // format family in gemm_plain.cpp, gemm_q32.cpp, gemm_k2.cpp and gemm_k4.cpp, which compile in parallel.

@@ -165,11 +165,13 @@ static inline V16 blk_lanes(const uint8_t* c, int j) {
 }
 #endif
 
+// The lanes of P consecutive values: one step of the kernels' value loop (blk_step below).
+template <int P>
+struct StepLanes {
+  V16 v[P];
+};
 // Values 2p and 2p + 1 of the chunk at c (p a for_values index; formats with high bits): blk_lanes of each. Both
 // sit in the same sub-block (L is even), their low bits in adjacent rows with one shift, their high bits in one row.
-struct V16x2 {
-  V16 a, b;
-};
 #if defined(SSK_AVX2)
 template <int N>
 static inline __m256i shift16x2(__m256i v) {  // shift16 on two rows
@@ -183,7 +185,7 @@ static inline __m256 i8_8(const int8_t* p) {  // 8 int8 lanes as floats
 // With high bits, both values at once in 32 byte lanes: the two low rows in one load, the high row in both halves,
 // shifted per half by a 32-bit variable shift (the mask keeps only the bits of the lane's own byte, as shift16).
 template <class F, class P>
-static inline V16x2 blk_pair(const uint8_t* c, P) {
+static inline StepLanes<2> blk_pair(const uint8_t* c, P) {
   static_assert(F::H > 0);
   constexpr int j = 2 * P::value;
   c = opaque(c);  // the high row is shared by two pairs: not merged either
@@ -201,18 +203,18 @@ static inline V16x2 blk_pair(const uint8_t* c, P) {
   alignas(32) int8_t b[32];  // widened from memory: a sign-extending load per 8 lanes, no shuffles to reach them
   _mm256_store_si256((__m256i*)b, q);
   const int8_t* m = opaque(b);
-  return {{i8_8(m), i8_8(m + 8)}, {i8_8(m + 16), i8_8(m + 24)}};
+  return {{{i8_8(m), i8_8(m + 8)}, {i8_8(m + 16), i8_8(m + 24)}}};
 }
 #elif defined(SSK_AVX512)
 template <class F, class P>
-static inline V16x2 blk_pair(const uint8_t* c, P) {
-  return {blk_lanes<F>(c, std::integral_constant<int, 2 * P::value>{}),
-          blk_lanes<F>(c, std::integral_constant<int, 2 * P::value + 1>{})};
+static inline StepLanes<2> blk_pair(const uint8_t* c, P) {
+  return {{blk_lanes<F>(c, std::integral_constant<int, 2 * P::value>{}),
+           blk_lanes<F>(c, std::integral_constant<int, 2 * P::value + 1>{})}};
 }
 #else
 template <class F>
-static inline V16x2 blk_pair(const uint8_t* c, int p) {
-  return {blk_lanes<F>(c, 2 * p), blk_lanes<F>(c, 2 * p + 1)};
+static inline StepLanes<2> blk_pair(const uint8_t* c, int p) {
+  return {{blk_lanes<F>(c, 2 * p), blk_lanes<F>(c, 2 * p + 1)}};
 }
 #endif
 
@@ -221,18 +223,10 @@ static inline V16x2 blk_pair(const uint8_t* c, int p) {
 // held at once would spill the interleaved kernel's sums).
 template <class F>
 constexpr int STEP = F::H > 0 ? 2 : 1;
-template <int P>
-struct StepLanes {
-  V16 v[P];
-};
 template <class F, class S>
 static inline StepLanes<STEP<F>> blk_step(const uint8_t* c, S s) {
-  if constexpr (STEP<F> == 2) {
-    const V16x2 q = blk_pair<F>(c, s);
-    return {{q.a, q.b}};
-  } else {
-    return {{blk_lanes<F>(c, s)}};
-  }
+  if constexpr (STEP<F> == 2) return blk_pair<F>(c, s);
+  else return {{blk_lanes<F>(c, s)}};
 }
 
 // Sub-block s's scale and minimum term (see the header comment) of tile block blk.
