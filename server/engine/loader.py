@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 
@@ -138,8 +138,9 @@ def _metadata(path: Path) -> tuple[PreTrainedTokenizerBase, HFConfig, tuple[int,
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     folder, kwargs = _transformers_args(path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    hf_config = AutoConfig.from_pretrained(folder, **kwargs)
+    with _one_gguf_parse():
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        hf_config = AutoConfig.from_pretrained(folder, **kwargs)
     try:
         generation = GenerationConfig.from_pretrained(folder, **kwargs)
     except OSError:
@@ -147,6 +148,29 @@ def _metadata(path: Path) -> tuple[PreTrainedTokenizerBase, HFConfig, tuple[int,
     config = hf_config.to_dict()
     config.pop("quantization_config", None)
     return tokenizer, config, _eos_ids(generation.eos_token_id, config.get("eos_token_id"), tokenizer)
+
+
+@contextlib.contextmanager
+def _one_gguf_parse() -> Iterator[None]:
+    """Within the block, transformers' readings of one GGUF (its tokenizer, then its config) share one parse: each
+    builds a new gguf.GGUFReader, which reads every metadata field in Python (seconds for a large vocabulary, ~10 s
+    for a 1B model's file). transformers only reads from the reader."""
+    import gguf
+
+    parse = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared(path: Any, mode: Literal["r", "r+", "c"] = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = parse(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse  # type: ignore[misc]
 
 
 def _write_entry(

@@ -17,7 +17,7 @@ from test_served_architectures import _serve, hf_greedy
 from tiny_tokenizer import save_tiny_tokenizer
 
 from seedstream.sampler import SamplingParams
-from seedstream.server.engine import EngineConfig, GenerationRequest, load_engine
+from seedstream.server.engine import EngineConfig, GenerationRequest, load_engine, loader
 from seedstream.server.engine.arch import ModelConfig, canonical_state_dict
 from seedstream.server.engine.gguf_tensors import StoredTensor
 from seedstream.server.engine.loader import default_model_path, load_weights
@@ -82,6 +82,29 @@ def test_the_native_state_equals_transformers_conversion(folders, tmp_path, cach
     for key, stored in weights.stored.items():  # every matrix is kept as the file stores it
         assert isinstance(stored, StoredTensor) and stored.rows.shape[0] == reference[key].shape[0], key
     assert not any(key.endswith("norm.weight") for key in weights.stored), "norms are float32 tensors"
+
+
+def test_the_conversion_parses_a_gguf_once_and_reads_what_transformers_reads(folders, tmp_path, monkeypatch):
+    """_metadata's tokenizer and config of a GGUF (one shared gguf.GGUFReader) equal transformers' own separate
+    readings, and the file is parsed once, not once per reading."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = _gguf(folders, tmp_path, "llama", "q8_0")
+    parse, parsed = gguf.GGUFReader, []
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: parsed.append(a) or parse(*a, **k))
+    tokenizer, config, _ = loader._metadata(path)
+    assert len(parsed) == 1 and gguf.GGUFReader is not parse, "one parse, and the reader is put back"
+    monkeypatch.undo()
+    assert gguf.GGUFReader is parse
+    kwargs = {"gguf_file": path.name}
+    expected = AutoConfig.from_pretrained(path.parent, **kwargs).to_dict()
+    expected.pop("quantization_config", None)
+    assert config == expected
+    reference = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    assert tokenizer.backend_tokenizer.to_str() == reference.backend_tokenizer.to_str()
+    text = "Hello, wörld!\n  tabs\tand 12345"
+    assert tokenizer(text)["input_ids"] == reference(text)["input_ids"]
 
 
 @pytest.mark.slow
