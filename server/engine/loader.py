@@ -157,6 +157,9 @@ def _one_gguf_parse() -> Iterator[None]:
     for a 1B model's file). transformers only reads from the reader."""
     import gguf
 
+    if getattr(gguf.GGUFReader, "shares_one_parse", False):  # within an outer block: its readers are shared
+        yield
+        return
     parse = gguf.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
 
@@ -166,6 +169,7 @@ def _one_gguf_parse() -> Iterator[None]:
             readers[key] = parse(path, mode)
         return readers[key]
 
+    shared.shares_one_parse = True  # type: ignore[attr-defined]
     gguf.GGUFReader = shared  # type: ignore[misc,assignment]
     try:
         yield
@@ -274,13 +278,11 @@ def _convert(path: Path, entry: Path, report: ProgressFn, out: Path) -> None:
     A model of CHILD_CONVERSION_BYTES or more is read in a child process: transformers' reading (a GGUF's
     tokenizer built from its metadata, a folder's float32 model) leaves hundreds of MB in the heap that the
     server would otherwise keep for good. Small models (the tests' tiny ones) convert here, where it is cheaper
-    than starting an interpreter. Either way the entry's files are the same."""
-    with _converter(model_bytes(path)) as run:
-        with phase("reading the model's config", report):
-            run(check_supported, path)
-        with phase("converting weights", report):
-            report(f"converting {path} into {entry} (first start only)")
-            run(_convert_files, path, out)
+    than starting an interpreter. Either way the entry's files are the same, and an unsupported model is refused
+    (check_supported) before anything is written, in the same process and from the same GGUF parse."""
+    with _converter(model_bytes(path)) as run, phase("converting weights", report):
+        report(f"converting {path} into {entry} (first start only)")
+        run(_convert_files, path, out)
 
 
 CHILD_CONVERSION_BYTES = 64 * 2**20
@@ -338,7 +340,9 @@ def child_main(steps: list[Callable[..., None]], argv: list[str]) -> int:
 
 
 def _convert_files(path: str | Path, out: str | Path) -> None:
-    (_convert_gguf if Path(path).is_file() else _convert_folder)(Path(path), Path(out))
+    with _one_gguf_parse():
+        check_supported(path)
+        (_convert_gguf if Path(path).is_file() else _convert_folder)(Path(path), Path(out))
 
 
 def _entry_bytes(path: Path) -> int:
@@ -385,4 +389,4 @@ def _lazy_safetensors(path: Path) -> LazyTensors[torch.Tensor]:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main([check_supported, _convert_files], sys.argv[1:]))
+    sys.exit(child_main([_convert_files], sys.argv[1:]))

@@ -86,7 +86,8 @@ def test_the_native_state_equals_transformers_conversion(folders, tmp_path, cach
 
 def test_the_conversion_parses_a_gguf_once_and_reads_what_transformers_reads(folders, tmp_path, monkeypatch):
     """_metadata's tokenizer and config of a GGUF (one shared gguf.GGUFReader) equal transformers' own separate
-    readings, and the file is parsed once, not once per reading."""
+    readings, and the file is parsed once, not once per reading; the whole conversion (its support check too) also
+    parses it once."""
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
@@ -95,6 +96,10 @@ def test_the_conversion_parses_a_gguf_once_and_reads_what_transformers_reads(fol
     monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: parsed.append(a) or parse(*a, **k))
     tokenizer, config, _ = loader._metadata(path)
     assert len(parsed) == 1 and gguf.GGUFReader is not parse, "one parse, and the reader is put back"
+    parsed.clear()
+    (tmp_path / "entry").mkdir()
+    loader._convert_files(path, tmp_path / "entry")  # the whole conversion: the support check, then the entry
+    assert len(parsed) == 1 and (tmp_path / "entry" / "seedstream.json").is_file()
     monkeypatch.undo()
     assert gguf.GGUFReader is parse
     kwargs = {"gguf_file": path.name}

@@ -255,7 +255,6 @@ def test_loading_reports_each_phase_with_its_time(llama, cache):
     assert done == [
         "resolving the model",
         "hashing the model files",
-        "reading the model's config",
         "converting weights",
         "loading cached weights",
     ]
