@@ -9,7 +9,8 @@ Both servers run on one loopback port each, 2 threads, and get the same requests
 (bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
 `--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
 (best of `--repeats`). RSS is read from /proc after the server is ready and before any request (idle), and after
-the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); time to
+the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); the
+bound is the file + 300 MB + the KV cache the run leaves held (seedstream's prefix cache, read from its ModelInfo); time to
 SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
 cold start, with an empty cache: kernels compiled and blocks packed, then a warm start on that cache, which
 serves the requests and whose idle RSS is reported).
@@ -173,29 +174,39 @@ def run_seedstream(args, path: Path, prompts, cache: Path) -> dict:
     """A cold start (the cache emptied first: kernels compiled, blocks packed), stopped once SERVING; then a warm
     start on that cache per --activations value, whose idle RSS, tok/s and RSS after the requests are reported."""
     shutil.rmtree(cache, ignore_errors=True)
-    cold_s, _, server, _ = _start_seedstream_ready(args, path, cache, args.activations[0])
+    cold_s, _, server, _, _ = _start_seedstream_ready(args, path, cache, args.activations[0])
     stop_server(server)
     out: dict = {"ready_s": cold_s, "by_activations": {}, "skipped": {}}
     for activations in args.activations:
         try:
-            warm_s, idle, server, http = _start_seedstream_ready(args, path, cache, activations)
+            warm_s, idle, server, http, grpc = _start_seedstream_ready(args, path, cache, activations)
         except Exception as exc:  # e.g. a format int8 activations refuse: the other values still count
             out["skipped"][activations] = f"{type(exc).__name__}: {exc}"
             continue
         try:
             tok_s = measure(args, f"http://127.0.0.1:{http}/v1", prompts)
             time.sleep(SETTLE_S)
-            run = dict(warm_s=warm_s, rss=idle, rss_after=rss_mib(server.pid), tok_s=tok_s)
+            rss_after, kv = rss_mib(server.pid), asyncio.run(kv_held_mib(f"127.0.0.1:{grpc}"))
+            run = dict(warm_s=warm_s, rss=idle, rss_after=rss_after, kv_mib=kv, tok_s=tok_s)
             out["by_activations"][activations] = run
         finally:
             stop_server(server)
     return out
 
 
+async def kv_held_mib(target: str) -> float:
+    """The KV cache a finished run leaves held, in MiB: the prefix cache's blocks (the running sequences' caches
+    are freed when they end). The issue's RSS bound allows the KV budget actually used."""
+    from seedstream.client import AsyncClient
+
+    async with AsyncClient(target) as client:
+        return (await client.model_info(timeout=10)).prefix_cache_bytes / 2**20
+
+
 def _start_seedstream_ready(
     args, path: Path, cache: Path, activations: str
-) -> tuple[float, float, subprocess.Popen, int]:
-    """(seconds to SERVING, idle RSS MiB, the server, its HTTP port)."""
+) -> tuple[float, float, subprocess.Popen, int, int]:
+    """(seconds to SERVING, idle RSS MiB, the server, its HTTP port, its gRPC port)."""
     http, grpc_port = free_port(), free_port()
     started = time.perf_counter()
     server = start_seedstream(args, path, http, grpc_port, cache, activations)
@@ -204,7 +215,7 @@ def _start_seedstream_ready(
     except BaseException:
         stop_server(server)
         raise
-    return time.perf_counter() - started, rss_mib(server.pid), server, http
+    return time.perf_counter() - started, rss_mib(server.pid), server, http, grpc_port
 
 
 # ---------------------------------------------------------------- report
@@ -219,10 +230,10 @@ def print_report(args, files: dict[str, Path], results: dict, llama_version: str
     )
     print(
         "| type | file MB | streams | seedstream activations | llama.cpp tok/s | seedstream tok/s | ratio "
-        "| llama.cpp RSS MB idle / after | seedstream RSS MB idle / after | RSS bound (file + 300) "
+        "| llama.cpp RSS MB idle / after | seedstream RSS MB idle / after | KV held MB | RSS bound (file + 300 + KV) "
         "| llama.cpp ready s | seedstream SERVING s cold / warm |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, path in files.items():
         size = path.stat().st_size / 2**20
         lc, ss = results[kind].get("llama.cpp"), results[kind].get("seedstream") or {}
@@ -232,7 +243,8 @@ def print_report(args, files: dict[str, Path], results: dict, llama_version: str
                 b = run["tok_s"][n] if run else None
                 print(
                     f"| {kind} | {size:.0f} | {n} | {activations} | {_f(a)} | {_f(b)} | {_ratio(b, a)} "
-                    f"| {_pair(lc, 'rss', 'rss_after')} | {_pair(run, 'rss', 'rss_after')} | {size + 300:.0f} "
+                    f"| {_pair(lc, 'rss', 'rss_after')} | {_pair(run, 'rss', 'rss_after')} | {_f(run and run['kv_mib'])} "
+                    f"| {size + 300 + (run['kv_mib'] if run else 0):.0f} "
                     f"| {_f(lc and lc['ready_s'])} | {_f(ss.get('ready_s'))} / {_f(run and run['warm_s'])} |"
                 )
         for activations, why in ss.get("skipped", {}).items():

@@ -20,6 +20,9 @@ several servers in one process (tests) never share counters.
     seedstream_requests_in_flight                         requests being served now
     seedstream_queue_depth / seedstream_running_sequences sequences waiting for a slot / holding one
     seedstream_kv_positions_used / _reserved / _budget    KV-cache positions filled / admitted for / allowed
+    seedstream_prefix_cache_bytes / _budget_bytes         prompt KV the prefix cache holds / may hold
+    seedstream_prefix_cache_hit_tokens_total / _miss_     prompt positions copied from it / computed
+      tokens_total, _evicted_blocks_total                 (hit rate = hits / (hits + misses)); blocks evicted
     seedstream_engine_step_seconds, _step_rows            one engine step's wall time and token rows
 """
 
@@ -212,6 +215,7 @@ class _EngineGauges:
             kv["reserved"],
         )
         yield _gauge("seedstream_kv_positions_budget", "KV-cache admission budget (--max-kv-tokens)", kv["budget"])
+        yield from _prefix_cache_metrics(engine)
         spec = engine.speculation()
         yield _counter("seedstream_speculative_draft_tokens", "Tokens drafted by speculative decoding", spec.drafted)
         yield _counter(
@@ -219,6 +223,20 @@ class _EngineGauges:
             "Drafted tokens kept (the seeded sampler drew exactly them)",
             spec.accepted,
         )
+
+
+def _prefix_cache_metrics(engine: Engine) -> Iterator[Metric]:
+    cache = engine.prefix_cache
+    stats = cache.stats
+    yield _gauge("seedstream_prefix_cache_bytes", "Prompt KV held by the prefix cache, bytes", stats.bytes)
+    yield _gauge("seedstream_prefix_cache_budget_bytes", "Prefix cache budget (--prefix-cache-mib)", cache.budget_bytes)
+    yield _counter(
+        "seedstream_prefix_cache_hit_tokens", "Prompt positions copied from the prefix cache", stats.hit_tokens
+    )
+    yield _counter(
+        "seedstream_prefix_cache_miss_tokens", "Prompt positions computed (not in the cache)", stats.miss_tokens
+    )
+    yield _counter("seedstream_prefix_cache_evicted_blocks", "Prefix cache blocks evicted (LRU)", stats.evicted_blocks)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

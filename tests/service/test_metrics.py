@@ -93,6 +93,16 @@ def test_counters_and_histograms_follow_real_calls(metered):
     assert value(after, "seedstream_kv_positions_budget") == engine.config.max_kv_tokens
     assert value(after, "seedstream_max_batch_size") == engine.config.max_batch_size
     assert value(after, "seedstream_speculative_draft_tokens_total") == 0  # --speculative-tokens is off here
+    stats = engine.prefix_cache.stats  # the prefix cache's gauges and counters are the engine's own figures
+    assert value(after, "seedstream_prefix_cache_bytes") == stats.bytes
+    assert value(after, "seedstream_prefix_cache_budget_bytes") == engine.prefix_cache.budget_bytes > 0
+    assert value(after, "seedstream_prefix_cache_hit_tokens_total") == stats.hit_tokens
+    assert value(after, "seedstream_prefix_cache_evicted_blocks_total") == stats.evicted_blocks
+    # both generations' prompts and the scored one were looked up: every position a hit or a miss
+    looked_up = delta(after, before, "seedstream_prefix_cache_hit_tokens_total") + delta(
+        after, before, "seedstream_prefix_cache_miss_tokens_total"
+    )
+    assert looked_up >= 2 * len(PROMPT)
 
 
 def test_gauges_while_a_stream_runs_and_cancelled_status(metered):
