@@ -49,6 +49,8 @@ HEADERS = (
     "pool.h",
     "gemm_formats.h",
     "gemm_blocks.h",
+    "gemm_group6.h",
+    "gemm_nibble32.h",
     "gemm_tiles.h",
     "attention_kernels.h",
 )

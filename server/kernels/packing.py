@@ -9,7 +9,10 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
   q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k: GGUF's blocks regrouped per 16 columns (csrc/gemm_blocks.h):
         float16 d[16]; [float16 m or dmin [16]]; [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16]];
         per 32 values: the low LO bits, uint8 lo[32 LO / 8][16] (LO = 4: as q4_1; LO = 2: value j in row j % 8,
-        bits 2 (j // 8)), then the H high bits, uint8 hi[4 H][16] (value j in row j // (8 / H), bits H (j % (8 / H)))
+        bits 2 (j // 8)), then the H high bits, uint8 hi[4 H][16] (value j in row j // (8 / H), bits H (j % (8 / H)));
+        q6_k instead per 32 values 8 groups of 4 values, 48 bytes each: lane l's 24 bits at 3 l, value 4g + i in
+        bits 6 i as q - 32 in 6-bit two's complement (csrc/gemm_group6.h); q4_k the nibble rows regrouped as the
+        int8 layout's (below): uint8 q[4 groups][16 lanes][4] (csrc/gemm_nibble32.h)
   f16, bf16  tile = uint16 w[K][16] (widened exactly to float32 in registers)
 A fused matrix whose parts are stored in different formats is a chain of parts (PackedMatrix.next).
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
@@ -49,7 +52,7 @@ from .lib import (
 if TYPE_CHECKING:
     import os
 
-PACK_LAYOUT = "4"  # bump when a tile layout changes (names the cached packed weights)
+PACK_LAYOUT = "5"  # bump when a tile layout changes (names the cached packed weights)
 # NR (output columns per tile), QK (values per block) and the tile block sizes: lib.py, checked against the library.
 # Most precise first: a stored tensor is kept as it is when its format is at least as precise as the
 # one asked for.
@@ -214,10 +217,12 @@ def _int8_high_bit_blocks(m: PackedMatrix) -> np.ndarray:
     blocks = m.data.numpy().reshape((m.n // NR) * (m.k // size), -1)  # [tile blocks, bytes]
     head = blocks.shape[1] - chunks * chunk  # the scales, kept
     c = blocks[:, head:].reshape(-1, chunks, chunk)
-    nibbles = c[..., :256].reshape(-1, chunks, 4, 4, NR).transpose(0, 1, 2, 4, 3)  # [.., g, lane, j]: row 4g + j
-    if not hi_bits:  # q4_k: the nibbles alone
-        quants = nibbles.reshape(blocks.shape[0], -1)
-        return np.ascontiguousarray(np.concatenate([blocks[:, :head], quants], axis=1).reshape(-1))
+    if m.format == "q6_k":  # from its grouped quants, the rows of the other formats' layout
+        q = _ungrouped6(c)
+        c = np.concatenate([_low_rows(q & 15, 4), _high_rows(q >> 4, 2)], axis=-1)
+    if not hi_bits:  # q4_k: its nibbles are already in words of 4 rows per lane (a copy: not the float layout's)
+        return np.array(blocks, copy=True).reshape(-1)
+    nibbles = _nibble_words(c[..., :256])  # [.., g, lane, j]: row 4g + j
     fields = 8 // hi_bits
     rows = (
         c[..., 256:].reshape(-1, chunks, 32 // fields, 1, NR) >> (hi_bits * np.arange(fields, dtype=np.uint8))[:, None]
@@ -336,6 +341,29 @@ def _high_rows(v: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.uint8).reshape(*v.shape[:-3], -1)
 
 
+def _nibble_words(rows: np.ndarray) -> np.ndarray:
+    """4-bit rows [..., 256] (_low_rows) -> words of 4 rows per lane [..., 4 groups, 16 lanes, 4 rows]: the int8
+    kernels' layout, and Q4_K's (csrc/gemm_nibble32.h)."""
+    return np.ascontiguousarray(rows.reshape(*rows.shape[:-1], 4, 4, NR).swapaxes(-1, -2)).reshape(rows.shape)
+
+
+def _grouped6(q: np.ndarray) -> np.ndarray:
+    """Q6_K's 6-bit values [..., 32, 16 lanes] -> bytes [..., 384]: group g (values 4g .. 4g + 3) at 48 g, column
+    l's 24 bits at 48 g + 3 l, value 4g + i in bits 6i as q - 32 in 6-bit two's complement. See csrc/gemm_group6.h."""
+    f = (q.astype(np.uint32) ^ 32).reshape(*q.shape[:-2], 8, 4, NR)
+    bits = f[..., 0, :] | f[..., 1, :] << 6 | f[..., 2, :] << 12 | f[..., 3, :] << 18  # [..., group, lane]
+    out = np.stack([bits & 0xFF, bits >> 8 & 0xFF, bits >> 16], axis=-1).astype(np.uint8)
+    return out.reshape(*q.shape[:-2], 48 * 8)
+
+
+def _ungrouped6(c: np.ndarray) -> np.ndarray:
+    """_grouped6's bytes [..., 384] -> the values [..., 32, 16 lanes] (uint8)."""
+    b = c.reshape(*c.shape[:-1], 8, NR, 3).astype(np.uint32)
+    bits = b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16  # [..., group, lane]
+    f = (bits[..., None, :] >> (6 * np.arange(4, dtype=np.uint32))[:, None]) & 63  # [..., group, i, lane]
+    return (f ^ 32).astype(np.uint8).reshape(*c.shape[:-1], 32, NR)
+
+
 def pack_blocks(
     fmt: str,
     d: np.ndarray,
@@ -362,10 +390,15 @@ def pack_blocks(
         assert sc is not None  # a K-type's blocks carry sub-block scales
         head += [per_lane(sc, np.int8)] + ([per_lane(mn, np.uint8)] if mn is not None else [])
     qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
-    chunk = [_low_rows(qt & ((1 << lo_bits) - 1), lo_bits)]
-    if hi_bits:
-        chunk.append(_high_rows(qt >> lo_bits, hi_bits))
-    chunks = np.concatenate(chunk, axis=-1).reshape(t, nb, -1)
+    if fmt == "q6_k":
+        chunks = _grouped6(qt).reshape(t, nb, -1)
+    elif fmt == "q4_k":
+        chunks = _nibble_words(_low_rows(qt, 4)).reshape(t, nb, -1)
+    else:
+        chunk = [_low_rows(qt & ((1 << lo_bits) - 1), lo_bits)]
+        if hi_bits:
+            chunk.append(_high_rows(qt >> lo_bits, hi_bits))
+        chunks = np.concatenate(chunk, axis=-1).reshape(t, nb, -1)
     blocks = np.concatenate([*head, chunks], axis=-1)  # [T, nb, block bytes]
     return _packed(fmt, n, k, blocks.reshape(-1), bias)
 

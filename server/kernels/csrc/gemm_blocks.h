@@ -22,6 +22,8 @@
 //     LO = 4: uint8 lo[16][16], value j in row j & 15, bits 4 * (j >> 4) (as q4_1: j low nibble, j+16 high)
 //     LO = 2: uint8 lo[8][16], value j in row j & 7, bits 2 * (j >> 3)
 //     H > 0:  uint8 hi[4 H][16], value j in row j / (8 / H), bits H * (j % (8 / H))
+//   Q6_K (GROUP6) instead: per 32 values 8 groups of four whole 6-bit values (gemm_group6.h); Q4_K (NIBBLE32):
+//   the LO = 4 rows regrouped into 32-bit words of 4 rows per lane (gemm_nibble32.h)
 // so that the 16 lanes of one value are one 16-byte row: a 16-bit shift and a mask per part (x86 has no byte
 // shift, and the mask drops what a 16-bit shift carries across bytes), an or, then widened and converted.
 #pragma once
@@ -120,11 +122,21 @@ static inline __m128i blk_bytes(const uint8_t* c) {
 }
 #endif
 
+// The lanes of P consecutive values: one step of the kernels' value loop (blk_step below).
+template <int P>
+struct StepLanes {
+  V16 v[P];
+};
+#include "gemm_group6.h"    // Q6_K's grouped layout
+#include "gemm_nibble32.h"  // Q4_K's words of nibbles
+
 // 16 lanes of value j (0..31; a for_values index) of the chunk at c as floats: q - OFF, exact. Without high
 // bits, the low bits are widened straight from memory and cut in 32-bit lanes (as q4_1; measured faster).
 #if defined(SSK_AVX512)
-template <class F, class J>
-static inline V16 blk_lanes(const uint8_t* c, J) {
+template <class F, bool SX = false, class J>
+static inline V16 blk_lanes(const uint8_t* c, J j) {
+  if constexpr (F::GROUP6) return group6_lanes<F>(c, j);
+  if constexpr (F::NIBBLE32) return nibble32_lanes<F, SX>(c, j);
   if constexpr (F::H == 0) {
     constexpr ValueAt<F> at(J::value);
     __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(c + 16 * at.lo_row)));
@@ -145,15 +157,19 @@ static inline __m256 blk_8(const uint8_t* c) {  // F::H == 0: lanes 0-7 at c
   if constexpr (F::OFF != 0) v = _mm256_sub_epi32(v, _mm256_set1_epi32(F::OFF));
   return _mm256_cvtepi32_ps(v);
 }
-template <class F, class J>
-static inline V16 blk_lanes(const uint8_t* c, J) {
+template <class F, bool SX = false, class J>
+static inline V16 blk_lanes(const uint8_t* c, J j) {
+  if constexpr (F::GROUP6) return group6_lanes<F>(c, j);
+  if constexpr (F::NIBBLE32) return nibble32_lanes<F, SX>(c, j);
   if constexpr (F::H == 0) return {blk_8<F, J>(c), blk_8<F, J>(c + 8)};
   const __m128i q = blk_bytes<F, J>(c);
   return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q, q)))};
 }
 #else
-template <class F>
+template <class F, bool SX = false>
 static inline V16 blk_lanes(const uint8_t* c, int j) {
+  if constexpr (F::GROUP6) return group6_lanes<F>(c, j);
+  if constexpr (F::NIBBLE32) return nibble32_lanes<F, SX>(c, j);
   const ValueAt<F> at(j);
   V16 r;
   for (int l = 0; l < 16; ++l) {
@@ -165,11 +181,6 @@ static inline V16 blk_lanes(const uint8_t* c, int j) {
 }
 #endif
 
-// The lanes of P consecutive values: one step of the kernels' value loop (blk_step below).
-template <int P>
-struct StepLanes {
-  V16 v[P];
-};
 // Values 2p and 2p + 1 of the chunk at c (p a for_values index; formats with high bits): blk_lanes of each. Both
 // sit in the same sub-block (L is even), their low bits in adjacent rows with one shift, their high bits in one row.
 #if defined(SSK_AVX2)
@@ -218,15 +229,16 @@ static inline StepLanes<2> blk_pair(const uint8_t* c, int p) {
 }
 #endif
 
-// One step of the kernels' value loop: values P s .. P s + P - 1 of the chunk at c (s a for_values index), P = 2
-// for the formats with high bits (blk_pair), else 1 (their loads are already one per 8 lanes; two values' lanes
-// held at once would spill the interleaved kernel's sums).
+// One step of the kernels' value loop: values P s .. P s + P - 1 of the chunk at c (s a for_values index), P = 4
+// for Q6_K's groups (blk_group6), 2 for the other formats with high bits (blk_pair), else 1 (their loads are
+// already one per 8 lanes; two values' lanes held at once would spill the interleaved kernel's sums).
 template <class F>
-constexpr int STEP = F::H > 0 ? 2 : 1;
-template <class F, class S>
+constexpr int STEP = F::GROUP6 ? 4 : F::H > 0 ? 2 : 1;
+template <class F, bool SX = false, class S>  // SX: the scaled expansion (gemm_nibble32.h)
 static inline StepLanes<STEP<F>> blk_step(const uint8_t* c, S s) {
-  if constexpr (STEP<F> == 2) return blk_pair<F>(c, s);
-  else return {{blk_lanes<F>(c, s)}};
+  if constexpr (STEP<F> == 4) return blk_group6<F>(c, s);
+  else if constexpr (STEP<F> == 2) return blk_pair<F>(c, s);
+  else return {{blk_lanes<F, SX>(c, s)}};
 }
 
 // Sub-block s's scale and minimum term (see the header comment) of tile block blk.
@@ -251,8 +263,9 @@ static inline float sum16(const float* x, int stride) {
   return s;
 }
 
-// The register kernel: MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart), as tile_q4_1.
-template <class F, int MR, int NT>
+// The register kernel: MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart), as tile_q4_1. SX: x is
+// nibble32_scaled_inputs' scaled inputs (sums still those of the rows themselves).
+template <class F, int MR, int NT, bool SX = false>
 static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const float* sums, int k, float* y,
                      int ldy) {
   const int nb = k / SSK_QK;
@@ -272,7 +285,7 @@ static void tile_blk(const uint8_t* tile, size_t tbytes, const float* x, const f
           for (int r = 0; r < MR; ++r)
             for (int t = 0; t < NT; ++t) sq[r][t] = v_zero();
         for (int t = 0; t < NT; ++t) {
-          const StepLanes<P> q = blk_step<F>(chunk[t], sc);
+          const StepLanes<P> q = blk_step<F, SX>(chunk[t], sc);
           for (int i = 0; i < P; ++i)
             for (int r = 0; r < MR; ++r) sq[r][t] = v_fma(v_set1(x[(size_t)r * k + x0 + j0 + i]), q.v[i], sq[r][t]);
         }

@@ -2,6 +2,8 @@
 // arithmetic: the header of gemm.cpp), as templates over a kernel family; each gemm_*.cpp unit instantiates
 // GemmFormat (gemm_formats.h) for its formats, so the formats' kernels compile in parallel.
 #pragma once
+#include <vector>
+
 #include "gemm_blocks.h"
 
 // MR rows (x rows, stride k) of NT adjacent tiles (tbytes apart); y points at (first row, first column),
@@ -194,11 +196,23 @@ struct BlockKernels {
   static void big(const uint8_t* t, const float* xp, const float* sums, int k, float* y, int ldy) {
     big_blk<F, MR>(t, xp, sums, k, y, ldy);
   }
+  template <int MR, int NT>  // x: nibble32_scaled_inputs' (SCALED_ROW below)
+  static void tile_scaled(const uint8_t* t, size_t tbytes, const float* x, const float* sums, int k, float* y, int ldy) {
+    tile_blk<F, MR, NT, true>(t, tbytes, x, sums, k, y, ldy);
+  }
   static void many(const uint8_t* t, size_t tbytes, int tiles, const float* xp, const float* sums, int k,
                    int big_rows, float* y, int ldy) {
     many_blk<F>(t, tbytes, tiles, xp, sums, k, big_rows, y, ldy);
   }
 };
+
+// Whether family K's one-row kernel takes scaled inputs where they are exact (gemm_nibble32.h: Q4_K, AVX2).
+template <class K>
+constexpr bool SCALED_ROW = false;
+#if defined(SSK_AVX2)
+template <class F>
+constexpr bool SCALED_ROW<BlockKernels<F>> = F::NIBBLE32;
+#endif
 
 // rows in (MR_BIG / 2, MR_BIG]: the interleaved kernel for exactly that many rows
 template <class K, int MR>
@@ -245,10 +259,23 @@ void GemmFormat<K>::run(Pool& pool, const ssk_matrix& w, int m, int big_rows, co
                         const float* sums, float* y, int ldy) {
   const int nb = w.k / SSK_QK;
   const size_t tbytes = tile_bytes(w.format, w.k);
+  std::vector<float> scaled;  // one row's scaled inputs (SCALED_ROW), empty where not exact
+  if constexpr (SCALED_ROW<K>) {
+    if (m == 1) {
+      scaled.resize(w.k);
+      if (!nibble32_scaled_inputs(x, w.k, scaled.data())) scaled.clear();
+    }
+  }
   for_tiles(pool, w, m, y, ldy, [&](int64_t tile, int64_t left) {
     const uint8_t* tdata = w.data + (size_t)tile * tbytes;
     const int n0 = (int)tile * SSK_NR;
     if (m == 1 && left >= 4) {  // one row: four tiles' chains in flight
+      if constexpr (SCALED_ROW<K>) {
+        if (!scaled.empty()) {
+          K::template tile_scaled<1, 4>(tdata, tbytes, scaled.data(), sums, w.k, y + n0, ldy);
+          return 4;
+        }
+      }
       K::template tile<1, 4>(tdata, tbytes, x, sums, w.k, y + n0, ldy);
       return 4;
     }
