@@ -76,6 +76,26 @@ def test_many_rows_of_several_tiles_keep_the_bits_of_one_row(kernels_for, fmt):
                 assert torch.equal(got, alone[:m]), f"{fmt} M={m}, {isa}, {threads} threads: differs from alone"
 
 
+def test_q4_k_one_row_scaled_inputs_keep_the_bits_or_are_not_taken(kernels_for):
+    """Q4_K's one-row kernel (AVX2) multiplies nibbles masked in place by inputs scaled by 2^-e (csrc/gemm_nibble32.h):
+    the same products where the scaled inputs are exact. A row of tiny inputs (1e-35: scaled by 2^-24 they would be
+    subnormal and lose bits) must take the exact expansion instead; either way a row alone has the bits it has
+    among others (the kernels of 3 rows never scale) and on every build."""
+    n, k = 64, 512
+    rows, _ = stored("q4_k", n, k, seed=12)
+    matrix = packing.pack_stored("q4_k", rows).desc()
+    x = inputs(3, k, seed=6)
+    x[1] *= 1e-35  # tiny throughout: its products decide the result's bits
+    x[2, 3::32] = 1e-36  # a few tiny values among normal ones, at the nibbles scaled most
+    for isa in available_isas():
+        together = kernels_for(isa=isa, threads=1).gemm(matrix, x)
+        assert torch.isfinite(together).all() and (together[1] != 0).any()
+        for i in range(3):
+            alone = kernels_for(isa=isa, threads=2).gemm(matrix, x[i : i + 1])
+            assert torch.equal(alone[0], together[i]), f"{isa} row {i}: one row's bits differ"
+            assert torch.equal(alone, kernels_for(isa=available_isas()[-1]).gemm(matrix, x[i : i + 1])), isa
+
+
 def rows_keep_their_bits(kernels_for, matrix, x: torch.Tensor, label: str) -> torch.Tensor:
     """The product of 66 rows x (2 threads); asserts that a row's bits do not change with the row count, its
     position or the thread count."""
