@@ -11,8 +11,8 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
         per 32 values: the low LO bits, uint8 lo[32 LO / 8][16] (LO = 4: as q4_1; LO = 2: value j in row j % 8,
         bits 2 (j // 8)), then the H high bits, uint8 hi[4 H][16] (value j in row j // (8 / H), bits H (j % (8 / H)));
         q6_k instead per 32 values 8 groups of 4 values, 48 bytes each: lane l's 24 bits at 3 l, value 4g + i in
-        bits 6 i as q - 32 in 6-bit two's complement (csrc/gemm_group6.h); q4_k the nibble rows regrouped as the
-        int8 layout's (below): uint8 q[4 groups][16 lanes][4] (csrc/gemm_nibble32.h)
+        bits 6 i as q - 32 in 6-bit two's complement (csrc/gemm_group6.h); q4_k and q4_0 the nibble rows regrouped
+        as the int8 layout's (below): uint8 q[4 groups][16 lanes][4] (csrc/gemm_nibble32.h)
   f16, bf16  tile = uint16 w[K][16] (widened exactly to float32 in registers)
 A fused matrix whose parts are stored in different formats is a chain of parts (PackedMatrix.next).
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
@@ -183,8 +183,10 @@ def pack_q4_1(d: np.ndarray, m: np.ndarray, qs: np.ndarray, bias: np.ndarray | N
 _BLOCK_LAYOUT = {
     "q8_0": (Q8_0_QS, Q8_0_TILE_BLOCK - Q8_0_QS),
     "q4_1": (Q4_1_QS, Q4_1_TILE_BLOCK - Q4_1_QS),
-    "q4_0": (32, 256),  # csrc/gemm_formats.h FmtQ4_0 (layout: gemm_blocks.h): float16 d[16], then q4_1's nibbles
+    "q4_0": (32, 256),  # csrc/gemm_formats.h FmtQ4_0: float16 d[16], then its nibbles in words (gemm_nibble32.h)
 }
+# Block formats whose float layout keeps the nibbles in words of 4 rows per lane, as the int8 layout does
+_NIBBLE_WORDS = ("q4_0", "q4_k")
 # Block formats of 4 low bits and high bits whose int8 layout adds the high bits' regrouping
 _HIGH_BIT_FORMATS = ("q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
 # the formats the int8-activation GEMM takes (csrc/gemm_i8.cpp); Q2_K, Q3_K and the float formats are refused
@@ -201,6 +203,8 @@ def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
         return m
     if m.bias is not None:  # its own copy: a view would keep the whole float layout's mapping alive
         m = dataclasses.replace(m, bias=m.bias.clone())
+    if m.format in _NIBBLE_WORDS:  # already in words of 4 rows per lane (a copy: not the float layout's memory)
+        return dataclasses.replace(m, data=m.data.clone(), activations="int8")
     if m.format in _HIGH_BIT_FORMATS:
         return dataclasses.replace(m, data=torch.from_numpy(_int8_high_bit_blocks(m)), activations="int8")
     head, quants = _BLOCK_LAYOUT[m.format]
@@ -211,7 +215,7 @@ def for_int8_activations(m: PackedMatrix) -> PackedMatrix:
 
 
 def _int8_high_bit_blocks(m: PackedMatrix) -> np.ndarray:
-    """A q5_0/q5_1/q4_k/q5_k/q6_k matrix's bytes in the int8 layout (module docstring; csrc/gemm_i8.cpp)."""
+    """A q5_0/q5_1/q5_k/q6_k matrix's bytes in the int8 layout (module docstring; csrc/gemm_i8.cpp)."""
     size, _, _, hi_bits, _ = BLOCK_FORMATS[m.format]
     chunks, chunk = size // 32, 64 * (4 + hi_bits)
     blocks = m.data.numpy().reshape((m.n // NR) * (m.k // size), -1)  # [tile blocks, bytes]
@@ -220,8 +224,6 @@ def _int8_high_bit_blocks(m: PackedMatrix) -> np.ndarray:
     if m.format == "q6_k":  # from its grouped quants, the rows of the other formats' layout
         q = _ungrouped6(c)
         c = np.concatenate([_low_rows(q & 15, 4), _high_rows(q >> 4, 2)], axis=-1)
-    if not hi_bits:  # q4_k: its nibbles are already in words of 4 rows per lane (a copy: not the float layout's)
-        return np.array(blocks, copy=True).reshape(-1)
     nibbles = _nibble_words(c[..., :256])  # [.., g, lane, j]: row 4g + j
     fields = 8 // hi_bits
     rows = (
@@ -392,7 +394,7 @@ def pack_blocks(
     qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
     if fmt == "q6_k":
         chunks = _grouped6(qt).reshape(t, nb, -1)
-    elif fmt == "q4_k":
+    elif fmt in _NIBBLE_WORDS:
         chunks = _nibble_words(_low_rows(qt, 4)).reshape(t, nb, -1)
     else:
         chunk = [_low_rows(qt & ((1 << lo_bits) - 1), lo_bits)]

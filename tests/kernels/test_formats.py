@@ -81,7 +81,7 @@ def test_q4_k_one_row_scaled_inputs_keep_the_bits_or_are_not_taken(kernels_for):
     the same products where the scaled inputs are exact. A row of tiny inputs (1e-35: scaled by 2^-24 they would be
     subnormal and lose bits) must take the exact expansion instead; either way a row alone has the bits it has
     among others (the kernels of 3 rows never scale) and on every build."""
-    n, k = 64, 512
+    n, k = 16 * 16, 512  # 16 tiles: the one-row kernel takes 4 at a time, on 1 and on 2 threads
     rows, _ = stored("q4_k", n, k, seed=12)
     matrix = packing.pack_stored("q4_k", rows).desc()
     x = inputs(3, k, seed=6)
@@ -91,9 +91,10 @@ def test_q4_k_one_row_scaled_inputs_keep_the_bits_or_are_not_taken(kernels_for):
         together = kernels_for(isa=isa, threads=1).gemm(matrix, x)
         assert torch.isfinite(together).all() and (together[1] != 0).any()
         for i in range(3):
-            alone = kernels_for(isa=isa, threads=2).gemm(matrix, x[i : i + 1])
-            assert torch.equal(alone[0], together[i]), f"{isa} row {i}: one row's bits differ"
-            assert torch.equal(alone, kernels_for(isa=available_isas()[-1]).gemm(matrix, x[i : i + 1])), isa
+            for threads in (1, 2):
+                alone = kernels_for(isa=isa, threads=threads).gemm(matrix, x[i : i + 1])
+                assert torch.equal(alone[0], together[i]), f"{isa}, {threads} threads, row {i}: one row's bits differ"
+                assert torch.equal(alone, kernels_for(isa=available_isas()[-1]).gemm(matrix, x[i : i + 1])), isa
 
 
 def rows_keep_their_bits(kernels_for, matrix, x: torch.Tensor, label: str) -> torch.Tensor:

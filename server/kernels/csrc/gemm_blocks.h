@@ -22,8 +22,8 @@
 //     LO = 4: uint8 lo[16][16], value j in row j & 15, bits 4 * (j >> 4) (as q4_1: j low nibble, j+16 high)
 //     LO = 2: uint8 lo[8][16], value j in row j & 7, bits 2 * (j >> 3)
 //     H > 0:  uint8 hi[4 H][16], value j in row j / (8 / H), bits H * (j % (8 / H))
-//   Q6_K (GROUP6) instead: per 32 values 8 groups of four whole 6-bit values (gemm_group6.h); Q4_K (NIBBLE32):
-//   the LO = 4 rows regrouped into 32-bit words of 4 rows per lane (gemm_nibble32.h)
+//   Q6_K (GROUP6) instead: per 32 values 8 groups of four whole 6-bit values (gemm_group6.h); Q4_K (NIBBLE32)
+//   and Q4_0 the LO = 4 rows regrouped into 32-bit words of 4 rows per lane (gemm_nibble32.h)
 // so that the 16 lanes of one value are one 16-byte row: a 16-bit shift and a mask per part (x86 has no byte
 // shift, and the mask drops what a 16-bit shift carries across bytes), an or, then widened and converted.
 #pragma once
@@ -128,7 +128,7 @@ struct StepLanes {
   V16 v[P];
 };
 #include "gemm_group6.h"    // Q6_K's grouped layout
-#include "gemm_nibble32.h"  // Q4_K's words of nibbles
+#include "gemm_nibble32.h"  // Q4_0's and Q4_K's words of nibbles
 
 // 16 lanes of value j (0..31; a for_values index) of the chunk at c as floats: q - OFF, exact. Without high
 // bits, the low bits are widened straight from memory and cut in 32-bit lanes (as q4_1; measured faster).

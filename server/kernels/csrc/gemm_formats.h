@@ -25,7 +25,7 @@ struct BlockFmt {
   static constexpr int S = S_, L = L_, LO = LO_, H = H_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
   static constexpr bool HAS_MIN = MIN_, KTYPE = K_;
   static constexpr bool GROUP6 = LO_ == 4 && H_ == 2;  // Q6_K: quants in groups of four 6-bit values (gemm_group6.h)
-  static constexpr bool NIBBLE32 = K_ && LO_ == 4 && H_ == 0;  // Q4_K: 32-bit words of nibbles (gemm_nibble32.h)
+  static constexpr bool NIBBLE32 = LO_ == 4 && H_ == 0;  // Q4_0, Q4_K: 32-bit words of nibbles (gemm_nibble32.h)
   static constexpr int SC = 32 + (MIN_ ? 32 : 0);                            // byte offset of sc
   static constexpr int MN = SC + (K_ ? NSUB * 16 : 0);                       // byte offset of mn
   static constexpr int QS = MN + (K_ && MIN_ ? NSUB * 16 : 0);              // byte offset of the quants

@@ -206,7 +206,7 @@ struct BlockKernels {
   }
 };
 
-// Whether family K's one-row kernel takes scaled inputs where they are exact (gemm_nibble32.h: Q4_K, AVX2).
+// Whether family K's one-row kernel takes scaled inputs where they are exact (gemm_nibble32.h: Q4_0, Q4_K; AVX2).
 template <class K>
 constexpr bool SCALED_ROW = false;
 #if defined(SSK_AVX2)
