@@ -48,6 +48,7 @@ HEADERS = (
     "simd_i8.h",
     "pool.h",
     "gemm_formats.h",
+    "gemm_scales.h",
     "gemm_blocks.h",
     "gemm_group6.h",
     "gemm_nibble32.h",

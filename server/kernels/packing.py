@@ -7,12 +7,19 @@ block so that one SIMD load serves 16 output columns (see csrc/gemm.cpp). Format
   q4_1  tile block (320 B) = float16 d[16], float16 m[16], uint8 q[16 k][16 lanes]
         (the byte for k holds value k in its low and value k+16 in its high nibble, as GGUF does)
   q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k: GGUF's blocks regrouped per 16 columns (csrc/gemm_blocks.h):
-        float16 d[16]; [float16 m or dmin [16]]; [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16]];
+        float16 d[16]; [float16 m or dmin [16]]; [K-types: the sub-block scales (and minima) as SCALE_FIELDS];
         per 32 values: the low LO bits, uint8 lo[32 LO / 8][16] (LO = 4: as q4_1; LO = 2: value j in row j % 8,
         bits 2 (j // 8)), then the H high bits, uint8 hi[4 H][16] (value j in row j // (8 / H), bits H (j % (8 / H)));
         q6_k instead per 32 values 8 groups of 4 values, 48 bytes each: lane l's 24 bits at 3 l, value 4g + i in
         bits 6 i as q - 32 in 6-bit two's complement (csrc/gemm_group6.h); q4_k and q4_0 the nibble rows regrouped
         as the int8 layout's (below): uint8 q[4 groups][16 lanes][4] (csrc/gemm_nibble32.h)
+        So every block format's tile block is 16 x the GGUF's block: the packed weights are the file's size.
+  K-type scale fields (csrc/gemm_scales.h): per column FIELDS integers of BITS bits (Q3_K, Q6_K: the scale of
+        sub-block s is field s; Q2_K, Q4_K, Q5_K: its scale and minimum fields 2s and 2s + 1), as byte rows of
+        16 lanes: BITS = 8 int8 f[FIELDS][16]; BITS = 4 or 6 the low 4 bits uint8 lo[FIELDS / 2][16] (field i in
+        row i // 2, bits 4 (i % 2)), for BITS = 6 then the top 2 bits uint8 hi[FIELDS / 4][16] (field i in row
+        i // 4, bits 2 (i % 4)); a field's value is its bits less BIAS (Q3_K: 32). FIELDS * BITS / 8 bytes a
+        column, as the GGUF's (Q4_K: row s holds sc | mn << 4 of sub-block s, as 4 bits each)
   f16, bf16  tile = uint16 w[K][16] (widened exactly to float32 in registers)
 A fused matrix whose parts are stored in different formats is a chain of parts (PackedMatrix.next).
 Scales are float16, as GGUF stores them (a one-row step is bound by the bytes it reads); quantising
@@ -74,6 +81,9 @@ BITS = {
     "q2_k": 2.625,
 }
 STORED_FORMATS = tuple(sorted(BITS))
+# K-types' sub-block scale fields (csrc/gemm_scales.h ScaleFields): (bits a field, bias: a field's value is its
+# bits less it); a format with a minimum has two fields a sub-block (scale, minimum), else one (the scale).
+SCALE_FIELDS = {"q2_k": (4, 0), "q3_k": (6, 32), "q4_k": (6, 0), "q5_k": (6, 0), "q6_k": (8, 0)}
 # Block formats of csrc/gemm_blocks.h: (values per block S, values per sub-block L, low bits LO, high bits H,
 # K-type)
 BLOCK_FORMATS = {
@@ -366,6 +376,23 @@ def _ungrouped6(c: np.ndarray) -> np.ndarray:
     return (f ^ 32).astype(np.uint8).reshape(*c.shape[:-1], 32, NR)
 
 
+def scale_field_rows(fmt: str, sc: np.ndarray, mn: np.ndarray | None) -> np.ndarray:
+    """A K-type's sub-block scales sc [..., S/L] (and minima mn) -> its scale fields' byte rows [..., rows] of
+    one column (module docstring: SCALE_FIELDS)."""
+    bits, bias = SCALE_FIELDS[fmt]
+    fields = sc if mn is None else np.stack([sc, mn], axis=-1).reshape(*sc.shape[:-1], -1)  # [..., FIELDS]
+    u = (fields.astype(np.int16) + bias).astype(np.uint8)
+    if bits < 8 and (u >> bits).any():
+        raise ValueError(f"{fmt}: a sub-block scale or minimum beyond its {bits} bits")
+    if bits == 8:
+        return u
+    lo = (u[..., 0::2] & 0x0F) | ((u[..., 1::2] & 0x0F) << 4)  # field i in row i // 2, bits 4 (i % 2)
+    if bits == 4:
+        return lo
+    top = (u >> 4).reshape(*u.shape[:-1], -1, 4) << np.array([0, 2, 4, 6], np.uint8)  # field i: row i // 4
+    return np.concatenate([lo, np.bitwise_or.reduce(top, axis=-1)], axis=-1)
+
+
 def pack_blocks(
     fmt: str,
     d: np.ndarray,
@@ -390,7 +417,7 @@ def pack_blocks(
     head = [per_lane(d, np.float16)] + ([per_lane(m, np.float16)] if m is not None else [])
     if ktype:
         assert sc is not None  # a K-type's blocks carry sub-block scales
-        head += [per_lane(sc, np.int8)] + ([per_lane(mn, np.uint8)] if mn is not None else [])
+        head.append(per_lane(scale_field_rows(fmt, sc, mn), np.uint8))
     qt = q.reshape(t, NR, nb, size // 32, 32).transpose(0, 2, 3, 4, 1)  # [T, nb, chunk, value, lane]
     if fmt == "q6_k":
         chunks = _grouped6(qt).reshape(t, nb, -1)

@@ -17,7 +17,7 @@
 //
 // Tile block layout (16 columns; server/kernels/packing.py writes it):
 //   float16 d[16]; [float16 m[16] (Q5_1) or dmin[16] (K, with a minimum)];
-//   [K-types: int8 sc[S/L][16]; uint8 mn[S/L][16] with a minimum];
+//   [K-types: the sub-block scales (and minima), as many bytes as the GGUF's: gemm_scales.h];
 //   per 32 values: the low LO bits of each value, then its H high bits, as bytes [row][16 lanes]:
 //     LO = 4: uint8 lo[16][16], value j in row j & 15, bits 4 * (j >> 4) (as q4_1: j low nibble, j+16 high)
 //     LO = 2: uint8 lo[8][16], value j in row j & 7, bits 2 * (j >> 3)
@@ -241,19 +241,7 @@ static inline StepLanes<STEP<F>> blk_step(const uint8_t* c, S s) {
   else return {{blk_lanes<F, SX>(c, s)}};
 }
 
-// Sub-block s's scale and minimum term (see the header comment) of tile block blk.
-template <class F>
-static inline V16 blk_scale(const uint8_t* blk, int s) {
-  const V16 d = v_load_f16((const uint16_t*)blk);
-  if constexpr (F::KTYPE) return v_mul(d, q8_lanes(blk + F::SC + 16 * s));
-  return d;
-}
-template <class F>
-static inline V16 blk_min(const uint8_t* blk, int s) {
-  const V16 m = v_load_f16((const uint16_t*)blk + 16);
-  if constexpr (F::KTYPE) return v_sub(v_zero(), v_mul(m, q8_lanes(blk + F::MN + 16 * s)));
-  return m;
-}
+// blk_scale and blk_min, sub-block s's scale and minimum term of a tile block: gemm_scales.h.
 
 // The sum of x over a 16-value sub-block (Q2_K's minimum term), added left to right as block_sums does;
 // x[i * stride] for i = 0..15.

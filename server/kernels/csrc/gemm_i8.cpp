@@ -16,7 +16,7 @@
 //   for q6_k's 16-value sub-blocks, two per 32-block, each with its own I and A over its 16 values:
 //     acc = fma(scale[n,j], float(I_j - 32 A_j) * s[b], acc)
 //   scale = d (q5_0, q5_1) or d * sc[j] (K types: exact in float32), min = m (q5_1) or -(dmin * mn[j]) (exact),
-//   OFF = 16 (q5_0), 32 (q6_k), else 0: the float path's scale and minimum of gemm_blocks.h.
+//   OFF = 16 (q5_0), 32 (q6_k), else 0: the float path's scale and minimum (blk_scale, blk_min: gemm_scales.h).
 // where A[b] is the block's sum of a: both terms see the same quantised input, so the output is the dot
 // product of the true weights d * q + min with it (with x's exact sum in the minimum term instead, the
 // rounding errors meet the uncentred d * q alone and the largest logit error doubles). The integer sums
@@ -35,6 +35,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "gemm_formats.h"
 #include "internal.h"
 #include "simd_i8.h"
 
@@ -134,42 +135,16 @@ struct I8Format<SSK_Q8_0> {
   }
 };
 
-// The block formats of gemm_blocks.h that int8 activations take (4 low bits and H high bits a value; the byte
-// offsets of gemm_blocks.h's BlockFmt, whose scale bytes the regrouping keeps).
-template <int S_, int L_, int H_, int OFF_, bool MIN_, bool K_>
-struct I8Blk {
-  static constexpr int S = S_, L = L_, H = H_, OFF = OFF_, NSUB = S_ / L_, CHUNKS = S_ / 32;
-  static constexpr bool HAS_MIN = MIN_, KTYPE = K_;
-  static constexpr int SC = 32 + (MIN_ ? 32 : 0);                // byte offset of sc
-  static constexpr int MN = SC + (K_ ? NSUB * 16 : 0);           // byte offset of mn
-  static constexpr int QS = MN + (K_ && MIN_ ? NSUB * 16 : 0);  // byte offset of the quants
-  static constexpr int CHUNK = 64 * (4 + H_);                    // bytes per 32 values
-  static constexpr int BLOCK = QS + CHUNKS * CHUNK;
-  static_assert(L_ == 32 || !MIN_, "16-value sub-blocks with a minimum (Q2_K) are not taken");
-};
-// The I8Blk of a format code (void: not one of them). Q4_0's is for its dequantised row only: its GEMM is
-// I8Format<SSK_Q4_0>.
+// The block formats of gemm_blocks.h that int8 activations take, by format code (void: not one of them): 4 low bits
+// and H high bits a value, their tile blocks' offsets and scale fields those of gemm_formats.h, whose scale bytes
+// the regrouping keeps. Q4_0's is for its dequantised row only: its GEMM is I8Format<SSK_Q4_0>.
 template <int FMT> struct I8BlkOf { using type = void; };
-template <> struct I8BlkOf<SSK_Q4_0> { using type = I8Blk<32, 32, 0, 8, false, false>; };
-template <> struct I8BlkOf<SSK_Q5_0> { using type = I8Blk<32, 32, 1, 16, false, false>; };
-template <> struct I8BlkOf<SSK_Q5_1> { using type = I8Blk<32, 32, 1, 0, true, false>; };
-template <> struct I8BlkOf<SSK_Q4_K> { using type = I8Blk<256, 32, 0, 0, true, true>; };
-template <> struct I8BlkOf<SSK_Q5_K> { using type = I8Blk<256, 32, 1, 0, true, true>; };
-template <> struct I8BlkOf<SSK_Q6_K> { using type = I8Blk<256, 16, 2, 32, false, true>; };
-
-// Sub-block j's scale (d, or d * sc[j]) and minimum (m, or -(dmin * mn[j])), as gemm_blocks.h computes them.
-template <class F>
-static inline V16 i8_scale(const uint8_t* blk, int j) {
-  const V16 d = v_load_f16((const uint16_t*)blk);
-  if constexpr (F::KTYPE) return v_mul(d, v_from_i8((const int8_t*)blk + F::SC + 16 * j));
-  return d;
-}
-template <class F>
-static inline V16 i8_min(const uint8_t* blk, int j) {
-  const V16 m = v_load_f16((const uint16_t*)blk + 16);
-  if constexpr (F::KTYPE) return v_sub(v_zero(), v_mul(m, v_from_i8((const int8_t*)blk + F::MN + 16 * j)));
-  return m;
-}
+template <> struct I8BlkOf<SSK_Q4_0> { using type = FmtQ4_0; };
+template <> struct I8BlkOf<SSK_Q5_0> { using type = FmtQ5_0; };
+template <> struct I8BlkOf<SSK_Q5_1> { using type = FmtQ5_1; };
+template <> struct I8BlkOf<SSK_Q4_K> { using type = FmtQ4_K; };
+template <> struct I8BlkOf<SSK_Q5_K> { using type = FmtQ5_K; };
+template <> struct I8BlkOf<SSK_Q6_K> { using type = FmtQ6_K; };
 
 // Group G of a chunk: values 4G + j (into d0) and 16 + 4G + j (into d1: the second 16-value sub-block; d0 itself
 // for 32-value sub-blocks).
@@ -203,14 +178,15 @@ static inline void blk_dots(const uint8_t* c, const int8_t* ab, int k, VI* d0, V
 template <class F>
 static inline V16 blk_finish(const uint8_t* blk, int j, VI dot, float s, int32_t a_sum, float scaled_sum, V16 acc) {
   if constexpr (F::OFF != 0) dot = vi_sub_i32(dot, F::OFF * a_sum);
-  acc = v_fma(i8_scale<F>(blk, j), v_mul(vi_to_float(dot), v_set1(s)), acc);
-  if constexpr (F::HAS_MIN) acc = v_fma(i8_min<F>(blk, j), v_set1(scaled_sum), acc);
+  acc = v_fma(blk_scale<F>(blk, j), v_mul(vi_to_float(dot), v_set1(s)), acc);
+  if constexpr (F::HAS_MIN) acc = v_fma(blk_min<F>(blk, j), v_set1(scaled_sum), acc);
   return acc;
 }
 
-// tile_i8 for the formats of I8Blk: 32-block b is chunk b % CHUNKS of tile block b / CHUNKS.
+// tile_i8 for the formats of I8BlkOf: 32-block b is chunk b % CHUNKS of tile block b / CHUNKS.
 template <class F, int MR, int NT>
 static void tile_i8_blk(const uint8_t* tile, size_t tbytes, const I8Rows& in, int m0, float* y, int ldy) {
+  static_assert(F::LO == 4 && (F::L == 32 || !F::HAS_MIN), "4 low bits; no 16-value sub-blocks with a minimum (Q2_K)");
   V16 acc[NT][MR];
   for (int t = 0; t < NT; ++t)
     for (int r = 0; r < MR; ++r) acc[t][r] = v_zero();
@@ -344,7 +320,7 @@ bool i8_takes(int format) {
   }
 }
 
-// Row `row` of a matrix of I8Blk's formats in the int8 layout, dequantised as dequant_row_blocks does the float
+// Row `row` of a matrix of I8BlkOf's formats in the int8 layout, dequantised as dequant_row_blocks does the float
 // layout (scale * (q - OFF) [+ min]): the same values, so the embedding lookup does not change.
 template <class F>
 static void dequant_i8_blk(const ssk_matrix& w, int row, float* out) {
@@ -361,8 +337,8 @@ static void dequant_i8_blk(const ssk_matrix& w, int row, float* out) {
       if constexpr (F::H == 2) q |= ((chunk[256 + 64 * u + at] >> (2 * g)) & 3) << 4;
       const int sub = (32 * c + i) / F::L;
       float scale[16], mn[16];
-      v_store(scale, i8_scale<F>(blk, sub));
-      v_store(mn, F::HAS_MIN ? i8_min<F>(blk, sub) : v_zero());
+      v_store(scale, blk_scale<F>(blk, sub));
+      v_store(mn, F::HAS_MIN ? blk_min<F>(blk, sub) : v_zero());
       const float v = scale[lane] * (float)(q - F::OFF);
       out[b * SSK_QK + i] = F::HAS_MIN ? v + mn[lane] : v;
     }
