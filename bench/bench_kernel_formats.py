@@ -10,16 +10,22 @@ and with int8 activations and their ratio, at M = 1 and 8, with the load average
 --shapes picks the shapes (also 1b_attn and 1b_up: Llama-3.2-1B's 2048 x 2048 and 8192 x 2048, timed only when
 named); --rows sets the row counts (default 1,8); --against LIBSSK also times another build of the library (e.g.
 the cache entry of an older commit's sources), each cell on both in turn, and prints both GFLOP/s and the ratio.
+When that build reads another tile layout (an older PACK_LAYOUT), --against-tree DIR names its sources (a copy of
+that commit's tree, e.g. `git archive <commit> server | tar -x -C DIR`): its packing.py packs the weights it reads.
 Usage: PYTHONPATH=scripts python bench/bench_kernel_formats.py [--threads 2] [--repeat 20] [--rounds 1]
     [--formats q4_1,q5_0] [--shapes big] [--clock wall|cpu] [--int8] [--rows 1,8,64] [--against LIBSSK]
+    [--against-tree DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +42,21 @@ SHAPES = [("gate_up", 3072, 576), ("down", 576, 1536), ("lm_head", 49152, 576), 
 EXTRA_SHAPES = [("1b_attn", 2048, 2048), ("1b_up", 8192, 2048)]
 
 
-def _packed(fmt: str, n: int, k: int) -> packing.PackedMatrix:
+def _packed(fmt: str, n: int, k: int, packer=packing) -> packing.PackedMatrix:
+    """A random [n, k] matrix written as fmt and packed by `packer` (this tree's packing module, or another's)."""
     w = (np.random.default_rng(n + k).standard_normal((n, k)) * 0.05).astype(np.float32)
     if fmt == "f32":
-        return packing.pack_f32(w)
+        return packer.pack_f32(w)
     rows = write_gguf.encode(w, fmt)
-    return packing.pack_stored(fmt, np.ascontiguousarray(rows).view(np.uint16) if fmt == "bf16" else rows)
+    return packer.pack_stored(fmt, np.ascontiguousarray(rows).view(np.uint16) if fmt == "bf16" else rows)
+
+
+def _packing_of(tree: str):
+    """The packing module of another tree's sources (its server/kernels loaded as a package of its own)."""
+    pkg = types.ModuleType("against_kernels")
+    pkg.__path__ = [str(Path(tree) / "server" / "kernels")]
+    sys.modules[pkg.__name__] = pkg
+    return importlib.import_module("against_kernels.packing")
 
 
 def _best(kernels, matrix, x, repeat: int, clock) -> float:
@@ -63,7 +78,10 @@ def _shape_rows(kernels, name: str, n: int, k: int, formats: list[str], args) ->
         if packing.BLOCK_FORMATS.get(f, (32,))[0] <= k and k % packing.BLOCK_FORMATS.get(f, (32,))[0] == 0
     ]
     mats = {f: _packed(f, n, k) for f in fmts}
-    descs = {f: m.desc() for f, m in mats.items()}
+    descs = {(f, "new"): m.desc() for f, m in mats.items()}
+    for f in fmts if args.against else ():  # the old build's weights: its own tree's layout, or these
+        old = _packed(f, n, k, args.against_packing).data if args.against_packing else mats[f].data
+        descs[f, "old"] = packing.PackedMatrix(f, n, k, old).desc()
     xs = {rows: torch.randn(rows, k) for rows in args.rows}
     libs = {"new": kernels, **({"old": args.against} if args.against else {})}
     times: dict[tuple[str, int, str], list[float]] = {(f, r, lib): [] for f in fmts for r in xs for lib in libs}
@@ -71,7 +89,7 @@ def _shape_rows(kernels, name: str, n: int, k: int, formats: list[str], args) ->
         for f in fmts:
             for rows, x in xs.items():
                 for lib, kern in libs.items():
-                    times[f, rows, lib].append(_best(kern, descs[f], x, args.repeat, args.clock))
+                    times[f, rows, lib].append(_best(kern, descs[f, lib], x, args.repeat, args.clock))
     for f in fmts:
         cells = []
         for rows in xs:
@@ -116,12 +134,14 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true", help="float32 against int8 activations, per format")
     ap.add_argument("--rows", default="1,8", help="row counts M to time (without --int8)")
     ap.add_argument("--against", metavar="LIBSSK", help="also time this library build (same ISA), interleaved")
+    ap.add_argument("--against-tree", metavar="DIR", help="the sources of --against's build, whose packing it reads")
     args = ap.parse_args()
     clock_name, args.clock = args.clock, time.perf_counter if args.clock == "wall" else time.process_time
     args.rows = [int(r) for r in args.rows.split(",")]
     kernels = load_kernels(args.threads, cache_root() / "kernels")
     if args.against:
         args.against = Kernels(Path(args.against), kernels.isa, args.threads)
+    args.against_packing = _packing_of(args.against_tree) if args.against_tree else None
     print(
         cpu_flags_line(),
         f"; build {kernels.isa}, {args.threads} threads, median of {args.rounds} rounds, {clock_name} clock",
