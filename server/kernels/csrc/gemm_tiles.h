@@ -259,11 +259,12 @@ void GemmFormat<K>::run(Pool& pool, const ssk_matrix& w, int m, int big_rows, co
                         const float* sums, float* y, int ldy) {
   const int nb = w.k / SSK_QK;
   const size_t tbytes = tile_bytes(w.format, w.k);
-  std::vector<float> scaled;  // one row's scaled inputs (SCALED_ROW), empty where not exact
+  const float* scaled = nullptr;  // one row's inputs scaled (SCALED_ROW), where exact
   if constexpr (SCALED_ROW<K>) {
     if (m == 1) {
-      scaled.resize(w.k);
-      if (!nibble32_scaled_inputs(x, w.k, scaled.data())) scaled.clear();
+      static thread_local std::vector<float> xs;  // the calling thread's: the workers read it through `scaled`
+      if (xs.size() < (size_t)w.k) xs.resize(w.k);
+      if (nibble32_scaled_inputs(x, w.k, xs.data())) scaled = xs.data();
     }
   }
   for_tiles(pool, w, m, y, ldy, [&](int64_t tile, int64_t left) {
@@ -271,8 +272,8 @@ void GemmFormat<K>::run(Pool& pool, const ssk_matrix& w, int m, int big_rows, co
     const int n0 = (int)tile * SSK_NR;
     if (m == 1 && left >= 4) {  // one row: four tiles' chains in flight
       if constexpr (SCALED_ROW<K>) {
-        if (!scaled.empty()) {
-          K::template tile_scaled<1, 4>(tdata, tbytes, scaled.data(), sums, w.k, y + n0, ldy);
+        if (scaled) {
+          K::template tile_scaled<1, 4>(tdata, tbytes, scaled, sums, w.k, y + n0, ldy);
           return 4;
         }
       }
