@@ -8,7 +8,8 @@ scripts/write_gguf.py into a temporary folder, then turned into each type by lla
 Both servers run on one loopback port each, 2 threads, and get the same requests from one OpenAI client
 (bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
 `--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
-(best of `--repeats`). RSS is read from /proc after the server is ready and before any request (idle), and after
+(best of `--repeats`, 3 by default, after one warm-up race of 2 tokens at the most streams: llama-server's first
+race at 8 streams ran about 10 % slower than the next ones, and a best of 1 left each number to the host's moment). RSS is read from /proc after the server is ready and before any request (idle), and after
 the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); the
 bound is the file + 300 MB + the KV cache the run leaves held (seedstream's prefix cache, read from its ModelInfo); time to
 SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
@@ -145,7 +146,7 @@ def start_seedstream(
 
 
 def measure(args, base_url: str, prompts: list[list[int]]) -> dict[int, float]:
-    asyncio.run(race(base_url, prompts[:1], 2, GREEDY))  # warm-up
+    asyncio.run(race(base_url, prompts[: max(args.streams)], 2, GREEDY))  # warm-up, every slot at once
     return {
         n: max(asyncio.run(race(base_url, prompts[:n], args.new_tokens, GREEDY))[0] for _ in range(args.repeats))
         for n in args.streams
@@ -278,7 +279,7 @@ def parse_args():
     ap.add_argument("--streams", default="1,8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N races per stream count")
     ap.add_argument(
         "--activations", default="float32", help="seedstream --activations values, comma-separated (e.g. float32,int8)"
     )
