@@ -10,7 +10,7 @@ or by the core decides what can help, so this prints, in one run:
      many threads.
 A one-row GEMM that runs as fast from DRAM as from cache, at well under the bandwidth, is bound by the core's
 work per weight, not by memory.
-C parts are compiled with the machine's g++ (-O3 -march=native -fopenmp). Prints the CPU flags first.
+C parts are compiled with the machine's gcc (-O3 -march=native -fopenmp). Prints the CPU flags first.
 
     PYTHONPATH=scripts python bench/bench_ceiling.py [--threads 2] [--dram-mib 512]
 """
@@ -131,6 +131,7 @@ def main() -> None:
     print(cpu_flags_line())
     probes = run_probes(args.threads)
     threads = sorted({t for _, t in probes})
+    kernels = {t: load_kernels(t, cache_root() / "kernels") for t in threads}
     print("\n| threads | DRAM read GB/s | fma GFLOP/s |\n|---|---|---|")
     for t in threads:
         print(f"| {t} | {probes[('bandwidth', t)]:.1f} | {probes[('fma', t)]:.1f} |")
@@ -139,15 +140,14 @@ def main() -> None:
     )
     for fmt in ("q4_k", "q6_k"):
         rows = stored_rows(fmt, 2048, 2048)
-        # 512 x 2048 again and again: about 0.3 MiB a thread at 2 threads, L2-resident (the first thread's half alone
-        # at 1 thread); large enough that each call is not mostly the thread pool's hand-off
+        # 512 x 2048 again and again: cache-resident (about 0.3 MiB a thread at 2 threads, within L2), and large
+        # enough that each call is not mostly the thread pool's hand-off
         one = [packing.pack_stored(fmt, rows[:512])] * 32
         copies = max(1, args.dram_mib * 2**20 // rows.nbytes)
         dram = [packing.pack_stored(fmt, np.roll(rows, i, axis=0)) for i in range(copies)]  # distinct bytes each
         for t in threads:
-            kernels = load_kernels(t, cache_root() / "kernels")
             for label, mats in (("cache", one), ("DRAM", dram)):
-                sec = gemm_rate(kernels, mats, args.passes)
+                sec = gemm_rate(kernels[t], mats, args.passes)
                 flops = sum(2 * m.n * m.k for m in mats)
                 nbytes = sum(m.data.numel() * m.data.element_size() for m in mats)
                 share = nbytes / sec / 1e9 / probes[("bandwidth", t)]

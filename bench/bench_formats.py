@@ -9,8 +9,8 @@ Both servers run on one loopback port each, 2 threads, and get the same requests
 (bench/servers.py's `race`): streamed `/v1/completions` with token-id prompts, temperature 0, exactly
 `--new-tokens` tokens (EOS ignored), N requests started together. tok/s is the aggregate over the N streams
 (best of `--repeats`, 3 by default, after one warm-up race of 2 tokens at the most streams: llama-server's first
-race at 8 streams ran about 10 % slower than the next ones, and a best of 1 left each number to the host's moment). RSS is read from /proc after the server is ready and before any request (idle), and after
-the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); the
+race at 8 streams ran about 10 % slower than the next ones, and a best of 1 left each number to the host's moment).
+RSS is read from /proc after the server is ready and before any request (idle), and after the requests, SETTLE_S later (after: a warm seedstream maps its packed weights and pages them in as they are first read); the
 bound is the file + 300 MB + the KV cache the run leaves held (seedstream's prefix cache, read from its ModelInfo); time to
 SERVING is from process start to llama-server's /health 200 or seedstream's gRPC health SERVING (seedstream: a
 cold start, with an empty cache: kernels compiled and blocks packed, then a warm start on that cache, which
